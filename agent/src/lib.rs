@@ -1,0 +1,21 @@
+//! Periscope: the library behind the `periscope` binary.
+//!
+//! Each capability lives in its own folder and owns one direction of data flow:
+//!
+//! * [`localize`]: source → stage → publish. Fetches code into `/code`, atomically and safely.
+//! * [`tfevents`]: TFRecord framing and TensorBoard `Event` messages, read incrementally and written.
+//!
+//! Shared pieces have one home each: [`error`] (how failures are classified for exit codes),
+//! [`redact`] (how URLs and secrets are shown), [`retry`] (the one retry policy) and [`storage`]
+//! (the one place that builds object stores).
+//!
+//! The library never prints. Output for people (tables, JSONL, progress bars) belongs to the CLI
+//! layer in `main.rs`; diagnostics go through `tracing`.
+
+pub mod error;
+pub mod fsutil;
+pub mod localize;
+pub mod redact;
+pub mod retry;
+pub mod storage;
+pub mod tfevents;

@@ -1,0 +1,169 @@
+//! The `periscope` command line: parse, configure logging, dispatch, and turn failures into a
+//! one-line message, a documented exit code and the Kubernetes termination message.
+//!
+//! Everything a command prints for people lives in `cli/`; the library never prints.
+
+mod cli;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use periscope::error::ErrorClass;
+
+use crate::cli::Failure;
+
+/// Periscope: gets code into ML training pods and ships what they produce.
+///
+/// Run it as a pod's initContainer (`localize`), or read TensorBoard event files (`tfevents`).
+/// Every flag can also be set with the environment variable shown in its help.
+#[derive(Parser)]
+#[command(
+    name = "periscope",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(after_long_help = EXIT_CODES_HELP)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings every command shares.
+#[derive(clap::Args)]
+struct GlobalArgs {
+    /// Log line format on stderr: `text` for people, `json` for log collectors.
+    #[arg(long, global = true, env = "PERISCOPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter such as `periscope=debug`.
+    #[arg(
+        long,
+        global = true,
+        env = "PERISCOPE_LOG_LEVEL",
+        default_value = "info"
+    )]
+    log_level: String,
+    /// Where the final error is also written for Kubernetes to show in `kubectl describe pod`.
+    /// Default: /dev/termination-log when it exists.
+    #[arg(
+        long,
+        global = true,
+        env = "PERISCOPE_TERMINATION_LOG",
+        value_name = "FILE"
+    )]
+    termination_log: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch code from git, an HTTP(S) archive or an object store into a folder, atomically.
+    Localize(Box<cli::localize::LocalizeArgs>),
+    /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
+    Tfevents(cli::tfevents::TfeventsArgs),
+    /// Print the version, the build target and the enabled features.
+    Version,
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  internal error (a bug: please report it)
+  2  usage or configuration error (bad flag, malformed source URL or option)
+  3  not found (HTTP 404, unknown git ref, missing object or bucket)
+  4  authentication or authorization refused (HTTP 401/403, git credentials, SSH host key)
+  5  integrity failure (checksum mismatch, unsafe archive entry, size or file limit exceeded)
+  6  network failure after all retries (unreachable server, repeated 5xx, timeouts)
+  7  local filesystem failure (permissions, disk full)
+  8  input read to its end, but some of it was damaged (e.g. corrupt tf.events records)";
+
+/// The exit code for each class of failure; documented in `EXIT_CODES_HELP` and the README.
+fn exit_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Internal => 1,
+        ErrorClass::Usage => 2,
+        ErrorClass::NotFound => 3,
+        ErrorClass::Auth => 4,
+        ErrorClass::Integrity => 5,
+        ErrorClass::Network => 6,
+        ErrorClass::Io => 7,
+        ErrorClass::Damaged => 8,
+    }
+}
+
+/// A hint for each class, used when the error itself has nothing more specific to say.
+fn generic_hint(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Internal => "this is a bug in Periscope; please report it with the log above",
+        ErrorClass::Usage => "run with --help to see the expected flags and formats",
+        ErrorClass::NotFound => "check the URL, the ref or the object key",
+        ErrorClass::Auth => "check the credentials (flags, environment or mounted Secret files)",
+        ErrorClass::Integrity => {
+            "the data was refused to keep the destination safe; check the source"
+        }
+        ErrorClass::Network => "check that the server is reachable from here and retry later",
+        ErrorClass::Io => "check permissions and free space on the destination",
+        ErrorClass::Damaged => "the output above is complete up to the damage reported on stderr",
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(failure) => report(&failure, cli.global.termination_log.as_deref()),
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Localize(args) => cli::block_on(cli::localize::run(*args)),
+        Command::Tfevents(args) => cli::tfevents::run(args),
+        Command::Version => {
+            cli::version::print();
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report(failure: &Failure, termination_log: Option<&Path>) -> ExitCode {
+    let hint = failure
+        .hint
+        .clone()
+        .unwrap_or_else(|| generic_hint(failure.class).to_string());
+    let line = format!("error: {}\nhint: {hint}\n", failure.message);
+    // Ignore a closed stderr: the exit code still tells the story.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let path = termination_log
+        .map(Path::to_path_buf)
+        .or_else(|| Some(PathBuf::from("/dev/termination-log")).filter(|p| p.exists()));
+    if let Some(path) = path {
+        if let Err(e) = std::fs::write(&path, &line) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
+        }
+    }
+    ExitCode::from(exit_code(failure.class))
+}
+
+fn init_logging(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&global.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match global.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

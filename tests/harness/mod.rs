@@ -1,0 +1,109 @@
+//! The test harness: runs the `periscope` binary and starts real servers on 127.0.0.1.
+//!
+//! Every server helper binds to 127.0.0.1 on a free port, and stops when its handle is dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `periscope` binary under test.
+pub fn periscope() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_periscope"));
+    // Tests must not write to a real termination log or inherit the developer's settings.
+    cmd.env_remove("PERISCOPE_SOURCE")
+        .env_remove("PERISCOPE_DEST")
+        .env_remove("GIT_SYNC_REPO")
+        .env("PERISCOPE_TERMINATION_LOG", "/dev/null")
+        .env("PERISCOPE_LOG_LEVEL", "info");
+    cmd
+}
+
+/// Runs a command and returns its output, with stdout and stderr as text.
+pub fn run(cmd: &mut Command) -> Ran {
+    let out: Output = cmd.output().expect("cannot start command");
+    Ran {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Panics with both streams unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit code {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless stdout or stderr contains `needle`.
+    #[track_caller]
+    pub fn expect_output(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle) || self.stderr.contains(needle),
+            "expected `{needle}` in output\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics if stdout or stderr contains `needle` (e.g. a secret).
+    #[track_caller]
+    pub fn refute_output(&self, needle: &str) -> &Self {
+        assert!(
+            !self.stdout.contains(needle) && !self.stderr.contains(needle),
+            "`{needle}` must not appear in output\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// The folder where `tests/run` installed the test tools (Python venv, npm servers).
+pub fn tools_dir() -> PathBuf {
+    match std::env::var_os("PERISCOPE_TEST_TOOLS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-tools"),
+    }
+}
+
+/// A tool installed by `tests/run`; panics with the fix when it is missing, so a test never passes
+/// by skipping its server.
+pub fn tool(relative: &str) -> PathBuf {
+    let path = tools_dir().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run `tests/run` once to install the test servers",
+        path.display()
+    );
+    path
+}
+
+/// The Python interpreter of the test venv (with tensorboard, tensorboardX, moto).
+pub fn python() -> PathBuf {
+    tool("venv/bin/python")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests that start a server
+/// right away).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}

@@ -1,0 +1,7 @@
+//! Integration tests. Each talks to real servers that the harness starts on 127.0.0.1 (git daemon,
+//! git http-backend, an HTTP server with fault injection, an S3-compatible server, Azurite) and
+//! runs the real `periscope` binary. Run them with `tests/run`, which installs the servers first.
+
+mod harness;
+
+mod cli;
