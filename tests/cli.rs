@@ -55,3 +55,22 @@ fn final_error_goes_to_the_termination_log() {
     let written = std::fs::read_to_string(&log).unwrap();
     assert!(written.contains("unsupported scheme `ftp`"), "{written}");
 }
+
+#[test]
+fn test_ca_signs_a_leaf_for_localhost() {
+    let ca = crate::harness::tls::TestCa::new();
+    // The leaf verifies against the CA for the names our test servers use.
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&ca.ca_cert)
+        .args(["-verify_hostname", "localhost", "-verify_ip", "127.0.0.1"])
+        .arg(&ca.leaf_cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _config = ca.server_config();
+}

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod tls;
+
 /// The `periscope` binary under test.
 pub fn periscope() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_periscope"));
