@@ -5,3 +5,5 @@
 mod harness;
 
 mod cli;
+mod localize_hostile;
+mod localize_http;
