@@ -72,7 +72,9 @@ pub(super) fn unpack(reader: impl Read, tree: &mut Tree<'_>) -> Result<(), Unpac
     Ok(())
 }
 
-/// Unpacks a gzip-compressed tar stream; the gzip trailer (length and CRC) is checked too.
+/// Unpacks a gzip-compressed tar stream; every gzip trailer (length and CRC) is checked too.
+/// Several gzip members in a row (as `bgzip`, `pigz --independent` or appending writers make)
+/// are one stream, as `gzip -d` reads them.
 pub(super) fn unpack_gz(reader: impl Read, tree: &mut Tree<'_>) -> Result<(), UnpackError> {
-    unpack(flate2::read::GzDecoder::new(reader), tree)
+    unpack(flate2::read::MultiGzDecoder::new(reader), tree)
 }

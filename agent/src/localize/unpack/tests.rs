@@ -87,6 +87,16 @@ fn tar_gz_streams_with_strip_modes_and_inner_links() {
 }
 
 #[test]
+fn multi_member_gzip_is_one_stream() {
+    let tar = tar_of(&[entry(b"a.txt", T::Regular, 0o644, &[b'a'; 3000], b"")]);
+    let (first, second) = tar.split_at(1000);
+    let data = [gz(first), gz(second)].concat();
+    let (root, r) = run(&data, None, "x.tar.gz", 0);
+    assert_eq!(r.unwrap().bytes, 3000);
+    assert_eq!(fs::read(root.path().join("stage/a.txt")).unwrap().len(), 3000);
+}
+
+#[test]
 fn hostile_tar_entries_are_refused_by_name() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
