@@ -428,3 +428,26 @@ fn zip_tar_magic_bytes_and_plain_files() {
         .expect_output("#format=");
     assert_nothing_published(d, "page");
 }
+
+#[test]
+fn each_attempt_that_makes_progress_earns_a_fresh_retry_budget() {
+    let server = HttpServer::start();
+    let big = noise(1 << 20, 13);
+    server.put("/flaky.tar", archive::tar(&[file("f.bin", &big)]));
+    for cut in [100_000, 200_000, 300_000] {
+        server.fault("/flaky.tar", Fault::CutAfter(cut));
+    }
+    let dest = tempfile::tempdir().unwrap();
+    // One try per budget: only the progress rule lets three cuts in a row still finish.
+    localize(dest.path(), &server.url("/flaky.tar"), &["--retries", "1"]).expect_code(0);
+    assert_eq!(fs::read(dest.path().join("flaky/f.bin")).unwrap(), big);
+    assert_eq!(server.gets("/flaky.tar"), 4);
+
+    // Without progress, the budget runs out.
+    server.fault("/flaky.tar", Fault::CutAfter(0));
+    let other = tempfile::tempdir().unwrap();
+    localize(other.path(), &server.url("/flaky.tar"), &["--retries", "1"])
+        .expect_code(6)
+        .expect_output("broke off");
+    assert_nothing_published(other.path(), "flaky");
+}

@@ -93,7 +93,10 @@ fn multi_member_gzip_is_one_stream() {
     let data = [gz(first), gz(second)].concat();
     let (root, r) = run(&data, None, "x.tar.gz", 0);
     assert_eq!(r.unwrap().bytes, 3000);
-    assert_eq!(fs::read(root.path().join("stage/a.txt")).unwrap().len(), 3000);
+    assert_eq!(
+        fs::read(root.path().join("stage/a.txt")).unwrap().len(),
+        3000
+    );
 }
 
 #[test]
