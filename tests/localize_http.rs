@@ -451,3 +451,47 @@ fn each_attempt_that_makes_progress_earns_a_fresh_retry_budget() {
         .expect_output("broke off");
     assert_nothing_published(other.path(), "flaky");
 }
+
+#[test]
+fn a_file_replaced_mid_download_is_never_spliced() {
+    let server = HttpServer::start();
+    let old = archive::tar(&[file("w.bin", &noise(1 << 20, 21))]);
+    let new = archive::tar(&[file("w.bin", &noise(1 << 20, 22))]);
+    server.put("/w.tar", old);
+    server.fault("/w.tar", Fault::CutAfter(300_000));
+    server.fault("/w.tar", Fault::Replace(new));
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &server.url("/w.tar"), &[])
+        .expect_code(6)
+        .expect_output("changed on the server");
+    assert_nothing_published(dest.path(), "w");
+    // The resume was conditional on the old ETag, so the server sent the new file whole.
+    let gets: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 2);
+    assert!(gets[1].if_range.is_some(), "{gets:?}");
+}
+
+#[test]
+fn a_presigned_url_that_refuses_head_is_probed_with_a_one_byte_get() {
+    let server = HttpServer::start();
+    server.put("/signed.tar.gz", job_tar_gz("v1"));
+    let dest = tempfile::tempdir().unwrap();
+    let source = server.url("/signed.tar.gz") + "?X-Amz-Signature=abcdef0123";
+    localize(dest.path(), &source, &[]).expect_code(0);
+    server.fault("/signed.tar.gz", Fault::RefuseHead);
+    localize(dest.path(), &source, &[])
+        .expect_code(0)
+        .expect_output("unchanged")
+        .refute_output("abcdef0123");
+    let ranged: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| r.range)
+        .collect();
+    assert_eq!(ranged, [None, Some("bytes=0-0".to_string())]);
+}

@@ -35,6 +35,10 @@ pub enum Fault {
     Slow(usize, Duration),
     /// Ignore a Range header and send the whole file again with 200.
     IgnoreRange,
+    /// Replace the file with this body (and a new ETag) before answering, as a re-upload would.
+    Replace(Vec<u8>),
+    /// Answer HEAD with 403, as a URL presigned for GET does. Used up by the next HEAD.
+    RefuseHead,
 }
 
 /// A request as the server saw it.
@@ -200,11 +204,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Mute
     let (resource, fault) = {
         let mut s = state.lock().unwrap();
         s.log.push(request.clone());
-        let fault = if request.method == "GET" {
-            s.faults.get_mut(&request.path).and_then(|q| q.pop_front())
-        } else {
-            None
+        let queue = s.faults.get_mut(&request.path);
+        let fault = match (request.method.as_str(), queue) {
+            ("HEAD", Some(q)) if matches!(q.front(), Some(Fault::RefuseHead)) => q.pop_front(),
+            ("GET", Some(q)) if !matches!(q.front(), Some(Fault::RefuseHead)) => q.pop_front(),
+            _ => None,
         };
+        if let Some(Fault::Replace(body)) = &fault {
+            let etag = format!("{:016x}", fnv(body));
+            if let Some(r) = s.files.get_mut(&request.path) {
+                r.body = body.clone();
+                r.etag = Some(etag);
+            }
+        }
         (s.files.get(&request.path).cloned(), fault)
     };
     let Some(resource) = resource else {
@@ -222,6 +234,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<Mute
             .await;
             return;
         }
+    }
+    if let Some(Fault::RefuseHead) = &fault {
+        let _ = respond_empty(&mut stream, 403, &[]).await;
+        return;
     }
     if let Some(Fault::Status { code, retry_after }) = &fault {
         let headers: Vec<(&str, String)> = retry_after

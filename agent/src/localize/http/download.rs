@@ -43,7 +43,11 @@ impl Meta {
         Meta {
             etag: text(header::ETAG),
             last_modified: text(header::LAST_MODIFIED),
-            length: text(header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+            // A partial answer's own length is the part's; the file's is after the `/`.
+            length: match text(header::CONTENT_RANGE) {
+                Some(range) => range.rsplit('/').next().and_then(|t| t.parse().ok()),
+                None => text(header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+            },
         }
     }
 

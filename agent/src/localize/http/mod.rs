@@ -169,9 +169,10 @@ fn file_name(url: &url::Url) -> String {
         .unwrap_or_default()
 }
 
-/// The file's fingerprint now (ETag, or modification time and length), from a HEAD request,
-/// without downloading it. `None` when the server gives none or refuses HEAD (presigned GET URLs
-/// do): the source is then fetched again, which is always safe.
+/// The file's fingerprint now (ETag, or modification time and length), from a HEAD request (or a
+/// one-byte GET where HEAD is refused, as presigned GET URLs do), without downloading the file.
+/// `None` when the server gives none or cannot be asked: the source is then fetched again, which
+/// is always safe.
 pub async fn probe(
     url: &url::Url,
     _opts: &SourceOptions,
@@ -182,11 +183,20 @@ pub async fn probe(
         .retry
         .run(
             |_| async {
-                let response = client
+                let mut response = client
                     .head(url.clone())
                     .send()
                     .await
                     .map_err(HttpError::from_send)?;
+                if matches!(response.status().as_u16(), 403 | 405 | 501) {
+                    // Presigned URLs are signed for GET only: ask for one byte instead.
+                    response = client
+                        .get(url.clone())
+                        .header(reqwest::header::RANGE, "bytes=0-0")
+                        .send()
+                        .await
+                        .map_err(HttpError::from_send)?;
+                }
                 let status = response.status();
                 if status.is_server_error() || status.as_u16() == 429 {
                     return Err(HttpError::Status {

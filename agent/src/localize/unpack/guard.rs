@@ -129,6 +129,17 @@ impl<'a> Tree<'a> {
         Ok(Some(Clean(path)))
     }
 
+    /// Refuses an archive that announces more entries than the limit allows.
+    pub(super) fn check_entry_count(&self, entries: u64) -> Result<(), UnpackError> {
+        if entries > self.limits.max_files {
+            return Err(UnpackError::TooBig {
+                what: "files",
+                limit: self.limits.max_files,
+            });
+        }
+        Ok(())
+    }
+
     fn count_entry(&mut self) -> Result<(), UnpackError> {
         if self.files >= self.limits.max_files {
             return Err(UnpackError::TooBig {

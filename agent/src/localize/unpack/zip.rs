@@ -65,6 +65,8 @@ pub(super) fn unpack(
         .seek(SeekFrom::Start(0))
         .map_err(io_err("cannot read", &path))?;
     let mut archive = zip::ZipArchive::new(io::BufReader::new(spool)).map_err(corrupt)?;
+    // The central directory says how many entries follow: refuse early rather than at the limit.
+    tree.check_entry_count(archive.len() as u64)?;
     for index in 0..archive.len() {
         let mut file = archive.by_index(index).map_err(corrupt)?;
         // Zip writers on Windows use `\`; treating it as a separator lets the guard see `..\`.
