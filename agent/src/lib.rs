@@ -13,6 +13,7 @@
 //! layer in `main.rs`; diagnostics go through `tracing`.
 
 pub mod error;
+pub mod exec;
 pub mod fsutil;
 pub mod localize;
 pub mod redact;

@@ -68,6 +68,8 @@ enum LogFormat {
 enum Command {
     /// Fetch code from git, an HTTP(S) archive or an object store into a folder, atomically.
     Localize(Box<cli::localize::LocalizeArgs>),
+    /// Run the training command, capturing stdout/stderr and the exit code for the sidecar.
+    Exec(cli::exec::ExecArgs),
     /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
     Tfevents(cli::tfevents::TfeventsArgs),
     /// Print the version, the build target and the enabled features.
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Localize(args) => cli::block_on(cli::localize::run(*args)),
+        Command::Exec(args) => cli::block_on(cli::exec::run(args)),
         Command::Tfevents(args) => cli::tfevents::run(args),
         Command::Version => {
             cli::version::print();

@@ -3,6 +3,7 @@
 //! Commands return `Result<ExitCode, Failure>`; `main.rs` turns a [`Failure`] into a message, an
 //! exit code and the termination message.
 
+pub mod exec;
 pub mod localize;
 pub mod progress;
 pub mod size;
