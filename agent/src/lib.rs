@@ -18,5 +18,6 @@ pub mod fsutil;
 pub mod localize;
 pub mod redact;
 pub mod retry;
+pub mod ship;
 pub mod storage;
 pub mod tfevents;
