@@ -6,3 +6,4 @@ mod harness;
 
 mod cli;
 mod exec;
+mod ship_logs;

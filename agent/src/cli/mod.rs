@@ -5,8 +5,12 @@
 
 pub mod exec;
 pub mod localize;
+pub mod logs;
 pub mod progress;
+pub mod sidecar;
+pub mod signals;
 pub mod size;
+pub mod storage_url;
 pub mod tfevents;
 pub mod version;
 

@@ -71,7 +71,8 @@ impl Checkpoint {
         };
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+                let cp: Checkpoint =
+                    serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
                 if cp.destination != destination {
                     tracing::warn!(old = %cp.destination, new = %destination,
                         "the state folder belongs to another destination; starting afresh");

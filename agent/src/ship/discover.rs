@@ -75,8 +75,14 @@ mod tests {
 
     #[test]
     fn base_is_the_folder_before_the_first_wildcard() {
-        assert_eq!(LogGlob::new("/var/log/job/**/*.log").unwrap().base, Path::new("/var/log/job"));
-        assert_eq!(LogGlob::new("/logs/stdout.log").unwrap().base, Path::new("/logs"));
+        assert_eq!(
+            LogGlob::new("/var/log/job/**/*.log").unwrap().base,
+            Path::new("/var/log/job")
+        );
+        assert_eq!(
+            LogGlob::new("/logs/stdout.log").unwrap().base,
+            Path::new("/logs")
+        );
         assert_eq!(LogGlob::new("*.log").unwrap().base, Path::new("."));
         assert!(LogGlob::new("/x/[").is_err());
     }

@@ -90,7 +90,10 @@ mod tests {
         let f = File::open(&path).unwrap();
         let fp = Fingerprint::take(&f).unwrap();
         assert!(fp.is_partial());
-        let mut w = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         w.write_all(b" and more").unwrap();
         assert!(fp.matches(&f).unwrap(), "appending keeps the identity");
         std::fs::write(&path, b"another file entirely").unwrap();

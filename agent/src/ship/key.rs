@@ -36,15 +36,27 @@ impl ChunkName {
         let range = file_segment.strip_suffix(".gz")?;
         let (s, e) = range.split_once('-')?;
         let (start, end): (u64, u64) = (s.parse().ok()?, e.parse().ok()?);
-        (start < end).then_some(ChunkName { generation, start, end })
+        (start < end).then_some(ChunkName {
+            generation,
+            start,
+            end,
+        })
     }
 }
 
 /// The folder of one log path: `<worker_prefix>/logs/<relative path>`.
 pub fn log_folder(worker_prefix: &Path, relative: &str) -> Path {
-    let mut parts: Vec<PathPart<'static>> = worker_prefix.parts().map(|p| p.as_ref().to_string().into()).collect();
+    let mut parts: Vec<PathPart<'static>> = worker_prefix
+        .parts()
+        .map(|p| p.as_ref().to_string().into())
+        .collect();
     parts.push(LOGS_DIR.into());
-    parts.extend(relative.split('/').filter(|s| !s.is_empty()).map(|s| PathPart::from(s.to_string())));
+    parts.extend(
+        relative
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| PathPart::from(s.to_string())),
+    );
     Path::from_iter(parts)
 }
 
@@ -64,16 +76,41 @@ mod tests {
     #[test]
     fn keys_round_trip_and_sort_in_file_order() {
         let folder = log_folder(&Path::from("bucket-prefix/exp-1/worker-0"), "train/out.log");
-        assert_eq!(folder.as_ref(), "bucket-prefix/exp-1/worker-0/logs/train/out.log");
-        let a = chunk_key(&folder, ChunkName { generation: 1, start: 0, end: 10 });
-        let b = chunk_key(&folder, ChunkName { generation: 1, start: 10, end: 200 });
+        assert_eq!(
+            folder.as_ref(),
+            "bucket-prefix/exp-1/worker-0/logs/train/out.log"
+        );
+        let a = chunk_key(
+            &folder,
+            ChunkName {
+                generation: 1,
+                start: 0,
+                end: 10,
+            },
+        );
+        let b = chunk_key(
+            &folder,
+            ChunkName {
+                generation: 1,
+                start: 10,
+                end: 200,
+            },
+        );
         assert!(a.as_ref() < b.as_ref());
         let parts: Vec<String> = b.parts().map(|p| p.as_ref().to_string()).collect();
         let n = parts.len();
         assert_eq!(
             ChunkName::parse(&parts[n - 2], &parts[n - 1]),
-            Some(ChunkName { generation: 1, start: 10, end: 200 })
+            Some(ChunkName {
+                generation: 1,
+                start: 10,
+                end: 200
+            })
         );
-        assert_eq!(ChunkName::parse("g1", "00-00.gz"), None, "empty ranges are not chunks");
+        assert_eq!(
+            ChunkName::parse("g1", "00-00.gz"),
+            None,
+            "empty ranges are not chunks"
+        );
     }
 }

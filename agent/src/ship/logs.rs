@@ -50,7 +50,12 @@ pub struct LogConfig {
 
 impl LogConfig {
     /// Defaults for everything but the identity: 8 MiB or 5 s chunks, a 64 MiB spool.
-    pub fn new(globs: Vec<LogGlob>, worker_prefix: Path, destination: String, state_dir: PathBuf) -> Self {
+    pub fn new(
+        globs: Vec<LogGlob>,
+        worker_prefix: Path,
+        destination: String,
+        state_dir: PathBuf,
+    ) -> Self {
         LogConfig {
             globs,
             worker_prefix,
@@ -146,7 +151,14 @@ pub struct LogShipper {
     stats: Arc<LogStats>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// When the checkpoint was last written, and whether sizes seen since then are unrecorded.
+    saved_at: Instant,
+    sizes_unsaved: bool,
 }
+
+/// How often growth that was read but not yet shipped is recorded, so a loss after a crash can be
+/// reported with its size.
+const SIZE_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a file that was rotated away or deleted is still read after it stopped growing:
 /// writers often flush a last burst before reopening.
@@ -168,6 +180,9 @@ impl LogShipper {
             match reattach(&t) {
                 Some((file, path)) => {
                     let mut t = t;
+                    if let Ok(meta) = file.metadata() {
+                        t.id = FileId::of(&meta);
+                    }
                     if path != t.path {
                         tracing::info!(log = %t.logical, from = %t.path.display(), to = %path.display(),
                             "followed a rotated log file");
@@ -193,10 +208,18 @@ impl LogShipper {
                             .and_then(|f| read_at_most(f, &mut raw, a.t.shipped).ok())
                             .is_some_and(|n| n == len);
                         if readable {
-                            a.pending = Some(Pending { end, gz: compress(&raw) });
+                            a.pending = Some(Pending {
+                                end,
+                                gz: compress(&raw),
+                            });
                         } else {
-                            record_loss(&mut cp, &stats, &a.t, end - a.t.shipped,
-                                "in-flight bytes no longer readable after restart");
+                            record_loss(
+                                &mut cp,
+                                &stats,
+                                &a.t,
+                                end - a.t.shipped,
+                                "in-flight bytes no longer readable after restart",
+                            );
                             a.t.shipped = end;
                             a.t.in_flight = None;
                         }
@@ -204,9 +227,18 @@ impl LogShipper {
                     active.push(a);
                 }
                 None => {
-                    let unshipped = t.seen_size.max(t.in_flight.unwrap_or(0)).saturating_sub(t.shipped);
+                    let unshipped = t
+                        .seen_size
+                        .max(t.in_flight.unwrap_or(0))
+                        .saturating_sub(t.shipped);
                     if unshipped > 0 {
-                        record_loss(&mut cp, &stats, &t, unshipped, "file disappeared while the sidecar was down");
+                        record_loss(
+                            &mut cp,
+                            &stats,
+                            &t,
+                            unshipped,
+                            "file disappeared while the sidecar was down",
+                        );
                     }
                 }
             }
@@ -219,6 +251,8 @@ impl LogShipper {
             stats,
             failures: 0,
             retry_at: None,
+            saved_at: Instant::now(),
+            sizes_unsaved: false,
         };
         shipper.save()?;
         Ok(shipper)
@@ -252,7 +286,9 @@ impl LogShipper {
                                 && (flush
                                     || a.closed
                                     || a.buf.len() >= self.cfg.chunk_bytes
-                                    || a.buf_since.is_some_and(|s| now.duration_since(s) >= self.cfg.chunk_age)
+                                    || a.buf_since.is_some_and(|s| {
+                                        now.duration_since(s) >= self.cfg.chunk_age
+                                    })
                                     || (a.t.detached && a.eof_since.is_some())))
                     };
                     if !due {
@@ -281,12 +317,17 @@ impl LogShipper {
         if self.retire(flush) {
             dirty = true;
         }
+        if self.sizes_unsaved && self.saved_at.elapsed() >= SIZE_SAVE_EVERY {
+            dirty = true;
+        }
         if dirty {
             self.save()?;
         }
         report.backlog = self.active.iter().map(Active::held).sum();
         report.storage_down = self.retry_at.is_some();
-        self.stats.backlog_bytes.store(report.backlog, Ordering::Relaxed);
+        self.stats
+            .backlog_bytes
+            .store(report.backlog, Ordering::Relaxed);
         let oldest = self
             .active
             .iter()
@@ -294,7 +335,9 @@ impl LogShipper {
             .min()
             .map(|s| s.elapsed().as_millis() as u64)
             .unwrap_or(0);
-        self.stats.oldest_unshipped_ms.store(oldest, Ordering::Relaxed);
+        self.stats
+            .oldest_unshipped_ms
+            .store(oldest, Ordering::Relaxed);
         Ok(report)
     }
 
@@ -311,7 +354,9 @@ impl LogShipper {
             if a.t.detached || a.closed {
                 continue;
             }
-            let still_here = std::fs::metadata(&a.t.path).map(|m| FileId::of(&m) == a.t.id).unwrap_or(false);
+            let still_here = std::fs::metadata(&a.t.path)
+                .map(|m| FileId::of(&m) == a.t.id)
+                .unwrap_or(false);
             if !still_here {
                 tracing::info!(log = %a.t.logical, path = %a.t.path.display(),
                     "log file was rotated away or deleted; reading it to its end");
@@ -322,13 +367,17 @@ impl LogShipper {
         let globs = self.cfg.globs.clone();
         for glob in &globs {
             for (path, logical) in glob.matches() {
-                let Ok(file) = File::open(&path) else { continue };
+                let Ok(file) = File::open(&path) else {
+                    continue;
+                };
                 let Ok(meta) = file.metadata() else { continue };
                 let id = FileId::of(&meta);
                 if self.active.iter().any(|a| a.t.id == id && !a.closed) {
                     continue;
                 }
-                let Ok(fingerprint) = Fingerprint::take(&file) else { continue };
+                let Ok(fingerprint) = Fingerprint::take(&file) else {
+                    continue;
+                };
                 let generation = self.cp.next_generation(&logical);
                 tracing::info!(log = %logical, path = %path.display(), generation, "following log file");
                 self.active.push(Active {
@@ -374,11 +423,21 @@ impl LogShipper {
             return 0;
         }
         let a = &mut self.active[i];
-        a.t.seen_size = a.t.seen_size.max(size);
-        let Some(file) = a.file.as_ref() else { return 0 };
-        while a.read_off() < size && a.buf.len() < chunk && spool_used + total < self.cfg.spool_max_bytes {
+        if size > a.t.seen_size {
+            a.t.seen_size = size;
+            self.sizes_unsaved = true;
+        }
+        let Some(file) = a.file.as_ref() else {
+            return 0;
+        };
+        while a.read_off() < size
+            && a.buf.len() < chunk
+            && spool_used + total < self.cfg.spool_max_bytes
+        {
             let offset = a.read_off();
-            let want = ((size - offset) as usize).min(READ_BLOCK).min(chunk - a.buf.len());
+            let want = ((size - offset) as usize)
+                .min(READ_BLOCK)
+                .min(chunk - a.buf.len());
             let start = a.buf.len();
             a.buf.resize(start + want, 0);
             let n = match read_at_most(file, &mut a.buf[start..], offset) {
@@ -516,7 +575,7 @@ impl LogShipper {
                 let wait = self.cfg.retry.delay(self.failures, Verdict::Transient);
                 self.retry_at = Some(Instant::now() + wait);
                 let backlog: u64 = self.active.iter().map(Active::held).sum();
-                tracing::warn!(key = %key, error = %e, retry_in_ms = wait.as_millis() as u64,
+                tracing::warn!(key = %key, error = %crate::storage::scrub(&e.to_string()), retry_in_ms = wait.as_millis() as u64,
                     backlog_bytes = backlog, "log upload failed; will retry (nothing is dropped)");
                 Ok(None)
             }
@@ -530,7 +589,9 @@ impl LogShipper {
         self.active.retain(|a| {
             let done = a.held() == 0
                 && (a.closed
-                    || (a.t.detached && a.eof_since.is_some_and(|s| flush || s.elapsed() >= RETIRE_AFTER)));
+                    || (a.t.detached
+                        && a.eof_since
+                            .is_some_and(|s| flush || s.elapsed() >= RETIRE_AFTER)));
             if done {
                 tracing::info!(log = %a.t.logical, generation = a.t.generation, bytes = a.t.shipped,
                     "finished shipping a rotated log file");
@@ -541,11 +602,20 @@ impl LogShipper {
     }
 
     fn save(&mut self) -> Result<(), ShipError> {
-        self.cp.files = self.active.iter().filter(|a| !a.closed || a.held() > 0).map(|a| a.t.clone()).collect();
-        self.cp.save(&self.cfg.state_dir).map_err(|error| ShipError::Checkpoint {
-            dir: self.cfg.state_dir.clone(),
-            error,
-        })
+        self.saved_at = Instant::now();
+        self.sizes_unsaved = false;
+        self.cp.files = self
+            .active
+            .iter()
+            .filter(|a| !a.closed || a.held() > 0)
+            .map(|a| a.t.clone())
+            .collect();
+        self.cp
+            .save(&self.cfg.state_dir)
+            .map_err(|error| ShipError::Checkpoint {
+                dir: self.cfg.state_dir.clone(),
+                error,
+            })
     }
 }
 
@@ -577,12 +647,28 @@ fn reattach(t: &Tracked) -> Option<(File, PathBuf)> {
             return Some((f, p));
         }
     }
-    None
+    // Truncated in place while we were down (copytruncate): continue from the copy beside it.
+    let needed = t.in_flight.unwrap_or(t.shipped);
+    find_copy(
+        &t.path,
+        &t.fingerprint,
+        FileId {
+            dev: u64::MAX,
+            ino: u64::MAX,
+        },
+        needed,
+    )
+    .map(|(f, p, _)| (f, p))
 }
 
 /// Looks beside `path` for a copy of a truncated file: another file that starts with the same
 /// bytes and is at least `min_len` long.
-fn find_copy(path: &FsPath, fp: &Fingerprint, not: FileId, min_len: u64) -> Option<(File, PathBuf, FileId)> {
+fn find_copy(
+    path: &FsPath,
+    fp: &Fingerprint,
+    not: FileId,
+    min_len: u64,
+) -> Option<(File, PathBuf, FileId)> {
     let dir = path.parent()?;
     let mut best: Option<(File, PathBuf, FileId, std::time::SystemTime)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
@@ -607,7 +693,10 @@ fn find_copy(path: &FsPath, fp: &Fingerprint, not: FileId, min_len: u64) -> Opti
 /// make the same object.
 pub fn compress(raw: &[u8]) -> Bytes {
     use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4 + 64), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(raw);
     Bytes::from(enc.finish().unwrap_or_default())

@@ -37,9 +37,8 @@ impl Classify for ReadBackError {
             ReadBackError::NotFound(_) => ErrorClass::NotFound,
             ReadBackError::Store { error, .. } => match error {
                 object_store::Error::NotFound { .. } => ErrorClass::NotFound,
-                object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                    ErrorClass::Auth
-                }
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => ErrorClass::Auth,
                 _ => ErrorClass::Network,
             },
             ReadBackError::Corrupt(_) => ErrorClass::Integrity,
@@ -73,7 +72,10 @@ pub struct CatReport {
     pub gaps: Vec<Gap>,
 }
 
-async fn chunks_of(store: &Arc<dyn ObjectStore>, folder: &Path) -> Result<Vec<(ChunkName, Path)>, ReadBackError> {
+async fn chunks_of(
+    store: &Arc<dyn ObjectStore>,
+    folder: &Path,
+) -> Result<Vec<(ChunkName, Path)>, ReadBackError> {
     let depth = folder.parts().count();
     let metas: Vec<_> = store
         .list(Some(folder))
@@ -147,13 +149,14 @@ pub async fn cat(
             return Err(ReadBackError::Corrupt(key.to_string()));
         }
         let skip = next.saturating_sub(name.start) as usize;
-        out.write_all(&raw[skip..]).map_err(|e| ReadBackError::Store {
-            what: "stdout".into(),
-            error: object_store::Error::Generic {
-                store: "output",
-                source: Box::new(e),
-            },
-        })?;
+        out.write_all(&raw[skip..])
+            .map_err(|e| ReadBackError::Store {
+                what: "stdout".into(),
+                error: object_store::Error::Generic {
+                    store: "output",
+                    source: Box::new(e),
+                },
+            })?;
         report.chunks += 1;
         report.bytes += (raw.len() - skip) as u64;
         next = name.end;
@@ -176,7 +179,10 @@ pub struct StoredLog {
 }
 
 /// Lists every log stored under `prefix` (an experiment, or one worker of it).
-pub async fn ls(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<Vec<StoredLog>, ReadBackError> {
+pub async fn ls(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<Vec<StoredLog>, ReadBackError> {
     let depth = prefix.parts().count();
     let metas: Vec<_> = store
         .list(Some(prefix))
@@ -214,7 +220,9 @@ pub async fn ls(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<Vec<Store
         entry.0.chunks += 1;
         entry.0.bytes += name.end - name.start;
         entry.0.stored_bytes += m.size;
-        let lm = m.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let lm = m
+            .last_modified
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         if lm > entry.0.last_modified {
             entry.0.last_modified = lm;
         }
