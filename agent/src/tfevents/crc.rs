@@ -21,6 +21,8 @@ pub fn masked_crc32c(data: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    // The test spells the formula out by hand on purpose, to check `rotate_right` against it.
+    #[allow(clippy::manual_rotate)]
     #[test]
     fn mask_is_rotate_then_add() {
         // The formula from the format: ((crc >> 15) | (crc << 17)) + 0xa282ead8, wrapping.

@@ -241,7 +241,7 @@ impl<R: Read + Seek> RecordReader<R> {
                         self.skipped += 1;
                         return Ok(Next::Skipped(damage));
                     }
-                    if !self.suspect.is_some_and(|s| s.offset == offset) {
+                    if self.suspect.is_none_or(|s| s.offset != offset) {
                         self.suspect = Some(Suspect {
                             offset,
                             since: Instant::now(),
