@@ -7,3 +7,4 @@ mod harness;
 mod cli;
 mod exec;
 mod ship_logs;
+mod tfevents;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod proxy;
+pub mod python;
 pub mod tls;
 
 /// The `periscope` binary under test.
