@@ -7,4 +7,5 @@ mod harness;
 mod cli;
 mod exec;
 mod ship_logs;
+mod ship_tfevents;
 mod tfevents;
