@@ -5,4 +5,6 @@
 mod harness;
 
 mod cli;
+mod localize_hostile;
+mod localize_http;
 mod localize_object;

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod archive;
+pub mod http_server;
 pub mod tls;
 
 /// The `periscope` binary under test.
