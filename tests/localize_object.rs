@@ -347,3 +347,82 @@ fn gcs_urls_are_configured_from_google_application_credentials() {
         .expect_output("Google Cloud Storage")
         .expect_output("GOOGLE_APPLICATION_CREDENTIALS");
 }
+
+#[test]
+fn s3_archive_keys_are_streamed_and_unpacked() {
+    use crate::harness::archive::{file, tar_gz, zip, ZipEntry};
+    let s3 = S3Server::start();
+    s3.create_bucket("releases");
+    let tgz = tar_gz(&[
+        file("training-job/train.py", b"print('tgz')\n"),
+        file("training-job/lib/util.py", b"U = 1\n"),
+    ]);
+    s3.put("releases", "jobs/training-job.tar.gz", &tgz);
+    let zipped = zip(&[ZipEntry {
+        name: "a/z.txt",
+        data: b"zipped",
+        link: None,
+        mode: 0o644,
+    }]);
+    s3.put("releases", "jobs/blob-without-extension", &zipped);
+    let dest = tempfile::tempdir().unwrap();
+    let with_sha = format!(
+        "s3://releases/jobs/training-job.tar.gz#strip=1&sha256={}",
+        sha256_hex(&tgz)
+    );
+    localize(
+        &s3.env(),
+        dest.path(),
+        &[
+            &with_sha,
+            "s3://releases/jobs/blob-without-extension#format=zip&into=z",
+        ],
+        &[],
+    )
+    .expect_code(0);
+    assert_eq!(
+        read(dest.path().join("training-job/train.py")),
+        "print('tgz')\n"
+    );
+    assert_eq!(
+        read(dest.path().join("training-job/lib/util.py")),
+        "U = 1\n"
+    );
+    assert_eq!(read(dest.path().join("z/a/z.txt")), "zipped");
+    let rec = record(dest.path());
+    let tj = rec["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["into"] == "training-job")
+        .unwrap();
+    assert_eq!(tj["revision"]["kind"], "sha256");
+    assert_eq!(tj["revision"]["id"], sha256_hex(&tgz));
+
+    // Same archive, checksum that does not match: refused, old tree kept.
+    let wrong = format!(
+        "s3://releases/jobs/training-job.tar.gz#strip=1&sha256={}",
+        "11".repeat(32)
+    );
+    localize(&s3.env(), dest.path(), &[&wrong], &[]).expect_code(5);
+    assert_eq!(
+        read(dest.path().join("training-job/train.py")),
+        "print('tgz')\n"
+    );
+}
+
+#[test]
+fn s3_hostile_archive_key_is_refused_with_exit_5() {
+    use crate::harness::archive::{file, tar_gz};
+    let s3 = S3Server::start();
+    s3.create_bucket("releases");
+    let evil = tar_gz(&[file("ok.txt", b"ok"), file("../../escape.txt", b"pwned")]);
+    s3.put("releases", "evil.tar.gz", &evil);
+    let parent = tempfile::tempdir().unwrap();
+    let dest = parent.path().join("code");
+    localize(&s3.env(), &dest, &["s3://releases/evil.tar.gz"], &[])
+        .expect_code(5)
+        .expect_output("escape.txt");
+    assert!(!dest.join("evil").exists());
+    assert!(!parent.path().join("escape.txt").exists());
+}
