@@ -241,6 +241,35 @@ fn s3_rerun_copies_nothing_and_a_change_replaces_the_tree() {
 }
 
 #[test]
+fn s3_wrong_credentials_exit_4_and_right_ones_work() {
+    let s3 = S3Server::start();
+    s3.create_bucket("private-code");
+    s3.put("private-code", "job/train.py", b"secret sauce");
+    let (key_id, secret) = s3.enable_auth();
+    let mut env = s3.env();
+    env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
+    env.push(("AWS_ACCESS_KEY_ID", key_id));
+    let dest = tempfile::tempdir().unwrap();
+    let mut wrong = env.clone();
+    wrong.push(("AWS_SECRET_ACCESS_KEY", "not-the-secret-at-all".into()));
+    localize(
+        &wrong,
+        dest.path(),
+        &["s3://private-code/job/"],
+        &["--retries", "1"],
+    )
+    .expect_code(4)
+    .expect_output("AWS_SECRET_ACCESS_KEY")
+    .refute_output("not-the-secret-at-all");
+    assert!(!dest.path().join("job").exists());
+    env.push(("AWS_SECRET_ACCESS_KEY", secret.clone()));
+    localize(&env, dest.path(), &["s3://private-code/job/"], &[])
+        .expect_code(0)
+        .refute_output(&secret);
+    assert_eq!(read(dest.path().join("job/train.py")), "secret sauce");
+}
+
+#[test]
 fn s3_limits_refuse_a_prefix_that_is_too_big() {
     let s3 = S3Server::start();
     s3.create_bucket("ml-code");

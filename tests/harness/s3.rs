@@ -112,4 +112,44 @@ impl S3Server {
             r.body
         );
     }
+
+    /// Turns on moto's IAM authentication and returns the (key id, secret) of a user allowed every
+    /// S3 action. Call it after setup: from then on only correctly signed requests are accepted.
+    pub fn enable_auth(&self) -> (String, String) {
+        let iam =
+            vec![(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIDTESTTEST/20260101/us-east-1/iam/aws4_request, \
+             SignedHeaders=host, Signature=00"
+                .to_string(),
+        ), ("Content-Type", "application/x-www-form-urlencoded".to_string())];
+        let call = |form: &str| {
+            let r = request(self.port, "POST", "/", &iam, form.as_bytes());
+            assert_eq!(r.status, 200, "IAM {form}: {}", r.body);
+            r.body
+        };
+        call("Action=CreateUser&UserName=ci&Version=2010-05-08");
+        let created = call("Action=CreateAccessKey&UserName=ci&Version=2010-05-08");
+        let field = |name: &str| {
+            let open = format!("<{name}>");
+            let start = created.find(&open).expect("access key in response") + open.len();
+            let end = start + created[start..].find('<').expect("closing tag");
+            created[start..end].to_string()
+        };
+        let policy = encode_key(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#,
+        );
+        call(&format!(
+            "Action=PutUserPolicy&UserName=ci&PolicyName=all&PolicyDocument={policy}&Version=2010-05-08"
+        ));
+        let r = request(
+            self.port,
+            "POST",
+            "/moto-api/reset-auth",
+            &[("Content-Type", "text/plain".to_string())],
+            b"0",
+        );
+        assert_eq!(r.status, 200, "enable moto auth: {}", r.body);
+        (field("AccessKeyId"), field("SecretAccessKey"))
+    }
 }
