@@ -9,3 +9,6 @@ mod exec;
 mod ship_logs;
 mod ship_tfevents;
 mod tfevents;
+mod localize_hostile;
+mod localize_http;
+mod localize_object;
