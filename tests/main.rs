@@ -6,9 +6,9 @@ mod harness;
 
 mod cli;
 mod exec;
-mod ship_logs;
-mod ship_tfevents;
-mod tfevents;
 mod localize_hostile;
 mod localize_http;
 mod localize_object;
+mod ship_logs;
+mod ship_tfevents;
+mod tfevents;

@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub mod proxy;
-pub mod python;
 pub mod archive;
 pub mod http_server;
+pub mod proxy;
+pub mod python;
 pub mod tls;
 
 /// The `periscope` binary under test.
