@@ -5,5 +5,10 @@
 mod harness;
 
 mod cli;
+mod exec;
 mod localize_hostile;
 mod localize_http;
+mod localize_object;
+mod ship_logs;
+mod ship_tfevents;
+mod tfevents;

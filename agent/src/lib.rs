@@ -13,9 +13,13 @@
 //! layer in `main.rs`; diagnostics go through `tracing`.
 
 pub mod error;
+pub mod exec;
 pub mod fsutil;
+pub mod job;
 pub mod localize;
 pub mod redact;
 pub mod retry;
+pub mod ship;
+pub mod sidecar;
 pub mod storage;
 pub mod tfevents;

@@ -68,6 +68,12 @@ enum LogFormat {
 enum Command {
     /// Fetch code from git, an HTTP(S) archive or an object store into a folder, atomically.
     Localize(Box<cli::localize::LocalizeArgs>),
+    /// Run the training command, capturing stdout/stderr and the exit code for the sidecar.
+    Exec(cli::exec::ExecArgs),
+    /// Ship logs to object storage exactly once until the job ends, then drain (the pod's sidecar).
+    Sidecar(Box<cli::sidecar::SidecarArgs>),
+    /// Read back logs the sidecar stored: `cat` one log, `ls` an experiment.
+    Logs(cli::logs::LogsArgs),
     /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
     Tfevents(cli::tfevents::TfeventsArgs),
     /// Print the version, the build target and the enabled features.
@@ -128,6 +134,9 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Localize(args) => cli::block_on(cli::localize::run(*args)),
+        Command::Exec(args) => cli::block_on(cli::exec::run(args)),
+        Command::Sidecar(args) => cli::block_on(cli::sidecar::run(*args)),
+        Command::Logs(args) => cli::block_on(cli::logs::run(args)),
         Command::Tfevents(args) => cli::tfevents::run(args),
         Command::Version => {
             cli::version::print();
@@ -161,6 +170,7 @@ fn init_logging(global: &GlobalArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match global.log_format {
         LogFormat::Text => builder.init(),

@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 pub mod archive;
 pub mod http_server;
+pub mod proxy;
+pub mod python;
 pub mod tls;
 
 /// The `periscope` binary under test.
@@ -111,3 +113,7 @@ pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
+pub mod azurite;
+pub mod process;
+pub mod rawhttp;
+pub mod s3;

@@ -3,9 +3,14 @@
 //! Commands return `Result<ExitCode, Failure>`; `main.rs` turns a [`Failure`] into a message, an
 //! exit code and the termination message.
 
+pub mod exec;
 pub mod localize;
+pub mod logs;
 pub mod progress;
+pub mod sidecar;
+pub mod signals;
 pub mod size;
+pub mod storage_url;
 pub mod tfevents;
 pub mod version;
 

@@ -1,0 +1,86 @@
+//! `periscope exec -- CMD…`: the wrapper for the main container.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use periscope::exec::{self, ExecSpec};
+
+use super::Failure;
+
+const AFTER_HELP: &str = "\
+CMD's stdout and stderr are copied to DIR/stdout.log and DIR/stderr.log (appended, so a restarted
+container continues them) and still shown on this process's own streams, so `kubectl logs` works.
+SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to CMD (to its process group when
+not on a terminal). When CMD ends and its output is on disk, its exit code is written atomically to
+DIR/exit-code, which `periscope sidecar --exit-when-file` waits for. Periscope exits with CMD's code
+(128 + N if signal N killed it; 127 if CMD was not found, 126 if it could not be started).
+
+Example (main container of a pod; /periscope is a shared emptyDir):
+  periscope exec --capture-dir /periscope/logs -- python train.py --epochs 10";
+
+/// Run the training command, capturing its output and exit code for the sidecar.
+#[derive(clap::Args)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct ExecArgs {
+    /// Folder for stdout.log, stderr.log and exit-code (shared with the sidecar).
+    #[arg(
+        long,
+        env = "PERISCOPE_CAPTURE_DIR",
+        value_name = "DIR",
+        default_value = "periscope-data/logs"
+    )]
+    capture_dir: PathBuf,
+    /// The command and its arguments, after `--`.
+    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Runs `periscope exec`.
+pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
+    let mut command = args.command.into_iter();
+    // clap enforces at least one value (`required = true`).
+    let program = command.next().unwrap_or_default();
+    let spec = ExecSpec {
+        program,
+        args: command.collect(),
+        capture_dir: args.capture_dir,
+        env: Vec::new(),
+        cwd: None,
+    };
+    let (out, err) = (own_stream(1)?, own_stream(2)?);
+    match exec::run(&spec, out, err).await {
+        Ok(outcome) => Ok(exit_code(outcome.code)),
+        Err(e) => match e.shell_code() {
+            Some(code) => {
+                // Still tell a waiting sidecar that the job is over.
+                if let Err(w) = exec::write_exit_code(&spec.capture_dir, code) {
+                    tracing::warn!(error = %w, "cannot write the exit-code file");
+                }
+                eprintln!("error: {e}");
+                Ok(exit_code(code))
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// An exit code as the process's own (codes above 255 wrap as a shell's would).
+pub fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from((code & 0xff) as u8)
+}
+
+/// Our stdout (1) or stderr (2) as an async writer, on a duplicated descriptor.
+fn own_stream(fd: i32) -> Result<tokio::fs::File, Failure> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: descriptors 1 and 2 stay open for the life of the process; we only borrow them to dup.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned().map_err(|e| {
+        Failure::new(
+            periscope::error::ErrorClass::Io,
+            format!("cannot duplicate output stream {fd}: {e}"),
+            None,
+        )
+    })?;
+    Ok(tokio::fs::File::from_std(std::fs::File::from(owned)))
+}

@@ -1,0 +1,340 @@
+//! Object store sources: `s3://`, `gs://`, `az://` and `file://` (or an absolute path).
+//!
+//! A URL whose path ends in `/` (or names a whole bucket) is a prefix: every object under it is
+//! copied, keys becoming paths below the stage ([`keys`]), many at once and large ones in ranges
+//! ([`copy`]). Any other URL names one object: an archive (by extension or `#format=`) is streamed
+//! into the unpacker ([`archive`]); anything else is stored as is under its own name.
+//!
+//! The revision recorded for a prefix or a plain object is a digest of keys and ETags
+//! ([`fingerprint`]), which `probe` recomputes from a listing alone; an archive's revision is the
+//! sha256 of its bytes. Stores are built only by [`crate::storage`]. This module writes only into
+//! the stage it is given and never prints.
+
+mod archive;
+mod copy;
+mod fingerprint;
+mod keys;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+
+use super::{
+    ArchiveFormat, FetchContext, Fetched, Revision, RevisionKind, SourceError, SourceOptions,
+    SourceProgress,
+};
+use crate::error::{Classify, ErrorClass};
+use crate::redact::redact_url;
+use crate::storage::{self, Service, StorageError, StoreOptions};
+
+pub use copy::{PART_SIZE, SPLIT_ABOVE};
+pub use fingerprint::fingerprint;
+
+/// An object store source that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// Building the store or a request failed; classified by [`storage::classify`].
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A key that could land outside the stage or collide: the whole source is refused.
+    #[error("refusing the source: object key `{key}` is unsafe: {reason}")]
+    UnsafeKey { key: String, reason: String },
+    /// The source is larger than `--max-bytes` / `--max-files` allow.
+    #[error("refusing the source: {what} is {actual}, over the limit of {limit}")]
+    OverLimit {
+        what: &'static str,
+        actual: u64,
+        limit: u64,
+    },
+    /// A prefix with nothing under it: most likely a typo.
+    #[error("no objects under `{shown}`")]
+    EmptyPrefix { shown: String },
+    /// A body ended before the size the store announced.
+    #[error("object `{key}` ended after {got} of {expected} bytes")]
+    ShortBody {
+        key: String,
+        expected: u64,
+        got: u64,
+    },
+    /// Writing into the stage failed.
+    #[error("cannot write `{}`: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+impl Classify for ObjectError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ObjectError::Storage(e) => e.class(),
+            ObjectError::UnsafeKey { .. } | ObjectError::OverLimit { .. } => ErrorClass::Integrity,
+            ObjectError::EmptyPrefix { .. } => ErrorClass::NotFound,
+            ObjectError::ShortBody { .. } => ErrorClass::Network,
+            ObjectError::Write { .. } => ErrorClass::Io,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            ObjectError::Storage(e) => e.hint(),
+            ObjectError::UnsafeKey { .. } => Some(
+                "someone who can write to this bucket stored a key that is not a safe relative path; \
+                 remove or rename it"
+                    .into(),
+            ),
+            ObjectError::OverLimit { .. } => {
+                Some("raise --max-bytes / --max-files if this size is expected".into())
+            }
+            ObjectError::EmptyPrefix { .. } => Some(
+                "check the bucket and prefix; to fetch a single object, drop the trailing `/`"
+                    .into(),
+            ),
+            ObjectError::ShortBody { .. } => {
+                Some("the object may have changed while it was copied; run again".into())
+            }
+            ObjectError::Write { .. } => {
+                Some("check that the destination is writable and has free space".into())
+            }
+        }
+    }
+}
+
+/// What a source URL names inside its store.
+struct Located {
+    store: Arc<dyn ObjectStore>,
+    service: Service,
+    path: Path,
+    /// The URL as people may see it.
+    shown: String,
+    /// True when every object under `path` is copied.
+    is_prefix: bool,
+}
+
+fn locate(url: &url::Url, ctx: &FetchContext) -> Result<Located, ObjectError> {
+    let shown = redact_url(url.as_str());
+    let service = Service::from_scheme(url.scheme()).ok_or_else(|| StorageError::BadUrl {
+        shown: shown.clone(),
+        reason: "not an object store scheme".into(),
+    })?;
+    let options = StoreOptions {
+        retry: ctx.retry,
+        connect_timeout: ctx.connect_timeout,
+        idle_timeout: ctx.idle_timeout,
+        ca_file: ctx.tls.ca_file.clone(),
+    };
+    let (store, path) = storage::open(url, &options)?;
+    let is_prefix = url.path().ends_with('/') || path.as_ref().is_empty();
+    Ok(Located {
+        store,
+        service,
+        path,
+        shown,
+        is_prefix,
+    })
+}
+
+impl Located {
+    async fn list(&self) -> Result<Vec<ObjectMeta>, ObjectError> {
+        let objects: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&self.path))
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::request(self.service, self.shown.clone(), &e))?;
+        if objects.is_empty() {
+            return Err(ObjectError::EmptyPrefix {
+                shown: self.shown.clone(),
+            });
+        }
+        Ok(objects)
+    }
+
+    async fn head(&self) -> Result<ObjectMeta, ObjectError> {
+        Ok(self
+            .store
+            .head(&self.path)
+            .await
+            .map_err(|e| StorageError::request(self.service, self.shown.clone(), &e))?)
+    }
+}
+
+/// The archive format a single object is unpacked with, if any.
+fn archive_format(path: &Path, opts: &SourceOptions) -> Option<ArchiveFormat> {
+    match opts.format {
+        Some(ArchiveFormat::None) => None,
+        Some(f) => Some(f),
+        None => ArchiveFormat::from_name(path.filename().unwrap_or_default()),
+    }
+}
+
+/// A digest of the ETags of what would be copied, without copying it.
+pub async fn probe(
+    url: &url::Url,
+    _opts: &SourceOptions,
+    ctx: &FetchContext,
+) -> Result<Option<String>, SourceError> {
+    let at = locate(url, ctx)?;
+    let digest = if at.is_prefix {
+        let objects = at.list().await?;
+        // Keys are checked here too, so a hostile key is refused even when nothing else changed.
+        keys::plan(&at.path, objects.clone())?;
+        fingerprint(&objects)
+    } else {
+        fingerprint([&at.head().await?])
+    };
+    Ok(Some(digest))
+}
+
+/// Copies the object or prefix into `stage`; an archive key is unpacked.
+pub async fn fetch(
+    url: &url::Url,
+    opts: &SourceOptions,
+    stage: &FsPath,
+    ctx: &FetchContext,
+    progress: &SourceProgress,
+) -> Result<Fetched, SourceError> {
+    let at = locate(url, ctx)?;
+    if at.is_prefix {
+        return Ok(fetch_prefix(&at, stage, ctx, progress).await?);
+    }
+    let meta = at.head().await?;
+    let digest = fingerprint([&meta]);
+    if let Some(format) = archive_format(&at.path, opts) {
+        let unpacked = archive::fetch(&at, &meta, format, opts, stage, ctx, progress).await?;
+        return Ok(Fetched {
+            revision: Revision {
+                kind: RevisionKind::Sha256,
+                id: unpacked.sha256,
+            },
+            fingerprint: Some(digest),
+            bytes: unpacked.bytes,
+            files: unpacked.files,
+        });
+    }
+    fetch_single(&at, meta, opts, stage, ctx, progress, digest).await
+}
+
+async fn fetch_prefix(
+    at: &Located,
+    stage: &FsPath,
+    ctx: &FetchContext,
+    progress: &SourceProgress,
+) -> Result<Fetched, ObjectError> {
+    let objects = at.list().await?;
+    let digest = fingerprint(&objects);
+    let plan = keys::plan(&at.path, objects)?;
+    check_limits(plan.bytes(), plan.entries(), ctx)?;
+    progress.set_total(plan.bytes());
+    for dir in &plan.dirs {
+        let path = stage.join(dir);
+        std::fs::create_dir(&path).map_err(copy::write_error(&path))?;
+    }
+    let downloads: Vec<copy::Download> = plan
+        .files
+        .iter()
+        .map(|f| copy::Download {
+            meta: f.meta.clone(),
+            path: stage.join(&f.rel),
+        })
+        .collect();
+    tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
+    let bytes = copy::download_all(
+        at.store.clone(),
+        at.service,
+        &downloads,
+        ctx.concurrency,
+        progress,
+    )
+    .await?;
+    Ok(Fetched {
+        revision: Revision {
+            kind: RevisionKind::Etags,
+            id: digest.clone(),
+        },
+        fingerprint: Some(digest),
+        bytes,
+        files: plan.entries(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_single(
+    at: &Located,
+    meta: ObjectMeta,
+    opts: &SourceOptions,
+    stage: &FsPath,
+    ctx: &FetchContext,
+    progress: &SourceProgress,
+    digest: String,
+) -> Result<Fetched, SourceError> {
+    check_limits(meta.size, 1, ctx)?;
+    // `locate` found a file name: a URL without one is a prefix.
+    let name = at.path.filename().unwrap_or("object").to_string();
+    let path = stage.join(&name);
+    progress.set_total(meta.size);
+    let download = copy::Download { meta, path };
+    let bytes = copy::download_all(
+        at.store.clone(),
+        at.service,
+        std::slice::from_ref(&download),
+        ctx.concurrency,
+        progress,
+    )
+    .await?;
+    let revision = match opts.sha256 {
+        Some(expected) => {
+            let actual = sha256_file(&download.path)?;
+            if actual != expected {
+                return Err(SourceError::Checksum {
+                    expected: hex::encode(expected),
+                    actual: hex::encode(actual),
+                });
+            }
+            Revision {
+                kind: RevisionKind::Sha256,
+                id: hex::encode(actual),
+            }
+        }
+        None => Revision {
+            kind: RevisionKind::Etags,
+            id: digest.clone(),
+        },
+    };
+    Ok(Fetched {
+        revision,
+        fingerprint: Some(digest),
+        bytes,
+        files: 1,
+    })
+}
+
+fn check_limits(bytes: u64, entries: u64, ctx: &FetchContext) -> Result<(), ObjectError> {
+    if bytes > ctx.limits.max_bytes {
+        return Err(ObjectError::OverLimit {
+            what: "the total size in bytes",
+            actual: bytes,
+            limit: ctx.limits.max_bytes,
+        });
+    }
+    if entries > ctx.limits.max_files {
+        return Err(ObjectError::OverLimit {
+            what: "the number of files and folders",
+            actual: entries,
+            limit: ctx.limits.max_files,
+        });
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &FsPath) -> Result<[u8; 32], ObjectError> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).map_err(copy::write_error(path))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(copy::write_error(path))?;
+    Ok(hasher.finalize().into())
+}

@@ -1,0 +1,21 @@
+//! Shipping what a job writes to durable storage: log files (and, next, tf.events files).
+//!
+//! Data flows one way: **file → reader → chunk → sink**. [`discover`] expands the `--logs` globs;
+//! [`identity`] tells files apart across renames; [`logs`] follows files and uploads compressed
+//! chunks whose [`key`]s say which bytes they hold; [`checkpoint`] makes that exactly-once across
+//! crashes; [`reassemble`] reads it all back for `periscope logs cat`.
+//!
+//! The reader never knows which store it feeds, and the store never knows which file a chunk came
+//! from beyond the key.
+
+pub mod checkpoint;
+pub mod discover;
+pub mod identity;
+pub mod key;
+pub mod logs;
+pub mod reassemble;
+pub mod tfevents_mirror;
+
+pub use discover::LogGlob;
+pub use logs::{LogConfig, LogShipper, LogStats, ShipError, TickReport};
+pub use tfevents_mirror::{MirrorConfig, TfeventsMirror};

@@ -1,0 +1,237 @@
+//! Reading logs back from storage: `periscope logs cat` and `periscope logs ls`.
+//!
+//! A log path's chunks are listed, ordered by generation and byte range, checked for gaps, and
+//! decompressed in order. Overlapping chunks (which the shipper never writes, but an operator's
+//! copy might) are trimmed so no byte is repeated. This module returns bytes and summaries; the CLI
+//! prints them.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::key::{ChunkName, LOGS_DIR};
+use crate::error::{Classify, ErrorClass};
+
+/// A failure reading logs back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBackError {
+    #[error("no log chunks under `{0}`")]
+    NotFound(String),
+    #[error("cannot list or read `{what}`: {error}")]
+    Store {
+        what: String,
+        #[source]
+        error: object_store::Error,
+    },
+    #[error("chunk `{0}` is not valid gzip")]
+    Corrupt(String),
+}
+
+impl Classify for ReadBackError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ReadBackError::NotFound(_) => ErrorClass::NotFound,
+            ReadBackError::Store { error, .. } => match error {
+                object_store::Error::NotFound { .. } => ErrorClass::NotFound,
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => ErrorClass::Auth,
+                _ => ErrorClass::Network,
+            },
+            ReadBackError::Corrupt(_) => ErrorClass::Integrity,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            ReadBackError::NotFound(_) => {
+                Some("list what is stored with `periscope logs ls <URL>/<experiment>`".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Bytes missing between two chunks of one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub generation: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// What `cat` found, besides the bytes it wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatReport {
+    pub generations: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub gaps: Vec<Gap>,
+}
+
+async fn chunks_of(
+    store: &Arc<dyn ObjectStore>,
+    folder: &Path,
+) -> Result<Vec<(ChunkName, Path)>, ReadBackError> {
+    let depth = folder.parts().count();
+    let metas: Vec<_> = store
+        .list(Some(folder))
+        .try_collect()
+        .await
+        .map_err(|error| ReadBackError::Store {
+            what: folder.to_string(),
+            error,
+        })?;
+    let mut chunks: Vec<(ChunkName, Path)> = metas
+        .into_iter()
+        .filter_map(|m| {
+            let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
+            if parts.len() != depth + 2 {
+                return None;
+            }
+            ChunkName::parse(&parts[depth], &parts[depth + 1]).map(|c| (c, m.location))
+        })
+        .collect();
+    chunks.sort_by_key(|(c, _)| *c);
+    Ok(chunks)
+}
+
+/// Writes every stored byte of the log at `folder` to `out`, generation after generation.
+pub async fn cat(
+    store: &Arc<dyn ObjectStore>,
+    folder: &Path,
+    out: &mut (dyn std::io::Write + Send),
+) -> Result<CatReport, ReadBackError> {
+    let chunks = chunks_of(store, folder).await?;
+    if chunks.is_empty() {
+        return Err(ReadBackError::NotFound(folder.to_string()));
+    }
+    let mut report = CatReport::default();
+    let mut current_gen = None;
+    let mut next = 0u64;
+    for (name, key) in chunks {
+        if current_gen != Some(name.generation) {
+            current_gen = Some(name.generation);
+            report.generations += 1;
+            next = 0;
+        }
+        if name.end <= next {
+            continue;
+        }
+        if name.start > next {
+            report.gaps.push(Gap {
+                generation: name.generation,
+                start: next,
+                end: name.start,
+            });
+        }
+        let body = store
+            .get(&key)
+            .await
+            .map_err(|error| ReadBackError::Store {
+                what: key.to_string(),
+                error,
+            })?
+            .bytes()
+            .await
+            .map_err(|error| ReadBackError::Store {
+                what: key.to_string(),
+                error,
+            })?;
+        let mut raw = Vec::with_capacity((name.end - name.start) as usize);
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut raw)
+            .map_err(|_| ReadBackError::Corrupt(key.to_string()))?;
+        if raw.len() as u64 != name.end - name.start {
+            return Err(ReadBackError::Corrupt(key.to_string()));
+        }
+        let skip = next.saturating_sub(name.start) as usize;
+        out.write_all(&raw[skip..])
+            .map_err(|e| ReadBackError::Store {
+                what: "stdout".into(),
+                error: object_store::Error::Generic {
+                    store: "output",
+                    source: Box::new(e),
+                },
+            })?;
+        report.chunks += 1;
+        report.bytes += (raw.len() - skip) as u64;
+        next = name.end;
+    }
+    Ok(report)
+}
+
+/// One stored log path, as `ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredLog {
+    /// `<worker>/logs/<path>` relative to the listed prefix.
+    pub path: String,
+    pub generations: u64,
+    pub chunks: u64,
+    /// Uncompressed bytes.
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    /// RFC 3339 time of the newest chunk.
+    pub last_modified: String,
+}
+
+/// Lists every log stored under `prefix` (an experiment, or one worker of it).
+pub async fn ls(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &Path,
+) -> Result<Vec<StoredLog>, ReadBackError> {
+    let depth = prefix.parts().count();
+    let metas: Vec<_> = store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|error| ReadBackError::Store {
+            what: prefix.to_string(),
+            error,
+        })?;
+    let mut logs: BTreeMap<String, (StoredLog, std::collections::BTreeSet<u64>)> = BTreeMap::new();
+    for m in metas {
+        let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
+        let rel = &parts[depth.min(parts.len())..];
+        if rel.len() < 3 || !rel.iter().any(|p| p == LOGS_DIR) {
+            continue;
+        }
+        let Some(name) = ChunkName::parse(&rel[rel.len() - 2], &rel[rel.len() - 1]) else {
+            continue;
+        };
+        let path = rel[..rel.len() - 2].join("/");
+        let entry = logs.entry(path.clone()).or_insert_with(|| {
+            (
+                StoredLog {
+                    path,
+                    generations: 0,
+                    chunks: 0,
+                    bytes: 0,
+                    stored_bytes: 0,
+                    last_modified: String::new(),
+                },
+                Default::default(),
+            )
+        });
+        entry.1.insert(name.generation);
+        entry.0.chunks += 1;
+        entry.0.bytes += name.end - name.start;
+        entry.0.stored_bytes += m.size;
+        let lm = m
+            .last_modified
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if lm > entry.0.last_modified {
+            entry.0.last_modified = lm;
+        }
+    }
+    Ok(logs
+        .into_values()
+        .map(|(mut l, gens)| {
+            l.generations = gens.len() as u64;
+            l
+        })
+        .collect())
+}

@@ -1,0 +1,122 @@
+//! A TCP proxy on 127.0.0.1 in front of a real server, that can be taken down and brought back on
+//! the same port: the way tests make storage or a metastore unreachable for a while without
+//! losing the server's data.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// Forwards `127.0.0.1:port` to `upstream`. Invariant: while `down`, nothing listens on the port and
+/// every connection that was open has been shut down.
+pub struct Proxy {
+    pub port: u16,
+    upstream: SocketAddr,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Starts forwarding to `upstream` on a free port.
+    pub fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let proxy = Proxy {
+            port,
+            upstream,
+            down: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops listening and cuts every open connection.
+    pub fn take_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it drops the listener.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        // Wait until the port really refuses connections.
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        panic!("proxy port {} still accepts connections", self.port);
+    }
+
+    /// Listens again on the same port.
+    pub fn bring_up(&self) {
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("rebind proxy port: {e}"),
+            }
+        };
+        self.down.store(false, Ordering::SeqCst);
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (down, conns, stop, upstream) = (
+            self.down.clone(),
+            self.conns.clone(),
+            self.stop.clone(),
+            self.upstream,
+        );
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if down.load(Ordering::SeqCst) || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                {
+                    let mut list = conns.lock().unwrap();
+                    list.push(client.try_clone().expect("clone"));
+                    list.push(server.try_clone().expect("clone"));
+                }
+                pipe(
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                pipe(server, client);
+            }
+        });
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    thread::spawn(move || {
+        let _ = io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}

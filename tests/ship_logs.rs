@@ -1,0 +1,454 @@
+//! `periscope sidecar` log shipping: exactly once across `kill -9`, rotation (rename and
+//! copytruncate), storage outages and SIGTERM drains, checked byte for byte with `logs cat`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::harness::azurite::Azurite;
+use crate::harness::proxy::Proxy;
+use crate::harness::s3::S3Server;
+use crate::harness::{periscope, run};
+
+/// How the test writer rotates its log.
+#[derive(Clone, Copy)]
+enum Rotation {
+    /// Alternate: rename the file away and create a new one, then copy it and truncate in place.
+    RenameAndCopytruncate,
+}
+
+/// Writes numbered lines to `dir/app.log` at about `rate` bytes/s, rotating every `rotate_every`
+/// bytes, until `total` bytes were written. Returns every byte written to the path, in order.
+fn write_log(
+    dir: &Path,
+    total: usize,
+    rotate_every: usize,
+    rate: usize,
+    _rotation: Rotation,
+) -> Vec<u8> {
+    let path = dir.join("app.log");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let mut written = Vec::with_capacity(total + 4096);
+    let mut since_rotation = 0usize;
+    let mut rotations = 0;
+    let start = Instant::now();
+    let mut i = 0u64;
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while written.len() < total {
+        batch.clear();
+        while batch.len() < 64 * 1024 {
+            // Lines of varied length; some long, to cross chunk boundaries mid-line.
+            let pad = (i % 97) as usize * if i % 1000 == 0 { 50 } else { 1 };
+            writeln!(batch, "{i:010} {}", "x".repeat(pad)).unwrap();
+            i += 1;
+        }
+        file.write_all(&batch).unwrap();
+        written.extend_from_slice(&batch);
+        since_rotation += batch.len();
+        if since_rotation >= rotate_every {
+            since_rotation = 0;
+            rotations += 1;
+            let rotated = dir.join(format!("app.log.{rotations}"));
+            if rotations % 2 == 1 {
+                fs::rename(&path, &rotated).unwrap();
+                file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+            } else {
+                fs::copy(&path, &rotated).unwrap();
+                file.set_len(0).unwrap();
+            }
+        }
+        // Pace the writer so a restart window never spans two rotations.
+        let due = Duration::from_secs_f64(written.len() as f64 / rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            thread::sleep(wait);
+        }
+    }
+    file.sync_all().unwrap();
+    written
+}
+
+struct Sidecar {
+    storage: String,
+    glob: String,
+    state: PathBuf,
+    exit_file: PathBuf,
+    env: Vec<(&'static str, String)>,
+    chunk_age: &'static str,
+}
+
+impl Sidecar {
+    fn command(&self) -> Command {
+        let mut cmd = periscope();
+        cmd.args([
+            "sidecar",
+            "--storage",
+            &self.storage,
+            "--logs",
+            &self.glob,
+            "--state-dir",
+        ])
+        .arg(&self.state)
+        .args(["--experiment-id", "exp-1", "--worker", "worker-0"])
+        .args([
+            "--chunk-bytes",
+            "1MiB",
+            "--chunk-age",
+            self.chunk_age,
+            "--poll-interval",
+            "0.1",
+        ])
+        .arg("--exit-when-file")
+        .arg(&self.exit_file)
+        .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts a sidecar whose stderr is appended to `<state>.stderr`, so nothing blocks on a
+    /// full pipe and the test can read what every run said.
+    fn spawn(&self) -> Child {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_log())
+            .unwrap();
+        self.command().stderr(log).spawn().unwrap()
+    }
+
+    fn stderr_log(&self) -> PathBuf {
+        self.state.with_extension("stderr")
+    }
+
+    /// Runs until it exits by itself; returns (exit code, stderr).
+    fn finish(&self) -> (Option<i32>, String) {
+        let child = self.command().spawn().unwrap();
+        let out = wait_with_timeout(child, Duration::from_secs(180));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sidecar did not exit within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// `periscope logs cat` of the test log, as bytes.
+fn logs_cat(storage: &str, env: &[(&'static str, String)]) -> Vec<u8> {
+    let out = periscope()
+        .args([
+            "logs",
+            "cat",
+            &format!("{storage}/exp-1/worker-0/logs/app.log"),
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "logs cat failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[track_caller]
+fn assert_same_bytes(stored: &[u8], written: &[u8]) {
+    if stored != written {
+        let first = stored
+            .iter()
+            .zip(written)
+            .position(|(a, b)| a != b)
+            .unwrap_or(stored.len().min(written.len()));
+        let show = |b: &[u8]| {
+            String::from_utf8_lossy(&b[first.saturating_sub(40)..(first + 40).min(b.len())])
+                .into_owned()
+        };
+        panic!(
+            "stored log differs from what was written: {} vs {} bytes (sha256 {} vs {}), first difference at byte {first}:\nstored:  {:?}\nwritten: {:?}",
+            stored.len(),
+            written.len(),
+            hex::encode(Sha256::digest(stored)),
+            hex::encode(Sha256::digest(written)),
+            show(stored),
+            show(written)
+        );
+    }
+}
+
+/// Kills the sidecar at random moments while `writer` runs; returns the writer's bytes.
+fn run_with_kills(
+    sc: &Sidecar,
+    writer: thread::JoinHandle<Vec<u8>>,
+    outage: Option<&dyn Fn(bool)>,
+) -> Vec<u8> {
+    let seed: u64 = rand::rng().random();
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    let mut kills = 0;
+    let mut outage_done = outage.is_none();
+    while !writer.is_finished() {
+        let mut child = sc.spawn();
+        thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+        if !outage_done && kills == 2 {
+            let set_down = outage.unwrap();
+            set_down(true);
+            thread::sleep(Duration::from_secs(20));
+            set_down(false);
+            outage_done = true;
+        }
+        kill9(&mut child);
+        kills += 1;
+    }
+    eprintln!("killed the sidecar {kills} times");
+    assert!(kills >= 3, "the writer finished too fast to test restarts");
+    writer.join().unwrap()
+}
+
+#[test]
+fn exactly_once_across_kill9_and_rotation_to_file_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let store = dir.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    let sc = Sidecar {
+        storage: format!("file://{}", store.display()),
+        glob: format!("{}/*.log", logs.display()),
+        state: dir.path().join("state"),
+        exit_file: dir.path().join("exit-code"),
+        env: Vec::new(),
+        chunk_age: "0.3",
+    };
+    let writer_dir = logs.clone();
+    let writer = thread::spawn(move || {
+        write_log(
+            &writer_dir,
+            200 << 20,
+            12 << 20,
+            12 << 20,
+            Rotation::RenameAndCopytruncate,
+        )
+    });
+    let written = run_with_kills(&sc, writer, None);
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "final drain failed:\n{stderr}");
+    assert!(!stderr.contains("lost"), "no loss expected:\n{stderr}");
+    assert_same_bytes(&logs_cat(&sc.storage, &[]), &written);
+    // `logs ls` shows the path with its rotated generations.
+    let ran = run(periscope().args(["logs", "ls", &format!("{}/exp-1", sc.storage)]));
+    ran.expect_code(0).expect_output("worker-0/logs/app.log");
+}
+
+#[test]
+fn sigterm_drain_stores_lines_written_before_and_during_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let store = dir.path().join("store");
+    let sc = Sidecar {
+        storage: format!("file://{}", store.display()),
+        glob: format!("{}/*.log", logs.display()),
+        state: dir.path().join("state"),
+        exit_file: dir.path().join("never"),
+        env: Vec::new(),
+        chunk_age: "0.3",
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (writer_dir, writer_stop) = (logs.clone(), stop.clone());
+    let writer = thread::spawn(move || {
+        let mut f = File::create(writer_dir.join("app.log")).unwrap();
+        let mut written = Vec::new();
+        let mut i = 0;
+        while !writer_stop.load(Ordering::SeqCst) {
+            let line = format!("step {i} loss {}\n", 1.0 / (i + 1) as f64);
+            f.write_all(line.as_bytes()).unwrap();
+            written.extend_from_slice(line.as_bytes());
+            i += 1;
+            thread::sleep(Duration::from_millis(2));
+        }
+        written
+    });
+    let child = sc.spawn();
+    thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // The main container is gone, but its last lines are still being flushed.
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_bytes(&logs_cat(&sc.storage, &[]), &written);
+}
+
+#[test]
+fn a_file_deleted_before_it_was_shipped_is_reported_as_a_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let mut sc = Sidecar {
+        storage: format!("file://{}", dir.path().join("store").display()),
+        glob: format!("{}/*.log", logs.display()),
+        state: dir.path().join("state"),
+        exit_file: dir.path().join("exit-code"),
+        env: Vec::new(),
+        chunk_age: "0.3",
+    };
+    fs::write(logs.join("app.log"), vec![b'a'; 1000]).unwrap();
+    // A long chunk age: the sidecar reads the file but has not shipped it when it is killed.
+    sc.chunk_age = "600";
+    let mut child = sc.spawn();
+    let state_file = sc.state.join("logs-checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(&state_file)
+        .unwrap_or_default()
+        .contains("\"seen_size\":1000")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sidecar never picked up the file"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    kill9(&mut child);
+    fs::remove_file(logs.join("app.log")).unwrap();
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    sc.chunk_age = "0.3";
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("lost") && stderr.contains("bytes=1000"),
+        "the loss must be reported:\n{stderr}"
+    );
+    let checkpoint = fs::read_to_string(&state_file).unwrap();
+    assert!(
+        checkpoint.contains("\"bytes\":1000"),
+        "the loss must be recorded: {checkpoint}"
+    );
+}
+
+#[test]
+fn exactly_once_across_kill9_rotation_and_a_20s_s3_outage() {
+    let s3 = S3Server::start();
+    s3.create_bucket("logs");
+    // The sidecar reaches moto through a proxy that the test takes down for 20 s: a real outage
+    // (connections refused) that keeps moto's stored objects.
+    let proxy = Proxy::start(format!("127.0.0.1:{}", s3.port).parse().unwrap());
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let sc = Sidecar {
+        storage: "s3://logs/jobs".into(),
+        glob: format!("{}/*.log", logs.display()),
+        state: dir.path().join("state"),
+        exit_file: dir.path().join("exit-code"),
+        env: env.clone(),
+        chunk_age: "0.3",
+    };
+    let writer_dir = logs.clone();
+    let writer = thread::spawn(move || {
+        write_log(
+            &writer_dir,
+            60 << 20,
+            12 << 20,
+            2 << 20,
+            Rotation::RenameAndCopytruncate,
+        )
+    });
+    let outage = |down: bool| {
+        if down {
+            proxy.take_down()
+        } else {
+            proxy.bring_up()
+        }
+    };
+    let written = run_with_kills(&sc, writer, Some(&outage));
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "final drain failed:\n{stderr}");
+    assert!(!stderr.contains("lost"), "no loss expected:\n{stderr}");
+    let earlier = fs::read_to_string(sc.stderr_log()).unwrap();
+    assert!(
+        earlier.contains("log upload failed"),
+        "the outage was never felt:\n{earlier}"
+    );
+    assert!(!earlier.contains("lost"), "no loss expected:\n{earlier}");
+    assert_same_bytes(&logs_cat(&sc.storage, &env), &written);
+}
+
+#[test]
+fn exactly_once_across_kill9_and_rotation_to_azurite() {
+    let azurite = Azurite::start();
+    azurite.create_container("logs");
+    let env = azurite.env();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let sc = Sidecar {
+        storage: "az://logs/jobs".into(),
+        glob: format!("{}/*.log", logs.display()),
+        state: dir.path().join("state"),
+        exit_file: dir.path().join("exit-code"),
+        env: env.clone(),
+        chunk_age: "0.3",
+    };
+    let writer_dir = logs.clone();
+    let writer = thread::spawn(move || {
+        write_log(
+            &writer_dir,
+            24 << 20,
+            6 << 20,
+            6 << 20,
+            Rotation::RenameAndCopytruncate,
+        )
+    });
+    let written = run_with_kills(&sc, writer, None);
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "final drain failed:\n{stderr}");
+    assert_same_bytes(&logs_cat(&sc.storage, &env), &written);
+}
