@@ -205,3 +205,26 @@ fn a_failing_input_is_a_read_error_not_damage() {
     .unwrap_err();
     assert!(matches!(err, UnpackError::Read(_)), "{err}");
 }
+
+#[test]
+fn zip_entries_marked_as_fifo_or_device_are_refused() {
+    let mut w = ::zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+    let o = ::zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+    w.start_file("pipe", o).unwrap();
+    let mut data = w.finish().unwrap().into_inner();
+    // The writer only makes files, folders and links; rewrite the central directory's external
+    // attributes (offset 38 of the entry) to a fifo, as a hand-made archive could.
+    let cd = data
+        .windows(4)
+        .position(|w| w == b"PK\x01\x02")
+        .expect("central directory");
+    let fifo: u32 = (0o010644u32) << 16;
+    data[cd + 38..cd + 42].copy_from_slice(&fifo.to_le_bytes());
+    data[cd + 5] = 3; // made by: Unix, so the mode is read
+    let err = run(&data, None, "p.zip", 0).1.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Integrity);
+    assert!(
+        err.to_string().contains("`pipe`") && err.to_string().contains("fifo"),
+        "{err}"
+    );
+}
