@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod git;
 pub mod tls;
 
 /// The `periscope` binary under test.
