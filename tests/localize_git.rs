@@ -481,3 +481,88 @@ fn git_sync_environment_from_submarine() {
     );
     assert_eq!(git(&code, &["rev-list", "--count", "HEAD"]), "1");
 }
+
+#[test]
+fn ssh_key_the_server_does_not_know_exits_4() {
+    let repos = Repos::new();
+    three_commits(&repos);
+    let sshd = Sshd::start();
+    let url = format!("git+{}", sshd.url(&repos.base().join("job.git")));
+    let other = tempfile::tempdir().unwrap();
+    let stranger = other.path().join("stranger");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dest = tempfile::tempdir().unwrap();
+    localize(
+        dest.path(),
+        &url,
+        &[
+            "--ssh-key-file",
+            stranger.to_str().unwrap(),
+            "--known-hosts-file",
+            sshd.known_hosts().to_str().unwrap(),
+        ],
+    )
+    .expect_code(4)
+    .expect_output("refused");
+    assert!(!dest.path().join("job").exists());
+}
+
+#[test]
+fn missing_repository_over_http_exits_3() {
+    let repos = Repos::new();
+    let http = GitHttp::start(&repos.base());
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &format!("git+{}", http.url("nope")), &[])
+        .expect_code(3)
+        .expect_output("repository not found");
+}
+
+#[test]
+fn git_ssl_no_verify_skips_certificate_checks_for_git_sync() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    let sha = repo.commit(&[("a.txt", "a\n")], &[], "one");
+    let ca = TestCa::new();
+    let https = GitHttp::start_tls(&repos.base(), &ca);
+    let root = tempfile::tempdir().unwrap();
+    let sync = |no_verify: &str| {
+        run(periscope()
+            .args(["localize", "--retries", "1"])
+            .env("GIT_SYNC_REPO", https.url("job"))
+            .env("GIT_SYNC_ROOT", root.path())
+            .env("GIT_SSL_NO_VERIFY", no_verify))
+    };
+    sync("false").expect_code(4);
+    sync("true").expect_code(0);
+    assert_eq!(recorded_commit(root.path(), "job"), sha);
+}
+
+#[test]
+fn checkout_over_the_file_limit_exits_5_and_publishes_nothing() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    let files: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("f{i}.txt"), format!("{i}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    repo.commit(&refs, &[], "many");
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("job"), &["--max-files", "10"])
+        .expect_code(5)
+        .expect_output("--max-files");
+    assert!(!dest.path().join("job").exists());
+    assert_no_staging(dest.path());
+    localize(dest.path(), &daemon.url("job"), &["--max-bytes", "16"])
+        .expect_code(5)
+        .expect_output("--max-bytes");
+    assert!(!dest.path().join("job").exists());
+}
