@@ -566,3 +566,48 @@ fn checkout_over_the_file_limit_exits_5_and_publishes_nothing() {
         .expect_output("--max-bytes");
     assert!(!dest.path().join("job").exists());
 }
+
+#[test]
+fn gitattributes_apply_like_git_and_plain_files_are_byte_exact() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    repo.commit(
+        &[
+            ("plain/data.bin", "line one\r\nline two\n"),
+            ("win/run.bat", "echo hi\n"),
+        ],
+        &[],
+        "files",
+    );
+    let plain_only = repo.git(&["rev-parse", "HEAD"]);
+    repo.commit(&[("win/.gitattributes", "*.bat eol=crlf\n")], &[], "attrs");
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("job"), &[]).expect_code(0);
+    // What `git clone` writes: the attribute converts run.bat, and nothing else changes.
+    let clone = tempfile::tempdir().unwrap();
+    git(clone.path(), &["clone", "-q", &daemon.url("job"), "c"]);
+    for file in ["win/run.bat", "plain/data.bin"] {
+        assert_eq!(
+            std::fs::read(dest.path().join("job").join(file)).unwrap(),
+            std::fs::read(clone.path().join("c").join(file)).unwrap(),
+            "{file} differs from git's checkout"
+        );
+    }
+    assert_eq!(
+        read(dest.path().join("job/win/run.bat")),
+        "echo hi\r\n",
+        "eol=crlf not applied"
+    );
+    // Without any .gitattributes, bytes are exactly what was committed.
+    localize(
+        dest.path(),
+        &format!("{}#ref={plain_only}&into=plain", daemon.url("job")),
+        &[],
+    )
+    .expect_code(0);
+    assert_eq!(
+        read(dest.path().join("plain/plain/data.bin")),
+        "line one\r\nline two\n"
+    );
+}

@@ -135,12 +135,50 @@ fn checkout(repo: &Repository, commit: Oid, target: &Target) -> Result<(), GitEr
         }
         _ => repo.set_head_detached(commit).map_err(local)?,
     }
-    repo.checkout_head(Some(CheckoutBuilder::new().force()))
-        .map_err(local)?;
+    let mut builder = CheckoutBuilder::new();
+    builder.force();
+    if !needs_filters(repo, &object).map_err(local)? {
+        // Loading attributes for every file costs libgit2 a realpath() per path and doubles the
+        // checkout time of a 10k-file tree; with no attributes and no autocrlf they change nothing.
+        builder.disable_filters(true);
+    }
+    repo.checkout_head(Some(&mut builder)).map_err(local)?;
     if let Ok(mut want) = repo.find_reference(WANT_REF) {
         want.delete().map_err(local)?;
     }
     Ok(())
+}
+
+/// Whether checking out `commit` could transform any file: only `.gitattributes` (in the tree or
+/// named by `core.attributesFile`) or `core.autocrlf` make libgit2's filters do anything.
+fn needs_filters(repo: &Repository, commit: &git2::Commit<'_>) -> Result<bool, git2::Error> {
+    let config = repo.config()?;
+    let autocrlf = config
+        .get_string("core.autocrlf")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if matches!(autocrlf.as_str(), "true" | "input" | "yes" | "on" | "1")
+        || config.get_path("core.attributesFile").is_ok()
+    {
+        return Ok(true);
+    }
+    let mut found = false;
+    let walked = commit
+        .tree()?
+        .walk(git2::TreeWalkMode::PreOrder, |_, entry| {
+            if entry.name_bytes() == b".gitattributes" {
+                found = true;
+                git2::TreeWalkResult::Abort
+            } else {
+                git2::TreeWalkResult::Ok
+            }
+        });
+    match walked {
+        // Stopping the walk at the first match is reported as an error.
+        Err(_) if found => Ok(true),
+        Err(e) => Err(e),
+        Ok(()) => Ok(false),
+    }
 }
 
 /// Records `origin` (credentials removed) and the branch's upstream, so `git log`, `git status`
