@@ -34,7 +34,9 @@ impl FetchPlan<'_> {
         let resolved = remote::ls_remote(self.url, reference, self.session)?;
         tracing::debug!(commit = %resolved.commit, target = ?resolved.target, "resolved ref");
         let commit = self.fetch(repo, &resolved)?;
+        tracing::debug!(%commit, "fetched");
         checkout(repo, commit, &resolved.target)?;
+        tracing::debug!(%commit, "checked out");
         Ok(Resolved { commit, ..resolved })
     }
 
