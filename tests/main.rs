@@ -4,5 +4,7 @@
 
 mod harness;
 
-mod cli;
+// Git sources over git daemon, smart HTTP(S), ssh and file://.
 mod localize_git;
+
+mod cli;

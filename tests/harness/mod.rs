@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub mod git;
 pub mod tls;
+// Git servers (daemon, smart HTTP, sshd) for tests/localize_git.rs.
+pub mod git;
 
 /// The `periscope` binary under test.
 pub fn periscope() -> Command {
