@@ -4,6 +4,9 @@
 
 mod harness;
 
+// Git sources over git daemon, smart HTTP(S), ssh and file://.
+mod localize_git;
+
 mod cli;
 mod exec;
 mod localize_hostile;

@@ -12,6 +12,8 @@ pub mod http_server;
 pub mod proxy;
 pub mod python;
 pub mod tls;
+// Git servers (daemon, smart HTTP, sshd) for tests/localize_git.rs.
+pub mod git;
 
 /// The `periscope` binary under test.
 pub fn periscope() -> Command {
