@@ -165,12 +165,17 @@ impl GitDaemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("daemon.log");
         let port = free_port();
-        let mut cmd = Command::new("git");
+        // `git daemon` would run git-daemon as a child that outlives a killed `git`: start the
+        // daemon itself, so dropping the handle stops it.
+        let exec_path = git(base, &["--exec-path"]);
+        let mut cmd = Command::new(Path::new(&exec_path).join("git-daemon"));
         if allow_sha {
-            cmd.args(["-c", "uploadpack.allowReachableSHA1InWant=true"]);
+            cmd.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "uploadpack.allowReachableSHA1InWant")
+                .env("GIT_CONFIG_VALUE_0", "true");
         }
         let child = cmd
-            .args(["daemon", "--export-all", "--reuseaddr", "--verbose"])
+            .args(["--export-all", "--reuseaddr", "--verbose"])
             .arg(format!("--base-path={}", base.display()))
             .arg("--listen=127.0.0.1")
             .arg(format!("--port={port}"))
