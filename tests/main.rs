@@ -12,6 +12,7 @@ mod exec;
 mod localize_hostile;
 mod localize_http;
 mod localize_object;
+mod run_cmd;
 mod ship_logs;
 mod ship_tfevents;
 mod tfevents;

@@ -112,6 +112,8 @@ impl Sidecar {
             self.chunk_age,
             "--poll-interval",
             "0.1",
+            "--listen",
+            "127.0.0.1:0",
         ])
         .arg("--exit-when-file")
         .arg(&self.exit_file)
@@ -451,4 +453,63 @@ fn exactly_once_across_kill9_and_rotation_to_azurite() {
     let (code, stderr) = sc.finish();
     assert_eq!(code, Some(0), "final drain failed:\n{stderr}");
     assert_same_bytes(&logs_cat(&sc.storage, &env), &written);
+}
+
+#[test]
+fn health_readiness_and_prometheus_metrics_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("app.log"), "hello\nworld\n").unwrap();
+    let port = crate::harness::free_port();
+    let mut child = periscope()
+        .args(["sidecar", "--storage"])
+        .arg(format!("file://{}", dir.path().join("store").display()))
+        .arg("--logs")
+        .arg(format!("{}/*.log", logs.display()))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args([
+            "--experiment-id",
+            "e",
+            "--chunk-age",
+            "0.2",
+            "--poll-interval",
+            "0.1",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::harness::rawhttp::wait_for_port(port, "sidecar", Duration::from_secs(20));
+    let get = |path: &str| crate::harness::rawhttp::request(port, "GET", path, &[], b"");
+    assert_eq!(get("/healthz").status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = get("/metrics");
+        if m.body.contains("periscope_log_bytes_shipped_total 12") {
+            assert_eq!(m.status, 200);
+            assert!(
+                m.body.contains("# TYPE periscope_backlog_bytes gauge"),
+                "{}",
+                m.body
+            );
+            assert!(
+                m.body.contains("periscope_log_bytes_lost_total 0"),
+                "{}",
+                m.body
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 12 bytes never showed as shipped:\n{}",
+            m.body
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get("/readyz").status, 200);
+    kill9(&mut child);
 }

@@ -59,6 +59,8 @@ fn mirror_is_cut_at_record_boundaries_and_holds_every_scalar_after_drain() {
             "0.2",
             "--poll-interval",
             "0.1",
+            "--listen",
+            "127.0.0.1:0",
             "--state-dir",
         ])
         .arg(dir.path().join("state"))

@@ -74,6 +74,8 @@ enum Command {
     Sidecar(Box<cli::sidecar::SidecarArgs>),
     /// Read back logs the sidecar stored: `cat` one log, `ls` an experiment.
     Logs(cli::logs::LogsArgs),
+    /// Localize, run a command and ship what it writes, all in one process (for bare VMs).
+    Run(Box<cli::run::RunArgs>),
     /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
     Tfevents(cli::tfevents::TfeventsArgs),
     /// Print the version, the build target and the enabled features.
@@ -137,6 +139,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         Command::Exec(args) => cli::block_on(cli::exec::run(args)),
         Command::Sidecar(args) => cli::block_on(cli::sidecar::run(*args)),
         Command::Logs(args) => cli::block_on(cli::logs::run(args)),
+        Command::Run(args) => cli::block_on(cli::run::run(*args)),
         Command::Tfevents(args) => cli::tfevents::run(args),
         Command::Version => {
             cli::version::print();

@@ -71,7 +71,7 @@ pub fn exit_code(code: i32) -> ExitCode {
 }
 
 /// Our stdout (1) or stderr (2) as an async writer, on a duplicated descriptor.
-fn own_stream(fd: i32) -> Result<tokio::fs::File, Failure> {
+pub fn own_stream(fd: i32) -> Result<tokio::fs::File, Failure> {
     use std::os::fd::BorrowedFd;
     // SAFETY: descriptors 1 and 2 stay open for the life of the process; we only borrow them to dup.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };

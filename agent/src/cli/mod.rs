@@ -7,6 +7,7 @@ pub mod exec;
 pub mod localize;
 pub mod logs;
 pub mod progress;
+pub mod run;
 pub mod sidecar;
 pub mod signals;
 pub mod size;

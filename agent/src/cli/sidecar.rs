@@ -91,6 +91,14 @@ pub struct SidecarArgs {
     /// Seconds to keep shipping after SIGTERM.
     #[arg(long, env = "PERISCOPE_DRAIN_TIMEOUT", default_value_t = 20.0)]
     drain_timeout: f64,
+    /// Address for /healthz, /readyz and Prometheus /metrics (use 0.0.0.0:9090 for kubelet probes).
+    #[arg(
+        long,
+        env = "PERISCOPE_LISTEN",
+        default_value = "127.0.0.1:9090",
+        value_name = "ADDR"
+    )]
+    listen: std::net::SocketAddr,
     /// Drain and exit when this file appears (the exit-code file of `periscope exec`).
     #[arg(long, env = "PERISCOPE_EXIT_WHEN_FILE", value_name = "PATH")]
     exit_when_file: Option<PathBuf>,
@@ -188,7 +196,31 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
         } else {
             Some(TfeventsMirror::open(mirror_cfg, store)?)
         },
+        health: Default::default(),
     };
+    let observed = sidecar::health::Observed {
+        health: pipelines.health.clone(),
+        logs: pipelines.logs.as_ref().map(LogShipper::stats),
+        stall_after: (lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                ErrorClass::Usage,
+                format!("cannot listen on {}: {e}", args.listen),
+                Some("choose a free address with --listen (e.g. 127.0.0.1:0 for any port)".into()),
+            )
+        })?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    }
+    let app = sidecar::health::router(observed);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health endpoint stopped");
+        }
+    });
     let mut folders: Vec<PathBuf> = globs.iter().map(|g| g.base.clone()).collect();
     folders.extend(tfevents_roots.iter().cloned());
     let (_watcher, wake) = sidecar::watch_folders(&folders);

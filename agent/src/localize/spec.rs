@@ -207,8 +207,13 @@ fn classify_location(location: &str) -> Result<SourceKind, String> {
             }
         }
         if location.starts_with('/') {
-            let url = Url::from_file_path(location)
-                .map_err(|()| format!("`{location}` is not a usable absolute path"))?;
+            // A trailing `/` means "every file under this folder", as for object prefixes.
+            let url = if location.ends_with('/') {
+                Url::from_directory_path(location)
+            } else {
+                Url::from_file_path(location)
+            }
+            .map_err(|()| format!("`{location}` is not a usable absolute path"))?;
             return Ok(SourceKind::Object { url });
         }
         return Err(
@@ -460,6 +465,21 @@ mod tests {
         let s = SourceSpec::parse("s3://bucket/models/v1/").unwrap();
         assert!(matches!(s.kind, SourceKind::Object { .. }));
         assert_eq!(s.into, "v1");
+        match SourceSpec::parse("/srv/jobs/training-job/").unwrap() {
+            SourceSpec {
+                kind: SourceKind::Object { url },
+                into,
+                ..
+            } => {
+                assert_eq!(
+                    url.as_str(),
+                    "file:///srv/jobs/training-job/",
+                    "a folder stays a prefix"
+                );
+                assert_eq!(into, "training-job");
+            }
+            other => panic!("not an object source: {other:?}"),
+        }
         let s = SourceSpec::parse("/srv/job.zip#format=zip").unwrap();
         assert!(matches!(s.kind, SourceKind::Object { .. }));
         assert_eq!(

@@ -10,7 +10,10 @@
 //! This module owns the loop and its timing; it never prints, and it never decides what a chunk
 //! is (that is [`ship`](crate::ship)).
 
+pub mod health;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -22,6 +25,8 @@ use crate::ship::{LogShipper, ShipError, TfeventsMirror};
 pub struct Pipelines {
     pub logs: Option<LogShipper>,
     pub tfevents: Option<TfeventsMirror>,
+    /// Updated after every pass, read by `/healthz`, `/readyz` and `/metrics`.
+    pub health: Arc<health::Health>,
 }
 
 /// What one pass over every pipeline did.
@@ -46,6 +51,7 @@ impl Pipelines {
             let r = mirror.tick(flush).await?;
             pass.backlog += r.backlog;
         }
+        self.health.pass_done(pass.backlog);
         Ok(pass)
     }
 
@@ -58,6 +64,9 @@ impl Pipelines {
                 .is_some_and(TfeventsMirror::has_backlog)
     }
 }
+
+/// How long the followed files must stay unchanged, with everything stored, before a drain ends.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 /// Timing of the sidecar loop. Invariant: durations are non-zero.
 #[derive(Debug, Clone)]
@@ -88,19 +97,20 @@ pub async fn run(
     mut wake: mpsc::UnboundedReceiver<()>,
 ) -> Result<Ending, ShipError> {
     let mut drain_deadline: Option<Instant> = None;
-    let mut quiet_passes = 0;
+    let mut quiet_since: Option<Instant> = None;
     loop {
         let draining = drain_deadline.is_some();
         let report = pipelines.tick(draining).await?;
         if let Some(deadline) = drain_deadline {
             if report.bytes_read == 0 && !pipelines.has_backlog() {
-                quiet_passes += 1;
-                // Two quiet passes in a row: nothing more is coming.
-                if quiet_passes >= 2 {
+                // Quiet for a while, not just one pass: a writer starved of CPU for a moment, or
+                // one flushing its last buffers, must not be cut off.
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= DRAIN_QUIET {
                     return Ok(Ending::Drained);
                 }
             } else {
-                quiet_passes = 0;
+                quiet_since = None;
             }
             if Instant::now() >= deadline {
                 return Ok(Ending::Incomplete {
@@ -110,6 +120,10 @@ pub async fn run(
             }
         } else if cfg.exit_when_file.as_ref().is_some_and(|p| p.exists()) {
             tracing::info!("the main container has exited; draining");
+            pipelines
+                .health
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             drain_deadline = Some(Instant::now() + cfg.drain_timeout);
             continue;
         }
@@ -135,8 +149,9 @@ pub async fn run(
                 }
                 if drain_deadline.is_none() {
                     tracing::info!(timeout_s = cfg.drain_timeout.as_secs(), "stop requested; draining");
+                    pipelines.health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
                     drain_deadline = Some(Instant::now() + cfg.drain_timeout);
-                    quiet_passes = 0;
+                    quiet_since = None;
                 }
             }
         }

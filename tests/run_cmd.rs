@@ -1,0 +1,144 @@
+//! `periscope run`: the all-in-one mode for bare VMs, end to end with the example job, and the
+//! README's quickstart command itself, so it cannot rot.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::periscope;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn example() -> String {
+    format!("{}/examples/training-job/", repo().display())
+}
+
+fn output(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn runs_the_example_and_stores_its_logs_and_tfevents() {
+    let data = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = output(
+        periscope()
+            .args([
+                "run",
+                "--experiment-id",
+                "exp-quick",
+                "--source",
+                &example(),
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .args(["--", "python3", "train.py", "--epochs", "3"]),
+    );
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("epoch 3/3"),
+        "the job's output is shown live: {stdout}"
+    );
+    // The code was localized and the job ran in it, with CODE_PATH set.
+    let code_dir = data.path().join("code/training-job");
+    assert!(code_dir.join("train.py").is_file());
+    assert!(
+        stdout.contains(&format!("code at {}", code_dir.display())),
+        "{stdout}"
+    );
+    let record = fs::read_to_string(data.path().join("code/.periscope/localized.json")).unwrap();
+    assert!(record.contains("\"into\": \"training-job\""), "{record}");
+    // Logs in storage are byte for byte what the job printed.
+    let storage = data.path().join("storage/exp-quick/worker-0");
+    let (code, stored, _) = output(
+        periscope()
+            .args(["logs", "cat"])
+            .arg(storage.join("logs/stdout.log")),
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(stored, stdout, "stored stdout equals what was shown");
+    let (_, stored_err, _) = output(
+        periscope()
+            .args(["logs", "cat"])
+            .arg(storage.join("logs/stderr.log")),
+    );
+    assert!(
+        stored_err.contains("warning: learning rate schedule is a demo"),
+        "{stored_err}"
+    );
+    // The tf.events mirror holds every scalar: 2 tags x 30 steps.
+    let (code, scalars, err) = output(
+        periscope()
+            .args(["tfevents", "scalars", "--format", "jsonl"])
+            .arg(storage.join("tfevents")),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(scalars.lines().count(), 60, "{scalars}");
+    assert!(scalars.contains("\"tag\":\"train/loss\""), "{scalars}");
+}
+
+#[test]
+fn passes_the_commands_exit_code_through() {
+    let data = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = output(
+        periscope()
+            .args(["run", "--source", &example(), "--data-dir"])
+            .arg(data.path())
+            .args(["--", "python3", "train.py", "--epochs", "1", "--fail"]),
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("failing on purpose"), "{stderr}");
+    let (code, _, stderr) = output(
+        periscope()
+            .args(["run", "--data-dir"])
+            .arg(data.path())
+            .args(["--", "periscope-no-such-command"]),
+    );
+    assert_eq!(code, Some(127), "{stderr}");
+}
+
+/// The quickstart line of the README's "Two commands" section, run as written (with the freshly
+/// built binary in place of `cargo run --quiet --`) in a folder that holds the example.
+#[test]
+fn the_readme_quickstart_command_works_as_written() {
+    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --quiet -- run "))
+        .expect("the README has a `cargo run --quiet -- run` quickstart line");
+    let command = line.replacen("cargo run --quiet --", env!("CARGO_BIN_EXE_periscope"), 1);
+    let work = tempfile::tempdir().unwrap();
+    fs::create_dir_all(work.path().join("examples")).unwrap();
+    std::os::unix::fs::symlink(
+        repo().join("examples/training-job"),
+        work.path().join("examples/training-job"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(work.path())
+            .env("PERISCOPE_TERMINATION_LOG", "/dev/null")
+            .env_remove("PERISCOPE_DATA_DIR"),
+    );
+    assert_eq!(
+        code,
+        Some(0),
+        "`{command}` failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("done"), "{stdout}");
+    assert!(
+        work.path().join("periscope-data/storage").is_dir(),
+        "embedded defaults live in ./periscope-data"
+    );
+}
