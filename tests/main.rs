@@ -12,6 +12,7 @@ mod exec;
 mod localize_hostile;
 mod localize_http;
 mod localize_object;
+mod pod_simulation;
 mod ship_logs;
 mod ship_tfevents;
 mod tfevents;
