@@ -7,8 +7,9 @@
 //! would), `secretKeyRef` (test secrets) and the `job-name` label, then runs the containers in
 //! Kubernetes' order: init containers one after another, a native sidecar (`restartPolicy:
 //! Always`) left running, then the main containers; after the main container ends, SIGTERM to the
-//! native sidecar. Periscope's image has no shell, so a container without `command` runs the
-//! binary under test with its `args`.
+//! native sidecar. The source is a git repository the test commits (served by a git daemon on
+//! 127.0.0.1, or as `git+file://`) and the storage a `file://` folder. Periscope's image has no
+//! shell, so a container without `command` runs the binary under test with its `args`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::git::{GitDaemon, Repos};
 use crate::harness::{periscope, run};
 
 const JOB: &str = "training-job";
@@ -204,33 +206,50 @@ fn spawn(node: &Node, c: &Value) -> Child {
 /// What the simulated pod left behind.
 struct Ran {
     main_code: Option<i32>,
+    commit: String,
     main_output: String,
     storage: PathBuf,
     volumes: PathBuf,
 }
 
-/// A training job's code, as a local object-store prefix (`file://`): git sources are not on
-/// main yet, and the base's `PERISCOPE_SOURCE` is patched exactly as an overlay would patch it.
-fn training_code(dir: &Path, exit_code: i32) -> String {
-    let src = dir.join("sources/training-job");
-    fs::create_dir_all(src.join("data")).unwrap();
-    fs::write(src.join("data/epochs.txt"), "3\n").unwrap();
-    fs::write(
-        src.join("train.py"),
-        format!(
-            "import sys\n\
-             epochs = int(open('data/epochs.txt').read())\n\
-             for e in range(epochs):\n    print(f'epoch {{e}} loss {{1.0 / (e + 1):.3f}}', flush=True)\n\
-             print('training done', file=sys.stderr)\n\
-             sys.exit({exit_code})\n"
-        ),
-    )
-    .unwrap();
-    format!("file://{}/#into=training-job", src.display())
+/// How the simulated pod reaches the training job's git repository.
+#[derive(Clone, Copy)]
+enum GitServer {
+    /// `git://` from a git daemon on 127.0.0.1.
+    Daemon,
+    /// `git+file://` straight from the bare repository.
+    File,
 }
 
-fn simulate(classic: bool, exit_code: i32) -> (tempfile::TempDir, Ran) {
+/// The training job's code, committed to a bare repository; returns the commit's SHA.
+fn training_repo(repos: &Repos, exit_code: i32) -> String {
+    let repo = repos.create("training-job");
+    let train = format!(
+        "import sys\n\
+         epochs = int(open('data/epochs.txt').read())\n\
+         for e in range(epochs):\n    print(f'epoch {{e}} loss {{1.0 / (e + 1):.3f}}', flush=True)\n\
+         print('training done', file=sys.stderr)\n\
+         sys.exit({exit_code})\n"
+    );
+    repo.commit(
+        &[("train.py", &train), ("data/epochs.txt", "3\n")],
+        &[],
+        "training job",
+    )
+}
+
+fn simulate(classic: bool, server: GitServer, exit_code: i32) -> (tempfile::TempDir, Ran) {
     let tmp = tempfile::tempdir().unwrap();
+    let repos = Repos::new();
+    let commit = training_repo(&repos, exit_code);
+    let daemon;
+    let source = match server {
+        GitServer::Daemon => {
+            daemon = GitDaemon::start(&repos.base(), false);
+            daemon.url("training-job")
+        }
+        GitServer::File => format!("git+file://{}/training-job.git", repos.base().display()),
+    };
     let job = job(classic);
     let pod = &job["spec"]["template"]["spec"];
     let storage = tmp.path().join("storage");
@@ -247,7 +266,7 @@ fn simulate(classic: bool, exit_code: i32) -> (tempfile::TempDir, Ran) {
     assert!(config.contains_key("PERISCOPE_SOURCE") && config.contains_key("PERISCOPE_STORAGE"));
     config.insert(
         "PERISCOPE_SOURCE".into(),
-        training_code(tmp.path(), exit_code),
+        format!("{source}#into=training-job"),
     );
     config.insert(
         "PERISCOPE_STORAGE".into(),
@@ -263,7 +282,7 @@ fn simulate(classic: bool, exit_code: i32) -> (tempfile::TempDir, Ran) {
         fs::create_dir_all(&dir).unwrap();
         // Secret volumes hold the Secret's keys as files.
         if v["secret"]["secretName"] == "periscope-git" {
-            fs::write(dir.join("token"), "test-token-not-used-by-file-sources").unwrap();
+            fs::write(dir.join("token"), "test-token").unwrap();
             fs::write(dir.join("ssh-privatekey"), "").unwrap();
             fs::write(dir.join("known_hosts"), "").unwrap();
         }
@@ -318,6 +337,7 @@ fn simulate(classic: bool, exit_code: i32) -> (tempfile::TempDir, Ran) {
         tmp,
         Ran {
             main_code: status.code(),
+            commit,
             main_output,
             storage,
             volumes,
@@ -332,11 +352,9 @@ fn check(ran: &Ran, exit_code: i32) {
         code.join("train.py").is_file(),
         "code not localized into /code"
     );
-    assert!(code
-        .parent()
-        .unwrap()
-        .join(".periscope/localized.json")
-        .is_file());
+    // ... at the exact commit, which the record names.
+    let record = fs::read_to_string(code.join("../.periscope/localized.json")).unwrap();
+    assert!(record.contains(&ran.commit), "{record}");
     assert!(ran.volumes.join("periscope/bin/periscope").is_file());
     // `kubectl logs` still sees the output, and the pod records the command's exit code.
     assert!(
@@ -362,12 +380,12 @@ fn check(ran: &Ran, exit_code: i32) {
 
 #[test]
 fn native_sidecar_pod_localizes_runs_and_ships_logs() {
-    let (_tmp, ran) = simulate(false, 0);
+    let (_tmp, ran) = simulate(false, GitServer::Daemon, 0);
     check(&ran, 0);
 }
 
 #[test]
 fn classic_sidecar_pod_ships_logs_and_exits_on_the_exit_code_file() {
-    let (_tmp, ran) = simulate(true, 3);
+    let (_tmp, ran) = simulate(true, GitServer::File, 3);
     check(&ran, 3);
 }
