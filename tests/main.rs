@@ -13,6 +13,7 @@ mod localize_hostile;
 mod localize_http;
 mod localize_object;
 mod run_cmd;
+mod pod_simulation;
 mod ship_logs;
 mod ship_tfevents;
 mod tfevents;

@@ -15,6 +15,7 @@
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+pub mod install;
 pub mod job;
 pub mod localize;
 pub mod redact;

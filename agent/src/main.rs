@@ -78,6 +78,8 @@ enum Command {
     Run(Box<cli::run::RunArgs>),
     /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
     Tfevents(cli::tfevents::TfeventsArgs),
+    /// Copy this binary into a folder, so the pod's main container can run `periscope exec`.
+    Install(cli::install::InstallArgs),
     /// Print the version, the build target and the enabled features.
     Version,
 }
@@ -141,6 +143,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         Command::Logs(args) => cli::block_on(cli::logs::run(args)),
         Command::Run(args) => cli::block_on(cli::run::run(*args)),
         Command::Tfevents(args) => cli::tfevents::run(args),
+        Command::Install(args) => cli::install::run(args),
         Command::Version => {
             cli::version::print();
             Ok(ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 //! exit code and the termination message.
 
 pub mod exec;
+pub mod install;
 pub mod localize;
 pub mod logs;
 pub mod progress;
