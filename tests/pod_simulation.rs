@@ -69,9 +69,63 @@ struct Node {
     root: PathBuf,
     config: BTreeMap<String, String>,
     secrets: BTreeMap<(String, String), String>,
+    /// Each container port mapped to a free loopback port, keyed by container and port number,
+    /// as volumes are mapped to folders: pods have their own network namespace, tests do not.
+    ports: std::sync::Mutex<BTreeMap<(String, u64), u16>>,
 }
 
 impl Node {
+    /// `0.0.0.0:PORT` for a port the container declares becomes `127.0.0.1:<free port>`.
+    fn map_listen(&self, c: &Value, arg: String) -> String {
+        let Some(port) = arg
+            .strip_prefix("0.0.0.0:")
+            .and_then(|p| p.parse::<u64>().ok())
+        else {
+            return arg;
+        };
+        let declared = c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["containerPort"].as_u64() == Some(port));
+        assert!(
+            declared,
+            "container {} listens on {port} without declaring it",
+            c["name"]
+        );
+        let key = (c["name"].as_str().unwrap().to_string(), port);
+        let mut ports = self.ports.lock().unwrap();
+        let local = *ports.entry(key).or_insert_with(crate::harness::free_port);
+        format!("127.0.0.1:{local}")
+    }
+
+    /// The loopback port a container's named or numbered port was mapped to.
+    fn mapped_port(&self, c: &Value, port: &Value) -> u16 {
+        let number = match port {
+            Value::Number(n) => n.as_u64().unwrap(),
+            Value::String(name) => c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"].as_str() == Some(name))
+                .and_then(|p| p["containerPort"].as_u64())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "probe names port {name}, which {} does not declare",
+                        c["name"]
+                    )
+                }),
+            other => panic!("unsupported probe port {other}"),
+        };
+        let key = (c["name"].as_str().unwrap().to_string(), number);
+        *self
+            .ports
+            .lock()
+            .unwrap()
+            .get(&key)
+            .unwrap_or_else(|| panic!("nothing listens on {key:?}"))
+    }
+
     fn volume(&self, name: &str) -> PathBuf {
         self.root.join("volumes").join(name)
     }
@@ -111,6 +165,7 @@ impl Node {
                 .collect()
         };
         let (command, args) = (strings(&c["command"]), strings(&c["args"]));
+        let args: Vec<String> = args.into_iter().map(|a| self.map_listen(c, a)).collect();
         let image = c["image"].as_str().unwrap();
         let mut cmd = if command.is_empty() {
             assert!(
@@ -276,6 +331,7 @@ fn simulate(classic: bool, server: GitServer, exit_code: i32) -> (tempfile::Temp
         root: tmp.path().to_path_buf(),
         config,
         secrets: BTreeMap::new(),
+        ports: Default::default(),
     };
     for v in pod["volumes"].as_array().unwrap() {
         let dir = node.volume(v["name"].as_str().unwrap());
@@ -293,7 +349,27 @@ fn simulate(classic: bool, server: GitServer, exit_code: i32) -> (tempfile::Temp
     for c in pod["initContainers"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap().to_string();
         if c["restartPolicy"] == "Always" {
-            sidecars.push((name, spawn(&node, c)));
+            let child = spawn(&node, c);
+            // The kubelet's readiness probe, against the mapped port.
+            if let Some(get) = c["readinessProbe"]["httpGet"].as_object() {
+                let port = node.mapped_port(c, &get["port"]);
+                let path = get["path"].as_str().unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                        && crate::harness::rawhttp::request(port, "GET", path, &[], b"").status
+                            == 200;
+                    if ok {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "sidecar {name} never became ready on {path}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            sidecars.push((name, child));
         } else {
             let (status, out) = output(&name, spawn(&node, c), Duration::from_secs(120));
             assert!(
