@@ -6,11 +6,15 @@
 use std::io::Read;
 
 fn masked(data: &[u8]) -> u32 {
-    crc32c::crc32c(data).rotate_right(15).wrapping_add(0xa282_ead8)
+    crc32c::crc32c(data)
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8)
 }
 
 fn main() -> std::io::Result<()> {
-    let path = std::env::args_os().nth(1).expect("usage: tfrecord_crc FILE");
+    let path = std::env::args_os()
+        .nth(1)
+        .expect("usage: tfrecord_crc FILE");
     let mut bytes = Vec::new();
     std::fs::File::open(path)?.read_to_end(&mut bytes)?;
     let (mut at, mut good) = (0usize, 0u64);
