@@ -74,6 +74,8 @@ enum Command {
     Sidecar(Box<cli::sidecar::SidecarArgs>),
     /// Read back logs the sidecar stored: `cat` one log, `ls` an experiment.
     Logs(cli::logs::LogsArgs),
+    /// Read tracking metrics from the metastore: `ls` experiments or series, `show` points.
+    Metrics(cli::metrics::MetricsArgs),
     /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
     Tfevents(cli::tfevents::TfeventsArgs),
     /// Print the version, the build target and the enabled features.
@@ -138,6 +140,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         Command::Sidecar(args) => cli::block_on(cli::sidecar::run(*args)),
         Command::Logs(args) => cli::block_on(cli::logs::run(args)),
         Command::Tfevents(args) => cli::tfevents::run(args),
+        Command::Metrics(args) => cli::metrics::run(args),
         Command::Version => {
             cli::version::print();
             Ok(ExitCode::SUCCESS)

@@ -6,8 +6,10 @@
 pub mod exec;
 pub mod localize;
 pub mod logs;
+pub mod metrics;
 pub mod progress;
 pub mod sidecar;
+pub mod sidecar_metrics;
 pub mod signals;
 pub mod size;
 pub mod storage_url;

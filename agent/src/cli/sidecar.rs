@@ -35,7 +35,7 @@ Examples:
   periscope sidecar --storage s3://ml-logs/jobs --logs '/periscope/logs/*.log' --state-dir /periscope/state
   periscope sidecar --storage file:///mnt/logs --logs '/job/**/*.log' --exit-when-file /periscope/logs/exit-code";
 
-/// Ship logs to object storage, exactly once, until the job ends.
+/// Ship logs to object storage and metrics to the metastore, exactly once, until the job ends.
 #[derive(clap::Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct SidecarArgs {
@@ -82,6 +82,8 @@ pub struct SidecarArgs {
     /// Drain and exit when this file appears (the exit-code file of `periscope exec`).
     #[arg(long, env = "PERISCOPE_EXIT_WHEN_FILE", value_name = "PATH")]
     exit_when_file: Option<PathBuf>,
+    #[command(flatten)]
+    metrics: super::sidecar_metrics::MetricsArgs,
 }
 
 fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
@@ -123,10 +125,11 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
                 Some("quote globs so the shell leaves them alone".into()),
             )
         })?;
-    if globs.is_empty() {
+    let metrics_sources = args.metrics.tfevents_roots();
+    if globs.is_empty() && args.metrics.metrics_file.is_empty() && metrics_sources.is_empty() {
         return Err(Failure::new(
             ErrorClass::Usage,
-            "nothing to ship: give at least one --logs GLOB",
+            "nothing to ship: give at least one --logs GLOB, --metrics-file or --tfevents DIR",
             Some("e.g. --logs '/periscope/logs/*.log'".into()),
         ));
     }
@@ -154,9 +157,17 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
     let folders: Vec<PathBuf> = globs.iter().map(|g| g.base.clone()).collect();
     let (_watcher, wake) = sidecar::watch_folders(&folders);
     let stop = super::signals::stop_requests()?;
+    let metrics = super::sidecar_metrics::spawn(
+        &args.metrics,
+        &args.state_dir,
+        &identity,
+        &lifecycle,
+        stop.clone(),
+    )?;
     tracing::info!(storage = %redact_url(url.as_str()), experiment = %identity.experiment, worker = %identity.worker,
         "sidecar started");
     let ending = sidecar::run(&mut shipper, &lifecycle, stop, wake).await?;
+    let ending = super::sidecar_metrics::join(metrics, ending).await?;
     let stats = shipper.stats();
     let shipped = stats
         .bytes_shipped

@@ -84,6 +84,16 @@ pub struct ExperimentRow {
     pub metrics: u64,
 }
 
+/// One metric series of an experiment, summarised for `periscope metrics ls`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeriesSummary {
+    pub key: String,
+    pub worker: String,
+    pub points: u64,
+    pub first_step: i64,
+    pub last_step: i64,
+}
+
 /// Which metric rows to read.
 #[derive(Debug, Clone, Default)]
 pub struct MetricFilter {
@@ -326,6 +336,30 @@ impl SqliteStore {
             .map_err(sql_err(&self.path, "read metrics"))?;
         rows.collect::<Result<_, _>>()
             .map_err(sql_err(&self.path, "read metrics"))
+    }
+
+    /// The experiment's series (key and worker) with their number of points and step range.
+    pub fn series(&self, experiment: &str) -> Result<Vec<SeriesSummary>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, worker_index, COUNT(*), MIN(step), MAX(step) FROM metric \
+                 WHERE id = ?1 GROUP BY key, worker_index ORDER BY key, worker_index",
+            )
+            .map_err(sql_err(&self.path, "summarise metrics"))?;
+        let rows = stmt
+            .query_map([experiment], |r| {
+                Ok(SeriesSummary {
+                    key: r.get(0)?,
+                    worker: r.get(1)?,
+                    points: r.get::<_, i64>(2)?.max(0) as u64,
+                    first_step: r.get(3)?,
+                    last_step: r.get(4)?,
+                })
+            })
+            .map_err(sql_err(&self.path, "summarise metrics"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "summarise metrics"))
     }
 
     /// The experiment's params, ordered by key and worker.

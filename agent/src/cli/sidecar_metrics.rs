@@ -1,0 +1,139 @@
+//! `periscope sidecar`'s tracking-metrics flags, and running the metrics pipeline beside the log
+//! shipper as its own task with the same stop and drain rules.
+
+use std::path::{Path, PathBuf};
+
+use periscope::error::ErrorClass;
+use periscope::job::JobIdentity;
+use periscope::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
+use periscope::metrics::{MetastoreUrl, MetricsError, QueueConfig};
+use periscope::sidecar::{self, Ending, Lifecycle};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::size::{human, parse_size};
+use super::Failure;
+
+/// Tracking metrics: where they come from and which metastore receives them.
+#[derive(clap::Args)]
+pub struct MetricsArgs {
+    /// Metastore for tracking metrics: sqlite:///path/metastore.db (Submarine's experiment,
+    /// metric and param tables). [default: sqlite://<state-dir>/metastore.db]
+    #[arg(long, env = "PERISCOPE_METASTORE", value_name = "URL")]
+    pub metastore: Option<String>,
+    /// A JSONL file of metrics to follow, one {"key", "value", "step", "timestamp"} per line
+    /// (timestamp in ms since the epoch; NaN/Infinity allowed). Repeatable.
+    #[arg(
+        long = "metrics-file",
+        env = "PERISCOPE_METRICS_FILE",
+        value_name = "PATH"
+    )]
+    pub metrics_file: Vec<PathBuf>,
+    /// TensorBoard log folder whose scalars become metrics (key = run folder/tag). Repeatable.
+    /// [default: $SUBMARINE_TENSORBOARD_LOG_DIR]
+    #[arg(
+        long = "tfevents",
+        env = "PERISCOPE_TFEVENTS",
+        value_delimiter = ' ',
+        value_name = "DIR"
+    )]
+    pub tfevents: Vec<PathBuf>,
+    /// Where `periscope localize` put the code: its recorded revision becomes params.
+    #[arg(
+        long,
+        env = "PERISCOPE_CODE_DIR",
+        value_name = "DIR",
+        default_value = "/code"
+    )]
+    pub code_dir: PathBuf,
+    /// Most undelivered metrics kept on disk; when full, sources pause until the metastore
+    /// catches up.
+    #[arg(long, env = "PERISCOPE_METRICS_QUEUE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub metrics_queue_max_bytes: u64,
+}
+
+impl MetricsArgs {
+    /// The tf.events folders: the flag, else `SUBMARINE_TENSORBOARD_LOG_DIR`.
+    pub fn tfevents_roots(&self) -> Vec<PathBuf> {
+        let given: Vec<PathBuf> = self
+            .tfevents
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .cloned()
+            .collect();
+        if !given.is_empty() {
+            return given;
+        }
+        std::env::var_os("SUBMARINE_TENSORBOARD_LOG_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .into_iter()
+            .collect()
+    }
+}
+
+type Task = JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>;
+
+/// Opens the metastore and the queue, and starts the pipeline's task.
+pub fn spawn(
+    args: &MetricsArgs,
+    state_dir: &Path,
+    identity: &JobIdentity,
+    lifecycle: &Lifecycle,
+    stop: watch::Receiver<u32>,
+) -> Result<Task, Failure> {
+    let url = match &args.metastore {
+        Some(url) => MetastoreUrl::parse(url)?,
+        None => MetastoreUrl::default_for(state_dir),
+    };
+    let sink = url.open()?;
+    let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
+    cfg.metrics_files = args.metrics_file.clone();
+    cfg.tfevents_roots = args.tfevents_roots();
+    cfg.code_dir = Some(args.code_dir.clone());
+    cfg.queue = QueueConfig {
+        max_bytes: args.metrics_queue_max_bytes.max(1),
+        ..QueueConfig::default()
+    };
+    let mut watched = cfg.tfevents_roots.clone();
+    watched.extend(cfg.metrics_files.iter().cloned());
+    let mut pipeline = MetricsPipeline::open(cfg.clone(), sink)?;
+    tracing::info!(metastore = %pipeline.describe_sink(), metrics_files = cfg.metrics_files.len(),
+        tfevents = cfg.tfevents_roots.len(), "tracking metrics");
+    let lifecycle = lifecycle.clone();
+    Ok(tokio::spawn(async move {
+        // The watcher must live as long as the loop that reads its notifications.
+        let (_watcher, wake) = sidecar::watch_folders(&watched);
+        let ending = pipeline::run(&mut pipeline, &lifecycle, stop, wake).await;
+        (ending, pipeline)
+    }))
+}
+
+/// Waits for the pipeline's task and combines its ending with the log shipper's.
+pub async fn join(task: Task, logs: Ending) -> Result<Ending, Failure> {
+    let (ending, pipeline) = task.await.map_err(|e| {
+        Failure::new(
+            ErrorClass::Internal,
+            format!("the metrics task failed: {e}"),
+            None,
+        )
+    })?;
+    let ending = ending?;
+    let stats = pipeline.stats();
+    tracing::info!(queued = stats.queued_items, delivered = stats.delivered_items,
+        bad_lines = pipeline.bad_lines(), metastore = %pipeline.describe_sink(), "metrics pipeline ended");
+    match ending {
+        Ending::Drained => Ok(logs),
+        Ending::Incomplete { backlog, reason } => Err(Failure::new(
+            ErrorClass::Network,
+            format!(
+                "stopped by {reason} with {} of metrics not yet in the metastore",
+                human(backlog)
+            ),
+            Some(
+                "the queue in --state-dir keeps them; start again with the same --state-dir to deliver them"
+                    .into(),
+            ),
+        )),
+    }
+}
