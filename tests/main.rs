@@ -6,5 +6,6 @@ mod harness;
 
 mod cli;
 mod exec;
+mod metrics_sqlite;
 mod ship_logs;
 mod tfevents;

@@ -213,11 +213,7 @@ mod tests {
         assert_eq!(s1.bad_lines, 1);
         assert_eq!(s1.line, 3);
         // The partial line is completed later and read once.
-        write!(
-            f,
-            "\",\"value\":-Infinity,\"step\":3,\"timestamp\":3000}}\n"
-        )
-        .unwrap();
+        writeln!(f, "\",\"value\":-Infinity,\"step\":3,\"timestamp\":3000}}").unwrap();
         out.clear();
         let s2 = read(&path, &s1, "worker-0", 1 << 20, &mut out).unwrap();
         assert_eq!(metrics(&out), [("half".into(), 3, f64::NEG_INFINITY)]);

@@ -162,7 +162,7 @@ mod tests {
         eval.flush().unwrap();
         let mut out = Vec::new();
         let s1 = read(
-            &[root.clone()],
+            std::slice::from_ref(&root),
             &ScalarsState::default(),
             "w",
             100,
@@ -179,7 +179,7 @@ mod tests {
             .unwrap();
         top.flush().unwrap();
         out.clear();
-        let s2 = read(&[root.clone()], &s1, "w", 100, &mut out).unwrap();
+        let s2 = read(std::slice::from_ref(&root), &s1, "w", 100, &mut out).unwrap();
         let got = metrics(&out);
         assert_eq!(got.len(), 1);
         assert!(got[0].2.is_nan());
