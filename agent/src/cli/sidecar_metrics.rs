@@ -9,7 +9,6 @@ use periscope::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
 use periscope::metrics::{MetastoreUrl, MetricsError, QueueConfig};
 use periscope::sidecar::{self, Ending, Lifecycle};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::size::{human, parse_size};
 use super::Failure;
@@ -72,7 +71,10 @@ impl MetricsArgs {
     }
 }
 
-type Task = JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>;
+/// The pipeline's thread. It runs its own single-threaded runtime because its work is short
+/// blocking file and SQLite I/O (fsyncs): kept off the log shipper's runtime, a slow disk never
+/// delays log shipping.
+type Task = std::thread::JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>;
 
 /// Opens the metastore and the queue, and starts the pipeline's task.
 pub fn spawn(
@@ -101,23 +103,48 @@ pub fn spawn(
     tracing::info!(metastore = %pipeline.describe_sink(), metrics_files = cfg.metrics_files.len(),
         tfevents = cfg.tfevents_roots.len(), "tracking metrics");
     let lifecycle = lifecycle.clone();
-    Ok(tokio::spawn(async move {
-        // The watcher must live as long as the loop that reads its notifications.
-        let (_watcher, wake) = sidecar::watch_folders(&watched);
-        let ending = pipeline::run(&mut pipeline, &lifecycle, stop, wake).await;
-        (ending, pipeline)
-    }))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure::new(
+                ErrorClass::Internal,
+                format!("cannot start the metrics runtime: {e}"),
+                None,
+            )
+        })?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                // The watcher must live as long as the loop that reads its notifications.
+                let (_watcher, wake) = sidecar::watch_folders(&watched);
+                let ending = pipeline::run(&mut pipeline, &lifecycle, stop, wake).await;
+                (ending, pipeline)
+            })
+        })
+        .map_err(|e| {
+            Failure::new(
+                ErrorClass::Internal,
+                format!("cannot start the metrics thread: {e}"),
+                None,
+            )
+        })
 }
 
 /// Waits for the pipeline's task and combines its ending with the log shipper's.
 pub async fn join(task: Task, logs: Ending) -> Result<Ending, Failure> {
-    let (ending, pipeline) = task.await.map_err(|e| {
-        Failure::new(
-            ErrorClass::Internal,
-            format!("the metrics task failed: {e}"),
-            None,
-        )
-    })?;
+    let joined = tokio::task::spawn_blocking(move || task.join()).await;
+    let (ending, pipeline) = match joined {
+        Ok(Ok(done)) => done,
+        _ => {
+            return Err(Failure::new(
+                ErrorClass::Internal,
+                "the metrics thread panicked",
+                None,
+            ))
+        }
+    };
     let ending = ending?;
     let stats = pipeline.stats();
     tracing::info!(queued = stats.queued_items, delivered = stats.delivered_items,

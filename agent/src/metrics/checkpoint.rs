@@ -4,8 +4,11 @@
 //! between them. So the checkpoint records the *intent* first: "the state after this read is
 //! valid once the queue's end reaches X" (X = the queue's end plus the size of the one record
 //! being appended). Then the record is appended (all or nothing: a torn record is truncated on
-//! open), then the new state is committed. On load, a pending state is adopted exactly when the
-//! queue's end reached X, i.e. when its record survived. Written with `fsutil::write_atomic`.
+//! open). On load, a pending state is adopted exactly when the queue's end reached X, i.e. when its
+//! record survived; so no separate commit is needed after the append (the next intent, or a
+//! commit when a read produced no items, replaces it). Every append must write its own intent
+//! first, or an old intent could be satisfied by another record. Written with
+//! `fsutil::write_atomic`.
 
 use std::collections::BTreeMap;
 use std::io;
