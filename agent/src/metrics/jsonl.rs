@@ -12,7 +12,6 @@
 //!
 //! This module reads files and produces metrics; it never writes the checkpoint or the queue.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -106,7 +105,7 @@ pub fn read(
 
 /// Parses one line into a metric.
 pub fn parse_line(text: &str, worker: &str) -> Result<Metric, String> {
-    let text = quote_non_finite(text);
+    let text = float::quote_non_finite(text);
     let line: Line = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     if line.key.is_empty() {
         return Err("empty key".into());
@@ -129,51 +128,6 @@ pub fn parse_line(text: &str, worker: &str) -> Result<Metric, String> {
         timestamp_ms,
         worker: worker.to_string(),
     })
-}
-
-/// Puts quotes around bare `NaN`, `Infinity` and `-Infinity` outside strings, so a line written
-/// by Python's `json.dumps` parses.
-fn quote_non_finite(text: &str) -> Cow<'_, str> {
-    if !text.contains("NaN") && !text.contains("Infinity") {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-            rest = &rest[c.len_utf8()..];
-            continue;
-        }
-        if c == '"' {
-            in_string = true;
-        }
-        let token = ["-Infinity", "Infinity", "NaN"]
-            .into_iter()
-            .find(|t| rest.starts_with(t));
-        match token {
-            Some(t) => {
-                out.push('"');
-                out.push_str(t);
-                out.push('"');
-                rest = &rest[t.len()..];
-            }
-            None => {
-                out.push(c);
-                rest = &rest[c.len_utf8()..];
-            }
-        }
-    }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! This module never prints.
 
 pub mod checkpoint;
+pub mod ingest;
 pub mod jsonl;
 pub mod model;
 pub mod pipeline;

@@ -122,6 +122,51 @@ pub mod float {
         }
     }
 
+    /// Puts quotes around bare `NaN`, `Infinity` and `-Infinity` outside strings, so a line written
+    /// by Python's `json.dumps` (which writes them bare) parses.
+    pub fn quote_non_finite(text: &str) -> std::borrow::Cow<'_, str> {
+        if !text.contains("NaN") && !text.contains("Infinity") {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len() + 8);
+        let mut in_string = false;
+        let mut escaped = false;
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            if in_string {
+                out.push(c);
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+                rest = &rest[c.len_utf8()..];
+                continue;
+            }
+            if c == '"' {
+                in_string = true;
+            }
+            let token = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|t| rest.starts_with(t));
+            match token {
+                Some(t) => {
+                    out.push('"');
+                    out.push_str(t);
+                    out.push('"');
+                    rest = &rest[t.len()..];
+                }
+                None => {
+                    out.push(c);
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
     /// Parses a number written as text, including the non-finite names.
     pub fn parse(text: &str) -> Option<f64> {
         match text.trim().to_ascii_lowercase().as_str() {
