@@ -4,8 +4,15 @@
 
 mod harness;
 
+// Git sources over git daemon, smart HTTP(S), ssh and file://.
+mod localize_git;
+
 mod cli;
 mod exec;
+mod localize_hostile;
+mod localize_http;
+mod localize_object;
 mod metrics_sqlite;
 mod ship_logs;
+mod ship_tfevents;
 mod tfevents;

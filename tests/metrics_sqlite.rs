@@ -359,3 +359,61 @@ fn metrics_commands_report_a_missing_metastore_or_experiment() {
     ]));
     ran.expect_code(2).refute_output("hunter2");
 }
+
+#[test]
+fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_batch() {
+    let s = Setup::new();
+    let port = crate::harness::free_port();
+    let mut cmd = s.sidecar();
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    let child = cmd.spawn().unwrap();
+    let out = crate::harness::python::run_script(
+        "metrics_mlflow_rest.py",
+        [format!("http://127.0.0.1:{port}")],
+    );
+    let calls: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let status = |path: &str| -> Vec<i64> {
+        calls
+            .iter()
+            .filter(|c| c["call"] == path)
+            .map(|c| c["status"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(status("runs/log-metric"), [200]);
+    assert_eq!(status("runs/log-batch"), [200, 400], "{out}");
+    let refused = calls
+        .iter()
+        .filter(|c| c["call"] == "runs/log-batch")
+        .nth(1)
+        .unwrap();
+    assert_eq!(refused["body"]["error_code"], "INVALID_PARAMETER_VALUE");
+    let created = calls.iter().find(|c| c["call"] == "runs/create").unwrap();
+    assert_eq!(created["body"]["run"]["info"]["status"], "RUNNING");
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let done = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+
+    let rows = s.rows();
+    assert_eq!(rows["m/single"], [(0, BASE_MS, "NaN".to_string())]);
+    assert_eq!(rows["m/inf"], [(1, BASE_MS, "Infinity".to_string())]);
+    let batch: Vec<_> = (0..990)
+        .map(|i| (i, BASE_MS + i, num(i as f64 * 0.5)))
+        .collect();
+    assert_eq!(rows["m/batch"], batch);
+    assert!(
+        !rows.contains_key("too/many"),
+        "a refused batch stores nothing"
+    );
+    let params = s.metrics(&["show", "exp-m", "--params", "--json"]);
+    for key in ["\"lr\"", "\"batch_size\""] {
+        assert!(params.contains(key), "{params}");
+    }
+}

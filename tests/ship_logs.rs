@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
+use crate::harness::azurite::Azurite;
+use crate::harness::proxy::Proxy;
+use crate::harness::s3::S3Server;
 use crate::harness::{periscope, run};
 
 /// How the test writer rotates its log.
@@ -119,13 +122,24 @@ impl Sidecar {
         cmd
     }
 
+    /// Starts a sidecar whose stderr is appended to `<state>.stderr`, so nothing blocks on a
+    /// full pipe and the test can read what every run said.
     fn spawn(&self) -> Child {
-        self.command().spawn().unwrap()
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_log())
+            .unwrap();
+        self.command().stderr(log).spawn().unwrap()
+    }
+
+    fn stderr_log(&self) -> PathBuf {
+        self.state.with_extension("stderr")
     }
 
     /// Runs until it exits by itself; returns (exit code, stderr).
     fn finish(&self) -> (Option<i32>, String) {
-        let child = self.spawn();
+        let child = self.command().spawn().unwrap();
         let out = wait_with_timeout(child, Duration::from_secs(180));
         (
             out.status.code(),
@@ -352,4 +366,89 @@ fn a_file_deleted_before_it_was_shipped_is_reported_as_a_loss() {
         checkpoint.contains("\"bytes\":1000"),
         "the loss must be recorded: {checkpoint}"
     );
+}
+
+#[test]
+fn exactly_once_across_kill9_rotation_and_a_20s_s3_outage() {
+    let s3 = S3Server::start();
+    s3.create_bucket("logs");
+    // The sidecar reaches moto through a proxy that the test takes down for 20 s: a real outage
+    // (connections refused) that keeps moto's stored objects.
+    let proxy = Proxy::start(format!("127.0.0.1:{}", s3.port).parse().unwrap());
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let sc = Sidecar {
+        storage: "s3://logs/jobs".into(),
+        glob: format!("{}/*.log", logs.display()),
+        state: dir.path().join("state"),
+        exit_file: dir.path().join("exit-code"),
+        env: env.clone(),
+        chunk_age: "0.3",
+    };
+    let writer_dir = logs.clone();
+    let writer = thread::spawn(move || {
+        write_log(
+            &writer_dir,
+            60 << 20,
+            12 << 20,
+            2 << 20,
+            Rotation::RenameAndCopytruncate,
+        )
+    });
+    let outage = |down: bool| {
+        if down {
+            proxy.take_down()
+        } else {
+            proxy.bring_up()
+        }
+    };
+    let written = run_with_kills(&sc, writer, Some(&outage));
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "final drain failed:\n{stderr}");
+    assert!(!stderr.contains("lost"), "no loss expected:\n{stderr}");
+    let earlier = fs::read_to_string(sc.stderr_log()).unwrap();
+    assert!(
+        earlier.contains("log upload failed"),
+        "the outage was never felt:\n{earlier}"
+    );
+    assert!(!earlier.contains("lost"), "no loss expected:\n{earlier}");
+    assert_same_bytes(&logs_cat(&sc.storage, &env), &written);
+}
+
+#[test]
+fn exactly_once_across_kill9_and_rotation_to_azurite() {
+    let azurite = Azurite::start();
+    azurite.create_container("logs");
+    let env = azurite.env();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    let sc = Sidecar {
+        storage: "az://logs/jobs".into(),
+        glob: format!("{}/*.log", logs.display()),
+        state: dir.path().join("state"),
+        exit_file: dir.path().join("exit-code"),
+        env: env.clone(),
+        chunk_age: "0.3",
+    };
+    let writer_dir = logs.clone();
+    let writer = thread::spawn(move || {
+        write_log(
+            &writer_dir,
+            24 << 20,
+            6 << 20,
+            6 << 20,
+            Rotation::RenameAndCopytruncate,
+        )
+    });
+    let written = run_with_kills(&sc, writer, None);
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "final drain failed:\n{stderr}");
+    assert_same_bytes(&logs_cat(&sc.storage, &env), &written);
 }

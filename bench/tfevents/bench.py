@@ -24,7 +24,7 @@ periscope, crc_floor, workdir = sys.argv[1:4]
 
 def write_file():
     logdir = os.path.join(workdir, "run")
-    w = EventFileWriter(logdir, max_queue=1000)
+    w = EventFileWriter(logdir, max_queue_size=1000)
     meta = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
         data_class=summary_pb2.DATA_CLASS_SCALAR)

@@ -7,9 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod archive;
+pub mod http_server;
 pub mod proxy;
 pub mod python;
 pub mod tls;
+// Git servers (daemon, smart HTTP, sshd) for tests/localize_git.rs.
+pub mod git;
 
 /// The `periscope` binary under test.
 pub fn periscope() -> Command {
@@ -111,3 +115,7 @@ pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
+pub mod azurite;
+pub mod process;
+pub mod rawhttp;
+pub mod s3;

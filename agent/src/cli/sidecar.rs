@@ -9,8 +9,8 @@ use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
 use periscope::redact::redact_url;
 use periscope::retry::RetryPolicy;
-use periscope::ship::{LogConfig, LogGlob, LogShipper};
-use periscope::sidecar::{self, Ending, Lifecycle};
+use periscope::ship::{LogConfig, LogGlob, LogShipper, MirrorConfig, TfeventsMirror};
+use periscope::sidecar::{self, Ending, Lifecycle, Pipelines};
 use periscope::storage::{self, StoreOptions};
 
 use super::size::{human, parse_size};
@@ -50,6 +50,18 @@ pub struct SidecarArgs {
         value_name = "GLOB"
     )]
     logs: Vec<String>,
+    /// Folders whose TensorBoard event files are mirrored to <URL>/<experiment>/<worker>/tfevents/
+    /// (repeatable). [default: $SUBMARINE_TENSORBOARD_LOG_DIR]
+    #[arg(
+        long = "tfevents",
+        env = "PERISCOPE_TFEVENTS",
+        value_delimiter = ' ',
+        value_name = "DIR"
+    )]
+    tfevents: Vec<PathBuf>,
+    /// Least seconds between two uploads of a growing event file (always one more when draining).
+    #[arg(long, env = "PERISCOPE_TFEVENTS_INTERVAL", default_value_t = 10.0)]
+    tfevents_interval: f64,
     /// Folder for the checkpoint; keep it on a volume that outlives restarts of this container.
     #[arg(
         long,
@@ -125,15 +137,33 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
                 Some("quote globs so the shell leaves them alone".into()),
             )
         })?;
-    let metrics_sources = args.metrics.tfevents_roots();
-    if globs.is_empty() && args.metrics.metrics_file.is_empty() && metrics_sources.is_empty() {
+    let mut tfevents_roots = args.tfevents.clone();
+    if tfevents_roots.is_empty() {
+        if let Some(dir) =
+            std::env::var_os("SUBMARINE_TENSORBOARD_LOG_DIR").filter(|d| !d.is_empty())
+        {
+            tfevents_roots.push(PathBuf::from(dir));
+        }
+    }
+    if globs.is_empty()
+        && tfevents_roots.is_empty()
+        && args.metrics.metrics_file.is_empty()
+        && args.metrics.listen.is_none()
+    {
         return Err(Failure::new(
             ErrorClass::Usage,
-            "nothing to ship: give at least one --logs GLOB, --metrics-file or --tfevents DIR",
-            Some("e.g. --logs '/periscope/logs/*.log'".into()),
+            "nothing to ship: give at least one --logs GLOB, --tfevents DIR or --metrics-file PATH",
+            Some("e.g. --logs '/periscope/logs/*.log' --tfevents /periscope/tensorboard".into()),
         ));
     }
     let chunk_bytes = usize::try_from(args.chunk_bytes.max(1)).unwrap_or(usize::MAX);
+    let mirror_cfg = MirrorConfig {
+        roots: tfevents_roots.clone(),
+        worker_prefix: worker_prefix.clone(),
+        state_dir: args.state_dir.clone(),
+        interval: seconds("tfevents-interval", args.tfevents_interval)?,
+        retry: RetryPolicy::default(),
+    };
     let mut cfg = LogConfig::new(
         globs.clone(),
         worker_prefix,
@@ -153,25 +183,44 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         exit_when_file: args.exit_when_file.clone(),
     };
-    let mut shipper = LogShipper::open(cfg, store)?;
-    let folders: Vec<PathBuf> = globs.iter().map(|g| g.base.clone()).collect();
+    let mut pipelines = Pipelines {
+        logs: if globs.is_empty() {
+            None
+        } else {
+            Some(LogShipper::open(cfg, store.clone())?)
+        },
+        tfevents: if tfevents_roots.is_empty() {
+            None
+        } else {
+            Some(TfeventsMirror::open(mirror_cfg, store)?)
+        },
+    };
+    let mut folders: Vec<PathBuf> = globs.iter().map(|g| g.base.clone()).collect();
+    folders.extend(tfevents_roots.iter().cloned());
     let (_watcher, wake) = sidecar::watch_folders(&folders);
     let stop = super::signals::stop_requests()?;
     let metrics = super::sidecar_metrics::spawn(
         &args.metrics,
+        tfevents_roots.clone(),
         &args.state_dir,
         &identity,
         &lifecycle,
         stop.clone(),
-    )?;
+    )
+    .await?;
     tracing::info!(storage = %redact_url(url.as_str()), experiment = %identity.experiment, worker = %identity.worker,
         "sidecar started");
-    let ending = sidecar::run(&mut shipper, &lifecycle, stop, wake).await?;
+    let ending = sidecar::run(&mut pipelines, &lifecycle, stop, wake).await?;
     let ending = super::sidecar_metrics::join(metrics, ending).await?;
-    let stats = shipper.stats();
-    let shipped = stats
-        .bytes_shipped
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let shipped = pipelines
+        .logs
+        .as_ref()
+        .map(|l| {
+            l.stats()
+                .bytes_shipped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .unwrap_or(0);
     match ending {
         Ending::Drained => {
             tracing::info!(shipped = %human(shipped), "drained; everything read is stored");

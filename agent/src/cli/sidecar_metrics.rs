@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
+use periscope::metrics::ingest::{self, IngestRequest, RunIdentity};
 use periscope::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
 use periscope::metrics::{MetastoreUrl, MetricsError, QueueConfig};
 use periscope::sidecar::{self, Ending, Lifecycle};
+use std::net::SocketAddr;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 
 use super::size::{human, parse_size};
@@ -28,15 +31,6 @@ pub struct MetricsArgs {
         value_name = "PATH"
     )]
     pub metrics_file: Vec<PathBuf>,
-    /// TensorBoard log folder whose scalars become metrics (key = run folder/tag). Repeatable.
-    /// [default: $SUBMARINE_TENSORBOARD_LOG_DIR]
-    #[arg(
-        long = "tfevents",
-        env = "PERISCOPE_TFEVENTS",
-        value_delimiter = ' ',
-        value_name = "DIR"
-    )]
-    pub tfevents: Vec<PathBuf>,
     /// Where `periscope localize` put the code: its recorded revision becomes params.
     #[arg(
         long,
@@ -45,30 +39,14 @@ pub struct MetricsArgs {
         default_value = "/code"
     )]
     pub code_dir: PathBuf,
+    /// Serve the MLflow-compatible ingest endpoint here (e.g. 127.0.0.1:5000); point the training
+    /// script's MLFLOW_TRACKING_URI at http://ADDR.
+    #[arg(long, env = "PERISCOPE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Most undelivered metrics kept on disk; when full, sources pause until the metastore
     /// catches up.
     #[arg(long, env = "PERISCOPE_METRICS_QUEUE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub metrics_queue_max_bytes: u64,
-}
-
-impl MetricsArgs {
-    /// The tf.events folders: the flag, else `SUBMARINE_TENSORBOARD_LOG_DIR`.
-    pub fn tfevents_roots(&self) -> Vec<PathBuf> {
-        let given: Vec<PathBuf> = self
-            .tfevents
-            .iter()
-            .filter(|p| !p.as_os_str().is_empty())
-            .cloned()
-            .collect();
-        if !given.is_empty() {
-            return given;
-        }
-        std::env::var_os("SUBMARINE_TENSORBOARD_LOG_DIR")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .into_iter()
-            .collect()
-    }
 }
 
 /// The pipeline's thread. It runs its own single-threaded runtime because its work is short
@@ -76,9 +54,11 @@ impl MetricsArgs {
 /// delays log shipping.
 type Task = std::thread::JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>;
 
-/// Opens the metastore and the queue, and starts the pipeline's task.
-pub fn spawn(
+/// Opens the metastore and the queue, and starts the pipeline's thread. Scalars are read from
+/// the sidecar's `--tfevents` folders (the same ones the mirror uploads).
+pub async fn spawn(
     args: &MetricsArgs,
+    tfevents_roots: Vec<PathBuf>,
     state_dir: &Path,
     identity: &JobIdentity,
     lifecycle: &Lifecycle,
@@ -91,7 +71,7 @@ pub fn spawn(
     let sink = url.open()?;
     let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
     cfg.metrics_files = args.metrics_file.clone();
-    cfg.tfevents_roots = args.tfevents_roots();
+    cfg.tfevents_roots = tfevents_roots;
     cfg.code_dir = Some(args.code_dir.clone());
     cfg.queue = QueueConfig {
         max_bytes: args.metrics_queue_max_bytes.max(1),
@@ -102,6 +82,10 @@ pub fn spawn(
     let mut pipeline = MetricsPipeline::open(cfg.clone(), sink)?;
     tracing::info!(metastore = %pipeline.describe_sink(), metrics_files = cfg.metrics_files.len(),
         tfevents = cfg.tfevents_roots.len(), "tracking metrics");
+    let ingest = match args.listen {
+        Some(addr) => Some(serve(addr, identity).await?),
+        None => None,
+    };
     let lifecycle = lifecycle.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -119,7 +103,7 @@ pub fn spawn(
             runtime.block_on(async move {
                 // The watcher must live as long as the loop that reads its notifications.
                 let (_watcher, wake) = sidecar::watch_folders(&watched);
-                let ending = pipeline::run(&mut pipeline, &lifecycle, stop, wake).await;
+                let ending = pipeline::run(&mut pipeline, &lifecycle, stop, wake, ingest).await;
                 (ending, pipeline)
             })
         })
@@ -130,6 +114,34 @@ pub fn spawn(
                 None,
             )
         })
+}
+
+/// Binds `addr` and serves the ingest endpoint on the current runtime; returns the pipeline's end
+/// of the channel.
+async fn serve(
+    addr: SocketAddr,
+    identity: &JobIdentity,
+) -> Result<mpsc::Receiver<IngestRequest>, Failure> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::new(
+            ErrorClass::Usage,
+            format!("cannot listen on {addr}: {e}"),
+            Some("choose a free --listen address".into()),
+        )
+    })?;
+    let (handle, rx) = ingest::channel(RunIdentity {
+        experiment: identity.experiment.clone(),
+        worker: identity.worker.clone(),
+        start_ms: periscope::metrics::model::now_ms(),
+    });
+    let app = ingest::router(handle);
+    tracing::info!(%addr, "MLflow-compatible ingest endpoint listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the ingest endpoint stopped");
+        }
+    });
+    Ok(rx)
 }
 
 /// Waits for the pipeline's task and combines its ending with the log shipper's.

@@ -120,11 +120,11 @@ fn invalid(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE", message)
 }
 
-/// Parses a JSON body, accepting bare NaN/Infinity.
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, Response> {
-    let text = std::str::from_utf8(bytes).map_err(|_| invalid("the body is not UTF-8"))?;
+/// Parses a JSON body, accepting bare NaN/Infinity. Errors are MLflow's invalid-parameter text.
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "the body is not UTF-8".to_string())?;
     let text = float::quote_non_finite(if text.trim().is_empty() { "{}" } else { text });
-    serde_json::from_str(&text).map_err(|e| invalid(format!("malformed request body: {e}")))
+    serde_json::from_str(&text).map_err(|e| format!("malformed request body: {e}"))
 }
 
 fn run_info(run: &RunIdentity, experiment_id: Option<&str>) -> Value {
@@ -200,7 +200,7 @@ struct CreateRun {
 async fn runs_create(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
     let req: CreateRun = match body(&bytes) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return invalid(e),
     };
     axum::Json(run_json(&h.run, req.experiment_id.as_deref())).into_response()
 }
@@ -232,13 +232,13 @@ struct KeyValue {
     value: String,
 }
 
-fn metric(m: MetricIn, worker: &str) -> Result<Item, Response> {
+fn metric(m: MetricIn, worker: &str) -> Result<Item, String> {
     if m.key.is_empty() {
-        return Err(invalid("a metric key must not be empty"));
+        return Err("a metric key must not be empty".into());
     }
     let timestamp_ms = m.timestamp.unwrap_or_else(now_ms);
     if chrono::DateTime::from_timestamp_millis(timestamp_ms).is_none() {
-        return Err(invalid(format!("timestamp {timestamp_ms} is out of range")));
+        return Err(format!("timestamp {timestamp_ms} is out of range"));
     }
     Ok(Item::Metric(Metric {
         key: m.key,
@@ -249,9 +249,9 @@ fn metric(m: MetricIn, worker: &str) -> Result<Item, Response> {
     }))
 }
 
-fn param(p: KeyValue, worker: &str) -> Result<Item, Response> {
+fn param(p: KeyValue, worker: &str) -> Result<Item, String> {
     if p.key.is_empty() {
-        return Err(invalid("a param key must not be empty"));
+        return Err("a param key must not be empty".into());
     }
     Ok(Item::Param(Param {
         key: p.key,
@@ -260,9 +260,9 @@ fn param(p: KeyValue, worker: &str) -> Result<Item, Response> {
     }))
 }
 
-fn tag(t: KeyValue) -> Result<Item, Response> {
+fn tag(t: KeyValue) -> Result<Item, String> {
     if t.key.is_empty() {
-        return Err(invalid("a tag key must not be empty"));
+        return Err("a tag key must not be empty".into());
     }
     Ok(Item::Tag(Tag {
         key: t.key,
@@ -273,7 +273,7 @@ fn tag(t: KeyValue) -> Result<Item, Response> {
 async fn log_metric(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
     let item = match body::<MetricIn>(&bytes).and_then(|m| metric(m, &h.run.worker)) {
         Ok(i) => i,
-        Err(e) => return e,
+        Err(e) => return invalid(e),
     };
     store(&h, vec![item]).await
 }
@@ -281,7 +281,7 @@ async fn log_metric(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
 async fn log_parameter(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
     let item = match body::<KeyValue>(&bytes).and_then(|p| param(p, &h.run.worker)) {
         Ok(i) => i,
-        Err(e) => return e,
+        Err(e) => return invalid(e),
     };
     store(&h, vec![item]).await
 }
@@ -289,7 +289,7 @@ async fn log_parameter(State(h): State<IngestHandle>, bytes: Bytes) -> Response 
 async fn set_tag(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
     let item = match body::<KeyValue>(&bytes).and_then(tag) {
         Ok(i) => i,
-        Err(e) => return e,
+        Err(e) => return invalid(e),
     };
     store(&h, vec![item]).await
 }
@@ -307,7 +307,7 @@ struct Batch {
 async fn log_batch(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
     let batch: Batch = match body(&bytes) {
         Ok(b) => b,
-        Err(e) => return e,
+        Err(e) => return invalid(e),
     };
     let (m, p, t) = (batch.metrics.len(), batch.params.len(), batch.tags.len());
     if m > MAX_BATCH_METRICS
@@ -321,7 +321,7 @@ async fn log_batch(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
         ));
     }
     let worker = &h.run.worker;
-    let items: Result<Vec<Item>, Response> = batch
+    let items: Result<Vec<Item>, String> = batch
         .params
         .into_iter()
         .map(|p| param(p, worker))
@@ -330,7 +330,7 @@ async fn log_batch(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
         .collect();
     match items {
         Ok(items) => store(&h, items).await,
-        Err(e) => e,
+        Err(e) => invalid(e),
     }
 }
 

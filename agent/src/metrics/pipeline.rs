@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::checkpoint::{SourcesCheckpoint, SourcesState};
+use super::ingest::{IngestRequest, Refusal};
 use super::model::{now_ms, Item, RunStatus};
 use super::queue::{Queue, QueueConfig};
 use super::sink::Sink;
@@ -320,6 +321,58 @@ impl MetricsPipeline {
     }
 }
 
+/// Most ingest requests appended as one queue record (group commit: one fsync for all of them).
+const INGEST_GROUP: usize = 64;
+
+/// Appends every ingest request waiting now, in groups, and answers each. Returns the items taken.
+fn serve_ingest(
+    pipeline: &mut MetricsPipeline,
+    ingest: &mut Option<mpsc::Receiver<IngestRequest>>,
+    first: Option<IngestRequest>,
+) -> Result<u64, MetricsError> {
+    let mut first = first;
+    let mut taken = 0u64;
+    loop {
+        let mut group: Vec<IngestRequest> = first.take().into_iter().collect();
+        while let Some(rx) = ingest.as_mut().filter(|_| group.len() < INGEST_GROUP) {
+            match rx.try_recv() {
+                Ok(req) => group.push(req),
+                Err(_) => break,
+            }
+        }
+        if group.is_empty() {
+            return Ok(taken);
+        }
+        let items: Vec<Item> = group.iter().flat_map(|r| r.items.iter().cloned()).collect();
+        let n = items.len() as u64;
+        let result = pipeline.enqueue(items);
+        let answer = match &result {
+            Ok(()) => Ok(()),
+            Err(MetricsError::Queue(super::queue::QueueError::Full { .. })) => Err(Refusal::Full),
+            Err(e) => Err(Refusal::Failed(e.to_string())),
+        };
+        for req in group {
+            // A client that went away no longer needs the answer.
+            let _ = req.reply.send(answer.clone());
+        }
+        match result {
+            Ok(()) => taken += n,
+            Err(MetricsError::Queue(super::queue::QueueError::Full { .. })) => return Ok(taken),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The next ingest request; never resolves when there is no endpoint or it has closed.
+async fn next_ingest(ingest: &mut Option<mpsc::Receiver<IngestRequest>>) -> IngestRequest {
+    if let Some(rx) = ingest {
+        if let Some(req) = rx.recv().await {
+            return req;
+        }
+    }
+    std::future::pending().await
+}
+
 /// Runs the pipeline until `stop` has been signalled (or the exit-code file appeared) and the
 /// drain ended. See the module docs.
 pub async fn run(
@@ -327,19 +380,29 @@ pub async fn run(
     cfg: &Lifecycle,
     mut stop: watch::Receiver<u32>,
     mut wake: mpsc::UnboundedReceiver<()>,
+    mut ingest: Option<mpsc::Receiver<IngestRequest>>,
 ) -> Result<Ending, MetricsError> {
     pipeline.start()?;
     let mut drain_deadline: Option<Instant> = None;
     let mut quiet_passes = 0;
+    let mut quiet_since = Instant::now();
     let mut final_status_queued = false;
+    let mut waiting: Option<IngestRequest> = None;
+    // Change notifications can trigger passes microseconds apart; "nothing more is coming" needs
+    // quiet passes that also span some time.
+    let quiet_for = (cfg.poll_interval * 2).min(Duration::from_millis(400));
     loop {
         let draining = drain_deadline.is_some();
         let read = pipeline.poll_sources()?;
+        let ingested = serve_ingest(pipeline, &mut ingest, waiting.take())?;
         pipeline.deliver().await?;
         if let Some(deadline) = drain_deadline {
-            if read == 0 && pipeline.backlog() == 0 {
+            if read == 0 && ingested == 0 && pipeline.backlog() == 0 {
+                if quiet_passes == 0 {
+                    quiet_since = Instant::now();
+                }
                 quiet_passes += 1;
-                if quiet_passes >= 2 {
+                if quiet_passes >= 2 && quiet_since.elapsed() >= quiet_for {
                     if !final_status_queued {
                         final_status_queued = true;
                         let status = cfg
@@ -381,6 +444,7 @@ pub async fn run(
             Some(()) = wake.recv() => {
                 while wake.try_recv().is_ok() {}
             }
+            req = next_ingest(&mut ingest) => waiting = Some(req),
             changed = stop.changed() => {
                 let requests = if changed.is_ok() { *stop.borrow() } else { 1 };
                 if requests >= 2 || changed.is_err() && draining {

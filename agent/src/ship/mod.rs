@@ -14,6 +14,8 @@ pub mod identity;
 pub mod key;
 pub mod logs;
 pub mod reassemble;
+pub mod tfevents_mirror;
 
 pub use discover::LogGlob;
 pub use logs::{LogConfig, LogShipper, LogStats, ShipError, TickReport};
+pub use tfevents_mirror::{MirrorConfig, TfeventsMirror};

@@ -15,7 +15,49 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::ship::{LogShipper, ShipError};
+use crate::ship::{LogShipper, ShipError, TfeventsMirror};
+
+/// Everything the sidecar ships, ticked together by [`run`]. Each part is optional.
+#[derive(Default)]
+pub struct Pipelines {
+    pub logs: Option<LogShipper>,
+    pub tfevents: Option<TfeventsMirror>,
+}
+
+/// What one pass over every pipeline did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// New bytes read from the followed files (a drain is over once this stays 0).
+    pub bytes_read: u64,
+    /// Bytes read but not yet stored, over all pipelines.
+    pub backlog: u64,
+}
+
+impl Pipelines {
+    /// Runs one pass of every pipeline; with `flush`, everything read is due now.
+    pub async fn tick(&mut self, flush: bool) -> Result<Pass, ShipError> {
+        let mut pass = Pass::default();
+        if let Some(logs) = self.logs.as_mut() {
+            let r = logs.tick(flush).await?;
+            pass.bytes_read += r.bytes_read;
+            pass.backlog += r.backlog;
+        }
+        if let Some(mirror) = self.tfevents.as_mut() {
+            let r = mirror.tick(flush).await?;
+            pass.backlog += r.backlog;
+        }
+        Ok(pass)
+    }
+
+    /// Whether anything read is not yet stored.
+    pub fn has_backlog(&self) -> bool {
+        self.logs.as_ref().is_some_and(LogShipper::has_backlog)
+            || self
+                .tfevents
+                .as_ref()
+                .is_some_and(TfeventsMirror::has_backlog)
+    }
+}
 
 /// Timing of the sidecar loop. Invariant: durations are non-zero.
 #[derive(Debug, Clone)]
@@ -40,7 +82,7 @@ pub enum Ending {
 /// Runs until `stop` has been signalled and the drain ended. `stop` counts stop requests
 /// (SIGTERM/SIGINT); `wake` carries change notifications for the followed folders.
 pub async fn run(
-    shipper: &mut LogShipper,
+    pipelines: &mut Pipelines,
     cfg: &Lifecycle,
     mut stop: watch::Receiver<u32>,
     mut wake: mpsc::UnboundedReceiver<()>,
@@ -49,9 +91,9 @@ pub async fn run(
     let mut quiet_passes = 0;
     loop {
         let draining = drain_deadline.is_some();
-        let report = shipper.tick(draining).await?;
+        let report = pipelines.tick(draining).await?;
         if let Some(deadline) = drain_deadline {
-            if report.bytes_read == 0 && !shipper.has_backlog() {
+            if report.bytes_read == 0 && !pipelines.has_backlog() {
                 quiet_passes += 1;
                 // Two quiet passes in a row: nothing more is coming.
                 if quiet_passes >= 2 {
@@ -85,9 +127,10 @@ pub async fn run(
             changed = stop.changed() => {
                 let requests = if changed.is_ok() { *stop.borrow() } else { 1 };
                 if requests >= 2 || changed.is_err() && draining {
-                    let backlog = shipper.stats().backlog_bytes.load(std::sync::atomic::Ordering::Relaxed);
-                    return Ok(if backlog == 0 { Ending::Drained } else {
-                        Ending::Incomplete { backlog, reason: "second stop request" }
+                    return Ok(if pipelines.has_backlog() {
+                        Ending::Incomplete { backlog: report.backlog, reason: "second stop request" }
+                    } else {
+                        Ending::Drained
                     });
                 }
                 if drain_deadline.is_none() {

@@ -26,6 +26,9 @@ use super::framing::{self, Frame, FOOTER_LEN, HEADER_LEN};
 
 /// How much to ask the OS for at a time: large enough that syscalls do not dominate.
 const CHUNK: usize = 256 * 1024;
+/// The most one read asks for, so a large declared length never allocates ahead of the bytes
+/// that are really in the file.
+const MAX_READ: usize = 16 << 20;
 
 /// How long a bad-CRC last record is re-read before it is skipped, unless told otherwise.
 pub const DEFAULT_TAIL_GRACE: Duration = Duration::from_secs(2);
@@ -279,7 +282,7 @@ impl<R: Read + Seek> RecordReader<R> {
         let mut grew = false;
         while self.buf.len() < needed {
             let len = self.buf.len();
-            let want = CHUNK.max(needed - len);
+            let want = (needed - len).clamp(CHUNK, MAX_READ);
             self.buf.resize(len + want, 0);
             let n = loop {
                 match self.source.read(&mut self.buf[len..]) {

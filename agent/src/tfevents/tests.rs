@@ -288,3 +288,16 @@ fn undecodable_record_is_skipped_and_counted() {
     assert!(matches!(r.next_event().unwrap(), EventItem::Event(_)));
     assert_eq!(r.skipped(), 1);
 }
+
+#[test]
+fn a_large_declared_length_waits_without_buffering_ahead() {
+    // A valid header announcing a 512 MiB record, with only a few bytes of it written so far.
+    let len = (512u64 << 20).to_le_bytes();
+    let mut bytes = len.to_vec();
+    bytes.extend_from_slice(&super::crc::masked_crc32c(&len).to_le_bytes());
+    bytes.extend_from_slice(b"partial");
+    let mut r = RecordReader::new(Cursor::new(bytes), 0).unwrap();
+    assert_eq!(r.next_record().unwrap(), Next::Pending);
+    assert_eq!(r.unread_tail(), 19);
+    assert_eq!(r.offset(), 0);
+}

@@ -151,9 +151,12 @@ struct Series {
 }
 
 /// One row per run and tag: count, first and last step, last value; printed at the end.
+/// Invariant: `last_run` is `run_of(last_file)`, cached because files arrive in long runs.
 pub struct Table<W: Write> {
     out: W,
-    rows: BTreeMap<(String, String), Series>,
+    rows: BTreeMap<String, BTreeMap<String, Series>>,
+    last_file: String,
+    last_run: String,
 }
 
 impl<W: Write> Table<W> {
@@ -161,6 +164,8 @@ impl<W: Write> Table<W> {
         Table {
             out,
             rows: BTreeMap::new(),
+            last_file: String::new(),
+            last_run: run_of(""),
         }
     }
 }
@@ -175,13 +180,24 @@ fn run_of(file: &str) -> String {
 
 impl<W: Write> ScalarSink for Table<W> {
     fn scalar(&mut self, file: &str, s: &Scalar) -> io::Result<()> {
-        let key = (run_of(file), s.tag.clone());
-        let series = self.rows.entry(key).or_insert(Series {
-            count: 0,
-            first_step: s.step,
-            last_step: s.step,
-            last_value: s.value,
-        });
+        if file != self.last_file {
+            self.last_file = file.to_owned();
+            self.last_run = run_of(file);
+        }
+        // Look up before inserting: the common case allocates nothing.
+        let tags = match self.rows.get_mut(&self.last_run) {
+            Some(tags) => tags,
+            None => self.rows.entry(self.last_run.clone()).or_default(),
+        };
+        let series = match tags.get_mut(&s.tag) {
+            Some(series) => series,
+            None => tags.entry(s.tag.clone()).or_insert(Series {
+                count: 0,
+                first_step: s.step,
+                last_step: s.step,
+                last_value: s.value,
+            }),
+        };
         series.count += 1;
         series.last_step = s.step;
         series.last_value = s.value;
@@ -198,7 +214,11 @@ impl<W: Write> ScalarSink for Table<W> {
             "LAST VALUE",
         ];
         let mut cells: Vec<[String; 6]> = vec![header.map(str::to_owned)];
-        for ((run, tag), s) in &self.rows {
+        for (run, tag, s) in self
+            .rows
+            .iter()
+            .flat_map(|(run, tags)| tags.iter().map(move |(tag, s)| (run, tag, s)))
+        {
             cells.push([
                 run.clone(),
                 tag.clone(),

@@ -1,0 +1,613 @@
+//! `periscope localize` from git: git daemon, smart HTTP(S) through `git http-backend`, ssh through
+//! a real sshd, and local `git+file://` repositories. Each test checks what a user would: the files
+//! in the checkout, the commit recorded, `git log` inside it, exit codes and messages.
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::git::{git, GitDaemon, GitHttp, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER};
+use crate::harness::tls::TestCa;
+use crate::harness::{free_port, periscope, run, Ran};
+
+/// Runs `periscope localize --source SRC --dest DEST` plus `extra`.
+fn localize(dest: &Path, source: &str, extra: &[&str]) -> Ran {
+    run(periscope()
+        .args(["localize", "--dest"])
+        .arg(dest)
+        .args(["--source", source])
+        .args(extra))
+}
+
+/// The record entry for folder `into`.
+fn recorded(dest: &Path, into: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dest.join(".periscope/localized.json"))
+        .expect("localized.json exists");
+    let record: serde_json::Value = serde_json::from_str(&text).expect("record is JSON");
+    record["sources"]
+        .as_array()
+        .expect("sources array")
+        .iter()
+        .find(|e| e["into"] == into)
+        .cloned()
+        .unwrap_or_else(|| panic!("no entry for {into} in {text}"))
+}
+
+fn recorded_commit(dest: &Path, into: &str) -> String {
+    let entry = recorded(dest, into);
+    assert_eq!(entry["revision"]["kind"], "commit", "{entry}");
+    entry["revision"]["id"].as_str().expect("id").to_string()
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Names in a folder, sorted, `.git` excluded.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".git")
+        .collect();
+    names.sort();
+    names
+}
+
+/// Nothing left in the staging area after a run.
+fn assert_no_staging(dest: &Path) {
+    let staging = dest.join(".periscope/staging");
+    if staging.exists() {
+        assert_eq!(
+            std::fs::read_dir(&staging).unwrap().count(),
+            0,
+            "staging left behind in {}",
+            staging.display()
+        );
+    }
+}
+
+/// A repository `job` with three commits on `main`, a `dev` branch and an annotated tag `v1` on
+/// the first commit. Returns the repo and the three SHAs.
+fn three_commits(repos: &Repos) -> (Repo, [String; 3]) {
+    let repo = repos.create("job");
+    let first = repo.commit(&[("train.py", "print('v1')\n")], &[], "first");
+    repo.git(&["tag", "-a", "v1", "-m", "release 1"]);
+    let second = repo.commit(&[("data/config.yaml", "lr: 0.1\n")], &[], "second");
+    let third = repo.commit(&[("train.py", "print('v3')\n")], &[], "third");
+    repo.git(&["branch", "dev", &first]);
+    repo.git(&["checkout", "-q", "dev"]);
+    repo.commit(&[("dev.txt", "dev only\n")], &[], "dev work");
+    repo.git(&["checkout", "-q", "main"]);
+    repo.push();
+    (repo, [first, second, third])
+}
+
+#[test]
+fn default_head_over_git_daemon_is_a_shallow_checkout_with_history() {
+    let repos = Repos::new();
+    let (_repo, [_, _, third]) = three_commits(&repos);
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    let ran = localize(dest.path(), &daemon.url("job"), &[]);
+    ran.expect_code(0).expect_output("localized");
+    let out = dest.path().join("job");
+    assert_eq!(listing(&out), ["data", "train.py"]);
+    assert_eq!(read(out.join("train.py")), "print('v3')\n");
+    assert_eq!(recorded_commit(dest.path(), "job"), third);
+    // A real repository people can use: on branch main, one commit deep, origin set.
+    assert_eq!(git(&out, &["rev-parse", "--abbrev-ref", "HEAD"]), "main");
+    assert_eq!(git(&out, &["rev-list", "--count", "HEAD"]), "1");
+    assert_eq!(git(&out, &["log", "-1", "--format=%s"]), "third");
+    assert_eq!(
+        git(&out, &["remote", "get-url", "origin"]),
+        daemon.url("job")
+    );
+    assert_eq!(git(&out, &["status", "--porcelain"]), "");
+    assert_no_staging(dest.path());
+}
+
+#[test]
+fn branch_and_annotated_tag_refs() {
+    let repos = Repos::new();
+    let (repo, [first, ..]) = three_commits(&repos);
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    let url = daemon.url("job");
+    localize(dest.path(), &format!("{url}#ref=dev&into=dev"), &[]).expect_code(0);
+    let dev = dest.path().join("dev");
+    assert_eq!(listing(&dev), ["dev.txt", "train.py"]);
+    assert_eq!(git(&dev, &["rev-parse", "--abbrev-ref", "HEAD"]), "dev");
+    assert_eq!(
+        recorded_commit(dest.path(), "dev"),
+        repo.git(&["rev-parse", "dev"])
+    );
+    localize(dest.path(), &format!("{url}#ref=v1&into=tag"), &[]).expect_code(0);
+    let tag = dest.path().join("tag");
+    assert_eq!(listing(&tag), ["train.py"]);
+    assert_eq!(read(tag.join("train.py")), "print('v1')\n");
+    // The tag is recorded as the commit it names, not the tag object.
+    assert_eq!(recorded_commit(dest.path(), "tag"), first);
+    assert_eq!(git(&tag, &["rev-parse", "HEAD"]), first);
+}
+
+#[test]
+fn depth_option_sets_how_much_history_is_fetched() {
+    let repos = Repos::new();
+    let (_repo, _) = three_commits(&repos);
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    let url = daemon.url("job");
+    localize(dest.path(), &format!("{url}#depth=2&into=two"), &[]).expect_code(0);
+    let two = dest.path().join("two");
+    assert_eq!(git(&two, &["rev-list", "--count", "HEAD"]), "2");
+    assert!(two.join(".git/shallow").exists());
+    localize(dest.path(), &format!("{url}#depth=0&into=full"), &[]).expect_code(0);
+    let full = dest.path().join("full");
+    assert_eq!(git(&full, &["rev-list", "--count", "HEAD"]), "3");
+    assert!(!full.join(".git/shallow").exists());
+}
+
+#[test]
+fn full_sha_unreachable_at_depth_1_is_fetched_anyway() {
+    let repos = Repos::new();
+    let (_repo, [_, second, _]) = three_commits(&repos);
+    // No ref points at `second`: a depth-1 fetch of any branch cannot reach it. The first daemon
+    // refuses requests by SHA (git's default); the second allows them, as hosting services do.
+    for allow_sha in [false, true] {
+        let daemon = GitDaemon::start(&repos.base(), allow_sha);
+        let dest = tempfile::tempdir().unwrap();
+        localize(
+            dest.path(),
+            &format!("{}#ref={second}", daemon.url("job")),
+            &[],
+        )
+        .expect_code(0);
+        let out = dest.path().join("job");
+        assert_eq!(listing(&out), ["data", "train.py"], "allow_sha={allow_sha}");
+        assert_eq!(read(out.join("train.py")), "print('v1')\n");
+        assert_eq!(recorded_commit(dest.path(), "job"), second);
+        assert_eq!(git(&out, &["rev-parse", "HEAD"]), second);
+        if allow_sha {
+            // Asked for by SHA, the commit came alone, at depth 1.
+            assert_eq!(git(&out, &["rev-list", "--count", "HEAD"]), "1");
+        }
+    }
+}
+
+#[test]
+fn unknown_ref_exits_3_and_leaves_nothing() {
+    let repos = Repos::new();
+    three_commits(&repos);
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(
+        dest.path(),
+        &format!("{}#ref=no-such-branch", daemon.url("job")),
+        &[],
+    )
+    .expect_code(3)
+    .expect_output("no-such-branch");
+    assert!(!dest.path().join("job").exists());
+    // A SHA the server does not have is not found either.
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    localize(
+        dest.path(),
+        &format!("{}#ref={missing}", daemon.url("job")),
+        &[],
+    )
+    .expect_code(3)
+    .expect_output(missing);
+    assert!(!dest.path().join("job").exists());
+    assert_no_staging(dest.path());
+}
+
+#[test]
+fn missing_repository_exits_3() {
+    let repos = Repos::new();
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("nope"), &[])
+        .expect_code(3)
+        .expect_output("repository not found");
+}
+
+#[test]
+fn refs_that_look_like_options_are_refused() {
+    let dest = tempfile::tempdir().unwrap();
+    for bad in ["-upload-pack=touch%20/tmp/pwned", "--help", "main%0Aevil"] {
+        localize(
+            dest.path(),
+            &format!("git://127.0.0.1:9/job.git#ref={bad}"),
+            &[],
+        )
+        .expect_code(2);
+    }
+}
+
+#[test]
+fn unreachable_server_exits_6_after_retries() {
+    let dest = tempfile::tempdir().unwrap();
+    let url = format!("git://127.0.0.1:{}/job.git", free_port());
+    let ran = localize(dest.path(), &url, &["--retries", "2"]);
+    ran.expect_code(6).expect_output("cannot reach the server");
+    // The first failure was retried before giving up.
+    ran.expect_output("retrying");
+    assert!(!dest.path().join("job").exists());
+}
+
+#[test]
+fn submodules_are_checked_out_recursively_unless_none() {
+    let repos = Repos::new();
+    let leaf = repos.create("leaf");
+    leaf.commit(&[("leaf.txt", "leaf\n")], &[], "leaf");
+    let middle = repos.create("middle");
+    middle.commit(&[("middle.txt", "middle\n")], &[], "middle");
+    middle.git(&["submodule", "add", "-q", "../leaf.git", "deps/leaf"]);
+    middle.commit(&[], &[], "add leaf");
+    let top = repos.create("top");
+    top.commit(&[("top.txt", "top\n")], &[], "top");
+    top.git(&["submodule", "add", "-q", "../middle.git", "middle"]);
+    top.commit(&[], &[], "add middle");
+    // The leaf moves on after being recorded: the recorded commit must be the one checked out.
+    leaf.commit(&[("later.txt", "later\n")], &[], "later");
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("top"), &[]).expect_code(0);
+    let out = dest.path().join("top");
+    assert_eq!(read(out.join("top.txt")), "top\n");
+    assert_eq!(read(out.join("middle/middle.txt")), "middle\n");
+    assert_eq!(read(out.join("middle/deps/leaf/leaf.txt")), "leaf\n");
+    assert!(!out.join("middle/deps/leaf/later.txt").exists());
+    // git agrees the submodules are initialised and at the recorded commits (`-` would mean not
+    // initialised, `+` a different commit, `U` conflicts).
+    let status = git(&out, &["submodule", "status", "--recursive"]);
+    assert_eq!(status.lines().count(), 2, "{status}");
+    assert!(
+        status.lines().all(|l| !l.starts_with(['-', '+', 'U'])),
+        "submodules not at their recorded commits:\n{status}"
+    );
+    let dest = tempfile::tempdir().unwrap();
+    localize(
+        dest.path(),
+        &format!("{}#submodules=none", daemon.url("top")),
+        &[],
+    )
+    .expect_code(0);
+    let out = dest.path().join("top");
+    assert_eq!(read(out.join("top.txt")), "top\n");
+    assert_eq!(listing(&out.join("middle")), Vec::<String>::new());
+}
+
+#[test]
+fn rerun_fetches_nothing_and_a_new_commit_replaces_the_old_atomically() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    let old = repo.commit(&[("a.txt", "a\n"), ("old.txt", "old\n")], &[], "one");
+    let http = GitHttp::start(&repos.base());
+    let dest = tempfile::tempdir().unwrap();
+    let url = format!("git+{}", http.url("job"));
+    localize(dest.path(), &url, &[]).expect_code(0);
+    let fetches = http.fetches();
+    assert!(fetches > 0, "the first run fetched nothing?");
+    let before = recorded(dest.path(), "job");
+    assert_eq!(before["revision"]["id"], old.as_str());
+
+    // Same source, same commit: nothing fetched, record untouched.
+    localize(dest.path(), &url, &[])
+        .expect_code(0)
+        .expect_output("unchanged");
+    assert_eq!(http.fetches(), fetches, "a re-run fetched a pack");
+    assert_eq!(recorded(dest.path(), "job"), before);
+
+    // A new commit: the new tree replaces the old one, and the record follows.
+    let new = repo.commit(&[("new.txt", "new\n")], &["old.txt"], "two");
+    localize(dest.path(), &url, &[])
+        .expect_code(0)
+        .expect_output("localized");
+    let out = dest.path().join("job");
+    assert_eq!(listing(&out), ["a.txt", "new.txt"]);
+    assert_eq!(recorded_commit(dest.path(), "job"), new);
+    assert_eq!(git(&out, &["rev-parse", "HEAD"]), new);
+    assert_no_staging(dest.path());
+}
+
+#[test]
+fn https_needs_the_private_ca_and_trusts_it_with_ca_file() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    let sha = repo.commit(&[("a.txt", "a\n")], &[], "one");
+    let ca = TestCa::new();
+    let https = GitHttp::start_tls(&repos.base(), &ca);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &https.url("job"), &["--retries", "1"])
+        .expect_code(4)
+        .expect_output("--ca-file");
+    assert!(!dest.path().join("job").exists());
+    localize(
+        dest.path(),
+        &https.url("job"),
+        &["--ca-file", ca.ca_cert.to_str().unwrap()],
+    )
+    .expect_code(0);
+    assert_eq!(recorded_commit(dest.path(), "job"), sha);
+    assert_eq!(read(dest.path().join("job/a.txt")), "a\n");
+}
+
+#[test]
+fn basic_auth_right_password_works_wrong_one_exits_4_and_is_never_printed() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    let sha = repo.commit(&[("a.txt", "a\n")], &[], "one");
+    let ca = TestCa::new();
+    let https = GitHttp::start_tls(&repos.base(), &ca);
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("password");
+    let ca_file = ca.ca_cert.to_str().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+
+    // No credentials at all.
+    localize(
+        dest.path(),
+        &https.private_url("job"),
+        &["--ca-file", ca_file],
+    )
+    .expect_code(4)
+    .expect_output("credentials");
+
+    // A wrong password in the file: refused, and never shown.
+    std::fs::write(&password_file, "wrong-password-42\n").unwrap();
+    let args = [
+        "--ca-file",
+        ca_file,
+        "--git-username",
+        HTTP_USER,
+        "--git-password-file",
+        password_file.to_str().unwrap(),
+    ];
+    localize(dest.path(), &https.private_url("job"), &args)
+        .expect_code(4)
+        .refute_output("wrong-password-42");
+    assert!(!dest.path().join("job").exists());
+
+    // The file is re-read on every run: fixing the Secret fixes the next run.
+    std::fs::write(&password_file, format!("{HTTP_PASSWORD}\n")).unwrap();
+    localize(dest.path(), &https.private_url("job"), &args)
+        .expect_code(0)
+        .refute_output(HTTP_PASSWORD);
+    assert_eq!(recorded_commit(dest.path(), "job"), sha);
+    // Neither the record nor the checkout's git config holds the password.
+    let record = read(dest.path().join(".periscope/localized.json"));
+    assert!(!record.contains(HTTP_PASSWORD), "{record}");
+    let config = read(dest.path().join("job/.git/config"));
+    assert!(!config.contains(HTTP_PASSWORD), "{config}");
+
+    // Credentials in the URL work too, and are redacted from everything printed.
+    let dest = tempfile::tempdir().unwrap();
+    let with_creds = https
+        .private_url("job")
+        .replace("https://", &format!("https://{HTTP_USER}:{HTTP_PASSWORD}@"));
+    localize(dest.path(), &with_creds, &["--ca-file", ca_file])
+        .expect_code(0)
+        .refute_output(HTTP_PASSWORD);
+    let config = read(dest.path().join("job/.git/config"));
+    assert!(!config.contains(HTTP_PASSWORD), "{config}");
+}
+
+#[test]
+fn file_urls_are_local_repositories() {
+    let repos = Repos::new();
+    let (_repo, [_, _, third]) = three_commits(&repos);
+    let dest = tempfile::tempdir().unwrap();
+    let url = format!("git+file://{}", repos.base().join("job.git").display());
+    localize(dest.path(), &url, &[]).expect_code(0);
+    assert_eq!(recorded_commit(dest.path(), "job"), third);
+    assert_eq!(listing(&dest.path().join("job")), ["data", "train.py"]);
+}
+
+#[test]
+fn ssh_with_key_and_known_hosts() {
+    let repos = Repos::new();
+    let (_repo, [_, _, third]) = three_commits(&repos);
+    let sshd = Sshd::start();
+    let url = format!("git+{}", sshd.url(&repos.base().join("job.git")));
+    let key = sshd.client_key();
+    let known = sshd.known_hosts();
+    let dest = tempfile::tempdir().unwrap();
+    let ran = localize(
+        dest.path(),
+        &url,
+        &[
+            "--ssh-key-file",
+            key.to_str().unwrap(),
+            "--known-hosts-file",
+            known.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{ran:?}\nsshd log:\n{}", sshd.log());
+    assert_eq!(recorded_commit(dest.path(), "job"), third);
+    assert_eq!(read(dest.path().join("job/train.py")), "print('v3')\n");
+}
+
+#[test]
+fn ssh_unknown_host_key_exits_4_unless_allowed() {
+    let repos = Repos::new();
+    three_commits(&repos);
+    let sshd = Sshd::start();
+    let url = format!("git+{}", sshd.url(&repos.base().join("job.git")));
+    let key = sshd.client_key();
+    let empty = tempfile::tempdir().unwrap();
+    let known = empty.path().join("known_hosts");
+    std::fs::write(&known, "").unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let args = [
+        "--ssh-key-file",
+        key.to_str().unwrap(),
+        "--known-hosts-file",
+        known.to_str().unwrap(),
+    ];
+    localize(dest.path(), &url, &args)
+        .expect_code(4)
+        .expect_output("not in known_hosts")
+        .expect_output("SHA256:");
+    assert!(!dest.path().join("job").exists());
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-unknown-host-keys");
+    localize(dest.path(), &url, &allowed).expect_code(0);
+    assert!(dest.path().join("job/train.py").exists());
+}
+
+#[test]
+fn git_sync_environment_from_submarine() {
+    let repos = Repos::new();
+    let (repo, _) = three_commits(&repos);
+    let http = GitHttp::start(&repos.base());
+    let root = tempfile::tempdir().unwrap();
+    // Submarine's code localizer passes the repository URL without `git+` and often without
+    // `.git`; http-backend serves `job` as `job.git` only, so keep the suffix here.
+    let ran = run(periscope()
+        .arg("localize")
+        .env("GIT_SYNC_REPO", http.private_url("job"))
+        .env("GIT_SYNC_BRANCH", "dev")
+        .env("GIT_SYNC_DEPTH", "1")
+        .env("GIT_SYNC_ROOT", root.path())
+        .env("GIT_SYNC_DEST", "code")
+        .env("GIT_SYNC_USERNAME", HTTP_USER)
+        .env("GIT_SYNC_PASSWORD", HTTP_PASSWORD));
+    ran.expect_code(0).refute_output(HTTP_PASSWORD);
+    let code = root.path().join("code");
+    assert_eq!(listing(&code), ["dev.txt", "train.py"]);
+    assert_eq!(
+        recorded_commit(root.path(), "code"),
+        repo.git(&["rev-parse", "dev"])
+    );
+    assert_eq!(git(&code, &["rev-list", "--count", "HEAD"]), "1");
+}
+
+#[test]
+fn ssh_key_the_server_does_not_know_exits_4() {
+    let repos = Repos::new();
+    three_commits(&repos);
+    let sshd = Sshd::start();
+    let url = format!("git+{}", sshd.url(&repos.base().join("job.git")));
+    let other = tempfile::tempdir().unwrap();
+    let stranger = other.path().join("stranger");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dest = tempfile::tempdir().unwrap();
+    localize(
+        dest.path(),
+        &url,
+        &[
+            "--ssh-key-file",
+            stranger.to_str().unwrap(),
+            "--known-hosts-file",
+            sshd.known_hosts().to_str().unwrap(),
+        ],
+    )
+    .expect_code(4)
+    .expect_output("refused");
+    assert!(!dest.path().join("job").exists());
+}
+
+#[test]
+fn missing_repository_over_http_exits_3() {
+    let repos = Repos::new();
+    let http = GitHttp::start(&repos.base());
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &format!("git+{}", http.url("nope")), &[])
+        .expect_code(3)
+        .expect_output("repository not found");
+}
+
+#[test]
+fn git_ssl_no_verify_skips_certificate_checks_for_git_sync() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    let sha = repo.commit(&[("a.txt", "a\n")], &[], "one");
+    let ca = TestCa::new();
+    let https = GitHttp::start_tls(&repos.base(), &ca);
+    let root = tempfile::tempdir().unwrap();
+    let sync = |no_verify: &str| {
+        run(periscope()
+            .args(["localize", "--retries", "1"])
+            .env("GIT_SYNC_REPO", https.url("job"))
+            .env("GIT_SYNC_ROOT", root.path())
+            .env("GIT_SSL_NO_VERIFY", no_verify))
+    };
+    sync("false").expect_code(4);
+    sync("true").expect_code(0);
+    assert_eq!(recorded_commit(root.path(), "job"), sha);
+}
+
+#[test]
+fn checkout_over_the_file_limit_exits_5_and_publishes_nothing() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    let files: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("f{i}.txt"), format!("{i}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    repo.commit(&refs, &[], "many");
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("job"), &["--max-files", "10"])
+        .expect_code(5)
+        .expect_output("--max-files");
+    assert!(!dest.path().join("job").exists());
+    assert_no_staging(dest.path());
+    localize(dest.path(), &daemon.url("job"), &["--max-bytes", "16"])
+        .expect_code(5)
+        .expect_output("--max-bytes");
+    assert!(!dest.path().join("job").exists());
+}
+
+#[test]
+fn gitattributes_apply_like_git_and_plain_files_are_byte_exact() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    repo.commit(
+        &[
+            ("plain/data.bin", "line one\r\nline two\n"),
+            ("win/run.bat", "echo hi\n"),
+        ],
+        &[],
+        "files",
+    );
+    let plain_only = repo.git(&["rev-parse", "HEAD"]);
+    repo.commit(&[("win/.gitattributes", "*.bat eol=crlf\n")], &[], "attrs");
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("job"), &[]).expect_code(0);
+    // What `git clone` writes: the attribute converts run.bat, and nothing else changes.
+    let clone = tempfile::tempdir().unwrap();
+    git(clone.path(), &["clone", "-q", &daemon.url("job"), "c"]);
+    for file in ["win/run.bat", "plain/data.bin"] {
+        assert_eq!(
+            std::fs::read(dest.path().join("job").join(file)).unwrap(),
+            std::fs::read(clone.path().join("c").join(file)).unwrap(),
+            "{file} differs from git's checkout"
+        );
+    }
+    assert_eq!(
+        read(dest.path().join("job/win/run.bat")),
+        "echo hi\r\n",
+        "eol=crlf not applied"
+    );
+    // Without any .gitattributes, bytes are exactly what was committed.
+    localize(
+        dest.path(),
+        &format!("{}#ref={plain_only}&into=plain", daemon.url("job")),
+        &[],
+    )
+    .expect_code(0);
+    assert_eq!(
+        read(dest.path().join("plain/plain/data.bin")),
+        "line one\r\nline two\n"
+    );
+}
