@@ -43,8 +43,10 @@ pub struct PipelineConfig {
     /// Where `periscope localize` put the code (its `localized.json` gives the revision params).
     pub code_dir: Option<PathBuf>,
     pub queue: QueueConfig,
-    /// Most items read from the sources into one queue record.
+    /// Most items read from tf.events files into one queue record.
     pub max_items_per_read: usize,
+    /// Most bytes read from each `--metrics-file` into one queue record.
+    pub max_file_bytes_per_read: u64,
     /// Backoff between attempts while the sink fails (its `attempts` is ignored: we never give up).
     pub retry: RetryPolicy,
 }
@@ -60,6 +62,7 @@ impl PipelineConfig {
             code_dir: None,
             queue: QueueConfig::default(),
             max_items_per_read: 5000,
+            max_file_bytes_per_read: 1 << 20,
             retry: RetryPolicy {
                 max_delay: Duration::from_secs(10),
                 ..RetryPolicy::default()
@@ -191,7 +194,8 @@ impl MetricsPipeline {
         for path in &self.cfg.metrics_files {
             let id = path.to_string_lossy().into_owned();
             let current = self.state.jsonl.get(&id).cloned().unwrap_or_default();
-            match jsonl::read(path, &current, &worker, 1 << 20, &mut items) {
+            let budget = self.cfg.max_file_bytes_per_read;
+            match jsonl::read(path, &current, &worker, budget, &mut items) {
                 Ok(s) => {
                     next.jsonl.insert(id, s);
                 }
@@ -459,5 +463,69 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::sqlite::{MetricFilter, SqliteStore};
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn a_locked_metastore_fills_the_queue_pauses_the_file_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("metastore.db");
+        let file = dir.path().join("m.jsonl");
+        let identity = JobIdentity {
+            experiment: "e".into(),
+            worker: "worker-0".into(),
+        };
+        let mut cfg = PipelineConfig::new(dir.path().join("state"), identity);
+        cfg.metrics_files = vec![file.clone()];
+        cfg.queue.max_bytes = 300;
+        cfg.max_file_bytes_per_read = 100;
+        cfg.retry.base = Duration::from_millis(1);
+        cfg.retry.max_delay = Duration::from_millis(1);
+        let mut p = MetricsPipeline::open(cfg, Box::new(SqliteStore::open(&db).unwrap())).unwrap();
+        let mut f = std::fs::File::create(&file).unwrap();
+        for i in 0..40 {
+            writeln!(
+                f,
+                r#"{{"key":"k","value":{i},"step":{i},"timestamp":{}}}"#,
+                1000 + i
+            )
+            .unwrap();
+        }
+        // Another writer holds the database: every delivery fails.
+        let lock = rusqlite::Connection::open(&db).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let mut queued = 0;
+        for _ in 0..5 {
+            queued += p.poll_sources().unwrap();
+            assert_eq!(p.deliver().await.unwrap(), 0);
+        }
+        assert!(p.stats().paused, "the file source paused on a full queue");
+        assert!(
+            queued < 40,
+            "the file was not read past what the queue holds"
+        );
+        assert!(p.backlog() > 0);
+        lock.execute_batch("ROLLBACK").unwrap();
+        drop(lock);
+        for _ in 0..100 {
+            p.poll_sources().unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            p.deliver().await.unwrap();
+            if p.backlog() == 0 && p.poll_sources().unwrap() == 0 {
+                break;
+            }
+        }
+        let rows = SqliteStore::open(&db)
+            .unwrap()
+            .metrics("e", &MetricFilter::default())
+            .unwrap();
+        let steps: Vec<i64> = rows.iter().map(|m| m.step).collect();
+        assert_eq!(steps, (0..40).collect::<Vec<_>>());
     }
 }

@@ -161,7 +161,9 @@ impl SqliteStore {
     }
 
     fn configure(conn: Connection, path: &Path) -> Result<SqliteStore, SinkError> {
-        conn.busy_timeout(Duration::from_secs(10))
+        // Short: a write that waits on another writer's lock holds up the pipeline's loop; the
+        // queue keeps the batch and it is retried after a backoff instead.
+        conn.busy_timeout(Duration::from_secs(1))
             .map_err(sql_err(path, "set the busy timeout"))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
