@@ -1,6 +1,7 @@
 //! Tracking metrics into the embedded SQLite metastore with the real binary: scalars written by
-//! tensorboardX and lines of a JSONL file arrive exactly once, with their step, value, timestamp
-//! and NaN/±Infinity, across `kill -9` of the sidecar; `periscope metrics ls|show` prints them.
+//! tensorboardX, lines of a JSONL file and calls of the real mlflow client to the ingest endpoint
+//! arrive exactly once, with their step, value, timestamp and NaN/±Infinity, across `kill -9` of
+//! the sidecar; `periscope metrics ls|show` prints them.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -416,4 +417,49 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
     for key in ["\"lr\"", "\"batch_size\""] {
         assert!(params.contains(key), "{params}");
     }
+}
+
+#[test]
+fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
+    let s = Setup::new();
+    let port = crate::harness::free_port();
+    let mut cmd = s.sidecar();
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    let child = cmd.spawn().unwrap();
+    let client = Command::new(crate::harness::tool("venv-mlflow/bin/python"))
+        .arg(script("metrics_mlflow_client.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("MLFLOW_TRACKING_URI")
+        .env_remove("MLFLOW_RUN_ID")
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "the mlflow client failed\n{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let done = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+
+    let rows = s.rows();
+    assert_eq!(rows["client/nan"], [(0, BASE_MS, "NaN".to_string())]);
+    assert_eq!(rows["client/inf"], [(1, BASE_MS, "Infinity".to_string())]);
+    let loss: Vec<_> = (0..2500)
+        .map(|i| (i, BASE_MS + i, num(i as f64 * 0.25)))
+        .collect();
+    assert_eq!(rows["client/loss"], loss);
+    let params = s.metrics(&["show", "exp-m", "--params"]);
+    assert!(
+        params
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["lr", "worker-0", "0.01"]),
+        "{params}"
+    );
 }
