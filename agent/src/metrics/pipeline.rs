@@ -471,6 +471,7 @@ mod tests {
     use super::*;
     use crate::metrics::sqlite::{MetricFilter, SqliteStore};
     use std::io::Write;
+    use tokio::sync::oneshot;
 
     #[tokio::test]
     async fn a_locked_metastore_fills_the_queue_pauses_the_file_and_loses_nothing() {
@@ -527,5 +528,65 @@ mod tests {
             .unwrap();
         let steps: Vec<i64> = rows.iter().map(|m| m.step).collect();
         assert_eq!(steps, (0..40).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn ingest_requests_are_refused_while_the_queue_is_full_and_taken_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("metastore.db");
+        let identity = JobIdentity {
+            experiment: "e".into(),
+            worker: "worker-0".into(),
+        };
+        let mut cfg = PipelineConfig::new(dir.path().join("state"), identity);
+        cfg.queue.max_bytes = 200;
+        cfg.retry.base = Duration::from_millis(1);
+        cfg.retry.max_delay = Duration::from_millis(1);
+        let mut p = MetricsPipeline::open(cfg, Box::new(SqliteStore::open(&db).unwrap())).unwrap();
+        let (handle, rx) = super::super::ingest::channel(super::super::ingest::RunIdentity {
+            experiment: "e".into(),
+            worker: "worker-0".into(),
+            start_ms: 0,
+        });
+        drop(handle);
+        let mut ingest = Some(rx);
+        let metric = |step: i64| {
+            Item::Metric(super::super::model::Metric {
+                key: "k".into(),
+                value: step as f64,
+                step,
+                timestamp_ms: 1000 + step,
+                worker: "worker-0".into(),
+            })
+        };
+        let lock = rusqlite::Connection::open(&db).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let mut answers = Vec::new();
+        for step in 0..3 {
+            let (reply, answer) = oneshot::channel();
+            let first = IngestRequest {
+                items: vec![metric(step)],
+                reply,
+            };
+            serve_ingest(&mut p, &mut ingest, Some(first)).unwrap();
+            p.deliver().await.unwrap();
+            answers.push(answer.await.unwrap());
+        }
+        // The first request fits in the empty queue; the queue then holds more than 200 bytes.
+        assert_eq!(answers[0], Ok(()));
+        assert!(answers[1..].contains(&Err(Refusal::Full)), "{answers:?}");
+        lock.execute_batch("ROLLBACK").unwrap();
+        drop(lock);
+        // Past the (1 ms) backoff of the failed attempts.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        p.deliver().await.unwrap();
+        assert_eq!(p.backlog(), 0);
+        let (reply, answer) = oneshot::channel();
+        let again = IngestRequest {
+            items: vec![metric(9)],
+            reply,
+        };
+        serve_ingest(&mut p, &mut ingest, Some(again)).unwrap();
+        assert_eq!(answer.await.unwrap(), Ok(()));
     }
 }
