@@ -28,11 +28,12 @@ On SIGTERM (a native sidecar gets it after the main container ends) the sidecar 
 everything written so far is stored, for at most --drain-timeout, then exits 0. A second SIGTERM, or the
 timeout, exits at once (code 6 if bytes are left; a restart with the same --state-dir ships them).
 
-Tracking metrics: scalars of the --tfevents folders (key = run folder/tag), lines of --metrics-file and
-calls to the MLflow-compatible endpoint on --listen go through a disk queue in --state-dir into
---metastore (default: Submarine's tables in <state-dir>/metastore.db), exactly once across kill -9 and
-restarts. The run is Running while the sidecar works, then Succeeded/Failed from --exit-when-file; the
-code revision in <code-dir>/.periscope/localized.json becomes params. Read them with `periscope metrics`.
+Tracking metrics: scalars of the --tfevents folders (key = run folder/tag), lines of
+--metrics-file and calls to the MLflow-compatible endpoint on --listen go through a disk queue in
+--state-dir into --metastore (default: Submarine's tables in <state-dir>/metastore.db), exactly
+once across kill -9 and restarts. The run is Running while the sidecar works, then
+Succeeded/Failed from --exit-when-file; the code revision in <code-dir>/.periscope/localized.json
+becomes params. Read them with `periscope metrics`.
 
 Identity: --experiment-id defaults to $JOB_ID; --worker is derived like the Submarine SDK does (TF_CONFIG
 task type-index, else CLUSTER_SPEC, else RANK: 0 -> master-0, N -> worker-N, else worker-0).
