@@ -4,6 +4,7 @@
 //!
 //! * [`localize`]: source → stage → publish. Fetches code into `/code`, atomically and safely.
 //! * [`tfevents`]: TFRecord framing and TensorBoard `Event` messages, read incrementally and written.
+//! * [`metrics`]: source → durable queue → metastore, for tracking metrics.
 //!
 //! Shared pieces have one home each: [`error`] (how failures are classified for exit codes),
 //! [`redact`] (how URLs and secrets are shown), [`retry`] (the one retry policy) and [`storage`]
@@ -18,6 +19,7 @@ pub mod fsutil;
 pub mod install;
 pub mod job;
 pub mod localize;
+pub mod metrics;
 pub mod redact;
 pub mod retry;
 pub mod ship;

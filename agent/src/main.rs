@@ -76,6 +76,8 @@ enum Command {
     Logs(cli::logs::LogsArgs),
     /// Localize, run a command and ship what it writes, all in one process (for bare VMs).
     Run(Box<cli::run::RunArgs>),
+    /// Read tracking metrics from the metastore: `ls` experiments or series, `show` points.
+    Metrics(cli::metrics::MetricsArgs),
     /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
     Tfevents(cli::tfevents::TfeventsArgs),
     /// Copy this binary into a folder, so the pod's main container can run `periscope exec`.
@@ -144,6 +146,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         Command::Run(args) => cli::block_on(cli::run::run(*args)),
         Command::Tfevents(args) => cli::tfevents::run(args),
         Command::Install(args) => cli::install::run(args),
+        Command::Metrics(args) => cli::metrics::run(args),
         Command::Version => {
             cli::version::print();
             Ok(ExitCode::SUCCESS)

@@ -23,6 +23,9 @@ pub fn periscope() -> Command {
         .env_remove("PERISCOPE_DEST")
         .env_remove("GIT_SYNC_REPO")
         .env("PERISCOPE_TERMINATION_LOG", "/dev/null")
+        // Sidecars started in parallel must not fight over the default 127.0.0.1:9090; a test that
+        // probes the endpoint passes its own --listen.
+        .env("PERISCOPE_LISTEN", "127.0.0.1:0")
         .env("PERISCOPE_LOG_LEVEL", "info");
     cmd
 }

@@ -28,6 +28,13 @@ On SIGTERM (a native sidecar gets it after the main container ends) the sidecar 
 everything written so far is stored, for at most --drain-timeout, then exits 0. A second SIGTERM, or the
 timeout, exits at once (code 6 if bytes are left; a restart with the same --state-dir ships them).
 
+Tracking metrics: scalars of the --tfevents folders (key = run folder/tag), lines of
+--metrics-file and calls to the MLflow-compatible endpoint on --listen go through a disk queue in
+--state-dir into --metastore (default: Submarine's tables in <state-dir>/metastore.db), exactly
+once across kill -9 and restarts. The run is Running while the sidecar works, then
+Succeeded/Failed from --exit-when-file; the code revision in <code-dir>/.periscope/localized.json
+becomes params. Read them with `periscope metrics`.
+
 Identity: --experiment-id defaults to $JOB_ID; --worker is derived like the Submarine SDK does (TF_CONFIG
 task type-index, else CLUSTER_SPEC, else RANK: 0 -> master-0, N -> worker-N, else worker-0).
 
@@ -35,7 +42,7 @@ Examples:
   periscope sidecar --storage s3://ml-logs/jobs --logs '/periscope/logs/*.log' --state-dir /periscope/state
   periscope sidecar --storage file:///mnt/logs --logs '/job/**/*.log' --exit-when-file /periscope/logs/exit-code";
 
-/// Ship logs to object storage, exactly once, until the job ends.
+/// Ship logs to object storage and metrics to the metastore, exactly once, until the job ends.
 #[derive(clap::Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct SidecarArgs {
@@ -102,6 +109,8 @@ pub struct SidecarArgs {
     /// Drain and exit when this file appears (the exit-code file of `periscope exec`).
     #[arg(long, env = "PERISCOPE_EXIT_WHEN_FILE", value_name = "PATH")]
     exit_when_file: Option<PathBuf>,
+    #[command(flatten)]
+    metrics: super::sidecar_metrics::MetricsArgs,
 }
 
 fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
@@ -151,12 +160,10 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
             tfevents_roots.push(PathBuf::from(dir));
         }
     }
-    if globs.is_empty() && tfevents_roots.is_empty() {
-        return Err(Failure::new(
-            ErrorClass::Usage,
-            "nothing to ship: give at least one --logs GLOB or --tfevents DIR",
-            Some("e.g. --logs '/periscope/logs/*.log' --tfevents /periscope/tensorboard".into()),
-        ));
+    if globs.is_empty() && tfevents_roots.is_empty() && args.metrics.metrics_file.is_empty() {
+        tracing::warn!(
+            "no --logs, --tfevents or --metrics-file: only the MLflow-compatible endpoint on --listen feeds this sidecar"
+        );
     }
     let chunk_bytes = usize::try_from(args.chunk_bytes.max(1)).unwrap_or(usize::MAX);
     let mirror_cfg = MirrorConfig {
@@ -213,9 +220,10 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
             )
         })?;
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+        tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the MLflow-compatible /api/2.0/mlflow/");
     }
-    let app = sidecar::health::router(observed);
+    let (ingest_routes, ingest) = super::sidecar_metrics::ingest(&identity);
+    let app = sidecar::health::router(observed).merge(ingest_routes);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health endpoint stopped");
@@ -225,9 +233,20 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
     folders.extend(tfevents_roots.iter().cloned());
     let (_watcher, wake) = sidecar::watch_folders(&folders);
     let stop = super::signals::stop_requests()?;
+    let metrics = super::sidecar_metrics::spawn(
+        &args.metrics,
+        tfevents_roots.clone(),
+        &args.state_dir,
+        &identity,
+        &lifecycle,
+        stop.clone(),
+        Some(ingest),
+    )
+    .await?;
     tracing::info!(storage = %redact_url(url.as_str()), experiment = %identity.experiment, worker = %identity.worker,
         "sidecar started");
     let ending = sidecar::run(&mut pipelines, &lifecycle, stop, wake).await?;
+    let ending = super::sidecar_metrics::join(metrics, ending).await?;
     let shipped = pipelines
         .logs
         .as_ref()

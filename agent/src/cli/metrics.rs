@@ -1,0 +1,266 @@
+//! `periscope metrics ls|show`: read what the sidecar stored in the SQLite metastore, as a table
+//! for people or JSONL for scripts.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use periscope::error::ErrorClass;
+use periscope::metrics::model::float;
+use periscope::metrics::sqlite::MetricFilter;
+use periscope::metrics::{MetastoreUrl, SqliteStore};
+
+use super::Failure;
+
+/// Read tracking metrics from the metastore.
+#[derive(clap::Args)]
+pub struct MetricsArgs {
+    /// The metastore: sqlite:///path/metastore.db. [default: sqlite://<state-dir>/metastore.db]
+    #[arg(long, global = true, env = "PERISCOPE_METASTORE", value_name = "URL")]
+    metastore: Option<String>,
+    /// The sidecar's state folder, whose metastore.db is the default metastore.
+    #[arg(
+        long,
+        global = true,
+        env = "PERISCOPE_STATE_DIR",
+        value_name = "DIR",
+        default_value = "periscope-data/state"
+    )]
+    state_dir: PathBuf,
+    /// One JSON object per line instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: MetricsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum MetricsCommand {
+    /// List experiments; with an experiment id, list its series (key, worker, points, steps).
+    ///
+    /// Example: periscope metrics ls --state-dir /periscope/state exp-42
+    Ls {
+        /// An experiment id.
+        experiment: Option<String>,
+    },
+    /// Print an experiment's metric points (or its params), ordered by key, worker and step.
+    ///
+    /// JSONL lines are {"key","value","step","timestamp","worker"} with the timestamp in ms since
+    /// the epoch and NaN/Infinity as strings.
+    ///
+    /// Example: periscope metrics show exp-42 --key train/loss --json
+    Show {
+        experiment: String,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this worker (e.g. worker-0).
+        #[arg(long)]
+        worker: Option<String>,
+        /// Print the params instead of the metrics.
+        #[arg(long)]
+        params: bool,
+    },
+}
+
+fn open(args: &MetricsArgs) -> Result<SqliteStore, Failure> {
+    let url = match &args.metastore {
+        Some(url) => MetastoreUrl::parse(url)?,
+        None => MetastoreUrl::default_for(&args.state_dir),
+    };
+    let MetastoreUrl::Sqlite(path) = url;
+    Ok(SqliteStore::open_existing(&path)?)
+}
+
+fn number(v: f64) -> String {
+    if v.is_finite() {
+        v.to_string()
+    } else {
+        float::name(v).to_string()
+    }
+}
+
+fn json_number(v: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(v)
+        .map(serde_json::Value::Number)
+        .unwrap_or_else(|| serde_json::Value::String(float::name(v).into()))
+}
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Prints rows as aligned columns under a header.
+fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &[String]| -> std::io::Result<()> {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(
+        out,
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    )?;
+    for row in rows {
+        line(out, row)?;
+    }
+    Ok(())
+}
+
+/// Runs `periscope metrics`.
+pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
+    let store = open(&args)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let json = args.json;
+    let written = match &args.command {
+        MetricsCommand::Ls { experiment: None } => {
+            let rows = store.experiments()?;
+            if json {
+                rows.iter().try_for_each(|r| {
+                    writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())
+                })
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                        vec![
+                            r.id.clone(),
+                            opt(&r.status),
+                            opt(&r.running_time),
+                            opt(&r.finished_time),
+                            r.metrics.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut out,
+                    &["EXPERIMENT", "STATUS", "RUNNING", "FINISHED", "METRICS"],
+                    &cells,
+                )
+            }
+        }
+        MetricsCommand::Ls {
+            experiment: Some(experiment),
+        } => {
+            require(&store, experiment)?;
+            let rows = store.series(experiment)?;
+            if json {
+                rows.iter().try_for_each(|r| {
+                    writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())
+                })
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.key.clone(),
+                            r.worker.clone(),
+                            r.points.to_string(),
+                            r.first_step.to_string(),
+                            r.last_step.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut out,
+                    &["KEY", "WORKER", "POINTS", "FIRST STEP", "LAST STEP"],
+                    &cells,
+                )
+            }
+        }
+        MetricsCommand::Show {
+            experiment,
+            params: true,
+            ..
+        } => {
+            require(&store, experiment)?;
+            let rows = store.params(experiment)?;
+            if json {
+                rows.iter().try_for_each(|p| {
+                    writeln!(out, "{}", serde_json::to_string(p).unwrap_or_default())
+                })
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|p| vec![p.key.clone(), p.worker.clone(), p.value.clone()])
+                    .collect();
+                table(&mut out, &["KEY", "WORKER", "VALUE"], &cells)
+            }
+        }
+        MetricsCommand::Show {
+            experiment,
+            key,
+            worker,
+            params: false,
+        } => {
+            require(&store, experiment)?;
+            let filter = MetricFilter {
+                key: key.clone(),
+                worker: worker.clone(),
+            };
+            let rows = store.metrics(experiment, &filter)?;
+            if json {
+                rows.iter().try_for_each(|m| {
+                    let line = serde_json::json!({
+                        "key": m.key,
+                        "value": json_number(m.value),
+                        "step": m.step,
+                        "timestamp": m.timestamp_ms,
+                        "worker": m.worker,
+                    });
+                    writeln!(out, "{line}")
+                })
+            } else {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.key.clone(),
+                            m.worker.clone(),
+                            m.step.to_string(),
+                            time(m.timestamp_ms),
+                            number(m.value),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut out,
+                    &["KEY", "WORKER", "STEP", "TIMESTAMP", "VALUE"],
+                    &cells,
+                )
+            }
+        }
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(ErrorClass::Io, format!("cannot write to stdout: {e}"), None))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn require(store: &SqliteStore, experiment: &str) -> Result<(), Failure> {
+    if store.has_experiment(experiment)? {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            ErrorClass::NotFound,
+            format!("no experiment `{experiment}` in the metastore"),
+            Some("`periscope metrics ls` lists the experiments it holds".into()),
+        ))
+    }
+}

@@ -1,0 +1,153 @@
+//! `periscope sidecar`'s tracking-metrics flags, and running the metrics pipeline beside the log
+//! shipper as its own task with the same stop and drain rules.
+
+use std::path::{Path, PathBuf};
+
+use periscope::error::ErrorClass;
+use periscope::job::JobIdentity;
+use periscope::metrics::ingest::{self, IngestRequest, RunIdentity};
+use periscope::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
+use periscope::metrics::{MetastoreUrl, MetricsError, QueueConfig};
+use periscope::sidecar::{self, Ending, Lifecycle};
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+
+use super::size::{human, parse_size};
+use super::Failure;
+
+/// Tracking metrics: where they come from and which metastore receives them.
+#[derive(clap::Args)]
+pub struct MetricsArgs {
+    /// Metastore for tracking metrics: sqlite:///path/metastore.db (Submarine's experiment,
+    /// metric and param tables). [default: sqlite://<state-dir>/metastore.db]
+    #[arg(long, env = "PERISCOPE_METASTORE", value_name = "URL")]
+    pub metastore: Option<String>,
+    /// A JSONL file of metrics to follow, one {"key", "value", "step", "timestamp"} per line
+    /// (timestamp in ms since the epoch; NaN/Infinity allowed). Repeatable.
+    #[arg(
+        long = "metrics-file",
+        env = "PERISCOPE_METRICS_FILE",
+        value_name = "PATH"
+    )]
+    pub metrics_file: Vec<PathBuf>,
+    /// Where `periscope localize` put the code: its recorded revision becomes params.
+    #[arg(
+        long,
+        env = "PERISCOPE_CODE_DIR",
+        value_name = "DIR",
+        default_value = "/code"
+    )]
+    pub code_dir: PathBuf,
+    /// Most undelivered metrics kept on disk; when full, sources pause until the metastore
+    /// catches up.
+    #[arg(long, env = "PERISCOPE_METRICS_QUEUE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub metrics_queue_max_bytes: u64,
+}
+
+/// The pipeline's thread. It runs its own single-threaded runtime because its work is short
+/// blocking file and SQLite I/O (fsyncs): kept off the log shipper's runtime, a slow disk never
+/// delays log shipping.
+type Task = std::thread::JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>;
+
+/// Opens the metastore and the queue, and starts the pipeline's thread. Scalars are read from
+/// the sidecar's `--tfevents` folders (the same ones the mirror uploads).
+pub async fn spawn(
+    args: &MetricsArgs,
+    tfevents_roots: Vec<PathBuf>,
+    state_dir: &Path,
+    identity: &JobIdentity,
+    lifecycle: &Lifecycle,
+    stop: watch::Receiver<u32>,
+    ingest: Option<mpsc::Receiver<IngestRequest>>,
+) -> Result<Task, Failure> {
+    let url = match &args.metastore {
+        Some(url) => MetastoreUrl::parse(url)?,
+        None => MetastoreUrl::default_for(state_dir),
+    };
+    let sink = url.open()?;
+    let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
+    cfg.metrics_files = args.metrics_file.clone();
+    cfg.tfevents_roots = tfevents_roots;
+    cfg.code_dir = Some(args.code_dir.clone());
+    cfg.queue = QueueConfig {
+        max_bytes: args.metrics_queue_max_bytes.max(1),
+        ..QueueConfig::default()
+    };
+    let mut watched = cfg.tfevents_roots.clone();
+    watched.extend(cfg.metrics_files.iter().cloned());
+    let mut pipeline = MetricsPipeline::open(cfg.clone(), sink)?;
+    tracing::info!(metastore = %pipeline.describe_sink(), metrics_files = cfg.metrics_files.len(),
+        tfevents = cfg.tfevents_roots.len(), "tracking metrics");
+    let lifecycle = lifecycle.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Failure::new(
+                ErrorClass::Internal,
+                format!("cannot start the metrics runtime: {e}"),
+                None,
+            )
+        })?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                // The watcher must live as long as the loop that reads its notifications.
+                let (_watcher, wake) = sidecar::watch_folders(&watched);
+                let ending = pipeline::run(&mut pipeline, &lifecycle, stop, wake, ingest).await;
+                (ending, pipeline)
+            })
+        })
+        .map_err(|e| {
+            Failure::new(
+                ErrorClass::Internal,
+                format!("cannot start the metrics thread: {e}"),
+                None,
+            )
+        })
+}
+
+/// The MLflow-compatible ingest routes for this run, and the pipeline's end of their channel.
+/// The sidecar serves the routes on `--listen` beside `/healthz`, `/readyz` and `/metrics`.
+pub fn ingest(identity: &JobIdentity) -> (axum::Router, mpsc::Receiver<IngestRequest>) {
+    let (handle, rx) = ingest::channel(RunIdentity {
+        experiment: identity.experiment.clone(),
+        worker: identity.worker.clone(),
+        start_ms: periscope::metrics::model::now_ms(),
+    });
+    (ingest::router(handle), rx)
+}
+
+/// Waits for the pipeline's task and combines its ending with the log shipper's.
+pub async fn join(task: Task, logs: Ending) -> Result<Ending, Failure> {
+    let joined = tokio::task::spawn_blocking(move || task.join()).await;
+    let (ending, pipeline) = match joined {
+        Ok(Ok(done)) => done,
+        _ => {
+            return Err(Failure::new(
+                ErrorClass::Internal,
+                "the metrics thread panicked",
+                None,
+            ))
+        }
+    };
+    let ending = ending?;
+    let stats = pipeline.stats();
+    tracing::info!(queued = stats.queued_items, delivered = stats.delivered_items,
+        bad_lines = pipeline.bad_lines(), metastore = %pipeline.describe_sink(), "metrics pipeline ended");
+    match ending {
+        Ending::Drained => Ok(logs),
+        Ending::Incomplete { backlog, reason } => Err(Failure::new(
+            ErrorClass::Network,
+            format!(
+                "stopped by {reason} with {} of metrics not yet in the metastore",
+                human(backlog)
+            ),
+            Some(
+                "the queue in --state-dir keeps them; start again with the same --state-dir to deliver them"
+                    .into(),
+            ),
+        )),
+    }
+}

@@ -1,0 +1,578 @@
+//! The durable metrics queue: an append-only log on disk between the sources and the sink.
+//!
+//! A record is `u32 LE length | u32 LE CRC32C(length bytes ‖ payload) | payload`. Records live in
+//! segment files `seg-<first position>.q` (positions are byte offsets in one logical stream that
+//! never goes back), so data that was delivered can be deleted a segment at a time.
+//!
+//! * [`Queue::append`] writes records and fsyncs once for the whole batch before returning:
+//!   whatever it acknowledged survives `kill -9` and a power cut.
+//! * The sink reads in order from the delivered position ([`Queue::read`]) and records how far it
+//!   got with [`Queue::ack`], atomically (`fsutil::write_atomic`). A restart resumes there; records
+//!   delivered but not acknowledged are delivered again, so sinks must be idempotent.
+//! * A torn tail after a crash (a record cut short or with a bad checksum at the end of the last
+//!   segment) is truncated on open, never an error: it was never acknowledged.
+//! * The size is bounded: when the undelivered backlog would pass `max_bytes`, [`Queue::append`]
+//!   refuses with [`QueueError::Full`] and the producer backs off. One batch is always accepted
+//!   into an empty queue, so an oversized batch cannot wedge a source.
+//!
+//! This module stores opaque bytes; it never decodes a payload and never talks to a sink.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Classify, ErrorClass};
+use crate::fsutil::{sync_dir, write_atomic};
+
+const HEADER: u64 = 8;
+/// A record longer than this is damage, not data (the pipeline writes batches far smaller).
+const MAX_RECORD: u64 = 256 * 1024 * 1024;
+const DELIVERED_FILE: &str = "delivered.json";
+
+/// Size limits. Invariant: both are non-zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Most undelivered bytes held before producers are told to back off.
+    pub max_bytes: u64,
+    /// A new segment is started once the current one holds this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_bytes: 256 * 1024 * 1024,
+            segment_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the queue refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backlog is at its limit: back off and try again after the sink caught up.
+    #[error("the metrics queue is full ({backlog} bytes undelivered, limit {max})")]
+    Full { backlog: u64, max: u64 },
+    #[error("metrics queue {path}: cannot {what}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Classify for QueueError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Io
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            QueueError::Full { .. } => {
+                Some("the metastore is not keeping up or is down; check it".into())
+            }
+            QueueError::Io { .. } => {
+                Some("check free space and permissions of the --state-dir volume".into())
+            }
+        }
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> QueueError + 'a {
+    move |source| QueueError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Records read from the queue, and the position just after the last of them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Vec<u8>>,
+    /// Pass to [`Queue::ack`] once every record is stored.
+    pub end: u64,
+    /// Records found damaged inside sealed segments (disk corruption) and skipped.
+    pub damaged: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Delivered {
+    delivered: u64,
+}
+
+/// The open queue. Invariants: `segments` maps each segment's first position to its length and
+/// is never empty; the last segment is the one appended to; `delivered <= end`.
+#[derive(Debug)]
+pub struct Queue {
+    dir: PathBuf,
+    cfg: QueueConfig,
+    segments: BTreeMap<u64, u64>,
+    active: File,
+    delivered: u64,
+}
+
+fn segment_name(start: u64) -> String {
+    format!("seg-{start:020}.q")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("seg-")?.strip_suffix(".q")?.parse().ok()
+}
+
+/// Length of the valid prefix of a segment's bytes: every whole record with a good checksum, up
+/// to the first one that is cut short or damaged.
+fn valid_prefix(bytes: &[u8]) -> u64 {
+    let mut at = 0usize;
+    while let Some(len) = record_at(bytes, at) {
+        at += HEADER as usize + len;
+    }
+    at as u64
+}
+
+/// The payload length of a good record starting at `at`, or `None`.
+fn record_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let header = bytes.get(at..at + HEADER as usize)?;
+    let len_bytes: [u8; 4] = header[..4].try_into().ok()?;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len as u64 > MAX_RECORD {
+        return None;
+    }
+    let payload = bytes.get(at + HEADER as usize..at + HEADER as usize + len)?;
+    (checksum(&len_bytes, payload) == crc).then_some(len)
+}
+
+fn checksum(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(len_bytes), payload)
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir`, truncating a torn tail and deleting segments that
+    /// were wholly delivered.
+    pub fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, QueueError> {
+        fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
+        let mut segments = BTreeMap::new();
+        for entry in fs::read_dir(dir).map_err(io_err("list the folder", dir))? {
+            let entry = entry.map_err(io_err("list the folder", dir))?;
+            if let Some(start) = parse_segment_name(&entry.file_name().to_string_lossy()) {
+                let len = entry
+                    .metadata()
+                    .map_err(io_err("stat a segment", dir))?
+                    .len();
+                segments.insert(start, len);
+            }
+        }
+        let delivered_path = dir.join(DELIVERED_FILE);
+        let mut delivered = match fs::read(&delivered_path) {
+            Ok(bytes) => serde_json::from_slice::<Delivered>(&bytes)
+                .map(|d| d.delivered)
+                .unwrap_or_else(|e| {
+                    // Only write_atomic writes it, so this is outside damage; redelivering is safe.
+                    tracing::warn!(error = %e, "unreadable delivered position; redelivering the queue");
+                    0
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_err("read the delivered position", &delivered_path)(e)),
+        };
+        if segments.is_empty() {
+            // A fresh queue, or one whose files were removed by hand: continue after what was
+            // delivered so positions never go back.
+            let path = dir.join(segment_name(delivered));
+            File::create(&path).map_err(io_err("create a segment", &path))?;
+            sync_dir(dir).map_err(io_err("sync the folder", dir))?;
+            segments.insert(delivered, 0);
+        }
+        let (&last_start, &last_len) = segments.iter().next_back().ok_or_else(|| {
+            io_err("find a segment", dir)(io::Error::other("no segment after creating one"))
+        })?;
+        let last_path = dir.join(segment_name(last_start));
+        let bytes = fs::read(&last_path).map_err(io_err("read a segment", &last_path))?;
+        let valid = valid_prefix(&bytes);
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&last_path)
+            .map_err(io_err("open a segment", &last_path))?;
+        if valid < last_len {
+            tracing::warn!(segment = %last_path.display(), kept = valid, dropped = last_len - valid,
+                "truncating a torn tail left by a crash (it was never acknowledged)");
+            active
+                .set_len(valid)
+                .map_err(io_err("truncate a torn tail", &last_path))?;
+            active
+                .sync_all()
+                .map_err(io_err("sync a segment", &last_path))?;
+            segments.insert(last_start, valid);
+        }
+        let first = *segments.keys().next().unwrap_or(&last_start);
+        let end = last_start + valid;
+        delivered = delivered.clamp(first, end);
+        let mut queue = Queue {
+            dir: dir.to_path_buf(),
+            cfg,
+            segments,
+            active,
+            delivered,
+        };
+        queue.delete_delivered_segments()?;
+        Ok(queue)
+    }
+
+    /// The position after the last record appended.
+    pub fn end(&self) -> u64 {
+        self.segments
+            .iter()
+            .next_back()
+            .map_or(0, |(start, len)| start + len)
+    }
+
+    /// The position up to which the sink has stored everything.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Bytes appended but not yet delivered.
+    pub fn backlog(&self) -> u64 {
+        self.end() - self.delivered
+    }
+
+    /// True when a batch of `bytes` payload bytes would be refused now.
+    pub fn would_refuse(&self, bytes: u64) -> bool {
+        let backlog = self.backlog();
+        backlog > 0 && backlog + bytes > self.cfg.max_bytes
+    }
+
+    /// The bytes `payloads` take on disk.
+    pub fn encoded_len(payloads: &[Vec<u8>]) -> u64 {
+        payloads.iter().map(|p| HEADER + p.len() as u64).sum()
+    }
+
+    /// Appends `payloads` as records and fsyncs them. When this returns `Ok`, they are durable.
+    pub fn append(&mut self, payloads: &[Vec<u8>]) -> Result<(), QueueError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let size = Queue::encoded_len(payloads);
+        if self.would_refuse(size) {
+            return Err(QueueError::Full {
+                backlog: self.backlog(),
+                max: self.cfg.max_bytes,
+            });
+        }
+        self.roll_if_needed()?;
+        let mut buf = Vec::with_capacity(size as usize);
+        for payload in payloads {
+            let len = u32::try_from(payload.len())
+                .ok()
+                .filter(|l| u64::from(*l) <= MAX_RECORD)
+                .ok_or_else(|| {
+                    io_err("append a record", &self.dir)(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "record too large",
+                    ))
+                })?;
+            let len_bytes = len.to_le_bytes();
+            buf.extend_from_slice(&len_bytes);
+            buf.extend_from_slice(&checksum(&len_bytes, payload).to_le_bytes());
+            buf.extend_from_slice(payload);
+        }
+        let (&start, &len) =
+            self.segments.iter().next_back().ok_or_else(|| {
+                io_err("find a segment", &self.dir)(io::Error::other("no segment"))
+            })?;
+        let path = self.dir.join(segment_name(start));
+        let written = self
+            .active
+            .write_all(&buf)
+            .and_then(|()| self.active.sync_data());
+        if let Err(e) = written {
+            // Leave no half batch behind (disk full): what is not acknowledged must not stay.
+            let _ = self.active.set_len(len);
+            return Err(io_err("append records", &path)(e));
+        }
+        self.segments.insert(start, len + size);
+        Ok(())
+    }
+
+    fn roll_if_needed(&mut self) -> Result<(), QueueError> {
+        let end = self.end();
+        let (&start, &len) =
+            self.segments.iter().next_back().ok_or_else(|| {
+                io_err("find a segment", &self.dir)(io::Error::other("no segment"))
+            })?;
+        if len < self.cfg.segment_bytes {
+            return Ok(());
+        }
+        debug_assert_eq!(start + len, end);
+        let path = self.dir.join(segment_name(end));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("create a segment", &path))?;
+        sync_dir(&self.dir).map_err(io_err("sync the folder", &self.dir))?;
+        self.active = file;
+        self.segments.insert(end, 0);
+        self.delete_delivered_segments()
+    }
+
+    /// Reads records in order from the delivered position, up to about `max_bytes` (at least one
+    /// record when there is one).
+    pub fn read(&self, max_bytes: u64) -> Result<Batch, QueueError> {
+        let mut batch = Batch {
+            end: self.delivered,
+            ..Batch::default()
+        };
+        let mut taken = 0u64;
+        let mut pos = self.delivered;
+        while pos < self.end() && (taken < max_bytes || batch.records.is_empty()) {
+            let Some((&start, &len)) = self.segments.range(..=pos).next_back() else {
+                break;
+            };
+            if pos >= start + len {
+                // The end of a sealed segment: go on with the next one.
+                match self.segments.range(pos + 1..).next() {
+                    Some((&next, _)) => {
+                        pos = next;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let path = self.dir.join(segment_name(start));
+            let mut file = File::open(&path).map_err(io_err("open a segment", &path))?;
+            file.seek(SeekFrom::Start(pos - start))
+                .map_err(io_err("seek a segment", &path))?;
+            let mut reader = io::BufReader::new(file.take(start + len - pos));
+            while pos < start + len && (taken < max_bytes || batch.records.is_empty()) {
+                match read_record(&mut reader) {
+                    Ok(Some(payload)) => {
+                        pos += HEADER + payload.len() as u64;
+                        taken += HEADER + payload.len() as u64;
+                        batch.records.push(payload);
+                    }
+                    Ok(None) | Err(_) => {
+                        // Damage inside a segment that was fsynced whole: the disk lost it. Skip
+                        // the rest of this segment rather than wedge delivery forever.
+                        tracing::error!(segment = %path.display(), at = pos - start,
+                            "damaged record in the metrics queue; skipping the rest of the segment");
+                        batch.damaged += 1;
+                        pos = start + len;
+                    }
+                }
+            }
+        }
+        batch.end = pos;
+        Ok(batch)
+    }
+
+    /// Records that everything before `position` is stored by the sink, and deletes segments that
+    /// hold nothing else.
+    pub fn ack(&mut self, position: u64) -> Result<(), QueueError> {
+        if position <= self.delivered {
+            return Ok(());
+        }
+        let position = position.min(self.end());
+        let path = self.dir.join(DELIVERED_FILE);
+        let json = serde_json::to_vec(&Delivered {
+            delivered: position,
+        })
+        .map_err(|e| io_err("encode the delivered position", &path)(io::Error::other(e)))?;
+        write_atomic(&path, &json).map_err(io_err("record the delivered position", &path))?;
+        self.delivered = position;
+        self.delete_delivered_segments()
+    }
+
+    fn delete_delivered_segments(&mut self) -> Result<(), QueueError> {
+        let active = self.segments.keys().next_back().copied();
+        let done: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(start, len)| Some(**start) != active && *start + *len <= self.delivered)
+            .map(|(start, _)| *start)
+            .collect();
+        for start in done {
+            let path = self.dir.join(segment_name(start));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("delete a delivered segment", &path)(e)),
+            }
+            self.segments.remove(&start);
+        }
+        Ok(())
+    }
+
+    /// How many segment files exist (for tests and stats).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+/// One record from a reader positioned at a record; `None` when it is damaged or cut short.
+fn read_record(reader: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; HEADER as usize];
+    if reader.read_exact(&mut header).is_err() {
+        return Ok(None);
+    }
+    let len_bytes: [u8; 4] = [header[0], header[1], header[2], header[3]];
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let len = u64::from(u32::from_le_bytes(len_bytes));
+    if len > MAX_RECORD {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len as usize];
+    if reader.read_exact(&mut payload).is_err() {
+        return Ok(None);
+    }
+    Ok((checksum(&len_bytes, &payload) == crc).then_some(payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max: u64, seg: u64) -> QueueConfig {
+        QueueConfig {
+            max_bytes: max,
+            segment_bytes: seg,
+        }
+    }
+
+    fn payloads(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+        range.map(|i| format!("record {i}").into_bytes()).collect()
+    }
+
+    fn drain(q: &mut Queue) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let batch = q.read(40).unwrap();
+            if batch.records.is_empty() {
+                return out;
+            }
+            out.extend(
+                batch
+                    .records
+                    .iter()
+                    .map(|r| String::from_utf8(r.clone()).unwrap()),
+            );
+            q.ack(batch.end).unwrap();
+        }
+    }
+
+    #[test]
+    fn restart_resumes_after_the_acknowledged_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        q.append(&payloads(0..10)).unwrap();
+        let first = q.read(30).unwrap();
+        assert!(!first.records.is_empty());
+        let delivered_count = first.records.len();
+        q.ack(first.end).unwrap();
+        // A batch read but not acknowledged is delivered again after a restart.
+        let unacked = q.read(30).unwrap();
+        assert!(!unacked.records.is_empty());
+        drop(q);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        let rest = drain(&mut q);
+        let expected: Vec<String> = (delivered_count as u32..10)
+            .map(|i| format!("record {i}"))
+            .collect();
+        assert_eq!(rest, expected);
+        // Appends after a restart go on from the same logical end.
+        q.append(&payloads(10..12)).unwrap();
+        drop(q);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        assert_eq!(drain(&mut q), ["record 10", "record 11"]);
+        assert_eq!(q.backlog(), 0);
+    }
+
+    #[test]
+    fn a_torn_tail_is_truncated_and_appending_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 1 << 20)).unwrap();
+        q.append(&payloads(0..3)).unwrap();
+        let end = q.end();
+        drop(q);
+        let seg = dir.path().join(segment_name(0));
+        // A crash mid-append: a header that promises 100 bytes, and only 6 of them.
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&100u32.to_le_bytes()).unwrap();
+        f.write_all(&[1, 2, 3, 4, 5, 6]).unwrap();
+        drop(f);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 1 << 20)).unwrap();
+        assert_eq!(q.end(), end);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), end);
+        q.append(&payloads(3..4)).unwrap();
+        drop(q);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 1 << 20)).unwrap();
+        assert_eq!(
+            drain(&mut q),
+            ["record 0", "record 1", "record 2", "record 3"]
+        );
+        // A flipped byte in the last record is a torn tail too.
+        q.append(&payloads(4..5)).unwrap();
+        let end = q.end();
+        drop(q);
+        let mut bytes = fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let q = Queue::open(dir.path(), cfg(1 << 20, 1 << 20)).unwrap();
+        assert!(q.end() < end);
+        assert_eq!(q.backlog(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_until_the_sink_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), cfg(50, 1 << 20)).unwrap();
+        q.append(&payloads(0..2)).unwrap(); // 2 × (8 + 8) = 32 bytes
+        let refused = q.append(&payloads(2..4));
+        assert!(matches!(
+            refused,
+            Err(QueueError::Full {
+                backlog: 32,
+                max: 50
+            })
+        ));
+        // Nothing of the refused batch was written.
+        let batch = q.read(1 << 20).unwrap();
+        assert_eq!(batch.records.len(), 2);
+        q.ack(batch.end).unwrap();
+        q.append(&payloads(2..4)).unwrap();
+        // An empty queue takes one batch even when it is larger than the limit.
+        let batch = q.read(1 << 20).unwrap();
+        q.ack(batch.end).unwrap();
+        q.append(&payloads(10..20)).unwrap();
+        assert!(q.would_refuse(1));
+    }
+
+    #[test]
+    fn delivered_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 40)).unwrap();
+        for i in 0..10 {
+            q.append(&payloads(i..i + 1)).unwrap();
+        }
+        assert!(q.segment_count() > 3);
+        let got = drain(&mut q);
+        assert_eq!(got.len(), 10);
+        assert_eq!(q.segment_count(), 1);
+        let files = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                parse_segment_name(&e.as_ref().unwrap().file_name().to_string_lossy()).is_some()
+            })
+            .count();
+        assert_eq!(files, 1);
+        drop(q);
+        let q = Queue::open(dir.path(), cfg(1 << 20, 40)).unwrap();
+        assert_eq!(q.backlog(), 0);
+        assert!(q.end() > 0);
+    }
+}

@@ -1,0 +1,519 @@
+//! The embedded metastore: one SQLite file with Apache Submarine's `experiment`, `metric` and
+//! `param` tables, their columns, primary keys and semantics.
+//!
+//! * `metric`: primary key (`id`, `key`, `timestamp`, `worker_index`) as Submarine's, so a batch
+//!   delivered twice inserts nothing the second time (`INSERT OR IGNORE`). A consequence of that
+//!   key: two points of one key from one worker within the same millisecond are one row (the
+//!   first is kept), as in Submarine's MySQL.
+//! * NaN is stored as value 0 with `is_nan` = 1, as the Submarine SDK does; ±Infinity are stored
+//!   as they are (SQLite's REAL holds them).
+//! * `timestamp` and the experiment times are `YYYY-MM-DD HH:MM:SS.mmm` in UTC (`DATETIME(3)`).
+//! * `param`: primary key (`id`, `key`, `worker_index`); the first value wins.
+//!
+//! Writes happen in one transaction per batch with `synchronous=FULL`, so a batch acknowledged to
+//! the queue is on disk. WAL mode lets `periscope metrics` read while the sidecar writes. The work
+//! is synchronous and short (one transaction); [`Sink::write`] runs it inline.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::model::{Item, Metric, Param, RunStatus};
+use super::sink::{Sink, SinkError};
+use crate::error::ErrorClass;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS experiment (
+    id                VARCHAR(64) NOT NULL PRIMARY KEY,
+    experiment_spec   TEXT NOT NULL,
+    create_by         VARCHAR(32),
+    create_time       DATETIME,
+    update_by         VARCHAR(32),
+    update_time       DATETIME,
+    experiment_status VARCHAR(20),
+    accepted_time     DATETIME(3),
+    running_time      DATETIME(3),
+    finished_time     DATETIME(3),
+    uid               VARCHAR(64)
+);
+CREATE TABLE IF NOT EXISTS metric (
+    id           VARCHAR(64) NOT NULL,
+    key          VARCHAR(190) NOT NULL,
+    value        FLOAT NOT NULL,
+    worker_index VARCHAR(32) NOT NULL,
+    timestamp    DATETIME(3) NOT NULL,
+    step         INTEGER NOT NULL,
+    is_nan       BOOLEAN NOT NULL,
+    CONSTRAINT metric_pk PRIMARY KEY (id, key, timestamp, worker_index),
+    FOREIGN KEY (id) REFERENCES experiment (id) ON UPDATE CASCADE ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS param (
+    id           VARCHAR(64) NOT NULL,
+    key          VARCHAR(190) NOT NULL,
+    value        VARCHAR(190) NOT NULL,
+    worker_index VARCHAR(32) NOT NULL,
+    CONSTRAINT param_pk PRIMARY KEY (id, key, worker_index),
+    FOREIGN KEY (id) REFERENCES experiment (id) ON UPDATE CASCADE ON DELETE CASCADE
+);
+";
+
+const DATETIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
+
+/// A `DATETIME(3)` text for milliseconds since the epoch, or `None` when out of range.
+pub fn datetime(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format(DATETIME_FORMAT).to_string())
+}
+
+/// Milliseconds since the epoch from a `DATETIME(3)` text.
+pub fn parse_datetime(text: &str) -> Option<i64> {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+/// One row of `experiment`, as `periscope metrics ls` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ExperimentRow {
+    pub id: String,
+    pub status: Option<String>,
+    pub accepted_time: Option<String>,
+    pub running_time: Option<String>,
+    pub finished_time: Option<String>,
+    pub metrics: u64,
+}
+
+/// One metric series of an experiment, summarised for `periscope metrics ls`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeriesSummary {
+    pub key: String,
+    pub worker: String,
+    pub points: u64,
+    pub first_step: i64,
+    pub last_step: i64,
+}
+
+/// Which metric rows to read.
+#[derive(Debug, Clone, Default)]
+pub struct MetricFilter {
+    pub key: Option<String>,
+    pub worker: Option<String>,
+}
+
+/// An open SQLite metastore. Invariant: the schema exists (created on open for writers).
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn sql_err(path: &Path, what: &str) -> impl FnOnce(rusqlite::Error) -> SinkError {
+    let path = path.display().to_string();
+    let what = what.to_string();
+    move |e| {
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        SinkError {
+            message: format!("SQLite metastore {path}: cannot {what}: {e}"),
+            class: ErrorClass::Io,
+            // Busy, locked, disk full: all may pass; the queue keeps the items meanwhile.
+            transient: busy || !matches!(e, rusqlite::Error::InvalidQuery),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens or creates the database at `path` (and its folder) with the schema.
+    pub fn open(path: &Path) -> Result<SqliteStore, SinkError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| SinkError {
+                message: format!("cannot create {}: {e}", dir.display()),
+                class: ErrorClass::Io,
+                transient: false,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(sql_err(path, "open the database"))?;
+        let store = SqliteStore::configure(conn, path)?;
+        store
+            .conn
+            .execute_batch(SCHEMA)
+            .map_err(sql_err(path, "create the tables"))?;
+        Ok(store)
+    }
+
+    /// Opens an existing database for reading (`periscope metrics`).
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, SinkError> {
+        if !path.exists() {
+            return Err(SinkError {
+                message: format!("no metastore at {}", path.display()),
+                class: ErrorClass::NotFound,
+                transient: false,
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_err(path, "open the database"))?;
+        SqliteStore::configure(conn, path)
+    }
+
+    fn configure(conn: Connection, path: &Path) -> Result<SqliteStore, SinkError> {
+        // Short: a write that waits on another writer's lock holds up the pipeline's loop; the
+        // queue keeps the batch and it is retried after a backoff instead.
+        conn.busy_timeout(Duration::from_secs(1))
+            .map_err(sql_err(path, "set the busy timeout"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(sql_err(path, "configure the database"))?;
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Applies `items` for `experiment` in one transaction.
+    pub fn apply(&mut self, experiment: &str, items: &[Item]) -> Result<(), SinkError> {
+        let path = self.path.clone();
+        let now = super::model::now_ms();
+        let now_text = datetime(now).unwrap_or_default();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(sql_err(&path, "begin a transaction"))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO experiment (id, experiment_spec, create_time, update_time, \
+             experiment_status, accepted_time) VALUES (?1, '{}', ?2, ?2, 'Accepted', ?2)",
+            params![experiment, now_text],
+        )
+        .map_err(sql_err(&path, "record the experiment"))?;
+        {
+            let mut metric = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO metric (id, key, value, worker_index, timestamp, step, \
+                     is_nan) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(sql_err(&path, "prepare an insert"))?;
+            let mut param = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO param (id, key, value, worker_index) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql_err(&path, "prepare an insert"))?;
+            for item in items {
+                match item {
+                    Item::Metric(m) => {
+                        let Some(ts) = datetime(m.timestamp_ms) else {
+                            tracing::warn!(key = %m.key, timestamp_ms = m.timestamp_ms,
+                                "metric timestamp out of range; not stored");
+                            continue;
+                        };
+                        let (value, is_nan) = if m.value.is_nan() {
+                            (0.0, true)
+                        } else {
+                            (m.value, false)
+                        };
+                        metric
+                            .execute(params![
+                                experiment, m.key, value, m.worker, ts, m.step, is_nan
+                            ])
+                            .map_err(sql_err(&path, "insert a metric"))?;
+                    }
+                    Item::Param(p) => {
+                        param
+                            .execute(params![experiment, p.key, p.value, p.worker])
+                            .map_err(sql_err(&path, "insert a param"))?;
+                    }
+                    // Submarine's tables have no tags.
+                    Item::Tag(_) => {}
+                    Item::Purge {
+                        keys,
+                        worker,
+                        from_step,
+                    } => {
+                        for key in keys {
+                            tx.execute(
+                                "DELETE FROM metric WHERE id = ?1 AND worker_index = ?2 \
+                                 AND key = ?3 AND step >= ?4",
+                                params![experiment, worker, key, from_step],
+                            )
+                            .map_err(sql_err(&path, "purge metrics"))?;
+                        }
+                    }
+                    Item::Status { status, at_ms } => {
+                        let at = datetime(*at_ms).unwrap_or_else(|| now_text.clone());
+                        let sql = match status {
+                            RunStatus::Running => {
+                                "UPDATE experiment SET experiment_status = 'Running', \
+                                 running_time = COALESCE(running_time, ?2), finished_time = NULL, \
+                                 update_time = ?2 WHERE id = ?1"
+                            }
+                            RunStatus::Succeeded | RunStatus::Failed => {
+                                "UPDATE experiment SET experiment_status = ?3, \
+                                 finished_time = ?2, update_time = ?2 WHERE id = ?1"
+                            }
+                        };
+                        if matches!(status, RunStatus::Running) {
+                            tx.execute(sql, params![experiment, at])
+                        } else {
+                            tx.execute(sql, params![experiment, at, status.as_submarine()])
+                        }
+                        .map_err(sql_err(&path, "update the experiment status"))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(sql_err(&path, "commit"))
+    }
+
+    /// Every experiment, by id, with its number of metric rows.
+    pub fn experiments(&self) -> Result<Vec<ExperimentRow>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT e.id, e.experiment_status, e.accepted_time, e.running_time, \
+                 e.finished_time, (SELECT COUNT(*) FROM metric m WHERE m.id = e.id) \
+                 FROM experiment e ORDER BY e.id",
+            )
+            .map_err(sql_err(&self.path, "list experiments"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ExperimentRow {
+                    id: r.get(0)?,
+                    status: r.get(1)?,
+                    accepted_time: r.get(2)?,
+                    running_time: r.get(3)?,
+                    finished_time: r.get(4)?,
+                    metrics: r.get::<_, i64>(5)?.max(0) as u64,
+                })
+            })
+            .map_err(sql_err(&self.path, "list experiments"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "list experiments"))
+    }
+
+    /// True when the experiment has a row.
+    pub fn has_experiment(&self, experiment: &str) -> Result<bool, SinkError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM experiment WHERE id = ?1",
+                [experiment],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(sql_err(&self.path, "find the experiment"))
+    }
+
+    /// The experiment's metric rows, ordered by key, worker, step and timestamp. NaN comes back as
+    /// NaN (from `is_nan`).
+    pub fn metrics(
+        &self,
+        experiment: &str,
+        filter: &MetricFilter,
+    ) -> Result<Vec<Metric>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, value, worker_index, timestamp, step, is_nan FROM metric \
+                 WHERE id = ?1 AND (?2 IS NULL OR key = ?2) AND (?3 IS NULL OR worker_index = ?3) \
+                 ORDER BY key, worker_index, step, timestamp",
+            )
+            .map_err(sql_err(&self.path, "read metrics"))?;
+        let rows = stmt
+            .query_map(params![experiment, filter.key, filter.worker], |r| {
+                let is_nan: bool = r.get(5)?;
+                let ts: String = r.get(3)?;
+                Ok(Metric {
+                    key: r.get(0)?,
+                    value: if is_nan { f64::NAN } else { r.get(1)? },
+                    worker: r.get(2)?,
+                    timestamp_ms: parse_datetime(&ts).unwrap_or(0),
+                    step: r.get(4)?,
+                })
+            })
+            .map_err(sql_err(&self.path, "read metrics"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "read metrics"))
+    }
+
+    /// The experiment's series (key and worker) with their number of points and step range.
+    pub fn series(&self, experiment: &str) -> Result<Vec<SeriesSummary>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, worker_index, COUNT(*), MIN(step), MAX(step) FROM metric \
+                 WHERE id = ?1 GROUP BY key, worker_index ORDER BY key, worker_index",
+            )
+            .map_err(sql_err(&self.path, "summarise metrics"))?;
+        let rows = stmt
+            .query_map([experiment], |r| {
+                Ok(SeriesSummary {
+                    key: r.get(0)?,
+                    worker: r.get(1)?,
+                    points: r.get::<_, i64>(2)?.max(0) as u64,
+                    first_step: r.get(3)?,
+                    last_step: r.get(4)?,
+                })
+            })
+            .map_err(sql_err(&self.path, "summarise metrics"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "summarise metrics"))
+    }
+
+    /// The experiment's params, ordered by key and worker.
+    pub fn params(&self, experiment: &str) -> Result<Vec<Param>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, value, worker_index FROM param WHERE id = ?1 \
+                 ORDER BY key, worker_index",
+            )
+            .map_err(sql_err(&self.path, "read params"))?;
+        let rows = stmt
+            .query_map([experiment], |r| {
+                Ok(Param {
+                    key: r.get(0)?,
+                    value: r.get(1)?,
+                    worker: r.get(2)?,
+                })
+            })
+            .map_err(sql_err(&self.path, "read params"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "read params"))
+    }
+}
+
+impl Sink for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        experiment: &'a str,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move { self.apply(experiment, items) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(key: &str, step: i64, ts: i64, value: f64) -> Item {
+        Item::Metric(Metric {
+            key: key.into(),
+            value,
+            step,
+            timestamp_ms: ts,
+            worker: "worker-0".into(),
+        })
+    }
+
+    #[test]
+    fn a_redelivered_batch_adds_no_rows_and_nan_is_stored_as_submarine_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("m.db")).unwrap();
+        let batch = vec![
+            metric("loss", 0, 1_700_000_000_000, 0.5),
+            metric("loss", 1, 1_700_000_000_001, f64::NAN),
+            metric("loss", 2, 1_700_000_000_002, f64::INFINITY),
+            Item::Param(Param {
+                key: "lr".into(),
+                value: "0.1".into(),
+                worker: "worker-0".into(),
+            }),
+        ];
+        store.apply("exp-1", &batch).unwrap();
+        store.apply("exp-1", &batch).unwrap();
+        let rows = store.metrics("exp-1", &MetricFilter::default()).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows[1].value.is_nan());
+        assert_eq!(rows[2].value, f64::INFINITY);
+        assert_eq!(rows[0].timestamp_ms, 1_700_000_000_000);
+        let (raw, is_nan): (f64, bool) = store
+            .conn
+            .query_row("SELECT value, is_nan FROM metric WHERE step = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((raw, is_nan), (0.0, true));
+        let ts: String = store
+            .conn
+            .query_row("SELECT timestamp FROM metric WHERE step = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(ts, "2023-11-14 22:13:20.000");
+        assert_eq!(store.params("exp-1").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_purge_drops_earlier_points_at_or_after_its_step_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("m.db")).unwrap();
+        let batch = vec![
+            metric("run/loss", 1, 1000, 1.0),
+            metric("run/loss", 2, 2000, 2.0),
+            metric("run/loss", 3, 3000, 3.0),
+            metric("other", 3, 3000, 3.0),
+            Item::Purge {
+                keys: vec!["run/loss".into()],
+                worker: "worker-0".into(),
+                from_step: 2,
+            },
+            metric("run/loss", 2, 4000, 20.0),
+        ];
+        // Applying it twice (a redelivery) gives the same rows.
+        store.apply("e", &batch).unwrap();
+        store.apply("e", &batch).unwrap();
+        let rows = store.metrics("e", &MetricFilter::default()).unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|m| (m.key.as_str(), m.step, m.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("other", 3, 3.0),
+                ("run/loss", 1, 1.0),
+                ("run/loss", 2, 20.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn status_follows_the_experiment_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("m.db")).unwrap();
+        store
+            .apply(
+                "e",
+                &[Item::Status {
+                    status: RunStatus::Running,
+                    at_ms: 1000,
+                }],
+            )
+            .unwrap();
+        let e = &store.experiments().unwrap()[0];
+        assert_eq!(e.status.as_deref(), Some("Running"));
+        assert_eq!(e.running_time.as_deref(), Some("1970-01-01 00:00:01.000"));
+        store
+            .apply(
+                "e",
+                &[Item::Status {
+                    status: RunStatus::Failed,
+                    at_ms: 5000,
+                }],
+            )
+            .unwrap();
+        let e = &store.experiments().unwrap()[0];
+        assert_eq!(e.status.as_deref(), Some("Failed"));
+        assert_eq!(e.finished_time.as_deref(), Some("1970-01-01 00:00:05.000"));
+    }
+}

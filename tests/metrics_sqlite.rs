@@ -1,0 +1,465 @@
+//! Tracking metrics into the embedded SQLite metastore with the real binary: scalars written by
+//! tensorboardX, lines of a JSONL file and calls of the real mlflow client to the ingest endpoint
+//! arrive exactly once, with their step, value, timestamp and NaN/±Infinity, across `kill -9` of
+//! the sidecar; `periscope metrics ls|show` prints them.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use periscope::localize::record::{Entry, Record, Revision, RevisionKind};
+use rand::Rng;
+use serde_json::Value;
+
+use crate::harness::{periscope, python, python::script, run};
+
+/// 1.7e9 s, the writers' base wall time, in milliseconds.
+const BASE_MS: i64 = 1_700_000_000_000;
+
+/// One sidecar setup in a temp folder.
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::create_dir_all(root.join("tb")).unwrap();
+        Setup { _dir: dir, root }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn sidecar(&self) -> Command {
+        let mut cmd = periscope();
+        cmd.arg("sidecar")
+            .arg("--storage")
+            .arg(format!("file://{}", self.path("store").display()))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .args(["--experiment-id", "exp-m", "--worker", "worker-0"])
+            .arg("--metrics-file")
+            .arg(self.path("metrics.jsonl"))
+            .arg("--tfevents")
+            .arg(self.path("tb"))
+            .arg("--code-dir")
+            .arg(self.path("code"))
+            .arg("--exit-when-file")
+            .arg(self.path("exit-code"))
+            .args(["--poll-interval", "0.1"])
+            .env_remove("SUBMARINE_TENSORBOARD_LOG_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs `periscope metrics ARGS --state-dir STATE` and returns stdout; panics unless it exits 0.
+    fn metrics(&self, args: &[&str]) -> String {
+        let ran = run(periscope()
+            .arg("metrics")
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.path("state")));
+        ran.expect_code(0);
+        ran.stdout
+    }
+
+    /// Every metric row of the experiment, by key, as (step, timestamp, value text).
+    fn rows(&self) -> BTreeMap<String, Vec<(i64, i64, String)>> {
+        let mut rows: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
+        for line in self.metrics(&["show", "exp-m", "--json"]).lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["worker"], "worker-0", "{line}");
+            let value = match &v["value"] {
+                Value::String(s) => s.clone(),
+                n => format!("{}", n.as_f64().unwrap()),
+            };
+            rows.entry(v["key"].as_str().unwrap().to_string())
+                .or_default()
+                .push((
+                    v["step"].as_i64().unwrap(),
+                    v["timestamp"].as_i64().unwrap(),
+                    value,
+                ));
+        }
+        rows
+    }
+}
+
+fn append(path: &Path, text: &str) {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sidecar did not exit within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+fn num(v: f64) -> String {
+    format!("{v}")
+}
+
+#[test]
+fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_status() {
+    let s = Setup::new();
+    // What `periscope localize` recorded: the code revision becomes params.
+    let mut record = Record::default();
+    record.upsert(Entry {
+        into: "training-job".into(),
+        url: "https://git.example/team/model.git".into(),
+        kind: "git".into(),
+        revision: Revision {
+            kind: RevisionKind::Commit,
+            id: "0123456789abcdef0123456789abcdef01234567".into(),
+        },
+        fingerprint: None,
+        bytes: 1,
+        files: 1,
+        seconds: 0.1,
+        localized_at: "2026-01-01T00:00:00Z".into(),
+    });
+    fs::create_dir_all(s.path("code/.periscope")).unwrap();
+    record.save(&s.path("code")).unwrap();
+
+    let jsonl = s.path("metrics.jsonl");
+    append(
+        &jsonl,
+        &format!(
+            "{{\"key\":\"jsonl/loss\",\"value\":0.5,\"step\":0,\"timestamp\":{}}}\n\
+             {{\"key\":\"jsonl/loss\",\"value\":NaN,\"step\":1,\"timestamp\":{}}}\n\
+             this line is not a metric\n",
+            BASE_MS,
+            BASE_MS + 1
+        ),
+    );
+    let child = s.sidecar().spawn().unwrap();
+    crate::harness::python::run_script(
+        "metrics_write_tbx.py",
+        ["basic".as_ref(), s.path("tb").as_os_str()],
+    );
+    // A line written in two pieces is read once, whole.
+    append(&jsonl, "{\"key\":\"jsonl/loss\",\"value\":\"Infin");
+    thread::sleep(Duration::from_millis(300));
+    append(
+        &jsonl,
+        &format!("ity\",\"step\":2,\"timestamp\":{}}}\n", BASE_MS + 2),
+    );
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("line=3"),
+        "the bad line is reported: {stderr}"
+    );
+
+    let rows = s.rows();
+    // train/loss: steps 0..19 of the first writer (20..29 were purged by the restart at step 20),
+    // then 20..24 of the restarted writer.
+    let mut loss: Vec<(i64, i64, String)> = (0..20)
+        .map(|step| {
+            let v = match step {
+                5 => "NaN".to_string(),
+                6 => "Infinity".to_string(),
+                7 => "-Infinity".to_string(),
+                _ => num(step as f64 * 0.25),
+            };
+            (step, BASE_MS + step * 10, v)
+        })
+        .collect();
+    loss.extend(
+        (20..25).map(|step| (step, BASE_MS + 10_000 + step * 10, num(100.0 + step as f64))),
+    );
+    assert_eq!(rows["train/loss"], loss);
+    let acc: Vec<_> = (0..5)
+        .map(|step| (step, BASE_MS + step * 10, num(step as f64 / 8.0)))
+        .collect();
+    assert_eq!(rows["eval/acc"], acc);
+    assert_eq!(
+        rows["jsonl/loss"],
+        [
+            (0, BASE_MS, num(0.5)),
+            (1, BASE_MS + 1, "NaN".to_string()),
+            (2, BASE_MS + 2, "Infinity".to_string())
+        ]
+    );
+    assert_eq!(rows.len(), 3, "{rows:?}");
+
+    // The table views.
+    let experiments = s.metrics(&["ls"]);
+    let line = experiments
+        .lines()
+        .find(|l| l.starts_with("exp-m"))
+        .unwrap();
+    assert!(
+        line.contains("Succeeded") && line.ends_with(" 33"),
+        "{experiments}"
+    );
+    let series = s.metrics(&["ls", "exp-m"]);
+    let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let loss_line = series
+        .lines()
+        .find(|l| l.starts_with("train/loss"))
+        .unwrap();
+    assert_eq!(cols(loss_line), ["train/loss", "worker-0", "25", "0", "24"]);
+    let shown = s.metrics(&["show", "exp-m", "--key", "train/loss"]);
+    let step5 = shown
+        .lines()
+        .find(|l| cols(l).get(2).map(String::as_str) == Some("5"))
+        .unwrap();
+    assert_eq!(
+        cols(step5),
+        [
+            "train/loss",
+            "worker-0",
+            "5",
+            "2023-11-14T22:13:20.050Z",
+            "NaN"
+        ]
+    );
+    let params = s.metrics(&["show", "exp-m", "--params"]);
+    assert!(
+        params.lines().any(|l| cols(l)
+            == [
+                "code.training-job.revision",
+                "worker-0",
+                "0123456789abcdef0123456789abcdef01234567"
+            ]),
+        "{params}"
+    );
+    // The status from JSON too.
+    let exp: Value =
+        serde_json::from_str(s.metrics(&["ls", "--json"]).lines().next().unwrap()).unwrap();
+    assert_eq!(exp["status"], "Succeeded");
+    assert!(exp["finished_time"].is_string());
+}
+
+#[test]
+fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
+    let s = Setup::new();
+    let jsonl = s.path("metrics.jsonl");
+    const LINES: i64 = 1500;
+    const POINTS: i64 = 600;
+    let writer = {
+        let jsonl = jsonl.clone();
+        thread::spawn(move || {
+            let mut rng = rand::rng();
+            for i in 0..LINES {
+                let line = format!(
+                    "{{\"key\":\"jsonl/x\",\"value\":{},\"step\":{i},\"timestamp\":{}}}\n",
+                    i as f64 * 0.5,
+                    BASE_MS + i
+                );
+                // Some lines land in two writes, so the sidecar sees partial lines.
+                let cut = if i % 7 == 0 {
+                    line.len() / 2
+                } else {
+                    line.len()
+                };
+                append(&jsonl, &line[..cut]);
+                if cut < line.len() {
+                    thread::sleep(Duration::from_millis(rng.random_range(0..3)));
+                    append(&jsonl, &line[cut..]);
+                }
+                if i % 10 == 0 {
+                    thread::sleep(Duration::from_millis(15));
+                }
+            }
+        })
+    };
+    let mut tbx = Command::new(python())
+        .arg(script("metrics_write_tbx.py"))
+        .arg("stream")
+        .arg(s.path("tb"))
+        .arg(POINTS.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    loop {
+        let mut child = s.sidecar().spawn().unwrap();
+        thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        kill9(&mut child);
+        kills += 1;
+        let tbx_done = tbx.try_wait().unwrap().is_some();
+        if writer.is_finished() && tbx_done && kills >= 3 {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(
+        tbx.wait().unwrap().success(),
+        "the tensorboardX writer failed"
+    );
+    fs::write(s.path("exit-code"), "1\n").unwrap();
+    let out = wait_with_timeout(s.sidecar().spawn().unwrap(), Duration::from_secs(120));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let rows = s.rows();
+    let expected: Vec<_> = (0..LINES)
+        .map(|i| (i, BASE_MS + i, num(i as f64 * 0.5)))
+        .collect();
+    assert_eq!(rows["jsonl/x"].len(), expected.len(), "after {kills} kills");
+    assert_eq!(rows["jsonl/x"], expected);
+    let expected: Vec<_> = (0..POINTS)
+        .map(|i| (i, BASE_MS + i * 10, num(i as f64 * 0.5)))
+        .collect();
+    assert_eq!(rows["train/loss"], expected, "after {kills} kills");
+    let exp: Value =
+        serde_json::from_str(s.metrics(&["ls", "--json"]).lines().next().unwrap()).unwrap();
+    assert_eq!(exp["status"], "Failed", "exit code 1 means the job failed");
+}
+
+#[test]
+fn metrics_commands_report_a_missing_metastore_or_experiment() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(periscope()
+        .args(["metrics", "ls", "--state-dir"])
+        .arg(dir.path()));
+    ran.expect_code(3).expect_output("no metastore");
+    let ran = run(periscope().args([
+        "metrics",
+        "show",
+        "nope",
+        "--metastore",
+        "mysql://u:hunter2@127.0.0.1/x",
+    ]));
+    ran.expect_code(2).refute_output("hunter2");
+}
+
+#[test]
+fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_batch() {
+    let s = Setup::new();
+    let port = crate::harness::free_port();
+    let mut cmd = s.sidecar();
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    let child = cmd.spawn().unwrap();
+    let out = crate::harness::python::run_script(
+        "metrics_mlflow_rest.py",
+        [format!("http://127.0.0.1:{port}")],
+    );
+    let calls: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let status = |path: &str| -> Vec<i64> {
+        calls
+            .iter()
+            .filter(|c| c["call"] == path)
+            .map(|c| c["status"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(status("runs/log-metric"), [200]);
+    assert_eq!(status("runs/log-batch"), [200, 400], "{out}");
+    let refused = calls
+        .iter()
+        .filter(|c| c["call"] == "runs/log-batch")
+        .nth(1)
+        .unwrap();
+    assert_eq!(refused["body"]["error_code"], "INVALID_PARAMETER_VALUE");
+    let created = calls.iter().find(|c| c["call"] == "runs/create").unwrap();
+    assert_eq!(created["body"]["run"]["info"]["status"], "RUNNING");
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let done = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+
+    let rows = s.rows();
+    assert_eq!(rows["m/single"], [(0, BASE_MS, "NaN".to_string())]);
+    assert_eq!(rows["m/inf"], [(1, BASE_MS, "Infinity".to_string())]);
+    let batch: Vec<_> = (0..990)
+        .map(|i| (i, BASE_MS + i, num(i as f64 * 0.5)))
+        .collect();
+    assert_eq!(rows["m/batch"], batch);
+    assert!(
+        !rows.contains_key("too/many"),
+        "a refused batch stores nothing"
+    );
+    let params = s.metrics(&["show", "exp-m", "--params", "--json"]);
+    for key in ["\"lr\"", "\"batch_size\""] {
+        assert!(params.contains(key), "{params}");
+    }
+}
+
+#[test]
+fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
+    let s = Setup::new();
+    let port = crate::harness::free_port();
+    let mut cmd = s.sidecar();
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    let child = cmd.spawn().unwrap();
+    let client = Command::new(crate::harness::tool("venv-mlflow/bin/python"))
+        .arg(script("metrics_mlflow_client.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("MLFLOW_TRACKING_URI")
+        .env_remove("MLFLOW_RUN_ID")
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "the mlflow client failed\n{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let done = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+
+    let rows = s.rows();
+    assert_eq!(rows["client/nan"], [(0, BASE_MS, "NaN".to_string())]);
+    assert_eq!(rows["client/inf"], [(1, BASE_MS, "Infinity".to_string())]);
+    let loss: Vec<_> = (0..2500)
+        .map(|i| (i, BASE_MS + i, num(i as f64 * 0.25)))
+        .collect();
+    assert_eq!(rows["client/loss"], loss);
+    let params = s.metrics(&["show", "exp-m", "--params"]);
+    assert!(
+        params
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["lr", "worker-0", "0.01"]),
+        "{params}"
+    );
+}
