@@ -84,6 +84,49 @@ fn runs_the_example_and_stores_its_logs_and_tfevents() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(scalars.lines().count(), 60, "{scalars}");
     assert!(scalars.contains("\"tag\":\"train/loss\""), "{scalars}");
+    // Metrics, the code revision and the run's status are in the embedded metastore.
+    let metastore = format!("sqlite://{}/metastore.db", data.path().display());
+    let (code, listing, err) =
+        output(periscope().args(["metrics", "ls", "--metastore", &metastore]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("exp-quick") && l.contains("Succeeded")),
+        "{listing}"
+    );
+    let (_, series, _) =
+        output(periscope().args(["metrics", "ls", "exp-quick", "--metastore", &metastore]));
+    assert!(
+        series
+            .lines()
+            .any(|l| l.starts_with("train/loss ") && l.contains(" 30 ")),
+        "{series}"
+    );
+    let (_, epochs, _) = output(periscope().args([
+        "metrics",
+        "show",
+        "exp-quick",
+        "--key",
+        "epoch_loss",
+        "--json",
+        "--metastore",
+        &metastore,
+    ]));
+    assert_eq!(
+        epochs.lines().count(),
+        3,
+        "one epoch_loss point per epoch: {epochs}"
+    );
+    let (_, params, _) = output(periscope().args([
+        "metrics",
+        "show",
+        "exp-quick",
+        "--params",
+        "--metastore",
+        &metastore,
+    ]));
+    assert!(params.contains("code.training-job.revision"), "{params}");
 }
 
 #[test]
@@ -97,6 +140,12 @@ fn passes_the_commands_exit_code_through() {
     );
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("failing on purpose"), "{stderr}");
+    let metastore = format!("sqlite://{}/metastore.db", data.path().display());
+    let (_, listing, _) = output(periscope().args(["metrics", "ls", "--metastore", &metastore]));
+    assert!(
+        listing.contains("Failed"),
+        "a failing command marks the run Failed: {listing}"
+    );
     let (code, _, stderr) = output(
         periscope()
             .args(["run", "--data-dir"])

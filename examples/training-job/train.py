@@ -88,9 +88,9 @@ def main():
     fail = "--fail" in sys.argv
     tb_dir = os.environ.get("SUBMARINE_TENSORBOARD_LOG_DIR", "tensorboard")
     metrics_path = os.environ.get("PERISCOPE_METRICS_FILE", "metrics.jsonl")
-    os.makedirs(os.path.join(tb_dir, "train"), exist_ok=True)
+    os.makedirs(tb_dir, exist_ok=True)
     name = "events.out.tfevents.%d.%s.%d.0" % (time.time(), socket.gethostname(), os.getpid())
-    events = open(os.path.join(tb_dir, "train", name), "ab")
+    events = open(os.path.join(tb_dir, name), "ab")
     events.write(record(event(time.time(), 0, file_version="brain.Event:2")))
     metrics = open(metrics_path, "a")
     random.seed(42)

@@ -33,7 +33,8 @@ What happens:
   2. CMD runs in the first localized source (CODE_PATH is set to it, as Submarine sets it), with
      SUBMARINE_TENSORBOARD_LOG_DIR and PERISCOPE_METRICS_FILE pointing into the run's folder;
   3. its stdout and stderr are shown live and captured; captured logs and tf.events files are shipped
-     to --storage while it runs, exactly as `periscope sidecar` ships them;
+     to --storage while it runs, exactly as `periscope sidecar` ships them; scalars from tf.events,
+     the metrics file and mlflow calls (MLFLOW_TRACKING_URI points at Periscope) go to the metastore;
   4. when CMD ends, everything it wrote is drained to storage, and Periscope exits with CMD's code.
 Ctrl-C and SIGTERM are forwarded to CMD.
 
@@ -41,7 +42,8 @@ Where things live (defaults, under --data-dir):
   periscope-data/code/<source>                      localized code
   periscope-data/runs/<experiment>/<worker>/        stdout.log, stderr.log, exit-code, tensorboard/
   periscope-data/storage/<experiment>/<worker>/     shipped logs and tf.events (read with `periscope logs`)
-  periscope-data/state/<experiment>/<worker>/       checkpoints
+  periscope-data/state/<experiment>/<worker>/       checkpoints and the metrics queue
+  periscope-data/metastore.db                       metrics, params and run status (Submarine's tables)
 
 Example:
   periscope run --source \"$PWD/examples/training-job/\" -- python3 train.py --epochs 3";
@@ -209,10 +211,23 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         state.clone(),
     );
     log_cfg.chunk_age = Duration::from_secs(2);
+    // The exit-code file `exec` writes is how the pipelines learn that CMD ended and how it
+    // ended (the run's status); one left by an earlier run of this experiment must go first.
+    let exit_file = run_dir.join(exec::EXIT_CODE_FILE);
+    match std::fs::remove_file(&exit_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Failure::new(
+                ErrorClass::Io,
+                format!("cannot remove `{}`: {e}", exit_file.display()),
+                None,
+            ))
+        }
+        _ => {}
+    }
     let lifecycle = Lifecycle {
         poll_interval: Duration::from_millis(500),
         drain_timeout: Duration::from_secs_f64(args.drain_timeout.max(0.1)),
-        exit_when_file: None,
+        exit_when_file: Some(exit_file),
     };
     let mut pipelines = Pipelines {
         logs: Some(LogShipper::open(log_cfg, store.clone())?),
@@ -232,6 +247,50 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     folders.push(tensorboard.clone());
     let (watcher, wake) = sidecar::watch_folders(&folders);
     let (stop_tx, stop_rx) = watch::channel(0u32);
+
+    // Tracking metrics: the JSONL file, tf.events scalars and the MLflow-compatible endpoint, into
+    // one SQLite metastore for every run under the data folder.
+    let (ingest_routes, ingest) = super::sidecar_metrics::ingest(&identity);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| {
+            Failure::new(
+                ErrorClass::Io,
+                format!("cannot open the local tracking endpoint: {e}"),
+                None,
+            )
+        })?;
+    let tracking_uri = listener
+        .local_addr()
+        .map(|a| format!("http://{a}"))
+        .map_err(|e| {
+            Failure::new(
+                ErrorClass::Io,
+                format!("cannot open the local tracking endpoint: {e}"),
+                None,
+            )
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, ingest_routes).await {
+            tracing::error!(error = %e, "the tracking endpoint stopped");
+        }
+    });
+    let metrics_args = super::sidecar_metrics::MetricsArgs {
+        metastore: Some(format!("sqlite://{}", data.join("metastore.db").display())),
+        metrics_file: vec![metrics_file.clone()],
+        code_dir: dest.clone(),
+        metrics_queue_max_bytes: 256 << 20,
+    };
+    let metrics = super::sidecar_metrics::spawn(
+        &metrics_args,
+        vec![tensorboard.clone()],
+        &state,
+        &identity,
+        &lifecycle,
+        stop_rx.clone(),
+        Some(ingest),
+    )
+    .await?;
     let shipping = tokio::spawn(async move {
         let _watcher = watcher;
         let ending = sidecar::run(&mut pipelines, &lifecycle, stop_rx, wake).await;
@@ -249,6 +308,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         ),
         ("PERISCOPE_METRICS_FILE".into(), metrics_file.clone().into()),
         ("JOB_ID".into(), identity.experiment.clone().into()),
+        // Scripts that use the mlflow client log through Periscope, never waiting on a server.
+        ("MLFLOW_TRACKING_URI".into(), tracking_uri.clone().into()),
     ];
     if let Some(code) = &code_dir {
         env.push(("CODE_PATH".into(), code.clone().into()));
@@ -290,6 +351,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             None,
         )
     })?;
+    let ending = super::sidecar_metrics::join(metrics, ending?).await;
     second.abort();
     let ending = ending?;
     let shipped = pipelines
