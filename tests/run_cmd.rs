@@ -127,6 +127,35 @@ fn runs_the_example_and_stores_its_logs_and_tfevents() {
         &metastore,
     ]));
     assert!(params.contains("code.training-job.revision"), "{params}");
+    // `runs ls` and `runs show` read the same metastore and storage.
+    let (code, runs, err) = output(
+        periscope()
+            .args(["runs", "ls", "--data-dir"])
+            .arg(data.path()),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        runs.lines()
+            .any(|l| l.starts_with("exp-quick") && l.contains("Succeeded")),
+        "{runs}"
+    );
+    let (code, show, err) = output(
+        periscope()
+            .args(["runs", "show", "exp-quick", "--data-dir"])
+            .arg(data.path()),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    for needle in [
+        "status:   Succeeded",
+        "code.training-job.revision",
+        "worker-0/logs/stdout.log",
+        "train/loss",
+    ] {
+        assert!(
+            show.contains(needle),
+            "`{needle}` missing from runs show:\n{show}"
+        );
+    }
 }
 
 #[test]

@@ -78,6 +78,8 @@ enum Command {
     Run(Box<cli::run::RunArgs>),
     /// Read tracking metrics from the metastore: `ls` experiments or series, `show` points.
     Metrics(cli::metrics::MetricsArgs),
+    /// Show what `periscope run` recorded: `ls` the runs, `show` one (status, code, logs, metrics).
+    Runs(cli::runs::RunsArgs),
     /// Read TensorBoard event files: print scalars, or follow a folder as it grows.
     Tfevents(cli::tfevents::TfeventsArgs),
     /// Copy this binary into a folder, so the pod's main container can run `periscope exec`.
@@ -144,6 +146,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         Command::Sidecar(args) => cli::block_on(cli::sidecar::run(*args)),
         Command::Logs(args) => cli::block_on(cli::logs::run(args)),
         Command::Run(args) => cli::block_on(cli::run::run(*args)),
+        Command::Runs(args) => cli::block_on(cli::runs::run(args)),
         Command::Tfevents(args) => cli::tfevents::run(args),
         Command::Install(args) => cli::install::run(args),
         Command::Metrics(args) => cli::metrics::run(args),

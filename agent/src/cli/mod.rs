@@ -10,6 +10,7 @@ pub mod logs;
 pub mod metrics;
 pub mod progress;
 pub mod run;
+pub mod runs;
 pub mod sidecar;
 pub mod sidecar_metrics;
 pub mod signals;

@@ -1,0 +1,233 @@
+//! `periscope runs ls|show`: what `periscope run` did, read from the metastore and storage it used.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use periscope::error::ErrorClass;
+use periscope::metrics::sqlite::{parse_datetime, MetricFilter, SqliteStore};
+use periscope::retry::RetryPolicy;
+use periscope::ship::reassemble;
+use periscope::storage::{self, StoreOptions};
+
+use super::metrics::table;
+use super::size::human;
+use super::Failure;
+
+/// Show the runs `periscope run` recorded.
+#[derive(clap::Args)]
+pub struct RunsArgs {
+    /// The folder `periscope run` used.
+    #[arg(
+        long,
+        global = true,
+        env = "PERISCOPE_DATA_DIR",
+        default_value = "periscope-data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: RunsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum RunsCommand {
+    /// One line per run: experiment, status, start, duration, code revision.
+    Ls,
+    /// One run: status, code revision, stored logs, and each metric's last value with a sparkline.
+    ///
+    /// Example: periscope runs show run-20261128-170000
+    Show {
+        /// The experiment id (see `periscope runs ls`).
+        experiment: String,
+    },
+}
+
+fn io(e: std::io::Error) -> Failure {
+    Failure::new(ErrorClass::Io, format!("cannot write to stdout: {e}"), None)
+}
+
+/// Runs `periscope runs`.
+pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
+    let path = args.data_dir.join("metastore.db");
+    let store = SqliteStore::open_existing(&path)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    match args.command {
+        RunsCommand::Ls => {
+            let mut rows = Vec::new();
+            for e in store.experiments()? {
+                let params = store.params(&e.id)?;
+                let workers: std::collections::BTreeSet<&str> =
+                    params.iter().map(|p| p.worker.as_str()).collect();
+                rows.push(vec![
+                    e.id.clone(),
+                    workers.into_iter().collect::<Vec<_>>().join(","),
+                    e.status.clone().unwrap_or_else(|| "-".into()),
+                    e.running_time.clone().unwrap_or_else(|| "-".into()),
+                    duration(e.running_time.as_deref(), e.finished_time.as_deref()),
+                    revision(&params).unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            table(
+                &mut out,
+                &[
+                    "EXPERIMENT",
+                    "WORKER",
+                    "STATUS",
+                    "STARTED",
+                    "DURATION",
+                    "CODE",
+                ],
+                &rows,
+            )
+            .map_err(io)?;
+        }
+        RunsCommand::Show { experiment } => {
+            let Some(e) = store
+                .experiments()?
+                .into_iter()
+                .find(|e| e.id == experiment)
+            else {
+                return Err(Failure::new(
+                    ErrorClass::NotFound,
+                    format!("no run `{experiment}` in {}", path.display()),
+                    Some("list runs with `periscope runs ls`".into()),
+                ));
+            };
+            let params = store.params(&experiment)?;
+            writeln!(out, "run:      {}", e.id).map_err(io)?;
+            writeln!(out, "status:   {}", e.status.as_deref().unwrap_or("-")).map_err(io)?;
+            writeln!(
+                out,
+                "started:  {}",
+                e.running_time.as_deref().unwrap_or("-")
+            )
+            .map_err(io)?;
+            writeln!(
+                out,
+                "duration: {}",
+                duration(e.running_time.as_deref(), e.finished_time.as_deref())
+            )
+            .map_err(io)?;
+            for p in params.iter().filter(|p| p.key.starts_with("code.")) {
+                writeln!(out, "{}: {}", p.key, p.value).map_err(io)?;
+            }
+            let storage = args.data_dir.join("storage");
+            if storage.is_dir() {
+                let url =
+                    super::storage_url::parse(&storage.join(&experiment).display().to_string())?;
+                let options = StoreOptions {
+                    retry: RetryPolicy::none(),
+                    ..StoreOptions::default()
+                };
+                let (objects, prefix) = storage::open(&url, &options)?;
+                let logs = reassemble::ls(&objects, &prefix).await?;
+                writeln!(
+                    out,
+                    "\nlogs (periscope logs cat {}/<path>):",
+                    storage.join(&experiment).display()
+                )
+                .map_err(io)?;
+                for l in &logs {
+                    writeln!(out, "  {:<40} {:>10}", l.path, human(l.bytes)).map_err(io)?;
+                }
+            }
+            let mut series: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+            for m in store.metrics(&experiment, &MetricFilter::default())? {
+                series.entry((m.key, m.worker)).or_default().push(m.value);
+            }
+            writeln!(out, "\nmetrics:").map_err(io)?;
+            let rows: Vec<Vec<String>> = series
+                .iter()
+                .map(|((key, worker), values)| {
+                    let last = values.last().copied().unwrap_or(f64::NAN);
+                    vec![
+                        format!("  {key}"),
+                        worker.clone(),
+                        values.len().to_string(),
+                        format!("{last:.6}"),
+                        sparkline(values, 24),
+                    ]
+                })
+                .collect();
+            table(
+                &mut out,
+                &["  KEY", "WORKER", "POINTS", "LAST", "TREND"],
+                &rows,
+            )
+            .map_err(io)?;
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first recorded code revision, shortened.
+fn revision(params: &[periscope::metrics::model::Param]) -> Option<String> {
+    params
+        .iter()
+        .find(|p| p.key.starts_with("code.") && p.key.ends_with(".revision"))
+        .map(|p| p.value.chars().take(12).collect())
+}
+
+fn duration(start: Option<&str>, end: Option<&str>) -> String {
+    match (start.and_then(parse_datetime), end.and_then(parse_datetime)) {
+        (Some(s), Some(e)) if e >= s => format!("{:.1}s", (e - s) as f64 / 1000.0),
+        (Some(_), None) => "running".into(),
+        _ => "-".into(),
+    }
+}
+
+/// A text sparkline of at most `width` buckets (each the mean of its points); non-finite values
+/// are left out.
+pub fn sparkline(values: &[f64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.is_empty() || width == 0 {
+        return String::new();
+    }
+    let buckets = finite.len().min(width);
+    let means: Vec<f64> = (0..buckets)
+        .map(|b| {
+            let from = b * finite.len() / buckets;
+            let to = ((b + 1) * finite.len() / buckets).max(from + 1);
+            finite[from..to].iter().sum::<f64>() / (to - from) as f64
+        })
+        .collect();
+    let (lo, hi) = means
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+    means
+        .iter()
+        .map(|v| {
+            let i = if hi > lo {
+                ((v - lo) / (hi - lo) * 7.0).round() as usize
+            } else {
+                3
+            };
+            BARS[i.min(7)]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparkline_follows_the_trend() {
+        assert_eq!(
+            sparkline(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], 8),
+            "▁▂▃▄▅▆▇█"
+        );
+        assert_eq!(sparkline(&[5.0, 5.0], 8), "▄▄");
+        assert_eq!(sparkline(&[f64::NAN], 8), "");
+        assert_eq!(
+            sparkline(&(0..100).map(f64::from).collect::<Vec<_>>(), 10)
+                .chars()
+                .count(),
+            10
+        );
+    }
+}
