@@ -122,6 +122,37 @@ struct Active {
 }
 
 impl Active {
+    /// A new generation of a log path, followed from its first byte.
+    fn fresh(
+        logical: String,
+        generation: u64,
+        path: PathBuf,
+        id: FileId,
+        fingerprint: Fingerprint,
+        seen_size: u64,
+        file: File,
+    ) -> Active {
+        Active {
+            t: Tracked {
+                logical,
+                generation,
+                path,
+                id,
+                fingerprint,
+                shipped: 0,
+                in_flight: None,
+                seen_size,
+                detached: false,
+            },
+            file: Some(file),
+            pending: None,
+            buf: BytesMut::new(),
+            buf_since: None,
+            eof_since: None,
+            closed: false,
+        }
+    }
+
     fn read_off(&self) -> u64 {
         self.t.in_flight.unwrap_or(self.t.shipped) + self.buf.len() as u64
     }
@@ -380,25 +411,15 @@ impl LogShipper {
                 };
                 let generation = self.cp.next_generation(&logical);
                 tracing::info!(log = %logical, path = %path.display(), generation, "following log file");
-                self.active.push(Active {
-                    t: Tracked {
-                        logical,
-                        generation,
-                        path,
-                        id,
-                        fingerprint,
-                        shipped: 0,
-                        in_flight: None,
-                        seen_size: 0,
-                        detached: false,
-                    },
-                    file: Some(file),
-                    pending: None,
-                    buf: BytesMut::new(),
-                    buf_since: None,
-                    eof_since: None,
-                    closed: false,
-                });
+                self.active.push(Active::fresh(
+                    logical,
+                    generation,
+                    path,
+                    id,
+                    fingerprint,
+                    0,
+                    file,
+                ));
                 changed = true;
             }
         }
@@ -500,25 +521,15 @@ impl LogShipper {
         let Some(file) = file_for_new else { return };
         let fingerprint = Fingerprint::take(&file).unwrap_or(Fingerprint { len: 0, crc: 0 });
         let generation = self.cp.next_generation(&logical);
-        self.active.push(Active {
-            t: Tracked {
-                logical,
-                generation,
-                path,
-                id,
-                fingerprint,
-                shipped: 0,
-                in_flight: None,
-                seen_size: new_size,
-                detached: false,
-            },
-            file: Some(file),
-            pending: None,
-            buf: BytesMut::new(),
-            buf_since: None,
-            eof_since: None,
-            closed: false,
-        });
+        self.active.push(Active::fresh(
+            logical,
+            generation,
+            path,
+            id,
+            fingerprint,
+            new_size,
+            file,
+        ));
     }
 
     /// Ships the next chunk of file `i`. Returns the bytes stored, or `None` when storage failed
