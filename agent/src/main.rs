@@ -39,7 +39,7 @@ struct GlobalArgs {
     /// Log line format on stderr: `text` for people, `json` for log collectors.
     #[arg(long, global = true, env = "PERISCOPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter such as `periscope=debug`.
+    /// Log level (error, warn, info, debug, trace), or per target such as `periscope=debug,warn`.
     #[arg(
         long,
         global = true,
@@ -177,15 +177,22 @@ fn report(failure: &Failure, termination_log: Option<&Path>) -> ExitCode {
 }
 
 fn init_logging(global: &GlobalArgs) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&global.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `Targets` reads `info` or `periscope=debug,warn` without a regex engine (which would cost the
+    // static binary half a megabyte).
+    let filter: Targets = global
+        .log_level
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     match global.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json().flatten_event(true)).init(),
     }
 }
