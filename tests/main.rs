@@ -15,6 +15,7 @@ mod localize_object;
 mod metrics_sqlite;
 mod pod_simulation;
 mod run_cmd;
+mod run_sources;
 mod ship_logs;
 mod ship_tfevents;
 mod tfevents;
