@@ -74,3 +74,39 @@ fn test_ca_signs_a_leaf_for_localhost() {
     );
     let _config = ca.server_config();
 }
+
+/// Every environment variable a command reads is in the README's configuration reference, so the
+/// reference cannot fall behind the flags.
+#[test]
+fn readme_lists_every_environment_variable_the_cli_reads() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let mut missing = Vec::new();
+    for command in [
+        vec!["--help"],
+        vec!["localize", "--help"],
+        vec!["exec", "--help"],
+        vec!["sidecar", "--help"],
+        vec!["run", "--help"],
+        vec!["logs", "--help"],
+        vec!["tfevents", "scalars", "--help"],
+        vec!["metrics", "--help"],
+        vec!["runs", "--help"],
+        vec!["install", "--help"],
+    ] {
+        let help = run(periscope().args(&command)).stdout;
+        for part in help.split("[env: ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_' || c.is_ascii_digit())
+                .collect();
+            if !readme.contains(&format!("`{name}`")) {
+                missing.push(format!("{name} ({})", command.join(" ")));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in the README's configuration reference: {missing:?}"
+    );
+}
