@@ -48,17 +48,24 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
         env: Vec::new(),
         cwd: None,
     };
+    let code = run_command(&spec).await?;
+    Ok(exit_code(code))
+}
+
+/// Runs the command with our own stdout and stderr passed through, and returns its exit code. A
+/// command that cannot start gets a shell's code (127 not found, 126 not executable), and the
+/// exit-code file is still written so a waiting sidecar learns that the job is over.
+pub async fn run_command(spec: &ExecSpec) -> Result<i32, Failure> {
     let (out, err) = (own_stream(1)?, own_stream(2)?);
-    match exec::run(&spec, out, err).await {
-        Ok(outcome) => Ok(exit_code(outcome.code)),
+    match exec::run(spec, out, err).await {
+        Ok(outcome) => Ok(outcome.code),
         Err(e) => match e.shell_code() {
             Some(code) => {
-                // Still tell a waiting sidecar that the job is over.
                 if let Err(w) = exec::write_exit_code(&spec.capture_dir, code) {
                     tracing::warn!(error = %w, "cannot write the exit-code file");
                 }
                 eprintln!("error: {e}");
-                Ok(exit_code(code))
+                Ok(code)
             }
             None => Err(e.into()),
         },
@@ -71,7 +78,7 @@ pub fn exit_code(code: i32) -> ExitCode {
 }
 
 /// Our stdout (1) or stderr (2) as an async writer, on a duplicated descriptor.
-pub fn own_stream(fd: i32) -> Result<tokio::fs::File, Failure> {
+fn own_stream(fd: i32) -> Result<tokio::fs::File, Failure> {
     use std::os::fd::BorrowedFd;
     // SAFETY: descriptors 1 and 2 stay open for the life of the process; we only borrow them to dup.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };

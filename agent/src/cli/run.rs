@@ -322,18 +322,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         cwd,
     };
     tracing::info!(experiment = %identity.experiment, worker = %identity.worker, "running the command");
-    let (out, err) = (super::exec::own_stream(1)?, super::exec::own_stream(2)?);
-    let code = match exec::run(&spec, out, err).await {
-        Ok(outcome) => outcome.code,
-        Err(e) => match e.shell_code() {
-            Some(code) => {
-                eprintln!("error: {e}");
-                let _ = exec::write_exit_code(&run_dir, code);
-                code
-            }
-            None => return Err(e.into()),
-        },
-    };
+    let code = super::exec::run_command(&spec).await?;
 
     // 5. Drain: a signal during the drain ends it at once (the checkpoint keeps what is left).
     let _ = stop_tx.send(1);

@@ -29,6 +29,8 @@ pub enum ReadBackError {
     },
     #[error("chunk `{0}` is not valid gzip")]
     Corrupt(String),
+    #[error("cannot write the log out: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl Classify for ReadBackError {
@@ -42,6 +44,7 @@ impl Classify for ReadBackError {
                 _ => ErrorClass::Network,
             },
             ReadBackError::Corrupt(_) => ErrorClass::Integrity,
+            ReadBackError::Output(_) => ErrorClass::Io,
         }
     }
 
@@ -149,14 +152,7 @@ pub async fn cat(
             return Err(ReadBackError::Corrupt(key.to_string()));
         }
         let skip = next.saturating_sub(name.start) as usize;
-        out.write_all(&raw[skip..])
-            .map_err(|e| ReadBackError::Store {
-                what: "stdout".into(),
-                error: object_store::Error::Generic {
-                    store: "output",
-                    source: Box::new(e),
-                },
-            })?;
+        out.write_all(&raw[skip..]).map_err(ReadBackError::Output)?;
         report.chunks += 1;
         report.bytes += (raw.len() - skip) as u64;
         next = name.end;
