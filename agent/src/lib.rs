@@ -7,8 +7,8 @@
 //! * [`metrics`]: source → durable queue → metastore, for tracking metrics.
 //!
 //! Shared pieces have one home each: [`error`] (how failures are classified for exit codes),
-//! [`redact`] (how URLs and secrets are shown), [`retry`] (the one retry policy) and [`storage`]
-//! (the one place that builds object stores).
+//! [`redact`] (how URLs and secrets are shown), [`retry`] (the one retry policy), [`storage`]
+//! (the one place that builds object stores), and [`tls`] (the crypto provider of HTTPS clients).
 //!
 //! The library never prints. Output for people (tables, JSONL, progress bars) belongs to the CLI
 //! layer in `main.rs`; diagnostics go through `tracing`.
@@ -26,3 +26,4 @@ pub mod ship;
 pub mod sidecar;
 pub mod storage;
 pub mod tfevents;
+pub mod tls;

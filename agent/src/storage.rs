@@ -320,6 +320,8 @@ pub fn retry_config(policy: &RetryPolicy) -> RetryConfig {
 }
 
 fn client_options(opts: &StoreOptions, allow_http: bool) -> object_store::Result<ClientOptions> {
+    // Every cloud store builds its reqwest client from these options.
+    crate::tls::ensure_provider();
     let mut client = ClientOptions::new()
         .with_allow_http(allow_http)
         .with_connect_timeout(opts.connect_timeout)

@@ -12,6 +12,7 @@ use crate::localize::FetchContext;
 /// otherwise; `--ca-file` adds to the system roots rather than replacing them, so a private CA
 /// and public servers work in the same run.
 pub(super) fn build(ctx: &FetchContext) -> Result<Client, HttpError> {
+    crate::tls::ensure_provider();
     let mut builder = Client::builder()
         .connect_timeout(ctx.connect_timeout)
         // Applies per read: a stalled body fails after this much silence and is resumed.
