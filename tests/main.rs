@@ -8,6 +8,7 @@ mod harness;
 mod localize_git;
 
 mod cli;
+mod examples;
 mod exec;
 mod localize_hostile;
 mod localize_http;

@@ -185,7 +185,7 @@ fn passes_the_commands_exit_code_through() {
 }
 
 /// The quickstart line of the README's "Two commands" section, run as written (with the freshly
-/// built binary in place of `cargo run --quiet --`) in a folder that holds the example.
+/// built binary in place of `cargo run --quiet --`) in a folder that holds `examples/`.
 #[test]
 fn the_readme_quickstart_command_works_as_written() {
     let readme = fs::read_to_string(repo().join("README.md")).unwrap();
@@ -195,12 +195,7 @@ fn the_readme_quickstart_command_works_as_written() {
         .expect("the README has a `cargo run --quiet -- run` quickstart line");
     let command = line.replacen("cargo run --quiet --", env!("CARGO_BIN_EXE_periscope"), 1);
     let work = tempfile::tempdir().unwrap();
-    fs::create_dir_all(work.path().join("examples")).unwrap();
-    std::os::unix::fs::symlink(
-        repo().join("examples/training-job"),
-        work.path().join("examples/training-job"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(repo().join("examples"), work.path().join("examples")).unwrap();
     let (code, stdout, stderr) = output(
         Command::new("sh")
             .arg("-c")
@@ -218,5 +213,15 @@ fn the_readme_quickstart_command_works_as_written() {
     assert!(
         work.path().join("periscope-data/storage").is_dir(),
         "embedded defaults live in ./periscope-data"
+    );
+    let record = fs::read_to_string(
+        work.path()
+            .join("periscope-data/code/.periscope/localized.json"),
+    )
+    .unwrap();
+    let commit = crate::examples::example_commit();
+    assert!(
+        record.contains(&commit),
+        "the example's commit {commit} is recorded: {record}"
     );
 }

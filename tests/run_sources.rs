@@ -1,24 +1,16 @@
-//! `periscope run` with the example job localized from real servers: a git repository served by
-//! `git daemon`, and a tar.gz over HTTP; and Ctrl-C/SIGTERM forwarded to the command.
+//! `periscope run` with the example job localized from real servers: its checked-in git
+//! repository served by `git daemon`, and its checked-in tar.gz over HTTP; and Ctrl-C/SIGTERM
+//! forwarded to the command.
 
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::harness::archive::{file, tar_gz};
-use crate::harness::git::{GitDaemon, Repos};
+use crate::examples::{example_commit, examples_dir};
+use crate::harness::git::GitDaemon;
 use crate::harness::http_server::HttpServer;
 use crate::harness::periscope;
-
-fn example_file(name: &str) -> String {
-    fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/training-job")
-            .join(name),
-    )
-    .unwrap()
-}
 
 /// Runs the example with `--source SRC`; returns (exit code, stdout, stderr).
 fn run_example(data: &Path, source: &str) -> (Option<i32>, String, String) {
@@ -44,17 +36,9 @@ fn run_example(data: &Path, source: &str) -> (Option<i32>, String, String) {
 
 #[test]
 fn runs_the_example_from_a_git_daemon_and_records_the_commit() {
-    let repos = Repos::new();
-    let repo = repos.create("training-job");
-    let commit = repo.commit(
-        &[
-            ("train.py", &example_file("train.py")),
-            ("README.md", &example_file("README.md")),
-        ],
-        &[],
-        "the example job",
-    );
-    let daemon = GitDaemon::start(&repos.base(), false);
+    let commit = example_commit();
+    // git daemon serves examples/training-job.git as it is checked in.
+    let daemon = GitDaemon::start(&examples_dir(), false);
     let data = tempfile::tempdir().unwrap();
     // No #ref: the remote's HEAD, as a user would start.
     let (code, stdout, stderr) = run_example(data.path(), &daemon.url("training-job"));
@@ -91,19 +75,10 @@ fn runs_the_example_from_a_git_daemon_and_records_the_commit() {
 #[test]
 fn runs_the_example_from_a_tar_gz_over_http() {
     let server = HttpServer::start();
-    let archive = tar_gz(&[
-        file("training-job/train.py", example_file("train.py").as_bytes()),
-        file(
-            "training-job/README.md",
-            example_file("README.md").as_bytes(),
-        ),
-    ]);
+    let archive = fs::read(examples_dir().join("training-job.tar.gz")).unwrap();
     server.put("/jobs/training-job.tar.gz", archive);
     let data = tempfile::tempdir().unwrap();
-    let (code, stdout, stderr) = run_example(
-        data.path(),
-        &format!("{}#strip=1", server.url("/jobs/training-job.tar.gz")),
-    );
+    let (code, stdout, stderr) = run_example(data.path(), &server.url("/jobs/training-job.tar.gz"));
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("epoch 2/2"), "{stdout}");
     assert!(data.path().join("code/training-job/train.py").is_file());

@@ -45,8 +45,10 @@ Where things live (defaults, under --data-dir):
   periscope-data/state/<experiment>/<worker>/       checkpoints and the metrics queue
   periscope-data/metastore.db                       metrics, params and run status (Submarine's tables)
 
-Example:
-  periscope run --source \"$PWD/examples/training-job/\" -- python3 train.py --epochs 3";
+Examples (from the repository root; the example job is checked in three ways):
+  periscope run --source \"git+file://$PWD/examples/training-job.git\" -- python3 train.py --epochs 3
+  periscope run --source \"file://$PWD/examples/training-job.tar.gz\" -- python3 train.py
+  periscope run --source \"$PWD/examples/training-job/\" -- python3 train.py --fail   # exits 3";
 
 /// Localize, run a command, and ship what it writes, all in one process (for bare VMs).
 #[derive(clap::Args)]
