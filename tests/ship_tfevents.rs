@@ -126,3 +126,86 @@ fn mirror_is_cut_at_record_boundaries_and_holds_every_scalar_after_drain() {
         "TensorBoard reads the same scalars from the stored copy"
     );
 }
+
+/// CPU seconds (user + system) that process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces): state is the
+    // 3rd field of the whole line, utime the 14th and stime the 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Once everything is shipped, an idle sidecar sleeps. Reading the files it follows must not wake
+/// it up again (file notifications for its own reads once made it spin at 100% CPU).
+#[test]
+fn an_idle_sidecar_following_logs_and_tfevents_does_not_spin() {
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("tb");
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logdir).unwrap();
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("train.log"), "epoch 1 loss 0.5\n").unwrap();
+    let mut w = periscope::tfevents::EventWriter::create(&logdir).unwrap();
+    w.add_scalar("loss", 1, 1.0, periscope::tfevents::ScalarValue::F32(0.5))
+        .unwrap();
+    w.flush().unwrap();
+    let store = dir.path().join("store");
+    let mut sidecar = periscope()
+        .args(["sidecar", "--storage"])
+        .arg(format!("file://{}", store.display()))
+        .arg("--tfevents")
+        .arg(&logdir)
+        .arg("--logs")
+        .arg(format!("{}/*.log", logs.display()))
+        .args([
+            "--chunk-age",
+            "0.2",
+            "--tfevents-interval",
+            "0.2",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .args(["--experiment-id", "exp-idle", "--worker", "worker-0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Everything shipped: the log chunk and the event file's mirror are stored, and the scalar is
+    // in the metastore.
+    let worker = store.join("exp-idle/worker-0");
+    let db = dir.path().join("state/metastore.db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shipped = worker.join("logs/train.log").is_dir()
+            && !event_files(&worker.join("tfevents")).is_empty()
+            && metric_rows(&db) == 1;
+        if shipped {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing shipped in 60 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_secs(1));
+    let before = cpu_seconds(sidecar.id());
+    thread::sleep(Duration::from_secs(4));
+    let used = cpu_seconds(sidecar.id()) - before;
+    sidecar.kill().unwrap();
+    sidecar.wait().unwrap();
+    // Idle, it wakes a few times a second to poll; a busy loop burns the whole 4 s.
+    assert!(used < 1.0, "an idle sidecar used {used:.2} s of CPU in 4 s");
+}
+
+/// Rows in the metric table of the SQLite metastore at `db` (0 when it is not there yet).
+fn metric_rows(db: &Path) -> u64 {
+    let out = periscope()
+        .args(["metrics", "show", "exp-idle", "--json", "--metastore"])
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+}
