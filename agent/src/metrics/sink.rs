@@ -9,6 +9,7 @@
 //! recognised and refused with a clear message until their sinks land.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -22,12 +23,21 @@ pub trait Sink: Send {
     /// The metastore, for logs (redacted).
     fn describe(&self) -> String;
 
-    /// Applies `items` for `experiment`, all or nothing, in order.
+    /// Applies `items` for `experiment`, in order. After a failure the whole batch is written
+    /// again, so a sink that cannot apply it all or nothing (MLflow's several requests) must
+    /// make a repeated prefix harmless.
     fn write<'a>(
         &'a mut self,
         experiment: &'a str,
         items: &'a [Item],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// How long the metastore asked to wait after the last failed write (HTTP `Retry-After`), if
+    /// it said. A method rather than a field of [`SinkError`], so that sinks without such a hint
+    /// need nothing.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A sink's failure. Invariant: `message` holds no secret.
