@@ -150,7 +150,7 @@ impl MetricsPipeline {
         self.state.jsonl.values().map(|s| s.bad_lines).sum()
     }
 
-    /// Queues the start of the run: status Running and the code revision params.
+    /// Queues the start of the run: status Running, the code revision params and tags.
     pub fn start(&mut self) -> Result<(), MetricsError> {
         let mut items = vec![Item::Status {
             status: RunStatus::Running,
@@ -158,6 +158,7 @@ impl MetricsPipeline {
         }];
         if let Some(dir) = &self.cfg.code_dir {
             items.extend(run_info::code_params(dir, &self.cfg.identity.worker));
+            items.extend(run_info::code_tags(dir));
         }
         self.enqueue(items)
     }
