@@ -77,15 +77,13 @@ impl Setup {
         cmd
     }
 
-    /// Waits for the sidecar to exit 0 (within `limit`), or panics with its stderr.
-    fn expect_success(&self, child: Child, limit: Duration) {
+    /// Waits for the sidecar to exit 0 (within `limit`) and returns its stderr, or panics with
+    /// it.
+    fn expect_success(&self, child: Child, limit: Duration) -> String {
         let out = wait_with_timeout(child, limit);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
     }
 }
 
@@ -144,6 +142,8 @@ fn tensorboardx_jsonl_and_the_mlflow_client_arrive_once_with_params_tags_and_sta
         .sidecar()
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("MLFLOW_EXPERIMENT_NAME", "periscope-e2e")
+        // Sent as a Bearer token (this server does not check it) and never logged.
+        .env("MLFLOW_TRACKING_TOKEN", "tok-5ecret-value")
         .spawn()
         .unwrap();
     crate::harness::python::run_script(
@@ -152,7 +152,12 @@ fn tensorboardx_jsonl_and_the_mlflow_client_arrive_once_with_params_tags_and_sta
     );
     run_mlflow_client(port);
     fs::write(s.path("exit-code"), "0\n").unwrap();
-    s.expect_success(child, Duration::from_secs(180));
+    let stderr = s.expect_success(child, Duration::from_secs(180));
+    assert!(
+        !stderr.contains("tok-5ecret"),
+        "the token was logged:\n{stderr}"
+    );
+    assert!(stderr.contains("MLflow run"), "{stderr}");
 
     // Nothing was named after the Periscope experiment id: MLFLOW_EXPERIMENT_NAME won.
     assert_eq!(server.read("exp-e2e")["experiment_id"], Value::Null);

@@ -236,6 +236,16 @@ impl ApiClient {
         })
     }
 
+    /// Adds the credentials. reqwest marks these headers sensitive, so they never appear in its
+    /// Debug output.
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Auth::None => request,
+            Auth::Bearer(token) => request.bearer_auth(token.expose()),
+            Auth::Basic { user, password } => request.basic_auth(user, Some(password.expose())),
+        }
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         call: &'static str,
@@ -246,13 +256,7 @@ impl ApiClient {
             call,
             detail: chain(&e),
         };
-        // reqwest marks these headers sensitive, so they never appear in its Debug output.
-        let request = match &self.auth {
-            Auth::None => request,
-            Auth::Bearer(token) => request.bearer_auth(token.expose()),
-            Auth::Basic { user, password } => request.basic_auth(user, Some(password.expose())),
-        };
-        let response = request.send().await.map_err(unreachable)?;
+        let response = self.authorize(request).send().await.map_err(unreachable)?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -314,6 +318,53 @@ fn status_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn authorization(auth: Auth) -> Option<reqwest::header::HeaderValue> {
+        let server = MlflowUrl::parse("http://127.0.0.1:1").unwrap();
+        let transport = Transport {
+            auth,
+            ..Transport::default()
+        };
+        let client = ApiClient::new(&server, &transport).unwrap();
+        let request = client
+            .authorize(client.http.get(client.url("runs/get").unwrap()))
+            .build()
+            .unwrap();
+        request.headers().get(header::AUTHORIZATION).cloned()
+    }
+
+    #[test]
+    fn credentials_go_into_a_sensitive_authorization_header() {
+        assert_eq!(authorization(Auth::None), None);
+        let bearer = authorization(Auth::Bearer(Secret::new("tok"))).unwrap();
+        assert_eq!(bearer, "Bearer tok");
+        assert!(bearer.is_sensitive());
+        let basic = authorization(Auth::Basic {
+            user: "user".into(),
+            password: Secret::new("pass"),
+        })
+        .unwrap();
+        assert_eq!(basic, "Basic dXNlcjpwYXNz");
+        assert!(basic.is_sensitive());
+    }
+
+    #[test]
+    fn a_missing_ca_bundle_is_a_setup_error_naming_the_variable() {
+        let server = MlflowUrl::parse("https://127.0.0.1:1").unwrap();
+        let transport = Transport {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Transport::default()
+        };
+        let Err(e) = ApiClient::new(&server, &transport) else {
+            panic!("a missing CA bundle was accepted");
+        };
+        assert!(!e.transient());
+        let text = e.to_string();
+        assert!(
+            text.contains("MLFLOW_TRACKING_SERVER_CERT_PATH /nonexistent/ca.pem"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn status_codes_map_to_transient_or_permanent() {
