@@ -30,11 +30,12 @@ timeout, exits at once (code 6 if bytes are left; a restart with the same --stat
 
 Tracking metrics: scalars of the --tfevents folders (key = run folder/tag), lines of
 --metrics-file and calls to the MLflow-compatible endpoint on --listen go through a disk queue in
---state-dir into --metastore (default: $MLFLOW_TRACKING_URI when it is an http(s) MLflow tracking
-server, else Submarine's tables in <state-dir>/metastore.db), exactly once across kill -9 and
-restarts. The run is Running while the sidecar works, then Succeeded/Failed (MLflow: FINISHED/FAILED)
-from --exit-when-file; the code revision in <code-dir>/.periscope/localized.json becomes params (and
-MLflow's mlflow.source.git.* tags). Read SQLite with `periscope metrics`.
+--state-dir into --metastore (default: $MLFLOW_TRACKING_URI when it is an http(s) MLflow
+tracking server, else Submarine's tables in <state-dir>/metastore.db), exactly once across
+kill -9 and restarts. The run is Running while the sidecar works, then Succeeded/Failed
+(MLflow: FINISHED/FAILED) from --exit-when-file; the code revision in
+<code-dir>/.periscope/localized.json becomes params (and MLflow's mlflow.source.git.* tags).
+Read the SQLite metastore with `periscope metrics`.
 
 Identity: --experiment-id defaults to $JOB_ID; --worker is derived like the Submarine SDK does (TF_CONFIG
 task type-index, else CLUSTER_SPEC, else RANK: 0 -> master-0, N -> worker-N, else worker-0).
