@@ -83,7 +83,8 @@ pub enum MetastoreUrl {
     Mlflow(MlflowUrl),
 }
 
-/// What a sink needs to know about the sidecar that opens it.
+/// What a sink needs to know about the sidecar that opens it. Invariant: `state_dir` is the
+/// sidecar's `--state-dir` (sinks may keep small state files there).
 #[derive(Debug, Clone)]
 pub struct SinkContext {
     pub state_dir: PathBuf,

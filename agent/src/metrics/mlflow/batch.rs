@@ -31,6 +31,7 @@ pub const MAX_KEY: usize = 250;
 const ENVELOPE_BYTES: usize = 512;
 
 /// One metric point as `runs/log-batch` takes it; non-finite values as MLflow's JSON strings.
+/// Invariant: `key` is a name MLflow accepts ([`mlflow_key`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetricOut {
     pub key: String,
@@ -40,7 +41,8 @@ pub struct MetricOut {
     pub step: i64,
 }
 
-/// A param or tag as MLflow's REST API writes it.
+/// A param or tag as MLflow's REST API writes it. Invariant (when built here): `key` is a name
+/// MLflow accepts and `value` is no longer than MLflow keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct KeyValue {
     pub key: String,
@@ -95,7 +97,7 @@ impl LogBatch {
     }
 }
 
-/// One MLflow call, in the order they must be made.
+/// One MLflow call. Invariant: a plan's calls are in the order they must be made.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Call {
     Log(LogBatch),
@@ -166,8 +168,8 @@ fn cut(value: &str, max: usize) -> String {
     value.chars().take(max).collect()
 }
 
-/// Turns items into calls. Keeps, across batches, which keys it already warned about, so a bad
-/// key is reported once and not once per point.
+/// Turns items into calls. Invariant: `warned` holds every key it already warned about (and
+/// a marker for purges), so a bad key is reported once and not once per point.
 #[derive(Debug, Default)]
 pub struct Planner {
     warned: HashSet<String>,

@@ -20,6 +20,7 @@ use crate::metrics::sink::SinkError;
 use crate::redact::Secret;
 
 /// How the sidecar proves who it is to the tracking server (MLflow's standard variables).
+/// Invariant: every credential is a [`Secret`], so no formatting shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
     None,
@@ -144,6 +145,7 @@ impl From<ApiError> for SinkError {
 }
 
 /// A connection to one tracking server. Cheap to clone (reqwest's client is shared).
+/// Invariant: `api` is the server's `…/api/2.0/mlflow/` and `shown` holds no credential.
 #[derive(Clone)]
 pub struct ApiClient {
     http: Client,

@@ -39,7 +39,8 @@ struct Remembered {
     run_id: String,
 }
 
-/// Who a run is for.
+/// Who a run is for. Invariant: `experiment` and `worker` are a Periscope identity (non-empty,
+/// no `/`).
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
     /// The MLflow experiment's name.
@@ -52,6 +53,7 @@ pub struct Target<'a> {
     pub state_dir: &'a Path,
 }
 
+/// The part of MLflow's `RunInfo` read here.
 #[derive(Deserialize)]
 struct RunInfo {
     run_id: String,
@@ -59,11 +61,13 @@ struct RunInfo {
     lifecycle_stage: String,
 }
 
+/// MLflow's `Run`, its info only.
 #[derive(Deserialize)]
 struct RunOnly {
     info: RunInfo,
 }
 
+/// The answer of `runs/get` and `runs/create`.
 #[derive(Deserialize)]
 struct RunAnswer {
     run: RunOnly,
