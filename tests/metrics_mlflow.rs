@@ -429,3 +429,61 @@ async fn the_sink_is_idempotent_and_within_mlflows_limits_on_the_real_server() {
         .collect();
     assert_eq!(names["periscope.worker"], "worker-0");
 }
+
+/// Writes `items` until the server takes them (a just-started HTTPS server may not answer yet);
+/// returns the last error when `limit` passes first.
+async fn write_within(
+    sink: &mut MlflowSink,
+    items: &[Item],
+    limit: Duration,
+) -> Result<(), periscope::metrics::SinkError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match sink.write("exp-tls", items).await {
+            Err(e) if e.transient && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+/// HTTPS with a private CA: refused without `MLFLOW_TRACKING_SERVER_CERT_PATH` (a transient
+/// failure, so the queue keeps the items), accepted with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_trusts_a_private_ca_from_mlflow_tracking_server_cert_path() {
+    let ca = crate::harness::tls::TestCa::new();
+    let ca_cert = ca.ca_cert.clone();
+    let (server, ca) = tokio::task::spawn_blocking(move || (MlflowServer::start_tls(&ca), ca))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = MlflowUrl::parse(&server.uri()).unwrap();
+    let items = [metric("tls", 0, 1.0)];
+    // First with the CA, so that the server is known to answer before the refusal is checked.
+    let with_ca =
+        MlflowSettings::from_env(url.clone(), dir.path().join("a"), "worker-0".into(), |k| {
+            (k == "MLFLOW_TRACKING_SERVER_CERT_PATH").then(|| ca_cert.display().to_string())
+        })
+        .unwrap();
+    let mut trusting = MlflowSink::open(with_ca).unwrap();
+    write_within(&mut trusting, &items, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut untrusting =
+        MlflowSink::open(settings(&server, &dir.path().join("b"), "worker-0")).unwrap();
+    let e = untrusting.write("exp-tls", &items).await.unwrap_err();
+    assert!(e.message.contains("certificate"), "{e}");
+    assert!(
+        e.transient,
+        "the queue keeps the items until the CA is fixed: {e}"
+    );
+    let data = tokio::task::spawn_blocking(move || {
+        let data = server.read("exp-tls");
+        drop((server, ca));
+        data
+    })
+    .await
+    .unwrap();
+    assert_eq!(points(only_run(&data), "tls"), [(0, BASE_MS, num(1.0))]);
+}

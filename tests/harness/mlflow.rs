@@ -16,12 +16,21 @@ use super::process::ServerProcess;
 use super::rawhttp::request;
 use super::{free_port, tool};
 
-/// A tracking server. Invariant: while `process` is `Some`, it serves `port` from `db`.
+/// A tracking server. Invariant: while `process` is `Some`, it serves `port` from `db`, over
+/// HTTPS with `tls`'s leaf certificate when that is set.
 pub struct MlflowServer {
     process: Option<ServerProcess>,
     pub port: u16,
     _dir: tempfile::TempDir,
     db: PathBuf,
+    tls: Option<TlsFiles>,
+}
+
+/// The certificate files of an HTTPS server.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
 }
 
 /// How long a server may take to answer `/health` (≈ 5–20 s on a loaded 2-core machine).
@@ -30,6 +39,20 @@ const START_LIMIT: Duration = Duration::from_secs(180);
 impl MlflowServer {
     /// Starts a server on a free port with an empty database and waits until it is healthy.
     pub fn start() -> MlflowServer {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that speaks HTTPS with `ca`'s leaf certificate (uvicorn's TLS options).
+    /// It counts as started once it accepts connections: callers retry their first call.
+    pub fn start_tls(ca: &super::tls::TestCa) -> MlflowServer {
+        Self::start_with(Some(TlsFiles {
+            cert: ca.leaf_cert.clone(),
+            key: ca.leaf_key.clone(),
+            ca: ca.ca_cert.clone(),
+        }))
+    }
+
+    fn start_with(tls: Option<TlsFiles>) -> MlflowServer {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("mlflow.db");
         let mut server = MlflowServer {
@@ -37,6 +60,7 @@ impl MlflowServer {
             port: 0,
             _dir: dir,
             db,
+            tls,
         };
         // Another process may take the free port before the server binds it; then it exits.
         for _ in 0..3 {
@@ -69,24 +93,30 @@ impl MlflowServer {
     }
 
     fn try_start(&mut self) -> bool {
-        let mut process = ServerProcess::spawn(
-            Command::new(tool("venv-mlflow/bin/mlflow"))
-                .args(["server", "--backend-store-uri"])
-                .arg(format!("sqlite:///{}", self.db.display()))
-                .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-                .args(["--workers", "1"])
-                .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-                .env_remove("MLFLOW_TRACKING_URI"),
-            "mlflow server",
-        );
+        let mut cmd = Command::new(tool("venv-mlflow/bin/mlflow"));
+        cmd.args(["server", "--backend-store-uri"])
+            .arg(format!("sqlite:///{}", self.db.display()))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--workers", "1"])
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .env_remove("MLFLOW_TRACKING_URI");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--uvicorn-opts").arg(format!(
+                "--ssl-certfile {} --ssl-keyfile {}",
+                tls.cert.display(),
+                tls.key.display()
+            ));
+        }
+        let mut process = ServerProcess::spawn(&mut cmd, "mlflow server");
         let deadline = Instant::now() + START_LIMIT;
         while Instant::now() < deadline {
             if !process.is_running() {
                 return false;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && request(self.port, "GET", "/health", &[], b"").status == 200
-            {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && (self.tls.is_some()
+                    || request(self.port, "GET", "/health", &[], b"").status == 200);
+            if ready {
                 self.process = Some(process);
                 return true;
             }
@@ -95,9 +125,10 @@ impl MlflowServer {
         panic!("the MLflow server did not answer /health within {START_LIMIT:?}");
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn uri(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Everything the server holds for the runs of experiment `name`, read with the real mlflow
@@ -105,7 +136,11 @@ impl MlflowServer {
     /// "end_time", "tags", "params", "metrics": {key: [[step, timestamp, value], …]}}]}`, where a
     /// value is a number or `"NaN"`. `{"experiment_id": null}` when there is no such experiment.
     pub fn read(&self, name: &str) -> Value {
-        let out = Command::new(tool("venv-mlflow/bin/python"))
+        let mut cmd = Command::new(tool("venv-mlflow/bin/python"));
+        if let Some(tls) = &self.tls {
+            cmd.env("MLFLOW_TRACKING_SERVER_CERT_PATH", &tls.ca);
+        }
+        let out = cmd
             .arg(super::python::script("mlflow_read.py"))
             .arg(self.uri())
             .arg(name)
