@@ -21,31 +21,36 @@ use crate::harness::{periscope, python, python::script, run};
 const BASE_MS: i64 = 1_700_000_000_000;
 
 /// One sidecar setup in a temp folder.
-struct Setup {
+pub(crate) struct Setup {
     _dir: tempfile::TempDir,
     root: PathBuf,
 }
 
 impl Setup {
-    fn new() -> Setup {
+    pub(crate) fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         fs::create_dir_all(root.join("tb")).unwrap();
         Setup { _dir: dir, root }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
 
     fn sidecar(&self) -> Command {
+        self.sidecar_for("exp-m")
+    }
+
+    /// The sidecar for `experiment` with every source of this setup and the default metastore.
+    pub(crate) fn sidecar_for(&self, experiment: &str) -> Command {
         let mut cmd = periscope();
         cmd.arg("sidecar")
             .arg("--storage")
             .arg(format!("file://{}", self.path("store").display()))
             .arg("--state-dir")
             .arg(self.path("state"))
-            .args(["--experiment-id", "exp-m", "--worker", "worker-0"])
+            .args(["--experiment-id", experiment, "--worker", "worker-0"])
             .arg("--metrics-file")
             .arg(self.path("metrics.jsonl"))
             .arg("--tfevents")
@@ -95,7 +100,32 @@ impl Setup {
     }
 }
 
-fn append(path: &Path, text: &str) {
+/// The commit `record_git_revision` records, and its (redacted) repository.
+pub(crate) const CODE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+pub(crate) const CODE_REPO: &str = "https://git.example/team/model.git";
+
+/// Writes what `periscope localize` records for a git source localized into `code_dir`.
+pub(crate) fn record_git_revision(code_dir: &Path) {
+    let mut record = Record::default();
+    record.upsert(Entry {
+        into: "training-job".into(),
+        url: CODE_REPO.into(),
+        kind: "git".into(),
+        revision: Revision {
+            kind: RevisionKind::Commit,
+            id: CODE_COMMIT.into(),
+        },
+        fingerprint: None,
+        bytes: 1,
+        files: 1,
+        seconds: 0.1,
+        localized_at: "2026-01-01T00:00:00Z".into(),
+    });
+    fs::create_dir_all(code_dir.join(".periscope")).unwrap();
+    record.save(code_dir).unwrap();
+}
+
+pub(crate) fn append(path: &Path, text: &str) {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -104,7 +134,7 @@ fn append(path: &Path, text: &str) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
+pub(crate) fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -116,7 +146,99 @@ fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output 
     child.wait_with_output().unwrap()
 }
 
-fn kill9(child: &mut Child) {
+/// Writes `lines` lines of `jsonl/x` (value i/2, step i, timestamp BASE_MS + i) to `path` in a
+/// thread, pausing `pause` after every `every` lines; some lines land in two writes, so a reader
+/// sees partial lines.
+pub(crate) fn jsonl_writer(
+    path: &Path,
+    lines: i64,
+    pause: Duration,
+    every: i64,
+) -> thread::JoinHandle<()> {
+    let path = path.to_path_buf();
+    thread::spawn(move || {
+        let mut rng = rand::rng();
+        for i in 0..lines {
+            let line = format!(
+                "{{\"key\":\"jsonl/x\",\"value\":{},\"step\":{i},\"timestamp\":{}}}\n",
+                i as f64 * 0.5,
+                BASE_MS + i
+            );
+            let cut = if i % 7 == 0 {
+                line.len() / 2
+            } else {
+                line.len()
+            };
+            append(&path, &line[..cut]);
+            if cut < line.len() {
+                thread::sleep(Duration::from_millis(rng.random_range(0..3)));
+                append(&path, &line[cut..]);
+            }
+            if i % every == 0 {
+                thread::sleep(pause);
+            }
+        }
+    })
+}
+
+/// While `writer` and a tensorboardX writer of `points` scalars into `tb` run, starts the
+/// sidecar `sidecar()` and SIGKILLs it after a random time in `lifetime_ms`, again and again (at
+/// least 3 times) until both writers are done. Returns the number of kills.
+pub(crate) fn kill_while_writing(
+    sidecar: impl Fn() -> Command,
+    tb: &Path,
+    points: i64,
+    lifetime_ms: std::ops::Range<u64>,
+    writer: thread::JoinHandle<()>,
+) -> u32 {
+    let mut tbx = Command::new(python())
+        .arg(script("metrics_write_tbx.py"))
+        .arg("stream")
+        .arg(tb)
+        .arg(points.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    loop {
+        let mut child = sidecar().spawn().unwrap();
+        thread::sleep(Duration::from_millis(rng.random_range(lifetime_ms.clone())));
+        kill9(&mut child);
+        kills += 1;
+        let tbx_done = tbx.try_wait().unwrap().is_some();
+        if writer.is_finished() && tbx_done && kills >= 3 {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(
+        tbx.wait().unwrap().success(),
+        "the tensorboardX writer failed"
+    );
+    kills
+}
+
+/// Runs `tests/python/metrics_mlflow_client.py` (the real mlflow client) against the ingest
+/// endpoint on 127.0.0.1:`port`; panics with its stderr when it fails.
+pub(crate) fn run_mlflow_client(port: u16) {
+    let client = Command::new(crate::harness::tool("venv-mlflow/bin/python"))
+        .arg(script("metrics_mlflow_client.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("MLFLOW_TRACKING_URI")
+        .env_remove("MLFLOW_RUN_ID")
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "the mlflow client failed\n{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+}
+
+pub(crate) fn kill9(child: &mut Child) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
@@ -130,23 +252,7 @@ fn num(v: f64) -> String {
 fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_status() {
     let s = Setup::new();
     // What `periscope localize` recorded: the code revision becomes params.
-    let mut record = Record::default();
-    record.upsert(Entry {
-        into: "training-job".into(),
-        url: "https://git.example/team/model.git".into(),
-        kind: "git".into(),
-        revision: Revision {
-            kind: RevisionKind::Commit,
-            id: "0123456789abcdef0123456789abcdef01234567".into(),
-        },
-        fingerprint: None,
-        bytes: 1,
-        files: 1,
-        seconds: 0.1,
-        localized_at: "2026-01-01T00:00:00Z".into(),
-    });
-    fs::create_dir_all(s.path("code/.periscope")).unwrap();
-    record.save(&s.path("code")).unwrap();
+    record_git_revision(&s.path("code"));
 
     let jsonl = s.path("metrics.jsonl");
     append(
@@ -246,12 +352,9 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
     );
     let params = s.metrics(&["show", "exp-m", "--params"]);
     assert!(
-        params.lines().any(|l| cols(l)
-            == [
-                "code.training-job.revision",
-                "worker-0",
-                "0123456789abcdef0123456789abcdef01234567"
-            ]),
+        params
+            .lines()
+            .any(|l| cols(l) == ["code.training-job.revision", "worker-0", CODE_COMMIT]),
         "{params}"
     );
     // The status from JSON too.
@@ -267,59 +370,8 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
     let jsonl = s.path("metrics.jsonl");
     const LINES: i64 = 1500;
     const POINTS: i64 = 600;
-    let writer = {
-        let jsonl = jsonl.clone();
-        thread::spawn(move || {
-            let mut rng = rand::rng();
-            for i in 0..LINES {
-                let line = format!(
-                    "{{\"key\":\"jsonl/x\",\"value\":{},\"step\":{i},\"timestamp\":{}}}\n",
-                    i as f64 * 0.5,
-                    BASE_MS + i
-                );
-                // Some lines land in two writes, so the sidecar sees partial lines.
-                let cut = if i % 7 == 0 {
-                    line.len() / 2
-                } else {
-                    line.len()
-                };
-                append(&jsonl, &line[..cut]);
-                if cut < line.len() {
-                    thread::sleep(Duration::from_millis(rng.random_range(0..3)));
-                    append(&jsonl, &line[cut..]);
-                }
-                if i % 10 == 0 {
-                    thread::sleep(Duration::from_millis(15));
-                }
-            }
-        })
-    };
-    let mut tbx = Command::new(python())
-        .arg(script("metrics_write_tbx.py"))
-        .arg("stream")
-        .arg(s.path("tb"))
-        .arg(POINTS.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut rng = rand::rng();
-    let mut kills = 0;
-    loop {
-        let mut child = s.sidecar().spawn().unwrap();
-        thread::sleep(Duration::from_millis(rng.random_range(150..600)));
-        kill9(&mut child);
-        kills += 1;
-        let tbx_done = tbx.try_wait().unwrap().is_some();
-        if writer.is_finished() && tbx_done && kills >= 3 {
-            break;
-        }
-    }
-    writer.join().unwrap();
-    assert!(
-        tbx.wait().unwrap().success(),
-        "the tensorboardX writer failed"
-    );
+    let writer = jsonl_writer(&jsonl, LINES, Duration::from_millis(15), 10);
+    let kills = kill_while_writing(|| s.sidecar(), &s.path("tb"), POINTS, 150..600, writer);
     fs::write(s.path("exit-code"), "1\n").unwrap();
     let out = wait_with_timeout(s.sidecar().spawn().unwrap(), Duration::from_secs(120));
     assert_eq!(
@@ -426,19 +478,7 @@ fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
     let mut cmd = s.sidecar();
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
-    let client = Command::new(crate::harness::tool("venv-mlflow/bin/python"))
-        .arg(script("metrics_mlflow_client.py"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("MLFLOW_TRACKING_URI")
-        .env_remove("MLFLOW_RUN_ID")
-        .output()
-        .unwrap();
-    assert!(
-        client.status.success(),
-        "the mlflow client failed\n{}",
-        String::from_utf8_lossy(&client.stderr)
-    );
+    run_mlflow_client(port);
     fs::write(s.path("exit-code"), "0\n").unwrap();
     let done = wait_with_timeout(child, Duration::from_secs(60));
     assert_eq!(

@@ -22,6 +22,10 @@ pub fn periscope() -> Command {
     cmd.env_remove("PERISCOPE_SOURCE")
         .env_remove("PERISCOPE_DEST")
         .env_remove("GIT_SYNC_REPO")
+        // A developer's MLflow settings would send the sidecar's metrics to their server.
+        .env_remove("MLFLOW_TRACKING_URI")
+        .env_remove("MLFLOW_RUN_ID")
+        .env_remove("MLFLOW_EXPERIMENT_NAME")
         .env("PERISCOPE_TERMINATION_LOG", "/dev/null")
         // Sidecars started in parallel must not fight over the default 127.0.0.1:9090; a test that
         // probes the endpoint passes its own --listen.
@@ -119,6 +123,7 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 pub mod azurite;
+pub mod mlflow;
 pub mod process;
 pub mod rawhttp;
 pub mod s3;

@@ -68,8 +68,14 @@ fn open(args: &MetricsArgs) -> Result<SqliteStore, Failure> {
         Some(url) => MetastoreUrl::parse(url)?,
         None => MetastoreUrl::default_for(&args.state_dir),
     };
-    let MetastoreUrl::Sqlite(path) = url;
-    Ok(SqliteStore::open_existing(&path)?)
+    match url {
+        MetastoreUrl::Sqlite(path) => Ok(SqliteStore::open_existing(&path)?),
+        MetastoreUrl::Mlflow(server) => Err(Failure::new(
+            ErrorClass::Usage,
+            format!("`periscope metrics` reads the SQLite metastore only, not {server}"),
+            Some("read MLflow runs in the MLflow UI or with the mlflow client".into()),
+        )),
+    }
 }
 
 fn number(v: f64) -> String {

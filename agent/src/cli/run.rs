@@ -290,7 +290,11 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         &identity,
         &lifecycle,
         stop_rx.clone(),
-        Some(ingest),
+        Some(super::sidecar_metrics::Endpoint {
+            requests: ingest,
+            // The metastore is always the explicit SQLite file above.
+            addr: None,
+        }),
     )
     .await?;
     let shipping = tokio::spawn(async move {

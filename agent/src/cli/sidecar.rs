@@ -30,10 +30,12 @@ timeout, exits at once (code 6 if bytes are left; a restart with the same --stat
 
 Tracking metrics: scalars of the --tfevents folders (key = run folder/tag), lines of
 --metrics-file and calls to the MLflow-compatible endpoint on --listen go through a disk queue in
---state-dir into --metastore (default: Submarine's tables in <state-dir>/metastore.db), exactly
-once across kill -9 and restarts. The run is Running while the sidecar works, then
-Succeeded/Failed from --exit-when-file; the code revision in <code-dir>/.periscope/localized.json
-becomes params. Read them with `periscope metrics`.
+--state-dir into --metastore (default: $MLFLOW_TRACKING_URI when it is an http(s) MLflow
+tracking server, else Submarine's tables in <state-dir>/metastore.db), exactly once across
+kill -9 and restarts. The run is Running while the sidecar works, then Succeeded/Failed
+(MLflow: FINISHED/FAILED) from --exit-when-file; the code revision in
+<code-dir>/.periscope/localized.json becomes params (and MLflow's mlflow.source.git.* tags).
+Read the SQLite metastore with `periscope metrics`.
 
 Identity: --experiment-id defaults to $JOB_ID; --worker is derived like the Submarine SDK does (TF_CONFIG
 task type-index, else CLUSTER_SPEC, else RANK: 0 -> master-0, N -> worker-N, else worker-0).
@@ -219,7 +221,8 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
                 Some("choose a free address with --listen (e.g. 127.0.0.1:0 for any port)".into()),
             )
         })?;
-    if let Ok(addr) = listener.local_addr() {
+    let local_addr = listener.local_addr().ok();
+    if let Some(addr) = local_addr {
         tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the MLflow-compatible /api/2.0/mlflow/");
     }
     let (ingest_routes, ingest) = super::sidecar_metrics::ingest(&identity);
@@ -240,7 +243,10 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
         &identity,
         &lifecycle,
         stop.clone(),
-        Some(ingest),
+        Some(super::sidecar_metrics::Endpoint {
+            requests: ingest,
+            addr: local_addr,
+        }),
     )
     .await?;
     tracing::info!(storage = %redact_url(url.as_str()), experiment = %identity.experiment, worker = %identity.worker,

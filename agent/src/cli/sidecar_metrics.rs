@@ -1,13 +1,14 @@
 //! `periscope sidecar`'s tracking-metrics flags, and running the metrics pipeline beside the log
 //! shipper as its own task with the same stop and drain rules.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
 use periscope::metrics::ingest::{self, IngestRequest, RunIdentity};
 use periscope::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
-use periscope::metrics::{MetastoreUrl, MetricsError, QueueConfig};
+use periscope::metrics::{MetastoreUrl, MetricsError, QueueConfig, SinkContext};
 use periscope::sidecar::{self, Ending, Lifecycle};
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -19,7 +20,12 @@ use super::Failure;
 #[derive(clap::Args)]
 pub struct MetricsArgs {
     /// Metastore for tracking metrics: sqlite:///path/metastore.db (Submarine's experiment,
-    /// metric and param tables). [default: sqlite://<state-dir>/metastore.db]
+    /// metric and param tables), or an MLflow tracking server, mlflow+http://HOST:PORT[/prefix]
+    /// or mlflow+https://… (one run per worker in experiment $MLFLOW_EXPERIMENT_NAME, default
+    /// the experiment id, or the run $MLFLOW_RUN_ID; credentials from $MLFLOW_TRACKING_TOKEN or
+    /// $MLFLOW_TRACKING_USERNAME/$MLFLOW_TRACKING_PASSWORD, a private CA from
+    /// $MLFLOW_TRACKING_SERVER_CERT_PATH). [default: $MLFLOW_TRACKING_URI when it is an
+    /// http(s) URL, else sqlite://<state-dir>/metastore.db]
     #[arg(long, env = "PERISCOPE_METASTORE", value_name = "URL")]
     pub metastore: Option<String>,
     /// A JSONL file of metrics to follow, one {"key", "value", "step", "timestamp"} per line
@@ -49,6 +55,13 @@ pub struct MetricsArgs {
 /// delays log shipping.
 type Task = std::thread::JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>;
 
+/// The ingest endpoint as the pipeline sees it: the requests it receives, and the address it
+/// listens on (which must not be the metastore too; `None` when that cannot happen).
+pub struct Endpoint {
+    pub requests: mpsc::Receiver<IngestRequest>,
+    pub addr: Option<SocketAddr>,
+}
+
 /// Opens the metastore and the queue, and starts the pipeline's thread. Scalars are read from
 /// the sidecar's `--tfevents` folders (the same ones the mirror uploads).
 pub async fn spawn(
@@ -58,13 +71,19 @@ pub async fn spawn(
     identity: &JobIdentity,
     lifecycle: &Lifecycle,
     stop: watch::Receiver<u32>,
-    ingest: Option<mpsc::Receiver<IngestRequest>>,
+    endpoint: Option<Endpoint>,
 ) -> Result<Task, Failure> {
-    let url = match &args.metastore {
-        Some(url) => MetastoreUrl::parse(url)?,
-        None => MetastoreUrl::default_for(state_dir),
-    };
-    let sink = url.open()?;
+    let url = MetastoreUrl::choose(
+        args.metastore.as_deref(),
+        |k| std::env::var(k).ok(),
+        state_dir,
+        endpoint.as_ref().and_then(|e| e.addr),
+    )?;
+    let ingest = endpoint.map(|e| e.requests);
+    let sink = url.open(&SinkContext {
+        state_dir: state_dir.to_path_buf(),
+        identity: identity.clone(),
+    })?;
     let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
     cfg.metrics_files = args.metrics_file.clone();
     cfg.tfevents_roots = tfevents_roots;

@@ -1,5 +1,6 @@
-//! Tracking metrics into the metastore: scalars from tf.events files and metrics from a JSONL
-//! file, through a durable on-disk queue, into Submarine-compatible tables.
+//! Tracking metrics into the metastore: scalars from tf.events files, metrics from a JSONL file
+//! and from the MLflow-compatible ingest endpoint, through a durable on-disk queue, into
+//! Submarine-compatible tables or an MLflow tracking server.
 //!
 //! Data flows one way, **source → queue → sink**, a file per idea:
 //!
@@ -9,7 +10,7 @@
 //!   queue.
 //! * [`queue`]: the durable, bounded, segmented queue (CRC32C records, fsync before acknowledging).
 //! * Sinks: the [`Sink`] trait and `--metastore` URLs in [`sink`]; the embedded SQLite metastore
-//!   in [`sqlite`].
+//!   in [`sqlite`]; an MLflow tracking server in [`mlflow`].
 //! * [`pipeline`]: ties them together and runs in the sidecar.
 //!
 //! A source never knows which sink it feeds; a sink never knows which file an item came from.
@@ -18,6 +19,7 @@
 pub mod checkpoint;
 pub mod ingest;
 pub mod jsonl;
+pub mod mlflow;
 pub mod model;
 pub mod pipeline;
 pub mod queue;
@@ -33,7 +35,7 @@ use crate::error::{Classify, ErrorClass};
 pub use model::{Item, Metric, Param, RunStatus, Tag};
 pub use pipeline::{MetricsPipeline, MetricsStats, PipelineConfig};
 pub use queue::{Queue, QueueConfig, QueueError};
-pub use sink::{MetastoreUrl, Sink, SinkError};
+pub use sink::{MetastoreUrl, Sink, SinkContext, SinkError};
 pub use sqlite::SqliteStore;
 
 /// A failure of the metrics pipeline.

@@ -150,7 +150,7 @@ impl MetricsPipeline {
         self.state.jsonl.values().map(|s| s.bad_lines).sum()
     }
 
-    /// Queues the start of the run: status Running and the code revision params.
+    /// Queues the start of the run: status Running, the code revision params and tags.
     pub fn start(&mut self) -> Result<(), MetricsError> {
         let mut items = vec![Item::Status {
             status: RunStatus::Running,
@@ -158,6 +158,7 @@ impl MetricsPipeline {
         }];
         if let Some(dir) = &self.cfg.code_dir {
             items.extend(run_info::code_params(dir, &self.cfg.identity.worker));
+            items.extend(run_info::code_tags(dir));
         }
         self.enqueue(items)
     }
@@ -304,7 +305,12 @@ impl MetricsPipeline {
                     }
                     self.failures += 1;
                     self.stats.sink_failures += 1;
-                    let wait = self.cfg.retry.delay(self.failures, Verdict::Transient);
+                    // A server that said when it will be ready knows better than our backoff.
+                    let verdict = self
+                        .sink
+                        .retry_after()
+                        .map_or(Verdict::Transient, Verdict::RetryAfter);
+                    let wait = self.cfg.retry.delay(self.failures, verdict);
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
                         backlog = self.queue.backlog(), "metastore write failed; metrics stay queued");
                     self.retry_at = Some(Instant::now() + wait);
@@ -528,6 +534,52 @@ mod tests {
             .unwrap();
         let steps: Vec<i64> = rows.iter().map(|m| m.step).collect();
         assert_eq!(steps, (0..40).collect::<Vec<_>>());
+    }
+
+    /// A metastore that is busy and says for how long.
+    struct Busy;
+
+    impl Sink for Busy {
+        fn describe(&self) -> String {
+            "busy".into()
+        }
+
+        fn write<'a>(
+            &'a mut self,
+            _: &'a str,
+            _: &'a [Item],
+        ) -> futures::future::BoxFuture<'a, Result<(), super::super::SinkError>> {
+            Box::pin(async {
+                Err(super::super::SinkError {
+                    message: "429".into(),
+                    class: crate::error::ErrorClass::Network,
+                    transient: true,
+                })
+            })
+        }
+
+        fn retry_after(&self) -> Option<Duration> {
+            Some(Duration::from_secs(5))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sinks_retry_after_sets_the_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = JobIdentity {
+            experiment: "e".into(),
+            worker: "worker-0".into(),
+        };
+        let mut cfg = PipelineConfig::new(dir.path().join("state"), identity);
+        // Our own backoff alone would retry within 1 ms.
+        cfg.retry.base = Duration::from_millis(1);
+        cfg.retry.max_delay = Duration::from_secs(10);
+        let mut p = MetricsPipeline::open(cfg, Box::new(Busy)).unwrap();
+        p.start().unwrap();
+        assert_eq!(p.deliver().await.unwrap(), 0);
+        let wait = p.retry_at.expect("a retry is scheduled") - Instant::now();
+        assert!(wait > Duration::from_millis(4900), "{wait:?}");
+        assert!(p.backlog() > 0, "the items stay queued");
     }
 
     #[tokio::test]

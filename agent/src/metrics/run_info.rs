@@ -4,12 +4,14 @@
 //! Params (Submarine's `param` table, one value per key and worker) for each localized source
 //! folder `F` in `DEST/.periscope/localized.json`:
 //! `code.F.source` (the redacted URL), `code.F.revision` (commit SHA, archive sha256, or ETag
-//! digest) and `code.F.revision_kind` (`commit`, `sha256`, `etags`).
+//! digest) and `code.F.revision_kind` (`commit`, `sha256`, `etags`). The first git source also
+//! becomes MLflow's standard tags `mlflow.source.git.commit` and `mlflow.source.git.repoURL`
+//! (sinks without tags ignore them).
 //! This module only reads files and builds items.
 
 use std::path::Path;
 
-use super::model::{Item, Param, RunStatus};
+use super::model::{Item, Param, RunStatus, Tag};
 use crate::localize::record::{Record, RevisionKind};
 
 /// Params describing the code localized into `code_dir` (none when nothing was recorded).
@@ -37,6 +39,36 @@ pub fn code_params(code_dir: &Path, worker: &str) -> Vec<Item> {
     items
 }
 
+/// MLflow's source tags for the first localized source whose revision is a commit (MLflow has
+/// room for one repository); none when no git source was recorded.
+pub fn code_tags(code_dir: &Path) -> Vec<Item> {
+    let record = Record::load(code_dir);
+    let Some(entry) = record
+        .sources
+        .iter()
+        .find(|e| e.revision.kind == RevisionKind::Commit)
+    else {
+        return Vec::new();
+    };
+    // The record holds redacted URLs already; redacting again costs nothing and keeps a
+    // hand-edited record from leaking a credential into the metastore.
+    let url = crate::redact::redact_url(&entry.url);
+    // The URL may carry Periscope's own options (`#ref=…`); the repository is what precedes them.
+    let repo = url.split('#').next().unwrap_or_default().to_string();
+    [
+        ("mlflow.source.git.commit", entry.revision.id.clone()),
+        ("mlflow.source.git.repoURL", repo),
+    ]
+    .into_iter()
+    .map(|(key, value)| {
+        Item::Tag(Tag {
+            key: key.into(),
+            value,
+        })
+    })
+    .collect()
+}
+
 /// The run's final status from an exit-code file (`0` → Succeeded, anything else → Failed);
 /// `None` when the file is missing or unreadable.
 pub fn status_from_exit_file(path: &Path) -> Option<RunStatus> {
@@ -52,6 +84,49 @@ pub fn status_from_exit_file(path: &Path) -> Option<RunStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::localize::record::{Entry, Revision};
+
+    #[test]
+    fn the_first_commit_becomes_mlflows_source_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(code_tags(dir.path()).is_empty());
+        let mut record = Record::default();
+        for (into, kind, id) in [
+            ("data", RevisionKind::Sha256, "ab"),
+            ("training-job", RevisionKind::Commit, "0123abcd"),
+        ] {
+            record.upsert(Entry {
+                into: into.into(),
+                url: "https://***@git.example/team/model.git#ref=main".into(),
+                kind: "git".into(),
+                revision: Revision {
+                    kind,
+                    id: id.into(),
+                },
+                fingerprint: None,
+                bytes: 1,
+                files: 1,
+                seconds: 0.1,
+                localized_at: "2026-01-01T00:00:00Z".into(),
+            });
+        }
+        std::fs::create_dir_all(dir.path().join(".periscope")).unwrap();
+        record.save(dir.path()).unwrap();
+        let tags = code_tags(dir.path());
+        assert_eq!(
+            tags,
+            [
+                Item::Tag(Tag {
+                    key: "mlflow.source.git.commit".into(),
+                    value: "0123abcd".into()
+                }),
+                Item::Tag(Tag {
+                    key: "mlflow.source.git.repoURL".into(),
+                    value: "https://***@git.example/team/model.git".into()
+                }),
+            ]
+        );
+    }
 
     #[test]
     fn exit_codes_map_to_submarine_statuses() {

@@ -1,7 +1,7 @@
 //! Building the HTTP client for archive downloads: rustls, extra CAs from `--ca-file`, timeouts.
 //!
-//! This module owns the TLS and timeout settings of archive downloads and nothing else; it never
-//! sends a request.
+//! This module owns the TLS and timeout settings of archive downloads, and reading a PEM CA
+//! bundle for every reqwest client ([`ca_certs`]); it never sends a request.
 
 use reqwest::{Certificate, Client};
 
@@ -19,20 +19,10 @@ pub(super) fn build(ctx: &FetchContext) -> Result<Client, HttpError> {
         .read_timeout(ctx.idle_timeout)
         .user_agent(concat!("periscope/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &ctx.tls.ca_file {
-        let pem = std::fs::read(path).map_err(|e| HttpError::CaFile {
+        let certs = ca_certs(path).map_err(|detail| HttpError::CaFile {
             path: path.clone(),
-            detail: e.to_string(),
+            detail,
         })?;
-        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| HttpError::CaFile {
-            path: path.clone(),
-            detail: super::chain(&e),
-        })?;
-        if certs.is_empty() {
-            return Err(HttpError::CaFile {
-                path: path.clone(),
-                detail: "no PEM certificate in it".into(),
-            });
-        }
         builder = builder.tls_certs_merge(certs);
     }
     if ctx.tls.insecure {
@@ -42,4 +32,15 @@ pub(super) fn build(ctx: &FetchContext) -> Result<Client, HttpError> {
     builder.build().map_err(|e| HttpError::Client {
         detail: super::chain(&e),
     })
+}
+
+/// The certificates of the PEM bundle at `path`, for `ClientBuilder::tls_certs_merge`. The error
+/// says why (unreadable, malformed, no certificate in it) without the path, which callers add.
+pub(crate) fn ca_certs(path: &std::path::Path) -> Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs = Certificate::from_pem_bundle(&pem).map_err(|e| super::chain(&e))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
 }

@@ -7,7 +7,7 @@
 //! outcomes to error classes (404 → not found, 401/403 → auth, 429/5xx/timeouts → retried, then
 //! network) and never prints or shows an unredacted URL.
 
-mod client;
+pub(crate) mod client;
 mod download;
 
 use std::io;
@@ -135,7 +135,7 @@ impl Classify for HttpError {
 }
 
 /// An error and its sources on one line, without the URL reqwest likes to add.
-fn chain(e: &reqwest::Error) -> String {
+pub(crate) fn chain(e: &reqwest::Error) -> String {
     let mut parts = Vec::new();
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = source {

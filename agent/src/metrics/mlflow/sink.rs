@@ -1,0 +1,186 @@
+//! [`MlflowSink`]: applies queue batches to an MLflow tracking server, idempotently.
+//!
+//! Redelivery (the queue hands out again what was not acknowledged before a crash, and a batch
+//! whose later requests failed is sent again whole) relies on what MLflow does with each item:
+//!
+//! * Metrics: MLflow's SQL stores key a point by (run, key, timestamp, step, value); logging the
+//!   identical point again adds no row (checked against the real server by the integration
+//!   tests). MLflow's file store (`./mlruns`) appends instead, so a redelivery after a crash can
+//!   double points there; use a database-backed server.
+//! * Params: immutable in MLflow. The same value again is accepted; a different value is refused,
+//!   and then the first value wins: the refused params are dropped with a warning, so one bad
+//!   param never stops the queue.
+//! * Tags and status: set again to the same value, which changes nothing.
+//!
+//! It never retries by itself and never logs a credential.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::batch::{Call, KeyValue, LogBatch, Planner};
+use super::client::{ApiClient, ApiError};
+use super::run::{self, Target};
+use super::MlflowSettings;
+use crate::metrics::model::Item;
+use crate::metrics::sink::{Sink, SinkError};
+
+/// The MLflow metastore. Invariant: `runs` holds, per Periscope experiment, a run id that
+/// [`run::resolve`] returned for this server and worker.
+pub struct MlflowSink {
+    client: ApiClient,
+    settings: MlflowSettings,
+    runs: HashMap<String, String>,
+    planner: Planner,
+    /// The `Retry-After` of the last failed call, for [`Sink::retry_after`].
+    retry_after: Option<Duration>,
+}
+
+impl MlflowSink {
+    /// Prepares the client; contacts no server (the first write does, so a server that is down
+    /// at start only delays delivery).
+    pub fn open(settings: MlflowSettings) -> Result<MlflowSink, SinkError> {
+        let client = ApiClient::new(&settings.url, &settings.transport)?;
+        Ok(MlflowSink {
+            client,
+            settings,
+            runs: HashMap::new(),
+            planner: Planner::default(),
+            retry_after: None,
+        })
+    }
+
+    /// The run items of `experiment` go to, found or created once per sidecar.
+    pub async fn run_id(&mut self, experiment: &str) -> Result<String, SinkError> {
+        if let Some(id) = self.runs.get(experiment) {
+            return Ok(id.clone());
+        }
+        let target = Target {
+            experiment_name: self
+                .settings
+                .experiment_name
+                .as_deref()
+                .unwrap_or(experiment),
+            experiment,
+            worker: &self.settings.worker,
+            attach: self.settings.run_id.as_deref(),
+            state_dir: &self.settings.state_dir,
+        };
+        let id = run::resolve(&self.client, &target).await?;
+        tracing::info!(server = %self.client.shown(), run_id = %id, "writing metrics to this MLflow run");
+        self.runs.insert(experiment.to_string(), id.clone());
+        Ok(id)
+    }
+
+    async fn apply(&mut self, experiment: &str, items: &[Item]) -> Result<(), SinkError> {
+        self.retry_after = None;
+        let run_id = self.run_id(experiment).await?;
+        for call in self.planner.plan(items) {
+            let result = match &call {
+                Call::Log(batch) if !batch.params.is_empty() => {
+                    self.log_params(&run_id, batch).await
+                }
+                Call::Log(batch) => self.log(&run_id, batch).await,
+                Call::Status { status, end_time } => {
+                    let mut body = json!({ "run_id": run_id, "status": status });
+                    if let Some(end) = end_time {
+                        body["end_time"] = json!(end);
+                    }
+                    self.client
+                        .post_json::<serde_json::Value>("runs/update", &body)
+                        .await
+                        .map(drop)
+                }
+            };
+            if let Err(e) = result {
+                self.retry_after = e.retry_after();
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn log(&self, run_id: &str, batch: &LogBatch) -> Result<(), ApiError> {
+        let body = batch.body(run_id).map_err(|e| ApiError::Setup {
+            detail: format!("cannot encode runs/log-batch: {e}"),
+        })?;
+        self.client
+            .post::<serde_json::Value>("runs/log-batch", body)
+            .await
+            .map(drop)
+    }
+
+    /// Logs a batch of params; when MLflow refuses it because some already have another value,
+    /// keeps those first values (with a warning) and logs the rest.
+    async fn log_params(&self, run_id: &str, batch: &LogBatch) -> Result<(), ApiError> {
+        let refused = match self.log(run_id, batch).await {
+            Err(e) if e.code() == Some("INVALID_PARAMETER_VALUE") => e,
+            other => return other,
+        };
+        let existing = self.params(run_id).await?;
+        let mut rest = Vec::new();
+        for p in &batch.params {
+            match existing.get(&p.key) {
+                None => rest.push(p.clone()),
+                Some(v) if *v == p.value => {}
+                Some(v) => tracing::warn!(key = %p.key, kept = %v, refused = %p.value,
+                    "MLflow params cannot change; the first value stays"),
+            }
+        }
+        if rest.len() == batch.params.len() {
+            // No conflict explains the refusal: report it as it is.
+            return Err(refused);
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.log(run_id, &LogBatch::with_params(rest)).await
+    }
+
+    /// The run's params as the server has them.
+    async fn params(&self, run_id: &str) -> Result<HashMap<String, String>, ApiError> {
+        #[derive(Deserialize, Default)]
+        struct Data {
+            #[serde(default)]
+            params: Vec<KeyValue>,
+        }
+        #[derive(Deserialize)]
+        struct Run {
+            #[serde(default)]
+            data: Data,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            run: Run,
+        }
+        let answer: Answer = self.client.get("runs/get", &[("run_id", run_id)]).await?;
+        Ok(answer
+            .run
+            .data
+            .params
+            .into_iter()
+            .map(|p| (p.key, p.value))
+            .collect())
+    }
+}
+
+impl Sink for MlflowSink {
+    fn describe(&self) -> String {
+        format!("mlflow+{}", self.client.shown())
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        experiment: &'a str,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.apply(experiment, items))
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}

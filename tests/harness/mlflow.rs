@@ -1,0 +1,171 @@
+//! A real MLflow tracking server (the `mlflow` package in `venv-mlflow`) on 127.0.0.1 with a
+//! SQLite backend store in a temp folder, and a reader that fetches what it holds through the
+//! real mlflow client (`tests/python/mlflow_read.py`).
+//!
+//! The server runs in its own process group (uvicorn starts workers) and the whole group is
+//! killed on [`MlflowServer::stop`] and on drop. [`MlflowServer::start_again`] starts it on the
+//! same port and database, for outage tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::process::ServerProcess;
+use super::rawhttp::request;
+use super::{free_port, tool};
+
+/// A tracking server. Invariant: while `process` is `Some`, it serves `port` from `db`, over
+/// HTTPS with `tls`'s leaf certificate when that is set.
+pub struct MlflowServer {
+    process: Option<ServerProcess>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    tls: Option<TlsFiles>,
+}
+
+/// The certificate files of an HTTPS server.
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+/// How long a server may take to answer `/health` (≈ 5–20 s on a loaded 2-core machine).
+const START_LIMIT: Duration = Duration::from_secs(180);
+
+impl MlflowServer {
+    /// Starts a server on a free port with an empty database and waits until it is healthy.
+    pub fn start() -> MlflowServer {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that speaks HTTPS with `ca`'s leaf certificate (uvicorn's TLS options).
+    /// It counts as started once it accepts connections: callers retry their first call.
+    pub fn start_tls(ca: &super::tls::TestCa) -> MlflowServer {
+        Self::start_with(Some(TlsFiles {
+            cert: ca.leaf_cert.clone(),
+            key: ca.leaf_key.clone(),
+            ca: ca.ca_cert.clone(),
+        }))
+    }
+
+    fn start_with(tls: Option<TlsFiles>) -> MlflowServer {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("mlflow.db");
+        let mut server = MlflowServer {
+            process: None,
+            port: 0,
+            _dir: dir,
+            db,
+            tls,
+        };
+        // Another process may take the free port before the server binds it; then it exits.
+        for _ in 0..3 {
+            server.port = free_port();
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("the MLflow server did not start after 3 tries");
+    }
+
+    /// Starts the stopped server again, same port and database.
+    pub fn start_again(&mut self) {
+        assert!(self.process.is_none(), "the server is running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The port may still be held for a moment by the killed server's socket.
+        while !self.try_start() {
+            assert!(
+                Instant::now() < deadline,
+                "the MLflow server did not start again on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Kills the server's whole process group; the database stays.
+    pub fn stop(&mut self) {
+        self.process = None;
+    }
+
+    fn try_start(&mut self) -> bool {
+        let mut cmd = Command::new(tool("venv-mlflow/bin/mlflow"));
+        cmd.args(["server", "--backend-store-uri"])
+            .arg(format!("sqlite:///{}", self.db.display()))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--workers", "1"])
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .env_remove("MLFLOW_TRACKING_URI");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--uvicorn-opts").arg(format!(
+                "--ssl-certfile {} --ssl-keyfile {}",
+                tls.cert.display(),
+                tls.key.display()
+            ));
+        }
+        let mut process = ServerProcess::spawn(&mut cmd, "mlflow server");
+        let deadline = Instant::now() + START_LIMIT;
+        while Instant::now() < deadline {
+            if !process.is_running() {
+                return false;
+            }
+            let ready = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && (self.tls.is_some()
+                    || request(self.port, "GET", "/health", &[], b"").status == 200);
+            if ready {
+                self.process = Some(process);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("the MLflow server did not answer /health within {START_LIMIT:?}");
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
+    pub fn uri(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Everything the server holds for the runs of experiment `name`, read with the real mlflow
+    /// client: `{"experiment_id", "runs": [{"run_id", "name", "status", "start_time",
+    /// "end_time", "tags", "params", "metrics": {key: [[step, timestamp, value], …]}}]}`, where a
+    /// value is a number or `"NaN"`. `{"experiment_id": null}` when there is no such experiment.
+    pub fn read(&self, name: &str) -> Value {
+        let mut cmd = Command::new(tool("venv-mlflow/bin/python"));
+        if let Some(tls) = &self.tls {
+            cmd.env("MLFLOW_TRACKING_SERVER_CERT_PATH", &tls.ca);
+        }
+        let out = cmd
+            .arg(super::python::script("mlflow_read.py"))
+            .arg(self.uri())
+            .arg(name)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("MLFLOW_TRACKING_URI")
+            .env_remove("MLFLOW_RUN_ID")
+            .output()
+            .expect("cannot start the mlflow venv's python");
+        assert!(
+            out.status.success(),
+            "mlflow_read.py failed\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("mlflow_read.py prints JSON")
+    }
+
+    /// Polls [`read`](Self::read) until `done` holds or `limit` passes; returns the last read.
+    pub fn read_until(&self, name: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.read(name);
+            if done(&v) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
