@@ -159,6 +159,7 @@ pub struct ApiClient {
 impl ApiClient {
     /// Builds the client: rustls with the system roots plus the optional CA bundle.
     pub fn new(server: &MlflowUrl, transport: &Transport) -> Result<ApiClient, ApiError> {
+        crate::tls::ensure_provider();
         let mut builder = Client::builder()
             .connect_timeout(transport.connect_timeout)
             .timeout(transport.timeout)
