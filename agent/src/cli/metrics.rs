@@ -68,8 +68,17 @@ fn open(args: &MetricsArgs) -> Result<SqliteStore, Failure> {
         Some(url) => MetastoreUrl::parse(url)?,
         None => MetastoreUrl::default_for(&args.state_dir),
     };
-    let MetastoreUrl::Sqlite(path) = url;
-    Ok(SqliteStore::open_existing(&path)?)
+    match url {
+        MetastoreUrl::Sqlite(path) => Ok(SqliteStore::open_existing(&path)?),
+        MetastoreUrl::MySql(url) => Err(Failure::new(
+            ErrorClass::Usage,
+            format!(
+                "`periscope metrics` reads the embedded SQLite metastore only, not {}",
+                url.shown()
+            ),
+            Some("query Submarine's metric and param tables with a MySQL client".into()),
+        )),
+    }
 }
 
 fn number(v: f64) -> String {

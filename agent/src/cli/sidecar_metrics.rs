@@ -7,6 +7,7 @@ use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
 use periscope::metrics::ingest::{self, IngestRequest, RunIdentity};
 use periscope::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
+use periscope::metrics::sink::choose_metastore;
 use periscope::metrics::{MetastoreUrl, MetricsError, QueueConfig};
 use periscope::sidecar::{self, Ending, Lifecycle};
 use tokio::sync::mpsc;
@@ -18,8 +19,10 @@ use super::Failure;
 /// Tracking metrics: where they come from and which metastore receives them.
 #[derive(clap::Args)]
 pub struct MetricsArgs {
-    /// Metastore for tracking metrics: sqlite:///path/metastore.db (Submarine's experiment,
-    /// metric and param tables). [default: sqlite://<state-dir>/metastore.db]
+    /// Metastore for tracking metrics, with Submarine's experiment, metric and param tables:
+    /// sqlite:///path/metastore.db (embedded), or Submarine's MySQL/MariaDB as
+    /// mysql://user:password@host:3306/db or mysql+pymysql://… (no TLS). Without it,
+    /// SUBMARINE_TRACKING_URI is used when set. [default: sqlite://<state-dir>/metastore.db]
     #[arg(long, env = "PERISCOPE_METASTORE", value_name = "URL")]
     pub metastore: Option<String>,
     /// A JSONL file of metrics to follow, one {"key", "value", "step", "timestamp"} per line
@@ -60,11 +63,20 @@ pub async fn spawn(
     stop: watch::Receiver<u32>,
     ingest: Option<mpsc::Receiver<IngestRequest>>,
 ) -> Result<Task, Failure> {
-    let url = match &args.metastore {
+    let chosen = choose_metastore(args.metastore.as_deref(), &|k| std::env::var(k).ok());
+    let url = match &chosen {
         Some(url) => MetastoreUrl::parse(url)?,
         None => MetastoreUrl::default_for(state_dir),
     };
-    let sink = url.open()?;
+    let mut sink = url.open()?;
+    // Wrong credentials or missing tables stop the sidecar now, with their hint; a metastore
+    // that does not answer yet only delays delivery (the queue keeps everything).
+    match sink.check().await {
+        Ok(()) => {}
+        Err(e) if e.transient => tracing::warn!(metastore = %sink.describe(), error = %e,
+            "the metastore does not answer yet; metrics are queued until it does"),
+        Err(e) => return Err(e.into()),
+    }
     let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
     cfg.metrics_files = args.metrics_file.clone();
     cfg.tfevents_roots = tfevents_roots;

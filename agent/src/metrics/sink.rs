@@ -5,17 +5,38 @@
 //! same rows (natural primary keys, `INSERT … ON CONFLICT DO NOTHING`). A sink never knows which
 //! file or request an item came from.
 //!
-//! Only the embedded SQLite metastore exists so far; `mysql://` and `mlflow+http(s)://` are
-//! recognised and refused with a clear message until their sinks land.
+//! Sinks: the embedded SQLite metastore ([`super::sqlite`]) and Submarine's MySQL/MariaDB
+//! metastore ([`super::mysql`]); `mlflow+http(s)://` is recognised and refused with a clear
+//! message until its sink lands. [`choose_metastore`] owns which URL wins when several settings
+//! name one. This module never prints and never shows a password (URLs pass through
+//! [`redact_url`]).
 
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 
 use super::model::Item;
+use super::mysql::{MySqlSink, MySqlUrl};
 use super::sqlite::SqliteStore;
 use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
+
+/// The environment variable Submarine sets for its SDK: its MySQL metastore,
+/// `mysql+pymysql://user:password@host:3306/submarine`.
+pub const SUBMARINE_TRACKING_URI: &str = "SUBMARINE_TRACKING_URI";
+
+/// The metastore URL to use, first match wins: the explicit `--metastore` flag (or
+/// `PERISCOPE_METASTORE`, which clap folds into it), then `SUBMARINE_TRACKING_URI` from the
+/// environment. `None` means the default embedded SQLite metastore. An empty variable counts as
+/// unset, as Kubernetes manifests often set `value: ""`. `env` reads a variable (the process
+/// environment in the CLI, a map in tests).
+pub fn choose_metastore(
+    flag: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+    set(flag.map(str::to_string)).or_else(|| set(env(SUBMARINE_TRACKING_URI)))
+}
 
 /// A metastore that accepts items. Implementations keep their connection between calls.
 pub trait Sink: Send {
@@ -28,9 +49,16 @@ pub trait Sink: Send {
         experiment: &'a str,
         items: &'a [Item],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Checks once, before the pipeline starts, that the metastore takes writes (credentials,
+    /// database, tables), so a wrong setting stops the sidecar at once instead of after the job.
+    /// Keeps no connection: the pipeline writes from a runtime of its own.
+    fn check(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
-/// A sink's failure. Invariant: `message` holds no secret.
+/// A sink's failure. Invariant: `message` and `hint` hold no secret.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
@@ -38,6 +66,36 @@ pub struct SinkError {
     pub class: ErrorClass,
     /// True when trying again later may succeed (the queue keeps the items meanwhile).
     pub transient: bool,
+    /// What the user should do, when the sink knows better than its class's generic hint.
+    pub hint: Option<String>,
+}
+
+impl SinkError {
+    /// A failure that trying again later may cure (the pipeline keeps the items and retries).
+    pub fn transient(class: ErrorClass, message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            class,
+            transient: true,
+            hint: None,
+        }
+    }
+
+    /// A failure that needs the user to act (the sidecar stops with the class's exit code).
+    pub fn permanent(class: ErrorClass, message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            class,
+            transient: false,
+            hint: None,
+        }
+    }
+
+    /// The same failure with a specific hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
 }
 
 impl Classify for SinkError {
@@ -46,6 +104,9 @@ impl Classify for SinkError {
     }
 
     fn hint(&self) -> Option<String> {
+        if let Some(hint) = &self.hint {
+            return Some(hint.clone());
+        }
         match self.class {
             ErrorClass::Usage => Some(
                 "use --metastore sqlite:///path/metastore.db (the default is under --state-dir)"
@@ -64,17 +125,14 @@ impl Classify for SinkError {
 pub enum MetastoreUrl {
     /// `sqlite:///abs/path.db` or `sqlite://relative/path.db`.
     Sqlite(PathBuf),
+    /// `mysql://user:password@host:port/db` or Submarine's `mysql+pymysql://…`.
+    MySql(MySqlUrl),
 }
 
 impl MetastoreUrl {
-    /// Parses a metastore URL; `mysql`, `mysql+pymysql` and `mlflow+http(s)` are recognised but
-    /// not available yet.
+    /// Parses a metastore URL; `mlflow+http(s)` is recognised but not available yet.
     pub fn parse(url: &str) -> Result<MetastoreUrl, SinkError> {
-        let usage = |message: String| SinkError {
-            message,
-            class: ErrorClass::Usage,
-            transient: false,
-        };
+        let usage = |message: String| SinkError::permanent(ErrorClass::Usage, message);
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| usage(format!("`{}` is not a metastore URL", redact_url(url))))?;
@@ -83,7 +141,8 @@ impl MetastoreUrl {
             "sqlite" => Err(usage(
                 "sqlite:// needs a path: sqlite:///path/metastore.db".into(),
             )),
-            "mysql" | "mysql+pymysql" | "mlflow+http" | "mlflow+https" => Err(usage(format!(
+            "mysql" | "mysql+pymysql" => Ok(MetastoreUrl::MySql(MySqlUrl::parse(url)?)),
+            "mlflow+http" | "mlflow+https" => Err(usage(format!(
                 "the {scheme} metastore is not available in this build yet ({})",
                 redact_url(url)
             ))),
@@ -103,6 +162,7 @@ impl MetastoreUrl {
     pub fn open(&self) -> Result<Box<dyn Sink>, SinkError> {
         match self {
             MetastoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open(path)?)),
+            MetastoreUrl::MySql(url) => Ok(Box::new(MySqlSink::new(url.clone()))),
         }
     }
 }
@@ -121,10 +181,30 @@ mod tests {
             MetastoreUrl::parse("sqlite://rel/m.db").unwrap(),
             MetastoreUrl::Sqlite("rel/m.db".into())
         );
-        let e = MetastoreUrl::parse("mysql://u:hunter2@db/sub").unwrap_err();
+        let e = MetastoreUrl::parse("mlflow+http://u:hunter2@db/x").unwrap_err();
         assert_eq!(e.class, ErrorClass::Usage);
         assert!(!e.message.contains("hunter2"), "{}", e.message);
+        assert!(matches!(
+            MetastoreUrl::parse("mysql+pymysql://u:hunter2@db/sub").unwrap(),
+            MetastoreUrl::MySql(_)
+        ));
         assert!(MetastoreUrl::parse("postgres://x").is_err());
         assert!(MetastoreUrl::parse("/just/a/path").is_err());
+    }
+
+    #[test]
+    fn the_flag_wins_over_submarine_tracking_uri_and_empty_counts_as_unset() {
+        let env = |uri: &'static str| {
+            move |k: &str| (k == SUBMARINE_TRACKING_URI).then(|| uri.to_string())
+        };
+        let sub = "mysql+pymysql://u:p@db:3306/submarine";
+        assert_eq!(
+            choose_metastore(Some("sqlite:///m.db"), &env(sub)).as_deref(),
+            Some("sqlite:///m.db")
+        );
+        assert_eq!(choose_metastore(None, &env(sub)).as_deref(), Some(sub));
+        assert_eq!(choose_metastore(Some(""), &env(sub)).as_deref(), Some(sub));
+        assert_eq!(choose_metastore(None, &env(" ")), None);
+        assert_eq!(choose_metastore(None, &|_: &str| None), None);
     }
 }
