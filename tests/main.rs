@@ -12,6 +12,7 @@ mod exec;
 mod localize_hostile;
 mod localize_http;
 mod localize_object;
+mod metrics_mysql;
 mod metrics_sqlite;
 mod pod_simulation;
 mod run_cmd;

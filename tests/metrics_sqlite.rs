@@ -4,122 +4,53 @@
 //! the sidecar; `periscope metrics ls|show` prints them.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::fs;
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use periscope::localize::record::{Entry, Record, Revision, RevisionKind};
 use rand::Rng;
 use serde_json::Value;
 
+use crate::harness::metrics::{append, kill9, wait_with_timeout, MetricsSetup as Setup};
 use crate::harness::{periscope, python, python::script, run};
 
 /// 1.7e9 s, the writers' base wall time, in milliseconds.
 const BASE_MS: i64 = 1_700_000_000_000;
 
-/// One sidecar setup in a temp folder.
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
+/// The sidecar's experiment in these tests.
+const EXPERIMENT: &str = "exp-m";
+
+/// Runs `periscope metrics ARGS --state-dir STATE` and returns stdout; panics unless it exits 0.
+fn metrics(s: &Setup, args: &[&str]) -> String {
+    let ran = run(periscope()
+        .arg("metrics")
+        .args(args)
+        .arg("--state-dir")
+        .arg(s.path("state")));
+    ran.expect_code(0);
+    ran.stdout
 }
 
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        fs::create_dir_all(root.join("tb")).unwrap();
-        Setup { _dir: dir, root }
+/// Every metric row of the experiment, by key, as (step, timestamp, value text).
+fn rows(s: &Setup) -> BTreeMap<String, Vec<(i64, i64, String)>> {
+    let mut rows: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
+    for line in metrics(s, &["show", "exp-m", "--json"]).lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["worker"], "worker-0", "{line}");
+        let value = match &v["value"] {
+            Value::String(s) => s.clone(),
+            n => format!("{}", n.as_f64().unwrap()),
+        };
+        rows.entry(v["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                v["step"].as_i64().unwrap(),
+                v["timestamp"].as_i64().unwrap(),
+                value,
+            ));
     }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-
-    fn sidecar(&self) -> Command {
-        let mut cmd = periscope();
-        cmd.arg("sidecar")
-            .arg("--storage")
-            .arg(format!("file://{}", self.path("store").display()))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .args(["--experiment-id", "exp-m", "--worker", "worker-0"])
-            .arg("--metrics-file")
-            .arg(self.path("metrics.jsonl"))
-            .arg("--tfevents")
-            .arg(self.path("tb"))
-            .arg("--code-dir")
-            .arg(self.path("code"))
-            .arg("--exit-when-file")
-            .arg(self.path("exit-code"))
-            .args(["--poll-interval", "0.1"])
-            .env_remove("SUBMARINE_TENSORBOARD_LOG_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    /// Runs `periscope metrics ARGS --state-dir STATE` and returns stdout; panics unless it exits 0.
-    fn metrics(&self, args: &[&str]) -> String {
-        let ran = run(periscope()
-            .arg("metrics")
-            .args(args)
-            .arg("--state-dir")
-            .arg(self.path("state")));
-        ran.expect_code(0);
-        ran.stdout
-    }
-
-    /// Every metric row of the experiment, by key, as (step, timestamp, value text).
-    fn rows(&self) -> BTreeMap<String, Vec<(i64, i64, String)>> {
-        let mut rows: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
-        for line in self.metrics(&["show", "exp-m", "--json"]).lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["worker"], "worker-0", "{line}");
-            let value = match &v["value"] {
-                Value::String(s) => s.clone(),
-                n => format!("{}", n.as_f64().unwrap()),
-            };
-            rows.entry(v["key"].as_str().unwrap().to_string())
-                .or_default()
-                .push((
-                    v["step"].as_i64().unwrap(),
-                    v["timestamp"].as_i64().unwrap(),
-                    value,
-                ));
-        }
-        rows
-    }
-}
-
-fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sidecar did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn kill9(child: &mut Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
+    rows
 }
 
 fn num(v: f64) -> String {
@@ -130,23 +61,7 @@ fn num(v: f64) -> String {
 fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_status() {
     let s = Setup::new();
     // What `periscope localize` recorded: the code revision becomes params.
-    let mut record = Record::default();
-    record.upsert(Entry {
-        into: "training-job".into(),
-        url: "https://git.example/team/model.git".into(),
-        kind: "git".into(),
-        revision: Revision {
-            kind: RevisionKind::Commit,
-            id: "0123456789abcdef0123456789abcdef01234567".into(),
-        },
-        fingerprint: None,
-        bytes: 1,
-        files: 1,
-        seconds: 0.1,
-        localized_at: "2026-01-01T00:00:00Z".into(),
-    });
-    fs::create_dir_all(s.path("code/.periscope")).unwrap();
-    record.save(&s.path("code")).unwrap();
+    s.record_code_revision();
 
     let jsonl = s.path("metrics.jsonl");
     append(
@@ -159,7 +74,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
             BASE_MS + 1
         ),
     );
-    let child = s.sidecar().spawn().unwrap();
+    let child = s.sidecar(EXPERIMENT).spawn().unwrap();
     crate::harness::python::run_script(
         "metrics_write_tbx.py",
         ["basic".as_ref(), s.path("tb").as_os_str()],
@@ -180,7 +95,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
         "the bad line is reported: {stderr}"
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     // train/loss: steps 0..19 of the first writer (20..29 were purged by the restart at step 20),
     // then 20..24 of the restarted writer.
     let mut loss: Vec<(i64, i64, String)> = (0..20)
@@ -213,7 +128,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
     assert_eq!(rows.len(), 3, "{rows:?}");
 
     // The table views.
-    let experiments = s.metrics(&["ls"]);
+    let experiments = metrics(&s, &["ls"]);
     let line = experiments
         .lines()
         .find(|l| l.starts_with("exp-m"))
@@ -222,14 +137,14 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
         line.contains("Succeeded") && line.ends_with(" 33"),
         "{experiments}"
     );
-    let series = s.metrics(&["ls", "exp-m"]);
+    let series = metrics(&s, &["ls", "exp-m"]);
     let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
     let loss_line = series
         .lines()
         .find(|l| l.starts_with("train/loss"))
         .unwrap();
     assert_eq!(cols(loss_line), ["train/loss", "worker-0", "25", "0", "24"]);
-    let shown = s.metrics(&["show", "exp-m", "--key", "train/loss"]);
+    let shown = metrics(&s, &["show", "exp-m", "--key", "train/loss"]);
     let step5 = shown
         .lines()
         .find(|l| cols(l).get(2).map(String::as_str) == Some("5"))
@@ -244,7 +159,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
             "NaN"
         ]
     );
-    let params = s.metrics(&["show", "exp-m", "--params"]);
+    let params = metrics(&s, &["show", "exp-m", "--params"]);
     assert!(
         params.lines().any(|l| cols(l)
             == [
@@ -256,7 +171,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
     );
     // The status from JSON too.
     let exp: Value =
-        serde_json::from_str(s.metrics(&["ls", "--json"]).lines().next().unwrap()).unwrap();
+        serde_json::from_str(metrics(&s, &["ls", "--json"]).lines().next().unwrap()).unwrap();
     assert_eq!(exp["status"], "Succeeded");
     assert!(exp["finished_time"].is_string());
 }
@@ -306,7 +221,7 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
     let mut rng = rand::rng();
     let mut kills = 0;
     loop {
-        let mut child = s.sidecar().spawn().unwrap();
+        let mut child = s.sidecar(EXPERIMENT).spawn().unwrap();
         thread::sleep(Duration::from_millis(rng.random_range(150..600)));
         kill9(&mut child);
         kills += 1;
@@ -321,7 +236,10 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         "the tensorboardX writer failed"
     );
     fs::write(s.path("exit-code"), "1\n").unwrap();
-    let out = wait_with_timeout(s.sidecar().spawn().unwrap(), Duration::from_secs(120));
+    let out = wait_with_timeout(
+        s.sidecar(EXPERIMENT).spawn().unwrap(),
+        Duration::from_secs(120),
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -329,7 +247,7 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     let expected: Vec<_> = (0..LINES)
         .map(|i| (i, BASE_MS + i, num(i as f64 * 0.5)))
         .collect();
@@ -340,7 +258,7 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         .collect();
     assert_eq!(rows["train/loss"], expected, "after {kills} kills");
     let exp: Value =
-        serde_json::from_str(s.metrics(&["ls", "--json"]).lines().next().unwrap()).unwrap();
+        serde_json::from_str(metrics(&s, &["ls", "--json"]).lines().next().unwrap()).unwrap();
     assert_eq!(exp["status"], "Failed", "exit code 1 means the job failed");
 }
 
@@ -365,7 +283,7 @@ fn metrics_commands_report_a_missing_metastore_or_experiment() {
 fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_batch() {
     let s = Setup::new();
     let port = crate::harness::free_port();
-    let mut cmd = s.sidecar();
+    let mut cmd = s.sidecar(EXPERIMENT);
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
     let out = crate::harness::python::run_script(
@@ -402,7 +320,7 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
         String::from_utf8_lossy(&done.stderr)
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     assert_eq!(rows["m/single"], [(0, BASE_MS, "NaN".to_string())]);
     assert_eq!(rows["m/inf"], [(1, BASE_MS, "Infinity".to_string())]);
     let batch: Vec<_> = (0..990)
@@ -413,7 +331,7 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
         !rows.contains_key("too/many"),
         "a refused batch stores nothing"
     );
-    let params = s.metrics(&["show", "exp-m", "--params", "--json"]);
+    let params = metrics(&s, &["show", "exp-m", "--params", "--json"]);
     for key in ["\"lr\"", "\"batch_size\""] {
         assert!(params.contains(key), "{params}");
     }
@@ -423,7 +341,7 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
 fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
     let s = Setup::new();
     let port = crate::harness::free_port();
-    let mut cmd = s.sidecar();
+    let mut cmd = s.sidecar(EXPERIMENT);
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
     let client = Command::new(crate::harness::tool("venv-mlflow/bin/python"))
@@ -448,14 +366,14 @@ fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
         String::from_utf8_lossy(&done.stderr)
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     assert_eq!(rows["client/nan"], [(0, BASE_MS, "NaN".to_string())]);
     assert_eq!(rows["client/inf"], [(1, BASE_MS, "Infinity".to_string())]);
     let loss: Vec<_> = (0..2500)
         .map(|i| (i, BASE_MS + i, num(i as f64 * 0.25)))
         .collect();
     assert_eq!(rows["client/loss"], loss);
-    let params = s.metrics(&["show", "exp-m", "--params"]);
+    let params = metrics(&s, &["show", "exp-m", "--params"]);
     assert!(
         params
             .lines()

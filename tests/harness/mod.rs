@@ -119,6 +119,8 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 pub mod azurite;
+pub mod mariadb;
+pub mod metrics;
 pub mod process;
 pub mod rawhttp;
 pub mod s3;
