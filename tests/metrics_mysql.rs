@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use periscope::metrics::submarine::parse_datetime;
 use rand::Rng;
 
-use crate::harness::mariadb::{MariaDb, PASSWORD};
+use crate::harness::mariadb::{MariaDb, PASSWORD, USER};
 use crate::harness::metrics::{append, kill9, wait_with_timeout, MetricsSetup as Setup, COMMIT};
 use crate::harness::{periscope, python, python::script, run};
 
@@ -371,7 +371,7 @@ fn wrong_password_and_missing_tables_stop_the_sidecar_with_their_exit_code() {
 
     // A database without Submarine's tables.
     db.admin("CREATE DATABASE bare; GRANT ALL ON bare.* TO 'submarine'@'%';");
-    let url = db.url().replace("/submarine", "/bare");
+    let url = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/bare", db.port);
     let s = Setup::new();
     let mut cmd = s.sidecar(EXPERIMENT);
     cmd.arg("--metastore").arg(&url);
