@@ -14,6 +14,7 @@ mod localize_hostile;
 mod localize_http;
 mod localize_object;
 mod metrics_mlflow;
+mod metrics_mysql;
 mod metrics_sqlite;
 mod pod_simulation;
 mod run_cmd;

@@ -22,21 +22,18 @@ use periscope::metrics::model::{Item, Metric, Param, RunStatus, Tag};
 use periscope::metrics::Sink;
 use serde_json::Value;
 
-use crate::harness::mlflow::MlflowServer;
-use crate::metrics_sqlite::{
-    append, jsonl_writer, kill_while_writing, record_git_revision, run_mlflow_client,
-    wait_with_timeout, CODE_COMMIT, CODE_REPO,
+use crate::harness::metrics::{
+    append, jsonl_writer, kill_while_writing, run_mlflow_client, wait_with_timeout, MetricsSetup,
+    BASE_MS, CODE_REPO, COMMIT as CODE_COMMIT,
 };
-
-/// 1.7e9 s, the writers' base wall time, in milliseconds.
-const BASE_MS: i64 = 1_700_000_000_000;
+use crate::harness::mlflow::MlflowServer;
 
 /// A point as read back: (step, timestamp, value), the value a number or "NaN".
 type Point = (i64, i64, Value);
 
 /// One sidecar setup in a temp folder, writing to `server`.
 struct Setup {
-    base: crate::metrics_sqlite::Setup,
+    base: MetricsSetup,
     /// The server, `http://127.0.0.1:PORT`.
     uri: String,
     experiment: &'static str,
@@ -45,7 +42,7 @@ struct Setup {
 impl Setup {
     fn new(server: &MlflowServer, experiment: &'static str) -> Setup {
         Setup {
-            base: crate::metrics_sqlite::Setup::new(),
+            base: MetricsSetup::new(),
             uri: server.uri(),
             experiment,
         }
@@ -70,7 +67,7 @@ impl Setup {
     }
 
     fn sidecar_without_metastore(&self) -> Command {
-        let mut cmd = self.base.sidecar_for(self.experiment);
+        let mut cmd = self.base.sidecar(self.experiment);
         // An outage or a restart takes longer to catch up on than the default 20 s allows.
         cmd.args(["--drain-timeout", "120"])
             .env_remove("MLFLOW_TRACKING_TOKEN");
@@ -125,7 +122,7 @@ fn nan() -> Value {
 fn tensorboardx_jsonl_and_the_mlflow_client_arrive_once_with_params_tags_and_status() {
     let server = MlflowServer::start();
     let s = Setup::new(&server, "exp-e2e");
-    record_git_revision(&s.path("code"));
+    s.base.record_code_revision();
     let jsonl = s.path("metrics.jsonl");
     append(
         &jsonl,

@@ -4,244 +4,53 @@
 //! the sidecar; `periscope metrics ls|show` prints them.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::fs;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use periscope::localize::record::{Entry, Record, Revision, RevisionKind};
-use rand::Rng;
 use serde_json::Value;
 
-use crate::harness::{periscope, python, python::script, run};
+use crate::harness::metrics::{
+    append, jsonl_writer, kill_while_writing, wait_with_timeout, MetricsSetup as Setup,
+};
+use crate::harness::{periscope, run};
 
 /// 1.7e9 s, the writers' base wall time, in milliseconds.
 const BASE_MS: i64 = 1_700_000_000_000;
 
-/// One sidecar setup in a temp folder.
-pub(crate) struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
+/// The sidecar's experiment in these tests.
+const EXPERIMENT: &str = "exp-m";
+
+/// Runs `periscope metrics ARGS --state-dir STATE` and returns stdout; panics unless it exits 0.
+fn metrics(s: &Setup, args: &[&str]) -> String {
+    let ran = run(periscope()
+        .arg("metrics")
+        .args(args)
+        .arg("--state-dir")
+        .arg(s.path("state")));
+    ran.expect_code(0);
+    ran.stdout
 }
 
-impl Setup {
-    pub(crate) fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        fs::create_dir_all(root.join("tb")).unwrap();
-        Setup { _dir: dir, root }
+/// Every metric row of the experiment, by key, as (step, timestamp, value text).
+fn rows(s: &Setup) -> BTreeMap<String, Vec<(i64, i64, String)>> {
+    let mut rows: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
+    for line in metrics(s, &["show", "exp-m", "--json"]).lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["worker"], "worker-0", "{line}");
+        let value = match &v["value"] {
+            Value::String(s) => s.clone(),
+            n => format!("{}", n.as_f64().unwrap()),
+        };
+        rows.entry(v["key"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                v["step"].as_i64().unwrap(),
+                v["timestamp"].as_i64().unwrap(),
+                value,
+            ));
     }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-
-    fn sidecar(&self) -> Command {
-        self.sidecar_for("exp-m")
-    }
-
-    /// The sidecar for `experiment` with every source of this setup and the default metastore.
-    pub(crate) fn sidecar_for(&self, experiment: &str) -> Command {
-        let mut cmd = periscope();
-        cmd.arg("sidecar")
-            .arg("--storage")
-            .arg(format!("file://{}", self.path("store").display()))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .args(["--experiment-id", experiment, "--worker", "worker-0"])
-            .arg("--metrics-file")
-            .arg(self.path("metrics.jsonl"))
-            .arg("--tfevents")
-            .arg(self.path("tb"))
-            .arg("--code-dir")
-            .arg(self.path("code"))
-            .arg("--exit-when-file")
-            .arg(self.path("exit-code"))
-            .args(["--poll-interval", "0.1"])
-            .env_remove("SUBMARINE_TENSORBOARD_LOG_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    /// Runs `periscope metrics ARGS --state-dir STATE` and returns stdout; panics unless it exits 0.
-    fn metrics(&self, args: &[&str]) -> String {
-        let ran = run(periscope()
-            .arg("metrics")
-            .args(args)
-            .arg("--state-dir")
-            .arg(self.path("state")));
-        ran.expect_code(0);
-        ran.stdout
-    }
-
-    /// Every metric row of the experiment, by key, as (step, timestamp, value text).
-    fn rows(&self) -> BTreeMap<String, Vec<(i64, i64, String)>> {
-        let mut rows: BTreeMap<String, Vec<(i64, i64, String)>> = BTreeMap::new();
-        for line in self.metrics(&["show", "exp-m", "--json"]).lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["worker"], "worker-0", "{line}");
-            let value = match &v["value"] {
-                Value::String(s) => s.clone(),
-                n => format!("{}", n.as_f64().unwrap()),
-            };
-            rows.entry(v["key"].as_str().unwrap().to_string())
-                .or_default()
-                .push((
-                    v["step"].as_i64().unwrap(),
-                    v["timestamp"].as_i64().unwrap(),
-                    value,
-                ));
-        }
-        rows
-    }
-}
-
-/// The commit `record_git_revision` records, and its (redacted) repository.
-pub(crate) const CODE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-pub(crate) const CODE_REPO: &str = "https://git.example/team/model.git";
-
-/// Writes what `periscope localize` records for a git source localized into `code_dir`.
-pub(crate) fn record_git_revision(code_dir: &Path) {
-    let mut record = Record::default();
-    record.upsert(Entry {
-        into: "training-job".into(),
-        url: CODE_REPO.into(),
-        kind: "git".into(),
-        revision: Revision {
-            kind: RevisionKind::Commit,
-            id: CODE_COMMIT.into(),
-        },
-        fingerprint: None,
-        bytes: 1,
-        files: 1,
-        seconds: 0.1,
-        localized_at: "2026-01-01T00:00:00Z".into(),
-    });
-    fs::create_dir_all(code_dir.join(".periscope")).unwrap();
-    record.save(code_dir).unwrap();
-}
-
-pub(crate) fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-pub(crate) fn wait_with_timeout(mut child: Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("sidecar did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// Writes `lines` lines of `jsonl/x` (value i/2, step i, timestamp BASE_MS + i) to `path` in a
-/// thread, pausing `pause` after every `every` lines; some lines land in two writes, so a reader
-/// sees partial lines.
-pub(crate) fn jsonl_writer(
-    path: &Path,
-    lines: i64,
-    pause: Duration,
-    every: i64,
-) -> thread::JoinHandle<()> {
-    let path = path.to_path_buf();
-    thread::spawn(move || {
-        let mut rng = rand::rng();
-        for i in 0..lines {
-            let line = format!(
-                "{{\"key\":\"jsonl/x\",\"value\":{},\"step\":{i},\"timestamp\":{}}}\n",
-                i as f64 * 0.5,
-                BASE_MS + i
-            );
-            let cut = if i % 7 == 0 {
-                line.len() / 2
-            } else {
-                line.len()
-            };
-            append(&path, &line[..cut]);
-            if cut < line.len() {
-                thread::sleep(Duration::from_millis(rng.random_range(0..3)));
-                append(&path, &line[cut..]);
-            }
-            if i % every == 0 {
-                thread::sleep(pause);
-            }
-        }
-    })
-}
-
-/// While `writer` and a tensorboardX writer of `points` scalars into `tb` run, starts the
-/// sidecar `sidecar()` and SIGKILLs it after a random time in `lifetime_ms`, again and again (at
-/// least 3 times) until both writers are done. Returns the number of kills.
-pub(crate) fn kill_while_writing(
-    sidecar: impl Fn() -> Command,
-    tb: &Path,
-    points: i64,
-    lifetime_ms: std::ops::Range<u64>,
-    writer: thread::JoinHandle<()>,
-) -> u32 {
-    let mut tbx = Command::new(python())
-        .arg(script("metrics_write_tbx.py"))
-        .arg("stream")
-        .arg(tb)
-        .arg(points.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut rng = rand::rng();
-    let mut kills = 0;
-    loop {
-        let mut child = sidecar().spawn().unwrap();
-        thread::sleep(Duration::from_millis(rng.random_range(lifetime_ms.clone())));
-        kill9(&mut child);
-        kills += 1;
-        let tbx_done = tbx.try_wait().unwrap().is_some();
-        if writer.is_finished() && tbx_done && kills >= 3 {
-            break;
-        }
-    }
-    writer.join().unwrap();
-    assert!(
-        tbx.wait().unwrap().success(),
-        "the tensorboardX writer failed"
-    );
-    kills
-}
-
-/// Runs `tests/python/metrics_mlflow_client.py` (the real mlflow client) against the ingest
-/// endpoint on 127.0.0.1:`port`; panics with its stderr when it fails.
-pub(crate) fn run_mlflow_client(port: u16) {
-    let client = Command::new(crate::harness::tool("venv-mlflow/bin/python"))
-        .arg(script("metrics_mlflow_client.py"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("MLFLOW_TRACKING_URI")
-        .env_remove("MLFLOW_RUN_ID")
-        .output()
-        .unwrap();
-    assert!(
-        client.status.success(),
-        "the mlflow client failed\n{}",
-        String::from_utf8_lossy(&client.stderr)
-    );
-}
-
-pub(crate) fn kill9(child: &mut Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
+    rows
 }
 
 fn num(v: f64) -> String {
@@ -252,7 +61,7 @@ fn num(v: f64) -> String {
 fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_status() {
     let s = Setup::new();
     // What `periscope localize` recorded: the code revision becomes params.
-    record_git_revision(&s.path("code"));
+    s.record_code_revision();
 
     let jsonl = s.path("metrics.jsonl");
     append(
@@ -265,7 +74,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
             BASE_MS + 1
         ),
     );
-    let child = s.sidecar().spawn().unwrap();
+    let child = s.sidecar(EXPERIMENT).spawn().unwrap();
     crate::harness::python::run_script(
         "metrics_write_tbx.py",
         ["basic".as_ref(), s.path("tb").as_os_str()],
@@ -286,7 +95,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
         "the bad line is reported: {stderr}"
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     // train/loss: steps 0..19 of the first writer (20..29 were purged by the restart at step 20),
     // then 20..24 of the restarted writer.
     let mut loss: Vec<(i64, i64, String)> = (0..20)
@@ -319,7 +128,7 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
     assert_eq!(rows.len(), 3, "{rows:?}");
 
     // The table views.
-    let experiments = s.metrics(&["ls"]);
+    let experiments = metrics(&s, &["ls"]);
     let line = experiments
         .lines()
         .find(|l| l.starts_with("exp-m"))
@@ -328,14 +137,14 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
         line.contains("Succeeded") && line.ends_with(" 33"),
         "{experiments}"
     );
-    let series = s.metrics(&["ls", "exp-m"]);
+    let series = metrics(&s, &["ls", "exp-m"]);
     let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
     let loss_line = series
         .lines()
         .find(|l| l.starts_with("train/loss"))
         .unwrap();
     assert_eq!(cols(loss_line), ["train/loss", "worker-0", "25", "0", "24"]);
-    let shown = s.metrics(&["show", "exp-m", "--key", "train/loss"]);
+    let shown = metrics(&s, &["show", "exp-m", "--key", "train/loss"]);
     let step5 = shown
         .lines()
         .find(|l| cols(l).get(2).map(String::as_str) == Some("5"))
@@ -350,16 +159,19 @@ fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_st
             "NaN"
         ]
     );
-    let params = s.metrics(&["show", "exp-m", "--params"]);
+    let params = metrics(&s, &["show", "exp-m", "--params"]);
     assert!(
-        params
-            .lines()
-            .any(|l| cols(l) == ["code.training-job.revision", "worker-0", CODE_COMMIT]),
+        params.lines().any(|l| cols(l)
+            == [
+                "code.training-job.revision",
+                "worker-0",
+                "0123456789abcdef0123456789abcdef01234567"
+            ]),
         "{params}"
     );
     // The status from JSON too.
     let exp: Value =
-        serde_json::from_str(s.metrics(&["ls", "--json"]).lines().next().unwrap()).unwrap();
+        serde_json::from_str(metrics(&s, &["ls", "--json"]).lines().next().unwrap()).unwrap();
     assert_eq!(exp["status"], "Succeeded");
     assert!(exp["finished_time"].is_string());
 }
@@ -371,9 +183,18 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
     const LINES: i64 = 1500;
     const POINTS: i64 = 600;
     let writer = jsonl_writer(&jsonl, LINES, Duration::from_millis(15), 10);
-    let kills = kill_while_writing(|| s.sidecar(), &s.path("tb"), POINTS, 150..600, writer);
+    let kills = kill_while_writing(
+        || s.sidecar(EXPERIMENT),
+        &s.path("tb"),
+        POINTS,
+        150..600,
+        writer,
+    );
     fs::write(s.path("exit-code"), "1\n").unwrap();
-    let out = wait_with_timeout(s.sidecar().spawn().unwrap(), Duration::from_secs(120));
+    let out = wait_with_timeout(
+        s.sidecar(EXPERIMENT).spawn().unwrap(),
+        Duration::from_secs(120),
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -381,7 +202,7 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     let expected: Vec<_> = (0..LINES)
         .map(|i| (i, BASE_MS + i, num(i as f64 * 0.5)))
         .collect();
@@ -392,7 +213,7 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         .collect();
     assert_eq!(rows["train/loss"], expected, "after {kills} kills");
     let exp: Value =
-        serde_json::from_str(s.metrics(&["ls", "--json"]).lines().next().unwrap()).unwrap();
+        serde_json::from_str(metrics(&s, &["ls", "--json"]).lines().next().unwrap()).unwrap();
     assert_eq!(exp["status"], "Failed", "exit code 1 means the job failed");
 }
 
@@ -417,7 +238,7 @@ fn metrics_commands_report_a_missing_metastore_or_experiment() {
 fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_batch() {
     let s = Setup::new();
     let port = crate::harness::free_port();
-    let mut cmd = s.sidecar();
+    let mut cmd = s.sidecar(EXPERIMENT);
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
     let out = crate::harness::python::run_script(
@@ -454,7 +275,7 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
         String::from_utf8_lossy(&done.stderr)
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     assert_eq!(rows["m/single"], [(0, BASE_MS, "NaN".to_string())]);
     assert_eq!(rows["m/inf"], [(1, BASE_MS, "Infinity".to_string())]);
     let batch: Vec<_> = (0..990)
@@ -465,7 +286,7 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
         !rows.contains_key("too/many"),
         "a refused batch stores nothing"
     );
-    let params = s.metrics(&["show", "exp-m", "--params", "--json"]);
+    let params = metrics(&s, &["show", "exp-m", "--params", "--json"]);
     for key in ["\"lr\"", "\"batch_size\""] {
         assert!(params.contains(key), "{params}");
     }
@@ -475,10 +296,10 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
 fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
     let s = Setup::new();
     let port = crate::harness::free_port();
-    let mut cmd = s.sidecar();
+    let mut cmd = s.sidecar(EXPERIMENT);
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
-    run_mlflow_client(port);
+    crate::harness::metrics::run_mlflow_client(port);
     fs::write(s.path("exit-code"), "0\n").unwrap();
     let done = wait_with_timeout(child, Duration::from_secs(60));
     assert_eq!(
@@ -488,14 +309,14 @@ fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
         String::from_utf8_lossy(&done.stderr)
     );
 
-    let rows = s.rows();
+    let rows = rows(&s);
     assert_eq!(rows["client/nan"], [(0, BASE_MS, "NaN".to_string())]);
     assert_eq!(rows["client/inf"], [(1, BASE_MS, "Infinity".to_string())]);
     let loss: Vec<_> = (0..2500)
         .map(|i| (i, BASE_MS + i, num(i as f64 * 0.25)))
         .collect();
     assert_eq!(rows["client/loss"], loss);
-    let params = s.metrics(&["show", "exp-m", "--params"]);
+    let params = metrics(&s, &["show", "exp-m", "--params"]);
     assert!(
         params
             .lines()

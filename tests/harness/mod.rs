@@ -123,6 +123,8 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 pub mod azurite;
+pub mod mariadb;
+pub mod metrics;
 pub mod mlflow;
 pub mod process;
 pub mod rawhttp;

@@ -75,6 +75,14 @@ fn open(args: &MetricsArgs) -> Result<SqliteStore, Failure> {
             format!("`periscope metrics` reads the SQLite metastore only, not {server}"),
             Some("read MLflow runs in the MLflow UI or with the mlflow client".into()),
         )),
+        MetastoreUrl::MySql(url) => Err(Failure::new(
+            ErrorClass::Usage,
+            format!(
+                "`periscope metrics` reads the embedded SQLite metastore only, not {}",
+                url.shown()
+            ),
+            Some("query Submarine's metric and param tables with a MySQL client".into()),
+        )),
     }
 }
 

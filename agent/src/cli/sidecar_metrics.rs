@@ -19,13 +19,14 @@ use super::Failure;
 /// Tracking metrics: where they come from and which metastore receives them.
 #[derive(clap::Args)]
 pub struct MetricsArgs {
-    /// Metastore for tracking metrics: sqlite:///path/metastore.db (Submarine's experiment,
-    /// metric and param tables), or an MLflow tracking server, mlflow+http://HOST:PORT[/prefix]
-    /// or mlflow+https://… (one run per worker in experiment $MLFLOW_EXPERIMENT_NAME, default
-    /// the experiment id, or the run $MLFLOW_RUN_ID; credentials from $MLFLOW_TRACKING_TOKEN or
-    /// $MLFLOW_TRACKING_USERNAME/$MLFLOW_TRACKING_PASSWORD, a private CA from
-    /// $MLFLOW_TRACKING_SERVER_CERT_PATH). [default: $MLFLOW_TRACKING_URI when it is an
-    /// http(s) URL, else sqlite://<state-dir>/metastore.db]
+    /// Metastore for tracking metrics. sqlite:///path/metastore.db (embedded) or Submarine's
+    /// MySQL/MariaDB as mysql://user:password@host:3306/db or mysql+pymysql://… (no TLS), both
+    /// with Submarine's experiment, metric and param tables; or an MLflow tracking server,
+    /// mlflow+http://HOST:PORT[/prefix] or mlflow+https://… (one run per worker in experiment
+    /// $MLFLOW_EXPERIMENT_NAME, default the experiment id, or the run $MLFLOW_RUN_ID;
+    /// credentials from $MLFLOW_TRACKING_TOKEN or $MLFLOW_TRACKING_USERNAME/PASSWORD, a private
+    /// CA from $MLFLOW_TRACKING_SERVER_CERT_PATH). [default: $SUBMARINE_TRACKING_URI when set,
+    /// else $MLFLOW_TRACKING_URI when it is an http(s) URL, else sqlite://<state-dir>/metastore.db]
     #[arg(long, env = "PERISCOPE_METASTORE", value_name = "URL")]
     pub metastore: Option<String>,
     /// A JSONL file of metrics to follow, one {"key", "value", "step", "timestamp"} per line
@@ -80,10 +81,18 @@ pub async fn spawn(
         endpoint.as_ref().and_then(|e| e.addr),
     )?;
     let ingest = endpoint.map(|e| e.requests);
-    let sink = url.open(&SinkContext {
+    let mut sink = url.open(&SinkContext {
         state_dir: state_dir.to_path_buf(),
         identity: identity.clone(),
     })?;
+    // Wrong credentials or missing tables stop the sidecar now, with their hint; a metastore
+    // that does not answer yet only delays delivery (the queue keeps everything).
+    match sink.check().await {
+        Ok(()) => {}
+        Err(e) if e.transient => tracing::warn!(metastore = %sink.describe(), error = %e,
+            "the metastore does not answer yet; metrics are queued until it does"),
+        Err(e) => return Err(e.into()),
+    }
     let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
     cfg.metrics_files = args.metrics_file.clone();
     cfg.tfevents_roots = tfevents_roots;

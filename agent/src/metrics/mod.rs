@@ -10,7 +10,8 @@
 //!   queue.
 //! * [`queue`]: the durable, bounded, segmented queue (CRC32C records, fsync before acknowledging).
 //! * Sinks: the [`Sink`] trait and `--metastore` URLs in [`sink`]; the embedded SQLite metastore
-//!   in [`sqlite`]; an MLflow tracking server in [`mlflow`].
+//!   in [`sqlite`]; Submarine's MySQL/MariaDB metastore in [`mysql`]; the rows both store, in
+//!   [`submarine`]; an MLflow tracking server in [`mlflow`].
 //! * [`pipeline`]: ties them together and runs in the sidecar.
 //!
 //! A source never knows which sink it feeds; a sink never knows which file an item came from.
@@ -21,12 +22,14 @@ pub mod ingest;
 pub mod jsonl;
 pub mod mlflow;
 pub mod model;
+pub mod mysql;
 pub mod pipeline;
 pub mod queue;
 pub mod run_info;
 pub mod scalars;
 pub mod sink;
 pub mod sqlite;
+pub mod submarine;
 
 use std::path::PathBuf;
 

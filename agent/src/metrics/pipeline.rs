@@ -550,11 +550,10 @@ mod tests {
             _: &'a [Item],
         ) -> futures::future::BoxFuture<'a, Result<(), super::super::SinkError>> {
             Box::pin(async {
-                Err(super::super::SinkError {
-                    message: "429".into(),
-                    class: crate::error::ErrorClass::Network,
-                    transient: true,
-                })
+                Err(super::super::SinkError::transient(
+                    crate::error::ErrorClass::Network,
+                    "429",
+                ))
             })
         }
 

@@ -5,10 +5,11 @@
 //! same rows (natural primary keys, `INSERT … ON CONFLICT DO NOTHING`). A sink never knows which
 //! file or request an item came from.
 //!
-//! Sinks: the embedded SQLite metastore (`sqlite://`) and an MLflow tracking server
-//! (`mlflow+http(s)://`, see [`mlflow`](super::mlflow)); `mysql://` is recognised and refused with
-//! a clear message until its sink lands. [`MetastoreUrl::choose`] is the one place that decides
-//! which metastore a sidecar uses when no URL is given.
+//! Sinks: the embedded SQLite metastore ([`super::sqlite`]), Submarine's MySQL/MariaDB metastore
+//! ([`super::mysql`]) and an MLflow tracking server ([`super::mlflow`]).
+//! [`MetastoreUrl::choose`] is the one place that decides which metastore a sidecar uses when
+//! several settings name one. This module never prints and never shows a password (URLs pass
+//! through [`redact_url`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,10 +19,15 @@ use futures::future::BoxFuture;
 
 use super::mlflow::{MlflowSettings, MlflowSink, MlflowUrl};
 use super::model::Item;
+use super::mysql::{MySqlSink, MySqlUrl};
 use super::sqlite::SqliteStore;
 use crate::error::{Classify, ErrorClass};
 use crate::job::JobIdentity;
 use crate::redact::redact_url;
+
+/// The environment variable Submarine sets for its SDK: its MySQL metastore,
+/// `mysql+pymysql://user:password@host:3306/submarine`.
+pub const SUBMARINE_TRACKING_URI: &str = "SUBMARINE_TRACKING_URI";
 
 /// A metastore that accepts items. Implementations keep their connection between calls.
 pub trait Sink: Send {
@@ -43,9 +49,16 @@ pub trait Sink: Send {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+
+    /// Checks once, before the pipeline starts, that the metastore takes writes (credentials,
+    /// database, tables), so a wrong setting stops the sidecar at once instead of after the job.
+    /// Keeps no connection: the pipeline writes from a runtime of its own.
+    fn check(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
-/// A sink's failure. Invariant: `message` holds no secret.
+/// A sink's failure. Invariant: `message` and `hint` hold no secret.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkError {
@@ -53,6 +66,36 @@ pub struct SinkError {
     pub class: ErrorClass,
     /// True when trying again later may succeed (the queue keeps the items meanwhile).
     pub transient: bool,
+    /// What the user should do, when the sink knows better than its class's generic hint.
+    pub hint: Option<String>,
+}
+
+impl SinkError {
+    /// A failure that trying again later may cure (the pipeline keeps the items and retries).
+    pub fn transient(class: ErrorClass, message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            class,
+            transient: true,
+            hint: None,
+        }
+    }
+
+    /// A failure that needs the user to act (the sidecar stops with the class's exit code).
+    pub fn permanent(class: ErrorClass, message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            class,
+            transient: false,
+            hint: None,
+        }
+    }
+
+    /// The same failure with a specific hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
 }
 
 impl Classify for SinkError {
@@ -61,6 +104,9 @@ impl Classify for SinkError {
     }
 
     fn hint(&self) -> Option<String> {
+        if let Some(hint) = &self.hint {
+            return Some(hint.clone());
+        }
         match self.class {
             ErrorClass::Usage => Some(
                 "use --metastore sqlite:///path/metastore.db (the default is under --state-dir)"
@@ -79,6 +125,8 @@ impl Classify for SinkError {
 pub enum MetastoreUrl {
     /// `sqlite:///abs/path.db` or `sqlite://relative/path.db`.
     Sqlite(PathBuf),
+    /// `mysql://user:password@host:port/db` or Submarine's `mysql+pymysql://…`.
+    MySql(MySqlUrl),
     /// `mlflow+http(s)://HOST:PORT[/prefix]`, or `MLFLOW_TRACKING_URI`'s `http(s)://…`.
     Mlflow(MlflowUrl),
 }
@@ -92,13 +140,9 @@ pub struct SinkContext {
 }
 
 impl MetastoreUrl {
-    /// Parses a metastore URL; `mysql` and `mysql+pymysql` are recognised but not available yet.
+    /// Parses a metastore URL.
     pub fn parse(url: &str) -> Result<MetastoreUrl, SinkError> {
-        let usage = |message: String| SinkError {
-            message,
-            class: ErrorClass::Usage,
-            transient: false,
-        };
+        let usage = |message: String| SinkError::permanent(ErrorClass::Usage, message);
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| usage(format!("`{}` is not a metastore URL", redact_url(url))))?;
@@ -110,10 +154,7 @@ impl MetastoreUrl {
             "mlflow+http" | "mlflow+https" => Ok(MetastoreUrl::Mlflow(MlflowUrl::parse(
                 url.trim_start_matches("mlflow+"),
             )?)),
-            "mysql" | "mysql+pymysql" => Err(usage(format!(
-                "the {scheme} metastore is not available in this build yet ({})",
-                redact_url(url)
-            ))),
+            "mysql" | "mysql+pymysql" => Ok(MetastoreUrl::MySql(MySqlUrl::parse(url)?)),
             other => Err(usage(format!(
                 "unknown metastore scheme `{other}` in {}",
                 redact_url(url)
@@ -126,9 +167,11 @@ impl MetastoreUrl {
         MetastoreUrl::Sqlite(state_dir.join("metastore.db"))
     }
 
-    /// The sidecar's metastore: the explicit `--metastore` URL (`flag`, which clap also fills
-    /// from `PERISCOPE_METASTORE`), else `MLFLOW_TRACKING_URI` when it names an http(s)
-    /// server, else the default SQLite file under `state_dir`. `env` reads the environment.
+    /// The sidecar's metastore, first match wins: the explicit `--metastore` URL (`flag`, which
+    /// clap also fills from `PERISCOPE_METASTORE`), then `SUBMARINE_TRACKING_URI` (Submarine's
+    /// MySQL), then `MLFLOW_TRACKING_URI` when it names an http(s) server, else the default
+    /// SQLite file under `state_dir`. An empty setting counts as unset, as Kubernetes manifests
+    /// often set `value: ""`. `env` reads the environment (a map in tests).
     /// `own` is the sidecar's ingest endpoint: a `MLFLOW_TRACKING_URI` that points back at it
     /// (an environment shared with the training container) is ignored with a warning, since
     /// the sidecar would feed its own queue; a flag that does so is refused.
@@ -139,22 +182,23 @@ impl MetastoreUrl {
         own: Option<SocketAddr>,
     ) -> Result<MetastoreUrl, SinkError> {
         let loops = |url: &MetastoreUrl| matches!((url, own), (MetastoreUrl::Mlflow(u), Some(addr)) if u.is_endpoint(addr));
-        if let Some(flag) = flag {
-            let url = MetastoreUrl::parse(flag)?;
+        if let Some(flag) = flag.filter(|f| !f.trim().is_empty()) {
+            let url = MetastoreUrl::parse(flag.trim())?;
             if loops(&url) {
-                return Err(SinkError {
-                    message: format!(
-                        "--metastore {} is this sidecar's own MLflow endpoint (--listen); point                          it at the MLflow tracking server",
+                return Err(SinkError::permanent(
+                    ErrorClass::Usage,
+                    format!(
+                        "--metastore {} is this sidecar's own MLflow endpoint (--listen); point \
+                         it at the MLflow tracking server",
                         redact_url(flag)
                     ),
-                    class: ErrorClass::Usage,
-                    transient: false,
-                });
+                ));
             }
             return Ok(url);
         }
-        // SUBMARINE_TRACKING_URI (Submarine's MySQL) takes precedence over MLflow's variable
-        // when it is set.
+        if let Some(uri) = env(SUBMARINE_TRACKING_URI).filter(|v| !v.trim().is_empty()) {
+            return MetastoreUrl::parse(uri.trim());
+        }
         if let Some(uri) = env("MLFLOW_TRACKING_URI").filter(|v| !v.trim().is_empty()) {
             let uri = uri.trim();
             let http = uri.starts_with("http://") || uri.starts_with("https://");
@@ -186,6 +230,7 @@ impl MetastoreUrl {
                 )?;
                 Ok(Box::new(MlflowSink::open(settings)?))
             }
+            MetastoreUrl::MySql(url) => Ok(Box::new(MySqlSink::new(url.clone()))),
         }
     }
 }
@@ -204,9 +249,13 @@ mod tests {
             MetastoreUrl::parse("sqlite://rel/m.db").unwrap(),
             MetastoreUrl::Sqlite("rel/m.db".into())
         );
-        let e = MetastoreUrl::parse("mysql://u:hunter2@db/sub").unwrap_err();
+        let e = MetastoreUrl::parse("mlflow+http://u:hunter2@db/x").unwrap_err();
         assert_eq!(e.class, ErrorClass::Usage);
         assert!(!e.message.contains("hunter2"), "{}", e.message);
+        assert!(matches!(
+            MetastoreUrl::parse("mysql+pymysql://u:hunter2@db/sub").unwrap(),
+            MetastoreUrl::MySql(_)
+        ));
         assert!(MetastoreUrl::parse("postgres://x").is_err());
         assert!(MetastoreUrl::parse("/just/a/path").is_err());
         assert_eq!(
@@ -249,5 +298,38 @@ mod tests {
         );
         assert!(choose(Some("mlflow+http://localhost:9090"), None).is_err());
         assert!(choose(None, Some("http://:bad")).is_err());
+    }
+
+    #[test]
+    fn submarine_tracking_uri_comes_after_the_flag_and_before_mlflow_and_empty_is_unset() {
+        const SUB: &str = "mysql+pymysql://u:p@db:3306/submarine";
+        const BOTH: &[(&str, &str)] = &[
+            (SUBMARINE_TRACKING_URI, SUB),
+            ("MLFLOW_TRACKING_URI", "http://m:5000"),
+        ];
+        const BLANK_SUB: &[(&str, &str)] = &[
+            (SUBMARINE_TRACKING_URI, " "),
+            ("MLFLOW_TRACKING_URI", "http://m:5000"),
+        ];
+        let state = Path::new("/state");
+        let choose = |flag, vars: &'static [(&'static str, &'static str)]| {
+            let env = move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            };
+            MetastoreUrl::choose(flag, env, state, None).unwrap()
+        };
+        assert_eq!(
+            choose(Some("sqlite:///m.db"), BOTH),
+            MetastoreUrl::Sqlite("/m.db".into())
+        );
+        assert_eq!(choose(None, BOTH), MetastoreUrl::parse(SUB).unwrap());
+        assert_eq!(choose(Some(""), BOTH), MetastoreUrl::parse(SUB).unwrap());
+        assert_eq!(
+            choose(None, BLANK_SUB),
+            MetastoreUrl::parse("mlflow+http://m:5000").unwrap()
+        );
+        assert_eq!(choose(None, &[]), MetastoreUrl::default_for(state));
     }
 }

@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::model::{Item, Metric, Param, RunStatus};
 use super::sink::{Sink, SinkError};
+use super::submarine::{changes, Change};
 use crate::error::ErrorClass;
 
 const SCHEMA: &str = "
@@ -59,19 +60,7 @@ CREATE TABLE IF NOT EXISTS param (
 );
 ";
 
-const DATETIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
-
-/// A `DATETIME(3)` text for milliseconds since the epoch, or `None` when out of range.
-pub fn datetime(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format(DATETIME_FORMAT).to_string())
-}
-
-/// Milliseconds since the epoch from a `DATETIME(3)` text.
-pub fn parse_datetime(text: &str) -> Option<i64> {
-    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc().timestamp_millis())
-}
+pub use super::submarine::{datetime, parse_datetime};
 
 /// One row of `experiment`, as `periscope metrics ls` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -120,6 +109,7 @@ fn sql_err(path: &Path, what: &str) -> impl FnOnce(rusqlite::Error) -> SinkError
             class: ErrorClass::Io,
             // Busy, locked, disk full: all may pass; the queue keeps the items meanwhile.
             transient: busy || !matches!(e, rusqlite::Error::InvalidQuery),
+            hint: None,
         }
     }
 }
@@ -132,6 +122,7 @@ impl SqliteStore {
                 message: format!("cannot create {}: {e}", dir.display()),
                 class: ErrorClass::Io,
                 transient: false,
+                hint: None,
             })?;
         }
         let conn = Connection::open(path).map_err(sql_err(path, "open the database"))?;
@@ -150,6 +141,7 @@ impl SqliteStore {
                 message: format!("no metastore at {}", path.display()),
                 class: ErrorClass::NotFound,
                 transient: false,
+                hint: None,
             });
         }
         let conn = Connection::open_with_flags(
@@ -203,33 +195,28 @@ impl SqliteStore {
                      VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(sql_err(&path, "prepare an insert"))?;
-            for item in items {
-                match item {
-                    Item::Metric(m) => {
-                        let Some(ts) = datetime(m.timestamp_ms) else {
-                            tracing::warn!(key = %m.key, timestamp_ms = m.timestamp_ms,
-                                "metric timestamp out of range; not stored");
-                            continue;
-                        };
-                        let (value, is_nan) = if m.value.is_nan() {
-                            (0.0, true)
-                        } else {
-                            (m.value, false)
-                        };
+            for change in changes(items, &now_text) {
+                match change {
+                    Change::Metric {
+                        key,
+                        value,
+                        is_nan,
+                        worker,
+                        timestamp,
+                        step,
+                    } => {
                         metric
                             .execute(params![
-                                experiment, m.key, value, m.worker, ts, m.step, is_nan
+                                experiment, key, value, worker, timestamp, step, is_nan
                             ])
                             .map_err(sql_err(&path, "insert a metric"))?;
                     }
-                    Item::Param(p) => {
+                    Change::Param { key, value, worker } => {
                         param
-                            .execute(params![experiment, p.key, p.value, p.worker])
+                            .execute(params![experiment, key, value, worker])
                             .map_err(sql_err(&path, "insert a param"))?;
                     }
-                    // Submarine's tables have no tags.
-                    Item::Tag(_) => {}
-                    Item::Purge {
+                    Change::Purge {
                         keys,
                         worker,
                         from_step,
@@ -243,8 +230,7 @@ impl SqliteStore {
                             .map_err(sql_err(&path, "purge metrics"))?;
                         }
                     }
-                    Item::Status { status, at_ms } => {
-                        let at = datetime(*at_ms).unwrap_or_else(|| now_text.clone());
+                    Change::Status { status, at } => {
                         let sql = match status {
                             RunStatus::Running => {
                                 "UPDATE experiment SET experiment_status = 'Running', \

@@ -139,6 +139,7 @@ impl From<ApiError> for SinkError {
         SinkError {
             class: e.class(),
             transient: e.transient(),
+            hint: None,
             message: e.to_string(),
         }
     }

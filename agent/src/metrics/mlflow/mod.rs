@@ -45,6 +45,7 @@ impl MlflowUrl {
             ),
             class: ErrorClass::Usage,
             transient: false,
+            hint: None,
         };
         let mut base = url::Url::parse(text).map_err(|e| usage(&e.to_string()))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -142,6 +143,7 @@ impl MlflowSettings {
                         .into(),
                     class: ErrorClass::Usage,
                     transient: false,
+                    hint: None,
                 })
             }
             (None, None, None) => Auth::None,

@@ -82,6 +82,7 @@ pub async fn resolve(client: &ApiClient, target: &Target<'_>) -> Result<String, 
                 message: format!("MLFLOW_RUN_ID {run_id} is not a run of {}", client.shown()),
                 class: ErrorClass::NotFound,
                 transient: false,
+                hint: None,
             },
             _ => e.into(),
         })?;
@@ -92,6 +93,7 @@ pub async fn resolve(client: &ApiClient, target: &Target<'_>) -> Result<String, 
                 ),
                 class: ErrorClass::NotFound,
                 transient: false,
+                hint: None,
             });
         }
         return Ok(run_id.to_string());
@@ -165,6 +167,7 @@ async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkErr
                     ),
                     class: ErrorClass::NotFound,
                     transient: false,
+                    hint: None,
                 })
             }
             Ok(found) => return Ok(found.experiment.experiment_id),
@@ -190,6 +193,7 @@ async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkErr
         ),
         class: ErrorClass::Network,
         transient: true,
+        hint: None,
     })
 }
 
@@ -223,6 +227,7 @@ async fn search(
                     .into(),
             class: ErrorClass::Usage,
             transient: false,
+            hint: None,
         });
     };
     let filter =
@@ -278,6 +283,7 @@ fn save(path: &Path, remembered: &Remembered) -> Result<(), SinkError> {
         message: format!("cannot remember the MLflow run in {}: {e}", path.display()),
         class: ErrorClass::Io,
         transient: true,
+        hint: None,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;

@@ -1,0 +1,141 @@
+//! Submarine's metastore semantics, shared by the SQL sinks ([`super::sqlite`], [`super::mysql`]):
+//! how a pipeline [`Item`] becomes a change to the `experiment`, `metric` and `param` tables.
+//!
+//! This module owns the mapping (NaN stored as 0 with `is_nan` = 1, as the Submarine SDK does;
+//! `DATETIME(3)` text in UTC; tags dropped, since Submarine has no tag table; out-of-range
+//! timestamps skipped with a warning) so both sinks store the same rows for the same items. It
+//! never does I/O and knows no SQL dialect: each sink turns a [`Change`] into its own statements.
+
+use super::model::{Item, RunStatus};
+
+const DATETIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
+
+/// A `DATETIME(3)` text for milliseconds since the epoch, or `None` when out of range.
+pub fn datetime(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format(DATETIME_FORMAT).to_string())
+}
+
+/// Milliseconds since the epoch from a `DATETIME(3)` text.
+pub fn parse_datetime(text: &str) -> Option<i64> {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+/// One change to Submarine's tables for one experiment, in the order the items came.
+/// Invariant: `timestamp`/`at` are `DATETIME(3)` texts; a metric's `value` is 0 when `is_nan`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change<'a> {
+    /// A `metric` row; the first row of a primary key wins.
+    Metric {
+        key: &'a str,
+        value: f64,
+        is_nan: bool,
+        worker: &'a str,
+        timestamp: String,
+        step: i64,
+    },
+    /// A `param` row; the first value of a (key, worker) wins.
+    Param {
+        key: &'a str,
+        value: &'a str,
+        worker: &'a str,
+    },
+    /// Delete `metric` rows of these keys and worker with step ≥ `from_step` (written before).
+    Purge {
+        keys: &'a [String],
+        worker: &'a str,
+        from_step: i64,
+    },
+    /// Set `experiment_status`; `Running` also sets `running_time` once and clears
+    /// `finished_time`, a final status sets `finished_time`.
+    Status { status: RunStatus, at: String },
+}
+
+/// The changes `items` make, in order. `now` is used for a status whose time is out of range.
+pub fn changes<'a>(items: &'a [Item], now: &'a str) -> impl Iterator<Item = Change<'a>> + 'a {
+    items.iter().filter_map(move |item| match item {
+        Item::Metric(m) => {
+            let Some(timestamp) = datetime(m.timestamp_ms) else {
+                tracing::warn!(key = %m.key, timestamp_ms = m.timestamp_ms,
+                    "metric timestamp out of range; not stored");
+                return None;
+            };
+            let is_nan = m.value.is_nan();
+            Some(Change::Metric {
+                key: &m.key,
+                value: if is_nan { 0.0 } else { m.value },
+                is_nan,
+                worker: &m.worker,
+                timestamp,
+                step: m.step,
+            })
+        }
+        Item::Param(p) => Some(Change::Param {
+            key: &p.key,
+            value: &p.value,
+            worker: &p.worker,
+        }),
+        // Submarine's tables have no tags.
+        Item::Tag(_) => None,
+        Item::Purge {
+            keys,
+            worker,
+            from_step,
+        } => Some(Change::Purge {
+            keys,
+            worker,
+            from_step: *from_step,
+        }),
+        Item::Status { status, at_ms } => Some(Change::Status {
+            status: *status,
+            at: datetime(*at_ms).unwrap_or_else(|| now.to_string()),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::model::{Metric, Tag};
+
+    #[test]
+    fn nan_becomes_zero_with_is_nan_tags_vanish_and_times_are_datetime3() {
+        let items = [
+            Item::Metric(Metric {
+                key: "k".into(),
+                value: f64::NAN,
+                step: 1,
+                timestamp_ms: 1_700_000_000_123,
+                worker: "worker-0".into(),
+            }),
+            Item::Tag(Tag {
+                key: "t".into(),
+                value: "v".into(),
+            }),
+            Item::Metric(Metric {
+                key: "k".into(),
+                value: 1.0,
+                step: 2,
+                timestamp_ms: i64::MAX,
+                worker: "worker-0".into(),
+            }),
+        ];
+        let got: Vec<_> = changes(&items, "now").collect();
+        assert_eq!(
+            got,
+            [Change::Metric {
+                key: "k",
+                value: 0.0,
+                is_nan: true,
+                worker: "worker-0",
+                timestamp: "2023-11-14 22:13:20.123".into(),
+                step: 1
+            }]
+        );
+        assert_eq!(
+            parse_datetime("2023-11-14 22:13:20.123"),
+            Some(1_700_000_000_123)
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! Tracking metrics into Submarine's MySQL metastore, with the real binary and a real MariaDB on
+//! 127.0.0.1 holding Submarine's tables: scalars written by tensorboardX, calls of the real mlflow
+//! client to the ingest endpoint and lines of a JSONL file arrive exactly once with their step,
+//! value, timestamp and NaN handling, across a 20-second outage of the database and `kill -9` of
+//! the sidecar; wrong credentials and missing tables stop the sidecar with their exit code.
+//! Rows are read back with the `mariadb` command-line client.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use periscope::metrics::submarine::parse_datetime;
+
+use crate::harness::mariadb::{MariaDb, PASSWORD, USER};
+use crate::harness::metrics::{
+    append, jsonl_writer, kill_while_writing, wait_with_timeout, MetricsSetup as Setup, COMMIT,
+};
+use crate::harness::{periscope, run};
+
+/// 1.7e9 s, the writers' base wall time, in milliseconds.
+const BASE_MS: i64 = 1_700_000_000_000;
+const EXPERIMENT: &str = "exp-my";
+
+/// The sidecar writing to `db` through `--metastore`.
+fn sidecar_to(s: &Setup, db: &MariaDb) -> Command {
+    let mut cmd = s.sidecar(EXPERIMENT);
+    cmd.arg("--metastore").arg(db.url());
+    cmd
+}
+
+/// A metric row as read back: step, timestamp (ms), value (as `FLOAT` holds it), is_nan.
+type Row = (i64, i64, f32, bool);
+
+/// Every metric row of the experiment by key, ordered by step and timestamp, with the worker
+/// checked.
+fn rows(db: &MariaDb) -> BTreeMap<String, Vec<Row>> {
+    let text = db.sql(&format!(
+        "SELECT `key`, worker_index, step, `timestamp`, CAST(value AS DOUBLE), is_nan FROM metric \
+         WHERE id = '{EXPERIMENT}' ORDER BY `key`, step, `timestamp`"
+    ));
+    let mut rows: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for line in text.lines() {
+        let c: Vec<&str> = line.split('\t').collect();
+        assert_eq!(c[1], "worker-0", "{line}");
+        let ts = parse_datetime(c[3]).unwrap_or_else(|| panic!("timestamp in {line}"));
+        let value: f64 = c[4].parse().unwrap_or_else(|_| panic!("value in {line}"));
+        rows.entry(c[0].to_string()).or_default().push((
+            c[2].parse().unwrap(),
+            ts,
+            value as f32,
+            c[5] == "1",
+        ));
+    }
+    rows
+}
+
+/// How many metric rows the experiment has.
+fn count(db: &MariaDb) -> usize {
+    db.sql(&format!(
+        "SELECT COUNT(*) FROM metric WHERE id = '{EXPERIMENT}'"
+    ))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The experiment row: status, running_time, finished_time, experiment_spec.
+fn experiment(db: &MariaDb) -> Vec<String> {
+    db.sql(&format!(
+        "SELECT experiment_status, running_time, finished_time, experiment_spec FROM experiment \
+         WHERE id = '{EXPERIMENT}'"
+    ))
+    .trim_end()
+    .split('\t')
+    .map(String::from)
+    .collect()
+}
+
+#[track_caller]
+fn expect_exit(out: &std::process::Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
+/// Polls `f` until it is true; panics after `limit` with `what`.
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The largest `FLOAT`: what ±Infinity is stored as.
+const FLOAT_MAX: f32 = f32::MAX;
+
+fn jsonl_line(key: &str, value: &str, step: i64, ts: i64) -> String {
+    format!("{{\"key\":\"{key}\",\"value\":{value},\"step\":{step},\"timestamp\":{ts}}}\n")
+}
+
+#[test]
+fn tensorboardx_mlflow_client_and_jsonl_metrics_arrive_once_with_params_and_status() {
+    let db = MariaDb::start_with_submarine_tables();
+    let s = Setup::new();
+    // What `periscope localize` recorded: the code revision becomes params.
+    s.record_code_revision();
+    let jsonl = s.path("metrics.jsonl");
+    append(&jsonl, &jsonl_line("jsonl/loss", "0.5", 0, BASE_MS));
+    append(&jsonl, &jsonl_line("jsonl/loss", "NaN", 1, BASE_MS + 1));
+    append(&jsonl, &jsonl_line("jsonl/loss", "-0.75", 2, BASE_MS + 2));
+
+    let port = crate::harness::free_port();
+    let mut cmd = sidecar_to(&s, &db);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    let child = cmd.spawn().unwrap();
+    crate::harness::python::run_script(
+        "metrics_write_tbx.py",
+        ["basic".as_ref(), s.path("tb").as_os_str()],
+    );
+    crate::harness::metrics::run_mlflow_client(port);
+    // While the sidecar runs, the experiment row it created says Running.
+    wait_until(Duration::from_secs(60), "status Running", || {
+        experiment(&db).first().map(String::as_str) == Some("Running")
+    });
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(120));
+    let stderr = expect_exit(&out, 0);
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    let rows = rows(&db);
+    // tf.events: train/loss 0..19 of the first writer (20..29 purged by the restart at step 20),
+    // then 20..24 of the restarted writer; NaN as 0 with is_nan, ±Infinity as FLOAT's largest.
+    let mut loss: Vec<Row> = (0..20)
+        .map(|step| {
+            let (v, nan) = match step {
+                5 => (0.0, true),
+                6 => (FLOAT_MAX, false),
+                7 => (-FLOAT_MAX, false),
+                _ => (step as f32 * 0.25, false),
+            };
+            (step, BASE_MS + step * 10, v, nan)
+        })
+        .collect();
+    loss.extend((20..25).map(|step| {
+        (
+            step,
+            BASE_MS + 10_000 + step * 10,
+            100.0 + step as f32,
+            false,
+        )
+    }));
+    assert_eq!(rows["train/loss"], loss);
+    let acc: Vec<Row> = (0..5)
+        .map(|step| (step, BASE_MS + step * 10, step as f32 / 8.0, false))
+        .collect();
+    assert_eq!(rows["eval/acc"], acc);
+    // JSONL.
+    assert_eq!(
+        rows["jsonl/loss"],
+        [
+            (0, BASE_MS, 0.5, false),
+            (1, BASE_MS + 1, 0.0, true),
+            (2, BASE_MS + 2, -0.75, false)
+        ]
+    );
+    // The mlflow client.
+    assert_eq!(rows["client/nan"], [(0, BASE_MS, 0.0, true)]);
+    assert_eq!(rows["client/inf"], [(1, BASE_MS, FLOAT_MAX, false)]);
+    let client_loss: Vec<Row> = (0..2500)
+        .map(|i| (i, BASE_MS + i, i as f32 * 0.25, false))
+        .collect();
+    assert_eq!(rows["client/loss"], client_loss);
+    assert_eq!(rows.len(), 6, "{:?}", rows.keys().collect::<Vec<_>>());
+
+    // Params: the code revision and the client's, in Submarine's param table.
+    let params = db.sql(&format!(
+        "SELECT `key`, value, worker_index FROM param WHERE id = '{EXPERIMENT}' ORDER BY `key`"
+    ));
+    let revision = format!("code.training-job.revision\t{COMMIT}\tworker-0");
+    for expected in [
+        revision.as_str(),
+        "code.training-job.revision_kind\tcommit\tworker-0",
+        "lr\t0.01\tworker-0",
+    ] {
+        assert!(
+            params.lines().any(|l| l == expected),
+            "{expected} in\n{params}"
+        );
+    }
+    // Standalone status: the row Periscope created, Succeeded with both times.
+    let e = experiment(&db);
+    assert_eq!(e[0], "Succeeded", "{e:?}");
+    let running = parse_datetime(&e[1]).expect("running_time");
+    let finished = parse_datetime(&e[2]).expect("finished_time");
+    assert!(running <= finished, "{e:?}");
+}
+
+#[test]
+fn submarine_tracking_uri_and_a_20_second_outage_lose_and_double_nothing() {
+    let mut db = MariaDb::start_with_submarine_tables();
+    // Submarine created the experiment: its columns stay as they are, beyond status and times.
+    db.sql(&format!(
+        "INSERT INTO experiment (id, experiment_spec, create_by, experiment_status, accepted_time) \
+         VALUES ('{EXPERIMENT}', '{{\"meta\":{{\"name\":\"mnist\"}}}}', 'alice', 'Accepted', \
+         '2026-01-01 00:00:00.000')"
+    ));
+    let s = Setup::new();
+    let jsonl = s.path("metrics.jsonl");
+    const LINES: i64 = 600;
+    let mut cmd = s.sidecar(EXPERIMENT);
+    cmd.env(
+        "SUBMARINE_TRACKING_URI",
+        db.url_with("mysql+pymysql", PASSWORD),
+    );
+    let child = cmd.spawn().unwrap();
+    let write = |range: std::ops::Range<i64>| {
+        for i in range {
+            append(
+                &jsonl,
+                &jsonl_line("out/x", &format!("{}", i as f64 * 0.5), i, BASE_MS + i),
+            );
+            if i % 20 == 0 {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    write(0..200);
+    wait_until(Duration::from_secs(60), "the first lines", || {
+        count(&db) > 0
+    });
+    db.stop();
+    // Written while the database is down: queued by the sidecar.
+    let down = Instant::now();
+    write(200..400);
+    thread::sleep(Duration::from_secs(20).saturating_sub(down.elapsed()));
+    db.start();
+    write(400..LINES);
+    wait_until(
+        Duration::from_secs(120),
+        "every line after the outage",
+        || count(&db) >= LINES as usize,
+    );
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(120));
+    let stderr = expect_exit(&out, 0);
+    assert!(
+        stderr.contains("metastore write failed"),
+        "the outage was noticed: {stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    let expected: Vec<Row> = (0..LINES)
+        .map(|i| (i, BASE_MS + i, i as f32 * 0.5, false))
+        .collect();
+    assert_eq!(rows(&db)["out/x"], expected);
+    let e = experiment(&db);
+    assert_eq!(e[0], "Succeeded", "{e:?}");
+    assert!(parse_datetime(&e[2]).is_some(), "{e:?}");
+    assert_eq!(
+        e[3], "{\"meta\":{\"name\":\"mnist\"}}",
+        "Submarine's spec kept"
+    );
+    let owner = db.sql(&format!(
+        "SELECT create_by, accepted_time FROM experiment WHERE id = '{EXPERIMENT}'"
+    ));
+    assert_eq!(owner.trim_end(), "alice\t2026-01-01 00:00:00.000");
+}
+
+#[test]
+fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
+    let db = MariaDb::start_with_submarine_tables();
+    let s = Setup::new();
+    let jsonl = s.path("metrics.jsonl");
+    const LINES: i64 = 1500;
+    const POINTS: i64 = 600;
+    let writer = jsonl_writer(&jsonl, LINES, Duration::from_millis(15), 10);
+    let kills = kill_while_writing(
+        || sidecar_to(&s, &db),
+        &s.path("tb"),
+        POINTS,
+        300..900,
+        writer,
+    );
+    fs::write(s.path("exit-code"), "1\n").unwrap();
+    let out = wait_with_timeout(
+        sidecar_to(&s, &db).spawn().unwrap(),
+        Duration::from_secs(120),
+    );
+    expect_exit(&out, 0);
+
+    let rows = rows(&db);
+    let expected: Vec<Row> = (0..LINES)
+        .map(|i| (i, BASE_MS + i, i as f32 * 0.5, false))
+        .collect();
+    assert_eq!(rows["jsonl/x"].len(), expected.len(), "after {kills} kills");
+    assert_eq!(rows["jsonl/x"], expected);
+    let expected: Vec<Row> = (0..POINTS)
+        .map(|i| (i, BASE_MS + i * 10, i as f32 * 0.5, false))
+        .collect();
+    assert_eq!(rows["train/loss"], expected, "after {kills} kills");
+    assert_eq!(
+        experiment(&db)[0],
+        "Failed",
+        "exit code 1 means the job failed"
+    );
+}
+
+#[test]
+fn wrong_password_and_missing_tables_stop_the_sidecar_with_their_exit_code() {
+    let db = MariaDb::start_with_submarine_tables();
+    let s = Setup::new();
+    let mut cmd = s.sidecar(EXPERIMENT);
+    cmd.arg("--metastore")
+        .arg(db.url_with("mysql", "hunter2-wrong"));
+    let out = wait_with_timeout(cmd.spawn().unwrap(), Duration::from_secs(60));
+    let stderr = expect_exit(&out, 4);
+    assert!(stderr.contains("Access denied"), "{stderr}");
+    assert!(stderr.contains("check the user and password"), "{stderr}");
+    assert!(!stderr.contains("hunter2-wrong"), "{stderr}");
+
+    // A database without Submarine's tables.
+    db.admin("CREATE DATABASE bare; GRANT ALL ON bare.* TO 'submarine'@'%';");
+    let url = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/bare", db.port);
+    let s = Setup::new();
+    let mut cmd = s.sidecar(EXPERIMENT);
+    cmd.arg("--metastore").arg(&url);
+    let out = wait_with_timeout(cmd.spawn().unwrap(), Duration::from_secs(60));
+    let stderr = expect_exit(&out, 3);
+    assert!(stderr.contains("create Submarine's tables"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    // `periscope metrics` reads SQLite only, and says so without the password.
+    let ran = run(periscope()
+        .args(["metrics", "ls", "--metastore"])
+        .arg(db.url()));
+    ran.expect_code(2).refute_output(PASSWORD);
+}
