@@ -26,6 +26,7 @@ use super::{
     ArchiveFormat, FetchContext, Fetched, Revision, RevisionKind, SourceError, SourceOptions,
     SourceProgress,
 };
+use crate::artifacts::{self, Manifest, MANIFEST_FILE};
 use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
 use crate::storage::{self, Service, StorageError, StoreOptions};
@@ -59,6 +60,9 @@ pub enum ObjectError {
         expected: u64,
         got: u64,
     },
+    /// A save of model artifacts that fails its manifest (or cannot be read).
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactsError),
     /// Writing into the stage failed.
     #[error("cannot write `{}`: {error}", path.display())]
     Write {
@@ -75,6 +79,7 @@ impl Classify for ObjectError {
             ObjectError::UnsafeKey { .. } | ObjectError::OverLimit { .. } => ErrorClass::Integrity,
             ObjectError::EmptyPrefix { .. } => ErrorClass::NotFound,
             ObjectError::ShortBody { .. } => ErrorClass::Network,
+            ObjectError::Artifacts(e) => e.class(),
             ObjectError::Write { .. } => ErrorClass::Io,
         }
     }
@@ -97,6 +102,7 @@ impl Classify for ObjectError {
             ObjectError::ShortBody { .. } => {
                 Some("the object may have changed while it was copied; run again".into())
             }
+            ObjectError::Artifacts(e) => e.hint(),
             ObjectError::Write { .. } => {
                 Some("check that the destination is writable and has free space".into())
             }
@@ -152,6 +158,23 @@ impl Located {
             });
         }
         Ok(objects)
+    }
+
+    /// Downloads `files` with the source's concurrency; returns the bytes written.
+    async fn download(
+        &self,
+        files: &[copy::Download],
+        ctx: &FetchContext,
+        progress: &SourceProgress,
+    ) -> Result<u64, ObjectError> {
+        copy::download_all(
+            self.store.clone(),
+            self.service,
+            files,
+            ctx.concurrency,
+            progress,
+        )
+        .await
     }
 
     async fn head(&self) -> Result<ObjectMeta, ObjectError> {
@@ -227,6 +250,9 @@ async fn fetch_prefix(
 ) -> Result<Fetched, ObjectError> {
     let objects = at.list().await?;
     let digest = fingerprint(&objects);
+    if let Some(manifest) = artifacts_manifest(at, &objects).await? {
+        return fetch_save(at, stage, ctx, progress, &objects, manifest, digest).await;
+    }
     let plan = keys::plan(&at.path, objects)?;
     check_limits(plan.bytes(), plan.entries(), ctx)?;
     progress.set_total(plan.bytes());
@@ -243,14 +269,7 @@ async fn fetch_prefix(
         })
         .collect();
     tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
-    let bytes = copy::download_all(
-        at.store.clone(),
-        at.service,
-        &downloads,
-        ctx.concurrency,
-        progress,
-    )
-    .await?;
+    let bytes = at.download(&downloads, ctx, progress).await?;
     Ok(Fetched {
         revision: Revision {
             kind: RevisionKind::Etags,
@@ -259,6 +278,72 @@ async fn fetch_prefix(
         fingerprint: Some(digest),
         bytes,
         files: plan.entries(),
+    })
+}
+
+/// The manifest of a save of model artifacts, when the prefix is one: it holds a
+/// `manifest.json` of Periscope's artifacts format directly below it.
+async fn artifacts_manifest(
+    at: &Located,
+    objects: &[ObjectMeta],
+) -> Result<Option<(Manifest, String)>, ObjectError> {
+    let key = at.path.clone().join(MANIFEST_FILE);
+    if !objects.iter().any(|m| m.location == key) {
+        return Ok(None);
+    }
+    let request_error =
+        |e: object_store::Error| StorageError::request(at.service, key.to_string(), &e);
+    let bytes = at
+        .store
+        .get(&key)
+        .await
+        .map_err(request_error)?
+        .bytes()
+        .await
+        .map_err(request_error)?;
+    Ok(Manifest::parse(&bytes).map(|m| (m, artifacts::manifest::sha256_hex(&bytes))))
+}
+
+/// Copies a save of model artifacts: only the files its manifest names, each checked for size
+/// before and sha256 after the download; any difference refuses the whole source.
+async fn fetch_save(
+    at: &Located,
+    stage: &FsPath,
+    ctx: &FetchContext,
+    progress: &SourceProgress,
+    objects: &[ObjectMeta],
+    (manifest, manifest_sha): (Manifest, String),
+    digest: String,
+) -> Result<Fetched, ObjectError> {
+    let wanted = artifacts::verify::plan(&at.shown, &at.path, &manifest, objects)?;
+    check_limits(manifest.bytes(), wanted.len() as u64, ctx)?;
+    progress.set_total(manifest.bytes());
+    let downloads: Vec<copy::Download> = wanted
+        .iter()
+        .map(|w| copy::Download {
+            meta: w.meta.clone(),
+            path: artifacts::verify::stage_path(stage, &w.entry),
+        })
+        .collect();
+    for d in &downloads {
+        if let Some(parent) = d.path.parent() {
+            std::fs::create_dir_all(parent).map_err(copy::write_error(parent))?;
+        }
+    }
+    tracing::info!(source = %at.shown, save = manifest.save, files = wanted.len(), "copying an artifacts save");
+    let bytes = at.download(&downloads, ctx, progress).await?;
+    let (save, dir) = (at.shown.clone(), stage.to_path_buf());
+    tokio::task::spawn_blocking(move || artifacts::verify::check(&save, &dir, &wanted))
+        .await
+        .map_err(|e| artifacts::ArtifactsError::Task(e.to_string()))??;
+    Ok(Fetched {
+        revision: Revision {
+            kind: RevisionKind::Sha256,
+            id: manifest_sha,
+        },
+        fingerprint: Some(digest),
+        bytes,
+        files: manifest.files.len() as u64,
     })
 }
 
@@ -278,14 +363,9 @@ async fn fetch_single(
     let path = stage.join(&name);
     progress.set_total(meta.size);
     let download = copy::Download { meta, path };
-    let bytes = copy::download_all(
-        at.store.clone(),
-        at.service,
-        std::slice::from_ref(&download),
-        ctx.concurrency,
-        progress,
-    )
-    .await?;
+    let bytes = at
+        .download(std::slice::from_ref(&download), ctx, progress)
+        .await?;
     let revision = match opts.sha256 {
         Some(expected) => {
             let actual = sha256_file(&download.path)?;
