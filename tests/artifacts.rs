@@ -244,7 +244,7 @@ fn azurite_push_in_parts_loads_back_byte_identical() {
         &dir,
         "az://models/jobs",
         &state,
-        &["--artifacts-part-size", "4MiB"],
+        &["--artifacts-part-size", "5MiB"],
     )
     .expect_code(0)
     .expect_output("save 1: 62 files");
@@ -393,4 +393,104 @@ fn run_with_artifacts_records_the_save_in_the_metastore() {
     let dest = work.path().join("dest");
     localize(&[], &dest, &url).expect_code(0);
     assert_eq!(std::fs::read(dest.join("1/model.bin")).unwrap(), b"weights");
+}
+
+/// Waits for a child with a deadline, so a hang fails the test instead of blocking it.
+fn wait(child: &mut std::process::Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the command did not end within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sidecar_saves_artifacts_when_the_job_ends_and_records_the_param() {
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    let expected = make_artifacts(&model, 20, 1);
+    let state = work.path().join("state");
+    let exit_file = work.path().join("exit-code");
+    let store = work.path().join("store");
+    let mut cmd = periscope();
+    cmd.args(["sidecar", "--storage"])
+        .arg(format!("file://{}", store.display()))
+        .args(["--experiment-id", "exp-s", "--worker", "worker-1"])
+        .args(["--poll-interval", "0.1", "--state-dir"])
+        .arg(&state)
+        .arg("--code-dir")
+        .arg(work.path().join("no-code"))
+        .arg("--exit-when-file")
+        .arg(&exit_file)
+        .arg("--artifacts")
+        .arg(&model)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    std::fs::write(&exit_file, "0\n").unwrap();
+    assert_eq!(wait(&mut child, Duration::from_secs(60)), Some(0));
+    let url = format!("file://{}/exp-s/worker-1/artifacts/1/", store.display());
+    let mut params = periscope();
+    params
+        .args(["metrics", "show", "exp-s", "--params", "--state-dir"])
+        .arg(&state);
+    run(&mut params)
+        .expect_code(0)
+        .expect_output("artifacts.1")
+        .expect_output(&url);
+    let dest = work.path().join("dest");
+    localize(&[], &dest, &url).expect_code(0);
+    assert_eq!(read_tree(&dest.join("1")), expected);
+}
+
+#[test]
+fn exec_saves_artifacts_after_the_command_and_keeps_its_exit_code() {
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let store = work.path().join("store");
+    let marker = work.path().join("ran");
+    let exec = |storage: Option<&str>| {
+        let mut cmd = periscope();
+        cmd.args(["exec", "--capture-dir"])
+            .arg(work.path().join("logs"))
+            .args([
+                "--experiment-id",
+                "exp-e",
+                "--worker",
+                "worker-0",
+                "--state-dir",
+            ])
+            .arg(work.path().join("state"))
+            .arg("--artifacts")
+            .arg(&model);
+        if let Some(s) = storage {
+            cmd.args(["--storage", s]);
+        }
+        cmd.args(["--", "sh", "-c"]).arg(format!(
+            "printf w > '{}/w.bin'; touch '{}'; exit 3",
+            model.display(),
+            marker.display()
+        ));
+        run(&mut cmd)
+    };
+    // Without storage the pod is misconfigured: refused before the command runs.
+    exec(None).expect_code(2).expect_output("--storage");
+    assert!(!marker.exists());
+    exec(Some(&format!("file://{}", store.display())))
+        .expect_code(3)
+        .expect_output("save 1: 1 files");
+    assert_eq!(
+        std::fs::read(store.join("exp-e/worker-0/artifacts/1/w.bin")).unwrap(),
+        b"w"
+    );
+    assert!(store
+        .join("exp-e/worker-0/artifacts/1/manifest.json")
+        .exists());
 }

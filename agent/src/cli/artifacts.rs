@@ -95,7 +95,8 @@ pub struct PushTuning {
     /// Files (or parts of one large file) uploaded at once.
     #[arg(long, env = "PERISCOPE_ARTIFACTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub artifacts_concurrency: u16,
-    /// Part size of multipart uploads (files larger than twice this use them).
+    /// Part size of multipart uploads, at least 5MiB; larger files use them, and at most
+    /// concurrency × part size bytes are held in memory.
     #[arg(long, env = "PERISCOPE_ARTIFACTS_PART_SIZE", default_value = "8MiB", value_parser = parse_size)]
     pub artifacts_part_size: u64,
 }
@@ -176,7 +177,8 @@ pub async fn push_dirs(
     state_dir: &Path,
     tuning: &PushTuning,
 ) -> Result<Vec<PushOutcome>, Failure> {
-    let part = usize::try_from(tuning.artifacts_part_size.max(1 << 20)).unwrap_or(usize::MAX);
+    // S3 refuses parts under 5 MiB (but the last one).
+    let part = usize::try_from(tuning.artifacts_part_size.max(5 << 20)).unwrap_or(usize::MAX);
     let mut outcomes = Vec::with_capacity(dirs.len());
     for dir in dirs {
         let mut cfg = PushConfig::new(
@@ -188,7 +190,8 @@ pub async fn push_dirs(
         );
         cfg.concurrency = usize::from(tuning.artifacts_concurrency);
         cfg.part_size = part;
-        cfg.multipart_above = (part as u64).saturating_mul(2);
+        // One PUT up to a part's size: in-flight memory stays under concurrency × part size.
+        cfg.multipart_above = part as u64;
         let outcome = artifacts::push(dir, &cfg).await?;
         eprintln!("{}", describe(dir, &outcome));
         outcomes.push(outcome);
