@@ -343,6 +343,12 @@ fn a_file_that_keeps_changing_is_named_and_no_save_completes() {
             }
         })
     };
+    // The writer is running once the file has grown.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&growing).unwrap().len() <= 32 << 20 {
+        assert!(Instant::now() < deadline, "the writer never wrote");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let store = work.path().join("store");
     let storage = format!("file://{}", store.display());
     let ran = push(&[], &dir, &storage, &work.path().join("state"), &[]);

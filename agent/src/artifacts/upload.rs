@@ -207,3 +207,78 @@ pub fn local_path(root: &FsPath, rel: &str) -> PathBuf {
     rel.split('/')
         .fold(root.to_path_buf(), |p, part| p.join(part))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn opts() -> UploadOptions {
+        UploadOptions {
+            multipart_above: 5 << 20,
+            part_size: 5 << 20,
+            concurrency: 2,
+            attempts: 3,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_and_multipart_uploads_store_exactly_the_bytes_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        for (name, len) in [("small", 1000usize), ("large", (12 << 20) + 7)] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let path = dir.path().join(name);
+            std::fs::write(&path, &body).unwrap();
+            let key = Path::from(name);
+            let stored = upload(&store, Service::Local, &path, &key, &opts())
+                .await
+                .unwrap();
+            assert_eq!(stored.size, len as u64);
+            assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
+            let got = store.get(&key).await.unwrap().bytes().await.unwrap();
+            assert_eq!(got.as_ref(), body.as_slice(), "{name}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_appended_to_during_every_upload_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("growing.bin");
+        std::fs::write(&path, vec![7u8; 12 << 20]).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.write_all(b"x").unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        // The writer is running once the file has grown.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() <= 12 << 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never wrote"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let key = Path::from("growing.bin");
+        let result = upload(&store, Service::Local, &path, &key, &opts()).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        match result {
+            Err(ArtifactsError::FileChanging { path: p, attempts }) => {
+                assert_eq!((p, attempts), (path, 3));
+            }
+            other => panic!("expected FileChanging, got {other:?}"),
+        }
+        // Every multipart try was aborted: no object made of mixed versions exists.
+        assert!(store.head(&key).await.is_err());
+    }
+}
