@@ -349,6 +349,8 @@ fn remember(state: &mut PushState, hashed: &[(LocalFile, String)]) {
     }
 }
 
+/// How one file of a save came to be stored. Invariant: `AlreadyStored` only when an earlier
+/// push of the same save stored exactly these bytes (state record, object size, unchanged stamp).
 enum How {
     Sent,
     Copied,

@@ -29,13 +29,14 @@ Examples:
   periscope artifacts push ./checkpoints --storage s3://ml-models/jobs --experiment-id job-42
   periscope artifacts push /models --storage file:///mnt/models --worker worker-1";
 
-/// Save model artifacts to storage, verified and numbered.
+/// Save model artifacts to storage, verified and numbered. Invariant: exactly one subcommand.
 #[derive(clap::Args)]
 pub struct ArtifactsArgs {
     #[command(subcommand)]
     command: ArtifactsCommand,
 }
 
+/// The `artifacts` subcommands (only `push` today: loading back is `periscope localize`).
 #[derive(clap::Subcommand)]
 enum ArtifactsCommand {
     /// Upload every file under DIR as the next save (see --help for the layout).
@@ -43,6 +44,7 @@ enum ArtifactsCommand {
     Push(PushArgs),
 }
 
+/// `artifacts push`'s flags. Invariant: one folder per push (one save).
 #[derive(clap::Args)]
 struct PushArgs {
     /// The folder to save.
@@ -55,6 +57,7 @@ struct PushArgs {
 }
 
 /// Where pushes go, for the commands that have no storage of their own (`artifacts push`, `exec`).
+/// Invariant: none until [`PushTarget::open`] checks the storage and identity.
 #[derive(clap::Args, Clone)]
 pub struct PushTarget {
     /// Where artifacts are saved: s3://bucket/prefix, gs://…, az://container/prefix,
@@ -89,7 +92,8 @@ impl PushTarget {
     }
 }
 
-/// How artifacts go up; shared by every command that pushes them.
+/// How artifacts go up; shared by every command that pushes them. Invariant: concurrency is
+/// 1..=256 (clap checks it); the part size is raised to 5 MiB when smaller.
 #[derive(clap::Args, Clone)]
 pub struct PushTuning {
     /// Files (or parts of one large file) uploaded at once.
@@ -101,7 +105,8 @@ pub struct PushTuning {
     pub artifacts_part_size: u64,
 }
 
-/// `--artifacts DIR` for `sidecar`, `run` and `exec`.
+/// `--artifacts DIR` for `sidecar`, `run` and `exec`. Invariant: none (an empty list means no
+/// artifacts; empty values from the environment are dropped by [`ArtifactsFlags::dirs`]).
 #[derive(clap::Args, Clone)]
 pub struct ArtifactsFlags {
     /// Folder of model artifacts to save to <storage>/<experiment>/<worker>/artifacts/<n>/ when
