@@ -171,6 +171,16 @@ fn file_push_skips_escaping_links_and_fifos_loads_back_and_pushes_once() {
         std::fs::read(store.join("exp-1/worker-0/artifacts/2/config with space.json")).unwrap(),
         b"{\"lr\":0.2}"
     );
+
+    // `latest` is the highest complete save; an unfinished save 3 (no manifest) is not it.
+    std::fs::create_dir_all(store.join("exp-1/worker-0/artifacts/3")).unwrap();
+    std::fs::write(store.join("exp-1/worker-0/artifacts/3/half.bin"), b"x").unwrap();
+    let latest = work.path().join("latest");
+    let source = format!("{storage}/exp-1/worker-0/artifacts/latest/#into=model");
+    localize(&[], &latest, &source).expect_code(0);
+    let mut expected2 = expected;
+    expected2.insert("config with space.json".into(), b"{\"lr\":0.2}".to_vec());
+    assert_eq!(read_tree(&latest.join("model")), expected2);
 }
 
 #[test]

@@ -160,6 +160,31 @@ impl Located {
         Ok(objects)
     }
 
+    /// `…/artifacts/latest/` names the latest complete save of model artifacts: the highest
+    /// `…/artifacts/<n>/` with a manifest. Any other location is returned as it is.
+    async fn resolve_latest(mut self) -> Result<Located, ObjectError> {
+        let base = match self.path.filename() {
+            Some("latest") if self.is_prefix => {
+                let parts: Vec<_> = self.path.parts().collect();
+                let parent: Path = parts[..parts.len() - 1].iter().cloned().collect();
+                if parent.filename() != Some(artifacts::ARTIFACTS_DIR) {
+                    return Ok(self);
+                }
+                parent
+            }
+            _ => return Ok(self),
+        };
+        let saves = artifacts::saves::list(&self.store, self.service, &base).await?;
+        let Some((n, _, _)) = saves.latest else {
+            return Err(ObjectError::EmptyPrefix {
+                shown: format!("{} (no complete save)", self.shown),
+            });
+        };
+        tracing::info!(source = %self.shown, save = n, "latest complete artifacts save");
+        self.path = base.join(n.to_string());
+        Ok(self)
+    }
+
     /// Downloads `files` with the source's concurrency; returns the bytes written.
     async fn download(
         &self,
@@ -201,7 +226,7 @@ pub async fn probe(
     _opts: &SourceOptions,
     ctx: &FetchContext,
 ) -> Result<Option<String>, SourceError> {
-    let at = locate(url, ctx)?;
+    let at = locate(url, ctx)?.resolve_latest().await?;
     let digest = if at.is_prefix {
         let objects = at.list().await?;
         // Keys are checked here too, so a hostile key is refused even when nothing else changed.
@@ -221,7 +246,7 @@ pub async fn fetch(
     ctx: &FetchContext,
     progress: &SourceProgress,
 ) -> Result<Fetched, SourceError> {
-    let at = locate(url, ctx)?;
+    let at = locate(url, ctx)?.resolve_latest().await?;
     if at.is_prefix {
         return Ok(fetch_prefix(&at, stage, ctx, progress).await?);
     }
