@@ -209,6 +209,14 @@ fn s3_push_loads_back_byte_identical_and_a_tampered_object_is_refused() {
     let dest = work.path().join("dest");
     localize(&env, &dest, source).expect_code(0);
     assert_eq!(read_tree(&dest.join("1")), expected);
+    copy_then_load_save_2(
+        &env,
+        &dir,
+        "s3://models/jobs",
+        &state,
+        expected.clone(),
+        &[],
+    );
 
     // Same size, other bytes: only the sha256 tells. Nothing may be published.
     let mut tampered = expected["ckpt/shard-03/part-0010.bin"].clone();
@@ -261,6 +269,40 @@ fn azurite_push_in_parts_loads_back_byte_identical() {
     let dest = work.path().join("dest");
     localize(&env, &dest, "az://models/jobs/exp-1/worker-0/artifacts/1/").expect_code(0);
     assert_eq!(read_tree(&dest.join("1")), expected);
+    copy_then_load_save_2(
+        &env,
+        &dir,
+        "az://models/jobs",
+        &state,
+        expected,
+        &["--artifacts-part-size", "5MiB"],
+    );
+}
+
+/// Changes one file, pushes save 2 (the rest copied server-side from save 1) and loads it back.
+fn copy_then_load_save_2(
+    env: &[(&str, String)],
+    dir: &Path,
+    storage: &str,
+    state: &Path,
+    mut expected: BTreeMap<String, Vec<u8>>,
+    extra: &[&str],
+) {
+    let changed = b"{\"lr\":0.3}".to_vec();
+    std::fs::write(dir.join("config with space.json"), &changed).unwrap();
+    expected.insert("config with space.json".into(), changed);
+    let others = expected.len() - 1;
+    push(env, dir, storage, state, extra)
+        .expect_code(0)
+        .expect_output(&format!("1 sent, {others} copied from the previous save"));
+    let dest = tempfile::tempdir().unwrap();
+    localize(
+        env,
+        dest.path(),
+        &format!("{storage}/exp-1/worker-0/artifacts/2/"),
+    )
+    .expect_code(0);
+    assert_eq!(read_tree(&dest.path().join("2")), expected);
 }
 
 #[test]
