@@ -56,7 +56,14 @@ pub fn walk(root: &Path) -> Result<Walked, ArtifactsError> {
         let path = path.to_path_buf();
         move |error| ArtifactsError::Read { path, error }
     };
-    let canonical_root = fs::canonicalize(root).map_err(io(root))?;
+    let canonical_root = match fs::canonicalize(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ArtifactsError::NotAFolder {
+                path: root.to_path_buf(),
+            })
+        }
+        other => other.map_err(io(root))?,
+    };
     if !canonical_root.is_dir() {
         return Err(ArtifactsError::NotAFolder {
             path: root.to_path_buf(),
@@ -152,5 +159,12 @@ mod tests {
         assert_eq!(skipped[1], ("escape", "symlink leaves the folder"));
         assert!(skipped[2].0 == "loop" && skipped[2].1.starts_with("symlink to a folder"));
         assert_eq!(skipped[3], ("pipe", "FIFO"));
+        let missing = walk(&root.join("nope")).unwrap_err();
+        assert!(
+            matches!(missing, ArtifactsError::NotAFolder { .. }),
+            "{missing}"
+        );
+        let file = walk(&root.join("top.txt")).unwrap_err();
+        assert!(matches!(file, ArtifactsError::NotAFolder { .. }), "{file}");
     }
 }
