@@ -35,7 +35,9 @@ What happens:
   3. its stdout and stderr are shown live and captured; captured logs and tf.events files are shipped
      to --storage while it runs, exactly as `periscope sidecar` ships them; scalars from tf.events,
      the metrics file and mlflow calls (MLFLOW_TRACKING_URI points at Periscope) go to the metastore;
-  4. when CMD ends, everything it wrote is drained to storage, and Periscope exits with CMD's code.
+  4. when CMD ends, everything it wrote is drained to storage, each --artifacts folder is saved to
+     <storage>/<experiment>/<worker>/artifacts/<n>/ (recorded as the param artifacts.<n>; see
+     `periscope artifacts push --help`), and Periscope exits with CMD's code.
 Ctrl-C and SIGTERM are forwarded to CMD.
 
 Where things live (defaults, under --data-dir):
