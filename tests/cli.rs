@@ -93,6 +93,7 @@ fn readme_lists_every_environment_variable_the_cli_reads() {
         vec!["metrics", "--help"],
         vec!["runs", "--help"],
         vec!["install", "--help"],
+        vec!["artifacts", "push", "--help"],
     ] {
         let help = run(periscope().args(&command)).stdout;
         for part in help.split("[env: ").skip(1) {

@@ -7,6 +7,7 @@ mod harness;
 // Git sources over git daemon, smart HTTP(S), ssh and file://.
 mod localize_git;
 
+mod artifacts;
 mod cli;
 mod examples;
 mod exec;

@@ -13,6 +13,7 @@
 //! The library never prints. Output for people (tables, JSONL, progress bars) belongs to the CLI
 //! layer in `main.rs`; diagnostics go through `tracing`.
 
+pub mod artifacts;
 pub mod error;
 pub mod exec;
 pub mod fsutil;

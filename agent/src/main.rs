@@ -72,6 +72,8 @@ enum Command {
     Exec(cli::exec::ExecArgs),
     /// Ship logs to object storage exactly once until the job ends, then drain (the pod's sidecar).
     Sidecar(Box<cli::sidecar::SidecarArgs>),
+    /// Save model artifacts to storage as numbered, verified saves: `push DIR`.
+    Artifacts(cli::artifacts::ArtifactsArgs),
     /// Read back logs the sidecar stored: `cat` one log, `ls` an experiment.
     Logs(cli::logs::LogsArgs),
     /// Localize, run a command and ship what it writes, all in one process (for bare VMs).
@@ -144,6 +146,7 @@ fn dispatch(command: Command) -> Result<ExitCode, Failure> {
         Command::Localize(args) => cli::block_on(cli::localize::run(*args)),
         Command::Exec(args) => cli::block_on(cli::exec::run(args)),
         Command::Sidecar(args) => cli::block_on(cli::sidecar::run(*args)),
+        Command::Artifacts(args) => cli::block_on(cli::artifacts::run(args)),
         Command::Logs(args) => cli::block_on(cli::logs::run(args)),
         Command::Run(args) => cli::block_on(cli::run::run(*args)),
         Command::Runs(args) => cli::block_on(cli::runs::run(args)),

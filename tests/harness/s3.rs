@@ -152,4 +152,31 @@ impl S3Server {
         assert_eq!(r.status, 200, "enable moto auth: {}", r.body);
         (field("AccessKeyId"), field("SecretAccessKey"))
     }
+
+    /// Every object under `prefix` as (key, LastModified text), from ListObjectsV2 (one page of up
+    /// to 1000 keys: enough for tests).
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+        let r = request(
+            self.port,
+            "GET",
+            &format!(
+                "/{bucket}?list-type=2&max-keys=1000&prefix={}",
+                encode_key(prefix)
+            ),
+            &setup_auth(),
+            b"",
+        );
+        assert_eq!(r.status, 200, "list {bucket}/{prefix}: {}", r.body);
+        let field = |xml: &str, name: &str| {
+            let open = format!("<{name}>");
+            let start = xml.find(&open)? + open.len();
+            let end = start + xml[start..].find('<')?;
+            Some(xml[start..end].to_string())
+        };
+        r.body
+            .split("<Contents>")
+            .skip(1)
+            .filter_map(|c| Some((field(c, "Key")?, field(c, "LastModified")?)))
+            .collect()
+    }
 }

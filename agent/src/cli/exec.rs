@@ -16,6 +16,9 @@ not on a terminal). When CMD ends and its output is on disk, its exit code is wr
 DIR/exit-code, which `periscope sidecar --exit-when-file` waits for. Periscope exits with CMD's code
 (128 + N if signal N killed it; 127 if CMD was not found, 126 if it could not be started).
 
+With --artifacts DIR (and --storage), each DIR is saved to <URL>/<experiment>/<worker>/artifacts/<n>/
+once CMD has ended (see `periscope artifacts push --help`); a failed save exits with its own code.
+
 Example (main container of a pod; /periscope is a shared emptyDir):
   periscope exec --capture-dir /periscope/logs -- python train.py --epochs 10";
 
@@ -31,6 +34,10 @@ pub struct ExecArgs {
         default_value = "periscope-data/logs"
     )]
     capture_dir: PathBuf,
+    #[command(flatten)]
+    artifacts: super::artifacts::ArtifactsFlags,
+    #[command(flatten)]
+    to: super::artifacts::PushTarget,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -38,6 +45,13 @@ pub struct ExecArgs {
 
 /// Runs `periscope exec`.
 pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
+    // Checked before CMD runs, so a misconfigured pod fails at once rather than after training.
+    let dirs = args.artifacts.dirs();
+    let target = if dirs.is_empty() {
+        None
+    } else {
+        Some(args.to.open()?)
+    };
     let mut command = args.command.into_iter();
     // clap enforces at least one value (`required = true`).
     let program = command.next().unwrap_or_default();
@@ -49,6 +63,11 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
         cwd: None,
     };
     let code = run_command(&spec).await?;
+    if let Some(target) = target {
+        // After the exit-code file: a sidecar may drain meanwhile; the save is this process's.
+        super::artifacts::push_dirs(&dirs, &target, &args.to.state_dir, &args.artifacts.tuning)
+            .await?;
+    }
     Ok(exit_code(code))
 }
 

@@ -3,6 +3,7 @@
 //! Commands return `Result<ExitCode, Failure>`; `main.rs` turns a [`Failure`] into a message, an
 //! exit code and the termination message.
 
+pub mod artifacts;
 pub mod exec;
 pub mod install;
 pub mod localize;

@@ -35,7 +35,9 @@ What happens:
   3. its stdout and stderr are shown live and captured; captured logs and tf.events files are shipped
      to --storage while it runs, exactly as `periscope sidecar` ships them; scalars from tf.events,
      the metrics file and mlflow calls (MLFLOW_TRACKING_URI points at Periscope) go to the metastore;
-  4. when CMD ends, everything it wrote is drained to storage, and Periscope exits with CMD's code.
+  4. when CMD ends, everything it wrote is drained to storage, each --artifacts folder is saved to
+     <storage>/<experiment>/<worker>/artifacts/<n>/ (recorded as the param artifacts.<n>; see
+     `periscope artifacts push --help`), and Periscope exits with CMD's code.
 Ctrl-C and SIGTERM are forwarded to CMD.
 
 Where things live (defaults, under --data-dir):
@@ -93,6 +95,8 @@ pub struct RunArgs {
     /// Seconds to keep shipping after CMD ends before giving up on what is left.
     #[arg(long, env = "PERISCOPE_DRAIN_TIMEOUT", default_value_t = 60.0)]
     drain_timeout: f64,
+    #[command(flatten)]
+    artifacts: super::artifacts::ArtifactsFlags,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -330,7 +334,16 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     tracing::info!(experiment = %identity.experiment, worker = %identity.worker, "running the command");
     let code = super::exec::run_command(&spec).await?;
 
-    // 5. Drain: a signal during the drain ends it at once (the checkpoint keeps what is left).
+    // 5. Artifacts, while the logs drain: each --artifacts folder becomes a save.
+    let artifact_dirs = args.artifacts.dirs();
+    let saves = if artifact_dirs.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let target = super::artifacts::Target::open(&url, &identity, &StoreOptions::default())?;
+        super::artifacts::push_dirs(&artifact_dirs, &target, &state, &args.artifacts.tuning).await
+    };
+
+    // 6. Drain: a signal during the drain ends it at once (the checkpoint keeps what is left).
     let _ = stop_tx.send(1);
     let signals = super::signals::stop_requests()?;
     let second = tokio::spawn(async move {
@@ -346,9 +359,15 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             None,
         )
     })?;
-    let ending = super::sidecar_metrics::join(metrics, ending?).await;
+    let joined = super::sidecar_metrics::join(metrics, ending?).await;
     second.abort();
-    let ending = ending?;
+    let (ending, mut pipeline) = joined?;
+    let saves = saves?;
+    let items = saves
+        .iter()
+        .flat_map(|o| periscope::artifacts::record::items(o, &identity.worker))
+        .collect();
+    super::sidecar_metrics::deliver_late(&mut pipeline, items, Duration::from_secs(30)).await?;
     let shipped = pipelines
         .logs
         .as_ref()

@@ -113,6 +113,20 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
             for p in params.iter().filter(|p| p.key.starts_with("code.")) {
                 writeln!(out, "{}: {}", p.key, p.value).map_err(io)?;
             }
+            let mut saves: Vec<_> = params
+                .iter()
+                .filter_map(|p| {
+                    let n: u64 = p.key.strip_prefix("artifacts.")?.parse().ok()?;
+                    Some((p.worker.as_str(), n, p.value.as_str()))
+                })
+                .collect();
+            saves.sort();
+            if !saves.is_empty() {
+                writeln!(out, "\nartifacts (periscope localize --source <URL>):").map_err(io)?;
+                for (worker, n, url) in saves {
+                    writeln!(out, "  {worker} save {n}: {url}").map_err(io)?;
+                }
+            }
             let storage = args.data_dir.join("storage");
             if storage.is_dir() {
                 let url =

@@ -37,6 +37,10 @@ kill -9 and restarts. The run is Running while the sidecar works, then Succeeded
 <code-dir>/.periscope/localized.json becomes params (and MLflow's mlflow.source.git.* tags).
 Read the SQLite metastore with `periscope metrics`.
 
+Artifacts: each --artifacts folder is saved to <URL>/<experiment>/<worker>/artifacts/<n>/ (see
+`periscope artifacts push --help`) once the job is over and the logs are drained, still within the
+drain; the save's URL becomes the param artifacts.<n> in the metastore.
+
 Identity: --experiment-id defaults to $JOB_ID; --worker is derived like the Submarine SDK does (TF_CONFIG
 task type-index, else CLUSTER_SPEC, else RANK: 0 -> master-0, N -> worker-N, else worker-0).
 
@@ -113,6 +117,8 @@ pub struct SidecarArgs {
     exit_when_file: Option<PathBuf>,
     #[command(flatten)]
     metrics: super::sidecar_metrics::MetricsArgs,
+    #[command(flatten)]
+    artifacts: super::artifacts::ArtifactsFlags,
 }
 
 fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
@@ -252,7 +258,27 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
     tracing::info!(storage = %redact_url(url.as_str()), experiment = %identity.experiment, worker = %identity.worker,
         "sidecar started");
     let ending = sidecar::run(&mut pipelines, &lifecycle, stop, wake).await?;
-    let ending = super::sidecar_metrics::join(metrics, ending).await?;
+    // The job is over and its logs are drained: save the artifacts folders, then record the
+    // saves in the metastore through the same pipeline.
+    let artifact_dirs = args.artifacts.dirs();
+    let saves = if artifact_dirs.is_empty() {
+        Ok(Vec::new())
+    } else {
+        let target = super::artifacts::Target::open(&url, &identity, &StoreOptions::default())?;
+        super::artifacts::push_dirs(
+            &artifact_dirs,
+            &target,
+            &args.state_dir,
+            &args.artifacts.tuning,
+        )
+        .await
+    };
+    let (ending, mut metrics) = super::sidecar_metrics::join(metrics, ending).await?;
+    let items = saves?
+        .iter()
+        .flat_map(|o| periscope::artifacts::record::items(o, &identity.worker))
+        .collect();
+    super::sidecar_metrics::deliver_late(&mut metrics, items, Duration::from_secs(10)).await?;
     let shipped = pipelines
         .logs
         .as_ref()

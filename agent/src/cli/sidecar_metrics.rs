@@ -147,8 +147,9 @@ pub fn ingest(identity: &JobIdentity) -> (axum::Router, mpsc::Receiver<IngestReq
     (ingest::router(handle), rx)
 }
 
-/// Waits for the pipeline's task and combines its ending with the log shipper's.
-pub async fn join(task: Task, logs: Ending) -> Result<Ending, Failure> {
+/// Waits for the pipeline's task and combines its ending with the log shipper's. The pipeline is
+/// returned for items that come after the drain (artifacts saves).
+pub async fn join(task: Task, logs: Ending) -> Result<(Ending, MetricsPipeline), Failure> {
     let joined = tokio::task::spawn_blocking(move || task.join()).await;
     let (ending, pipeline) = match joined {
         Ok(Ok(done)) => done,
@@ -165,7 +166,7 @@ pub async fn join(task: Task, logs: Ending) -> Result<Ending, Failure> {
     tracing::info!(queued = stats.queued_items, delivered = stats.delivered_items,
         bad_lines = pipeline.bad_lines(), metastore = %pipeline.describe_sink(), "metrics pipeline ended");
     match ending {
-        Ending::Drained => Ok(logs),
+        Ending::Drained => Ok((logs, pipeline)),
         Ending::Incomplete { backlog, reason } => Err(Failure::new(
             ErrorClass::Network,
             format!(
@@ -177,5 +178,33 @@ pub async fn join(task: Task, logs: Ending) -> Result<Ending, Failure> {
                     .into(),
             ),
         )),
+    }
+}
+
+/// Queues `items` after the drain and delivers them, for at most `within`. What is not delivered
+/// by then stays in the durable queue of the state folder, for the next start to deliver.
+pub async fn deliver_late(
+    pipeline: &mut MetricsPipeline,
+    items: Vec<periscope::metrics::Item>,
+    within: std::time::Duration,
+) -> Result<(), Failure> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    pipeline.enqueue(items)?;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        pipeline.deliver().await?;
+        if pipeline.backlog() == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                backlog = pipeline.backlog(),
+                "artifacts records not yet in the metastore; they stay queued in the state folder"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -26,6 +26,7 @@ use super::{
     ArchiveFormat, FetchContext, Fetched, Revision, RevisionKind, SourceError, SourceOptions,
     SourceProgress,
 };
+use crate::artifacts::{self, Manifest, MANIFEST_FILE};
 use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
 use crate::storage::{self, Service, StorageError, StoreOptions};
@@ -59,6 +60,9 @@ pub enum ObjectError {
         expected: u64,
         got: u64,
     },
+    /// A save of model artifacts that fails its manifest (or cannot be read).
+    #[error(transparent)]
+    Artifacts(#[from] crate::artifacts::ArtifactsError),
     /// Writing into the stage failed.
     #[error("cannot write `{}`: {error}", path.display())]
     Write {
@@ -75,6 +79,7 @@ impl Classify for ObjectError {
             ObjectError::UnsafeKey { .. } | ObjectError::OverLimit { .. } => ErrorClass::Integrity,
             ObjectError::EmptyPrefix { .. } => ErrorClass::NotFound,
             ObjectError::ShortBody { .. } => ErrorClass::Network,
+            ObjectError::Artifacts(e) => e.class(),
             ObjectError::Write { .. } => ErrorClass::Io,
         }
     }
@@ -97,6 +102,7 @@ impl Classify for ObjectError {
             ObjectError::ShortBody { .. } => {
                 Some("the object may have changed while it was copied; run again".into())
             }
+            ObjectError::Artifacts(e) => e.hint(),
             ObjectError::Write { .. } => {
                 Some("check that the destination is writable and has free space".into())
             }
@@ -154,6 +160,48 @@ impl Located {
         Ok(objects)
     }
 
+    /// `…/artifacts/latest/` names the latest complete save of model artifacts: the highest
+    /// `…/artifacts/<n>/` with a manifest. Any other location is returned as it is.
+    async fn resolve_latest(mut self) -> Result<Located, ObjectError> {
+        let base = match self.path.filename() {
+            Some("latest") if self.is_prefix => {
+                let parts: Vec<_> = self.path.parts().collect();
+                let parent: Path = parts[..parts.len() - 1].iter().cloned().collect();
+                if parent.filename() != Some(artifacts::ARTIFACTS_DIR) {
+                    return Ok(self);
+                }
+                parent
+            }
+            _ => return Ok(self),
+        };
+        let saves = artifacts::saves::list(&self.store, self.service, &base).await?;
+        let Some((n, _, _)) = saves.latest else {
+            return Err(ObjectError::EmptyPrefix {
+                shown: format!("{} (no complete save)", self.shown),
+            });
+        };
+        tracing::info!(source = %self.shown, save = n, "latest complete artifacts save");
+        self.path = base.join(n.to_string());
+        Ok(self)
+    }
+
+    /// Downloads `files` with the source's concurrency; returns the bytes written.
+    async fn download(
+        &self,
+        files: &[copy::Download],
+        ctx: &FetchContext,
+        progress: &SourceProgress,
+    ) -> Result<u64, ObjectError> {
+        copy::download_all(
+            self.store.clone(),
+            self.service,
+            files,
+            ctx.concurrency,
+            progress,
+        )
+        .await
+    }
+
     async fn head(&self) -> Result<ObjectMeta, ObjectError> {
         Ok(self
             .store
@@ -178,7 +226,7 @@ pub async fn probe(
     _opts: &SourceOptions,
     ctx: &FetchContext,
 ) -> Result<Option<String>, SourceError> {
-    let at = locate(url, ctx)?;
+    let at = locate(url, ctx)?.resolve_latest().await?;
     let digest = if at.is_prefix {
         let objects = at.list().await?;
         // Keys are checked here too, so a hostile key is refused even when nothing else changed.
@@ -198,7 +246,7 @@ pub async fn fetch(
     ctx: &FetchContext,
     progress: &SourceProgress,
 ) -> Result<Fetched, SourceError> {
-    let at = locate(url, ctx)?;
+    let at = locate(url, ctx)?.resolve_latest().await?;
     if at.is_prefix {
         return Ok(fetch_prefix(&at, stage, ctx, progress).await?);
     }
@@ -227,6 +275,9 @@ async fn fetch_prefix(
 ) -> Result<Fetched, ObjectError> {
     let objects = at.list().await?;
     let digest = fingerprint(&objects);
+    if let Some(manifest) = artifacts_manifest(at, &objects).await? {
+        return fetch_save(at, stage, ctx, progress, &objects, manifest, digest).await;
+    }
     let plan = keys::plan(&at.path, objects)?;
     check_limits(plan.bytes(), plan.entries(), ctx)?;
     progress.set_total(plan.bytes());
@@ -243,14 +294,7 @@ async fn fetch_prefix(
         })
         .collect();
     tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
-    let bytes = copy::download_all(
-        at.store.clone(),
-        at.service,
-        &downloads,
-        ctx.concurrency,
-        progress,
-    )
-    .await?;
+    let bytes = at.download(&downloads, ctx, progress).await?;
     Ok(Fetched {
         revision: Revision {
             kind: RevisionKind::Etags,
@@ -259,6 +303,72 @@ async fn fetch_prefix(
         fingerprint: Some(digest),
         bytes,
         files: plan.entries(),
+    })
+}
+
+/// The manifest of a save of model artifacts, when the prefix is one: it holds a
+/// `manifest.json` of Periscope's artifacts format directly below it.
+async fn artifacts_manifest(
+    at: &Located,
+    objects: &[ObjectMeta],
+) -> Result<Option<(Manifest, String)>, ObjectError> {
+    let key = at.path.clone().join(MANIFEST_FILE);
+    if !objects.iter().any(|m| m.location == key) {
+        return Ok(None);
+    }
+    let request_error =
+        |e: object_store::Error| StorageError::request(at.service, key.to_string(), &e);
+    let bytes = at
+        .store
+        .get(&key)
+        .await
+        .map_err(request_error)?
+        .bytes()
+        .await
+        .map_err(request_error)?;
+    Ok(Manifest::parse(&bytes).map(|m| (m, artifacts::manifest::sha256_hex(&bytes))))
+}
+
+/// Copies a save of model artifacts: only the files its manifest names, each checked for size
+/// before and sha256 after the download; any difference refuses the whole source.
+async fn fetch_save(
+    at: &Located,
+    stage: &FsPath,
+    ctx: &FetchContext,
+    progress: &SourceProgress,
+    objects: &[ObjectMeta],
+    (manifest, manifest_sha): (Manifest, String),
+    digest: String,
+) -> Result<Fetched, ObjectError> {
+    let wanted = artifacts::verify::plan(&at.shown, &at.path, &manifest, objects)?;
+    check_limits(manifest.bytes(), wanted.len() as u64, ctx)?;
+    progress.set_total(manifest.bytes());
+    let downloads: Vec<copy::Download> = wanted
+        .iter()
+        .map(|w| copy::Download {
+            meta: w.meta.clone(),
+            path: artifacts::verify::stage_path(stage, &w.entry),
+        })
+        .collect();
+    for d in &downloads {
+        if let Some(parent) = d.path.parent() {
+            std::fs::create_dir_all(parent).map_err(copy::write_error(parent))?;
+        }
+    }
+    tracing::info!(source = %at.shown, save = manifest.save, files = wanted.len(), "copying an artifacts save");
+    let bytes = at.download(&downloads, ctx, progress).await?;
+    let (save, dir) = (at.shown.clone(), stage.to_path_buf());
+    tokio::task::spawn_blocking(move || artifacts::verify::check(&save, &dir, &wanted))
+        .await
+        .map_err(|e| artifacts::ArtifactsError::Task(e.to_string()))??;
+    Ok(Fetched {
+        revision: Revision {
+            kind: RevisionKind::Sha256,
+            id: manifest_sha,
+        },
+        fingerprint: Some(digest),
+        bytes,
+        files: manifest.files.len() as u64,
     })
 }
 
@@ -278,14 +388,9 @@ async fn fetch_single(
     let path = stage.join(&name);
     progress.set_total(meta.size);
     let download = copy::Download { meta, path };
-    let bytes = copy::download_all(
-        at.store.clone(),
-        at.service,
-        std::slice::from_ref(&download),
-        ctx.concurrency,
-        progress,
-    )
-    .await?;
+    let bytes = at
+        .download(std::slice::from_ref(&download), ctx, progress)
+        .await?;
     let revision = match opts.sha256 {
         Some(expected) => {
             let actual = sha256_file(&download.path)?;
