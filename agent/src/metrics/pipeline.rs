@@ -444,7 +444,12 @@ pub async fn run(
             drain_deadline = Some(Instant::now() + cfg.drain_timeout);
             continue;
         }
-        let pause = if draining {
+        // A read that filled its budget left more behind (a large event file, a long JSONL
+        // backlog): read on at once rather than one budget per poll interval.
+        let more = read as usize >= pipeline.cfg.max_items_per_read;
+        let pause = if more {
+            Duration::ZERO
+        } else if draining {
             Duration::from_millis(100).min(cfg.poll_interval)
         } else {
             cfg.poll_interval
