@@ -52,8 +52,9 @@ pub struct MetricsArgs {
 }
 
 /// The pipeline's thread. It runs its own single-threaded runtime because its work is short
-/// blocking file and SQLite I/O (fsyncs): kept off the log shipper's runtime, a slow disk never
-/// delays log shipping.
+/// blocking file I/O (fsyncs): kept off the log shipper's runtime, a slow disk never delays log
+/// shipping. Delivery to the metastore runs on a further thread of the pipeline's own, so a slow
+/// metastore delays neither.
 type Task = std::thread::JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>;
 
 /// The ingest endpoint as the pipeline sees it: the requests it receives, and the address it

@@ -56,6 +56,10 @@ pub enum MetricsError {
     },
     #[error("cannot encode a metrics queue record: {0}")]
     Encode(String),
+    #[error("cannot start the metrics delivery thread: {0}")]
+    Thread(String),
+    #[error("the metrics delivery thread ended unexpectedly")]
+    DeliveryLost,
 }
 
 impl Classify for MetricsError {
@@ -64,7 +68,9 @@ impl Classify for MetricsError {
             MetricsError::Queue(e) => e.class(),
             MetricsError::Sink(e) => e.class(),
             MetricsError::Checkpoint { .. } => ErrorClass::Io,
-            MetricsError::Encode(_) => ErrorClass::Internal,
+            MetricsError::Encode(_) | MetricsError::Thread(_) | MetricsError::DeliveryLost => {
+                ErrorClass::Internal
+            }
         }
     }
 
@@ -75,7 +81,7 @@ impl Classify for MetricsError {
             MetricsError::Checkpoint { .. } => {
                 Some("check free space and permissions of the --state-dir volume".into())
             }
-            MetricsError::Encode(_) => None,
+            MetricsError::Encode(_) | MetricsError::Thread(_) | MetricsError::DeliveryLost => None,
         }
     }
 }

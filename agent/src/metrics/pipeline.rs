@@ -7,16 +7,27 @@
 //! queued items to the sink in order and acknowledges them; a failing sink is retried with
 //! [`RetryPolicy`] backoff, forever, while the queue keeps everything.
 //!
+//! The two sides share only the queue, behind a mutex held for one append, read or ack, never
+//! across a sink write. The reading side owns the sources, their checkpoint and the queue's end;
+//! the delivery side (`Delivery`) owns the sink and the queue's delivered position. So a slow
+//! or locked metastore never delays reading sources or answering ingest requests: only the
+//! queue's bound does (sources pause, ingest answers 503).
+//!
 //! [`run`] is the sidecar's loop for it, with the same stop and drain rules as the log shipper
 //! ([`crate::sidecar`]): on the first stop request or when the exit-code file appears, keep
-//! reading and delivering until two quiet passes, then record the final status and deliver it.
-//! This module never prints.
+//! reading and delivering until two quiet passes with nothing queued and nothing undelivered,
+//! then record the final status and deliver it. While it runs, delivery happens on a thread of
+//! its own (sinks may do blocking work, such as SQLite's, inside `write`), which `run` lends the
+//! `Delivery` to and takes it back from before returning. This module never prints.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::future::{FusedFuture, FutureExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::checkpoint::{SourcesCheckpoint, SourcesState};
 use super::ingest::{IngestRequest, Refusal};
@@ -88,16 +99,115 @@ pub struct MetricsStats {
     pub sink_failures: u64,
 }
 
-/// The running pipeline. Invariant: `state` is what the checkpoint on disk says, and every item
-/// the sources gave before it is in the queue.
-pub struct MetricsPipeline {
-    cfg: PipelineConfig,
-    queue: Queue,
-    checkpoint: SourcesCheckpoint,
-    state: SourcesState,
+/// The queue as the reading side and the delivery side share it.
+type SharedQueue = Arc<Mutex<Queue>>;
+
+/// Locks the queue. A thread that panicked while holding it is reported by [`run`] anyway, and
+/// the queue's state on disk stays valid (appends and acks are crash-safe), so its data is used.
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Most items one delivery pass hands to the sink before letting its caller look around.
+const PASS_ITEMS: u64 = 100_000;
+
+/// What the delivery side counts, read by [`MetricsPipeline::stats`] from the other side.
+#[derive(Debug, Default)]
+struct DeliveryCounters {
+    delivered_items: AtomicU64,
+    sink_failures: AtomicU64,
+}
+
+/// The delivery side: owns the sink, reads batches from the shared queue, writes them without
+/// holding the queue's lock, then acknowledges them. Invariant: only it moves the queue's
+/// delivered position, so what it read stays in the queue until its ack.
+struct Delivery {
+    queue: SharedQueue,
     sink: Box<dyn Sink>,
+    retry: RetryPolicy,
     failures: u32,
     retry_at: Option<Instant>,
+    counters: Arc<DeliveryCounters>,
+}
+
+impl Delivery {
+    /// Delivers queued items to the sink until the queue is empty, the sink fails (it is retried
+    /// after a backoff) or a pass's worth was delivered. Returns the items delivered.
+    async fn deliver(&mut self) -> Result<u64, MetricsError> {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(0);
+        }
+        let mut delivered = 0u64;
+        while delivered < PASS_ITEMS {
+            let batch = lock(&self.queue).read(1 << 20)?;
+            if batch.records.is_empty() {
+                break;
+            }
+            let mut groups: Vec<Entry> = Vec::new();
+            for record in &batch.records {
+                match serde_json::from_slice::<Entry>(record) {
+                    Ok(entry) => match groups.last_mut() {
+                        Some(last) if last.experiment == entry.experiment => {
+                            last.items.extend(entry.items)
+                        }
+                        _ => groups.push(entry),
+                    },
+                    // It passed its checksum, so only a bug (or a newer version) wrote it.
+                    Err(e) => {
+                        tracing::error!(error = %e, "undecodable metrics queue record skipped")
+                    }
+                }
+            }
+            let mut n = 0u64;
+            for group in &groups {
+                // The queue is not locked here: appends go on while the metastore is slow.
+                if let Err(e) = self.sink.write(&group.experiment, &group.items).await {
+                    if !e.transient {
+                        return Err(e.into());
+                    }
+                    self.failures += 1;
+                    self.counters.sink_failures.fetch_add(1, Ordering::Relaxed);
+                    // A server that said when it will be ready knows better than our backoff.
+                    let verdict = self
+                        .sink
+                        .retry_after()
+                        .map_or(Verdict::Transient, Verdict::RetryAfter);
+                    let wait = self.retry.delay(self.failures, verdict);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
+                        backlog = lock(&self.queue).backlog(), "metastore write failed; metrics stay queued");
+                    self.retry_at = Some(Instant::now() + wait);
+                    return Ok(delivered);
+                }
+                n += group.items.len() as u64;
+            }
+            lock(&self.queue).ack(batch.end)?;
+            if self.failures > 0 {
+                tracing::info!("metastore writes succeed again");
+            }
+            self.failures = 0;
+            self.retry_at = None;
+            delivered += n;
+            self.counters
+                .delivered_items
+                .fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(delivered)
+    }
+}
+
+/// The running pipeline. Invariants: `state` is what the checkpoint on disk says, and every item
+/// the sources gave before it is in the queue; only this side appends to the queue, so its end
+/// moves only here. `delivery` is `None` only while [`run`] has lent it to its thread.
+pub struct MetricsPipeline {
+    cfg: PipelineConfig,
+    queue: SharedQueue,
+    checkpoint: SourcesCheckpoint,
+    state: SourcesState,
+    delivery: Option<Delivery>,
+    sink_name: String,
+    /// Tells the delivery side that something was appended.
+    appended: Arc<Notify>,
+    counters: Arc<DeliveryCounters>,
     stats: MetricsStats,
 }
 
@@ -118,31 +228,45 @@ impl MetricsPipeline {
                 "metrics left from a previous run will be delivered"
             );
         }
+        let queue = Arc::new(Mutex::new(queue));
+        let counters = Arc::new(DeliveryCounters::default());
         Ok(MetricsPipeline {
+            sink_name: sink.describe(),
+            delivery: Some(Delivery {
+                queue: queue.clone(),
+                sink,
+                retry: cfg.retry,
+                failures: 0,
+                retry_at: None,
+                counters: counters.clone(),
+            }),
             cfg,
             queue,
             checkpoint,
             state,
-            sink,
-            failures: 0,
-            retry_at: None,
+            appended: Arc::new(Notify::new()),
+            counters,
             stats: MetricsStats::default(),
         })
     }
 
     /// The metastore, for logs.
     pub fn describe_sink(&self) -> String {
-        self.sink.describe()
+        self.sink_name.clone()
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> &MetricsStats {
-        &self.stats
+    pub fn stats(&self) -> MetricsStats {
+        MetricsStats {
+            delivered_items: self.counters.delivered_items.load(Ordering::Relaxed),
+            sink_failures: self.counters.sink_failures.load(Ordering::Relaxed),
+            ..self.stats.clone()
+        }
     }
 
     /// Undelivered bytes in the queue.
     pub fn backlog(&self) -> u64 {
-        self.queue.backlog()
+        lock(&self.queue).backlog()
     }
 
     /// Lines of `--metrics-file`s skipped as not metrics, in all.
@@ -170,7 +294,7 @@ impl MetricsPipeline {
             Ok(())
         } else {
             Err(MetricsError::Queue(super::queue::QueueError::Full {
-                backlog: self.queue.backlog(),
+                backlog: self.backlog(),
                 max: self.cfg.queue.max_bytes,
             }))
         }
@@ -179,10 +303,10 @@ impl MetricsPipeline {
     /// Reads new items from every source into the queue. Returns how many were queued (0 when
     /// there was nothing new or the queue is full).
     pub fn poll_sources(&mut self) -> Result<u64, MetricsError> {
-        if self.queue.would_refuse(1) {
+        if lock(&self.queue).would_refuse(1) {
             if !self.stats.paused {
                 tracing::warn!(
-                    backlog = self.queue.backlog(),
+                    backlog = self.backlog(),
                     "metrics queue full; sources paused until the metastore catches up"
                 );
             }
@@ -247,7 +371,10 @@ impl MetricsPipeline {
         let payload =
             vec![serde_json::to_vec(&entry).map_err(|e| MetricsError::Encode(e.to_string()))?];
         let size = Queue::encoded_len(&payload);
-        if self.queue.would_refuse(size) {
+        // Held for the whole append (a check, an intent and one fsync'd record), not longer: the
+        // delivery side only waits that long to read or acknowledge.
+        let mut queue = lock(&self.queue);
+        if queue.would_refuse(size) {
             self.stats.paused = true;
             return Ok(false);
         }
@@ -258,9 +385,11 @@ impl MetricsPipeline {
         // Every append writes its intent first, so a stale intent can never be satisfied by
         // some other record.
         self.checkpoint
-            .intend(&self.state, &next, self.queue.end() + size)
+            .intend(&self.state, &next, queue.end() + size)
             .map_err(cp_err)?;
-        self.queue.append(&payload)?;
+        queue.append(&payload)?;
+        drop(queue);
+        self.appended.notify_one();
         // No separate commit: the intent on disk already says `next` is valid now that the
         // record is in the queue (one fewer fsync'd write per batch); the next intent or commit
         // replaces it.
@@ -271,63 +400,70 @@ impl MetricsPipeline {
     }
 
     /// Delivers queued items to the sink until the queue is empty, the sink fails (it is retried
-    /// after a backoff) or a pass's worth was delivered. Returns the items delivered.
+    /// after a backoff) or a pass's worth was delivered, on the caller's task (outside [`run`],
+    /// which delivers on a thread of its own). Returns the items delivered.
     pub async fn deliver(&mut self) -> Result<u64, MetricsError> {
-        if self.retry_at.is_some_and(|t| Instant::now() < t) {
-            return Ok(0);
+        match &mut self.delivery {
+            Some(delivery) => delivery.deliver().await,
+            None => Err(MetricsError::DeliveryLost),
         }
-        let mut delivered = 0u64;
-        while delivered < 100_000 {
-            let batch = self.queue.read(1 << 20)?;
-            if batch.records.is_empty() {
-                break;
-            }
-            let mut groups: Vec<Entry> = Vec::new();
-            for record in &batch.records {
-                match serde_json::from_slice::<Entry>(record) {
-                    Ok(entry) => match groups.last_mut() {
-                        Some(last) if last.experiment == entry.experiment => {
-                            last.items.extend(entry.items)
-                        }
-                        _ => groups.push(entry),
-                    },
-                    // It passed its checksum, so only a bug (or a newer version) wrote it.
-                    Err(e) => {
-                        tracing::error!(error = %e, "undecodable metrics queue record skipped")
-                    }
-                }
-            }
-            let mut n = 0u64;
-            for group in &groups {
-                if let Err(e) = self.sink.write(&group.experiment, &group.items).await {
-                    if !e.transient {
-                        return Err(e.into());
-                    }
-                    self.failures += 1;
-                    self.stats.sink_failures += 1;
-                    // A server that said when it will be ready knows better than our backoff.
-                    let verdict = self
-                        .sink
-                        .retry_after()
-                        .map_or(Verdict::Transient, Verdict::RetryAfter);
-                    let wait = self.cfg.retry.delay(self.failures, verdict);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
-                        backlog = self.queue.backlog(), "metastore write failed; metrics stay queued");
-                    self.retry_at = Some(Instant::now() + wait);
-                    return Ok(delivered);
-                }
-                n += group.items.len() as u64;
-            }
-            self.queue.ack(batch.end)?;
-            if self.failures > 0 {
-                tracing::info!("metastore writes succeed again");
-            }
-            self.failures = 0;
-            self.retry_at = None;
-            delivered += n;
-            self.stats.delivered_items += n;
+    }
+}
+
+/// What the delivery thread gives back: the delivery, and why it stopped (`Ok` when asked to).
+type DeliveryEnd = (Delivery, Result<(), MetricsError>);
+
+/// Runs `delivery` on a thread of its own until `stop` (or a permanent sink error), so neither a
+/// sink's blocking work nor its waits delay the loop that reads sources and answers ingest.
+fn spawn_delivery(
+    mut delivery: Delivery,
+    appended: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<oneshot::Receiver<DeliveryEnd>, MetricsError> {
+    let thread_err = |e: std::io::Error| MetricsError::Thread(e.to_string());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(thread_err)?;
+    let (done, ended) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("metrics-delivery".into())
+        .spawn(move || {
+            let result = runtime.block_on(deliver_until(&mut delivery, &appended, &mut stop));
+            // `run` went away only if it panicked; nobody needs the delivery then.
+            let _ = done.send((delivery, result));
+        })
+        .map_err(thread_err)?;
+    Ok(ended)
+}
+
+/// The delivery thread's loop: deliver, then wait for an append or the retry time.
+async fn deliver_until(
+    delivery: &mut Delivery,
+    appended: &Notify,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), MetricsError> {
+    loop {
+        // A write cut short by the stop was not acknowledged: it is delivered again next start
+        // (sinks are idempotent).
+        let delivered = tokio::select! {
+            r = delivery.deliver() => r?,
+            _ = stop.wait_for(|&s| s) => return Ok(()),
+        };
+        if delivered > 0 {
+            continue;
         }
-        Ok(delivered)
+        // Appends while we waited or wrote left a permit in `appended`, so none is missed.
+        let retry_at = delivery.retry_at.map(tokio::time::Instant::from_std);
+        tokio::select! {
+            _ = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => appended.notified().await,
+                }
+            } => {}
+            _ = stop.wait_for(|&s| s) => return Ok(()),
+        }
     }
 }
 
@@ -384,15 +520,40 @@ async fn next_ingest(ingest: &mut Option<mpsc::Receiver<IngestRequest>>) -> Inge
 }
 
 /// Runs the pipeline until `stop` has been signalled (or the exit-code file appeared) and the
-/// drain ended. See the module docs.
+/// drain ended, delivering on a thread of its own meanwhile. See the module docs.
 pub async fn run(
+    pipeline: &mut MetricsPipeline,
+    cfg: &Lifecycle,
+    stop: watch::Receiver<u32>,
+    wake: mpsc::UnboundedReceiver<()>,
+    ingest: Option<mpsc::Receiver<IngestRequest>>,
+) -> Result<Ending, MetricsError> {
+    pipeline.start()?;
+    let delivery = pipeline.delivery.take().ok_or(MetricsError::DeliveryLost)?;
+    let (stop_delivery, stopped) = watch::channel(false);
+    let mut ended = spawn_delivery(delivery, pipeline.appended.clone(), stopped)?.fuse();
+    let ending = serve(pipeline, cfg, stop, wake, ingest, &mut ended).await;
+    if ended.is_terminated() {
+        return ending;
+    }
+    // Drained means nothing is left to write; otherwise what is in flight stays queued.
+    let _ = stop_delivery.send(true);
+    let (delivery, result) = ended.await.map_err(|_| MetricsError::DeliveryLost)?;
+    pipeline.delivery = Some(delivery);
+    result?;
+    ending
+}
+
+/// [`run`]'s loop, reading sources and answering ingest while the delivery thread (`ended`
+/// resolves when it stops) empties the queue.
+async fn serve(
     pipeline: &mut MetricsPipeline,
     cfg: &Lifecycle,
     mut stop: watch::Receiver<u32>,
     mut wake: mpsc::UnboundedReceiver<()>,
     mut ingest: Option<mpsc::Receiver<IngestRequest>>,
+    ended: &mut futures::future::Fuse<oneshot::Receiver<DeliveryEnd>>,
 ) -> Result<Ending, MetricsError> {
-    pipeline.start()?;
     let mut drain_deadline: Option<Instant> = None;
     let mut quiet_passes = 0;
     let mut quiet_since = Instant::now();
@@ -405,7 +566,6 @@ pub async fn run(
         let draining = drain_deadline.is_some();
         let read = pipeline.poll_sources()?;
         let ingested = serve_ingest(pipeline, &mut ingest, waiting.take())?;
-        pipeline.deliver().await?;
         if let Some(deadline) = drain_deadline {
             if read == 0 && ingested == 0 && pipeline.backlog() == 0 {
                 if quiet_passes == 0 {
@@ -460,6 +620,13 @@ pub async fn run(
                 while wake.try_recv().is_ok() {}
             }
             req = next_ingest(&mut ingest) => waiting = Some(req),
+            // The delivery thread stops by itself only on a permanent sink error.
+            end = &mut *ended => {
+                let (delivery, result) = end.map_err(|_| MetricsError::DeliveryLost)?;
+                pipeline.delivery = Some(delivery);
+                result?;
+                return Err(MetricsError::DeliveryLost);
+            }
             changed = stop.changed() => {
                 let requests = if changed.is_ok() { *stop.borrow() } else { 1 };
                 if requests >= 2 || changed.is_err() && draining {
@@ -484,15 +651,30 @@ mod tests {
     use std::io::Write;
     use tokio::sync::oneshot;
 
+    fn identity() -> JobIdentity {
+        JobIdentity {
+            experiment: "e".into(),
+            worker: "worker-0".into(),
+        }
+    }
+
+    /// Metric `k` at `step`, with `step` as its value.
+    fn metric(step: i64) -> Item {
+        Item::Metric(super::super::model::Metric {
+            key: "k".into(),
+            value: step as f64,
+            step,
+            timestamp_ms: 1000 + step,
+            worker: "worker-0".into(),
+        })
+    }
+
     #[tokio::test]
     async fn a_locked_metastore_fills_the_queue_pauses_the_file_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("metastore.db");
         let file = dir.path().join("m.jsonl");
-        let identity = JobIdentity {
-            experiment: "e".into(),
-            worker: "worker-0".into(),
-        };
+        let identity = identity();
         let mut cfg = PipelineConfig::new(dir.path().join("state"), identity);
         cfg.metrics_files = vec![file.clone()];
         cfg.queue.max_bytes = 300;
@@ -570,10 +752,7 @@ mod tests {
     #[tokio::test]
     async fn a_sinks_retry_after_sets_the_next_attempt() {
         let dir = tempfile::tempdir().unwrap();
-        let identity = JobIdentity {
-            experiment: "e".into(),
-            worker: "worker-0".into(),
-        };
+        let identity = identity();
         let mut cfg = PipelineConfig::new(dir.path().join("state"), identity);
         // Our own backoff alone would retry within 1 ms.
         cfg.retry.base = Duration::from_millis(1);
@@ -581,7 +760,8 @@ mod tests {
         let mut p = MetricsPipeline::open(cfg, Box::new(Busy)).unwrap();
         p.start().unwrap();
         assert_eq!(p.deliver().await.unwrap(), 0);
-        let wait = p.retry_at.expect("a retry is scheduled") - Instant::now();
+        let retry_at = p.delivery.as_ref().and_then(|d| d.retry_at);
+        let wait = retry_at.expect("a retry is scheduled") - Instant::now();
         assert!(wait > Duration::from_millis(4900), "{wait:?}");
         assert!(p.backlog() > 0, "the items stay queued");
     }
@@ -590,10 +770,7 @@ mod tests {
     async fn ingest_requests_are_refused_while_the_queue_is_full_and_taken_after() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("metastore.db");
-        let identity = JobIdentity {
-            experiment: "e".into(),
-            worker: "worker-0".into(),
-        };
+        let identity = identity();
         let mut cfg = PipelineConfig::new(dir.path().join("state"), identity);
         cfg.queue.max_bytes = 200;
         cfg.retry.base = Duration::from_millis(1);
@@ -606,15 +783,6 @@ mod tests {
         });
         drop(handle);
         let mut ingest = Some(rx);
-        let metric = |step: i64| {
-            Item::Metric(super::super::model::Metric {
-                key: "k".into(),
-                value: step as f64,
-                step,
-                timestamp_ms: 1000 + step,
-                worker: "worker-0".into(),
-            })
-        };
         let lock = rusqlite::Connection::open(&db).unwrap();
         lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
         let mut answers = Vec::new();
@@ -644,5 +812,118 @@ mod tests {
         };
         serve_ingest(&mut p, &mut ingest, Some(again)).unwrap();
         assert_eq!(answer.await.unwrap(), Ok(()));
+    }
+
+    /// A metastore whose first write waits until the test releases it, and that records what
+    /// it was given.
+    struct Held {
+        started: Option<oneshot::Sender<()>>,
+        release: Option<oneshot::Receiver<()>>,
+        written: Arc<Mutex<Vec<Item>>>,
+    }
+
+    impl Sink for Held {
+        fn describe(&self) -> String {
+            "held".into()
+        }
+
+        fn write<'a>(
+            &'a mut self,
+            _: &'a str,
+            items: &'a [Item],
+        ) -> futures::future::BoxFuture<'a, Result<(), super::super::SinkError>> {
+            Box::pin(async move {
+                if let Some(started) = self.started.take() {
+                    let _ = started.send(());
+                }
+                if let Some(release) = self.release.take() {
+                    let _ = release.await;
+                }
+                self.written.lock().unwrap().extend(items.iter().cloned());
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn ingest_is_answered_and_sources_are_queued_while_a_write_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.jsonl");
+        std::fs::File::create(&file).unwrap();
+        let identity = identity();
+        let mut cfg = PipelineConfig::new(dir.path().join("state"), identity);
+        cfg.metrics_files = vec![file.clone()];
+        let (started_tx, started) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Held {
+            started: Some(started_tx),
+            release: Some(release_rx),
+            written: written.clone(),
+        };
+        let mut p = MetricsPipeline::open(cfg, Box::new(sink)).unwrap();
+        let (requests, ingest) = mpsc::channel(8);
+        let (stop_tx, stop) = watch::channel(0u32);
+        let (wake_tx, wake) = mpsc::unbounded_channel();
+        let lifecycle = Lifecycle {
+            poll_interval: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(3600),
+            exit_when_file: None,
+        };
+        let task = tokio::spawn(async move {
+            let ending = run(&mut p, &lifecycle, stop, wake, Some(ingest)).await;
+            (ending, p)
+        });
+        let ask = |items: Vec<Item>| {
+            let (reply, answer) = oneshot::channel();
+            (IngestRequest { items, reply }, answer)
+        };
+        // The run's Running status is being written, and that write does not return.
+        started.await.unwrap();
+        // A guard against hanging forever, not a speed requirement.
+        let guard = Duration::from_secs(60);
+        let (req, answer) = ask(vec![metric(1)]);
+        requests.send(req).await.unwrap();
+        let first = tokio::time::timeout(guard, answer).await;
+        assert_eq!(
+            first.expect("answered while the write hangs").unwrap(),
+            Ok(())
+        );
+        // The file source is read and queued too: its line is queued before the next ingest
+        // request is answered (each pass reads the sources first).
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        writeln!(f, r#"{{"key":"k","value":2,"step":2,"timestamp":1002}}"#).unwrap();
+        drop(f);
+        wake_tx.send(()).unwrap();
+        let (req, answer) = ask(vec![metric(3)]);
+        requests.send(req).await.unwrap();
+        let second = tokio::time::timeout(guard, answer).await;
+        assert_eq!(
+            second.expect("answered while the write hangs").unwrap(),
+            Ok(())
+        );
+        assert!(
+            written.lock().unwrap().is_empty(),
+            "the write is still held"
+        );
+        release.send(()).unwrap();
+        stop_tx.send(1).unwrap();
+        let (ending, p) = task.await.unwrap();
+        assert_eq!(ending.unwrap(), Ending::Drained);
+        assert_eq!(p.backlog(), 0);
+        let steps: Vec<i64> = written
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|item| match item {
+                Item::Metric(m) => Some(m.step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, vec![1, 2, 3], "delivered in the order queued");
+        assert_eq!(p.stats().delivered_items, 4);
     }
 }

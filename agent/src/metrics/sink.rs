@@ -37,6 +37,9 @@ pub trait Sink: Send {
     /// Applies `items` for `experiment`, in order. After a failure the whole batch is written
     /// again, so a sink that cannot apply it all or nothing (MLflow's several requests) must
     /// make a repeated prefix harmless.
+    /// The pipeline calls it from a delivery thread of its own, so the future may block (as
+    /// SQLite's does) without delaying sources or ingest; it may also be dropped unfinished at a
+    /// stop, and the batch is written again on the next start.
     fn write<'a>(
         &'a mut self,
         experiment: &'a str,
