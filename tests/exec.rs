@@ -2,10 +2,9 @@
 //! nothing lost at the end of a command that exits right after writing.
 
 use std::fs;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{periscope, run};
+use crate::harness::{periscope, run, sigterm_when_ready};
 
 #[test]
 fn passes_exit_code_and_captures_both_streams() {
@@ -93,24 +92,15 @@ fn forwards_sigterm_and_reports_the_commands_own_exit() {
         "trap 'echo saved-checkpoint; exit 0' TERM; touch {}; while true; do sleep 0.1; done",
         ready.display()
     );
-    let child = periscope()
-        .arg("exec")
-        .arg("--capture-dir")
-        .arg(dir.path().join("cap"))
-        .args(["--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "command never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
+    let out = sigterm_when_ready(
+        periscope()
+            .arg("exec")
+            .arg("--capture-dir")
+            .arg(dir.path().join("cap"))
+            .args(["--", "sh", "-c", &script]),
+        &ready,
+        Duration::from_secs(20),
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

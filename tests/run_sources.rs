@@ -4,13 +4,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::examples::{example_commit, examples_dir};
 use crate::harness::git::GitDaemon;
 use crate::harness::http_server::HttpServer;
-use crate::harness::periscope;
+use crate::harness::{periscope, sigterm_when_ready};
 
 /// Runs the example with `--source SRC`; returns (exit code, stdout, stderr).
 fn run_example(data: &Path, source: &str) -> (Option<i32>, String, String) {
@@ -103,23 +102,14 @@ fn sigterm_is_forwarded_to_the_command_and_its_exit_code_returned() {
         "trap 'echo saving checkpoint; exit 0' TERM; touch {}; while true; do sleep 0.1; done",
         ready.display()
     );
-    let child = periscope()
-        .args(["run", "--experiment-id", "exp-sig", "--data-dir"])
-        .arg(data.path())
-        .args(["--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
+    let out = sigterm_when_ready(
+        periscope()
+            .args(["run", "--experiment-id", "exp-sig", "--data-dir"])
+            .arg(data.path())
+            .args(["--", "sh", "-c", &script]),
+        &ready,
+        Duration::from_secs(30),
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -15,6 +15,29 @@ pub mod tls;
 // Git servers (daemon, smart HTTP, sshd) for tests/localize_git.rs.
 pub mod git;
 
+/// Spawns `cmd` with piped stdout and stderr, waits (at most `limit`) until the command it wraps
+/// has created `ready`, sends the child SIGTERM and returns its output.
+pub fn sigterm_when_ready(cmd: &mut Command, ready: &Path, limit: std::time::Duration) -> Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait_with_output().unwrap()
+}
+
 /// The `periscope` binary under test.
 pub fn periscope() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_periscope"));
