@@ -132,8 +132,8 @@ impl Active {
         seen_size: u64,
         file: File,
     ) -> Active {
-        Active {
-            t: Tracked {
+        Active::following(
+            Tracked {
                 logical,
                 generation,
                 path,
@@ -144,6 +144,14 @@ impl Active {
                 seen_size,
                 detached: false,
             },
+            file,
+        )
+    }
+
+    /// Follows `t` through its open `file`, with nothing read or buffered yet.
+    fn following(t: Tracked, file: File) -> Active {
+        Active {
+            t,
             file: Some(file),
             pending: None,
             buf: BytesMut::new(),
@@ -220,15 +228,7 @@ impl LogShipper {
                         t.path = path;
                         t.detached = true;
                     }
-                    let mut a = Active {
-                        t,
-                        file: Some(file),
-                        pending: None,
-                        buf: BytesMut::new(),
-                        buf_since: None,
-                        eof_since: None,
-                        closed: false,
-                    };
+                    let mut a = Active::following(t, file);
                     // An upload was in flight at the crash: redo exactly that range, same key.
                     if let Some(end) = a.t.in_flight {
                         let len = (end - a.t.shipped) as usize;
