@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::harness::azurite::Azurite;
+use crate::harness::proxy::Proxy;
 use crate::harness::s3::S3Server;
 use crate::harness::{periscope, run, Ran};
 
@@ -248,6 +249,64 @@ fn s3_push_loads_back_byte_identical_and_a_tampered_object_is_refused() {
         .expect_output("part-0007.bin` is missing");
 }
 
+/// Writes a file of `len` bytes whose every MiB differs (a varied block with the MiB's index in
+/// front, so a part stored in the wrong place changes the digest); returns its sha256.
+fn write_big(path: &Path, len: u64) -> String {
+    use sha2::Digest;
+    use std::io::Write;
+    let block = body(7, 1 << 20);
+    let mut out = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(path).unwrap());
+    let mut sha = sha2::Sha256::new();
+    let mut written = 0u64;
+    let mut chunk = block.clone();
+    for i in 0u64.. {
+        if written == len {
+            break;
+        }
+        chunk[..8].copy_from_slice(&i.to_le_bytes());
+        let n = (len - written).min(chunk.len() as u64) as usize;
+        out.write_all(&chunk[..n]).unwrap();
+        sha.update(&chunk[..n]);
+        written += n as u64;
+    }
+    out.flush().unwrap();
+    hex::encode(sha.finalize())
+}
+
+fn sha256_file(path: &Path) -> (u64, String) {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut sha = sha2::Sha256::new();
+    let n = std::io::copy(&mut file, &mut sha).unwrap();
+    (n, hex::encode(sha.finalize()))
+}
+
+#[test]
+fn s3_push_of_many_small_files_and_one_over_1_gib_loads_back_identical() {
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    let mut expected = make_artifacts(&dir, 500, 0);
+    expected.remove("model.bin");
+    std::fs::remove_file(dir.join("model.bin")).unwrap();
+    let len = (1u64 << 30) + 4097;
+    let big_sha = write_big(&dir.join("weights.safetensors"), len);
+    let state = work.path().join("state");
+    let env = s3.env();
+    push(&env, &dir, "s3://models/jobs", &state, &[])
+        .expect_code(0)
+        .expect_output("save 1: 502 files, 1.0 GiB");
+    let dest = work.path().join("dest");
+    localize(&env, &dest, "s3://models/jobs/exp-1/worker-0/artifacts/1/").expect_code(0);
+    assert_eq!(
+        sha256_file(&dest.join("1/weights.safetensors")),
+        (len, big_sha)
+    );
+    std::fs::remove_file(dest.join("1/weights.safetensors")).unwrap();
+    assert_eq!(read_tree(&dest.join("1")), expected);
+}
+
 #[test]
 fn azurite_push_in_parts_loads_back_byte_identical() {
     let az = Azurite::start();
@@ -369,6 +428,105 @@ fn a_push_killed_mid_way_continues_the_same_save_without_sending_stored_files_ag
     let dest = work.path().join("dest");
     localize(&env, &dest, &format!("s3://models/{prefix}1/")).expect_code(0);
     assert_eq!(read_tree(&dest.join("1")), expected);
+}
+
+/// How many parts of `rel`'s unfinished multipart upload the push state records.
+fn parts_in_state(state: &Path, rel: &str) -> usize {
+    state_file(state)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|j| j["uploads"][rel]["parts"].as_object().map(|m| m.len()))
+        .unwrap_or(0)
+}
+
+/// Pushes a folder with a large file through `proxy`, kills the push (SIGKILL) once some of the
+/// large file's parts are stored, pushes again and checks, by the bytes the proxy forwarded, that
+/// the stored parts were not sent again; then loads the save back.
+fn killed_multipart_push_continues(env: &[(&str, String)], storage: &str, proxy: &Proxy) {
+    const PART: usize = 5 << 20;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    let expected = make_artifacts(&dir, 20, 120); // model.bin: 24 parts of 5 MiB
+    let state = work.path().join("state");
+    let mut cmd = periscope();
+    cmd.args(["artifacts", "push"])
+        .arg(&dir)
+        .args(["--storage", storage, "--experiment-id", "exp-1"])
+        .args(["--worker", "worker-0", "--artifacts-concurrency", "1"])
+        .args(["--artifacts-part-size", "5MiB", "--state-dir"])
+        .arg(&state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    with_env(&mut cmd, env);
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while parts_in_state(&state, "model.bin") < 8 {
+        assert!(Instant::now() < deadline, "no part was recorded in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the push ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-file
+    child.wait().unwrap();
+    let recorded = parts_in_state(&state, "model.bin");
+    assert!(recorded < 24, "killed before the file was complete");
+
+    let before = proxy.sent_upstream();
+    push(
+        env,
+        &dir,
+        storage,
+        &state,
+        &["--artifacts-part-size", "5MiB"],
+    )
+    .expect_code(0)
+    .expect_output("save 1: 22 files")
+    .expect_output("continued an interrupted push")
+    .expect_output(&format!(
+        "{recorded} parts ({}.0 MiB) of large files were stored by the interrupted push",
+        recorded * 5
+    ));
+    let sent = proxy.sent_upstream() - before;
+    let remaining = (120 << 20) - recorded * PART;
+    // Everything else sent is small: the small files (under 60 KB), headers and the manifest.
+    assert!(
+        sent as usize >= remaining && (sent as usize) < remaining + (2 << 20),
+        "sent {sent} bytes again; the {} parts not yet stored are {remaining} bytes",
+        24 - recorded
+    );
+    assert_eq!(parts_in_state(&state, "model.bin"), 0, "no upload left");
+    let dest = work.path().join("dest");
+    localize(
+        env,
+        &dest,
+        &format!("{storage}/exp-1/worker-0/artifacts/1/"),
+    )
+    .expect_code(0);
+    assert_eq!(read_tree(&dest.join("1")), expected);
+}
+
+#[test]
+fn a_push_killed_mid_file_continues_its_s3_multipart_upload() {
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let proxy = Proxy::start(format!("127.0.0.1:{}", s3.port).parse().unwrap());
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url()));
+    killed_multipart_push_continues(&env, "s3://models/jobs", &proxy);
+}
+
+#[test]
+fn a_push_killed_mid_file_continues_its_azure_block_upload() {
+    let az = Azurite::start();
+    az.create_container("models");
+    let proxy = Proxy::start(format!("127.0.0.1:{}", az.port).parse().unwrap());
+    let mut env = az.env();
+    env.retain(|(k, _)| *k != "AZURITE_BLOB_STORAGE_URL");
+    env.push(("AZURITE_BLOB_STORAGE_URL", proxy.url()));
+    killed_multipart_push_continues(&env, "az://models/jobs", &proxy);
 }
 
 #[test]

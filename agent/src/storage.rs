@@ -19,6 +19,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{BackoffConfig, Certificate, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
@@ -195,6 +196,23 @@ pub fn open(url: &Url, opts: &StoreOptions) -> Result<(Arc<dyn ObjectStore>, Pat
     open_with_env(url, opts, &env)
 }
 
+/// A store as [`open`] builds it, with its low-level multipart interface where the service has
+/// one. Invariant: `parts`, when present, is the same client as `objects`.
+pub struct Opened {
+    pub objects: Arc<dyn ObjectStore>,
+    /// Multipart uploads whose id and part ids can be kept and continued by a later process
+    /// (S3, GCS, Azure); `None` for the local filesystem.
+    pub parts: Option<Arc<dyn MultipartStore>>,
+    /// The path inside the store that the URL names.
+    pub path: Path,
+}
+
+/// [`open`], also giving the store's multipart interface (for uploads that survive a restart).
+pub fn open_parts(url: &Url, opts: &StoreOptions) -> Result<Opened, StorageError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    open_parts_with_env(url, opts, &env)
+}
+
 /// [`open`] with an explicit environment, so configuration can be tested without touching the
 /// process environment.
 pub fn open_with_env(
@@ -202,6 +220,24 @@ pub fn open_with_env(
     opts: &StoreOptions,
     env: &[(String, String)],
 ) -> Result<(Arc<dyn ObjectStore>, Path), StorageError> {
+    let opened = open_parts_with_env(url, opts, env)?;
+    Ok((opened.objects, opened.path))
+}
+
+/// One client as both interfaces.
+fn both<T: ObjectStore + MultipartStore>(
+    store: T,
+) -> (Arc<dyn ObjectStore>, Option<Arc<dyn MultipartStore>>) {
+    let store = Arc::new(store);
+    (store.clone(), Some(store))
+}
+
+/// [`open_parts`] with an explicit environment.
+pub fn open_parts_with_env(
+    url: &Url,
+    opts: &StoreOptions,
+    env: &[(String, String)],
+) -> Result<Opened, StorageError> {
     let shown = redact_url(url.as_str());
     let bad_url = |reason: String| StorageError::BadUrl {
         shown: shown.clone(),
@@ -235,8 +271,11 @@ pub fn open_with_env(
             .filter(|v| !v.is_empty())
     };
     let retry = retry_config(&opts.retry);
-    let store: Arc<dyn ObjectStore> = match service {
-        Service::Local => Arc::new(LocalFileSystem::new()),
+    let (objects, parts) = match service {
+        Service::Local => (
+            Arc::new(LocalFileSystem::new()) as Arc<dyn ObjectStore>,
+            None,
+        ),
         Service::S3 => {
             let mut builder = AmazonS3Builder::new();
             for (key, value) in &settings {
@@ -252,7 +291,7 @@ pub fn open_with_env(
                 builder = builder.with_virtual_hosted_style_request(false);
             }
             let client = client_options(opts, http).map_err(config_error)?;
-            Arc::new(
+            both(
                 builder
                     .with_url(url.as_str())
                     .with_client_options(client)
@@ -269,7 +308,7 @@ pub fn open_with_env(
                 }
             }
             let client = client_options(opts, false).map_err(config_error)?;
-            Arc::new(
+            both(
                 builder
                     .with_url(url.as_str())
                     .with_client_options(client)
@@ -290,7 +329,7 @@ pub fn open_with_env(
             let http = emulator
                 || setting("azure_storage_endpoint").is_some_and(|e| e.starts_with("http://"));
             let client = client_options(opts, http).map_err(config_error)?;
-            Arc::new(
+            both(
                 builder
                     .with_url(url.as_str())
                     .with_client_options(client)
@@ -301,7 +340,11 @@ pub fn open_with_env(
         }
     };
     tracing::debug!(url = %shown, service = service.name(), "object store configured");
-    Ok((store, path))
+    Ok(Opened {
+        objects,
+        parts,
+        path,
+    })
 }
 
 /// Our [`RetryPolicy`] in object_store's terms: the same number of tries and the same backoff

@@ -1,10 +1,11 @@
 //! A TCP proxy on 127.0.0.1 in front of a real server, that can be taken down and brought back on
 //! the same port: the way tests make storage or a metastore unreachable for a while without
-//! losing the server's data.
+//! losing the server's data. It also counts the bytes clients send upstream, so a test can tell
+//! how much a client uploaded.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub struct Proxy {
     down: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
+    /// Bytes forwarded from clients to the upstream server, request headers included.
+    sent_upstream: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -30,6 +33,7 @@ impl Proxy {
             down: Arc::new(AtomicBool::new(false)),
             conns: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
+            sent_upstream: Arc::new(AtomicU64::new(0)),
         };
         proxy.serve(listener);
         proxy
@@ -38,6 +42,11 @@ impl Proxy {
     /// `http://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Bytes clients have sent upstream so far.
+    pub fn sent_upstream(&self) -> u64 {
+        self.sent_upstream.load(Ordering::SeqCst)
     }
 
     /// Stops listening and cuts every open connection.
@@ -74,11 +83,12 @@ impl Proxy {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (down, conns, stop, upstream) = (
+        let (down, conns, stop, upstream, counter) = (
             self.down.clone(),
             self.conns.clone(),
             self.stop.clone(),
             self.upstream,
+            self.sent_upstream.clone(),
         );
         thread::spawn(move || {
             for client in listener.incoming() {
@@ -97,16 +107,30 @@ impl Proxy {
                 pipe(
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
+                    Some(counter.clone()),
                 );
-                pipe(server, client);
+                pipe(server, client, None);
             }
         });
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` until either side closes, adding what it forwards to `counter`.
+fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Option<Arc<AtomicU64>>) {
     thread::spawn(move || {
-        let _ = io::copy(&mut from, &mut to);
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match io::Read::read(&mut from, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                break;
+            }
+            if let Some(c) = &counter {
+                c.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
         let _ = to.shutdown(Shutdown::Write);
     });
 }

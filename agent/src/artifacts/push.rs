@@ -9,7 +9,9 @@
 //! `manifest.json` last. The state file is written after every batch of stored files.
 //!
 //! Many small files go up `concurrency` at a time; large files one after another, each with
-//! `concurrency` parts in flight, so memory stays bounded. This module never prints.
+//! `concurrency` parts in flight, so memory stays bounded. A large file's multipart upload is
+//! journaled in the state file part by part (where the store allows it, see [`upload`]), so a
+//! killed push continues it instead of sending the file again. This module never prints.
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -17,12 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::manifest::{sha256_hex, FileEntry, Manifest, Skipped, MANIFEST_FILE};
-use super::state::{Known, PushState};
-use super::upload::{self, UploadOptions};
+use super::state::{Known, PushState, Unfinished};
+use super::upload::{self, Resumable, UploadOptions};
 use super::walk::{self, LocalFile};
 use super::{saves, ArtifactsError, ARTIFACTS_DIR};
 use crate::storage::{Service, StorageError};
@@ -31,6 +34,9 @@ use crate::storage::{Service, StorageError};
 #[derive(Clone)]
 pub struct PushConfig {
     pub store: Arc<dyn ObjectStore>,
+    /// The same store's multipart interface, when its uploads can be continued by a later
+    /// process; without it a killed large file is sent again from its start.
+    pub parts: Option<Arc<dyn MultipartStore>>,
     pub service: Service,
     /// The worker's prefix (`<storage path>/<experiment>/<worker>`); saves go below its
     /// `artifacts/`.
@@ -56,6 +62,7 @@ impl PushConfig {
     ) -> PushConfig {
         PushConfig {
             store,
+            parts: None,
             service,
             worker_prefix,
             shown,
@@ -97,6 +104,9 @@ pub struct PushOutcome {
     pub copied: u64,
     /// Files an earlier, interrupted push had already stored whole.
     pub already_stored: u64,
+    /// Parts of large files (and their bytes) an earlier, interrupted push had already stored.
+    pub reused_parts: u64,
+    pub reused_bytes: u64,
 }
 
 /// The key of a relative path in save `n`.
@@ -170,6 +180,7 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
             // Keep the digests as a cache, but no save is unfinished any more.
             let mut kept = state.clone();
             kept.save = None;
+            forget_uploads(cfg, &mut kept).await;
             remember(&mut kept, &hashed);
             for k in kept.files.values_mut() {
                 k.stored = false;
@@ -187,6 +198,8 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
                 sent: 0,
                 copied: 0,
                 already_stored: 0,
+                reused_parts: 0,
+                reused_bytes: 0,
             });
         }
     }
@@ -202,6 +215,7 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
             for k in state.files.values_mut() {
                 k.stored = false;
             }
+            forget_uploads(cfg, &mut state).await;
             highest + 1
         }
     };
@@ -235,61 +249,61 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
         attempts: cfg.attempts.max(1),
     };
     let mut entries: Vec<FileEntry> = Vec::with_capacity(hashed.len());
-    let (mut sent, mut copied, mut already) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
     let (small, large): (Vec<_>, Vec<_>) = hashed
         .iter()
         .partition(|(f, _)| f.stamp.size <= cfg.multipart_above);
-    let mut last_save = Instant::now();
-    let mut unsaved = 0usize;
-    for (group, parallel) in [(small, cfg.concurrency.max(1)), (large, 1)] {
-        // Decided before the stream starts, so the state can be updated while it runs.
-        let jobs: Vec<_> = group
-            .into_iter()
-            .map(|(f, sha)| {
-                let done_before = state.is_stored(&f.rel, &f.stamp, sha);
-                let copy_from = previous_n
-                    .and_then(|p| previous.get(sha.as_str()).map(|rel| key(&base, p, rel)));
-                (f, sha, key(&base, n, &f.rel), done_before, copy_from)
-            })
-            .collect();
-        let mut results = futures::stream::iter(jobs)
-            .map(|(f, sha, target, done_before, copy_from)| {
-                let opts = &opts;
-                async move {
-                    let how = store_one(cfg, f, sha, &target, done_before, copy_from, opts).await?;
-                    Ok::<_, ArtifactsError>((f.rel.clone(), how))
-                }
-            })
-            .buffer_unordered(parallel);
-        while let Some(result) = results.next().await {
-            let (rel, how) = result?;
-            match how.0 {
-                How::Sent => sent += 1,
-                How::Copied => copied += 1,
-                How::AlreadyStored => already += 1,
+    // Decided before any upload starts, so the state can be updated while they run.
+    let prev = previous_n.map(|p| (p, &previous));
+    let mut batch = Batch::default();
+
+    let small_jobs: Vec<Job> = small
+        .into_iter()
+        .map(|fs| make_job(&state, fs, &base, n, prev))
+        .collect();
+    let mut results = futures::stream::iter(small_jobs)
+        .map(|j| {
+            let opts = &opts;
+            async move {
+                let how = store_one(cfg, &j, opts, None).await?;
+                Ok::<_, ArtifactsError>((j.file.rel.clone(), how))
             }
-            let stored = how.1;
-            entries.push(FileEntry {
-                path: rel.clone(),
-                size: stored.size,
-                sha256: stored.sha256.clone(),
-            });
-            state.files.insert(
-                rel,
-                Known {
-                    stamp: stored.stamp,
-                    sha256: stored.sha256,
-                    stored: true,
-                },
-            );
-            unsaved += 1;
-            // Batched: a state write is an fsync; at worst the last batch is sent again.
-            if unsaved >= 32 || last_save.elapsed() >= Duration::from_millis(500) {
-                save_state(&state)?;
-                unsaved = 0;
-                last_save = Instant::now();
-            }
+        })
+        .buffer_unordered(cfg.concurrency.max(1));
+    while let Some(result) = results.next().await {
+        let (rel, (how, stored)) = result?;
+        tally.count(&how, &stored);
+        record_stored(&mut state, &mut entries, rel, stored);
+        if batch.due() {
+            save_state(&state)?;
         }
+    }
+    drop(results);
+
+    // One large file at a time; its parts go up in parallel and are journaled as they land.
+    for fs in large {
+        let j = make_job(&state, fs, &base, n, prev);
+        let rel = j.file.rel.clone();
+        let left = state.uploads.get(&rel).cloned();
+        let how = {
+            let mut journal = |u: Option<&Unfinished>| {
+                match u {
+                    Some(u) => state.uploads.insert(rel.clone(), u.clone()),
+                    None => state.uploads.remove(&rel),
+                };
+                save_state(&state)
+            };
+            let resumable = cfg.parts.clone().map(|parts| Resumable {
+                parts,
+                left,
+                journal: &mut journal,
+            });
+            store_one(cfg, &j, &opts, resumable).await?
+        };
+        let (how, stored) = how;
+        tally.count(&how, &stored);
+        record_stored(&mut state, &mut entries, rel, stored);
+        save_state(&state)?;
     }
     save_state(&state)?;
 
@@ -310,9 +324,10 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
         save = n,
         files = manifest.files.len(),
         bytes = manifest.bytes(),
-        sent,
-        copied,
-        already_stored = already,
+        sent = tally.sent,
+        copied = tally.copied,
+        already_stored = tally.already,
+        reused_parts = tally.reused_parts,
         "artifacts saved"
     );
     Ok(PushOutcome {
@@ -324,10 +339,126 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
         skipped: manifest.skipped,
         unchanged: false,
         resumed: resume.is_some(),
-        sent,
-        copied,
-        already_stored: already,
+        sent: tally.sent,
+        copied: tally.copied,
+        already_stored: tally.already,
+        reused_parts: tally.reused_parts,
+        reused_bytes: tally.reused_bytes,
     })
+}
+
+/// One file to store in the save. Invariant: `done_before` and `copy_from` were decided from the
+/// state and the previous save before any upload of this push started.
+struct Job<'a> {
+    file: &'a LocalFile,
+    sha: &'a str,
+    target: Path,
+    done_before: bool,
+    copy_from: Option<Path>,
+}
+
+/// The job for one hashed file of save `n`; `previous` is the latest complete save's number and
+/// its files by digest.
+fn make_job<'a>(
+    state: &PushState,
+    (file, sha): &'a (LocalFile, String),
+    base: &Path,
+    n: u64,
+    previous: Option<(u64, &HashMap<&str, &str>)>,
+) -> Job<'a> {
+    Job {
+        done_before: state.is_stored(&file.rel, &file.stamp, sha),
+        copy_from: previous
+            .and_then(|(p, files)| files.get(sha.as_str()).map(|rel| key(base, p, rel))),
+        target: key(base, n, &file.rel),
+        file,
+        sha,
+    }
+}
+
+/// What the push did, counted as files are stored.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    copied: u64,
+    already: u64,
+    reused_parts: u64,
+    reused_bytes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, how: &How, stored: &upload::Stored) {
+        match how {
+            How::Sent => self.sent += 1,
+            How::Copied => self.copied += 1,
+            How::AlreadyStored => self.already += 1,
+        }
+        self.reused_parts += stored.reused_parts;
+        self.reused_bytes += stored.reused_bytes;
+    }
+}
+
+/// When the state is written after small files: every 32 files or 500 ms, since a state write is
+/// an fsync; at worst the last batch is sent again.
+struct Batch {
+    unsaved: usize,
+    last: Instant,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            unsaved: 0,
+            last: Instant::now(),
+        }
+    }
+}
+
+impl Batch {
+    fn due(&mut self) -> bool {
+        self.unsaved += 1;
+        if self.unsaved >= 32 || self.last.elapsed() >= Duration::from_millis(500) {
+            self.unsaved = 0;
+            self.last = Instant::now();
+            return true;
+        }
+        false
+    }
+}
+
+/// Marks `rel` as stored whole in the save, with the digest of the bytes stored.
+fn record_stored(
+    state: &mut PushState,
+    entries: &mut Vec<FileEntry>,
+    rel: String,
+    stored: upload::Stored,
+) {
+    entries.push(FileEntry {
+        path: rel.clone(),
+        size: stored.size,
+        sha256: stored.sha256.clone(),
+    });
+    state.files.insert(
+        rel,
+        Known {
+            stamp: stored.stamp,
+            sha256: stored.sha256,
+            stored: true,
+        },
+    );
+}
+
+/// Aborts (best effort) and forgets the unfinished uploads of an earlier save, which a new save
+/// will not continue: their keys name the old save number.
+async fn forget_uploads(cfg: &PushConfig, state: &mut PushState) {
+    let uploads = std::mem::take(&mut state.uploads);
+    let Some(parts) = &cfg.parts else { return };
+    for u in uploads.into_values() {
+        let key = Path::from(u.key.as_str());
+        if let Err(e) = parts.abort_multipart(&key, &u.upload_id).await {
+            tracing::debug!(key = %key, error = %e, "cannot abort an old multipart upload; the store's lifecycle rules remove it");
+        }
+    }
 }
 
 /// Puts the fresh digests into the state's cache, keeping the `stored` mark of a file whose
@@ -362,20 +493,20 @@ enum How {
 /// it was hashed), else uploaded.
 async fn store_one(
     cfg: &PushConfig,
-    f: &LocalFile,
-    sha: &str,
-    target: &Path,
-    done_before: bool,
-    copy_from: Option<Path>,
+    job: &Job<'_>,
     opts: &UploadOptions,
+    resumable: Option<Resumable<'_>>,
 ) -> Result<(How, upload::Stored), ArtifactsError> {
+    let (f, target) = (job.file, &job.target);
     let as_hashed = upload::Stored {
-        sha256: sha.to_string(),
+        sha256: job.sha.to_string(),
         size: f.stamp.size,
         stamp: f.stamp,
+        reused_parts: 0,
+        reused_bytes: 0,
     };
     let unchanged = || walk::Stamp::of(&f.path).is_ok_and(|s| s == f.stamp);
-    if done_before {
+    if job.done_before {
         match cfg.store.head(target).await {
             Ok(meta) if meta.size == f.stamp.size && unchanged() => {
                 return Ok((How::AlreadyStored, as_hashed))
@@ -384,8 +515,8 @@ async fn store_one(
             Err(e) => return Err(StorageError::request(cfg.service, target.to_string(), &e).into()),
         }
     }
-    if let Some(from) = copy_from {
-        match cfg.store.copy(&from, target).await {
+    if let Some(from) = &job.copy_from {
+        match cfg.store.copy(from, target).await {
             Ok(()) if unchanged() => return Ok((How::Copied, as_hashed)),
             Ok(()) => {}
             Err(e) => {
@@ -393,6 +524,6 @@ async fn store_one(
             }
         }
     }
-    let stored = upload::upload(&cfg.store, cfg.service, &f.path, target, opts).await?;
+    let stored = upload::upload(&cfg.store, cfg.service, &f.path, target, opts, resumable).await?;
     Ok((How::Sent, stored))
 }

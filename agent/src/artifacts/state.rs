@@ -2,7 +2,8 @@
 //! and the sha256 of each file as last read (a cache keyed by size, mtime and inode).
 //!
 //! It is what lets a push killed with SIGKILL continue the same save `n` without sending again
-//! the files it had finished. It is written with [`write_atomic`] (never half-written) after a
+//! the files it had finished, nor the parts of a large file's multipart upload that the store
+//! already holds ([`Unfinished`]). It is written with [`write_atomic`] (never half-written) after a
 //! batch of files is stored, so at worst the last batch is sent again, which is harmless: keys
 //! are fixed by the save number and relative path, and a second upload overwrites the first.
 //! This module owns the file's format and location; it never talks to storage.
@@ -26,6 +27,20 @@ pub struct Known {
     pub stored: bool,
 }
 
+/// A multipart upload that a push started and has not completed. Invariant: each entry of `parts`
+/// is the id the store returned for part `i` of upload `upload_id` to `key`, and that part held
+/// bytes `i × part_size ..` of the file's content when the file had `stamp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unfinished {
+    /// The object key the upload completes into.
+    pub key: String,
+    pub upload_id: String,
+    pub stamp: Stamp,
+    pub part_size: u64,
+    /// Part index to the store's id for it.
+    pub parts: BTreeMap<usize, String>,
+}
+
 /// The whole state of one (folder, destination) pair. Invariant: `save` is `Some(n)` only while a
 /// push of save `n` is unfinished (its manifest not yet written).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +50,9 @@ pub struct PushState {
     pub target: String,
     pub save: Option<u64>,
     pub files: BTreeMap<String, Known>,
+    /// Unfinished multipart uploads of the current save, by relative path.
+    #[serde(default)]
+    pub uploads: BTreeMap<String, Unfinished>,
 }
 
 impl PushState {

@@ -6,19 +6,32 @@
 //! most `attempts` times, then the push fails naming it. Files above `multipart_above` go up as
 //! a multipart upload in `part_size` parts, at most `concurrency` parts in flight, so memory stays
 //! bounded by `part_size × (concurrency + 1)` whatever the file's size; smaller files are one PUT.
+//!
+//! Where the store has a multipart interface whose ids outlive the process (S3, GCS, Azure), a
+//! multipart upload is [`Resumable`]: its id and each stored part's id are journaled (through the
+//! push state) as they are known, so a push killed mid-file continues the same upload and sends
+//! only the parts the store does not hold. A part is reused only while the file's stamp is the one
+//! the upload started with, and every part, reused or sent, is read again for the digest, so the
+//! manifest's sha256 is always of the bytes the object is made of. An upload the store no longer
+//! knows (expired, aborted) is started again from the first part. On the local filesystem a large
+//! file is copied again from the start (a local copy, not a network transfer).
 //! This module never decides keys or save numbers ([`super::push`] does).
 
 use std::io::Read;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
+use futures::StreamExt;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use super::state::Unfinished;
 use super::walk::Stamp;
 use super::ArtifactsError;
+use crate::error::{Classify, ErrorClass};
 use crate::storage::{Service, StorageError};
 
 /// How files go up. Invariant: every number is at least 1.
@@ -39,6 +52,22 @@ pub struct Stored {
     pub sha256: String,
     pub size: u64,
     pub stamp: Stamp,
+    /// Parts (and their bytes) that an earlier, killed push had already stored and that were not
+    /// sent again.
+    pub reused_parts: u64,
+    pub reused_bytes: u64,
+}
+
+/// Records what is known of an unfinished multipart upload (`None`: there is none any more).
+/// Called before a part's id could be lost, so a killed push can continue the upload.
+pub type Journal<'a> = dyn FnMut(Option<&Unfinished>) -> Result<(), ArtifactsError> + Send + 'a;
+
+/// A multipart upload that can outlive the process: the store's multipart interface, what an
+/// earlier push left for this file (if anything), and where progress is recorded.
+pub struct Resumable<'a> {
+    pub parts: Arc<dyn MultipartStore>,
+    pub left: Option<Unfinished>,
+    pub journal: &'a mut Journal<'a>,
 }
 
 fn read_error(path: &FsPath) -> impl Fn(std::io::Error) -> ArtifactsError + '_ {
@@ -76,18 +105,23 @@ pub fn hash_stable(path: &FsPath, attempts: u32) -> Result<(String, Stamp), Arti
     })
 }
 
-/// Uploads `path` to `key`, reading it again while it changes.
+/// Uploads `path` to `key`, reading it again while it changes; a large file's multipart upload is
+/// continued and journaled through `resumable` when the store allows it.
 pub async fn upload(
     store: &Arc<dyn ObjectStore>,
     service: Service,
     path: &FsPath,
     key: &Path,
     opts: &UploadOptions,
+    mut resumable: Option<Resumable<'_>>,
 ) -> Result<Stored, ArtifactsError> {
     for attempt in 1..=opts.attempts.max(1) {
         let before = Stamp::of(path).map_err(read_error(path))?;
         let sent = if before.size > opts.multipart_above {
-            upload_parts(store, service, path, key, opts).await?
+            match resumable.as_mut() {
+                Some(r) => upload_resumable(r, service, path, key, opts).await?,
+                None => upload_parts(store, service, path, key, opts).await?,
+            }
         } else {
             upload_whole(store, service, path, key).await?
         };
@@ -130,6 +164,8 @@ async fn upload_whole(
         sha256,
         size,
         stamp: Stamp::of(path).map_err(read_error(path))?,
+        reused_parts: 0,
+        reused_bytes: 0,
     }))
 }
 
@@ -154,17 +190,7 @@ async fn upload_parts(
     let mut size = 0u64;
     let mut changed = false;
     loop {
-        let mut buf = Vec::with_capacity(opts.part_size);
-        while buf.len() < opts.part_size {
-            let n = (&mut file)
-                .take((opts.part_size - buf.len()) as u64)
-                .read_buf(&mut buf)
-                .await
-                .map_err(read_error(path))?;
-            if n == 0 {
-                break;
-            }
-        }
+        let buf = read_part(&mut file, opts.part_size, path).await?;
         if buf.is_empty() {
             break;
         }
@@ -173,13 +199,7 @@ async fn upload_parts(
             changed = true;
             break;
         }
-        // Hashing 8 MiB takes tens of milliseconds: off the async threads.
-        let (h, buf) = tokio::task::spawn_blocking(move || {
-            hasher.update(&buf);
-            (hasher, buf)
-        })
-        .await
-        .map_err(|e| ArtifactsError::Task(e.to_string()))?;
+        let (h, buf) = hash_part(hasher, buf).await?;
         hasher = h;
         writer
             .wait_for_capacity(opts.concurrency)
@@ -199,6 +219,179 @@ async fn upload_parts(
         sha256: hex::encode(hasher.finalize()),
         size,
         stamp: after,
+        reused_parts: 0,
+        reused_bytes: 0,
+    }))
+}
+
+/// Adds a part to the digest off the async threads (hashing 8 MiB takes tens of milliseconds).
+async fn hash_part(mut hasher: Sha256, buf: Vec<u8>) -> Result<(Sha256, Vec<u8>), ArtifactsError> {
+    tokio::task::spawn_blocking(move || {
+        hasher.update(&buf);
+        (hasher, buf)
+    })
+    .await
+    .map_err(|e| ArtifactsError::Task(e.to_string()))
+}
+
+/// Reads up to `want` bytes (fewer only at the end of the file).
+async fn read_part(
+    file: &mut tokio::fs::File,
+    want: usize,
+    path: &FsPath,
+) -> Result<Vec<u8>, ArtifactsError> {
+    let mut buf = Vec::with_capacity(want);
+    while buf.len() < want {
+        let n = file
+            .take((want - buf.len()) as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(read_error(path))?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf)
+}
+
+/// [`upload_resumable_once`], started over from the first part when the store no longer knows
+/// the upload an earlier push left (it expired, or was aborted).
+async fn upload_resumable(
+    r: &mut Resumable<'_>,
+    service: Service,
+    path: &FsPath,
+    key: &Path,
+    opts: &UploadOptions,
+) -> Result<Option<Stored>, ArtifactsError> {
+    let left = r.left.take();
+    let continuing = left.is_some();
+    match upload_resumable_once(r, left, service, path, key, opts).await {
+        Err(ArtifactsError::Storage(e)) if continuing && e.class() == ErrorClass::NotFound => {
+            tracing::info!(key = %key, "the store no longer knows the interrupted upload; starting it again");
+            (r.journal)(None)?;
+            upload_resumable_once(r, None, service, path, key, opts).await
+        }
+        other => other,
+    }
+}
+
+/// A multipart upload whose id and part ids are journaled, continuing `left` when it is an upload
+/// of this key with the file's current stamp and part size. `None` when the file changed before
+/// the upload was completed (the upload is aborted and forgotten).
+async fn upload_resumable_once(
+    r: &mut Resumable<'_>,
+    left: Option<Unfinished>,
+    service: Service,
+    path: &FsPath,
+    key: &Path,
+    opts: &UploadOptions,
+) -> Result<Option<Stored>, ArtifactsError> {
+    let request_error =
+        |e: object_store::Error| StorageError::request(service, key.to_string(), &e);
+    let before = Stamp::of(path).map_err(read_error(path))?;
+    let part_size = opts.part_size.max(1);
+    let usable = left
+        .filter(|u| u.key == key.as_ref() && u.stamp == before && u.part_size == part_size as u64);
+    let mut record = match usable {
+        Some(u) => {
+            tracing::info!(key = %key, parts = u.parts.len(), "continuing the multipart upload an interrupted push left");
+            u
+        }
+        None => {
+            let upload_id = r.parts.create_multipart(key).await.map_err(request_error)?;
+            let u = Unfinished {
+                key: key.to_string(),
+                upload_id,
+                stamp: before,
+                part_size: part_size as u64,
+                parts: Default::default(),
+            };
+            (r.journal)(Some(&u))?;
+            u
+        }
+    };
+    let count = before.size.div_ceil(part_size as u64).max(1) as usize;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(read_error(path))?;
+    let mut hasher = Sha256::new();
+    let (mut reused_parts, mut reused_bytes) = (0u64, 0u64);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut changed = false;
+    let put = |idx: usize, data: Vec<u8>| {
+        let (parts, id) = (r.parts.clone(), record.upload_id.clone());
+        async move {
+            let result: object_store::Result<PartId> = parts
+                .put_part(key, &id, idx, PutPayload::from(bytes::Bytes::from(data)))
+                .await;
+            (idx, result)
+        }
+    };
+    for idx in 0..count {
+        let want = (before.size - (idx * part_size) as u64).min(part_size as u64) as usize;
+        let buf = read_part(&mut file, want, path).await?;
+        if buf.len() != want {
+            changed = true; // shrank under the read
+            break;
+        }
+        let (h, buf) = hash_part(hasher, buf).await?;
+        hasher = h;
+        if record.parts.contains_key(&idx) {
+            reused_parts += 1;
+            reused_bytes += buf.len() as u64;
+            continue;
+        }
+        while in_flight.len() >= opts.concurrency.max(1) {
+            let next: Option<(usize, object_store::Result<PartId>)> = in_flight.next().await;
+            if let Some((i, result)) = next {
+                let PartId { content_id } = result.map_err(request_error)?;
+                record.parts.insert(i, content_id);
+                (r.journal)(Some(&record))?;
+            }
+        }
+        in_flight.push(put(idx, buf));
+    }
+    while let Some((i, result)) = in_flight.next().await {
+        let PartId { content_id } = result.map_err(request_error)?;
+        record.parts.insert(i, content_id);
+        (r.journal)(Some(&record))?;
+    }
+    drop(in_flight);
+    // One byte more than the stamp said means the file grew during the read.
+    if !changed {
+        changed = !read_part(&mut file, 1, path).await?.is_empty();
+    }
+    let after = Stamp::of(path).map_err(read_error(path))?;
+    if changed || before != after {
+        if let Err(e) = r.parts.abort_multipart(key, &record.upload_id).await {
+            tracing::warn!(key = %key, error = %e, "cannot abort a multipart upload; the store's lifecycle rules remove it");
+        }
+        (r.journal)(None)?;
+        return Ok(None);
+    }
+    // Every index below `count` was either found in the record or sent and recorded above.
+    let ids = (0..count)
+        .map(|i| {
+            record
+                .parts
+                .get(&i)
+                .map(|id| PartId {
+                    content_id: id.clone(),
+                })
+                .ok_or_else(|| ArtifactsError::Task(format!("part {i} of `{key}` has no id")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    r.parts
+        .complete_multipart(key, &record.upload_id, ids)
+        .await
+        .map_err(request_error)?;
+    (r.journal)(None)?;
+    Ok(Some(Stored {
+        sha256: hex::encode(hasher.finalize()),
+        size: before.size,
+        stamp: after,
+        reused_parts,
+        reused_bytes,
     }))
 }
 
@@ -231,7 +424,7 @@ mod tests {
             let path = dir.path().join(name);
             std::fs::write(&path, &body).unwrap();
             let key = Path::from(name);
-            let stored = upload(&store, Service::Local, &path, &key, &opts())
+            let stored = upload(&store, Service::Local, &path, &key, &opts(), None)
                 .await
                 .unwrap();
             assert_eq!(stored.size, len as u64);
@@ -239,6 +432,117 @@ mod tests {
             let got = store.get(&key).await.unwrap().bytes().await.unwrap();
             assert_eq!(got.as_ref(), body.as_slice(), "{name}");
         }
+    }
+
+    /// An in-memory store with multipart uploads and a journal that keeps the last record.
+    struct Resuming {
+        store: Arc<dyn ObjectStore>,
+        parts: Arc<dyn MultipartStore>,
+        kept: Arc<std::sync::Mutex<Option<Unfinished>>>,
+    }
+
+    impl Resuming {
+        fn new() -> Resuming {
+            let memory = Arc::new(InMemory::new());
+            Resuming {
+                store: memory.clone(),
+                parts: memory,
+                kept: Arc::new(std::sync::Mutex::new(None)),
+            }
+        }
+
+        /// Uploads with a resumable multipart upload that continues `left`; the journal fails
+        /// (as a kill would end the push) once `stop_after` parts are recorded.
+        async fn upload(
+            &self,
+            path: &FsPath,
+            key: &Path,
+            opts: &UploadOptions,
+            left: Option<Unfinished>,
+            stop_after: usize,
+        ) -> Result<Stored, ArtifactsError> {
+            let kept = self.kept.clone();
+            let mut journal = move |u: Option<&Unfinished>| {
+                *kept.lock().unwrap() = u.cloned();
+                if u.is_some_and(|u| u.parts.len() >= stop_after) {
+                    return Err(ArtifactsError::Task("killed".into()));
+                }
+                Ok(())
+            };
+            let resumable = Resumable {
+                parts: self.parts.clone(),
+                left,
+                journal: &mut journal,
+            };
+            upload(
+                &self.store,
+                Service::Local,
+                path,
+                key,
+                opts,
+                Some(resumable),
+            )
+            .await
+        }
+
+        fn left(&self) -> Option<Unfinished> {
+            self.kept.lock().unwrap().clone()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interrupted_multipart_upload_continues_without_sending_stored_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = (23 << 20) + 11; // five parts of 5 MiB, the last one short
+        let body: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+        let path = dir.path().join("big.bin");
+        std::fs::write(&path, &body).unwrap();
+        let r = Resuming::new();
+        let key = Path::from("save/big.bin");
+        let opts = UploadOptions {
+            concurrency: 1,
+            ..opts()
+        };
+        let first = r.upload(&path, &key, &opts, None, 2).await;
+        assert!(first.is_err(), "the first push was cut off");
+        assert!(
+            r.store.head(&key).await.is_err(),
+            "no object before completion"
+        );
+        let left = r.left().expect("the upload was journaled");
+        assert_eq!(left.parts.len(), 2);
+
+        let stored = r
+            .upload(&path, &key, &opts, Some(left), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((stored.reused_parts, stored.reused_bytes), (2, 10 << 20));
+        assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
+        assert!(r.left().is_none(), "a completed upload is forgotten");
+        let got = r.store.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got.as_ref(), body.as_slice());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_left_for_other_content_is_not_continued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.bin");
+        std::fs::write(&path, vec![1u8; 12 << 20]).unwrap();
+        let r = Resuming::new();
+        let key = Path::from("big.bin");
+        assert!(r.upload(&path, &key, &opts(), None, 1).await.is_err());
+        let left = r.left().unwrap();
+        // The file is rewritten with other bytes (a new stamp): its stored part must not be used.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let body = vec![2u8; 12 << 20];
+        std::fs::write(&path, &body).unwrap();
+        let stored = r
+            .upload(&path, &key, &opts(), Some(left), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(stored.reused_parts, 0);
+        let got = r.store.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got.as_ref(), body.as_slice());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +573,7 @@ mod tests {
         }
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let key = Path::from("growing.bin");
-        let result = upload(&store, Service::Local, &path, &key, &opts()).await;
+        let result = upload(&store, Service::Local, &path, &key, &opts(), None).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
         match result {

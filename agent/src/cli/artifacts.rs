@@ -147,6 +147,8 @@ pub async fn run(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
 /// A worker's storage location. Invariant: `prefix` is `<storage path>/<experiment>/<worker>`.
 pub struct Target {
     store: std::sync::Arc<dyn object_store::ObjectStore>,
+    /// The same store's multipart interface, so a killed push continues a large file's upload.
+    parts: Option<std::sync::Arc<dyn object_store::multipart::MultipartStore>>,
     service: Service,
     prefix: StorePath,
     shown: String,
@@ -159,10 +161,12 @@ impl Target {
         identity: &JobIdentity,
         options: &StoreOptions,
     ) -> Result<Target, Failure> {
-        let (store, path) = storage::open(url, options)?;
+        let opened = storage::open_parts(url, options)?;
+        let path = opened.path;
         let service = Service::from_scheme(url.scheme()).unwrap_or(Service::Local);
         Ok(Target {
-            store,
+            store: opened.objects,
+            parts: opened.parts,
             service,
             prefix: super::sidecar::join(&path, &[&identity.experiment, &identity.worker]),
             shown: format!(
@@ -193,6 +197,7 @@ pub async fn push_dirs(
             target.shown.clone(),
             state_dir.to_path_buf(),
         );
+        cfg.parts = target.parts.clone();
         cfg.concurrency = usize::from(tuning.artifacts_concurrency);
         cfg.part_size = part;
         // One PUT up to a part's size: in-flight memory stays under concurrency × part size.
@@ -244,6 +249,13 @@ fn describe(dir: &Path, o: &PushOutcome) -> String {
             if o.resumed { " (continued an interrupted push)" } else { "" }
         )
     };
+    if o.reused_parts > 0 {
+        line.push_str(&format!(
+            "\n  {} parts ({}) of large files were stored by the interrupted push and not sent again",
+            thousands(o.reused_parts),
+            human(o.reused_bytes)
+        ));
+    }
     for s in &o.skipped {
         line.push_str(&format!("\n  skipped {}: {}", s.path, s.reason));
     }
