@@ -11,6 +11,10 @@
 //! Truncation of a followed file (copytruncate rotation) starts a new generation of that path. The
 //! bytes written between our last read and the truncation are recovered from the copy when the
 //! copy sits beside the file (it starts with the same bytes); otherwise they are reported lost.
+//! A truncation is seen either as the file being shorter than what was read, or, when the writer
+//! has already written more than that again (a reader that lags behind a fast writer), as the
+//! file's first bytes no longer matching its fingerprint: checked after every read that found new
+//! bytes, before those bytes are kept.
 //!
 //! When storage fails, reading goes on until `spool_max_bytes` are buffered in memory (the files
 //! themselves hold the rest), and uploads are retried with the one backoff policy, forever: the
@@ -451,6 +455,7 @@ impl LogShipper {
         let Some(file) = a.file.as_ref() else {
             return 0;
         };
+        let kept = a.buf.len();
         while a.read_off() < size
             && a.buf.len() < chunk
             && spool_used + total < self.cfg.spool_max_bytes
@@ -477,6 +482,16 @@ impl LogShipper {
             }
             total += n as u64;
         }
+        // Truncated and written again past our offset since the last read: what was just read
+        // belongs to the new generation, not to the end of ours.
+        if total > 0 && !a.t.fingerprint.matches(file).unwrap_or(true) {
+            a.buf.truncate(kept);
+            if a.buf.is_empty() {
+                a.buf_since = None;
+            }
+            self.truncated(i, size);
+            return 0;
+        }
         // Refresh a short fingerprint as the file grows, so inode reuse is caught reliably.
         if a.t.fingerprint.is_partial() && a.t.shipped == 0 && a.t.in_flight.is_none() {
             if let Ok(fp) = Fingerprint::take(file) {
@@ -492,7 +507,8 @@ impl LogShipper {
         total
     }
 
-    /// File `i` shrank below what we read: it was truncated in place (copytruncate).
+    /// File `i` was truncated in place (copytruncate): it shrank below what we read, or its first
+    /// bytes changed.
     fn truncated(&mut self, i: usize, new_size: u64) {
         let read_off = self.active[i].read_off();
         let old = &self.active[i].t;
@@ -511,6 +527,9 @@ impl LogShipper {
                 a.t.path = copy_path;
                 a.t.id = copy_id;
                 a.t.detached = true;
+                // The copy has not been read yet: an end-of-file seen on the truncated file must
+                // not retire this generation before its rest is read from the copy.
+                a.eof_since = None;
             }
             None => {
                 tracing::warn!(log = %logical,
@@ -711,4 +730,83 @@ pub fn compress(raw: &[u8]) -> Bytes {
     // Writing into a Vec cannot fail.
     let _ = enc.write_all(raw);
     Bytes::from(enc.finish().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// `n` numbered lines starting with `tag`, so any misplaced range changes the content.
+    fn lines(tag: &str, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            writeln!(out, "{tag}-{i:08} some words of a training log").unwrap();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_copytruncate_the_reader_lags_behind_is_caught_by_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let store_dir = dir.path().join("store");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&store_dir).unwrap());
+        let glob = LogGlob::new(&format!("{}/*.log", logs.display())).unwrap();
+        let prefix = Path::from("exp/worker-0");
+        let mut cfg = LogConfig::new(
+            vec![glob],
+            prefix.clone(),
+            "test".into(),
+            dir.path().join("state"),
+        );
+        cfg.chunk_bytes = 64 << 10;
+        let mut shipper = LogShipper::open(cfg, store.clone()).unwrap();
+
+        let log = logs.join("app.log");
+        let old = lines("old", 8000); // about 390 KB
+        std::fs::write(&log, &old).unwrap();
+        // The reader takes one chunk and falls behind (as while it ships a backlog or storage
+        // is slow): it has read less than the writer will write after the truncation.
+        shipper.scan();
+        assert_eq!(shipper.read_one(0), 64 << 10);
+
+        // copytruncate, then the writer writes more than the reader had read.
+        std::fs::copy(&log, logs.join("app.log.1")).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        let new = lines("new", 6000);
+        f.write_all(&new).unwrap();
+        drop(f);
+
+        let mut idle = 0;
+        for _ in 0..200 {
+            let report = shipper.tick(true).await.unwrap();
+            idle = if report.bytes_read == 0 && report.backlog == 0 {
+                idle + 1
+            } else {
+                0
+            };
+            if idle == 5 {
+                break;
+            }
+        }
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let mut stored = Vec::new();
+        crate::ship::reassemble::cat(&store, &log_folder(&prefix, "app.log"), &mut stored)
+            .await
+            .unwrap();
+        let mut expected = old;
+        expected.extend_from_slice(&new);
+        assert!(
+            stored == expected,
+            "stored {} bytes, expected {}; first difference at {:?}",
+            stored.len(),
+            expected.len(),
+            stored.iter().zip(&expected).position(|(a, b)| a != b)
+        );
+    }
 }
