@@ -19,7 +19,11 @@ fn body(seed: u32, len: usize) -> Vec<u8> {
 
 /// A folder of `small` small files in nested folders and one `large_mib` MiB file; returns the
 /// expected tree (relative path → content).
-fn make_artifacts(dir: &Path, small: usize, large_mib: usize) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn make_artifacts(
+    dir: &Path,
+    small: usize,
+    large_mib: usize,
+) -> BTreeMap<String, Vec<u8>> {
     let mut tree = BTreeMap::new();
     for i in 0..small {
         let rel = format!("ckpt/shard-{:02}/part-{i:04}.bin", i % 7);
@@ -36,7 +40,7 @@ fn make_artifacts(dir: &Path, small: usize, large_mib: usize) -> BTreeMap<String
 }
 
 /// Every regular file under `dir`, relative, with its content.
-fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();

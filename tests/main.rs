@@ -8,6 +8,7 @@ mod harness;
 mod localize_git;
 
 mod artifacts;
+mod artifacts_metastore;
 mod cli;
 mod examples;
 mod exec;

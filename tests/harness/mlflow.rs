@@ -17,13 +17,23 @@ use super::rawhttp::request;
 use super::{free_port, tool};
 
 /// A tracking server. Invariant: while `process` is `Some`, it serves `port` from `db`, over
-/// HTTPS with `tls`'s leaf certificate when that is set.
+/// HTTPS with `tls`'s leaf certificate when that is set, with runs' artifacts under
+/// `artifacts`'s root when that is set.
 pub struct MlflowServer {
     process: Option<ServerProcess>,
     pub port: u16,
     _dir: tempfile::TempDir,
     db: PathBuf,
     tls: Option<TlsFiles>,
+    artifacts: Option<ArtifactStore>,
+}
+
+/// An artifact store the clients write to directly (no proxying by the server): the root every
+/// run's `artifact_uri` is under, and the environment that reaches it (for the server, which
+/// lists artifacts for the UI, and for the mlflow client).
+pub struct ArtifactStore {
+    pub root: String,
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// The certificate files of an HTTPS server.
@@ -52,7 +62,18 @@ impl MlflowServer {
         }))
     }
 
+    /// Starts a server whose runs keep their artifacts in `store` directly (`--default-artifact-root`
+    /// with `--no-serve-artifacts`), so a run's `artifact_uri` is `<root>/<experiment id>/<run
+    /// id>/artifacts` rather than MLflow 3's default proxied `mlflow-artifacts:` URI.
+    pub fn start_with_artifacts(store: ArtifactStore) -> MlflowServer {
+        Self::start_with_options(None, Some(store))
+    }
+
     fn start_with(tls: Option<TlsFiles>) -> MlflowServer {
+        Self::start_with_options(tls, None)
+    }
+
+    fn start_with_options(tls: Option<TlsFiles>, artifacts: Option<ArtifactStore>) -> MlflowServer {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("mlflow.db");
         let mut server = MlflowServer {
@@ -61,6 +82,7 @@ impl MlflowServer {
             _dir: dir,
             db,
             tls,
+            artifacts,
         };
         // Another process may take the free port before the server binds it; then it exits.
         for _ in 0..3 {
@@ -100,6 +122,14 @@ impl MlflowServer {
             .args(["--workers", "1"])
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
             .env_remove("MLFLOW_TRACKING_URI");
+        if let Some(store) = &self.artifacts {
+            cmd.args([
+                "--default-artifact-root",
+                &store.root,
+                "--no-serve-artifacts",
+            ])
+            .envs(store.env.iter().map(|(k, v)| (k, v)));
+        }
         if let Some(tls) = &self.tls {
             cmd.arg("--uvicorn-opts").arg(format!(
                 "--ssl-certfile {} --ssl-keyfile {}",
@@ -136,14 +166,35 @@ impl MlflowServer {
     /// "end_time", "tags", "params", "metrics": {key: [[step, timestamp, value], …]}}]}`, where a
     /// value is a number or `"NaN"`. `{"experiment_id": null}` when there is no such experiment.
     pub fn read(&self, name: &str) -> Value {
+        self.client_script("mlflow_read.py", &[name.as_ref()])
+    }
+
+    /// The single run of experiment `name` as the real mlflow client shows it to a user, with
+    /// its artifacts (`tests/python/mlflow_artifacts.py`): `{"run_id", "artifact_uri", "tags",
+    /// "files": {path: size}}`, every artifact file listed recursively; any there are are
+    /// downloaded into `download`.
+    pub fn read_artifacts(&self, name: &str, download: &std::path::Path) -> Value {
+        self.client_script(
+            "mlflow_artifacts.py",
+            &[name.as_ref(), download.as_os_str()],
+        )
+    }
+
+    /// Runs a script of `tests/python` with the mlflow venv's python, as `SCRIPT URI ARGS…`, in
+    /// an environment that reaches this server (and its artifact store), and parses the JSON it
+    /// prints.
+    fn client_script(&self, script: &str, args: &[&std::ffi::OsStr]) -> Value {
         let mut cmd = Command::new(tool("venv-mlflow/bin/python"));
         if let Some(tls) = &self.tls {
             cmd.env("MLFLOW_TRACKING_SERVER_CERT_PATH", &tls.ca);
         }
+        if let Some(store) = &self.artifacts {
+            cmd.envs(store.env.iter().map(|(k, v)| (k, v)));
+        }
         let out = cmd
-            .arg(super::python::script("mlflow_read.py"))
+            .arg(super::python::script(script))
             .arg(self.uri())
-            .arg(name)
+            .args(args)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env_remove("MLFLOW_TRACKING_URI")
             .env_remove("MLFLOW_RUN_ID")
@@ -151,10 +202,11 @@ impl MlflowServer {
             .expect("cannot start the mlflow venv's python");
         assert!(
             out.status.success(),
-            "mlflow_read.py failed\n{}",
+            "{script} failed\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("mlflow_read.py prints JSON")
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{script} did not print JSON: {e}"))
     }
 
     /// Polls [`read`](Self::read) until `done` holds or `limit` passes; returns the last read.

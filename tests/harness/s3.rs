@@ -97,6 +97,19 @@ impl S3Server {
         assert_eq!(r.status, 200, "put {bucket}/{encoded_key}: {}", r.body);
     }
 
+    /// An object's body as text (for JSON objects such as manifests); panics unless it exists.
+    pub fn get_text(&self, bucket: &str, key: &str) -> String {
+        let r = request(
+            self.port,
+            "GET",
+            &format!("/{bucket}/{}", encode_key(key)),
+            &setup_auth(),
+            b"",
+        );
+        assert_eq!(r.status, 200, "get {bucket}/{key}: {}", r.body);
+        r.body
+    }
+
     /// Deletes an object.
     pub fn delete(&self, bucket: &str, key: &str) {
         let r = request(

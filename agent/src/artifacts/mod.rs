@@ -10,12 +10,14 @@
 //! * [`upload`]: one file to one object (multipart above a size), re-read if it changes meanwhile;
 //! * [`push`]: the whole push, idempotent and resumable;
 //! * [`verify`]: checking a save against its manifest when it is loaded back (`localize`);
-//! * [`record`]: what a completed save tells the metastore.
+//! * [`record`]: what a completed save tells the metastore;
+//! * [`mirror`]: copying a save into an MLflow run's artifacts in the same object store.
 //!
 //! Stores come only from [`crate::storage`]. This module never prints and never writes into the
 //! folder it saves.
 
 pub mod manifest;
+pub mod mirror;
 pub mod push;
 pub mod record;
 pub mod saves;

@@ -111,8 +111,12 @@ pub struct PushOutcome {
 
 /// The key of a relative path in save `n`.
 fn key(base: &Path, n: u64, rel: &str) -> Path {
-    rel.split('/')
-        .fold(base.clone().join(n.to_string()), |p, part| p.join(part))
+    under(&base.clone().join(n.to_string()), rel)
+}
+
+/// The key of a manifest's relative path (`/`-separated) below `prefix`.
+pub(crate) fn under(prefix: &Path, rel: &str) -> Path {
+    rel.split('/').fold(prefix.clone(), |p, part| p.join(part))
 }
 
 /// Pushes `dir` as described in the module docs.

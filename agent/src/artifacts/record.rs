@@ -1,16 +1,26 @@
 //! What a completed save tells the metastore, as items of the metrics pipeline.
 //!
-//! Submarine and SQLite get a param per save and worker: `artifacts.<n>` = the save's URL (params
-//! are immutable, and a save number is never reused, so this fits). MLflow gets a tag
-//! `periscope.artifacts.<worker>.<n>` = `<URL> sha256:<manifest digest>`; sinks without tags
-//! ignore it. This module only builds items.
+//! Two items per new save: the param `artifacts.<n>` = the save's URL, which Submarine and SQLite
+//! store per worker (params are immutable, and a save number is never reused, so this fits), and
+//! an [`ArtifactsSave`] that MLflow turns into the tag [`mlflow_tag`] and, where its artifact
+//! store is the same object store, into the run's artifacts (see [`super::mirror`]). Sinks
+//! without tags or artifacts ignore the second. This module only builds items.
 
 use super::push::PushOutcome;
-use crate::metrics::model::{Item, Param, Tag};
+use crate::metrics::model::{ArtifactsSave, Item, Param, Tag};
 
 /// The param key of save `n`.
 pub fn param_key(n: u64) -> String {
     format!("artifacts.{n}")
+}
+
+/// MLflow's tag for a save: `periscope.artifacts.<worker>.<n>` = `<URL> sha256:<manifest
+/// digest>`. Per worker, since workers may share one run (`MLFLOW_RUN_ID`).
+pub fn mlflow_tag(save: &ArtifactsSave) -> Tag {
+    Tag {
+        key: format!("periscope.artifacts.{}.{}", save.worker, save.save),
+        value: format!("{} sha256:{}", save.url, save.manifest_sha256),
+    }
 }
 
 /// The items for one push (none when nothing new was saved).
@@ -24,9 +34,11 @@ pub fn items(outcome: &PushOutcome, worker: &str) -> Vec<Item> {
             value: outcome.url.clone(),
             worker: worker.to_string(),
         }),
-        Item::Tag(Tag {
-            key: format!("periscope.artifacts.{worker}.{}", outcome.save),
-            value: format!("{} sha256:{}", outcome.url, outcome.manifest_sha256),
+        Item::Artifacts(ArtifactsSave {
+            worker: worker.to_string(),
+            save: outcome.save,
+            url: outcome.url.clone(),
+            manifest_sha256: outcome.manifest_sha256.clone(),
         }),
     ]
 }

@@ -39,7 +39,9 @@ Read the SQLite metastore with `periscope metrics`.
 
 Artifacts: each --artifacts folder is saved to <URL>/<experiment>/<worker>/artifacts/<n>/ (see
 `periscope artifacts push --help`) once the job is over and the logs are drained, still within the
-drain; the save's URL becomes the param artifacts.<n> in the metastore.
+drain; the save's URL becomes the param artifacts.<n> in the metastore. MLflow also gets the tag
+periscope.artifacts.<worker>.<n> (URL and manifest sha256) and, when the run's artifact_uri is in
+the storage's bucket, the save's files copied to <artifact_uri>/<worker>/<n>/.
 
 Identity: --experiment-id defaults to $JOB_ID; --worker is derived like the Submarine SDK does (TF_CONFIG
 task type-index, else CLUSTER_SPEC, else RANK: 0 -> master-0, N -> worker-N, else worker-0).

@@ -36,6 +36,20 @@ pub struct Tag {
     pub value: String,
 }
 
+/// A completed save of model artifacts (see [`crate::artifacts`]). Each sink records it its own
+/// way: Submarine and SQLite through the [`Param`] that comes with it, MLflow as a tag and, when
+/// the run's artifact store is the same object store, as the run's artifacts. Invariant: `url`
+/// is the save folder's redacted URL, ending in `/`, and `manifest_sha256` the hex sha256 of its
+/// stored `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactsSave {
+    pub worker: String,
+    /// The save number `n` of `…/artifacts/<n>/`.
+    pub save: u64,
+    pub url: String,
+    pub manifest_sha256: String,
+}
+
 /// The lifecycle of the experiment, in Submarine's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunStatus {
@@ -62,6 +76,8 @@ pub enum Item {
     Metric(Metric),
     Param(Param),
     Tag(Tag),
+    /// A completed artifacts save (queued after its [`Param`]).
+    Artifacts(ArtifactsSave),
     /// The writer of a TensorBoard run restarted at `from_step` (PyTorch's `purge_step`): points of
     /// `keys` for `worker` with step ≥ `from_step` that were applied *before* this item are stale
     /// and are deleted, as TensorBoard drops them. Points that come after it are kept.

@@ -76,8 +76,8 @@ pub fn changes<'a>(items: &'a [Item], now: &'a str) -> impl Iterator<Item = Chan
             value: &p.value,
             worker: &p.worker,
         }),
-        // Submarine's tables have no tags.
-        Item::Tag(_) => None,
+        // Submarine's tables have no tags; a save is recorded by the param queued with it.
+        Item::Tag(_) | Item::Artifacts(_) => None,
         Item::Purge {
             keys,
             worker,

@@ -7,13 +7,16 @@
 //! rewritten (the same key always maps to the same name, so redelivery stays idempotent), and
 //! values longer than MLflow keeps are cut where the server would cut them. Params travel in
 //! requests of their own, so a param MLflow refuses (a changed value) never holds metrics back.
-//! Purges cannot be expressed in MLflow and are skipped. This module does no I/O.
+//! Purges cannot be expressed in MLflow and are skipped. An artifacts save becomes its tag and a
+//! [`Call::Artifacts`] (copying it into the run's artifacts), which the sink may find it cannot
+//! do. This module does no I/O.
 
 use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::metrics::model::{float, Item, RunStatus};
+use crate::artifacts::record::mlflow_tag;
+use crate::metrics::model::{float, ArtifactsSave, Item, RunStatus, Tag};
 
 /// MLflow's limits for one `runs/log-batch` (`mlflow/utils/validation.py`).
 pub const MAX_METRICS: usize = 1000;
@@ -106,6 +109,8 @@ pub enum Call {
         status: &'static str,
         end_time: Option<i64>,
     },
+    /// Put the save's files into the run's artifacts, where the run's artifact store allows it.
+    Artifacts(ArtifactsSave),
 }
 
 /// MLflow's run status and end time for a Periscope status.
@@ -178,9 +183,11 @@ pub struct Planner {
 impl Planner {
     /// The calls that apply `items`, in order: items between two status changes become as few
     /// `runs/log-batch` calls as the limits allow (params in calls of their own), and each status
-    /// change becomes a `runs/update` after them.
+    /// change becomes a `runs/update` after them. Artifacts copies come last: their tags are
+    /// logged first, so the run names every save even when its copy cannot be made.
     pub fn plan(&mut self, items: &[Item]) -> Vec<Call> {
         let mut calls = Vec::new();
+        let mut copies = Vec::new();
         let mut params = LogBatch::default();
         let mut data = LogBatch::default();
         let flush = |calls: &mut Vec<Call>, batch: &mut LogBatch| {
@@ -225,23 +232,10 @@ impl Planner {
                     params.bytes += size;
                     params.params.push(kv);
                 }
-                Item::Tag(t) => {
-                    let kv = KeyValue {
-                        key: self.key(&t.key),
-                        value: cut(&t.value, MAX_TAG_VALUE),
-                    };
-                    let size = encoded_len(&kv);
-                    if let Some(i) = data.tags.iter().position(|q| q.key == kv.key) {
-                        // A later value replaces an earlier one, and MLflow wants one key per
-                        // batch: the earlier value need not be sent at all.
-                        let earlier = data.tags.remove(i);
-                        data.bytes -= encoded_len(&earlier);
-                    }
-                    if !fits(&data, size) || data.tags.len() >= MAX_TAGS {
-                        flush(&mut calls, &mut data);
-                    }
-                    data.bytes += size;
-                    data.tags.push(kv);
+                Item::Tag(t) => self.tag(t, &mut data, &mut calls),
+                Item::Artifacts(save) => {
+                    self.tag(&mlflow_tag(save), &mut data, &mut calls);
+                    copies.push(Call::Artifacts(save.clone()));
                 }
                 Item::Purge {
                     keys, from_step, ..
@@ -268,7 +262,28 @@ impl Planner {
         }
         flush(&mut calls, &mut params);
         flush(&mut calls, &mut data);
+        calls.extend(copies);
         calls
+    }
+
+    /// Adds a tag to `data`, flushing it into `calls` first when it is full.
+    fn tag(&mut self, tag: &Tag, data: &mut LogBatch, calls: &mut Vec<Call>) {
+        let kv = KeyValue {
+            key: self.key(&tag.key),
+            value: cut(&tag.value, MAX_TAG_VALUE),
+        };
+        let size = encoded_len(&kv);
+        if let Some(i) = data.tags.iter().position(|q| q.key == kv.key) {
+            // A later value replaces an earlier one, and MLflow wants one key per batch: the
+            // earlier value need not be sent at all.
+            let earlier = data.tags.remove(i);
+            data.bytes -= encoded_len(&earlier);
+        }
+        if (!fits(data, size) || data.tags.len() >= MAX_TAGS) && !data.is_empty() {
+            calls.push(Call::Log(std::mem::take(data)));
+        }
+        data.bytes += size;
+        data.tags.push(kv);
     }
 
     /// The MLflow name for `key`, warning once per key that had to change.
@@ -328,7 +343,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Call::Log(b) => Some(b),
-                Call::Status { .. } => None,
+                Call::Status { .. } | Call::Artifacts(_) => None,
             })
             .collect()
     }
@@ -463,6 +478,34 @@ mod tests {
                 value: "2".into()
             }]
         );
+    }
+
+    #[test]
+    fn an_artifacts_save_is_tagged_and_copied_after_the_batch() {
+        let save = ArtifactsSave {
+            worker: "worker-1".into(),
+            save: 2,
+            url: "s3://b/p/e/worker-1/artifacts/2/".into(),
+            manifest_sha256: "ab".repeat(32),
+        };
+        let calls = Planner::default().plan(&[
+            param("artifacts.2", &save.url),
+            Item::Artifacts(save.clone()),
+            metric("loss", 1),
+        ]);
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        let Call::Log(data) = &calls[1] else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(
+            data.tags,
+            vec![KeyValue {
+                key: "periscope.artifacts.worker-1.2".into(),
+                value: format!("{} sha256:{}", save.url, save.manifest_sha256),
+            }]
+        );
+        assert_eq!(data.metrics.len(), 1);
+        assert_eq!(calls[2], Call::Artifacts(save));
     }
 
     #[test]

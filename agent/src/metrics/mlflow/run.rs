@@ -10,7 +10,8 @@
 //!   `runs/create` but before the run id was remembered does not make a second run; the run id
 //!   is also remembered in `<state-dir>/mlflow-run.json` to save the search after a restart.
 //!
-//! This module owns that lookup and the state file; it never writes items.
+//! This module owns that lookup and the state file, and reads a run's `artifact_uri`; it never
+//! writes items.
 
 use std::path::Path;
 
@@ -59,6 +60,9 @@ struct RunInfo {
     run_id: String,
     #[serde(default)]
     lifecycle_stage: String,
+    /// Where the run's artifacts live (`s3://…`, `mlflow-artifacts:/…`, a path).
+    #[serde(default)]
+    artifact_uri: String,
 }
 
 /// MLflow's `Run`, its info only.
@@ -130,6 +134,11 @@ pub async fn resolve(client: &ApiClient, target: &Target<'_>) -> Result<String, 
     };
     save(&state, &wanted(run_id.clone()))?;
     Ok(run_id)
+}
+
+/// The run's `artifact_uri`, as the tracking server reports it (empty when it reports none).
+pub async fn artifact_uri(client: &ApiClient, run_id: &str) -> Result<String, ApiError> {
+    Ok(get_run(client, run_id).await?.artifact_uri)
 }
 
 async fn get_run(client: &ApiClient, run_id: &str) -> Result<RunInfo, ApiError> {

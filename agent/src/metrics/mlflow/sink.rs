@@ -11,6 +11,9 @@
 //!   and then the first value wins: the refused params are dropped with a warning, so one bad
 //!   param never stops the queue.
 //! * Tags and status: set again to the same value, which changes nothing.
+//! * Artifacts saves: their tag, and where the run's `artifact_uri` is in the save's bucket,
+//!   server-side copies of the save into the run's artifacts ([`mirror`]), which overwrite
+//!   themselves when made again.
 //!
 //! It never retries by itself and never logs a credential.
 
@@ -25,8 +28,14 @@ use super::batch::{Call, KeyValue, LogBatch, Planner};
 use super::client::{ApiClient, ApiError};
 use super::run::{self, Target};
 use super::MlflowSettings;
-use crate::metrics::model::Item;
+use crate::artifacts::mirror;
+use crate::error::{Classify, ErrorClass};
+use crate::metrics::model::{ArtifactsSave, Item};
 use crate::metrics::sink::{Sink, SinkError};
+use crate::storage::StoreOptions;
+
+/// Server-side copies in flight while a save is copied into a run's artifacts.
+const COPY_CONCURRENCY: usize = 8;
 
 /// The MLflow metastore. Invariant: `runs` holds, per Periscope experiment, a run id that
 /// [`run::resolve`] returned for this server and worker.
@@ -34,6 +43,8 @@ pub struct MlflowSink {
     client: ApiClient,
     settings: MlflowSettings,
     runs: HashMap<String, String>,
+    /// Run id → its `artifact_uri`, asked for when the run's first artifacts save comes.
+    artifact_uris: HashMap<String, String>,
     planner: Planner,
     /// The `Retry-After` of the last failed call, for [`Sink::retry_after`].
     retry_after: Option<Duration>,
@@ -48,6 +59,7 @@ impl MlflowSink {
             client,
             settings,
             runs: HashMap::new(),
+            artifact_uris: HashMap::new(),
             planner: Planner::default(),
             retry_after: None,
         })
@@ -94,6 +106,10 @@ impl MlflowSink {
                         .await
                         .map(drop)
                 }
+                Call::Artifacts(save) => {
+                    self.artifacts(&run_id, save).await?;
+                    continue;
+                }
             };
             if let Err(e) = result {
                 self.retry_after = e.retry_after();
@@ -101,6 +117,59 @@ impl MlflowSink {
             }
         }
         Ok(())
+    }
+
+    /// Copies a save into the run's artifacts when they are in the save's bucket (see
+    /// [`mirror`]); otherwise the save's tag, logged before, is its record. A copy that may work
+    /// later (the store did not answer) fails the batch, so the queue delivers it again; any
+    /// other failure is warned about and leaves the tag as the record, so that one save the
+    /// copy cannot be made of never stops the queue.
+    async fn artifacts(&mut self, run_id: &str, save: &ArtifactsSave) -> Result<(), SinkError> {
+        let uri = match self.artifact_uris.get(run_id) {
+            Some(uri) => uri.clone(),
+            None => {
+                let uri = run::artifact_uri(&self.client, run_id).await.map_err(|e| {
+                    self.retry_after = e.retry_after();
+                    SinkError::from(e)
+                })?;
+                self.artifact_uris.insert(run_id.to_string(), uri.clone());
+                uri
+            }
+        };
+        let target = match mirror::plan(&save.url, &uri, &save.worker, save.save) {
+            Ok(target) => target,
+            Err(why) => {
+                tracing::info!(save = save.save, worker = %save.worker, reason = %why,
+                    "artifacts save recorded in MLflow as a tag only");
+                return Ok(());
+            }
+        };
+        let copied = mirror::copy(
+            &target,
+            &save.manifest_sha256,
+            &StoreOptions::default(),
+            COPY_CONCURRENCY,
+        )
+        .await;
+        match copied {
+            Ok(c) => {
+                tracing::info!(save = save.save, worker = %save.worker, files = c.files,
+                    bytes = c.bytes, to = %target.shown, "artifacts save copied into the MLflow run's artifacts");
+                Ok(())
+            }
+            Err(e) if e.class() == ErrorClass::Network => Err(SinkError::transient(
+                ErrorClass::Network,
+                format!(
+                    "cannot copy artifacts save {} into the MLflow run's artifacts at {}: {e}",
+                    save.save, target.shown
+                ),
+            )),
+            Err(e) => {
+                tracing::warn!(save = save.save, worker = %save.worker, to = %target.shown, error = %e,
+                    "cannot copy the artifacts save into the MLflow run's artifacts; its tag is the record");
+                Ok(())
+            }
+        }
     }
 
     async fn log(&self, run_id: &str, batch: &LogBatch) -> Result<(), ApiError> {
