@@ -642,6 +642,8 @@ fn sidecar_saves_artifacts_when_the_job_ends_and_records_the_param() {
     cmd.args(["sidecar", "--storage"])
         .arg(format!("file://{}", store.display()))
         .args(["--experiment-id", "exp-s", "--worker", "worker-1"])
+        // A free port: tests run in parallel, and the default 9090 may be taken.
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--poll-interval", "0.1", "--state-dir"])
         .arg(&state)
         .arg("--code-dir")
