@@ -28,7 +28,8 @@ periscope, tb_python, mlflow_bin, ddl_file, workdir = sys.argv[1:6]
 BATCH = 1000  # MLflow's most metrics in one log_batch
 ROUNDS = 3
 CLIENT_METRICS = 30_000  # per round and target, through the real mlflow client
-RAW_METRICS = 60_000  # per round and backend, pre-encoded log-batch bodies
+RAW_METRICS = 60_000  # per round, backend and connection count, pre-encoded log-batch bodies
+RAW_CONNECTIONS = (1, 4)
 OUTAGE_CALLS = 20  # log_batch calls per healthy or down round
 PROBES = 200  # tf.events flushes for the latency measurement
 TFE_POINTS = 200_000
@@ -227,14 +228,22 @@ def raw_bodies(prefix, count):
         for metrics in batches(prefix, count)]
 
 
-def raw_http(port, bodies):
-    """The endpoint alone: pre-encoded log-batch bodies over one keep-alive connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port)
-    for body in bodies:
-        conn.request("POST", "/api/2.0/mlflow/runs/log-batch", body, {"Content-Type": "application/json"})
-        r = conn.getresponse()
-        r.read()
-        assert r.status == 200, r.status
+def raw_http(port, bodies, connections=1):
+    """The endpoint alone: pre-encoded log-batch bodies over `connections` keep-alive connections
+    at once (their requests arriving together share one fsync of the queue)."""
+    def send(part):
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        for body in part:
+            conn.request("POST", "/api/2.0/mlflow/runs/log-batch", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200, r.status
+
+    threads = [threading.Thread(target=send, args=(bodies[c::connections],)) for c in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def tb(script, *args):
@@ -267,6 +276,17 @@ w.close()
 """
 
 
+def filesystem(path):
+    """The type of the filesystem `path` is on (the queue's fsyncs cost nothing on a tmpfs)."""
+    best = ("", "?")
+    with open("/proc/mounts") as f:
+        for line in f:
+            _, mount, kind = line.split()[:3]
+            if os.path.realpath(path).startswith(mount.rstrip("/") + "/") and len(mount) > len(best[0]):
+                best = (mount, kind)
+    return best[1]
+
+
 def median(xs):
     return statistics.median(xs)
 
@@ -289,11 +309,11 @@ def ingest(backends, mlflow):
     targets = [b.key for b in backends] + (["direct"] if mlflow else [])
     acked = {t: [] for t in targets}
     delivered = {t: [] for t in targets}
-    raw_acked = {b.key: [] for b in backends}
-    raw_delivered = {b.key: [] for b in backends}
+    raw_acked = {(b.key, c): [] for c in RAW_CONNECTIONS for b in backends}
+    raw_delivered = {(b.key, c): [] for c in RAW_CONNECTIONS for b in backends}
     for r in range(ROUNDS):
         work = batches(f"c{r}", CLIENT_METRICS // BATCH)
-        bodies = raw_bodies(f"raw{r}", RAW_METRICS // BATCH)
+        bodies = {c: raw_bodies(f"raw{r}x{c}", RAW_METRICS // BATCH) for c in RAW_CONNECTIONS}
         for t in targets[r % len(targets):] + targets[:r % len(targets)]:
             if t == "direct":
                 run_id = direct.create_run(direct_exp).info.run_id
@@ -311,10 +331,11 @@ def ingest(backends, mlflow):
             timed_calls(client, run_id, work)
             acked[t].append(CLIENT_METRICS / (time.perf_counter() - start))
             delivered[t].append(CLIENT_METRICS / (sc.wait_rows(f"c{r}/", CLIENT_METRICS) - start))
-            start = time.perf_counter()
-            raw_http(sc.port, bodies)
-            raw_acked[t].append(RAW_METRICS / (time.perf_counter() - start))
-            raw_delivered[t].append(RAW_METRICS / (sc.wait_rows(f"raw{r}/", RAW_METRICS) - start))
+            for c in RAW_CONNECTIONS:
+                start = time.perf_counter()
+                raw_http(sc.port, bodies[c], c)
+                raw_acked[t, c].append(RAW_METRICS / (time.perf_counter() - start))
+                raw_delivered[t, c].append(RAW_METRICS / (sc.wait_rows(f"raw{r}x{c}/", RAW_METRICS) - start))
     for sc in sidecars.values():
         sc.stop()
     return acked, delivered, raw_acked, raw_delivered
@@ -409,17 +430,18 @@ def main():
 
     k = lambda v: f"{v / 1000:7.1f} k/s"
     print(f"bench/metrics, {began:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average "
-          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; medians of {ROUNDS} rounds")
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; medians of {ROUNDS} rounds; "
+          f"state folders and servers' data on {filesystem(workdir)}")
     print(f"\n1. The real mlflow client, 1 thread, log_batch of {BATCH:,}, {CLIENT_METRICS:,} metrics a round "
           f"(acknowledged: durable in Periscope's queue; delivered: every row visible in the backend)")
     print(f"  {'target':48} {'acknowledged':>13} {'delivered':>13}")
     for t in acked:
         label = names[t] if t == "direct" else f"Periscope endpoint -> {names[t]}"
         print(f"  {label:48} {k(median(acked[t])):>13} {k(median(delivered[t])):>13}")
-    print(f"\n2. Raw log-batch bodies of {BATCH:,} over one connection, {RAW_METRICS:,} metrics a round")
-    for t in raw_acked:
-        print(f"  {'Periscope endpoint -> ' + names[t]:48} {k(median(raw_acked[t])):>13} "
-              f"{k(median(raw_delivered[t])):>13}")
+    print(f"\n2. Raw log-batch bodies of {BATCH:,}, {RAW_METRICS:,} metrics a round")
+    for (t, c) in raw_acked:
+        label = f"{c} connection{'s' if c > 1 else ''} -> {names[t]}"
+        print(f"  {label:48} {k(median(raw_acked[t, c])):>13} {k(median(raw_delivered[t, c])):>13}")
     print(f"\n3. The script's log_batch calls ({BATCH:,} metrics) to the endpoint, metastore healthy vs down "
           f"({ROUNDS} x {OUTAGE_CALLS} calls each, alternating; all rows arrived exactly once after each outage)")
     print(f"  {'backend (down = )':48} {'healthy p50/p99':>17} {'down p50/p99':>17} {'ratio p50':>9}"
