@@ -30,7 +30,8 @@ ROUNDS = 3
 CLIENT_METRICS = 30_000  # per round and target, through the real mlflow client
 RAW_METRICS = 60_000  # per round, backend and connection count, pre-encoded log-batch bodies
 RAW_CONNECTIONS = (1, 4)
-OUTAGE_CALLS = 20  # log_batch calls per healthy or down round
+OUTAGE_ROUNDS = 5  # healthy, down, healthy, down, ...: short rounds, so load drifts hit both
+OUTAGE_CALLS = 12  # log_batch calls per healthy or down round
 PROBES = 200  # tf.events flushes for the latency measurement
 TFE_POINTS = 200_000
 
@@ -350,8 +351,8 @@ def outage(backend):
     client.log_batch(run_id, metrics=batches("warm", 1)[0])
     sc.wait_rows("warm/", BATCH)
     calls = {"healthy": [], "down": []}
-    recovery = []
-    for r in range(ROUNDS):
+    recovery, ratios = [], []
+    for r in range(OUTAGE_ROUNDS):
         for state in ("healthy", "down"):
             prefix = f"o{r}{state}"
             work = batches(prefix, OUTAGE_CALLS)
@@ -359,17 +360,20 @@ def outage(backend):
                 backend.down(sc)
                 # Let the sidecar find out (a failed delivery, its retry backoff) before the calls.
                 time.sleep(1)
-            calls[state].extend(timed_calls(client, run_id, work))
+            times = timed_calls(client, run_id, work)
+            calls[state].extend(times)
+            if state == "down":
+                ratios.append(median(times) / median(calls["healthy"][-OUTAGE_CALLS:]))
             if state == "down":
                 up = time.perf_counter()
                 backend.up(sc)
                 recovery.append(sc.wait_rows(prefix + "/", OUTAGE_CALLS * BATCH) - up)
             else:
                 sc.wait_rows(prefix + "/", OUTAGE_CALLS * BATCH)
-    total = ROUNDS * 2 * OUTAGE_CALLS * BATCH
+    total = OUTAGE_ROUNDS * 2 * OUTAGE_CALLS * BATCH
     assert sc.rows("o") == total, f"{sc.rows('o')} rows of {total} after the outages"
     sc.stop()
-    return calls, recovery
+    return calls, recovery, ratios
 
 
 def latency(backend):
@@ -443,16 +447,18 @@ def main():
         label = f"{c} connection{'s' if c > 1 else ''} -> {names[t]}"
         print(f"  {label:48} {k(median(raw_acked[t, c])):>13} {k(median(raw_delivered[t, c])):>13}")
     print(f"\n3. The script's log_batch calls ({BATCH:,} metrics) to the endpoint, metastore healthy vs down "
-          f"({ROUNDS} x {OUTAGE_CALLS} calls each, alternating; all rows arrived exactly once after each outage)")
-    print(f"  {'backend (down = )':48} {'healthy p50/p99':>17} {'down p50/p99':>17} {'ratio p50':>9}"
+          f"({OUTAGE_ROUNDS} x {OUTAGE_CALLS} calls each, alternating; all rows arrived exactly once after each outage)")
+    print(f"  {'backend (down = )':48} {'healthy p50/p99':>17} {'down p50/p99':>17} {'ratio':>6}"
           f" {'recovery':>9}")
-    for t, (calls, recovery) in outages.items():
+    for t, (calls, recovery, ratios) in outages.items():
         h, d = calls["healthy"], calls["down"]
         how = {"sqlite": "write lock held", "mariadb": "mariadbd killed", "mlflow": "server killed"}[t]
         print(f"  {names[t] + ' (' + how + ')':48} {median(h) * 1000:7.1f}/{pct(h, 0.99) * 1000:5.1f} ms"
-              f" {median(d) * 1000:7.1f}/{pct(d, 0.99) * 1000:5.1f} ms {median(d) / median(h):9.2f}"
+              f" {median(d) * 1000:7.1f}/{pct(d, 0.99) * 1000:5.1f} ms {median(ratios):6.2f}"
               f" {median(recovery):7.1f} s")
-    print(f"  (recovery: from the backend being back to every queued row visible, median)")
+    print("  (ratio: down/healthy median call time of each round pair, median over the pairs (range "
+          + ", ".join(f"{t} {min(r):.2f}-{max(r):.2f}" for t, (_, _, r) in outages.items())
+          + "); recovery: from the backend being back to every queued row visible, median)")
     print(f"\n4. tf.events flush to row visible ({PROBES} flushes, 50 ms apart, default sidecar intervals)")
     for t, lat in latencies.items():
         print(f"  {names[t]:48} p50 {median(lat) * 1000:6.0f} ms   p99 {pct(lat, 0.99) * 1000:6.0f} ms"
