@@ -208,7 +208,7 @@ fn s3_push_loads_back_byte_identical_and_a_tampered_object_is_refused() {
         keys.iter().all(|(k, _)| k.contains("/artifacts/1/")),
         "{keys:?}"
     );
-    assert_eq!(keys.len(), 203, "202 files and the manifest");
+    assert_eq!(keys.len(), 204, "202 files, the manifest and the claim");
 
     let source = "s3://models/jobs/exp-1/worker-0/artifacts/1/";
     let dest = work.path().join("dest");
@@ -531,6 +531,72 @@ fn a_push_killed_mid_file_continues_its_azure_block_upload() {
     env.retain(|(k, _)| *k != "AZURITE_BLOB_STORAGE_URL");
     env.push(("AZURITE_BLOB_STORAGE_URL", proxy.url()));
     killed_multipart_push_continues(&env, "az://models/jobs", &proxy);
+}
+
+/// Two pushes of different folders to the same worker at the same moment (each with its own
+/// state folder, as `exec --artifacts` and `sidecar --artifacts` have) make two distinct saves,
+/// each loading back exactly its own folder.
+fn simultaneous_pushes_take_distinct_saves(env: &[(&str, String)], storage: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    let mut trees = Vec::new();
+    for who in ["a", "b"] {
+        let dir = work.path().join(format!("model-{who}"));
+        let mut tree = make_artifacts(&dir, 150, 0);
+        let marker = format!("written by push {who}").into_bytes();
+        std::fs::write(dir.join("who.txt"), &marker).unwrap();
+        tree.insert("who.txt".into(), marker);
+        trees.push(tree);
+        let mut cmd = periscope();
+        cmd.args(["artifacts", "push"])
+            .arg(&dir)
+            .args(["--storage", storage, "--experiment-id", "exp-1"])
+            .args(["--worker", "worker-0", "--state-dir"])
+            .arg(work.path().join(format!("state-{who}")))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        with_env(&mut cmd, env);
+        children.push(cmd.spawn().unwrap());
+    }
+    let mut saves = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let n: u64 = stderr
+            .split("save ")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no save number in: {stderr}"));
+        saves.push(n);
+    }
+    let mut sorted = saves.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![1, 2], "two distinct saves: {saves:?}");
+    for (n, tree) in saves.iter().zip(trees) {
+        let dest = work.path().join(format!("dest-{n}"));
+        localize(
+            env,
+            &dest,
+            &format!("{storage}/exp-1/worker-0/artifacts/{n}/"),
+        )
+        .expect_code(0);
+        assert_eq!(read_tree(&dest.join(n.to_string())), tree, "save {n}");
+    }
+}
+
+#[test]
+fn simultaneous_pushes_to_file_storage_take_distinct_saves() {
+    let store = tempfile::tempdir().unwrap();
+    simultaneous_pushes_take_distinct_saves(&[], &format!("file://{}", store.path().display()));
+}
+
+#[test]
+fn simultaneous_pushes_to_s3_take_distinct_saves() {
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    simultaneous_pushes_take_distinct_saves(&s3.env(), "s3://models/jobs");
 }
 
 #[test]

@@ -184,6 +184,7 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
             // Keep the digests as a cache, but no save is unfinished any more.
             let mut kept = state.clone();
             kept.save = None;
+            kept.claim = None;
             forget_uploads(cfg, &mut kept).await;
             remember(&mut kept, &hashed);
             for k in kept.files.values_mut() {
@@ -208,11 +209,21 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
         }
     }
 
-    // Which save.
+    // Which save: the unfinished one this push claimed before it was interrupted, if it is
+    // still the highest, else the next number no other push has claimed.
     let highest = stored.highest.unwrap_or(0);
-    let resume = state
+    let mut resume = state
         .save
         .filter(|s| *s == highest && *s > 0 && !stored.is_complete(*s));
+    if let (Some(s), Some(token)) = (resume, state.claim.clone()) {
+        if !saves::claim(&cfg.store, cfg.service, &base, s, &token).await? {
+            tracing::info!(
+                save = s,
+                "the unfinished save belongs to another push; starting a new one"
+            );
+            resume = None;
+        }
+    }
     let n = match resume {
         Some(s) => s,
         None => {
@@ -220,7 +231,9 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
                 k.stored = false;
             }
             forget_uploads(cfg, &mut state).await;
-            highest + 1
+            let (n, token) = claim_next(cfg, &base, highest).await?;
+            state.claim = Some(token);
+            n
         }
     };
     state.save = Some(n);
@@ -320,6 +333,7 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
         .await
         .map_err(|e| StorageError::request(cfg.service, manifest_key.to_string(), &e))?;
     state.save = None;
+    state.claim = None;
     for k in state.files.values_mut() {
         k.stored = false;
     }
@@ -349,6 +363,25 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
         reused_parts: tally.reused_parts,
         reused_bytes: tally.reused_bytes,
     })
+}
+
+/// Claims the first save number above `highest` (as listed a moment ago) that no other push has
+/// claimed since; returns it with the token that marks the claim as this push's.
+async fn claim_next(
+    cfg: &PushConfig,
+    base: &Path,
+    highest: u64,
+) -> Result<(u64, String), ArtifactsError> {
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let mut n = highest + 1;
+    while !saves::claim(&cfg.store, cfg.service, base, n, &token).await? {
+        tracing::info!(
+            save = n,
+            "another push claimed this save number; taking the next"
+        );
+        n += 1;
+    }
+    Ok((n, token))
 }
 
 /// One file to store in the save. Invariant: `done_before` and `copy_from` were decided from the
@@ -530,4 +563,39 @@ async fn store_one(
     }
     let stored = upload::upload(&cfg.store, cfg.service, &f.path, target, opts, resumable).await?;
     Ok((How::Sent, stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn a_number_another_push_claimed_after_the_listing_is_passed_over() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = PushConfig::new(
+            store.clone(),
+            Service::Local,
+            Path::from("jobs/e/w"),
+            "mem://jobs/e/w".into(),
+            PathBuf::from("/nonexistent"),
+        );
+        let base = cfg.base();
+        // Another push listed the same (empty) folder and claimed save 1 first.
+        assert!(saves::claim(&store, Service::Local, &base, 1, "other")
+            .await
+            .unwrap());
+        let (n, token) = claim_next(&cfg, &base, 0).await.unwrap();
+        assert_eq!(n, 2);
+        // Each push still holds its own claim; a claim is never taken over.
+        assert!(saves::claim(&store, Service::Local, &base, 2, &token)
+            .await
+            .unwrap());
+        assert!(!saves::claim(&store, Service::Local, &base, 1, &token)
+            .await
+            .unwrap());
+        assert!(saves::claim(&store, Service::Local, &base, 1, "other")
+            .await
+            .unwrap());
+    }
 }

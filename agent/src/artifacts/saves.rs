@@ -1,10 +1,16 @@
 //! The saves already stored under a worker's `artifacts/`: their numbers, and the latest
-//! complete one (the highest number with a manifest). Only reads from the store.
+//! complete one (the highest number with a manifest); and claiming a new number.
+//!
+//! Two pushes to the same worker at once (`exec --artifacts` and `sidecar --artifacts` in one pod,
+//! or a script's `artifacts push` beside them) must not write into the same save. Each push claims
+//! its number by creating `<n>/.claim` with a create-only write (S3 `If-None-Match`, Azure and GCS
+//! preconditions, a no-clobber link on the local filesystem), and reads it back; a number someone
+//! else claimed first is passed over.
 
 use std::sync::Arc;
 
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::manifest::{Manifest, MANIFEST_FILE};
 use crate::storage::{Service, StorageError};
@@ -56,6 +62,49 @@ pub async fn list(
         }
     }
     Ok(saves)
+}
+
+/// The claim object of save `n`: created first, by the push that writes the save.
+pub const CLAIM_FILE: &str = ".claim";
+
+/// Claims save `n` for the push holding `token`: `true` when the claim is ours (made now, or by
+/// this push before it was interrupted), `false` when another push claimed `n`.
+pub async fn claim(
+    store: &Arc<dyn ObjectStore>,
+    service: Service,
+    base: &Path,
+    n: u64,
+    token: &str,
+) -> Result<bool, StorageError> {
+    let key = base.clone().join(n.to_string()).join(CLAIM_FILE);
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store
+        .put_opts(&key, PutPayload::from(token.as_bytes().to_vec()), create)
+        .await
+    {
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(object_store::Error::NotImplemented { .. }) => {
+            // A store without create-only writes: the read-back below still catches most races.
+            store
+                .put(&key, PutPayload::from(token.as_bytes().to_vec()))
+                .await
+                .map_err(|e| StorageError::request(service, key.to_string(), &e))?;
+        }
+        Err(e) => return Err(StorageError::request(service, key.to_string(), &e)),
+    }
+    // Read back: the claim is ours only if it holds our token (a server that ignored the
+    // precondition let the last writer win).
+    let held = store
+        .get(&key)
+        .await
+        .map_err(|e| StorageError::request(service, key.to_string(), &e))?
+        .bytes()
+        .await
+        .map_err(|e| StorageError::request(service, key.to_string(), &e))?;
+    Ok(held.as_ref() == token.as_bytes())
 }
 
 /// The manifest of save `n`, if it has a readable one.

@@ -49,6 +49,9 @@ pub struct PushState {
     /// The storage location of the saves (`…/<experiment>/<worker>/artifacts`), redacted.
     pub target: String,
     pub save: Option<u64>,
+    /// The token this push wrote into save `save`'s claim object (see [`super::saves::claim`]).
+    #[serde(default)]
+    pub claim: Option<String>,
     pub files: BTreeMap<String, Known>,
     /// Unfinished multipart uploads of the current save, by relative path.
     #[serde(default)]

@@ -79,9 +79,15 @@ pub fn stage_path(stage: &FsPath, entry: &FileEntry) -> PathBuf {
     super::upload::local_path(stage, &entry.path)
 }
 
-/// Checks each fetched file's size and sha256 (blocking: run off the async threads).
+/// Checks each fetched file's size and sha256 (blocking: run off the async threads). Files are
+/// hashed on one thread per core, each taking the next file, so a load of many files is not held
+/// to one core's hashing speed; the first mismatch found is reported.
 pub fn check(save: &str, stage: &FsPath, wanted: &[Wanted]) -> Result<(), ArtifactsError> {
-    for w in wanted {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(wanted.len().max(1));
+    let check_one = |w: &Wanted| -> Result<(), ArtifactsError> {
         let path = stage_path(stage, &w.entry);
         let (sha, stamp) = super::upload::hash_stable(&path, 1)?;
         if stamp.size != w.entry.size || sha != w.entry.sha256 {
@@ -93,6 +99,29 @@ pub fn check(save: &str, stage: &FsPath, wanted: &[Wanted]) -> Result<(), Artifa
                 ),
             ));
         }
-    }
-    Ok(())
+        Ok(())
+    };
+    let worker = || -> Result<(), ArtifactsError> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(w) = wanted.get(i) else {
+                return Ok(());
+            };
+            if let Err(e) = check_one(w) {
+                // Stop the other threads early: the load fails whatever they find.
+                next.store(wanted.len(), std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(worker)).collect();
+        let mut result = worker();
+        for h in handles {
+            // A hashing thread only panics on a bug; pass the panic on rather than hide it.
+            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            result = result.and(r);
+        }
+        result
+    })
 }
