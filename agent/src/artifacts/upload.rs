@@ -254,6 +254,19 @@ async fn read_part(
     Ok(buf)
 }
 
+/// Records the id of a part the store acknowledged (journaled at once: a kill after this must
+/// not send the part again).
+fn landed(
+    journal: &mut Journal<'_>,
+    record: &mut Unfinished,
+    (i, result): (usize, object_store::Result<PartId>),
+    request_error: &dyn Fn(object_store::Error) -> StorageError,
+) -> Result<(), ArtifactsError> {
+    let PartId { content_id } = result.map_err(request_error)?;
+    record.parts.insert(i, content_id);
+    journal(Some(record))
+}
+
 /// [`upload_resumable_once`], started over from the first part when the store no longer knows
 /// the upload an earlier push left (it expired, or was aborted).
 async fn upload_resumable(
@@ -318,8 +331,9 @@ async fn upload_resumable_once(
     let (mut reused_parts, mut reused_bytes) = (0u64, 0u64);
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut changed = false;
+    let upload_id = record.upload_id.clone();
     let put = |idx: usize, data: Vec<u8>| {
-        let (parts, id) = (r.parts.clone(), record.upload_id.clone());
+        let (parts, id) = (r.parts.clone(), upload_id.clone());
         async move {
             let result: object_store::Result<PartId> = parts
                 .put_part(key, &id, idx, PutPayload::from(bytes::Bytes::from(data)))
@@ -342,19 +356,14 @@ async fn upload_resumable_once(
             continue;
         }
         while in_flight.len() >= opts.concurrency.max(1) {
-            let next: Option<(usize, object_store::Result<PartId>)> = in_flight.next().await;
-            if let Some((i, result)) = next {
-                let PartId { content_id } = result.map_err(request_error)?;
-                record.parts.insert(i, content_id);
-                (r.journal)(Some(&record))?;
+            if let Some(done) = in_flight.next().await {
+                landed(r.journal, &mut record, done, &request_error)?;
             }
         }
         in_flight.push(put(idx, buf));
     }
-    while let Some((i, result)) = in_flight.next().await {
-        let PartId { content_id } = result.map_err(request_error)?;
-        record.parts.insert(i, content_id);
-        (r.journal)(Some(&record))?;
+    while let Some(done) = in_flight.next().await {
+        landed(r.journal, &mut record, done, &request_error)?;
     }
     drop(in_flight);
     // One byte more than the stamp said means the file grew during the read.
