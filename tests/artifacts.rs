@@ -563,9 +563,10 @@ fn simultaneous_pushes_take_distinct_saves(env: &[(&str, String)], storage: &str
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
+        // The summary line, `<dir>: save <n>: …` (log lines before it may also say "save").
         let n: u64 = stderr
-            .split("save ")
-            .nth(1)
+            .lines()
+            .find_map(|line| line.split(": save ").nth(1))
             .and_then(|rest| rest.split(':').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no save number in: {stderr}"));
