@@ -3,7 +3,10 @@
 //!
 //! Every object becomes a list of jobs (one for a small object, one per part for a large one);
 //! all jobs of a source share one bounded stream, so a prefix of many small files and a single
-//! huge object both keep the same number of connections busy. Parts of one object are fetched
+//! huge object both keep the same number of connections busy. A large object is cut into about
+//! one part per connection (never under [`MIN_PART_SIZE`]), not into many small ranges: every
+//! request costs the server a lookup and some servers a pass over the whole object, and each part
+//! is written as it streams in, so a bigger part costs no memory. Parts of one object are fetched
 //! with `If-Match` on its ETag, so an object replaced mid-download fails instead of mixing two
 //! versions. This module writes only below the stage it is given.
 
@@ -18,10 +21,29 @@ use super::ObjectError;
 use crate::localize::SourceProgress;
 use crate::storage::{Service, StorageError};
 
-/// Objects larger than this are fetched in parts of [`PART_SIZE`].
+/// Objects larger than this are fetched in parallel ranges.
 pub const SPLIT_ABOVE: u64 = 16 << 20;
-/// The size of one ranged request.
-pub const PART_SIZE: u64 = 8 << 20;
+/// The smallest ranged request; below this, a request's own cost outweighs the parallelism.
+pub const MIN_PART_SIZE: u64 = 8 << 20;
+
+/// The byte ranges one object of `size` bytes is fetched in with `concurrency` connections: one
+/// whole-object request up to [`SPLIT_ABOVE`], else `concurrency` equal ranges of at least
+/// [`MIN_PART_SIZE`]. `None` means "the whole object, no Range header". Invariant of the result:
+/// the ranges are contiguous, start at 0 and end at `size`.
+pub fn split(size: u64, concurrency: usize) -> Vec<Option<std::ops::Range<u64>>> {
+    if size <= SPLIT_ABOVE {
+        return vec![None];
+    }
+    let part = size.div_ceil(concurrency.max(1) as u64).max(MIN_PART_SIZE);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < size {
+        let end = (start + part).min(size);
+        ranges.push(Some(start..end));
+        start = end;
+    }
+    ranges
+}
 
 /// One file to write. Invariant: `path` lies inside the stage (checked by `keys::plan`).
 #[derive(Debug, Clone)]
@@ -46,25 +68,13 @@ pub async fn download_all(
 ) -> Result<u64, ObjectError> {
     let mut jobs = Vec::new();
     for (index, d) in files.iter().enumerate() {
-        if d.meta.size > SPLIT_ABOVE {
+        let ranges = split(d.meta.size, concurrency);
+        if ranges.len() > 1 {
             // Every part job writes at its own offset, so the file must exist at full length first.
             let file = std::fs::File::create(&d.path).map_err(write_error(&d.path))?;
             file.set_len(d.meta.size).map_err(write_error(&d.path))?;
-            let mut start = 0;
-            while start < d.meta.size {
-                let end = (start + PART_SIZE).min(d.meta.size);
-                jobs.push(Job {
-                    file: index,
-                    range: Some(start..end),
-                });
-                start = end;
-            }
-        } else {
-            jobs.push(Job {
-                file: index,
-                range: None,
-            });
         }
+        jobs.extend(ranges.into_iter().map(|range| Job { file: index, range }));
     }
     let results = futures::stream::iter(jobs)
         .map(|job| {
@@ -136,5 +146,50 @@ pub fn write_error(path: &FsPath) -> impl Fn(std::io::Error) -> ObjectError + '_
     move |error| ObjectError::Write {
         path: path.to_path_buf(),
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn covers(ranges: &[Option<std::ops::Range<u64>>], size: u64) -> bool {
+        let mut at = 0;
+        for r in ranges {
+            let r = r.clone().expect("a split object has only ranged parts");
+            if r.start != at || r.end <= r.start {
+                return false;
+            }
+            at = r.end;
+        }
+        at == size
+    }
+
+    #[test]
+    fn a_small_object_is_one_request_without_a_range() {
+        assert_eq!(split(0, 8), vec![None]);
+        assert_eq!(split(SPLIT_ABOVE, 8), vec![None]);
+    }
+
+    #[test]
+    fn a_large_object_is_cut_into_one_range_per_connection() {
+        let size = (1 << 30) + 4096;
+        let ranges = split(size, 8);
+        assert_eq!(ranges.len(), 8);
+        assert!(covers(&ranges, size));
+    }
+
+    #[test]
+    fn ranges_never_shrink_below_the_minimum() {
+        let size = SPLIT_ABOVE + 1;
+        let ranges = split(size, 64);
+        assert_eq!(ranges.len(), 3, "{ranges:?}");
+        assert!(covers(&ranges, size));
+        assert!(ranges[..2]
+            .iter()
+            .flatten()
+            .all(|r| r.end - r.start == MIN_PART_SIZE));
+        // A concurrency of 0 is taken as 1, never as a zero divisor.
+        assert!(covers(&split(100 << 20, 0), 100 << 20));
     }
 }

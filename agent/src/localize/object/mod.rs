@@ -31,7 +31,7 @@ use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
 use crate::storage::{self, Service, StorageError, StoreOptions};
 
-pub use copy::{PART_SIZE, SPLIT_ABOVE};
+pub use copy::{MIN_PART_SIZE, SPLIT_ABOVE};
 pub use fingerprint::fingerprint;
 
 /// An object store source that failed.
