@@ -1,12 +1,14 @@
 //! `push`: one save of a folder, idempotent and resumable.
 //!
-//! Steps: walk the folder ([`walk`](super::walk)); hash every file (the state's cache skips files
+//! Steps: walk the folder ([`walk`](super::walk)); list the saves; hash every file the latest
+//! complete save could already hold, i.e. one of a size it has (the state's cache skips files
 //! whose size, mtime and inode are unchanged); compare with the latest complete save, and stop if
 //! the content is the same (no new save); choose the save number — the unfinished save the state
 //! file names if it is still the highest and has no manifest, else one more than the highest;
 //! store each file (skipping files the state says are stored whole, after checking the object's
 //! size; copying server-side a file whose sha256 the previous save already holds); write
-//! `manifest.json` last. The state file is written after every batch of stored files.
+//! `manifest.json` last. The state file is written after every batch of stored files. A file no
+//! earlier save can hold is hashed by the upload that sends it, so a fresh push reads it once.
 //!
 //! Many small files go up `concurrency` at a time; large files one after another, each with
 //! `concurrency` parts in flight, so memory stays bounded. A large file's multipart upload is
@@ -142,18 +144,28 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
             })
     };
 
-    // Hash, in parallel, with the cache.
-    let hashed: Vec<(LocalFile, String)> = futures::stream::iter(walked.files)
+    // Only a file the previous complete save may already hold (one of the same size there) is
+    // hashed before the upload decisions: its digest decides "unchanged" and server-side copies.
+    // Any other file must be sent anyway, and its digest comes from the bytes the upload reads, so
+    // a fresh push reads every byte once, not twice.
+    let stored = saves::list(&cfg.store, cfg.service, &base).await?;
+    let sizes_before: std::collections::HashSet<u64> = stored
+        .latest
+        .as_ref()
+        .map(|(_, m, _)| m.files.iter().map(|f| f.size).collect())
+        .unwrap_or_default();
+    let hashed: Vec<(LocalFile, Option<String>)> = futures::stream::iter(walked.files)
         .map(|f| {
             let cached = state.cached_sha(&f.rel, &f.stamp).map(str::to_string);
+            let wanted = sizes_before.contains(&f.stamp.size);
             let attempts = cfg.attempts;
             async move {
-                if let Some(sha) = cached {
-                    return Ok((f, sha));
+                if cached.is_some() || !wanted {
+                    return Ok((f, cached));
                 }
                 tokio::task::spawn_blocking(move || {
                     let (sha, stamp) = upload::hash_stable(&f.path, attempts)?;
-                    Ok::<_, ArtifactsError>((LocalFile { stamp, ..f }, sha))
+                    Ok::<_, ArtifactsError>((LocalFile { stamp, ..f }, Some(sha)))
                 })
                 .await
                 .map_err(|e| ArtifactsError::Task(e.to_string()))?
@@ -164,21 +176,20 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
         .await?;
     let mut hashed = hashed;
     hashed.sort_by(|a, b| a.0.rel.cmp(&b.0.rel));
-    let planned = Manifest::new(
-        0,
-        hashed
-            .iter()
-            .map(|(f, sha)| FileEntry {
+
+    // A file without a digest has a size the latest save does not hold, so the content differs.
+    let planned: Option<Manifest> = hashed
+        .iter()
+        .map(|(f, sha)| {
+            sha.as_ref().map(|sha| FileEntry {
                 path: f.rel.clone(),
                 size: f.stamp.size,
                 sha256: sha.clone(),
             })
-            .collect(),
-        walked.skipped.clone(),
-    );
-
-    let stored = saves::list(&cfg.store, cfg.service, &base).await?;
-    if let Some((n, latest, bytes)) = &stored.latest {
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|files| Manifest::new(0, files, walked.skipped.clone()));
+    if let (Some((n, latest, bytes)), Some(planned)) = (&stored.latest, &planned) {
         if latest.content_digest() == planned.content_digest() {
             tracing::info!(save = n, "content equals the latest save; nothing to store");
             // Keep the digests as a cache, but no save is unfinished any more.
@@ -385,10 +396,11 @@ async fn claim_next(
 }
 
 /// One file to store in the save. Invariant: `done_before` and `copy_from` were decided from the
-/// state and the previous save before any upload of this push started.
+/// state and the previous save before any upload of this push started, and both are false/`None`
+/// when `sha` is (a file not hashed beforehand is always sent).
 struct Job<'a> {
     file: &'a LocalFile,
-    sha: &'a str,
+    sha: Option<&'a str>,
     target: Path,
     done_before: bool,
     copy_from: Option<Path>,
@@ -398,15 +410,17 @@ struct Job<'a> {
 /// its files by digest.
 fn make_job<'a>(
     state: &PushState,
-    (file, sha): &'a (LocalFile, String),
+    (file, sha): &'a (LocalFile, Option<String>),
     base: &Path,
     n: u64,
     previous: Option<(u64, &HashMap<&str, &str>)>,
 ) -> Job<'a> {
+    let sha = sha.as_deref();
     Job {
-        done_before: state.is_stored(&file.rel, &file.stamp, sha),
-        copy_from: previous
-            .and_then(|(p, files)| files.get(sha.as_str()).map(|rel| key(base, p, rel))),
+        done_before: sha.is_some_and(|sha| state.is_stored(&file.rel, &file.stamp, sha)),
+        copy_from: sha.and_then(|sha| {
+            previous.and_then(|(p, files)| files.get(sha).map(|rel| key(base, p, rel)))
+        }),
         target: key(base, n, &file.rel),
         file,
         sha,
@@ -499,12 +513,17 @@ async fn forget_uploads(cfg: &PushConfig, state: &mut PushState) {
 }
 
 /// Puts the fresh digests into the state's cache, keeping the `stored` mark of a file whose
-/// stamp and digest are unchanged, and forgetting files that are gone.
-fn remember(state: &mut PushState, hashed: &[(LocalFile, String)]) {
-    let present: std::collections::HashSet<&str> =
-        hashed.iter().map(|(f, _)| f.rel.as_str()).collect();
-    state.files.retain(|rel, _| present.contains(rel.as_str()));
+/// stamp and digest are unchanged, and forgetting files that are gone. A file not hashed yet
+/// keeps no entry: its digest is recorded when it is stored.
+fn remember(state: &mut PushState, hashed: &[(LocalFile, Option<String>)]) {
+    let known: std::collections::HashSet<&str> = hashed
+        .iter()
+        .filter(|(_, sha)| sha.is_some())
+        .map(|(f, _)| f.rel.as_str())
+        .collect();
+    state.files.retain(|rel, _| known.contains(rel.as_str()));
     for (f, sha) in hashed {
+        let Some(sha) = sha else { continue };
         let stored = state.is_stored(&f.rel, &f.stamp, sha);
         state.files.insert(
             f.rel.clone(),
@@ -535,8 +554,8 @@ async fn store_one(
     resumable: Option<Resumable<'_>>,
 ) -> Result<(How, upload::Stored), ArtifactsError> {
     let (f, target) = (job.file, &job.target);
-    let as_hashed = upload::Stored {
-        sha256: job.sha.to_string(),
+    let as_hashed = || upload::Stored {
+        sha256: job.sha.unwrap_or_default().to_string(),
         size: f.stamp.size,
         stamp: f.stamp,
         reused_parts: 0,
@@ -546,7 +565,7 @@ async fn store_one(
     if job.done_before {
         match cfg.store.head(target).await {
             Ok(meta) if meta.size == f.stamp.size && unchanged() => {
-                return Ok((How::AlreadyStored, as_hashed))
+                return Ok((How::AlreadyStored, as_hashed()))
             }
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(StorageError::request(cfg.service, target.to_string(), &e).into()),
@@ -554,7 +573,7 @@ async fn store_one(
     }
     if let Some(from) = &job.copy_from {
         match cfg.store.copy(from, target).await {
-            Ok(()) if unchanged() => return Ok((How::Copied, as_hashed)),
+            Ok(()) if unchanged() => return Ok((How::Copied, as_hashed())),
             Ok(()) => {}
             Err(e) => {
                 tracing::debug!(from = %from, error = %e, "server-side copy failed; uploading instead")
@@ -569,6 +588,52 @@ async fn store_one(
 mod tests {
     use super::*;
     use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn files_hashed_only_by_their_upload_get_their_true_digest_and_compare_equal_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, state_a, state_b) = (
+            dir.path().join("out"),
+            dir.path().join("a"),
+            dir.path().join("b"),
+        );
+        std::fs::create_dir_all(src.join("ckpt")).unwrap();
+        std::fs::write(src.join("ckpt/model.bin"), vec![7u8; 3000]).unwrap();
+        std::fs::write(src.join("config.json"), b"{}").unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = |state: &FsPath| {
+            PushConfig::new(
+                store.clone(),
+                Service::Local,
+                Path::from("jobs/e/w"),
+                "mem://jobs/e/w".into(),
+                state.to_path_buf(),
+            )
+        };
+        // No save yet: nothing is hashed before the uploads, whose digests go in the manifest.
+        let first = push(&src, &cfg(&state_a)).await.unwrap();
+        assert_eq!((first.save, first.sent), (1, 2));
+        let (_, manifest, _) = saves::list(&store, Service::Local, &cfg(&state_a).base())
+            .await
+            .unwrap()
+            .latest
+            .unwrap();
+        assert_eq!(
+            manifest.file("ckpt/model.bin").unwrap().sha256,
+            sha256_hex(&vec![7u8; 3000])
+        );
+        assert_eq!(
+            manifest.file("config.json").unwrap().sha256,
+            sha256_hex(b"{}")
+        );
+        // Without the first push's cache, same sizes mean hashing first: the content is unchanged.
+        let again = push(&src, &cfg(&state_b)).await.unwrap();
+        assert!(again.unchanged, "{again:?}");
+        // A file of a new size is sent; the other one is copied from save 1, not sent.
+        std::fs::write(src.join("config.json"), b"{\"lr\": 1}").unwrap();
+        let next = push(&src, &cfg(&state_b)).await.unwrap();
+        assert_eq!((next.save, next.sent, next.copied), (2, 1, 1), "{next:?}");
+    }
 
     #[tokio::test]
     async fn a_number_another_push_claimed_after_the_listing_is_passed_over() {
