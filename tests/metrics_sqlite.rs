@@ -57,6 +57,26 @@ fn num(v: f64) -> String {
     format!("{v}")
 }
 
+/// A sidecar with its MLflow-compatible endpoint on a free port of 127.0.0.1.
+fn sidecar_listening(s: &Setup) -> (std::process::Child, u16) {
+    let port = crate::harness::free_port();
+    let mut cmd = s.sidecar(EXPERIMENT);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    (cmd.spawn().unwrap(), port)
+}
+
+/// The main container exits 0; the sidecar drains and must exit 0 too.
+fn exit_0_and_drain(s: &Setup, child: std::process::Child) {
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let done = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
 #[test]
 fn tensorboardx_scalars_and_jsonl_lines_arrive_once_with_nan_purge_params_and_status() {
     let s = Setup::new();
@@ -237,10 +257,7 @@ fn metrics_commands_report_a_missing_metastore_or_experiment() {
 #[test]
 fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_batch() {
     let s = Setup::new();
-    let port = crate::harness::free_port();
-    let mut cmd = s.sidecar(EXPERIMENT);
-    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
-    let child = cmd.spawn().unwrap();
+    let (child, port) = sidecar_listening(&s);
     let out = crate::harness::python::run_script(
         "metrics_mlflow_rest.py",
         [format!("http://127.0.0.1:{port}")],
@@ -266,14 +283,7 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
     assert_eq!(refused["body"]["error_code"], "INVALID_PARAMETER_VALUE");
     let created = calls.iter().find(|c| c["call"] == "runs/create").unwrap();
     assert_eq!(created["body"]["run"]["info"]["status"], "RUNNING");
-    fs::write(s.path("exit-code"), "0\n").unwrap();
-    let done = wait_with_timeout(child, Duration::from_secs(60));
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    exit_0_and_drain(&s, child);
 
     let rows = rows(&s);
     assert_eq!(rows["m/single"], [(0, BASE_MS, "NaN".to_string())]);
@@ -295,19 +305,9 @@ fn the_mlflow_rest_endpoint_stores_metrics_and_params_and_refuses_an_oversized_b
 #[test]
 fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
     let s = Setup::new();
-    let port = crate::harness::free_port();
-    let mut cmd = s.sidecar(EXPERIMENT);
-    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
-    let child = cmd.spawn().unwrap();
+    let (child, port) = sidecar_listening(&s);
     crate::harness::metrics::run_mlflow_client(port);
-    fs::write(s.path("exit-code"), "0\n").unwrap();
-    let done = wait_with_timeout(child, Duration::from_secs(60));
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    exit_0_and_drain(&s, child);
 
     let rows = rows(&s);
     assert_eq!(rows["client/nan"], [(0, BASE_MS, "NaN".to_string())]);
@@ -323,4 +323,22 @@ fn the_real_mlflow_client_logs_through_the_endpoint_unchanged() {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["lr", "worker-0", "0.01"]),
         "{params}"
     );
+    // `end_run` sent FINISHED; the exit code (0) decides.
+    let exp: Value =
+        serde_json::from_str(metrics(&s, &["ls", "--json"]).lines().next().unwrap()).unwrap();
+    assert_eq!(exp["status"], "Succeeded");
+}
+
+#[test]
+fn a_run_the_script_ends_failed_stays_failed_when_the_main_container_exits_0() {
+    let s = Setup::new();
+    let (child, port) = sidecar_listening(&s);
+    crate::harness::metrics::run_mlflow_client_ending(port, Some("FAILED"));
+    exit_0_and_drain(&s, child);
+    let exp: Value =
+        serde_json::from_str(metrics(&s, &["ls", "--json"]).lines().next().unwrap()).unwrap();
+    assert_eq!(exp["status"], "Failed", "{exp}");
+    assert!(exp["finished_time"].is_string(), "{exp}");
+    // Everything the script logged before it gave up is there.
+    assert_eq!(rows(&s)["client/loss"].len(), 2500);
 }

@@ -202,9 +202,15 @@ pub fn kill_while_writing(
 /// Runs `tests/python/metrics_mlflow_client.py` (the real mlflow client) against the ingest
 /// endpoint on 127.0.0.1:`port`; panics with its stderr when it fails.
 pub fn run_mlflow_client(port: u16) {
+    run_mlflow_client_ending(port, None);
+}
+
+/// As [`run_mlflow_client`], ending the run with `end_run(status=...)` when `status` is given.
+pub fn run_mlflow_client_ending(port: u16, status: Option<&str>) {
     let client = Command::new(super::tool("venv-mlflow/bin/python"))
         .arg(super::python::script("metrics_mlflow_client.py"))
         .arg(format!("http://127.0.0.1:{port}"))
+        .args(status)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("MLFLOW_TRACKING_URI")
         .env_remove("MLFLOW_RUN_ID")

@@ -1,8 +1,9 @@
 """Logs with the real mlflow client (mlflow-skinny) to the sidecar's ingest endpoint.
 
-Usage: metrics_mlflow_client.py TRACKING_URI
+Usage: metrics_mlflow_client.py TRACKING_URI [END_STATUS]
 Logs params, a tag, single metrics (NaN, Infinity) and batches with explicit timestamps, as a
-training script would, then ends the run. Prints the run id.
+training script would, then ends the run (with `end_run(status=END_STATUS)` when given, as a
+script that marks its own run FAILED does). Prints the run id.
 """
 import sys
 
@@ -23,4 +24,6 @@ with mlflow.start_run() as run:
         client.log_batch(run.info.run_id, metrics=[
             Metric("client/loss", i * 0.25, BASE + i, i) for i in range(start, min(start + 1000, 2500))
         ])
+    if len(sys.argv) > 2:
+        mlflow.end_run(status=sys.argv[2])
 print(run.info.run_id)

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::model::{float, now_ms, Item, Metric, Param, Tag};
+use super::model::{float, now_ms, Item, Metric, Param, RunStatus, Tag};
 
 /// MLflow's limits for one `runs/log-batch`.
 pub const MAX_BATCH_METRICS: usize = 1000;
@@ -209,8 +209,37 @@ async fn runs_get(State(h): State<IngestHandle>) -> Response {
     axum::Json(run_json(&h.run, None)).into_response()
 }
 
-async fn runs_update(State(h): State<IngestHandle>) -> Response {
-    // The run's final status comes from the main container's exit code, not from the script.
+/// The part of `runs/update` that matters here: the status `end_run` sends.
+#[derive(Deserialize)]
+struct UpdateRun {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    end_time: Option<i64>,
+}
+
+/// FINISHED (what `end_run` sends by default) changes nothing: the run's final status comes from
+/// the main container's exit code. FAILED or KILLED is the script's own verdict, which an exit
+/// code of 0 must not overturn: it is queued like a metric, durably, before the answer.
+async fn runs_update(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
+    let req: UpdateRun = match body(&bytes) {
+        Ok(r) => r,
+        Err(e) => return invalid(e),
+    };
+    if matches!(req.status.as_deref(), Some("FAILED" | "KILLED")) {
+        let at_ms = req
+            .end_time
+            .filter(|ms| chrono::DateTime::from_timestamp_millis(*ms).is_some())
+            .unwrap_or_else(now_ms);
+        let failed = Item::Status {
+            status: RunStatus::Failed,
+            at_ms,
+        };
+        let stored = store(&h, vec![failed]).await;
+        if !stored.status().is_success() {
+            return stored;
+        }
+    }
     axum::Json(json!({"run_info": run_info(&h.run, None)})).into_response()
 }
 

@@ -491,7 +491,22 @@ fn serve_ingest(
         }
         let items: Vec<Item> = group.iter().flat_map(|r| r.items.iter().cloned()).collect();
         let n = items.len() as u64;
-        let result = pipeline.enqueue(items);
+        let script_failed = items.iter().any(|i| {
+            matches!(
+                i,
+                Item::Status {
+                    status: RunStatus::Failed,
+                    ..
+                }
+            )
+        });
+        // The mark first: once the script hears "stored", a restart must still know.
+        let result = if script_failed {
+            run_info::remember_script_failure(&pipeline.cfg.state_dir)
+                .and_then(|()| pipeline.enqueue(items))
+        } else {
+            pipeline.enqueue(items)
+        };
         let answer = match &result {
             Ok(()) => Ok(()),
             Err(MetricsError::Queue(super::queue::QueueError::Full { .. })) => Err(Refusal::Full),
@@ -578,7 +593,7 @@ async fn serve(
                         let status = cfg
                             .exit_when_file
                             .as_deref()
-                            .and_then(run_info::status_from_exit_file);
+                            .and_then(|exit| run_info::final_status(exit, &pipeline.cfg.state_dir));
                         if let Some(status) = status {
                             pipeline.enqueue(vec![Item::Status {
                                 status,
@@ -587,6 +602,9 @@ async fn serve(
                             quiet_passes = 0;
                             continue;
                         }
+                    }
+                    if final_status_queued {
+                        run_info::forget_script_failure(&pipeline.cfg.state_dir);
                     }
                     return Ok(Ending::Drained);
                 }

@@ -7,11 +7,15 @@
 //! digest) and `code.F.revision_kind` (`commit`, `sha256`, `etags`). The first git source also
 //! becomes MLflow's standard tags `mlflow.source.git.commit` and `mlflow.source.git.repoURL`
 //! (sinks without tags ignore them).
-//! This module only reads files and builds items.
+//! A script that ends its run FAILED or KILLED through the ingest endpoint leaves a mark in the
+//! state folder ([`remember_script_failure`]), so the final status is Failed even when the main
+//! container then exits 0, across sidecar restarts too; the mark goes once that status is stored.
+//! This module only reads and writes these files and builds items.
 
 use std::path::Path;
 
 use super::model::{Item, Param, RunStatus, Tag};
+use super::MetricsError;
 use crate::localize::record::{Record, RevisionKind};
 
 /// Params describing the code localized into `code_dir` (none when nothing was recorded).
@@ -69,6 +73,31 @@ pub fn code_tags(code_dir: &Path) -> Vec<Item> {
     .collect()
 }
 
+/// The mark a script's FAILED or KILLED `end_run` leaves in the state folder.
+const SCRIPT_FAILED_FILE: &str = "script-failed";
+
+/// Records, durably, that the script ended its run as failed.
+pub fn remember_script_failure(state_dir: &Path) -> Result<(), MetricsError> {
+    let path = state_dir.join(SCRIPT_FAILED_FILE);
+    crate::fsutil::write_atomic(&path, b"FAILED\n")
+        .map_err(|source| MetricsError::Checkpoint { path, source })
+}
+
+/// Forgets the mark once the final status that includes it is stored.
+pub fn forget_script_failure(state_dir: &Path) {
+    let _ = std::fs::remove_file(state_dir.join(SCRIPT_FAILED_FILE));
+}
+
+/// The final status: the exit code's, unless the script itself ended the run as failed.
+pub fn final_status(exit_file: &Path, state_dir: &Path) -> Option<RunStatus> {
+    let status = status_from_exit_file(exit_file)?;
+    Some(if state_dir.join(SCRIPT_FAILED_FILE).exists() {
+        RunStatus::Failed
+    } else {
+        status
+    })
+}
+
 /// The run's final status from an exit-code file (`0` → Succeeded, anything else → Failed);
 /// `None` when the file is missing or unreadable.
 pub fn status_from_exit_file(path: &Path) -> Option<RunStatus> {
@@ -85,6 +114,22 @@ pub fn status_from_exit_file(path: &Path) -> Option<RunStatus> {
 mod tests {
     use super::*;
     use crate::localize::record::{Entry, Revision};
+
+    #[test]
+    fn a_script_that_failed_its_run_overrules_a_zero_exit_code_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let exit = dir.path().join("exit-code");
+        assert_eq!(final_status(&exit, dir.path()), None);
+        std::fs::write(&exit, "0\n").unwrap();
+        assert_eq!(final_status(&exit, dir.path()), Some(RunStatus::Succeeded));
+        remember_script_failure(dir.path()).unwrap();
+        assert_eq!(final_status(&exit, dir.path()), Some(RunStatus::Failed));
+        std::fs::write(&exit, "3\n").unwrap();
+        assert_eq!(final_status(&exit, dir.path()), Some(RunStatus::Failed));
+        forget_script_failure(dir.path());
+        std::fs::write(&exit, "0\n").unwrap();
+        assert_eq!(final_status(&exit, dir.path()), Some(RunStatus::Succeeded));
+    }
 
     #[test]
     fn the_first_commit_becomes_mlflows_source_tags() {
