@@ -17,6 +17,7 @@ use crate::harness::mariadb::{MariaDb, PASSWORD, USER};
 use crate::harness::metrics::{
     append, jsonl_writer, kill_while_writing, wait_with_timeout, MetricsSetup as Setup, COMMIT,
 };
+use crate::harness::tls::TestCa;
 use crate::harness::{periscope, run};
 
 /// 1.7e9 s, the writers' base wall time, in milliseconds.
@@ -337,4 +338,67 @@ fn wrong_password_and_missing_tables_stop_the_sidecar_with_their_exit_code() {
         .args(["metrics", "ls", "--metastore"])
         .arg(db.url()));
     ran.expect_code(2).refute_output(PASSWORD);
+}
+
+#[test]
+fn tls_checks_the_servers_certificate_and_serves_a_user_who_requires_it() {
+    let ca = TestCa::new();
+    let db = MariaDb::start_with_submarine_tables_and_tls(&ca);
+    // The server refuses this user anything but TLS.
+    db.admin(&format!("ALTER USER '{USER}'@'%' REQUIRE SSL;"));
+    let url = |options: &str| format!("{}?{options}", db.url());
+    let sidecar = |options: &str| {
+        let s = Setup::new();
+        append(
+            &s.path("metrics.jsonl"),
+            &jsonl_line("tls/loss", "0.5", 0, BASE_MS),
+        );
+        fs::write(s.path("exit-code"), "0\n").unwrap();
+        let mut cmd = s.sidecar(EXPERIMENT);
+        cmd.arg("--metastore").arg(url(options));
+        wait_with_timeout(cmd.spawn().unwrap(), Duration::from_secs(60))
+    };
+
+    // The CA checked and the name (127.0.0.1) in the certificate checked: the row arrives.
+    let ca_path = ca.ca_cert.display().to_string();
+    let out = sidecar(&format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca_path}"));
+    let stderr = expect_exit(&out, 0);
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+    assert_eq!(rows(&db)["tls/loss"], [(0, BASE_MS, 0.5, false)]);
+
+    // MySQL's default, PREFERRED: encrypted, certificate unchecked, so the user is served.
+    expect_exit(&sidecar(""), 0);
+
+    // Without TLS the server refuses the user.
+    let stderr = expect_exit(&sidecar("ssl-mode=DISABLED"), 4);
+    assert!(stderr.contains("Access denied"), "{stderr}");
+
+    // A CA that did not sign the server's certificate: refused before any password is sent.
+    let other = TestCa::new();
+    let stderr = expect_exit(
+        &sidecar(&format!(
+            "ssl-mode=VERIFY_CA&ssl-ca={}",
+            other.ca_cert.display()
+        )),
+        4,
+    );
+    assert!(stderr.contains("TLS with the server failed"), "{stderr}");
+    assert!(stderr.contains("check that ssl-ca is the CA"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
+
+#[test]
+fn a_server_without_tls_is_refused_when_the_url_requires_it() {
+    let db = MariaDb::start_with_submarine_tables();
+    let s = Setup::new();
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let mut cmd = s.sidecar(EXPERIMENT);
+    cmd.arg("--metastore")
+        .arg(format!("{}?ssl-mode=REQUIRED", db.url()));
+    let out = wait_with_timeout(cmd.spawn().unwrap(), Duration::from_secs(60));
+    let stderr = expect_exit(&out, 4);
+    assert!(
+        stderr.contains("ssl-mode REQUIRED needs TLS, and the server does not offer it"),
+        "{stderr}"
+    );
 }

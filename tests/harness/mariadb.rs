@@ -63,17 +63,32 @@ fn template() -> &'static Path {
     })
 }
 
-/// A running (or stopped) MariaDB. Invariant: `port` and `dir` stay the same across restarts.
+/// A running (or stopped) MariaDB. Invariant: `port`, `dir` and `extra_args` stay the same across
+/// restarts.
 pub struct MariaDb {
     // Dropped first: the server is killed before its folder is removed.
     server: Option<ServerProcess>,
     dir: tempfile::TempDir,
     pub port: u16,
+    extra_args: Vec<String>,
 }
 
 impl MariaDb {
     /// Starts a server with the database, user and Submarine's tables.
     pub fn start_with_submarine_tables() -> MariaDb {
+        Self::start_with_args(Vec::new())
+    }
+
+    /// The same, offering TLS with the test CA's leaf certificate (valid for 127.0.0.1).
+    pub fn start_with_submarine_tables_and_tls(ca: &super::tls::TestCa) -> MariaDb {
+        Self::start_with_args(vec![
+            format!("--ssl-cert={}", ca.leaf_cert.display()),
+            format!("--ssl-key={}", ca.leaf_key.display()),
+            format!("--ssl-ca={}", ca.ca_cert.display()),
+        ])
+    }
+
+    fn start_with_args(extra_args: Vec<String>) -> MariaDb {
         let dir = tempfile::Builder::new().prefix("mdb").tempdir().unwrap();
         let status = Command::new("cp")
             .arg("-a")
@@ -86,6 +101,7 @@ impl MariaDb {
             server: None,
             dir,
             port: super::free_port(),
+            extra_args,
         };
         db.start();
         db.admin(&format!(
@@ -112,6 +128,7 @@ impl MariaDb {
             .unwrap_or("mariadbd");
         let mut cmd = Command::new(bin);
         cmd.args(SERVER_ARGS)
+            .args(&self.extra_args)
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!("--port={}", self.port))

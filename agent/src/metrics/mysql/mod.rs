@@ -23,6 +23,7 @@
 //! made the static binary too large for its 15,000,000-byte limit (measured; see the commit
 //! that added this module).
 
+pub mod tls;
 pub mod wire;
 
 use std::time::Duration;
@@ -97,21 +98,27 @@ impl MySqlUrl {
         if database.is_empty() || database.contains('/') {
             return Err(usage("the path must be the database name"));
         }
-        for (key, _) in url.query_pairs() {
-            let k = key.to_ascii_lowercase();
-            if k.starts_with("ssl") || k.starts_with("tls") {
-                return Err(SinkError::permanent(
-                    ErrorClass::Usage,
-                    format!("metastore URL {shown}: `{key}`: TLS to MySQL is not supported"),
-                )
-                .with_hint(
-                    "remove the TLS option and reach the database over a trusted network \
-                     (e.g. inside the cluster), or use the embedded SQLite metastore",
-                ));
+        // MySQL's `ssl-mode` / `ssl-ca`, also in PyMySQL's and JDBC's spellings.
+        let (mut ssl_mode, mut ssl_ca) = (None, None);
+        for (key, value) in url.query_pairs() {
+            match key.to_ascii_lowercase().replace('_', "-").as_str() {
+                "ssl-mode" | "sslmode" => ssl_mode = Some(value.into_owned()),
+                "ssl-ca" | "sslca" => ssl_ca = Some(std::path::PathBuf::from(value.as_ref())),
+                k if k.starts_with("ssl") || k.starts_with("tls") => {
+                    return Err(SinkError::permanent(
+                        ErrorClass::Usage,
+                        format!("metastore URL {shown}: `{key}` is not supported"),
+                    )
+                    .with_hint(
+                        "TLS takes ssl-mode=DISABLED|PREFERRED|REQUIRED|VERIFY_CA|VERIFY_IDENTITY \
+                         and ssl-ca=PATH; client certificates are not supported",
+                    ));
+                }
+                _ => tracing::debug!(option = %key, "metastore URL option ignored"),
             }
-            // Other options (pymysql's `charset=utf8mb4`, …) do not change what is stored.
-            tracing::debug!(option = %key, "metastore URL option ignored");
         }
+        let tls =
+            tls::TlsMode::from_options(ssl_mode.as_deref(), ssl_ca).map_err(|why| usage(&why))?;
         Ok(MySqlUrl {
             opts: ConnectOptions {
                 host,
@@ -120,6 +127,7 @@ impl MySqlUrl {
                 password,
                 database,
                 timeout: QUERY_TIMEOUT,
+                tls,
             },
             shown,
         })
@@ -269,12 +277,24 @@ fn classify(e: WireError, context: &str) -> SinkError {
         WireError::Connect { .. } | WireError::Io(_) | WireError::Timeout(_) => {
             SinkError::transient(ErrorClass::Network, message)
         }
-        WireError::UnsupportedAuth(_) | WireError::FullAuthRequired => {
-            SinkError::permanent(ErrorClass::Auth, message).with_hint(
-                "give the metastore user mysql_native_password (ALTER USER … IDENTIFIED WITH \
-                 mysql_native_password BY …): Periscope does not speak TLS to MySQL",
-            )
-        }
+        WireError::UnsupportedAuth(_) => SinkError::permanent(ErrorClass::Auth, message).with_hint(
+            "give the metastore user mysql_native_password or caching_sha2_password \
+                 (ALTER USER … IDENTIFIED WITH mysql_native_password BY …)",
+        ),
+        WireError::FullAuthRequired => SinkError::permanent(ErrorClass::Auth, message).with_hint(
+            "let the connection use TLS (the server must offer it; ssl-mode=VERIFY_IDENTITY&\
+             ssl-ca=PATH checks who it is), or give the user mysql_native_password",
+        ),
+        WireError::TlsUnavailable(_) => SinkError::permanent(ErrorClass::Auth, message).with_hint(
+            "configure TLS on the server (ssl_cert, ssl_key), or lower ssl-mode in the \
+                 metastore URL if the network is trusted",
+        ),
+        WireError::TlsConfig(_) => SinkError::permanent(ErrorClass::Usage, message)
+            .with_hint("ssl-ca must name a readable PEM file with the CA's certificate"),
+        WireError::Tls { .. } => SinkError::permanent(ErrorClass::Auth, message).with_hint(
+            "check that ssl-ca is the CA that signed the server's certificate and, for \
+             VERIFY_IDENTITY, that the certificate names the host in the URL",
+        ),
         WireError::Protocol(_) => SinkError::permanent(ErrorClass::Network, message)
             .with_hint("check that the metastore URL points at a MySQL or MariaDB server"),
         WireError::Server { code, .. } => match code {
@@ -507,12 +527,28 @@ mod tests {
         for bad in [
             "mysql://u:hunter2@h/",
             "mysql://:hunter2@h/db",
-            "mysql://u:hunter2@h/db?ssl_ca=/ca.pem",
+            "mysql://u:hunter2@h/db?ssl-mode=VERIFY_IDENTITY",
+            "mysql://u:hunter2@h/db?ssl_cert=/client.pem",
         ] {
             let e = MySqlUrl::parse(bad).unwrap_err();
             assert_eq!(e.class, ErrorClass::Usage, "{bad}");
             assert!(!e.message.contains("hunter2"), "{}", e.message);
         }
+        // TLS options in MySQL's, PyMySQL's and JDBC's spellings.
+        let tls = |raw: &str| MySqlUrl::parse(raw).unwrap().opts.tls;
+        assert_eq!(tls("mysql://u@h/db"), tls::TlsMode::Preferred);
+        assert_eq!(
+            tls("mysql+pymysql://u@h/db?ssl_ca=/ca.pem"),
+            tls::TlsMode::VerifyCa("/ca.pem".into())
+        );
+        assert_eq!(
+            tls("mysql://u@h/db?ssl-mode=verify_identity&ssl-ca=/ca.pem"),
+            tls::TlsMode::VerifyIdentity("/ca.pem".into())
+        );
+        assert_eq!(
+            tls("mysql://u@h/db?sslMode=DISABLED"),
+            tls::TlsMode::Disabled
+        );
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! needs, in a few kilobytes of code (a full driver did not fit the binary's size limit; see the
 //! parent module).
 //!
-//! What it speaks: a plain TCP connection; the server's Handshake v10 and our
-//! HandshakeResponse41 (protocol 4.1, utf8mb4); the `mysql_native_password` and
-//! `caching_sha2_password` (fast path only: the server already has the user in its cache)
-//! authentication plugins, with an authentication switch between them; `COM_QUERY` with its OK,
-//! ERR and text result-set replies; `COM_QUIT`. What it must never do: send a password in clear
-//! (both plugins send only a scramble; a server asking for the full `caching_sha2_password`
-//! exchange, which needs TLS or RSA, is refused), or put a password into an error or a log line.
-//! TLS, prepared statements, multi-statements and `LOAD DATA LOCAL` are not supported.
+//! What it speaks: TCP, upgraded to TLS after an SSLRequest when the `ssl-mode` asks for it and
+//! the server offers it ([`super::tls`]); the server's Handshake v10 and our HandshakeResponse41
+//! (protocol 4.1, utf8mb4); the `mysql_native_password` and `caching_sha2_password`
+//! authentication plugins, with an authentication switch between them (the full
+//! `caching_sha2_password` exchange only over TLS); `COM_QUERY` with its OK, ERR and text
+//! result-set replies; `COM_QUIT`. What it must never do: send a password over a connection that
+//! is not encrypted (without TLS, both plugins send only a scramble, and a server asking for the
+//! full exchange is refused), or put a password into an error or a log line. Prepared statements,
+//! multi-statements, client certificates and `LOAD DATA LOCAL` are not supported.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::tls::{Stream, TlsMode};
 use crate::redact::Secret;
 
 // Capability flags (the protocol's names).
@@ -25,6 +27,7 @@ const CLIENT_LONG_PASSWORD: u32 = 1;
 const CLIENT_LONG_FLAG: u32 = 1 << 2;
 const CLIENT_CONNECT_WITH_DB: u32 = 1 << 3;
 const CLIENT_PROTOCOL_41: u32 = 1 << 9;
+const CLIENT_SSL: u32 = 1 << 11;
 const CLIENT_TRANSACTIONS: u32 = 1 << 13;
 const CLIENT_SECURE_CONNECTION: u32 = 1 << 15;
 const CLIENT_PLUGIN_AUTH: u32 = 1 << 19;
@@ -61,6 +64,19 @@ pub enum WireError {
     /// `caching_sha2_password` full authentication: needs TLS or the server's RSA key.
     #[error("the server asks for full caching_sha2_password authentication (the user is not in its cache), which needs TLS")]
     FullAuthRequired,
+    /// The URL's `ssl-mode` needs TLS and the server offers none.
+    #[error("ssl-mode {0} needs TLS, and the server does not offer it")]
+    TlsUnavailable(&'static str),
+    /// The TLS settings cannot be used (an unreadable or empty `ssl-ca`).
+    #[error("{0}")]
+    TlsConfig(String),
+    /// The TLS handshake failed (e.g. a certificate the `ssl-ca` does not vouch for).
+    #[error("TLS with the server failed ({mode}): {source}")]
+    Tls {
+        mode: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl WireError {
@@ -73,7 +89,7 @@ impl WireError {
     }
 }
 
-/// Where and as whom to connect. Invariant: `password` is only ever scrambled, never sent.
+/// Where and as whom to connect. Invariant: `password` is only ever scrambled, or sent over TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
     pub host: String,
@@ -83,6 +99,7 @@ pub struct ConnectOptions {
     pub database: String,
     /// Longest wait for the connection and handshake, and for each query's reply.
     pub timeout: Duration,
+    pub tls: TlsMode,
 }
 
 /// What a query returned.
@@ -97,7 +114,7 @@ pub enum Reply {
 /// An authenticated connection. Invariant: after any I/O error, timeout or protocol error it must
 /// be dropped (the stream may be mid-packet); after a server error it stays usable.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     seq: u8,
     timeout: Duration,
 }
@@ -113,18 +130,59 @@ impl Connection {
                 .map_err(|source| WireError::Connect { addr, source })?;
             // Small request/reply exchanges: do not wait to fill a segment.
             let _ = stream.set_nodelay(true);
-            let mut conn = Connection {
-                stream,
+            let conn = Connection {
+                stream: Stream::Plain(stream),
                 seq: 0,
                 timeout,
             };
-            conn.handshake(opts).await?;
-            Ok(conn)
+            conn.handshake(opts).await
         })
         .await
     }
 
-    async fn handshake(&mut self, opts: &ConnectOptions) -> Result<(), WireError> {
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Sends the SSLRequest and runs the TLS handshake over the TCP stream.
+    async fn upgrade(
+        mut self,
+        opts: &ConnectOptions,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        caps: u32,
+    ) -> Result<Connection, WireError> {
+        let mut out = Vec::with_capacity(32);
+        out.extend_from_slice(&caps.to_le_bytes());
+        out.extend_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
+        out.push(UTF8MB4);
+        out.extend_from_slice(&[0u8; 23]);
+        self.write_packet(&out).await?;
+        let Connection {
+            stream,
+            seq,
+            timeout,
+        } = self;
+        let Stream::Plain(tcp) = stream else {
+            return Err(WireError::Protocol("TLS was started twice".into()));
+        };
+        let name = rustls::pki_types::ServerName::try_from(opts.host.clone())
+            .map_err(|e| WireError::TlsConfig(format!("host {}: {e}", opts.host)))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|source| WireError::Tls {
+                mode: opts.tls.name(),
+                source,
+            })?;
+        Ok(Connection {
+            stream: Stream::Tls(Box::new(tls)),
+            seq,
+            timeout,
+        })
+    }
+
+    async fn handshake(mut self, opts: &ConnectOptions) -> Result<Connection, WireError> {
         let hello = self.read_packet().await?;
         if hello.first() == Some(&0xFF) {
             return Err(parse_err(&hello));
@@ -143,7 +201,15 @@ impl Connection {
                 "the server does not speak protocol 4.1 (MySQL 4.1 or newer is needed)".into(),
             ));
         }
-        let caps = want & greeting.capabilities;
+        let mut caps = want & greeting.capabilities;
+        if greeting.capabilities & CLIENT_SSL != 0 {
+            if let Some(config) = opts.tls.client_config().map_err(WireError::TlsConfig)? {
+                caps |= CLIENT_SSL;
+                self = self.upgrade(opts, config, caps).await?;
+            }
+        } else if opts.tls.requires_tls() {
+            return Err(WireError::TlsUnavailable(opts.tls.name()));
+        }
         let mut plugin = if caps & CLIENT_PLUGIN_AUTH != 0 {
             greeting.plugin.clone()
         } else {
@@ -181,7 +247,7 @@ impl Connection {
         loop {
             let reply = self.read_packet().await?;
             match reply.first() {
-                Some(0x00) => return Ok(()),
+                Some(0x00) => return Ok(self),
                 Some(0xFF) => return Err(parse_err(&reply)),
                 Some(0xFE) => {
                     // AuthSwitchRequest: plugin name, NUL, new nonce (NUL-terminated).
@@ -197,6 +263,12 @@ impl Connection {
                 Some(0x01) if plugin == "caching_sha2_password" => match reply.get(1) {
                     // Fast authentication succeeded; an OK packet follows.
                     Some(3) => continue,
+                    // Full authentication: the password itself, which only TLS may carry.
+                    Some(4) if self.stream.is_tls() => {
+                        let mut clear = opts.password.expose().as_bytes().to_vec();
+                        clear.push(0);
+                        self.write_packet(&clear).await?;
+                    }
                     Some(4) => return Err(WireError::FullAuthRequired),
                     _ => {
                         return Err(WireError::Protocol(
