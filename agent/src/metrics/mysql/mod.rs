@@ -291,9 +291,17 @@ fn classify(e: WireError, context: &str) -> SinkError {
         ),
         WireError::TlsConfig(_) => SinkError::permanent(ErrorClass::Usage, message)
             .with_hint("ssl-ca must name a readable PEM file with the CA's certificate"),
-        WireError::Tls { .. } => SinkError::permanent(ErrorClass::Auth, message).with_hint(
+        WireError::Tls {
+            mode: "VERIFY_CA" | "VERIFY_IDENTITY",
+            ..
+        } => SinkError::permanent(ErrorClass::Auth, message).with_hint(
             "check that ssl-ca is the CA that signed the server's certificate and, for \
              VERIFY_IDENTITY, that the certificate names the host in the URL",
+        ),
+        // No certificate is checked in the other modes: the two sides found no common TLS.
+        WireError::Tls { .. } => SinkError::permanent(ErrorClass::Network, message).with_hint(
+            "the server's TLS could not be negotiated (TLS 1.2 or newer is needed): update the \
+             server's TLS settings, or use ssl-mode=DISABLED on a trusted network",
         ),
         WireError::Protocol(_) => SinkError::permanent(ErrorClass::Network, message)
             .with_hint("check that the metastore URL points at a MySQL or MariaDB server"),
@@ -626,5 +634,19 @@ mod tests {
         }
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert!(classify(WireError::Io(io), "x").transient);
+        // TLS: a certificate the CA does not vouch for is an auth failure; no common protocol
+        // in the unverified modes is not about the CA.
+        let tls = |mode| WireError::Tls {
+            mode,
+            source: std::io::Error::other("handshake"),
+        };
+        let c = classify(tls("VERIFY_IDENTITY"), "x");
+        assert_eq!((c.class, c.transient), (ErrorClass::Auth, false));
+        assert!(c.hint.unwrap().contains("ssl-ca"));
+        let c = classify(tls("PREFERRED"), "x");
+        assert_eq!((c.class, c.transient), (ErrorClass::Network, false));
+        assert!(c.hint.unwrap().contains("ssl-mode=DISABLED"));
+        let c = classify(WireError::TlsUnavailable("REQUIRED"), "x");
+        assert_eq!((c.class, c.transient), (ErrorClass::Auth, false));
     }
 }
