@@ -6,9 +6,11 @@
 //! being appended). Then the record is appended (all or nothing: a torn record is truncated on
 //! open). On load, a pending state is adopted exactly when the queue's end reached X, i.e. when its
 //! record survived; so no separate commit is needed after the append (the next intent, or a
-//! commit when a read produced no items, replaces it). Every append must write its own intent
-//! first, or an old intent could be satisfied by another record. Written with
-//! `fsutil::write_atomic`.
+//! commit when a read produced no items, replaces it). Every append that moves the sources must
+//! write its own intent first, or an old intent could be satisfied by another record. An append
+//! that leaves the sources where they are (ingest requests) needs none once no intent is waiting
+//! (the last one's record is in the queue, or a commit replaced it): the file then gives the same
+//! state whatever the queue's end. Written with `fsutil::write_atomic`.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -9,8 +9,18 @@
 //! * The sink reads in order from the delivered position ([`Queue::read`]) and records how far it
 //!   got with [`Queue::ack`], atomically (`fsutil::write_atomic`). A restart resumes there; records
 //!   delivered but not acknowledged are delivered again, so sinks must be idempotent.
+//! * A new segment is filled with zeros up to `segment_bytes` and fsynced before records go into
+//!   it (as database logs preallocate theirs): appends then overwrite blocks that already exist,
+//!   so the file's size and extents do not change and each append's `fdatasync` flushes data only,
+//!   without a filesystem journal commit (which, on a busy disk, waits for other writers' data).
+//!   The end of the records is therefore found by checksum, not by the file's size: the last
+//!   segment's records are its valid prefix, and a zero tail after it is free space.
 //! * A torn tail after a crash (a record cut short or with a bad checksum at the end of the last
-//!   segment) is truncated on open, never an error: it was never acknowledged.
+//!   segment, anything but zeros after the valid records) is truncated on open, never an error: it
+//!   was never acknowledged. Truncating, rather than overwriting it later, guarantees that no
+//!   leftover of it can ever line up behind newer records and pass for one.
+//! * A sealed segment is cut to its records' length before the next one starts, so its size is
+//!   its length (as before preallocation).
 //! * The size is bounded: when the undelivered backlog would pass `max_bytes`, [`Queue::append`]
 //!   refuses with [`QueueError::Full`] and the producer backs off. One batch is always accepted
 //!   into an empty queue, so an oversized batch cannot wedge a source.
@@ -19,7 +29,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -37,7 +48,8 @@ const DELIVERED_FILE: &str = "delivered.json";
 pub struct QueueConfig {
     /// Most undelivered bytes held before producers are told to back off.
     pub max_bytes: u64,
-    /// A new segment is started once the current one holds this many bytes.
+    /// A new segment is started once the current one holds this many bytes; each segment is
+    /// preallocated to this size (see the module docs).
     pub segment_bytes: u64,
 }
 
@@ -105,8 +117,10 @@ struct Delivered {
     delivered: u64,
 }
 
-/// The open queue. Invariants: `segments` maps each segment's first position to its length and
-/// is never empty; the last segment is the one appended to; `delivered <= end`.
+/// The open queue. Invariants: `segments` maps each segment's first position to its length (the
+/// bytes of its records) and is never empty; the last segment is the one appended to, through
+/// `active`, and holds only zeros after its length; every other segment's file is exactly its
+/// length long; `delivered <= end`.
 #[derive(Debug)]
 pub struct Queue {
     dir: PathBuf,
@@ -124,8 +138,38 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     name.strip_prefix("seg-")?.strip_suffix(".q")?.parse().ok()
 }
 
+/// Writes zeros over `from..to` of `file` and fsyncs it, so later writes there change neither its
+/// size nor its extents (see the module docs).
+fn preallocate(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    let mut at = from;
+    while at < to {
+        // Bounded by CHUNK, so it fits a usize.
+        let n = (to - at).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()
+}
+
+/// Creates segment `path`, preallocated to `bytes`, and makes its name durable in `dir`.
+fn create_segment(dir: &Path, path: &Path, bytes: u64) -> Result<File, QueueError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err("create a segment", path))?;
+    preallocate(&file, 0, bytes).map_err(io_err("preallocate a segment", path))?;
+    sync_dir(dir).map_err(io_err("sync the folder", dir))?;
+    Ok(file)
+}
+
 /// Length of the valid prefix of a segment's bytes: every whole record with a good checksum, up
-/// to the first one that is cut short or damaged.
+/// to the first one that is cut short or damaged (or the zeros of a preallocated tail, which are
+/// never a record: a zero header's checksum does not match).
 fn valid_prefix(bytes: &[u8]) -> u64 {
     let mut at = 0usize;
     while let Some(len) = record_at(bytes, at) {
@@ -145,6 +189,14 @@ fn record_at(bytes: &[u8], at: usize) -> Option<usize> {
     }
     let payload = bytes.get(at + HEADER as usize..at + HEADER as usize + len)?;
     (checksum(&len_bytes, payload) == crc).then_some(len)
+}
+
+/// Appends the record of `payload` (`len` bytes long) to `buf`.
+fn encode(buf: &mut Vec<u8>, len: u32, payload: &[u8]) {
+    let len_bytes = len.to_le_bytes();
+    buf.extend_from_slice(&len_bytes);
+    buf.extend_from_slice(&checksum(&len_bytes, payload).to_le_bytes());
+    buf.extend_from_slice(payload);
 }
 
 fn checksum(len_bytes: &[u8; 4], payload: &[u8]) -> u32 {
@@ -183,8 +235,7 @@ impl Queue {
             // A fresh queue, or one whose files were removed by hand: continue after what was
             // delivered so positions never go back.
             let path = dir.join(segment_name(delivered));
-            File::create(&path).map_err(io_err("create a segment", &path))?;
-            sync_dir(dir).map_err(io_err("sync the folder", dir))?;
+            create_segment(dir, &path, cfg.segment_bytes)?;
             segments.insert(delivered, 0);
         }
         let (&last_start, &last_len) = segments.iter().next_back().ok_or_else(|| {
@@ -194,11 +245,15 @@ impl Queue {
         let bytes = fs::read(&last_path).map_err(io_err("read a segment", &last_path))?;
         let valid = valid_prefix(&bytes);
         let active = OpenOptions::new()
-            .append(true)
+            .read(true)
+            .write(true)
             .open(&last_path)
             .map_err(io_err("open a segment", &last_path))?;
-        if valid < last_len {
-            tracing::warn!(segment = %last_path.display(), kept = valid, dropped = last_len - valid,
+        // `bytes` is the file as read; its length is the file's (`last_len` may be older).
+        let tail = bytes.get(valid as usize..).unwrap_or_default();
+        let mut size = bytes.len() as u64;
+        if tail.iter().any(|&b| b != 0) {
+            tracing::warn!(segment = %last_path.display(), kept = valid, dropped = tail.len(),
                 "truncating a torn tail left by a crash (it was never acknowledged)");
             active
                 .set_len(valid)
@@ -206,6 +261,16 @@ impl Queue {
             active
                 .sync_all()
                 .map_err(io_err("sync a segment", &last_path))?;
+            size = valid;
+        }
+        // A zero tail is preallocated space (or a record whose bytes never reached the disk): the
+        // records end at `valid` either way, and appends overwrite the zeros in place. A segment
+        // that was cut, or written before segments were preallocated, gets its zeros now.
+        if size < cfg.segment_bytes {
+            preallocate(&active, size, cfg.segment_bytes)
+                .map_err(io_err("preallocate a segment", &last_path))?;
+        }
+        if valid != last_len {
             segments.insert(last_start, valid);
         }
         let first = *segments.keys().next().unwrap_or(&last_start);
@@ -275,19 +340,17 @@ impl Queue {
                         "record too large",
                     ))
                 })?;
-            let len_bytes = len.to_le_bytes();
-            buf.extend_from_slice(&len_bytes);
-            buf.extend_from_slice(&checksum(&len_bytes, payload).to_le_bytes());
-            buf.extend_from_slice(payload);
+            encode(&mut buf, len, payload);
         }
         let (&start, &len) =
             self.segments.iter().next_back().ok_or_else(|| {
                 io_err("find a segment", &self.dir)(io::Error::other("no segment"))
             })?;
         let path = self.dir.join(segment_name(start));
+        // At the records' end, over the preallocated zeros (past them, the file grows).
         let written = self
             .active
-            .write_all(&buf)
+            .write_all_at(&buf, len)
             .and_then(|()| self.active.sync_data());
         if let Err(e) = written {
             // Leave no half batch behind (disk full): what is not acknowledged must not stay.
@@ -308,13 +371,15 @@ impl Queue {
             return Ok(());
         }
         debug_assert_eq!(start + len, end);
+        // Seal the segment: cut its unused preallocated zeros, durably before the next segment
+        // exists, so that every segment but the last is exactly as long as its records.
+        let sealed = self.dir.join(segment_name(start));
+        self.active
+            .set_len(len)
+            .and_then(|()| self.active.sync_all())
+            .map_err(io_err("seal a segment", &sealed))?;
         let path = self.dir.join(segment_name(end));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("create a segment", &path))?;
-        sync_dir(&self.dir).map_err(io_err("sync the folder", &self.dir))?;
+        let file = create_segment(&self.dir, &path, self.cfg.segment_bytes)?;
         self.active = file;
         self.segments.insert(end, 0);
         self.delete_delivered_segments()
@@ -435,6 +500,7 @@ fn read_record(reader: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn cfg(max: u64, seg: u64) -> QueueConfig {
         QueueConfig {
@@ -506,7 +572,10 @@ mod tests {
         drop(f);
         let mut q = Queue::open(dir.path(), cfg(1 << 20, 1 << 20)).unwrap();
         assert_eq!(q.end(), end);
-        assert_eq!(fs::metadata(&seg).unwrap().len(), end);
+        // The torn bytes are gone; what follows the records is fresh preallocated zeros.
+        let bytes = fs::read(&seg).unwrap();
+        assert_eq!(bytes.len() as u64, 1 << 20);
+        assert!(bytes[end as usize..].iter().all(|&b| b == 0));
         q.append(&payloads(3..4)).unwrap();
         drop(q);
         let mut q = Queue::open(dir.path(), cfg(1 << 20, 1 << 20)).unwrap();
@@ -519,7 +588,7 @@ mod tests {
         let end = q.end();
         drop(q);
         let mut bytes = fs::read(&seg).unwrap();
-        let last = bytes.len() - 1;
+        let last = end as usize - 1;
         bytes[last] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
         let q = Queue::open(dir.path(), cfg(1 << 20, 1 << 20)).unwrap();
@@ -574,5 +643,163 @@ mod tests {
         let q = Queue::open(dir.path(), cfg(1 << 20, 40)).unwrap();
         assert_eq!(q.backlog(), 0);
         assert!(q.end() > 0);
+    }
+
+    /// The segment files' sizes, first to last.
+    fn segment_sizes(dir: &Path) -> Vec<u64> {
+        let mut files: Vec<(u64, u64)> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let start = parse_segment_name(&e.file_name().to_string_lossy())?;
+                Some((start, e.metadata().unwrap().len()))
+            })
+            .collect();
+        files.sort();
+        files.into_iter().map(|(_, len)| len).collect()
+    }
+
+    #[test]
+    fn zeros_are_never_a_record() {
+        let zeros = [0u8; 64];
+        assert_eq!(record_at(&zeros, 0), None);
+        assert_eq!(valid_prefix(&zeros), 0);
+        let mut bytes = Vec::new();
+        let payload = b"record";
+        encode(&mut bytes, payload.len() as u32, payload);
+        bytes.extend_from_slice(&zeros);
+        assert_eq!(valid_prefix(&bytes), HEADER + payload.len() as u64);
+    }
+
+    #[test]
+    fn a_preallocated_segments_zero_tail_is_free_space_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(segment_name(0));
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 4096)).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 4096);
+        q.append(&payloads(0..3)).unwrap();
+        let end = q.end();
+        // Appends overwrite the zeros: the file keeps its size.
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 4096);
+        drop(q);
+        // A restart finds the records' end by checksum, keeps the zeros, and loses nothing.
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 4096)).unwrap();
+        assert_eq!(q.end(), end);
+        assert_eq!(q.backlog(), end);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 4096);
+        q.append(&payloads(3..5)).unwrap();
+        drop(q);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 4096)).unwrap();
+        assert_eq!(
+            drain(&mut q),
+            ["record 0", "record 1", "record 2", "record 3", "record 4"]
+        );
+        // A segment written before preallocation (no zeros) gets them on open.
+        let old = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(old.path(), cfg(1 << 20, 4096)).unwrap();
+        q.append(&payloads(0..2)).unwrap();
+        let end = q.end();
+        drop(q);
+        let seg = old.path().join(segment_name(0));
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(end)
+            .unwrap();
+        let mut q = Queue::open(old.path(), cfg(1 << 20, 4096)).unwrap();
+        assert_eq!(q.end(), end);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), 4096);
+        q.append(&payloads(2..3)).unwrap();
+        assert_eq!(drain(&mut q), ["record 0", "record 1", "record 2"]);
+    }
+
+    #[test]
+    fn a_crash_mid_record_in_a_preallocated_segment_leaves_no_record_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(segment_name(0));
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 4096)).unwrap();
+        q.append(&payloads(0..3)).unwrap();
+        let end = q.end();
+        drop(q);
+        // A crash mid-append of two records, inside the preallocated zeros: the first is cut
+        // short (its last bytes are still zeros), the second reached the disk whole.
+        let torn = b"torn 0".to_vec();
+        let whole = b"stale 1".to_vec();
+        let mut bytes = Vec::new();
+        for p in [&torn, &whole] {
+            encode(&mut bytes, p.len() as u32, p);
+        }
+        let cut = HEADER as usize + 2;
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&bytes[..cut], end).unwrap();
+        f.write_all_at(
+            &bytes[HEADER as usize + torn.len()..],
+            end + (HEADER + torn.len() as u64),
+        )
+        .unwrap();
+        drop(f);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 4096)).unwrap();
+        assert_eq!(
+            q.end(),
+            end,
+            "the torn record and what follows it are the end"
+        );
+        let after = fs::read(&seg).unwrap();
+        assert_eq!(after.len(), 4096, "preallocated again");
+        assert!(
+            after[end as usize..].iter().all(|&b| b == 0),
+            "nothing of the tail is left"
+        );
+        // A new record as long as the torn one ends exactly where the stale whole one began:
+        // after another restart that one must not appear.
+        let newer = b"newer!".to_vec();
+        assert_eq!(newer.len(), torn.len());
+        q.append(&[newer]).unwrap();
+        q.append(&payloads(3..4)).unwrap();
+        drop(q);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 4096)).unwrap();
+        assert_eq!(
+            drain(&mut q),
+            ["record 0", "record 1", "record 2", "newer!", "record 3"]
+        );
+    }
+
+    #[test]
+    fn sealed_segments_are_cut_to_their_records_and_a_half_made_one_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        for i in 0..12 {
+            q.append(&payloads(i..i + 1)).unwrap();
+        }
+        let lens: Vec<u64> = q.segments.values().copied().collect();
+        let sizes = segment_sizes(dir.path());
+        let n = sizes.len();
+        assert!(n > 2);
+        // Every sealed segment is exactly its records; the last one is preallocated.
+        assert_eq!(sizes[..n - 1], lens[..n - 1]);
+        assert_eq!(sizes[n - 1], lens[n - 1].max(64));
+        let end = q.end();
+        let last = *q.segments.keys().next_back().unwrap();
+        drop(q);
+        // A crash in a roll after the active segment was sealed, while the next one was being
+        // preallocated: its file exists, partly zeroed.
+        let half = dir.path().join(segment_name(end));
+        let active = dir.path().join(segment_name(last));
+        OpenOptions::new()
+            .write(true)
+            .open(&active)
+            .unwrap()
+            .set_len(end - last)
+            .unwrap();
+        fs::write(&half, [0u8; 10]).unwrap();
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        assert_eq!(q.end(), end);
+        q.append(&payloads(12..13)).unwrap();
+        drop(q);
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        let got = drain(&mut q);
+        let expected: Vec<String> = (0..13).map(|i| format!("record {i}")).collect();
+        assert_eq!(got, expected);
     }
 }
