@@ -285,6 +285,54 @@ fn sha256_file(path: &Path) -> (u64, String) {
     (n, hex::encode(sha.finalize()))
 }
 
+/// Base64 (standard alphabet, padded), as S3 writes checksums.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn s3_parts_carry_their_sha256_for_the_server_to_check_unless_turned_off() {
+    use sha2::Digest;
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    write_big(&dir.join("weights.bin"), (20 << 20) + 3);
+    let bytes = std::fs::read(dir.join("weights.bin")).unwrap();
+    // The server's checksum of a multipart upload: the SHA-256 of its 8 MiB parts' SHA-256s.
+    let parts: Vec<u8> = bytes
+        .chunks(8 << 20)
+        .flat_map(|p| sha2::Sha256::digest(p).to_vec())
+        .collect();
+    let composite = base64(&sha2::Sha256::digest(&parts));
+    let key = |prefix: &str| format!("{prefix}/exp-1/worker-0/artifacts/1/weights.bin");
+
+    let env = s3.env();
+    push(&env, &dir, "s3://models/on", &work.path().join("s1"), &[]).expect_code(0);
+    assert_eq!(s3.checksum_sha256("models", &key("on")), Some(composite));
+
+    let mut off = s3.env();
+    off.push(("AWS_CHECKSUM_ALGORITHM", "none".into()));
+    push(&off, &dir, "s3://models/off", &work.path().join("s2"), &[]).expect_code(0);
+    assert_eq!(s3.checksum_sha256("models", &key("off")), None);
+}
+
 #[test]
 fn s3_push_of_many_small_files_and_one_over_1_gib_loads_back_identical() {
     let s3 = S3Server::start();

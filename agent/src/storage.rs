@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, Checksum};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
@@ -278,7 +278,19 @@ pub fn open_parts_with_env(
         ),
         Service::S3 => {
             let mut builder = AmazonS3Builder::new();
+            // Every upload carries its SHA-256 (x-amz-checksum-sha256), which the server checks
+            // before it stores a byte: the digest is the one SigV4 computes anyway. Servers that
+            // refuse the header are served by AWS_CHECKSUM_ALGORITHM=none.
+            let checksum = setting("aws_checksum_algorithm");
+            if checksum.is_none() {
+                builder = builder.with_checksum_algorithm(Checksum::SHA256);
+            }
             for (key, value) in &settings {
+                if key == "aws_checksum_algorithm"
+                    && (value.is_empty() || value.eq_ignore_ascii_case("none"))
+                {
+                    continue;
+                }
                 if let Ok(k) = key.parse() {
                     builder = builder.with_config(k, *value);
                 }

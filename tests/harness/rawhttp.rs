@@ -12,6 +12,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    /// The status line and headers, as sent.
+    pub head: String,
     /// The raw body (not de-chunked; tests only search it).
     pub body: String,
 }
@@ -46,11 +48,11 @@ pub fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Response { status, body }
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or((text.clone(), String::new()));
+    Response { status, head, body }
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.

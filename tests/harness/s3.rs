@@ -110,6 +110,26 @@ impl S3Server {
         r.body
     }
 
+    /// The SHA-256 checksum the server recorded for an object (`x-amz-checksum-sha256`, base64;
+    /// for a multipart upload the digest of its parts' digests), if any.
+    pub fn checksum_sha256(&self, bucket: &str, key: &str) -> Option<String> {
+        let mut headers = setup_auth();
+        headers.push(("x-amz-checksum-mode", "ENABLED".into()));
+        let r = request(
+            self.port,
+            "HEAD",
+            &format!("/{bucket}/{}", encode_key(key)),
+            &headers,
+            b"",
+        );
+        assert_eq!(r.status, 200, "head {bucket}/{key}: {}", r.head);
+        r.head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-amz-checksum-sha256")
+                .then(|| value.trim().to_string())
+        })
+    }
+
     /// Deletes an object.
     pub fn delete(&self, bucket: &str, key: &str) {
         let r = request(
