@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
 use periscope::error::ErrorClass;
-use periscope::tfevents::{discover, EventItem, EventReader, Position, TfeventsError};
+use periscope::tfevents::{discover, EventReader, Position, ScalarItem, TfeventsError};
 
 use self::output::{Csv, Jsonl, ScalarSink, Table};
 use super::Failure;
@@ -123,9 +123,9 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
     for arg in &args.paths {
         all.extend(targets(arg, false)?);
     }
-    let stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+    let stdout = io::BufWriter::with_capacity(256 * 1024, io::stdout().lock());
     let mut sink: Box<dyn ScalarSink> = match args.format {
-        Format::Jsonl => Box::new(Jsonl(stdout)),
+        Format::Jsonl => Box::new(Jsonl::new(stdout)),
         Format::Csv => Box::new(Csv::new(stdout)),
         Format::Table => Box::new(Table::new(stdout)),
     };
@@ -142,28 +142,28 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
         reader.records_mut().set_complete(true);
         let mut damaged = 0u64;
         loop {
-            let item = reader.next_event().map_err(|source| TfeventsError::Read {
-                path: target.path.clone(),
-                source,
-            })?;
+            let item = reader
+                .next_scalars()
+                .map_err(|source| TfeventsError::Read {
+                    path: target.path.clone(),
+                    source,
+                })?;
             match item {
-                EventItem::Event(ev) => {
-                    for s in &ev.scalars {
-                        if let Err(e) = sink.scalar(&target.shown, s) {
-                            return stdout_closed(e);
-                        }
+                ScalarItem::Event(record) => {
+                    if let Err(e) = sink.record(&target.shown, &record) {
+                        return stdout_closed(e);
                     }
                 }
-                EventItem::Skipped(d) => {
+                ScalarItem::Skipped(d) => {
                     damaged += 1;
                     warn(&target.shown, &d.to_string());
                 }
-                EventItem::Stopped(d) => {
+                ScalarItem::Stopped(d) => {
                     damaged += 1;
                     warn(&target.shown, &d.to_string());
                     break;
                 }
-                EventItem::Pending => {
+                ScalarItem::Pending => {
                     let tail = reader.records().unread_tail();
                     if tail > 0 {
                         note(
@@ -210,7 +210,7 @@ struct Followed {
 fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
     let out = io::BufWriter::new(io::stdout().lock());
     let mut sink: Box<dyn ScalarSink> = match args.format {
-        StreamFormat::Jsonl => Box::new(Jsonl(out)),
+        StreamFormat::Jsonl => Box::new(Jsonl::new(out)),
         StreamFormat::Csv => Box::new(Csv::new(out)),
     };
     let interval = Duration::from_millis(args.interval_ms.max(10));
@@ -248,32 +248,30 @@ fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
             loop {
                 let item = f
                     .reader
-                    .next_event()
+                    .next_scalars()
                     .map_err(|source| TfeventsError::Read {
                         path: path.clone(),
                         source,
                     })?;
                 match item {
-                    EventItem::Event(ev) => {
-                        if let Some(step) = ev.session_start.filter(|_| !f.quiet) {
+                    ScalarItem::Event(record) => {
+                        if let Some(step) = record.session_start.filter(|_| !f.quiet) {
                             note(&f.shown, &format!("session restarted at step {step}"));
                         }
                         if f.quiet {
                             continue;
                         }
-                        for s in &ev.scalars {
-                            if let Err(e) = sink.scalar(&f.shown, s) {
-                                return stdout_closed(e);
-                            }
+                        if let Err(e) = sink.record(&f.shown, &record) {
+                            return stdout_closed(e);
                         }
                     }
-                    EventItem::Skipped(d) => warn(&f.shown, &d.to_string()),
-                    EventItem::Stopped(d) => {
+                    ScalarItem::Skipped(d) => warn(&f.shown, &d.to_string()),
+                    ScalarItem::Stopped(d) => {
                         warn(&f.shown, &d.to_string());
                         f.done = true;
                         break;
                     }
-                    EventItem::Pending => {
+                    ScalarItem::Pending => {
                         f.quiet = false;
                         break;
                     }

@@ -7,12 +7,16 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use periscope::tfevents::Scalar;
+use periscope::tfevents::{RecordScalars, ScalarRef, SeriesSummary};
 use serde::Serialize;
 
-/// Where scalars go. Invariant: `finish` is called once, after the last `scalar`.
+/// Where scalars go. Invariant: `finish` is called once, after the last `record`.
 pub trait ScalarSink {
-    fn scalar(&mut self, file: &str, scalar: &Scalar) -> io::Result<()>;
+    /// Takes one record's scalars, in order.
+    fn record(&mut self, file: &str, record: &RecordScalars<'_>) -> io::Result<()> {
+        record.iter().try_for_each(|s| self.scalar(file, s))
+    }
+    fn scalar(&mut self, file: &str, scalar: ScalarRef<'_>) -> io::Result<()>;
     /// Writes whatever is held back (the table) and flushes.
     fn finish(&mut self) -> io::Result<()>;
     /// Hands what was printed so far to the terminal or pipe (streamed formats).
@@ -55,37 +59,54 @@ pub fn number_text(v: f64) -> String {
     }
 }
 
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    file: &'a str,
-    tag: &'a str,
-    step: i64,
-    wall_time: JsonValue,
-    value: JsonValue,
+/// One JSON object per line: `{"file","tag","step","wall_time","value"}`, each string and number
+/// written by serde_json. Invariant: `prefix` is `{"file":<file>,"tag":` for `file`, so a file's
+/// name is escaped once, not once per line; `line` is scratch space for one line.
+pub struct Jsonl<W: Write> {
+    out: W,
+    file: Option<String>,
+    prefix: Vec<u8>,
+    line: Vec<u8>,
 }
 
-/// One JSON object per line.
-pub struct Jsonl<W: Write>(pub W);
+impl<W: Write> Jsonl<W> {
+    pub fn new(out: W) -> Self {
+        Jsonl {
+            out,
+            file: None,
+            prefix: Vec::new(),
+            line: Vec::new(),
+        }
+    }
+}
 
 impl<W: Write> ScalarSink for Jsonl<W> {
-    fn scalar(&mut self, file: &str, s: &Scalar) -> io::Result<()> {
-        let line = JsonLine {
-            file,
-            tag: &s.tag,
-            step: s.step,
-            wall_time: json_value(s.wall_time),
-            value: json_value(s.value),
-        };
-        serde_json::to_writer(&mut self.0, &line).map_err(io::Error::other)?;
-        self.0.write_all(b"\n")
+    fn scalar(&mut self, file: &str, s: ScalarRef<'_>) -> io::Result<()> {
+        if self.file.as_deref() != Some(file) {
+            self.prefix.clear();
+            self.prefix.extend_from_slice(b"{\"file\":");
+            serde_json::to_writer(&mut self.prefix, file).map_err(io::Error::other)?;
+            self.prefix.extend_from_slice(b",\"tag\":");
+            self.file = Some(file.to_owned());
+        }
+        let line = &mut self.line;
+        line.clear();
+        line.extend_from_slice(&self.prefix);
+        serde_json::to_writer(&mut *line, s.tag).map_err(io::Error::other)?;
+        write!(line, ",\"step\":{},\"wall_time\":", s.step)?;
+        serde_json::to_writer(&mut *line, &json_value(s.wall_time)).map_err(io::Error::other)?;
+        line.extend_from_slice(b",\"value\":");
+        serde_json::to_writer(&mut *line, &json_value(s.value)).map_err(io::Error::other)?;
+        line.extend_from_slice(b"}\n");
+        self.out.write_all(line)
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.out.flush()
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.out.flush()
     }
 }
 
@@ -113,7 +134,7 @@ fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl<W: Write> ScalarSink for Csv<W> {
-    fn scalar(&mut self, file: &str, s: &Scalar) -> io::Result<()> {
+    fn scalar(&mut self, file: &str, s: ScalarRef<'_>) -> io::Result<()> {
         if !self.header_done {
             self.out.write_all(b"file,tag,step,wall_time,value\n")?;
             self.header_done = true;
@@ -122,7 +143,7 @@ impl<W: Write> ScalarSink for Csv<W> {
             self.out,
             "{},{},{},{},{}",
             csv_field(file),
-            csv_field(&s.tag),
+            csv_field(s.tag),
             s.step,
             number_text(s.wall_time),
             number_text(s.value)
@@ -142,21 +163,15 @@ impl<W: Write> ScalarSink for Csv<W> {
     }
 }
 
-/// Per-series summary for the table.
-struct Series {
-    count: u64,
-    first_step: i64,
-    last_step: i64,
-    last_value: f64,
-}
-
 /// One row per run and tag: count, first and last step, last value; printed at the end.
-/// Invariant: `last_run` is `run_of(last_file)`, cached because files arrive in long runs.
+/// Invariants: `current` holds the series of run `current_run`, which is `run_of(last_file)`
+/// (files arrive in long runs, so a record usually needs no lookup); `rows` holds every other run.
 pub struct Table<W: Write> {
     out: W,
-    rows: BTreeMap<String, BTreeMap<String, Series>>,
+    rows: BTreeMap<String, SeriesSummary>,
+    current: SeriesSummary,
+    current_run: String,
     last_file: String,
-    last_run: String,
 }
 
 impl<W: Write> Table<W> {
@@ -164,8 +179,24 @@ impl<W: Write> Table<W> {
         Table {
             out,
             rows: BTreeMap::new(),
+            current: SeriesSummary::new(),
+            current_run: run_of(""),
             last_file: String::new(),
-            last_run: run_of(""),
+        }
+    }
+
+    /// Makes `current` the summary of `file`'s run.
+    fn switch_to(&mut self, file: &str) {
+        self.last_file = file.to_owned();
+        let run = run_of(file);
+        if run != self.current_run {
+            let done = std::mem::take(&mut self.current);
+            if !done.is_empty() {
+                self.rows
+                    .insert(std::mem::take(&mut self.current_run), done);
+            }
+            self.current = self.rows.remove(&run).unwrap_or_default();
+            self.current_run = run;
         }
     }
 }
@@ -179,28 +210,19 @@ fn run_of(file: &str) -> String {
 }
 
 impl<W: Write> ScalarSink for Table<W> {
-    fn scalar(&mut self, file: &str, s: &Scalar) -> io::Result<()> {
+    fn record(&mut self, file: &str, record: &RecordScalars<'_>) -> io::Result<()> {
         if file != self.last_file {
-            self.last_file = file.to_owned();
-            self.last_run = run_of(file);
+            self.switch_to(file);
         }
-        // Look up before inserting: the common case allocates nothing.
-        let tags = match self.rows.get_mut(&self.last_run) {
-            Some(tags) => tags,
-            None => self.rows.entry(self.last_run.clone()).or_default(),
-        };
-        let series = match tags.get_mut(&s.tag) {
-            Some(series) => series,
-            None => tags.entry(s.tag.clone()).or_insert(Series {
-                count: 0,
-                first_step: s.step,
-                last_step: s.step,
-                last_value: s.value,
-            }),
-        };
-        series.count += 1;
-        series.last_step = s.step;
-        series.last_value = s.value;
+        self.current.add_record(record);
+        Ok(())
+    }
+
+    fn scalar(&mut self, file: &str, s: ScalarRef<'_>) -> io::Result<()> {
+        if file != self.last_file {
+            self.switch_to(file);
+        }
+        self.current.add(s);
         Ok(())
     }
 
@@ -213,6 +235,11 @@ impl<W: Write> ScalarSink for Table<W> {
             "LAST STEP",
             "LAST VALUE",
         ];
+        let current = std::mem::take(&mut self.current);
+        if !current.is_empty() {
+            self.rows
+                .insert(std::mem::take(&mut self.current_run), current);
+        }
         let mut cells: Vec<[String; 6]> = vec![header.map(str::to_owned)];
         for (run, tag, s) in self
             .rows
@@ -221,7 +248,7 @@ impl<W: Write> ScalarSink for Table<W> {
         {
             cells.push([
                 run.clone(),
-                tag.clone(),
+                tag.to_owned(),
                 s.count.to_string(),
                 s.first_step.to_string(),
                 s.last_step.to_string(),
@@ -261,9 +288,9 @@ impl<W: Write> ScalarSink for Table<W> {
 mod tests {
     use super::*;
 
-    fn scalar(tag: &str, step: i64, value: f64) -> Scalar {
-        Scalar {
-            tag: tag.into(),
+    fn scalar(tag: &str, step: i64, value: f64) -> ScalarRef<'_> {
+        ScalarRef {
+            tag,
             step,
             wall_time: 1.5,
             value,
@@ -273,11 +300,11 @@ mod tests {
     #[test]
     fn jsonl_names_non_finite_values() {
         let mut out = Vec::new();
-        let mut sink = Jsonl(&mut out);
-        sink.scalar("a/ev", &scalar("x", 1, f64::NAN)).unwrap();
-        sink.scalar("a/ev", &scalar("x", 2, f64::NEG_INFINITY))
+        let mut sink = Jsonl::new(&mut out);
+        sink.scalar("a/ev", scalar("x", 1, f64::NAN)).unwrap();
+        sink.scalar("a/ev", scalar("x", 2, f64::NEG_INFINITY))
             .unwrap();
-        sink.scalar("a/ev", &scalar("x", 3, 0.1)).unwrap();
+        sink.scalar("a/ev", scalar("x", 3, 0.1)).unwrap();
         sink.finish().unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<_> = text.lines().collect();
@@ -290,10 +317,28 @@ mod tests {
     }
 
     #[test]
+    fn jsonl_escapes_file_and_tag_and_follows_file_changes() {
+        let mut out = Vec::new();
+        let mut sink = Jsonl::new(&mut out);
+        sink.scalar("a\"b/ev", scalar("t\\x", -3, 2e-7)).unwrap();
+        sink.scalar("c/ev", scalar("y", 4, 1e300)).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            concat!(
+                r#"{"file":"a\"b/ev","tag":"t\\x","step":-3,"wall_time":1.5,"value":2e-7}"#,
+                "\n",
+                r#"{"file":"c/ev","tag":"y","step":4,"wall_time":1.5,"value":1e+300}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
     fn csv_quotes_awkward_fields() {
         let mut out = Vec::new();
         let mut sink = Csv::new(&mut out);
-        sink.scalar("ev", &scalar("a,\"b\"", 1, f64::INFINITY))
+        sink.scalar("ev", scalar("a,\"b\"", 1, f64::INFINITY))
             .unwrap();
         sink.finish().unwrap();
         assert_eq!(
@@ -307,10 +352,10 @@ mod tests {
         let mut out = Vec::new();
         let mut sink = Table::new(&mut out);
         for step in 0..3 {
-            sink.scalar("train/ev", &scalar("loss", step, step as f64))
+            sink.scalar("train/ev", scalar("loss", step, step as f64))
                 .unwrap();
         }
-        sink.scalar("ev", &scalar("lr", 5, 0.5)).unwrap();
+        sink.scalar("ev", scalar("lr", 5, 0.5)).unwrap();
         sink.finish().unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<_> = text.lines().collect();

@@ -4,9 +4,9 @@
 //! This module owns the byte layout only: it looks at a slice and says what the next frame is (a
 //! whole good record, not enough bytes yet, or which check failed). It never reads files, never
 //! allocates for a frame it has not seen whole, and never decides what to do about damage; the
-//! [`reader`](super::reader) applies the damage rules.
+//! [`reader`](crate::reader) applies the damage rules.
 
-use super::crc::masked_crc32c;
+use crate::crc::masked_crc32c;
 
 /// Bytes before a record's data: the length and its CRC.
 pub const HEADER_LEN: usize = 12;

@@ -5,7 +5,7 @@
 //! Only the fields Periscope reads or writes are declared. Everything else (graphs, images,
 //! histograms, audio, run metadata, fields added by future versions) is skipped by prost as an
 //! unknown field: never an error, and never copied. This module owns the wire shapes only; what a
-//! value *means* is decided in [`scalar`](super::scalar).
+//! value *means* is decided in [`scalar`](crate::scalar).
 
 /// One record of an event file. Invariant: at most one of the `what` variants is set, as in the
 /// schema's `oneof`.

@@ -15,12 +15,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use super::framing;
-use super::proto::{
+use crate::framing;
+use crate::proto::{
     event, summary_value, Event, PluginData, SessionLog, Summary, SummaryMetadata, SummaryValue,
     TensorProto, TensorShapeProto, DATA_CLASS_SCALAR, DT_DOUBLE, DT_FLOAT, SESSION_START,
 };
-use super::scalar::SCALARS_PLUGIN;
+use crate::scalar::SCALARS_PLUGIN;
 
 /// The version string TensorBoard expects in a file's first record.
 pub const FILE_VERSION: &str = "brain.Event:2";

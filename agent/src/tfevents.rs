@@ -1,34 +1,14 @@
-//! Errors of the tf.events library, classified for exit codes.
+//! TensorBoard event files: the `periscope-tfevents` crate, re-exported under its old path, and
+//! how its errors map to exit codes.
+//!
+//! The format code lives in its own crate so the release profile can build it for speed (the rest
+//! of the binary is built for size); see the workspace `Cargo.toml`.
 
 use std::io;
-use std::path::PathBuf;
+
+pub use periscope_tfevents::*;
 
 use crate::error::{Classify, ErrorClass};
-
-/// Why reading or writing event files failed. Each variant names the path involved.
-#[derive(Debug, thiserror::Error)]
-pub enum TfeventsError {
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("no tf.events files under {}", path.display())]
-    NoEventFiles { path: PathBuf },
-    #[error("cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{damaged} of {files} event files had damage ({records} damaged records)")]
-    Damaged {
-        files: usize,
-        damaged: usize,
-        records: u64,
-    },
-}
 
 impl Classify for TfeventsError {
     fn class(&self) -> ErrorClass {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::framing;
-use super::proto::{event, Event};
-use super::*;
+use crate::framing;
+use crate::proto::{event, Event};
+use crate::*;
 
 /// A few framed events: a file_version, scalars of two tags, and a session start.
 fn sample_file() -> (Vec<u8>, Vec<Vec<u8>>) {
@@ -294,7 +294,7 @@ fn a_large_declared_length_waits_without_buffering_ahead() {
     // A valid header announcing a 512 MiB record, with only a few bytes of it written so far.
     let len = (512u64 << 20).to_le_bytes();
     let mut bytes = len.to_vec();
-    bytes.extend_from_slice(&super::crc::masked_crc32c(&len).to_le_bytes());
+    bytes.extend_from_slice(&crate::crc::masked_crc32c(&len).to_le_bytes());
     bytes.extend_from_slice(b"partial");
     let mut r = RecordReader::new(Cursor::new(bytes), 0).unwrap();
     assert_eq!(r.next_record().unwrap(), Next::Pending);

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::proto::{
+use crate::proto::{
     event, summary_value, Event, SummaryMetadata, TensorProto, DATA_CLASS_SCALAR, DT_BFLOAT16,
     DT_DOUBLE, DT_FLOAT, DT_HALF, DT_INT32, DT_INT64, SESSION_START,
 };
@@ -33,11 +33,56 @@ pub struct Scalar {
     pub value: f64,
 }
 
+impl Scalar {
+    /// The same point, borrowed.
+    pub fn as_ref(&self) -> ScalarRef<'_> {
+        ScalarRef {
+            tag: &self.tag,
+            step: self.step,
+            wall_time: self.wall_time,
+            value: self.value,
+        }
+    }
+}
+
+/// A [`Scalar`] whose tag is borrowed (from the record it was read from), so reading needs no
+/// allocation per point. Invariant: the same fields, with the same meaning, as [`Scalar`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalarRef<'a> {
+    pub tag: &'a str,
+    pub step: i64,
+    pub wall_time: f64,
+    pub value: f64,
+}
+
+impl ScalarRef<'_> {
+    /// The same point, owning its tag.
+    pub fn to_scalar(&self) -> Scalar {
+        Scalar {
+            tag: self.tag.to_owned(),
+            step: self.step,
+            wall_time: self.wall_time,
+            value: self.value,
+        }
+    }
+}
+
 /// What a tag's first value said it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TagKind {
     Scalar,
     Other,
+}
+
+/// What one summary value holds, as far as scalars are concerned, however it was decoded (prost
+/// messages or [`wire`](crate::wire)). Invariant: `Tensor` holds [`tensor_scalar`]'s answer for
+/// the value's tensor, whatever the tag's kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ValueKind {
+    /// No value kind Periscope reads (an image, a histogram, audio, or nothing).
+    Absent,
+    Simple(f32),
+    Tensor(Option<f64>),
 }
 
 /// Remembers each tag's kind within one file. Invariant: a tag's kind is set by its first value
@@ -59,15 +104,13 @@ impl ScalarExtractor {
             return;
         };
         for value in &summary.value {
-            let kind = self.kind_of(&value.tag, value);
-            let number = match &value.value {
-                Some(summary_value::Value::SimpleValue(v)) => Some(f64::from(*v)),
-                Some(summary_value::Value::Tensor(t)) if kind == TagKind::Scalar => {
-                    tensor_scalar(t)
-                }
-                _ => None,
+            let kind = match &value.value {
+                Some(summary_value::Value::SimpleValue(v)) => ValueKind::Simple(*v),
+                Some(summary_value::Value::Tensor(t)) => ValueKind::Tensor(tensor_scalar(t)),
+                None => ValueKind::Absent,
             };
-            if let Some(number) = number {
+            let declares = value.metadata.as_ref().is_some_and(declares_scalar);
+            if let Some(number) = self.number(&value.tag, kind, declares) {
                 out.push(Scalar {
                     tag: value.tag.clone(),
                     step: event.step,
@@ -78,30 +121,57 @@ impl ScalarExtractor {
         }
     }
 
-    fn kind_of(&mut self, tag: &str, value: &super::proto::SummaryValue) -> TagKind {
+    /// The number of one summary value when it is a scalar. Records the tag's kind when this is
+    /// its first value; `declares` is whether the value's metadata declares a scalar series.
+    pub(crate) fn number(&mut self, tag: &str, value: ValueKind, declares: bool) -> Option<f64> {
+        let kind = self.kind_of(tag, matches!(value, ValueKind::Simple(_)), declares);
+        number_of(kind, value)
+    }
+
+    /// The kind of `tag`, if a value of it was seen.
+    pub(crate) fn kind(&self, tag: &str) -> Option<TagKind> {
+        self.tags.get(tag).copied()
+    }
+
+    fn kind_of(&mut self, tag: &str, simple: bool, declares: bool) -> TagKind {
         if let Some(kind) = self.tags.get(tag) {
             return *kind;
         }
-        let kind = match (&value.value, &value.metadata) {
-            // TensorBoard migrates every simple_value to the scalars plugin.
-            (Some(summary_value::Value::SimpleValue(_)), _) => TagKind::Scalar,
-            (_, Some(meta)) if declares_scalar(meta) => TagKind::Scalar,
-            _ => TagKind::Other,
+        // TensorBoard migrates every simple_value to the scalars plugin.
+        let kind = if simple || declares {
+            TagKind::Scalar
+        } else {
+            TagKind::Other
         };
         self.tags.insert(tag.to_owned(), kind);
         kind
     }
 }
 
+/// The number of a value of a tag of `kind`, when it is a scalar.
+pub(crate) fn number_of(kind: TagKind, value: ValueKind) -> Option<f64> {
+    match value {
+        ValueKind::Simple(v) => Some(f64::from(v)),
+        ValueKind::Tensor(number) if kind == TagKind::Scalar => number,
+        _ => None,
+    }
+}
+
 /// True when metadata marks a scalar series: the scalar data class, or (for writers that predate
 /// data classes) the scalars plugin with no data class.
 fn declares_scalar(meta: &SummaryMetadata) -> bool {
-    match meta.data_class {
+    let plugin = meta
+        .plugin_data
+        .as_ref()
+        .map_or("", |p| p.plugin_name.as_str());
+    declares_scalar_parts(meta.data_class, plugin)
+}
+
+/// [`declares_scalar`] from the two fields it reads; `plugin_name` is `""` without plugin data.
+pub(crate) fn declares_scalar_parts(data_class: i32, plugin_name: &str) -> bool {
+    match data_class {
         DATA_CLASS_SCALAR => true,
-        0 => meta
-            .plugin_data
-            .as_ref()
-            .is_some_and(|p| p.plugin_name == SCALARS_PLUGIN),
+        0 => plugin_name == SCALARS_PLUGIN,
         _ => false,
     }
 }
@@ -117,24 +187,69 @@ pub fn session_start_step(event: &Event) -> Option<i64> {
 
 /// The number in a rank-0 numeric tensor, or `None` for anything else.
 pub fn tensor_scalar(t: &TensorProto) -> Option<f64> {
-    if let Some(shape) = &t.tensor_shape {
-        if shape.unknown_rank || !shape.dim.is_empty() {
+    TensorView {
+        dtype: t.dtype,
+        shape: match &t.tensor_shape {
+            None => Shape::Absent,
+            Some(s) if s.unknown_rank || !s.dim.is_empty() => Shape::NotRankZero,
+            Some(_) => Shape::RankZero,
+        },
+        content: &t.tensor_content,
+        first_float: t.float_val.first().copied(),
+        first_double: t.double_val.first().copied(),
+        first_int: t.int_val.first().copied(),
+        first_int64: t.int64_val.first().copied(),
+        first_half: t.half_val.first().copied(),
+    }
+    .scalar()
+}
+
+/// A tensor's shape, as far as scalars care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Shape {
+    /// No `tensor_shape` field.
+    #[default]
+    Absent,
+    /// A shape with no dimensions and a known rank.
+    RankZero,
+    /// Dimensions, or an unknown rank.
+    NotRankZero,
+}
+
+/// The fields of a `TensorProto` that decide its scalar, however it was decoded. Invariant:
+/// `content` is `tensor_content` and each `first_*` is the first element of that repeated field.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TensorView<'a> {
+    pub dtype: i32,
+    pub shape: Shape,
+    pub content: &'a [u8],
+    pub first_float: Option<f32>,
+    pub first_double: Option<f64>,
+    pub first_int: Option<i32>,
+    pub first_int64: Option<i64>,
+    pub first_half: Option<i32>,
+}
+
+impl TensorView<'_> {
+    /// The number in a rank-0 numeric tensor, or `None` for anything else.
+    pub fn scalar(&self) -> Option<f64> {
+        if self.shape == Shape::NotRankZero {
             return None;
         }
-    }
-    if !t.tensor_content.is_empty() {
-        return from_content(t.dtype, &t.tensor_content);
-    }
-    match t.dtype {
-        DT_FLOAT => t.float_val.first().map(|v| f64::from(*v)),
-        DT_DOUBLE => t.double_val.first().copied(),
-        DT_INT32 => t.int_val.first().map(|v| f64::from(*v)),
-        // Values above 2^53 lose precision, as they do in TensorBoard's float conversion.
-        DT_INT64 => t.int64_val.first().map(|v| *v as f64),
-        // half_val holds the 16 bits widened to int32; the upper bits are zero by the schema.
-        DT_HALF => t.half_val.first().map(|v| f16_to_f64(*v as u16)),
-        DT_BFLOAT16 => t.half_val.first().map(|v| bf16_to_f64(*v as u16)),
-        _ => None,
+        if !self.content.is_empty() {
+            return from_content(self.dtype, self.content);
+        }
+        match self.dtype {
+            DT_FLOAT => self.first_float.map(f64::from),
+            DT_DOUBLE => self.first_double,
+            DT_INT32 => self.first_int.map(f64::from),
+            // Values above 2^53 lose precision, as they do in TensorBoard's float conversion.
+            DT_INT64 => self.first_int64.map(|v| v as f64),
+            // half_val holds the 16 bits widened to int32; the upper bits are zero by the schema.
+            DT_HALF => self.first_half.map(|v| f16_to_f64(v as u16)),
+            DT_BFLOAT16 => self.first_half.map(|v| bf16_to_f64(v as u16)),
+            _ => None,
+        }
     }
 }
 
@@ -171,8 +286,8 @@ pub fn bf16_to_f64(bits: u16) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::proto::{PluginData, Summary, SummaryValue, TensorShapeProto};
     use super::*;
+    use crate::proto::{PluginData, Summary, SummaryValue, TensorShapeProto};
 
     fn tensor(dtype: i32) -> TensorProto {
         TensorProto {
@@ -226,7 +341,7 @@ mod tests {
         let mut t = tensor(DT_FLOAT);
         t.float_val = vec![1.0];
         t.tensor_shape = Some(TensorShapeProto {
-            dim: vec![super::super::proto::TensorShapeDim { size: 1 }],
+            dim: vec![crate::proto::TensorShapeDim { size: 1 }],
             unknown_rank: false,
         });
         assert_eq!(tensor_scalar(&t), None);

@@ -22,7 +22,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::framing::{self, Frame, FOOTER_LEN, HEADER_LEN};
+use crate::framing::{self, Frame, FOOTER_LEN, HEADER_LEN};
 
 /// How much to ask the OS for at a time: large enough that syscalls do not dominate.
 const CHUNK: usize = 256 * 1024;
@@ -120,11 +120,26 @@ struct Suspect {
 
 /// Reads records from `R` starting at a record boundary.
 ///
-/// Invariants: `buf[start..]` are the bytes of the file from `offset()` on, as last read;
-/// `base + buf.len()` is the source's read position; `stopped` once set never clears.
+/// Invariant: `frames` describes the bytes read from `source` so far (see [`Frames`]). Only
+/// opening and seeking are generic over `R`: the per-record work is in [`Frames`], which is not,
+/// so it is compiled once, in this crate and with its optimization settings, whatever the caller.
 #[derive(Debug)]
 pub struct RecordReader<R = File> {
     source: R,
+    frames: Frames,
+}
+
+/// A byte source the reader can read and re-read.
+trait Source: Read + Seek {}
+
+impl<T: Read + Seek> Source for T {}
+
+/// The reader's state apart from its source.
+///
+/// Invariants: `buf[start..]` are the bytes of the file from `offset()` on, as last read;
+/// `base + buf.len()` is the source's read position; `stopped` once set never clears.
+#[derive(Debug)]
+struct Frames {
     buf: Vec<u8>,
     start: usize,
     base: u64,
@@ -149,51 +164,63 @@ impl<R: Read + Seek> RecordReader<R> {
         source.seek(SeekFrom::Start(offset))?;
         Ok(RecordReader {
             source,
-            buf: Vec::new(),
-            start: 0,
-            base: offset,
-            tail_grace: DEFAULT_TAIL_GRACE,
-            complete: false,
-            suspect: None,
-            stopped: None,
-            skipped: 0,
+            frames: Frames {
+                buf: Vec::new(),
+                start: 0,
+                base: offset,
+                tail_grace: DEFAULT_TAIL_GRACE,
+                complete: false,
+                suspect: None,
+                stopped: None,
+                skipped: 0,
+            },
         })
     }
 
     /// Sets how long a bad-CRC last record is re-read before it is skipped.
     pub fn set_tail_grace(&mut self, grace: Duration) {
-        self.tail_grace = grace;
+        self.frames.tail_grace = grace;
     }
 
     /// Declares that the file will not grow (its writer is gone): a bad-CRC last record is then
     /// skipped at once instead of re-read.
     pub fn set_complete(&mut self, complete: bool) {
-        self.complete = complete;
+        self.frames.complete = complete;
     }
 
     /// The offset of the next unread record: where to resume after a restart.
     pub fn offset(&self) -> u64 {
-        self.base + self.start as u64
+        self.frames.offset()
     }
 
     /// How many damaged records were skipped so far.
     pub fn skipped(&self) -> u64 {
-        self.skipped
+        self.frames.skipped
     }
 
     /// Bytes after [`offset`](Self::offset) that do not yet make a whole record (after
     /// [`Next::Pending`]: a record still being written, or a truncated file).
     pub fn unread_tail(&self) -> u64 {
-        self.available() as u64
+        self.frames.available() as u64
     }
 
     /// The damage that stopped this reader, if any.
     pub fn stopped(&self) -> Option<Damage> {
-        self.stopped
+        self.frames.stopped
     }
 
     /// The next record, or why there is none now.
     pub fn next_record(&mut self) -> io::Result<Next<'_>> {
+        self.frames.next_record(&mut self.source)
+    }
+}
+
+impl Frames {
+    fn offset(&self) -> u64 {
+        self.base + self.start as u64
+    }
+
+    fn next_record(&mut self, source: &mut dyn Source) -> io::Result<Next<'_>> {
         if let Some(damage) = self.stopped {
             return Ok(Next::Stopped(damage));
         }
@@ -218,7 +245,7 @@ impl<R: Read + Seek> RecordReader<R> {
                     }));
                 }
                 Owned::Incomplete { needed } => {
-                    if !self.fill(needed)? {
+                    if !self.fill(source, needed)? {
                         return Ok(Next::Pending);
                     }
                 }
@@ -233,7 +260,8 @@ impl<R: Read + Seek> RecordReader<R> {
                             len: (frame_len - HEADER_LEN - FOOTER_LEN) as u64,
                         },
                     };
-                    let followed = self.fill(frame_len + 1)? || self.available() > frame_len;
+                    let followed =
+                        self.fill(source, frame_len + 1)? || self.available() > frame_len;
                     let settled = self
                         .suspect
                         .filter(|s| s.offset == offset)
@@ -250,7 +278,7 @@ impl<R: Read + Seek> RecordReader<R> {
                             since: Instant::now(),
                         });
                     }
-                    self.reread_from(offset)?;
+                    self.reread_from(source, offset)?;
                     return Ok(Next::Pending);
                 }
             }
@@ -269,7 +297,7 @@ impl<R: Read + Seek> RecordReader<R> {
 
     /// Reads until `needed` bytes are available from `start`, or the source has no more for now.
     /// Returns whether any new byte arrived.
-    fn fill(&mut self, needed: usize) -> io::Result<bool> {
+    fn fill(&mut self, source: &mut dyn Source, needed: usize) -> io::Result<bool> {
         if self.available() >= needed {
             return Ok(false);
         }
@@ -285,7 +313,7 @@ impl<R: Read + Seek> RecordReader<R> {
             let want = (needed - len).clamp(CHUNK, MAX_READ);
             self.buf.resize(len + want, 0);
             let n = loop {
-                match self.source.read(&mut self.buf[len..]) {
+                match source.read(&mut self.buf[len..]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -304,8 +332,8 @@ impl<R: Read + Seek> RecordReader<R> {
     }
 
     /// Forgets buffered bytes from `offset` on, so the next fill reads them from the source again.
-    fn reread_from(&mut self, offset: u64) -> io::Result<()> {
-        self.source.seek(SeekFrom::Start(offset))?;
+    fn reread_from(&mut self, source: &mut dyn Source, offset: u64) -> io::Result<()> {
+        source.seek(SeekFrom::Start(offset))?;
         self.buf.clear();
         self.base = offset;
         self.start = 0;
