@@ -395,19 +395,24 @@ async fn claim_next(
     Ok((n, token))
 }
 
-/// One file to store in the save. Invariant: `done_before` and `copy_from` were decided from the
-/// state and the previous save before any upload of this push started, and both are false/`None`
-/// when `sha` is (a file not hashed beforehand is always sent).
+/// One file to store in the save. A file not hashed beforehand has no `hashed` part and is
+/// always sent.
 struct Job<'a> {
     file: &'a LocalFile,
-    sha: Option<&'a str>,
     target: Path,
+    hashed: Option<Hashed<'a>>,
+}
+
+/// What is known of a file hashed before the uploads. Invariant: `done_before` and `copy_from`
+/// were decided from the state and the previous save before any upload of this push started.
+struct Hashed<'a> {
+    sha: &'a str,
     done_before: bool,
     copy_from: Option<Path>,
 }
 
-/// The job for one hashed file of save `n`; `previous` is the latest complete save's number and
-/// its files by digest.
+/// The job for one file of save `n`; `previous` is the latest complete save's number and its
+/// files by digest.
 fn make_job<'a>(
     state: &PushState,
     (file, sha): &'a (LocalFile, Option<String>),
@@ -415,15 +420,14 @@ fn make_job<'a>(
     n: u64,
     previous: Option<(u64, &HashMap<&str, &str>)>,
 ) -> Job<'a> {
-    let sha = sha.as_deref();
     Job {
-        done_before: sha.is_some_and(|sha| state.is_stored(&file.rel, &file.stamp, sha)),
-        copy_from: sha.and_then(|sha| {
-            previous.and_then(|(p, files)| files.get(sha).map(|rel| key(base, p, rel)))
+        hashed: sha.as_deref().map(|sha| Hashed {
+            sha,
+            done_before: state.is_stored(&file.rel, &file.stamp, sha),
+            copy_from: previous.and_then(|(p, files)| files.get(sha).map(|rel| key(base, p, rel))),
         }),
         target: key(base, n, &file.rel),
         file,
-        sha,
     }
 }
 
@@ -554,29 +558,33 @@ async fn store_one(
     resumable: Option<Resumable<'_>>,
 ) -> Result<(How, upload::Stored), ArtifactsError> {
     let (f, target) = (job.file, &job.target);
-    let as_hashed = || upload::Stored {
-        sha256: job.sha.unwrap_or_default().to_string(),
-        size: f.stamp.size,
-        stamp: f.stamp,
-        reused_parts: 0,
-        reused_bytes: 0,
-    };
-    let unchanged = || walk::Stamp::of(&f.path).is_ok_and(|s| s == f.stamp);
-    if job.done_before {
-        match cfg.store.head(target).await {
-            Ok(meta) if meta.size == f.stamp.size && unchanged() => {
-                return Ok((How::AlreadyStored, as_hashed()))
+    if let Some(hashed) = &job.hashed {
+        let as_hashed = || upload::Stored {
+            sha256: hashed.sha.to_string(),
+            size: f.stamp.size,
+            stamp: f.stamp,
+            reused_parts: 0,
+            reused_bytes: 0,
+        };
+        let unchanged = || walk::Stamp::of(&f.path).is_ok_and(|s| s == f.stamp);
+        if hashed.done_before {
+            match cfg.store.head(target).await {
+                Ok(meta) if meta.size == f.stamp.size && unchanged() => {
+                    return Ok((How::AlreadyStored, as_hashed()))
+                }
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(StorageError::request(cfg.service, target.to_string(), &e).into())
+                }
             }
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(StorageError::request(cfg.service, target.to_string(), &e).into()),
         }
-    }
-    if let Some(from) = &job.copy_from {
-        match cfg.store.copy(from, target).await {
-            Ok(()) if unchanged() => return Ok((How::Copied, as_hashed())),
-            Ok(()) => {}
-            Err(e) => {
-                tracing::debug!(from = %from, error = %e, "server-side copy failed; uploading instead")
+        if let Some(from) = &hashed.copy_from {
+            match cfg.store.copy(from, target).await {
+                Ok(()) if unchanged() => return Ok((How::Copied, as_hashed())),
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::debug!(from = %from, error = %e, "server-side copy failed; uploading instead")
+                }
             }
         }
     }
