@@ -140,11 +140,6 @@ impl Connection {
         .await
     }
 
-    /// Whether the connection is encrypted.
-    pub fn is_tls(&self) -> bool {
-        self.stream.is_tls()
-    }
-
     /// Sends the SSLRequest and runs the TLS handshake over the TCP stream.
     async fn upgrade(
         mut self,
@@ -152,12 +147,7 @@ impl Connection {
         config: std::sync::Arc<rustls::ClientConfig>,
         caps: u32,
     ) -> Result<Connection, WireError> {
-        let mut out = Vec::with_capacity(32);
-        out.extend_from_slice(&caps.to_le_bytes());
-        out.extend_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
-        out.push(UTF8MB4);
-        out.extend_from_slice(&[0u8; 23]);
-        self.write_packet(&out).await?;
+        self.write_packet(&client_flags(caps)).await?;
         let Connection {
             stream,
             seq,
@@ -225,11 +215,7 @@ impl Connection {
                 scramble(&plugin, opts.password.expose(), &nonce).unwrap_or_default()
             }
         };
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(&caps.to_le_bytes());
-        out.extend_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
-        out.push(UTF8MB4);
-        out.extend_from_slice(&[0u8; 23]);
+        let mut out = client_flags(caps);
         out.extend_from_slice(opts.user.as_bytes());
         out.push(0);
         out.push(first_answer.len() as u8);
@@ -395,6 +381,17 @@ impl Connection {
             }
         }
     }
+}
+
+/// The first 32 bytes of HandshakeResponse41: capabilities, largest packet, character set and
+/// filler. Alone, they are the SSLRequest that asks the server to start TLS.
+fn client_flags(caps: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&caps.to_le_bytes());
+    out.extend_from_slice(&(MAX_PAYLOAD as u32).to_le_bytes());
+    out.push(UTF8MB4);
+    out.extend_from_slice(&[0u8; 23]);
+    out
 }
 
 async fn with_timeout<T>(
