@@ -525,6 +525,8 @@ fn killed_multipart_push_continues(env: &[(&str, String)], storage: &str, proxy:
     let recorded = parts_in_state(&state, "model.bin");
     assert!(recorded < 24, "killed before the file was complete");
 
+    // The killed push may have left part of a part in its socket; the proxy forwards it still.
+    proxy.wait_until_clients_gone();
     let before = proxy.sent_upstream();
     push(
         env,
@@ -543,8 +545,11 @@ fn killed_multipart_push_continues(env: &[(&str, String)], storage: &str, proxy:
     let sent = proxy.sent_upstream() - before;
     let remaining = (120 << 20) - recorded * PART;
     // Everything else sent is small: the small files (under 60 KB), headers and the manifest.
+    // One more whole part is allowed: the kill may come after the store took a part and before
+    // the push journaled its id (one part at a time here), and such a part must be sent again.
+    let extra = (sent as usize).checked_sub(remaining);
     assert!(
-        sent as usize >= remaining && (sent as usize) < remaining + (2 << 20),
+        matches!(extra, Some(x) if x < (2 << 20) || (PART..PART + (2 << 20)).contains(&x)),
         "sent {sent} bytes again; the {} parts not yet stored are {remaining} bytes",
         24 - recorded
     );

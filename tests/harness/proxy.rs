@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -20,6 +20,9 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     /// Bytes forwarded from clients to the upstream server, request headers included.
     sent_upstream: Arc<AtomicU64>,
+    /// Client-to-upstream copies still running: a client that died may leave bytes in its socket
+    /// that the proxy is still forwarding.
+    forwarding: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -34,6 +37,7 @@ impl Proxy {
             conns: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
             sent_upstream: Arc::new(AtomicU64::new(0)),
+            forwarding: Arc::new(AtomicUsize::new(0)),
         };
         proxy.serve(listener);
         proxy
@@ -47,6 +51,19 @@ impl Proxy {
     /// Bytes clients have sent upstream so far.
     pub fn sent_upstream(&self) -> u64 {
         self.sent_upstream.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no client connection is open any more and everything clients sent has been
+    /// forwarded, so `sent_upstream` no longer grows from clients that are gone.
+    pub fn wait_until_clients_gone(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.forwarding.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy still forwards for a client after 60 s"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops listening and cuts every open connection.
@@ -83,12 +100,13 @@ impl Proxy {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (down, conns, stop, upstream, counter) = (
+        let (down, conns, stop, upstream, counter, forwarding) = (
             self.down.clone(),
             self.conns.clone(),
             self.stop.clone(),
             self.upstream,
             self.sent_upstream.clone(),
+            self.forwarding.clone(),
         );
         thread::spawn(move || {
             for client in listener.incoming() {
@@ -104,10 +122,11 @@ impl Proxy {
                     list.push(client.try_clone().expect("clone"));
                     list.push(server.try_clone().expect("clone"));
                 }
+                forwarding.fetch_add(1, Ordering::SeqCst);
                 pipe(
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
-                    Some(counter.clone()),
+                    Some((counter.clone(), forwarding.clone())),
                 );
                 pipe(server, client, None);
             }
@@ -115,8 +134,13 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` until either side closes, adding what it forwards to `counter`.
-fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Option<Arc<AtomicU64>>) {
+/// Copies `from` to `to` until either side closes, adding what it forwards to the byte counter and
+/// taking itself off the count of running copies when it ends.
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    counter: Option<(Arc<AtomicU64>, Arc<AtomicUsize>)>,
+) {
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -127,11 +151,14 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, counter: Option<Arc<AtomicU64>>)
             if io::Write::write_all(&mut to, &buf[..n]).is_err() {
                 break;
             }
-            if let Some(c) = &counter {
-                c.fetch_add(n as u64, Ordering::SeqCst);
+            if let Some((bytes, _)) = &counter {
+                bytes.fetch_add(n as u64, Ordering::SeqCst);
             }
         }
         let _ = to.shutdown(Shutdown::Write);
+        if let Some((_, running)) = &counter {
+            running.fetch_sub(1, Ordering::SeqCst);
+        }
     });
 }
 
