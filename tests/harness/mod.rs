@@ -53,7 +53,19 @@ pub fn periscope() -> Command {
         // Sidecars started in parallel must not fight over the default 127.0.0.1:9090; a test that
         // probes the endpoint passes its own --listen.
         .env("PERISCOPE_LISTEN", "127.0.0.1:0")
-        .env("PERISCOPE_LOG_LEVEL", "info");
+        .env("PERISCOPE_LOG_LEVEL", "info")
+        // Without keys in its environment, a cloud client asks the instance metadata service at a
+        // link-local address for credentials. Tests only ever contact 127.0.0.1: point every
+        // such endpoint at a closed local port, so a test that forgets its keys fails here.
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env(
+            "AZURE_MSI_ENDPOINT",
+            "http://127.0.0.1:1/metadata/identity/oauth2/token",
+        )
+        .env("GCE_METADATA_HOST", "127.0.0.1:1")
+        .env("GCE_METADATA_IP", "127.0.0.1:1");
     cmd
 }
 
