@@ -26,6 +26,21 @@ fn refuse(save: &str, reason: String) -> ArtifactsError {
     }
 }
 
+/// How many listed objects neither the manifest names nor the save itself owns. The manifest and
+/// the push's claim object belong to every save; anything else is worth a warning (a file added
+/// to the save by hand, say).
+fn unnamed(prefix: &Path, wanted: &[Wanted], listed: &[ObjectMeta]) -> usize {
+    let own = [
+        prefix.clone().join(super::manifest::MANIFEST_FILE),
+        prefix.clone().join(super::saves::CLAIM_FILE),
+    ];
+    let named: std::collections::HashSet<&Path> = wanted.iter().map(|w| &w.meta.location).collect();
+    listed
+        .iter()
+        .filter(|m| !named.contains(&m.location) && !own.contains(&m.location))
+        .count()
+}
+
 /// Matches the manifest of the save at `prefix` with the listed objects.
 pub fn plan(
     save: &str,
@@ -67,7 +82,7 @@ pub fn plan(
             meta: (*meta).clone(),
         });
     }
-    let extra = listed.len().saturating_sub(wanted.len() + 1);
+    let extra = unnamed(prefix, &wanted, listed);
     if extra > 0 {
         tracing::warn!(save, extra, "objects not in the manifest are not loaded");
     }
@@ -79,18 +94,34 @@ pub fn stage_path(stage: &FsPath, entry: &FileEntry) -> PathBuf {
     super::upload::local_path(stage, &entry.path)
 }
 
-/// Checks each fetched file's size and sha256 (blocking: run off the async threads). Files are
-/// hashed on one thread per core, each taking the next file, so a load of many files is not held
-/// to one core's hashing speed; the first mismatch found is reported.
-pub fn check(save: &str, stage: &FsPath, wanted: &[Wanted]) -> Result<(), ArtifactsError> {
+/// Checks each fetched file's size and sha256 (blocking: run off the async threads).
+/// `hashed[i]`, when given, is the digest of `wanted[i]` taken as it was downloaded (its size was
+/// checked then too); other files are read back and hashed on one thread per core, each taking the
+/// next file, so a load of many files is not held to one core's hashing speed. The first mismatch
+/// found is reported.
+pub fn check(
+    save: &str,
+    stage: &FsPath,
+    wanted: &[Wanted],
+    hashed: &[Option<[u8; 32]>],
+) -> Result<(), ArtifactsError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let to_read = (0..wanted.len())
+        .filter(|i| hashed.get(*i).copied().flatten().is_none())
+        .count();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(wanted.len().max(1));
-    let check_one = |w: &Wanted| -> Result<(), ArtifactsError> {
-        let path = stage_path(stage, &w.entry);
-        let (sha, stamp) = super::upload::hash_stable(&path, 1)?;
-        if stamp.size != w.entry.size || sha != w.entry.sha256 {
+        .min(to_read.max(1));
+    let check_one = |i: usize, w: &Wanted| -> Result<(), ArtifactsError> {
+        let (sha, size) = match hashed.get(i).copied().flatten() {
+            Some(digest) => (hex::encode(digest), w.meta.size),
+            None => {
+                let path = stage_path(stage, &w.entry);
+                let (sha, stamp) = super::upload::hash_stable(&path, 1)?;
+                (sha, stamp.size)
+            }
+        };
+        if size != w.entry.size || sha != w.entry.sha256 {
             return Err(refuse(
                 save,
                 format!(
@@ -107,7 +138,7 @@ pub fn check(save: &str, stage: &FsPath, wanted: &[Wanted]) -> Result<(), Artifa
             let Some(w) = wanted.get(i) else {
                 return Ok(());
             };
-            if let Err(e) = check_one(w) {
+            if let Err(e) = check_one(i, w) {
                 // Stop the other threads early: the load fails whatever they find.
                 next.store(wanted.len(), std::sync::atomic::Ordering::Relaxed);
                 return Err(e);
@@ -124,4 +155,44 @@ pub fn check(save: &str, stage: &FsPath, wanted: &[Wanted]) -> Result<(), Artifa
         }
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifacts::manifest::{FileEntry, Manifest};
+
+    fn meta(key: &str, size: u64) -> ObjectMeta {
+        ObjectMeta {
+            location: Path::from(key),
+            last_modified: chrono::DateTime::UNIX_EPOCH,
+            size,
+            e_tag: None,
+            version: None,
+        }
+    }
+
+    #[test]
+    fn the_manifest_and_the_claim_are_not_counted_as_unnamed_objects() {
+        let prefix = Path::from("jobs/e/w/artifacts/1");
+        let manifest = Manifest::new(
+            1,
+            vec![FileEntry {
+                path: "model/w.bin".into(),
+                size: 3,
+                sha256: "00".into(),
+            }],
+            vec![],
+        );
+        let mut listed = vec![
+            meta("jobs/e/w/artifacts/1/model/w.bin", 3),
+            meta("jobs/e/w/artifacts/1/manifest.json", 100),
+            meta("jobs/e/w/artifacts/1/.claim", 32),
+        ];
+        let wanted = plan("save", &prefix, &manifest, &listed).unwrap();
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(unnamed(&prefix, &wanted, &listed), 0);
+        listed.push(meta("jobs/e/w/artifacts/1/notes.txt", 5));
+        assert_eq!(unnamed(&prefix, &wanted, &listed), 1);
+    }
 }

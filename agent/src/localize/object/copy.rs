@@ -8,13 +8,17 @@
 //! request costs the server a lookup and some servers a pass over the whole object, and each part
 //! is written as it streams in, so a bigger part costs no memory. Parts of one object are fetched
 //! with `If-Match` on its ETag, so an object replaced mid-download fails instead of mixing two
-//! versions. This module writes only below the stage it is given.
+//! versions. When asked, an object fetched in one request is hashed (sha256) as it streams in, so
+//! a caller that checks digests (loading an artifacts save) need not read it back from disk; a
+//! split object cannot be hashed in order and is left to the caller. This module writes only below
+//! the stage it is given.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::ObjectError;
@@ -58,14 +62,23 @@ struct Job {
     range: Option<std::ops::Range<u64>>,
 }
 
-/// Downloads every file; returns the bytes written.
+/// What [`download_all`] wrote. Invariant: `sha256` has one entry per file, in the order given;
+/// an entry is `Some` only when hashing was asked for and the file came in one request.
+#[derive(Debug, Default)]
+pub struct Downloaded {
+    pub bytes: u64,
+    pub sha256: Vec<Option<[u8; 32]>>,
+}
+
+/// Downloads every file, hashing those fetched in one request when `hash` is set.
 pub async fn download_all(
     store: Arc<dyn ObjectStore>,
     service: Service,
     files: &[Download],
     concurrency: usize,
+    hash: bool,
     progress: &SourceProgress,
-) -> Result<u64, ObjectError> {
+) -> Result<Downloaded, ObjectError> {
     let mut jobs = Vec::new();
     for (index, d) in files.iter().enumerate() {
         let ranges = split(d.meta.size, concurrency);
@@ -80,11 +93,27 @@ pub async fn download_all(
         .map(|job| {
             let store = store.clone();
             let d = &files[job.file];
-            async move { run_job(store.as_ref(), service, d, job.range, progress).await }
+            let index = job.file;
+            async move {
+                let hasher = (hash && job.range.is_none()).then(Sha256::new);
+                let (n, digest) =
+                    run_job(store.as_ref(), service, d, job.range, hasher, progress).await?;
+                Ok::<_, ObjectError>((index, n, digest))
+            }
         })
         .buffer_unordered(concurrency.max(1));
+    let init = Downloaded {
+        bytes: 0,
+        sha256: vec![None; files.len()],
+    };
     results
-        .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+        .try_fold(init, |mut done, (index, n, digest)| async move {
+            done.bytes += n;
+            if let Some(d) = digest {
+                done.sha256[index] = Some(d);
+            }
+            Ok(done)
+        })
         .await
 }
 
@@ -93,8 +122,9 @@ async fn run_job(
     service: Service,
     d: &Download,
     range: Option<std::ops::Range<u64>>,
+    mut hasher: Option<Sha256>,
     progress: &SourceProgress,
-) -> Result<u64, ObjectError> {
+) -> Result<(u64, Option<[u8; 32]>), ObjectError> {
     let key = d.meta.location.to_string();
     let request_error = |e: &object_store::Error| StorageError::request(service, key.clone(), e);
     let mut options = GetOptions::default();
@@ -125,6 +155,9 @@ async fn run_job(
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| request_error(&e))?;
         file.write_all(&chunk).await.map_err(write_error(&d.path))?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
         written += chunk.len() as u64;
         progress.advance(chunk.len() as u64);
     }
@@ -138,7 +171,7 @@ async fn run_job(
             got: written,
         });
     }
-    Ok(written)
+    Ok((written, hasher.map(|h| h.finalize().into())))
 }
 
 /// Maps an IO error on a stage file.

@@ -190,13 +190,15 @@ impl Located {
         &self,
         files: &[copy::Download],
         ctx: &FetchContext,
+        hash: bool,
         progress: &SourceProgress,
-    ) -> Result<u64, ObjectError> {
+    ) -> Result<copy::Downloaded, ObjectError> {
         copy::download_all(
             self.store.clone(),
             self.service,
             files,
             ctx.concurrency,
+            hash,
             progress,
         )
         .await
@@ -294,7 +296,7 @@ async fn fetch_prefix(
         })
         .collect();
     tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
-    let bytes = at.download(&downloads, ctx, progress).await?;
+    let bytes = at.download(&downloads, ctx, false, progress).await?.bytes;
     Ok(Fetched {
         revision: Revision {
             kind: RevisionKind::Etags,
@@ -356,9 +358,10 @@ async fn fetch_save(
         }
     }
     tracing::info!(source = %at.shown, save = manifest.save, files = wanted.len(), "copying an artifacts save");
-    let bytes = at.download(&downloads, ctx, progress).await?;
+    let done = at.download(&downloads, ctx, true, progress).await?;
     let (save, dir) = (at.shown.clone(), stage.to_path_buf());
-    tokio::task::spawn_blocking(move || artifacts::verify::check(&save, &dir, &wanted))
+    let (bytes, hashed) = (done.bytes, done.sha256);
+    tokio::task::spawn_blocking(move || artifacts::verify::check(&save, &dir, &wanted, &hashed))
         .await
         .map_err(|e| artifacts::ArtifactsError::Task(e.to_string()))??;
     Ok(Fetched {
@@ -388,12 +391,22 @@ async fn fetch_single(
     let path = stage.join(&name);
     progress.set_total(meta.size);
     let download = copy::Download { meta, path };
-    let bytes = at
-        .download(std::slice::from_ref(&download), ctx, progress)
+    let done = at
+        .download(
+            std::slice::from_ref(&download),
+            ctx,
+            opts.sha256.is_some(),
+            progress,
+        )
         .await?;
+    let bytes = done.bytes;
     let revision = match opts.sha256 {
         Some(expected) => {
-            let actual = sha256_file(&download.path)?;
+            // Hashed as it streamed in, unless it came in ranges.
+            let actual = match done.sha256.first().copied().flatten() {
+                Some(digest) => digest,
+                None => sha256_file(&download.path)?,
+            };
             if actual != expected {
                 return Err(SourceError::Checksum {
                     expected: hex::encode(expected),
