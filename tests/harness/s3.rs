@@ -44,11 +44,13 @@ impl S3Server {
             );
             wait_for_port(port, "moto_server", Duration::from_secs(60));
             std::thread::sleep(Duration::from_millis(200));
-            if process.is_running()
-                && request(port, "GET", "/", &[], b"")
-                    .body
-                    .contains("ListAllMyBucketsResult")
-            {
+            // The listener seen may have been another server's that closed since: a refused
+            // probe means "try another port", not a failed test.
+            let answers = || {
+                std::panic::catch_unwind(|| request(port, "GET", "/", &[], b""))
+                    .is_ok_and(|r| r.body.contains("ListAllMyBucketsResult"))
+            };
+            if process.is_running() && answers() {
                 return S3Server {
                     _process: process,
                     port,
