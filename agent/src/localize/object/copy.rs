@@ -64,7 +64,7 @@ struct Job {
 
 /// What [`download_all`] wrote. Invariant: `sha256` has one entry per file, in the order given;
 /// an entry is `Some` only when hashing was asked for and the file came in one request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Downloaded {
     pub bytes: u64,
     pub sha256: Vec<Option<[u8; 32]>>,
