@@ -250,6 +250,29 @@ fn s3_wrong_credentials_exit_4_and_right_ones_work() {
     env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
     env.push(("AWS_ACCESS_KEY_ID", key_id));
     let dest = tempfile::tempdir().unwrap();
+
+    // No keys at all: the client asks the instance metadata service (a closed local port here,
+    // off any cloud), and the user is told that no credentials were found.
+    let mut none = periscope();
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ] {
+        none.env_remove(k);
+    }
+    none.args(["localize", "--retries", "1", "--dest"])
+        .arg(dest.path())
+        .args(["--source", "s3://private-code/job/"]);
+    for (k, v) in env.iter().filter(|(k, _)| *k != "AWS_ACCESS_KEY_ID") {
+        none.env(k, v);
+    }
+    run(&mut none)
+        .expect_code(4)
+        .expect_output("no AWS credentials were found: set AWS_ACCESS_KEY_ID");
+    assert!(!dest.path().join("job").exists());
+
     let mut wrong = env.clone();
     wrong.push(("AWS_SECRET_ACCESS_KEY", "not-the-secret-at-all".into()));
     localize(

@@ -109,6 +109,23 @@ impl Service {
         }
     }
 
+    /// What to do when no credentials were configured and the cloud's metadata service, asked
+    /// instead, did not give any.
+    fn no_credentials_hint(self) -> &'static str {
+        match self {
+            Service::S3 => {
+                "no AWS credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN), or run where an instance role is served"
+            }
+            Service::Gcs => {
+                "no Google credentials were found: set GOOGLE_APPLICATION_CREDENTIALS, or run where a service account is served"
+            }
+            Service::Azure => {
+                "no Azure credentials were found: set AZURE_STORAGE_ACCOUNT_KEY (or a SAS token), or run where a managed identity is served"
+            }
+            Service::Local => "check the file permissions",
+        }
+    }
+
     fn endpoint_hint(self) -> &'static str {
         match self {
             Service::S3 => "check AWS_ENDPOINT_URL, AWS_REGION and the network path to the endpoint",
@@ -175,9 +192,17 @@ impl Classify for StorageError {
             StorageError::Config { service, .. } => {
                 format!("set the standard environment: {}", service.credential_hint())
             }
-            StorageError::Request { service, class, .. } => match class {
+            StorageError::Request {
+                service,
+                class,
+                message,
+                ..
+            } => match class {
                 ErrorClass::NotFound => {
                     "check the bucket and key; a prefix must end with `/`".to_string()
+                }
+                ErrorClass::Auth if asked_metadata_service(message) => {
+                    service.no_credentials_hint().to_string()
                 }
                 ErrorClass::Auth => service.credential_hint().to_string(),
                 ErrorClass::Network => service.endpoint_hint().to_string(),
@@ -400,6 +425,11 @@ fn client_options(opts: &StoreOptions, allow_http: bool) -> object_store::Result
 /// type, visible only in its message; the message is the only stable place left to read them from.
 pub fn classify(error: &object_store::Error) -> ErrorClass {
     use object_store::Error as E;
+    // Only a client without configured credentials asks the metadata service; that it failed
+    // (unreachable off the cloud, most often) means the user gave no usable credentials.
+    if asked_metadata_service(&error_chain(error)) {
+        return ErrorClass::Auth;
+    }
     match error {
         E::NotFound { .. } => return ErrorClass::NotFound,
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => return ErrorClass::Auth,
@@ -437,6 +467,18 @@ pub fn classify(error: &object_store::Error) -> ErrorClass {
     }
     // The server answered something we could not use (an unexpected body, a redirect loop).
     ErrorClass::Network
+}
+
+/// Whether an error came from a request to a cloud metadata service for credentials: AWS
+/// instance metadata (IMDSv2 token or role credentials), Azure managed identity, GCE metadata.
+fn asked_metadata_service(message: &str) -> bool {
+    const PATHS: [&str; 4] = [
+        "/latest/api/token",
+        "/latest/meta-data/iam/security-credentials",
+        "/metadata/identity/oauth2/token",
+        "/computeMetadata/v1/",
+    ];
+    PATHS.iter().any(|p| message.contains(p))
 }
 
 fn status_in(message: &str) -> Option<u16> {
@@ -608,6 +650,28 @@ mod tests {
         for (msg, class) in cases {
             assert_eq!(classify(&generic(msg)), class, "{msg}");
         }
+    }
+
+    #[test]
+    fn a_failed_metadata_credential_request_means_no_credentials() {
+        let imds = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://169.254.169.254/latest/api/token in 2s, after 7 retries: HTTP error: error sending request".into(),
+        };
+        assert_eq!(classify(&imds), ErrorClass::Auth);
+        let e = StorageError::request(Service::S3, "s3://b/k", &imds);
+        let hint = e.hint().unwrap_or_default();
+        assert!(hint.starts_with("no AWS credentials were found"), "{hint}");
+        // A refused request to the bucket itself keeps the ordinary credentials hint.
+        let denied = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 403 Forbidden: ".into(),
+        };
+        let e = StorageError::request(Service::S3, "s3://b/k", &denied);
+        assert!(e
+            .hint()
+            .unwrap_or_default()
+            .starts_with("check AWS_ACCESS_KEY_ID"));
     }
 
     #[test]
