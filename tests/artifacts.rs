@@ -334,6 +334,85 @@ fn s3_parts_carry_their_sha256_for_the_server_to_check_unless_turned_off() {
 }
 
 #[test]
+fn a_file_pushed_in_parts_is_checked_part_by_part_on_load_and_a_changed_part_is_named() {
+    use sha2::Digest;
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let len = (20u64 << 20) + 3;
+    write_big(&dir.join("weights.bin"), len);
+    std::fs::write(dir.join("config.json"), b"{\"lr\":0.1}").unwrap();
+    let bytes = std::fs::read(dir.join("weights.bin")).unwrap();
+    let part_digests: Vec<String> = bytes
+        .chunks(8 << 20)
+        .map(|p| hex::encode(sha2::Sha256::digest(p)))
+        .collect();
+    let state = work.path().join("state");
+    let env = s3.env();
+    push(&env, &dir, "s3://models/jobs", &state, &[]).expect_code(0);
+    let save = |n: u32| format!("jobs/exp-1/worker-0/artifacts/{n}");
+    let parts_in = |n: u32| {
+        let manifest: serde_json::Value =
+            serde_json::from_str(&s3.get_text("models", &format!("{}/manifest.json", save(n))))
+                .unwrap();
+        let files = manifest["files"].as_array().unwrap().clone();
+        let entry = |path: &str| files.iter().find(|f| f["path"] == path).unwrap().clone();
+        assert_eq!(entry("config.json").get("parts"), None, "one PUT, no parts");
+        entry("weights.bin")["parts"].clone()
+    };
+    let listed = parts_in(1);
+    assert_eq!(listed["size"], 8 << 20);
+    assert_eq!(listed["sha256"], serde_json::json!(part_digests));
+
+    // Save 2 copies weights.bin server-side: its parts come from save 1's manifest.
+    std::fs::write(dir.join("config.json"), b"{\"lr\":0.2}").unwrap();
+    push(&env, &dir, "s3://models/jobs", &state, &[])
+        .expect_code(0)
+        .expect_output("1 sent, 1 copied from the previous save");
+    assert_eq!(parts_in(2), listed);
+
+    let load = |name: &str| {
+        let dest = work.path().join(name);
+        let ran = localize(&env, &dest, &format!("s3://models/{}/", save(1)));
+        (ran, dest)
+    };
+    let (ran, dest) = load("good");
+    ran.expect_code(0);
+    assert_eq!(std::fs::read(dest.join("1/weights.bin")).unwrap(), bytes);
+
+    // One byte of the second part changed, same size: the load names the part's bytes.
+    let mut tampered = bytes.clone();
+    tampered[(9 << 20) + 5] ^= 0x01;
+    s3.put("models", &format!("{}/weights.bin", save(1)), &tampered);
+    let (ran, dest) = load("tampered");
+    ran.expect_code(5)
+        .expect_output("`weights.bin` bytes 8388608..16777216 (part 2) have sha256");
+    assert!(!dest.join("1").exists(), "nothing published");
+
+    // A manifest from before part digests were listed: the whole file is read back and checked.
+    let key = format!("{}/manifest.json", save(1));
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&s3.get_text("models", &key)).unwrap();
+    for f in manifest["files"].as_array_mut().unwrap() {
+        f.as_object_mut().unwrap().remove("parts");
+    }
+    s3.put(
+        "models",
+        &key,
+        &serde_json::to_vec_pretty(&manifest).unwrap(),
+    );
+    let (ran, dest) = load("old-manifest");
+    ran.expect_code(5).expect_output("`weights.bin` has sha256");
+    assert!(!dest.join("1").exists(), "nothing published");
+    s3.put("models", &format!("{}/weights.bin", save(1)), &bytes);
+    let (ran, dest) = load("old-manifest-good");
+    ran.expect_code(0);
+    assert_eq!(std::fs::read(dest.join("1/weights.bin")).unwrap(), bytes);
+}
+
+#[test]
 fn s3_push_of_many_small_files_and_one_over_1_gib_loads_back_identical() {
     let s3 = S3Server::start();
     s3.create_bucket("models");

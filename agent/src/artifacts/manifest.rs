@@ -1,9 +1,12 @@
 //! `manifest.json`: what one save holds, written last so that its presence means "complete".
 //!
 //! The manifest lists every stored file (relative path, size, sha256) and every entry of the
-//! folder that was deliberately not stored, with the reason. Its [`Manifest::content_digest`]
-//! covers only the content (files and skips, in path order), not the save number or time, so two
-//! pushes of the same folder compare equal. This module does no I/O.
+//! folder that was deliberately not stored, with the reason. A file pushed in parts also lists
+//! the sha256 of each part ([`Parts`]), so a load that fetches it in parallel ranges can check
+//! every range as it streams in rather than read the whole file back afterwards. Its
+//! [`Manifest::content_digest`] covers only the content (files and skips, in path order), not the
+//! save number, time or part digests, so two pushes of the same folder compare equal. This module
+//! does no I/O.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -14,6 +17,12 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// The value of [`Manifest::format`]; a reader refuses anything else.
 pub const FORMAT: &str = "periscope-artifacts/1";
 
+/// The smallest part a reader trusts for checking a file piece by piece; a manifest naming
+/// smaller parts (none that Periscope writes: multipart parts are at least 5 MiB) is checked
+/// through the whole file's sha256 instead, so a hostile manifest cannot make a load keep
+/// millions of digests.
+pub const MIN_CHECKED_PART: u64 = 1 << 20;
+
 /// One stored file. Invariant: `path` is relative, `/`-separated, made of normal components only,
 /// and `sha256` is 64 lowercase hex digits of exactly `size` bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +30,38 @@ pub struct FileEntry {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// Digests of the file's parts, for files pushed in parts (absent in saves from before they
+    /// were recorded, and for files stored in one request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Parts>,
+}
+
+/// The sha256 of each consecutive `size`-byte piece of a file, the last one shorter when the file
+/// is not a multiple of `size`. Invariant (as a push writes it): `sha256` has
+/// `ceil(file size / size)` entries of 64 lowercase hex digits, and they are digests of the same
+/// bytes as the entry's whole-file sha256. A reader checks the shape with [`FileEntry::parts`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parts {
+    pub size: u64,
+    pub sha256: Vec<String>,
+}
+
+impl FileEntry {
+    /// The part digests, when they have the shape a push writes: a part size of at least
+    /// [`MIN_CHECKED_PART`], one well-formed digest per part. `None` means "check the whole
+    /// file's sha256".
+    pub fn parts(&self) -> Option<&Parts> {
+        let parts = self.parts.as_ref()?;
+        let well_formed = |d: &String| {
+            d.len() == 64
+                && d.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        (parts.size >= MIN_CHECKED_PART
+            && parts.sha256.len() as u64 == self.size.div_ceil(parts.size).max(1)
+            && parts.sha256.iter().all(well_formed))
+        .then_some(parts)
+    }
 }
 
 /// An entry of the folder that was not stored. Invariant: `path` is relative like a file's.
@@ -109,7 +150,56 @@ mod tests {
             path: path.into(),
             size,
             sha256: "0".repeat(64),
+            parts: None,
         }
+    }
+
+    #[test]
+    fn part_digests_are_used_only_when_they_cover_the_file() {
+        let digest = "ab".repeat(32);
+        let with = |size: u64, part: u64, n: usize| FileEntry {
+            parts: Some(Parts {
+                size: part,
+                sha256: vec![digest.clone(); n],
+            }),
+            ..entry("big", size)
+        };
+        let mib = 1u64 << 20;
+        assert!(with(20 * mib + 1, 5 * mib, 5).parts().is_some());
+        assert!(with(20 * mib, 5 * mib, 4).parts().is_some());
+        assert!(
+            with(0, 5 * mib, 1).parts().is_some(),
+            "an empty file is one empty part"
+        );
+        assert!(
+            with(20 * mib + 1, 5 * mib, 4).parts().is_none(),
+            "one part short"
+        );
+        assert!(
+            with(20 * mib, 5 * mib, 5).parts().is_none(),
+            "one part too many"
+        );
+        assert!(
+            with(4096, 1024, 4).parts().is_none(),
+            "parts below the minimum"
+        );
+        let mut upper = with(20 * mib, 5 * mib, 4);
+        upper.parts.as_mut().unwrap().sha256[2] = "AB".repeat(32);
+        assert!(
+            upper.parts().is_none(),
+            "a digest that is not lowercase hex"
+        );
+        assert!(entry("small", 10).parts().is_none());
+        // Old manifests have no `parts`, and a manifest without any writes none.
+        let old = br#"{"format":"periscope-artifacts/1","save":1,"created_at":"",
+            "files":[{"path":"a","size":1,"sha256":"00"}]}"#;
+        assert_eq!(Manifest::parse(old).unwrap().files[0].parts, None);
+        let bytes = Manifest::new(1, vec![entry("a", 1)], vec![]).to_bytes();
+        assert!(!String::from_utf8(bytes).unwrap().contains("parts"));
+        // Part digests do not change what the save holds.
+        let a = Manifest::new(1, vec![with(20 * mib, 5 * mib, 4)], vec![]);
+        let b = Manifest::new(1, vec![entry("big", 20 * mib)], vec![]);
+        assert_eq!(a.content_digest(), b.content_digest());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::manifest::{sha256_hex, FileEntry, Manifest, Skipped, MANIFEST_FILE};
+use super::manifest::{sha256_hex, FileEntry, Manifest, Parts, Skipped, MANIFEST_FILE};
 use super::state::{Known, PushState, Unfinished};
 use super::upload::{self, Resumable, UploadOptions};
 use super::walk::{self, LocalFile};
@@ -185,6 +185,7 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
                 path: f.rel.clone(),
                 size: f.stamp.size,
                 sha256: sha.clone(),
+                parts: None,
             })
         })
         .collect::<Option<Vec<_>>>()
@@ -258,15 +259,10 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
     );
 
     // Files the previous complete save holds, by digest: copied server-side instead of sent.
-    let previous: HashMap<&str, &str> = stored
+    let previous: HashMap<&str, &FileEntry> = stored
         .latest
         .as_ref()
-        .map(|(_, m, _)| {
-            m.files
-                .iter()
-                .map(|f| (f.sha256.as_str(), f.path.as_str()))
-                .collect()
-        })
+        .map(|(_, m, _)| m.files.iter().map(|f| (f.sha256.as_str(), f)).collect())
         .unwrap_or_default();
     let previous_n = stored.latest.as_ref().map(|(p, _, _)| *p);
 
@@ -404,11 +400,13 @@ struct Job<'a> {
 }
 
 /// What is known of a file hashed before the uploads. Invariant: `done_before` and `copy_from`
-/// were decided from the state and the previous save before any upload of this push started.
+/// were decided from the state and the previous save before any upload of this push started;
+/// `copy_parts` are the part digests the previous save lists for the object at `copy_from`.
 struct Hashed<'a> {
     sha: &'a str,
     done_before: bool,
     copy_from: Option<Path>,
+    copy_parts: Option<&'a Parts>,
 }
 
 /// The job for one file of save `n`; `previous` is the latest complete save's number and its
@@ -418,13 +416,17 @@ fn make_job<'a>(
     (file, sha): &'a (LocalFile, Option<String>),
     base: &Path,
     n: u64,
-    previous: Option<(u64, &HashMap<&str, &str>)>,
+    previous: Option<(u64, &HashMap<&str, &'a FileEntry>)>,
 ) -> Job<'a> {
     Job {
-        hashed: sha.as_deref().map(|sha| Hashed {
-            sha,
-            done_before: state.is_stored(&file.rel, &file.stamp, sha),
-            copy_from: previous.and_then(|(p, files)| files.get(sha).map(|rel| key(base, p, rel))),
+        hashed: sha.as_deref().map(|sha| {
+            let from = previous.and_then(|(p, files)| files.get(sha).map(|e| (p, *e)));
+            Hashed {
+                sha,
+                done_before: state.is_stored(&file.rel, &file.stamp, sha),
+                copy_from: from.map(|(p, e)| key(base, p, &e.path)),
+                copy_parts: from.and_then(|(_, e)| e.parts()),
+            }
         }),
         target: key(base, n, &file.rel),
         file,
@@ -492,6 +494,7 @@ fn record_stored(
         path: rel.clone(),
         size: stored.size,
         sha256: stored.sha256.clone(),
+        parts: stored.parts,
     });
     state.files.insert(
         rel,
@@ -550,7 +553,9 @@ enum How {
 
 /// Stores one file: skipped if an earlier push stored it whole (and the object has its size),
 /// copied from the previous save if that holds the same digest (and the file did not change since
-/// it was hashed), else uploaded.
+/// it was hashed), else uploaded. A large file that is not uploaded gets its part digests from
+/// the previous save's manifest, or else from reading the local file, whose stamp says it holds
+/// the stored bytes.
 async fn store_one(
     cfg: &PushConfig,
     job: &Job<'_>,
@@ -559,18 +564,33 @@ async fn store_one(
 ) -> Result<(How, upload::Stored), ArtifactsError> {
     let (f, target) = (job.file, &job.target);
     if let Some(hashed) = &job.hashed {
-        let as_hashed = || upload::Stored {
-            sha256: hashed.sha.to_string(),
-            size: f.stamp.size,
-            stamp: f.stamp,
-            reused_parts: 0,
-            reused_bytes: 0,
+        let as_hashed = |parts: Option<Parts>| async move {
+            let parts = match parts {
+                Some(p) => Some(p),
+                None if f.stamp.size > opts.multipart_above => {
+                    let (path, part_size, stamp) = (f.path.clone(), opts.part_size, f.stamp);
+                    tokio::task::spawn_blocking(move || {
+                        upload::part_digests(&path, part_size, &stamp)
+                    })
+                    .await
+                    .map_err(|e| ArtifactsError::Task(e.to_string()))??
+                }
+                None => None,
+            };
+            Ok::<_, ArtifactsError>(upload::Stored {
+                sha256: hashed.sha.to_string(),
+                size: f.stamp.size,
+                parts,
+                stamp: f.stamp,
+                reused_parts: 0,
+                reused_bytes: 0,
+            })
         };
         let unchanged = || walk::Stamp::of(&f.path).is_ok_and(|s| s == f.stamp);
         if hashed.done_before {
             match cfg.store.head(target).await {
                 Ok(meta) if meta.size == f.stamp.size && unchanged() => {
-                    return Ok((How::AlreadyStored, as_hashed()))
+                    return Ok((How::AlreadyStored, as_hashed(None).await?))
                 }
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
@@ -580,7 +600,9 @@ async fn store_one(
         }
         if let Some(from) = &hashed.copy_from {
             match cfg.store.copy(from, target).await {
-                Ok(()) if unchanged() => return Ok((How::Copied, as_hashed())),
+                Ok(()) if unchanged() => {
+                    return Ok((How::Copied, as_hashed(hashed.copy_parts.cloned()).await?))
+                }
                 Ok(()) => {}
                 Err(e) => {
                     tracing::debug!(from = %from, error = %e, "server-side copy failed; uploading instead")

@@ -6,6 +6,8 @@
 //! most `attempts` times, then the push fails naming it. Files above `multipart_above` go up as
 //! a multipart upload in `part_size` parts, at most `concurrency` parts in flight, so memory stays
 //! bounded by `part_size × (concurrency + 1)` whatever the file's size; smaller files are one PUT.
+//! Each part's own sha256 is taken beside the whole file's (on another thread, so the send rate
+//! does not change) and goes into the manifest, so a load can check the file range by range.
 //!
 //! Where the store has a multipart interface whose ids outlive the process (S3, GCS, Azure), a
 //! multipart upload is [`Resumable`]: its id and each stored part's id are journaled (through the
@@ -28,6 +30,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use super::manifest::Parts;
 use super::state::Unfinished;
 use super::walk::Stamp;
 use super::ArtifactsError;
@@ -51,6 +54,8 @@ pub struct UploadOptions {
 pub struct Stored {
     pub sha256: String,
     pub size: u64,
+    /// The parts' digests, for a file stored in parts.
+    pub parts: Option<Parts>,
     pub stamp: Stamp,
     /// Parts (and their bytes) that an earlier, killed push had already stored and that were not
     /// sent again.
@@ -103,6 +108,40 @@ pub fn hash_stable(path: &FsPath, attempts: u32) -> Result<(String, Stamp), Arti
         path: path.to_path_buf(),
         attempts: attempts.max(1),
     })
+}
+
+/// The digests of `path` cut into `part_size`-byte parts, as a multipart upload of it lists them;
+/// `None` when the file no longer has `stamp` (it changed since it was stored, so its parts are
+/// not the stored object's) (blocking; run off the async threads).
+pub fn part_digests(
+    path: &FsPath,
+    part_size: usize,
+    stamp: &Stamp,
+) -> Result<Option<Parts>, ArtifactsError> {
+    let mut file = std::fs::File::open(path).map_err(read_error(path))?;
+    let mut digests = Vec::new();
+    let mut buf = vec![0u8; part_size.max(1)];
+    let mut read = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).map_err(read_error(path))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        digests.push(hex::encode(Sha256::digest(&buf[..filled])));
+        read += filled as u64;
+    }
+    let after = Stamp::of(path).map_err(read_error(path))?;
+    Ok((&after == stamp && read == stamp.size).then(|| Parts {
+        size: part_size.max(1) as u64,
+        sha256: digests,
+    }))
 }
 
 /// Uploads `path` to `key`, reading it again while it changes; a large file's multipart upload is
@@ -163,6 +202,7 @@ async fn upload_whole(
     Ok(Some(Stored {
         sha256,
         size,
+        parts: None,
         stamp: Stamp::of(path).map_err(read_error(path))?,
         reused_parts: 0,
         reused_bytes: 0,
@@ -187,6 +227,7 @@ async fn upload_parts(
     let upload = store.put_multipart(key).await.map_err(request_error)?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, opts.part_size);
     let mut hasher = Sha256::new();
+    let mut digests = Vec::new();
     let mut size = 0u64;
     let mut changed = false;
     loop {
@@ -199,13 +240,14 @@ async fn upload_parts(
             changed = true;
             break;
         }
-        let (h, buf) = hash_part(hasher, buf).await?;
+        let (h, digest, buf) = hash_part(hasher, buf).await?;
         hasher = h;
+        digests.push(digest);
         writer
             .wait_for_capacity(opts.concurrency)
             .await
             .map_err(request_error)?;
-        writer.put(bytes::Bytes::from(buf));
+        writer.put(buf);
     }
     let after = Stamp::of(path).map_err(read_error(path))?;
     if changed || before != after || size != after.size {
@@ -218,20 +260,33 @@ async fn upload_parts(
     Ok(Some(Stored {
         sha256: hex::encode(hasher.finalize()),
         size,
+        parts: Some(Parts {
+            size: opts.part_size as u64,
+            sha256: digests,
+        }),
         stamp: after,
         reused_parts: 0,
         reused_bytes: 0,
     }))
 }
 
-/// Adds a part to the digest off the async threads (hashing 8 MiB takes tens of milliseconds).
-async fn hash_part(mut hasher: Sha256, buf: Vec<u8>) -> Result<(Sha256, Vec<u8>), ArtifactsError> {
-    tokio::task::spawn_blocking(move || {
-        hasher.update(&buf);
-        (hasher, buf)
-    })
-    .await
-    .map_err(|e| ArtifactsError::Task(e.to_string()))
+/// Adds a part to the file's digest and takes the part's own hex digest, off the async threads
+/// and on two threads at once (hashing 8 MiB takes tens of milliseconds, and the file's digest
+/// must go part after part while the parts' digests need not).
+async fn hash_part(
+    mut hasher: Sha256,
+    buf: Vec<u8>,
+) -> Result<(Sha256, String, bytes::Bytes), ArtifactsError> {
+    let buf = bytes::Bytes::from(buf);
+    let (for_file, for_part) = (buf.clone(), buf.clone());
+    let file = tokio::task::spawn_blocking(move || {
+        hasher.update(&for_file);
+        hasher
+    });
+    let part = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&for_part)));
+    let (hasher, digest) =
+        tokio::try_join!(file, part).map_err(|e| ArtifactsError::Task(e.to_string()))?;
+    Ok((hasher, digest, buf))
 }
 
 /// Reads up to `want` bytes (fewer only at the end of the file).
@@ -328,16 +383,16 @@ async fn upload_resumable_once(
         .await
         .map_err(read_error(path))?;
     let mut hasher = Sha256::new();
+    let mut digests = Vec::with_capacity(count);
     let (mut reused_parts, mut reused_bytes) = (0u64, 0u64);
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut changed = false;
     let upload_id = record.upload_id.clone();
-    let put = |idx: usize, data: Vec<u8>| {
+    let put = |idx: usize, data: bytes::Bytes| {
         let (parts, id) = (r.parts.clone(), upload_id.clone());
         async move {
-            let result: object_store::Result<PartId> = parts
-                .put_part(key, &id, idx, PutPayload::from(bytes::Bytes::from(data)))
-                .await;
+            let result: object_store::Result<PartId> =
+                parts.put_part(key, &id, idx, PutPayload::from(data)).await;
             (idx, result)
         }
     };
@@ -348,8 +403,9 @@ async fn upload_resumable_once(
             changed = true; // shrank under the read
             break;
         }
-        let (h, buf) = hash_part(hasher, buf).await?;
+        let (h, digest, buf) = hash_part(hasher, buf).await?;
         hasher = h;
+        digests.push(digest);
         if record.parts.contains_key(&idx) {
             reused_parts += 1;
             reused_bytes += buf.len() as u64;
@@ -398,6 +454,10 @@ async fn upload_resumable_once(
     Ok(Some(Stored {
         sha256: hex::encode(hasher.finalize()),
         size: before.size,
+        parts: Some(Parts {
+            size: part_size as u64,
+            sha256: digests,
+        }),
         stamp: after,
         reused_parts,
         reused_bytes,
@@ -438,8 +498,21 @@ mod tests {
                 .unwrap();
             assert_eq!(stored.size, len as u64);
             assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
+            let expected_parts = (len > 5 << 20).then(|| part_digests(&body, 5 << 20));
+            assert_eq!(stored.parts, expected_parts, "{name}");
             let got = store.get(&key).await.unwrap().bytes().await.unwrap();
             assert_eq!(got.as_ref(), body.as_slice(), "{name}");
+        }
+    }
+
+    /// The digests a manifest should list for `body` cut into `size`-byte parts.
+    fn part_digests(body: &[u8], size: usize) -> Parts {
+        Parts {
+            size: size as u64,
+            sha256: body
+                .chunks(size)
+                .map(|c| hex::encode(Sha256::digest(c)))
+                .collect(),
         }
     }
 
@@ -527,6 +600,8 @@ mod tests {
             .unwrap();
         assert_eq!((stored.reused_parts, stored.reused_bytes), (2, 10 << 20));
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
+        // Reused parts are read again, so their digests are listed like those of sent parts.
+        assert_eq!(stored.parts, Some(part_digests(&body, 5 << 20)));
         assert!(r.left().is_none(), "a completed upload is forgotten");
         let got = r.store.get(&key).await.unwrap().bytes().await.unwrap();
         assert_eq!(got.as_ref(), body.as_slice());

@@ -11,6 +11,7 @@ use object_store::ObjectMeta;
 
 use super::manifest::{FileEntry, Manifest};
 use super::ArtifactsError;
+use crate::localize::object::copy::Digests;
 
 /// One object to fetch and where it lands. Invariant: `rel` is a safe relative path.
 #[derive(Debug, Clone)]
@@ -89,58 +90,99 @@ pub fn plan(
     Ok(wanted)
 }
 
+fn mismatch(save: &str, w: &Wanted, sha: &str) -> ArtifactsError {
+    refuse(
+        save,
+        format!(
+            "`{}` has sha256 {sha}, the manifest says {}",
+            w.entry.path, w.entry.sha256
+        ),
+    )
+}
+
 /// Where a manifest entry lands below `stage`.
 pub fn stage_path(stage: &FsPath, entry: &FileEntry) -> PathBuf {
     super::upload::local_path(stage, &entry.path)
 }
 
+/// Checks a file against the digests taken as it downloaded: `Ok(true)` when they settle it,
+/// `Ok(false)` when they do not (none were taken, or not of every part the manifest lists), and
+/// the file must be read back.
+fn settled_by_stream(save: &str, w: &Wanted, taken: &Digests) -> Result<bool, ArtifactsError> {
+    match taken {
+        Digests::Whole(digest) => {
+            let sha = hex::encode(digest);
+            if sha != w.entry.sha256 {
+                return Err(mismatch(save, w, &sha));
+            }
+            Ok(true)
+        }
+        Digests::Parts(taken) => {
+            let Some(parts) = w.entry.parts() else {
+                return Ok(false);
+            };
+            if taken.len() != parts.sha256.len() || taken.iter().any(Option::is_none) {
+                return Ok(false);
+            }
+            for (i, (got, want)) in taken.iter().flatten().zip(&parts.sha256).enumerate() {
+                let got = hex::encode(got);
+                if &got != want {
+                    let start = i as u64 * parts.size;
+                    let end = (start + parts.size).min(w.entry.size);
+                    return Err(refuse(
+                        save,
+                        format!(
+                            "`{}` bytes {start}..{end} (part {}) have sha256 {got}, the manifest says {want}",
+                            w.entry.path,
+                            i + 1
+                        ),
+                    ));
+                }
+            }
+            Ok(true)
+        }
+        Digests::None => Ok(false),
+    }
+}
+
 /// Checks each fetched file's size and sha256 (blocking: run off the async threads).
-/// `hashed[i]`, when given, is the digest of `wanted[i]` taken as it was downloaded (its size was
-/// checked then too); other files are read back and hashed on one thread per core, each taking the
-/// next file, so a load of many files is not held to one core's hashing speed. The first mismatch
-/// found is reported.
+/// `taken[i]` holds the digests of `wanted[i]` taken as it was downloaded (its size was checked
+/// then too): the whole file's, or every part's that the manifest lists. Other files are read
+/// back and hashed on one thread per core, each taking the next file, so a load of many files is
+/// not held to one core's hashing speed. The first mismatch found is reported.
 pub fn check(
     save: &str,
     stage: &FsPath,
     wanted: &[Wanted],
-    hashed: &[Option<[u8; 32]>],
+    taken: &[Digests],
 ) -> Result<(), ArtifactsError> {
+    let mut to_read = Vec::new();
+    for (i, w) in wanted.iter().enumerate() {
+        if !settled_by_stream(save, w, taken.get(i).unwrap_or(&Digests::None))? {
+            to_read.push(w);
+        }
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let to_read = (0..wanted.len())
-        .filter(|i| hashed.get(*i).copied().flatten().is_none())
-        .count();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(to_read.max(1));
-    let check_one = |i: usize, w: &Wanted| -> Result<(), ArtifactsError> {
-        let (sha, size) = match hashed.get(i).copied().flatten() {
-            Some(digest) => (hex::encode(digest), w.meta.size),
-            None => {
-                let path = stage_path(stage, &w.entry);
-                let (sha, stamp) = super::upload::hash_stable(&path, 1)?;
-                (sha, stamp.size)
-            }
-        };
-        if size != w.entry.size || sha != w.entry.sha256 {
-            return Err(refuse(
-                save,
-                format!(
-                    "`{}` has sha256 {sha}, the manifest says {}",
-                    w.entry.path, w.entry.sha256
-                ),
-            ));
+        .min(to_read.len().max(1));
+    let check_one = |w: &Wanted| -> Result<(), ArtifactsError> {
+        let path = stage_path(stage, &w.entry);
+        let (sha, stamp) = super::upload::hash_stable(&path, 1)?;
+        if stamp.size != w.entry.size || sha != w.entry.sha256 {
+            return Err(mismatch(save, w, &sha));
         }
         Ok(())
     };
     let worker = || -> Result<(), ArtifactsError> {
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(w) = wanted.get(i) else {
+            let Some(w) = to_read.get(i) else {
                 return Ok(());
             };
-            if let Err(e) = check_one(i, w) {
+            if let Err(e) = check_one(w) {
                 // Stop the other threads early: the load fails whatever they find.
-                next.store(wanted.len(), std::sync::atomic::Ordering::Relaxed);
+                next.store(to_read.len(), std::sync::atomic::Ordering::Relaxed);
                 return Err(e);
             }
         }
@@ -173,6 +215,68 @@ mod tests {
     }
 
     #[test]
+    fn part_digests_taken_while_downloading_decide_without_reading_back() {
+        use crate::artifacts::manifest::Parts;
+        use sha2::{Digest, Sha256};
+        let stage = tempfile::tempdir().unwrap();
+        let part = 1usize << 20;
+        let body: Vec<u8> = (0..3 * part + 5).map(|i| (i % 249) as u8).collect();
+        let digests: Vec<[u8; 32]> = body
+            .chunks(part)
+            .map(|c| Sha256::digest(c).into())
+            .collect();
+        let entry = FileEntry {
+            path: "model/w.bin".into(),
+            size: body.len() as u64,
+            sha256: hex::encode(Sha256::digest(&body)),
+            parts: Some(Parts {
+                size: part as u64,
+                sha256: digests.iter().map(hex::encode).collect(),
+            }),
+        };
+        let wanted = vec![Wanted {
+            meta: meta("s/model/w.bin", entry.size),
+            entry,
+        }];
+        let all: Vec<Option<[u8; 32]>> = digests.iter().copied().map(Some).collect();
+
+        // Every part's digest was taken: nothing is read back (the file is not even there).
+        check(
+            "save",
+            stage.path(),
+            &wanted,
+            &[Digests::Parts(all.clone())],
+        )
+        .unwrap();
+
+        // A part that differs is named with its byte range.
+        let mut bad = all.clone();
+        bad[1] = Some([0u8; 32]);
+        let err = check("save", stage.path(), &wanted, &[Digests::Parts(bad)]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("bytes 1048576..2097152 (part 2)"), "{text}");
+
+        // A part nobody could hash is settled by reading the file back: good, then tampered.
+        let mut unknown = all;
+        unknown[3] = None;
+        let path = stage.path().join("model/w.bin");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &body).unwrap();
+        check(
+            "save",
+            stage.path(),
+            &wanted,
+            &[Digests::Parts(unknown.clone())],
+        )
+        .unwrap();
+        let mut tampered = body.clone();
+        tampered[3 * part + 1] ^= 1;
+        std::fs::write(&path, &tampered).unwrap();
+        let err = check("save", stage.path(), &wanted, &[Digests::Parts(unknown)]).unwrap_err();
+        assert!(err.to_string().contains("has sha256"), "{err}");
+    }
+
+    #[test]
     fn the_manifest_and_the_claim_are_not_counted_as_unnamed_objects() {
         let prefix = Path::from("jobs/e/w/artifacts/1");
         let manifest = Manifest::new(
@@ -181,6 +285,7 @@ mod tests {
                 path: "model/w.bin".into(),
                 size: 3,
                 sha256: "00".into(),
+                parts: None,
             }],
             vec![],
         );

@@ -11,7 +11,7 @@
 //! the stage it is given and never prints.
 
 mod archive;
-mod copy;
+pub(crate) mod copy;
 mod fingerprint;
 mod keys;
 
@@ -190,7 +190,6 @@ impl Located {
         &self,
         files: &[copy::Download],
         ctx: &FetchContext,
-        hash: bool,
         progress: &SourceProgress,
     ) -> Result<copy::Downloaded, ObjectError> {
         copy::download_all(
@@ -198,7 +197,6 @@ impl Located {
             self.service,
             files,
             ctx.concurrency,
-            hash,
             progress,
         )
         .await
@@ -293,10 +291,11 @@ async fn fetch_prefix(
         .map(|f| copy::Download {
             meta: f.meta.clone(),
             path: stage.join(&f.rel),
+            hashing: copy::Hashing::None,
         })
         .collect();
     tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
-    let bytes = at.download(&downloads, ctx, false, progress).await?.bytes;
+    let bytes = at.download(&downloads, ctx, progress).await?.bytes;
     Ok(Fetched {
         revision: Revision {
             kind: RevisionKind::Etags,
@@ -332,7 +331,8 @@ async fn artifacts_manifest(
 }
 
 /// Copies a save of model artifacts: only the files its manifest names, each checked for size
-/// before and sha256 after the download; any difference refuses the whole source.
+/// before and sha256 after the download (part by part for a file the manifest lists parts of);
+/// any difference refuses the whole source.
 async fn fetch_save(
     at: &Located,
     stage: &FsPath,
@@ -350,6 +350,10 @@ async fn fetch_save(
         .map(|w| copy::Download {
             meta: w.meta.clone(),
             path: artifacts::verify::stage_path(stage, &w.entry),
+            hashing: match w.entry.parts() {
+                Some(parts) => copy::Hashing::Parts(parts.size),
+                None => copy::Hashing::Whole,
+            },
         })
         .collect();
     for d in &downloads {
@@ -358,9 +362,9 @@ async fn fetch_save(
         }
     }
     tracing::info!(source = %at.shown, save = manifest.save, files = wanted.len(), "copying an artifacts save");
-    let done = at.download(&downloads, ctx, true, progress).await?;
+    let done = at.download(&downloads, ctx, progress).await?;
     let (save, dir) = (at.shown.clone(), stage.to_path_buf());
-    let (bytes, hashed) = (done.bytes, done.sha256);
+    let (bytes, hashed) = (done.bytes, done.digests);
     tokio::task::spawn_blocking(move || artifacts::verify::check(&save, &dir, &wanted, &hashed))
         .await
         .map_err(|e| artifacts::ArtifactsError::Task(e.to_string()))??;
@@ -390,22 +394,24 @@ async fn fetch_single(
     let name = at.path.filename().unwrap_or("object").to_string();
     let path = stage.join(&name);
     progress.set_total(meta.size);
-    let download = copy::Download { meta, path };
+    let download = copy::Download {
+        meta,
+        path,
+        hashing: match opts.sha256 {
+            Some(_) => copy::Hashing::Whole,
+            None => copy::Hashing::None,
+        },
+    };
     let done = at
-        .download(
-            std::slice::from_ref(&download),
-            ctx,
-            opts.sha256.is_some(),
-            progress,
-        )
+        .download(std::slice::from_ref(&download), ctx, progress)
         .await?;
     let bytes = done.bytes;
     let revision = match opts.sha256 {
         Some(expected) => {
             // Hashed as it streamed in, unless it came in ranges.
-            let actual = match done.sha256.first().copied().flatten() {
-                Some(digest) => digest,
-                None => sha256_file(&download.path)?,
+            let actual = match done.digests.first() {
+                Some(copy::Digests::Whole(digest)) => *digest,
+                _ => sha256_file(&download.path)?,
             };
             if actual != expected {
                 return Err(SourceError::Checksum {
