@@ -189,6 +189,48 @@ fn file_push_skips_escaping_links_and_fifos_loads_back_and_pushes_once() {
 }
 
 #[test]
+fn files_named_like_the_saves_own_objects_are_kept_apart_and_load_back() {
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    // A model folder may well hold its own manifest.json; it must not take the save's.
+    let mut expected = make_artifacts(&dir, 5, 0);
+    for (rel, content) in [
+        ("manifest.json", &b"{\"model\":\"resnet\"}"[..]),
+        (".claim", b"mine"),
+        (".periscope-user/manifest.json", b"nested"),
+        ("ckpt/manifest.json", b"deeper"),
+    ] {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        expected.insert(rel.to_string(), content.to_vec());
+    }
+    let state = work.path().join("state");
+    let env = s3.env();
+    push(&env, &dir, "s3://models/jobs", &state, &[])
+        .expect_code(0)
+        .expect_output(&format!("save 1: {} files", expected.len()));
+    let save = "jobs/exp-1/worker-0/artifacts/1";
+    let manifest = s3.get_text("models", &format!("{save}/manifest.json"));
+    assert!(manifest.contains("periscope-artifacts/1"), "{manifest}");
+    for (object, content) in [
+        (".periscope-user/manifest.json", "{\"model\":\"resnet\"}"),
+        (".periscope-user/.claim", "mine"),
+        (".periscope-user/.periscope-user/manifest.json", "nested"),
+        ("ckpt/manifest.json", "deeper"),
+    ] {
+        assert_eq!(s3.get_text("models", &format!("{save}/{object}")), content);
+    }
+    let dest = work.path().join("dest");
+    localize(&env, &dest, &format!("s3://models/{save}/")).expect_code(0);
+    assert_eq!(read_tree(&dest.join("1")), expected);
+    // Save 2 copies the kept-apart files from save 1 by their object names.
+    copy_then_load_save_2(&env, &dir, "s3://models/jobs", &state, expected, &[]);
+}
+
+#[test]
 fn s3_push_loads_back_byte_identical_and_a_tampered_object_is_refused() {
     let s3 = S3Server::start();
     s3.create_bucket("models");

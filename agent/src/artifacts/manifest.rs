@@ -14,6 +14,23 @@ use sha2::{Digest, Sha256};
 /// The manifest's object name inside a save folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The folder below a save that holds the files whose path would take a name the save itself
+/// uses (see [`object_name`]).
+pub const ESCAPED_DIR: &str = ".periscope-user";
+
+/// The object name, below its save folder, of the file at relative path `path`: the path itself,
+/// unless it would take one of the save's own names ([`MANIFEST_FILE`] or the claim at the top)
+/// or starts in [`ESCAPED_DIR`]; those go below [`ESCAPED_DIR`]. The mapping is one-to-one: a
+/// name below `ESCAPED_DIR` is never a path kept as it is.
+pub fn object_name(path: &str) -> std::borrow::Cow<'_, str> {
+    let first = path.split('/').next().unwrap_or_default();
+    if path == MANIFEST_FILE || path == super::saves::CLAIM_FILE || first == ESCAPED_DIR {
+        std::borrow::Cow::Owned(format!("{ESCAPED_DIR}/{path}"))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 /// The value of [`Manifest::format`]; a reader refuses anything else.
 pub const FORMAT: &str = "periscope-artifacts/1";
 
@@ -30,6 +47,9 @@ pub struct FileEntry {
     pub path: String,
     pub size: u64,
     pub sha256: String,
+    /// The object's name below the save folder when it is not `path` (see [`object_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
     /// Digests of the file's parts, for files pushed in parts (absent in saves from before they
     /// were recorded, and for files stored in one request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +67,26 @@ pub struct Parts {
 }
 
 impl FileEntry {
+    /// The entry of a stored file, with its object name (see [`object_name`]).
+    pub fn new(path: String, size: u64, sha256: String, parts: Option<Parts>) -> FileEntry {
+        let object = match object_name(&path) {
+            std::borrow::Cow::Owned(name) => Some(name),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        FileEntry {
+            path,
+            size,
+            sha256,
+            object,
+            parts,
+        }
+    }
+
+    /// The object's name below the save folder.
+    pub fn object(&self) -> &str {
+        self.object.as_deref().unwrap_or(&self.path)
+    }
+
     /// The part digests, when they have the shape a push writes: a part size of at least
     /// [`MIN_CHECKED_PART`], one well-formed digest per part. `None` means "check the whole
     /// file's sha256".
@@ -146,12 +186,26 @@ mod tests {
     use super::*;
 
     fn entry(path: &str, size: u64) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            size,
-            sha256: "0".repeat(64),
-            parts: None,
+        FileEntry::new(path.into(), size, "0".repeat(64), None)
+    }
+
+    #[test]
+    fn files_named_like_the_save_own_objects_are_stored_apart() {
+        for (path, object) in [
+            ("manifest.json", ".periscope-user/manifest.json"),
+            (".claim", ".periscope-user/.claim"),
+            (".periscope-user/x", ".periscope-user/.periscope-user/x"),
+            ("ckpt/manifest.json", "ckpt/manifest.json"),
+            ("manifest.json.bak", "manifest.json.bak"),
+            (".periscope-user2", ".periscope-user2"),
+        ] {
+            let e = entry(path, 1);
+            assert_eq!(e.object(), object, "{path}");
+            assert_eq!(e.object.is_some(), path != object, "{path}");
         }
+        // Only an escaped entry writes `object`.
+        let bytes = Manifest::new(1, vec![entry("a", 1)], vec![]).to_bytes();
+        assert!(!String::from_utf8(bytes).unwrap().contains("object"));
     }
 
     #[test]

@@ -145,7 +145,12 @@ pub async fn copy(
     let copies: Vec<(Path, Path)> = manifest
         .files
         .iter()
-        .map(|f| (under(&mirror.save, &f.path), under(&mirror.dest, &f.path)))
+        .map(|f| {
+            (
+                under(&mirror.save, f.object()),
+                under(&mirror.dest, f.object()),
+            )
+        })
         .collect();
     futures::stream::iter(copies)
         .map(|(from, to)| {

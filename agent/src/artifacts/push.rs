@@ -25,7 +25,9 @@ use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::manifest::{sha256_hex, FileEntry, Manifest, Parts, Skipped, MANIFEST_FILE};
+use super::manifest::{
+    object_name, sha256_hex, FileEntry, Manifest, Parts, Skipped, MANIFEST_FILE,
+};
 use super::state::{Known, PushState, Unfinished};
 use super::upload::{self, Resumable, UploadOptions};
 use super::walk::{self, LocalFile};
@@ -181,12 +183,8 @@ pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, Artifac
     let planned: Option<Manifest> = hashed
         .iter()
         .map(|(f, sha)| {
-            sha.as_ref().map(|sha| FileEntry {
-                path: f.rel.clone(),
-                size: f.stamp.size,
-                sha256: sha.clone(),
-                parts: None,
-            })
+            sha.as_ref()
+                .map(|sha| FileEntry::new(f.rel.clone(), f.stamp.size, sha.clone(), None))
         })
         .collect::<Option<Vec<_>>>()
         .map(|files| Manifest::new(0, files, walked.skipped.clone()));
@@ -424,11 +422,11 @@ fn make_job<'a>(
             Hashed {
                 sha,
                 done_before: state.is_stored(&file.rel, &file.stamp, sha),
-                copy_from: from.map(|(p, e)| key(base, p, &e.path)),
+                copy_from: from.map(|(p, e)| key(base, p, e.object())),
                 copy_parts: from.and_then(|(_, e)| e.parts()),
             }
         }),
-        target: key(base, n, &file.rel),
+        target: key(base, n, &object_name(&file.rel)),
         file,
     }
 }
@@ -490,12 +488,12 @@ fn record_stored(
     rel: String,
     stored: upload::Stored,
 ) {
-    entries.push(FileEntry {
-        path: rel.clone(),
-        size: stored.size,
-        sha256: stored.sha256.clone(),
-        parts: stored.parts,
-    });
+    entries.push(FileEntry::new(
+        rel.clone(),
+        stored.size,
+        stored.sha256.clone(),
+        stored.parts,
+    ));
     state.files.insert(
         rel,
         Known {

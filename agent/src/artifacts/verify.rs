@@ -51,21 +51,20 @@ pub fn plan(
 ) -> Result<Vec<Wanted>, ArtifactsError> {
     let by_key: HashMap<&Path, &ObjectMeta> = listed.iter().map(|m| (&m.location, m)).collect();
     let mut wanted = Vec::with_capacity(manifest.files.len());
+    let unsafe_path = |path: &str| {
+        path.split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\0'))
+    };
     for entry in &manifest.files {
-        let parts: Vec<&str> = entry.path.split('/').collect();
-        if parts
-            .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
-        {
-            return Err(refuse(
-                save,
-                format!(
-                    "the manifest names `{}`, which is not a safe relative path",
-                    entry.path
-                ),
-            ));
+        for named in [&entry.path, entry.object()] {
+            if unsafe_path(named) {
+                return Err(refuse(
+                    save,
+                    format!("the manifest names `{named}`, which is not a safe relative path"),
+                ));
+            }
         }
-        let key = parts.iter().fold(prefix.clone(), |p, part| p.join(*part));
+        let key = super::push::under(prefix, entry.object());
         let Some(meta) = by_key.get(&key) else {
             return Err(refuse(save, format!("`{}` is missing", entry.path)));
         };
@@ -225,15 +224,15 @@ mod tests {
             .chunks(part)
             .map(|c| Sha256::digest(c).into())
             .collect();
-        let entry = FileEntry {
-            path: "model/w.bin".into(),
-            size: body.len() as u64,
-            sha256: hex::encode(Sha256::digest(&body)),
-            parts: Some(Parts {
+        let entry = FileEntry::new(
+            "model/w.bin".into(),
+            body.len() as u64,
+            hex::encode(Sha256::digest(&body)),
+            Some(Parts {
                 size: part as u64,
                 sha256: digests.iter().map(hex::encode).collect(),
             }),
-        };
+        );
         let wanted = vec![Wanted {
             meta: meta("s/model/w.bin", entry.size),
             entry,
@@ -281,12 +280,7 @@ mod tests {
         let prefix = Path::from("jobs/e/w/artifacts/1");
         let manifest = Manifest::new(
             1,
-            vec![FileEntry {
-                path: "model/w.bin".into(),
-                size: 3,
-                sha256: "00".into(),
-                parts: None,
-            }],
+            vec![FileEntry::new("model/w.bin".into(), 3, "00".into(), None)],
             vec![],
         );
         let mut listed = vec![
