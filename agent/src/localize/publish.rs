@@ -14,7 +14,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Classify, ErrorClass};
-use crate::fsutil::{parent_dir, sync_dir};
+use crate::fsutil::{parent_dir, sync_dir, sync_tree};
 
 /// A local filesystem failure while preparing or publishing.
 #[derive(Debug, thiserror::Error)]
@@ -119,13 +119,9 @@ pub fn remove_tree(path: &Path) -> Result<(), PublishError> {
 /// Moves the staged tree to `target` in one step, replacing whatever was there.
 pub fn publish(stage: &Path, target: &Path) -> Result<(), PublishError> {
     // Make the staged files durable before the rename makes them visible: after a power cut, a
-    // published tree must never hold empty files that the record calls done. One syncfs covers
-    // every file a fetcher wrote, whichever fetcher it was.
-    let dir = File::open(stage).map_err(ctx("cannot open", stage))?;
-    // SAFETY: syncfs on a descriptor we own.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(ctx("cannot sync", stage)(io::Error::last_os_error()));
-    }
+    // published tree must never hold empty files that the record calls done. This covers every
+    // file a fetcher wrote, whichever fetcher it was.
+    sync_tree(stage).map_err(ctx("cannot sync", stage))?;
     let parent = parent_dir(target);
     fs::create_dir_all(parent).map_err(ctx("cannot create", parent))?;
     match fs::symlink_metadata(target) {
