@@ -296,6 +296,10 @@ async fn run_job(
         progress.advance(chunk.len() as u64);
     }
     file.flush().await.map_err(write_error(&d.path))?;
+    // The stage is made durable before it is published; starting this range's writeback now
+    // lets the disk work while other requests still stream, so that wait is short.
+    let (file, start) = (file.into_std().await, range.as_ref().map_or(0, |r| r.start));
+    tokio::task::spawn_blocking(move || crate::fsutil::start_writeback(&file, start, written));
     let at_end = range.as_ref().is_none_or(|r| r.end == d.meta.size);
     let expected = range.map_or(d.meta.size, |r| r.end - r.start);
     if written != expected {
