@@ -118,30 +118,18 @@ pub fn sync_tree(root: &Path) -> io::Result<()> {
 
 /// fsyncs files (data) and folders (entries) on [`FSYNC_THREADS`] threads.
 fn fsync_all(files: &[std::path::PathBuf], dirs: &[std::path::PathBuf]) -> io::Result<()> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let total = files.len() + dirs.len();
-    let worker = || -> io::Result<()> {
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if i >= total {
-                return Ok(());
-            }
-            match files.get(i) {
-                Some(f) => File::open(f)?.sync_data()?,
-                None => File::open(&dirs[i - files.len()])?.sync_all()?,
-            }
+    let all: Vec<(&std::path::PathBuf, bool)> = files
+        .iter()
+        .map(|f| (f, true))
+        .chain(dirs.iter().map(|d| (d, false)))
+        .collect();
+    crate::parallel::try_for_each(&all, FSYNC_THREADS, |(path, is_file)| {
+        let opened = File::open(path)?;
+        if *is_file {
+            opened.sync_data()
+        } else {
+            opened.sync_all()
         }
-    };
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = (1..FSYNC_THREADS.min(total.max(1)))
-            .map(|_| scope.spawn(worker))
-            .collect();
-        let mut result = worker();
-        for t in threads {
-            // A worker only panics on a bug; pass it on.
-            result = result.and(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        result
     })
 }
 

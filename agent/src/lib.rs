@@ -21,6 +21,7 @@ pub mod install;
 pub mod job;
 pub mod localize;
 pub mod metrics;
+pub mod parallel;
 pub mod redact;
 pub mod retry;
 pub mod ship;

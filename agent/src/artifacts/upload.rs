@@ -119,27 +119,25 @@ pub fn part_digests(
     stamp: &Stamp,
 ) -> Result<Option<Parts>, ArtifactsError> {
     let mut file = std::fs::File::open(path).map_err(read_error(path))?;
+    let part_size = part_size.max(1);
     let mut digests = Vec::new();
-    let mut buf = vec![0u8; part_size.max(1)];
+    let mut buf = Vec::with_capacity(part_size);
     let mut read = 0u64;
     loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file.read(&mut buf[filled..]).map_err(read_error(path))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
+        buf.clear();
+        let n = (&mut file)
+            .take(part_size as u64)
+            .read_to_end(&mut buf)
+            .map_err(read_error(path))?;
+        if n == 0 {
             break;
         }
-        digests.push(hex::encode(Sha256::digest(&buf[..filled])));
-        read += filled as u64;
+        digests.push(hex::encode(Sha256::digest(&buf)));
+        read += n as u64;
     }
     let after = Stamp::of(path).map_err(read_error(path))?;
-    Ok((&after == stamp && read == stamp.size).then(|| Parts {
-        size: part_size.max(1) as u64,
+    Ok((&after == stamp && read == stamp.size).then_some(Parts {
+        size: part_size as u64,
         sha256: digests,
     }))
 }
@@ -498,15 +496,24 @@ mod tests {
                 .unwrap();
             assert_eq!(stored.size, len as u64);
             assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
-            let expected_parts = (len > 5 << 20).then(|| part_digests(&body, 5 << 20));
-            assert_eq!(stored.parts, expected_parts, "{name}");
+            let listed = (len > 5 << 20).then(|| expected_parts(&body, 5 << 20));
+            assert_eq!(stored.parts, listed, "{name}");
             let got = store.get(&key).await.unwrap().bytes().await.unwrap();
             assert_eq!(got.as_ref(), body.as_slice(), "{name}");
+            // Reading the local file gives the same parts, while it keeps the stamp it was
+            // stored with.
+            let local = part_digests(&path, 5 << 20, &stored.stamp).unwrap();
+            assert_eq!(local, Some(expected_parts(&body, 5 << 20)), "{name}");
         }
+        let path = dir.path().join("large");
+        let stamp = Stamp::of(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"rewritten").unwrap();
+        assert_eq!(part_digests(&path, 5 << 20, &stamp).unwrap(), None);
     }
 
     /// The digests a manifest should list for `body` cut into `size`-byte parts.
-    fn part_digests(body: &[u8], size: usize) -> Parts {
+    fn expected_parts(body: &[u8], size: usize) -> Parts {
         Parts {
             size: size as u64,
             sha256: body
@@ -601,7 +608,7 @@ mod tests {
         assert_eq!((stored.reused_parts, stored.reused_bytes), (2, 10 << 20));
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
         // Reused parts are read again, so their digests are listed like those of sent parts.
-        assert_eq!(stored.parts, Some(part_digests(&body, 5 << 20)));
+        assert_eq!(stored.parts, Some(expected_parts(&body, 5 << 20)));
         assert!(r.left().is_none(), "a completed upload is forgotten");
         let got = r.store.get(&key).await.unwrap().bytes().await.unwrap();
         assert_eq!(got.as_ref(), body.as_slice());

@@ -161,40 +161,14 @@ pub fn check(
             to_read.push(w);
         }
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(to_read.len().max(1));
-    let check_one = |w: &Wanted| -> Result<(), ArtifactsError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::parallel::try_for_each(&to_read, cores, |w| {
         let path = stage_path(stage, &w.entry);
         let (sha, stamp) = super::upload::hash_stable(&path, 1)?;
         if stamp.size != w.entry.size || sha != w.entry.sha256 {
             return Err(mismatch(save, w, &sha));
         }
         Ok(())
-    };
-    let worker = || -> Result<(), ArtifactsError> {
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(w) = to_read.get(i) else {
-                return Ok(());
-            };
-            if let Err(e) = check_one(w) {
-                // Stop the other threads early: the load fails whatever they find.
-                next.store(to_read.len(), std::sync::atomic::Ordering::Relaxed);
-                return Err(e);
-            }
-        }
-    };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(worker)).collect();
-        let mut result = worker();
-        for h in handles {
-            // A hashing thread only panics on a bug; pass the panic on rather than hide it.
-            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            result = result.and(r);
-        }
-        result
     })
 }
 

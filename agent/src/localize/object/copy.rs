@@ -184,8 +184,8 @@ enum Hasher {
 }
 
 impl Hasher {
-    /// The hasher for bytes `range` of an object of `object_size` bytes; ranges that do not start
-    /// on a part boundary get none (their parts are left to the caller).
+    /// The hasher for bytes `range` of an object (`None`: all of it); a range that does not start
+    /// on a part boundary gets none (its parts are left to the caller).
     fn new(hashing: Hashing, range: &Option<std::ops::Range<u64>>) -> Hasher {
         let start = range.as_ref().map_or(0, |r| r.start);
         match hashing {
