@@ -5,6 +5,24 @@
 
 mod cli;
 
+/// The static binary's allocator (see `agent/Cargo.toml`): it also serves libgit2 and zlib, whose
+/// `malloc` it replaces.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Makes mimalloc give freed pages back at once rather than after a delay that only later
+/// allocations end: a sidecar that goes idle would otherwise keep its peak (16 MiB against 8 MiB
+/// idle RSS), and speed was the same either way.
+#[cfg(target_env = "musl")]
+fn lean_allocator() {
+    // `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (libmimalloc-sys names no constant
+    // for it); Cargo.lock pins the version this index was read from.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: setting an option is a plain store into mimalloc's option table, valid at any time.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
+}
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -133,6 +151,8 @@ fn generic_hint(class: ErrorClass) -> &'static str {
 }
 
 fn main() -> ExitCode {
+    #[cfg(target_env = "musl")]
+    lean_allocator();
     let cli = Cli::parse();
     init_logging(&cli.global);
     match dispatch(cli.command) {
