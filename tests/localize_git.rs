@@ -611,3 +611,87 @@ fn gitattributes_apply_like_git_and_plain_files_are_byte_exact() {
         "line one\r\nline two\n"
     );
 }
+
+/// Every entry under `dir` (`.git` excluded) as a user would inspect it: kind, permission bits,
+/// link target or bytes.
+fn tree_state(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut state = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(dir).unwrap().display().to_string();
+            if name == ".git" {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            let what = if meta.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                pending.push(path);
+                format!("folder {mode:o}")
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                format!("file {mode:o} {}", String::from_utf8_lossy(&bytes))
+            };
+            state.insert(name, what);
+        }
+    }
+    state
+}
+
+#[test]
+fn a_checkout_is_what_git_clone_writes_and_git_finds_it_clean() {
+    let repos = Repos::new();
+    let repo = repos.create("job");
+    repo.commit(
+        &[
+            ("README.md", "# job\n"),
+            ("run.sh", "#!/bin/sh\necho run\n"),
+            ("lib/model.py", "class Model: pass\n"),
+            ("empty.txt", ""),
+            ("data/données.csv", "a,b\n1,2\n"),
+            ("deep/a/b/c/d.txt", "deep\n"),
+            // Tree order and index order must agree around `/`.
+            ("a.b", "dot\n"),
+            ("a/c", "slash\n"),
+            ("a0", "zero\n"),
+            (".gitignore", "*.pyc\n"),
+            (".git-blame-ignore-revs", "\n"),
+        ],
+        &[],
+        "files",
+    );
+    let work = &repo.work;
+    std::os::unix::fs::symlink("model.py", work.join("lib/latest.py")).unwrap();
+    std::os::unix::fs::symlink("../README.md", work.join("deep/readme")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(work.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    repo.commit(&[], &[], "links and modes");
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("job"), &[]).expect_code(0);
+    // One connection lists the refs and fetches, as `git clone` does.
+    assert_eq!(daemon.upload_packs(), 1, "ls-remote and fetch were not one");
+    let clone = tempfile::tempdir().unwrap();
+    git(clone.path(), &["clone", "-q", &daemon.url("job"), "c"]);
+    let ours = tree_state(&dest.path().join("job"));
+    assert_eq!(ours, tree_state(&clone.path().join("c")));
+    assert!(
+        ours["run.sh"].starts_with("file 7") && ours["lib/latest.py"] == "link -> model.py",
+        "{ours:#?}"
+    );
+    // The index matches the files without git reading them: `diff-files` trusts stat data alone.
+    let out = dest.path().join("job");
+    assert_eq!(git(&out, &["diff-files", "--name-only"]), "");
+    assert_eq!(git(&out, &["status", "--porcelain"]), "");
+    assert_eq!(
+        git(&out, &["ls-files", "-s", "run.sh", "lib/latest.py"]),
+        git(
+            &clone.path().join("c"),
+            &["ls-files", "-s", "run.sh", "lib/latest.py"]
+        )
+    );
+}

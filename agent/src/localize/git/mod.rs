@@ -2,8 +2,9 @@
 //! submodules, and keep `.git` so people can `git log` in the checkout.
 //!
 //! * [`remote`] asks the server which commit a ref names (`ls-remote`): the cheap fingerprint.
-//! * [`fetch`] gets the commit's objects and checks it out; [`submodule`] does the same for every
-//!   submodule, recursively.
+//! * [`fetch`] gets the commit's objects on the connection that listed the refs; [`checkout`]
+//!   writes its tree, on several threads; [`submodule`] does the same for every submodule,
+//!   recursively.
 //! * [`auth`] answers libgit2's questions: credentials, SSH host keys ([`known_hosts`]), TLS.
 //! * [`error`] sorts libgit2's failures into what the user must fix.
 //!
@@ -13,6 +14,7 @@
 //! credential or a URL that was not redacted.
 
 mod auth;
+mod checkout;
 mod error;
 mod fetch;
 mod known_hosts;

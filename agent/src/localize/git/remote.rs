@@ -1,10 +1,11 @@
 //! Asking a server which commit a ref names (`git ls-remote`), without fetching objects.
 //!
-//! This is both the cheap fingerprint the orchestrator compares before deciding to fetch, and the
-//! first step of a fetch: knowing whether the ref is a branch, a tag or a bare commit decides what
-//! to ask for and how the checkout's HEAD looks. This module only reads the server's ref list.
+//! This is both the cheap fingerprint the orchestrator compares before deciding to fetch
+//! ([`ls_remote`]), and the first step of a fetch, on the fetch's own connection
+//! ([`Advertised`]): knowing whether the ref is a branch, a tag or a bare commit decides what to ask
+//! for and how the checkout's HEAD looks. This module only reads the server's ref list.
 
-use git2::{Direction, Oid, Remote};
+use git2::{Direction, Oid, Remote, RemoteConnection};
 
 use super::auth::{callbacks, Attempt, Session};
 use super::error::{from_git2, GitError};
@@ -59,18 +60,40 @@ pub fn ls_remote(
             None,
         )
         .map_err(fail)?;
-    let heads: Vec<(String, Oid)> = connection
-        .list()
-        .map_err(fail)?
-        .iter()
-        .map(|h| (h.name().to_string(), h.oid()))
-        .collect();
-    let default_branch = connection
-        .default_branch()
-        .ok()
-        .and_then(|b| b.as_str().ok().map(str::to_string));
+    let advertised = Advertised::list(&connection).map_err(fail)?;
     drop(connection);
-    resolve(&heads, default_branch.as_deref(), reference)
+    advertised.resolve(reference)
+}
+
+/// What a server said when a connection opened. Invariant: `heads` is in the server's order.
+pub struct Advertised {
+    heads: Vec<(String, Oid)>,
+    /// The branch the server's HEAD names, when it says.
+    default_branch: Option<String>,
+}
+
+impl Advertised {
+    /// The refs an open connection advertised.
+    pub fn list(connection: &RemoteConnection<'_, '_, '_>) -> Result<Advertised, git2::Error> {
+        let heads = connection
+            .list()?
+            .iter()
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect();
+        let default_branch = connection
+            .default_branch()
+            .ok()
+            .and_then(|b| b.as_str().ok().map(str::to_string));
+        Ok(Advertised {
+            heads,
+            default_branch,
+        })
+    }
+
+    /// Resolves `reference` (`None` = the server's HEAD) against these refs.
+    pub fn resolve(&self, reference: Option<&str>) -> Result<Resolved, GitError> {
+        resolve(&self.heads, self.default_branch.as_deref(), reference)
+    }
 }
 
 /// Resolves `reference` against an advertised ref list.
