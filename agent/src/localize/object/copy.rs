@@ -253,6 +253,9 @@ impl Hasher {
     }
 }
 
+/// How many bytes a request writes between two writeback hints.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
 async fn run_job(
     store: &dyn ObjectStore,
     service: Service,
@@ -287,18 +290,30 @@ async fn run_job(
         .await
         .map_err(|e| request_error(&e))?;
     let mut body = result.into_stream();
+    let start = range.as_ref().map_or(0, |r| r.start);
     let mut written = 0u64;
+    // The stage is made durable before it is published. Starting writeback as the bytes arrive
+    // lets the disk work while the request still streams, so that wait is short: the kernel
+    // alone would start only once a tenth of memory is dirty, which a 1 GiB object never reaches.
+    let mut written_back = 0u64;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| request_error(&e))?;
         file.write_all(&chunk).await.map_err(write_error(&d.path))?;
         hasher.update(&chunk);
         written += chunk.len() as u64;
         progress.advance(chunk.len() as u64);
+        if written - written_back >= WRITEBACK_EVERY {
+            let handle = file.try_clone().await.map_err(write_error(&d.path))?;
+            let (handle, from) = (handle.into_std().await, start + written_back);
+            let len = written - written_back;
+            tokio::task::spawn_blocking(move || crate::fsutil::start_writeback(&handle, from, len));
+            written_back = written;
+        }
     }
     file.flush().await.map_err(write_error(&d.path))?;
-    // The stage is made durable before it is published; starting this range's writeback now
-    // lets the disk work while other requests still stream, so that wait is short.
-    let (file, start) = (file.into_std().await, range.as_ref().map_or(0, |r| r.start));
+    // The whole range again: bytes still in tokio's buffer at the last window were not on the
+    // page cache yet, and pages already under writeback cost nothing.
+    let file = file.into_std().await;
     tokio::task::spawn_blocking(move || crate::fsutil::start_writeback(&file, start, written));
     let at_end = range.as_ref().is_none_or(|r| r.end == d.meta.size);
     let expected = range.map_or(d.meta.size, |r| r.end - r.start);
