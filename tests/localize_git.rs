@@ -695,3 +695,77 @@ fn a_checkout_is_what_git_clone_writes_and_git_finds_it_clean() {
         )
     );
 }
+
+/// Runs git in `dir` with `input` on stdin; returns its output, trimmed.
+fn git_with_input(dir: &Path, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "git {args:?} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_tree_that_writes_into_dot_git_is_refused_with_exit_5() {
+    // A commit git itself would never make: a `.git/hooks/post-checkout` entry in the tree, as a
+    // hostile server could send (CVE-2014-9390 and its kin).
+    let repos = Repos::new();
+    let repo = repos.create("evil");
+    let bare = &repo.bare;
+    let hook = git_with_input(
+        bare,
+        &["hash-object", "-w", "--stdin"],
+        "#!/bin/sh\necho pwned\n",
+    );
+    let code = git_with_input(bare, &["hash-object", "-w", "--stdin"], "print(1)\n");
+    let hooks = git_with_input(
+        bare,
+        &["mktree"],
+        &format!("100755 blob {hook}\tpost-checkout\n"),
+    );
+    let dot_git = git_with_input(bare, &["mktree"], &format!("040000 tree {hooks}\thooks\n"));
+    let root = git_with_input(
+        bare,
+        &["mktree"],
+        &format!("040000 tree {dot_git}\t.git\n100644 blob {code}\ttrain.py\n"),
+    );
+    let commit = git_with_input(
+        bare,
+        &[
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@example.test",
+            "commit-tree",
+            &root,
+            "-m",
+            "evil",
+        ],
+        "",
+    );
+    git(bare, &["update-ref", "refs/heads/main", &commit]);
+    git(bare, &["symbolic-ref", "HEAD", "refs/heads/main"]);
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("evil"), &[])
+        .expect_code(5)
+        .expect_output("refuses to write")
+        .expect_output(".git/hooks/post-checkout");
+    assert!(
+        !dest.path().join("evil").exists(),
+        "something was published"
+    );
+    assert_no_staging(dest.path());
+}

@@ -66,7 +66,17 @@ pub fn checkout(repo: &Repository, commit: Oid, target: &Target) -> Result<(), G
             tracing::debug!("writing the tree with libgit2's checkout");
             let mut builder = CheckoutBuilder::new();
             builder.force();
-            repo.checkout_head(Some(&mut builder)).map_err(local)?;
+            repo.checkout_head(Some(&mut builder)).map_err(|e| {
+                // libgit2 checks every path against git's rules (`.git`, `..`, NTFS and HFS
+                // spellings) and stops at the first it refuses.
+                if e.class() == git2::ErrorClass::Checkout && e.message().contains("invalid path") {
+                    GitError::UnsafePath {
+                        detail: e.message().to_string(),
+                    }
+                } else {
+                    local(e)
+                }
+            })?;
         }
     }
     if let Ok(mut want) = repo.find_reference(WANT_REF) {

@@ -49,6 +49,8 @@ pub enum GitError {
         #[source]
         error: Box<GitError>,
     },
+    #[error("the commit holds a path git refuses to write ({detail})")]
+    UnsafePath { detail: String },
     #[error("the checkout has {what}, over the limit of {limit}")]
     TooLarge { what: String, limit: String },
     #[error("local git operation failed: {detail}")]
@@ -70,7 +72,9 @@ impl Classify for GitError {
             | GitError::Certificate { .. } => ErrorClass::Auth,
             GitError::Unreachable { .. } | GitError::Remote { .. } => ErrorClass::Network,
             GitError::PasswordFile { .. } | GitError::CaFile { .. } => ErrorClass::Usage,
-            GitError::SubmoduleUrl { .. } | GitError::TooLarge { .. } => ErrorClass::Integrity,
+            GitError::SubmoduleUrl { .. }
+            | GitError::UnsafePath { .. }
+            | GitError::TooLarge { .. } => ErrorClass::Integrity,
             GitError::Submodule { error, .. } => error.class(),
             GitError::Local { .. } => ErrorClass::Io,
             GitError::Internal(_) => ErrorClass::Internal,
@@ -108,6 +112,10 @@ impl Classify for GitError {
             GitError::SubmoduleUrl { .. } => {
                 "the repository's .gitmodules points somewhere Periscope will not fetch from; \
                  use #submodules=none to skip submodules"
+            }
+            GitError::UnsafePath { .. } => {
+                "the repository was made to write outside its checkout or into its .git folder \
+                 (git refuses it too); nothing was published"
             }
             GitError::Submodule { error, .. } => return error.hint(),
             GitError::TooLarge { .. } => "raise --max-bytes / --max-files if this is expected",
