@@ -127,6 +127,13 @@ impl Attempt {
         self.refusal.borrow_mut().take()
     }
 
+    /// The error to report for libgit2's failure `e` on this connection: what a callback refused,
+    /// if one did, else `e` sorted and scrubbed of `secrets`.
+    pub fn error(&self, e: &git2::Error, secrets: &[String]) -> GitError {
+        self.take_refusal()
+            .unwrap_or_else(|| super::error::from_git2(e, secrets))
+    }
+
     fn refuse(&self, error: GitError, code: git2::ErrorCode) -> git2::Error {
         let message = error.to_string();
         *self.refusal.borrow_mut() = Some(error);

@@ -126,6 +126,14 @@ impl Classify for GitError {
 }
 
 impl GitError {
+    /// A libgit2 failure on the local repository (refs, config, index, checkout): nothing a
+    /// server or a credential could change.
+    pub fn local(e: git2::Error) -> GitError {
+        GitError::Local {
+            detail: e.message().to_string(),
+        }
+    }
+
     /// Whether another try may succeed: only failures of the network or the server.
     pub(super) fn verdict(&self) -> Verdict {
         match self {

@@ -2,9 +2,9 @@
 //! git source, run on a blocking thread by the caller.
 //!
 //! The ref is resolved from the refs the server advertises when the connection opens; then, on
-//! the same connection, only that ref is fetched, to the asked depth. A commit no advertised ref points at is asked for by SHA (servers that allow it answer
-//! at the same depth); if the server refuses, the whole history is fetched and the commit looked up
-//! in it. Everything is written inside the repository's folder, nowhere else.
+//! the same connection, only that ref is fetched, to the asked depth. A commit no advertised ref
+//! points at is asked for by SHA (servers that allow it answer at the same depth); if the server
+//! refuses, the whole history is fetched and the commit looked up in it. Everything is written inside the repository's folder, nowhere else.
 
 use std::path::Path;
 
@@ -30,11 +30,7 @@ impl FetchPlan<'_> {
     pub fn run(&self, repo: &Repository, reference: Option<&str>) -> Result<Resolved, GitError> {
         let secrets = self.session.secrets(self.url);
         let listing = Attempt::default();
-        let fail = |e: git2::Error| {
-            listing
-                .take_refusal()
-                .unwrap_or_else(|| from_git2(&e, &secrets))
-        };
+        let fail = |e: git2::Error| listing.error(&e, &secrets);
         let mut remote = repo.remote_anonymous(self.url).map_err(fail)?;
         // One connection for the ref list and the pack, as `git clone` does: a second one would
         // cost the server another upload-pack and the client another round trip.
@@ -120,11 +116,7 @@ impl FetchPlan<'_> {
         // Its own record of what was offered: a stateless (HTTP) fetch may ask for credentials
         // again, and answering must not look like a loop.
         let attempt = Attempt::default();
-        let fail = |e: git2::Error| {
-            attempt
-                .take_refusal()
-                .unwrap_or_else(|| from_git2(&e, &secrets))
-        };
+        let fail = |e: git2::Error| attempt.error(&e, &secrets);
         let mut options = FetchOptions::new();
         options
             .remote_callbacks(callbacks(
@@ -150,9 +142,7 @@ pub fn is_local(url: &str) -> bool {
 /// Records `origin` (credentials removed) and the branch's upstream, so `git log`, `git status`
 /// and `git fetch` work in the checkout as in a clone.
 pub fn add_origin(repo: &Repository, stored_url: &str, target: &Target) -> Result<(), GitError> {
-    let local = |e: git2::Error| GitError::Local {
-        detail: e.message().to_string(),
-    };
+    let local = GitError::local;
     repo.remote("origin", stored_url).map_err(local)?;
     if let Target::Branch(name) = target {
         let mut branch = repo
@@ -188,9 +178,7 @@ pub fn stored_url(url: &str) -> String {
 
 /// Opens a fresh repository in `dir` (which must be empty).
 pub fn init(dir: &Path) -> Result<Repository, GitError> {
-    Repository::init(dir).map_err(|e| GitError::Local {
-        detail: e.message().to_string(),
-    })
+    Repository::init(dir).map_err(GitError::local)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use git2::{Direction, Oid, Remote, RemoteConnection};
 
 use super::auth::{callbacks, Attempt, Session};
-use super::error::{from_git2, GitError};
+use super::error::GitError;
 
 /// What the user asked for, as found on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +47,7 @@ pub fn ls_remote(
 ) -> Result<Resolved, GitError> {
     let secrets = session.secrets(url);
     let attempt = Attempt::default();
-    let fail = |e: git2::Error| {
-        attempt
-            .take_refusal()
-            .unwrap_or_else(|| from_git2(&e, &secrets))
-    };
+    let fail = |e: git2::Error| attempt.error(&e, &secrets);
     let mut remote = Remote::create_detached(url).map_err(fail)?;
     let connection = remote
         .connect_auth(

@@ -26,9 +26,7 @@ pub fn update_all(
     progress: &SourceProgress,
     level: usize,
 ) -> Result<(), GitError> {
-    let local = |e: git2::Error| GitError::Local {
-        detail: e.message().to_string(),
-    };
+    let local = GitError::local;
     for mut sub in repo.submodules().map_err(local)? {
         let path = sub.path().display().to_string();
         let wrap = |error: GitError| GitError::Submodule {
