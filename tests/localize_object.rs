@@ -129,6 +129,26 @@ fn s3_single_object_with_sha256_lands_under_its_name() {
     assert_eq!(rec["sources"][0]["revision"]["id"], sha256_hex(&body));
 }
 
+/// With one connection a large object is one plain GET, not a lone range into a file never made.
+#[test]
+fn s3_large_object_over_one_connection_is_fetched_whole() {
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let large = large_body();
+    s3.put("models", "big/weights.bin", &large);
+    let dest = tempfile::tempdir().unwrap();
+    let src = format!("s3://models/big/weights.bin#sha256={}", sha256_hex(&large));
+    localize(&s3.env(), dest.path(), &[&src], &["--concurrency", "1"]).expect_code(0);
+    assert_eq!(
+        std::fs::read(dest.path().join("weights.bin/weights.bin")).unwrap(),
+        large
+    );
+    assert_eq!(
+        record(dest.path())["sources"][0]["bytes"],
+        large.len() as u64
+    );
+}
+
 #[test]
 fn s3_wrong_sha256_exits_5_and_publishes_nothing() {
     let s3 = S3Server::start();

@@ -37,10 +37,12 @@ pub const MIN_PART_SIZE: u64 = 8 << 20;
 /// The byte ranges one object of `size` bytes is fetched in with `concurrency` connections: one
 /// whole-object request up to [`SPLIT_ABOVE`], else `concurrency` about equal ranges of at least
 /// [`MIN_PART_SIZE`], each a multiple of `align` bytes long (but the last). `None` means "the
-/// whole object, no Range header". Invariant of the result: the ranges are contiguous, start at 0
-/// and end at `size`, and every range but the last ends on a multiple of `align`.
+/// whole object, no Range header". Invariant of the result: it is `[None]`, or two or more
+/// ranges that are contiguous, start at 0 and end at `size`, and of which every one but the last
+/// ends on a multiple of `align`. (One range is never returned: the caller makes the file at its
+/// full length only for ranged requests, so a lone range would have no file to write into.)
 pub fn split(size: u64, concurrency: usize, align: u64) -> Vec<Option<std::ops::Range<u64>>> {
-    if size <= SPLIT_ABOVE {
+    if size <= SPLIT_ABOVE || concurrency <= 1 {
         return vec![None];
     }
     let align = align.max(1);
@@ -52,6 +54,10 @@ pub fn split(size: u64, concurrency: usize, align: u64) -> Vec<Option<std::ops::
         let end = (start + part).min(size);
         ranges.push(Some(start..end));
         start = end;
+    }
+    if ranges.len() == 1 {
+        // An alignment as large as the object leaves one range: that is the whole object.
+        return vec![None];
     }
     ranges
 }
@@ -376,8 +382,17 @@ mod tests {
             .iter()
             .flatten()
             .all(|r| r.end - r.start == MIN_PART_SIZE));
+    }
+
+    #[test]
+    fn one_connection_or_one_range_is_one_request_without_a_range() {
         // A concurrency of 0 is taken as 1, never as a zero divisor.
-        assert!(covers(&split(100 << 20, 0, 1), 100 << 20));
+        for concurrency in [0, 1] {
+            assert_eq!(split(100 << 20, concurrency, 1), vec![None]);
+        }
+        // A part larger than the object leaves one piece; a huge one does not overflow.
+        assert_eq!(split(40 << 20, 8, 64 << 20), vec![None]);
+        assert_eq!(split(40 << 20, 8, u64::MAX), vec![None]);
     }
 
     #[test]
@@ -390,9 +405,6 @@ mod tests {
                 assert_eq!(r.end % part, 0, "{size}: {ranges:?}");
             }
         }
-        // A part larger than the object leaves one range; a huge one does not overflow.
-        assert_eq!(split(40 << 20, 8, 64 << 20).len(), 1);
-        assert_eq!(split(40 << 20, 8, u64::MAX).len(), 1);
     }
 
     /// The part digests of `body` taken by requests over `ranges`, fed in uneven chunks.
