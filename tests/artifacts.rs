@@ -77,10 +77,15 @@ fn push(env: &[(&str, String)], dir: &Path, storage: &str, state: &Path, extra: 
 }
 
 fn localize(env: &[(&str, String)], dest: &Path, source: &str) -> Ran {
+    localize_with(env, dest, source, &[])
+}
+
+fn localize_with(env: &[(&str, String)], dest: &Path, source: &str, extra: &[&str]) -> Ran {
     let mut cmd = periscope();
     cmd.args(["localize", "--dest"])
         .arg(dest)
-        .args(["--source", source]);
+        .args(["--source", source])
+        .args(extra);
     with_env(&mut cmd, env);
     run(&mut cmd)
 }
@@ -415,23 +420,32 @@ fn a_file_pushed_in_parts_is_checked_part_by_part_on_load_and_a_changed_part_is_
         .expect_output("1 sent, 1 copied from the previous save");
     assert_eq!(parts_in(2), listed);
 
-    let load = |name: &str| {
+    // With one connection the file is one request, which checks every part as it streams.
+    let load_over = |name: &str, extra: &[&str]| {
         let dest = work.path().join(name);
-        let ran = localize(&env, &dest, &format!("s3://models/{}/", save(1)));
+        let ran = localize_with(&env, &dest, &format!("s3://models/{}/", save(1)), extra);
         (ran, dest)
     };
-    let (ran, dest) = load("good");
-    ran.expect_code(0);
-    assert_eq!(std::fs::read(dest.join("1/weights.bin")).unwrap(), bytes);
+    let load = |name: &str| load_over(name, &[]);
+    for (name, extra) in [("good", &[][..]), ("good-1", &["--concurrency", "1"][..])] {
+        let (ran, dest) = load_over(name, extra);
+        ran.expect_code(0);
+        assert_eq!(std::fs::read(dest.join("1/weights.bin")).unwrap(), bytes);
+    }
 
     // One byte of the second part changed, same size: the load names the part's bytes.
     let mut tampered = bytes.clone();
     tampered[(9 << 20) + 5] ^= 0x01;
     s3.put("models", &format!("{}/weights.bin", save(1)), &tampered);
-    let (ran, dest) = load("tampered");
-    ran.expect_code(5)
-        .expect_output("`weights.bin` bytes 8388608..16777216 (part 2) have sha256");
-    assert!(!dest.join("1").exists(), "nothing published");
+    for (name, extra) in [
+        ("tampered", &[][..]),
+        ("tampered-1", &["--concurrency", "1"][..]),
+    ] {
+        let (ran, dest) = load_over(name, extra);
+        ran.expect_code(5)
+            .expect_output("`weights.bin` bytes 8388608..16777216 (part 2) have sha256");
+        assert!(!dest.join("1").exists(), "nothing published");
+    }
 
     // A manifest from before part digests were listed: the whole file is read back and checked.
     let key = format!("{}/manifest.json", save(1));
