@@ -42,7 +42,7 @@ pub const MIN_PART_SIZE: u64 = 8 << 20;
 /// ends on a multiple of `align`. (One range is never returned: the caller makes the file at its
 /// full length only for ranged requests, so a lone range would have no file to write into.)
 pub fn split(size: u64, concurrency: usize, align: u64) -> Vec<Option<std::ops::Range<u64>>> {
-    if size <= SPLIT_ABOVE || concurrency <= 1 {
+    if size <= SPLIT_ABOVE {
         return vec![None];
     }
     let align = align.max(1);
@@ -56,7 +56,8 @@ pub fn split(size: u64, concurrency: usize, align: u64) -> Vec<Option<std::ops::
         start = end;
     }
     if ranges.len() == 1 {
-        // An alignment as large as the object leaves one range: that is the whole object.
+        // One connection, or an alignment as large as the object, leaves one range: that is
+        // the whole object.
         return vec![None];
     }
     ranges
