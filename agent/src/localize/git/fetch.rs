@@ -4,7 +4,8 @@
 //! The ref is resolved from the refs the server advertises when the connection opens; then, on
 //! the same connection, only that ref is fetched, to the asked depth. A commit no advertised ref
 //! points at is asked for by SHA (servers that allow it answer at the same depth); if the server
-//! refuses, the whole history is fetched and the commit looked up in it. Everything is written inside the repository's folder, nowhere else.
+//! refuses, the whole history is fetched and the commit looked up in it. Everything is written
+//! inside the repository's folder, nowhere else.
 
 use std::path::Path;
 
