@@ -1,67 +1,40 @@
 //! Downloads planned objects into the stage: many objects at once, and large objects in parallel
 //! byte ranges, never more than `concurrency` requests in flight for one source.
 //!
-//! Every object becomes a list of jobs (one for a small object, one per part for a large one);
-//! all jobs of a source share one bounded stream, so a prefix of many small files and a single
-//! huge object both keep the same number of connections busy. A large object is cut into about
-//! one part per connection (never under [`MIN_PART_SIZE`]), not into many small ranges: every
-//! request costs the server a lookup and some servers a pass over the whole object, and each part
-//! is written as it streams in, so a bigger part costs no memory. Parts of one object are fetched
-//! with `If-Match` on its ETag, so an object replaced mid-download fails instead of mixing two
+//! Every object starts as one request. A large one's request is a lead ([`split`]): once it has
+//! measured the server, it may stop at a cut and queue helper ranges for the rest, about one per
+//! connection and never under [`split::MIN_PART_SIZE`], not many small ranges, since every
+//! request costs the server a lookup and some servers a pass over the whole object. All requests
+//! of a source share one queue, helpers first, so a prefix of many small files and a single huge
+//! object both keep the same number of connections busy. Each request writes at its own offset
+//! as it streams, so a bigger range costs no memory. Every request of a large object carries
+//! `If-Match` with its ETag, so an object replaced mid-download fails instead of mixing two
 //! versions.
 //!
 //! A caller that checks digests (loading an artifacts save, a `sha256=` fragment) asks for them
 //! per file ([`Hashing`]), and they are taken as the bytes stream in, so nothing is read back from
 //! disk: the whole object's sha256 when it comes in one request (a split object cannot be hashed
 //! in order, and is left to the caller), or the sha256 of each fixed-size part, which any range
-//! can take on its own when ranges start on part boundaries (the split is aligned to them).
+//! can take on its own when ranges start on part boundaries (cuts are aligned to them).
 //! Checking the digests is the caller's job. This module writes only below the stage it is given.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
+use super::split::{self, Pace};
 use super::ObjectError;
 use crate::localize::SourceProgress;
 use crate::storage::{Service, StorageError};
-
-/// Objects larger than this are fetched in parallel ranges.
-pub const SPLIT_ABOVE: u64 = 16 << 20;
-/// The smallest ranged request; below this, a request's own cost outweighs the parallelism.
-pub const MIN_PART_SIZE: u64 = 8 << 20;
-
-/// The byte ranges one object of `size` bytes is fetched in with `concurrency` connections: one
-/// whole-object request up to [`SPLIT_ABOVE`], else `concurrency` about equal ranges of at least
-/// [`MIN_PART_SIZE`], each a multiple of `align` bytes long (but the last). `None` means "the
-/// whole object, no Range header". Invariant of the result: it is `[None]`, or two or more
-/// ranges that are contiguous, start at 0 and end at `size`, and of which every one but the last
-/// ends on a multiple of `align`. (One range is never returned: the caller makes the file at its
-/// full length only for ranged requests, so a lone range would have no file to write into.)
-pub fn split(size: u64, concurrency: usize, align: u64) -> Vec<Option<std::ops::Range<u64>>> {
-    if size <= SPLIT_ABOVE {
-        return vec![None];
-    }
-    let align = align.max(1);
-    let part = size.div_ceil(concurrency.max(1) as u64).max(MIN_PART_SIZE);
-    let part = part.div_ceil(align).saturating_mul(align);
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    while start < size {
-        let end = (start + part).min(size);
-        ranges.push(Some(start..end));
-        start = end;
-    }
-    if ranges.len() == 1 {
-        // One connection, or an alignment as large as the object, leaves one range: that is
-        // the whole object.
-        return vec![None];
-    }
-    ranges
-}
 
 /// What to hash of one file as it downloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +66,24 @@ pub enum Digests {
     Parts(Vec<Option<[u8; 32]>>),
 }
 
-/// One request: a whole object, or one byte range of a large one.
-struct Job {
-    file: usize,
-    range: Option<std::ops::Range<u64>>,
+/// One request. Invariant: a `Lead` or `Range` file was made at its full length before the
+/// request starts, since they write at offsets (or may come to).
+#[derive(Debug, Clone)]
+enum Job {
+    /// A small object, or one that cannot be split: all of it, no Range header.
+    Whole { file: usize },
+    /// A large object, asked for whole; it may stop at a cut and queue helpers ([`split::rest`]).
+    Lead { file: usize },
+    /// A helper: one byte range of a large object, from a part boundary.
+    Range { file: usize, range: Range<u64> },
+}
+
+impl Job {
+    fn file(&self) -> usize {
+        match self {
+            Job::Whole { file } | Job::Lead { file } | Job::Range { file, .. } => *file,
+        }
+    }
 }
 
 /// What one request hashed: the whole object, or parts from the `first`-th on.
@@ -116,6 +103,27 @@ pub struct Downloaded {
     pub digests: Vec<Digests>,
 }
 
+/// The part size ranges of a file must be aligned to: its hashing parts, else none.
+fn alignment(d: &Download) -> u64 {
+    match d.hashing {
+        Hashing::Parts(n) => n.max(1),
+        Hashing::None | Hashing::Whole => 1,
+    }
+}
+
+/// When a lead decides and what: [`split::MEASURE_FOR`] and [`split::rest`], except in tests
+/// that need one path taken for certain.
+#[derive(Clone, Copy)]
+struct Policy {
+    measure_for: Duration,
+    rest: fn(u64, Pace, usize, u64) -> Option<split::Rest>,
+}
+
+const POLICY: Policy = Policy {
+    measure_for: split::MEASURE_FOR,
+    rest: split::rest,
+};
+
 /// Downloads every file, hashing each as its [`Download::hashing`] says.
 pub async fn download_all(
     store: Arc<dyn ObjectStore>,
@@ -124,18 +132,29 @@ pub async fn download_all(
     concurrency: usize,
     progress: &SourceProgress,
 ) -> Result<Downloaded, ObjectError> {
-    let mut jobs = Vec::new();
+    download_with(store, service, files, concurrency, progress, POLICY).await
+}
+
+async fn download_with(
+    store: Arc<dyn ObjectStore>,
+    service: Service,
+    files: &[Download],
+    concurrency: usize,
+    progress: &SourceProgress,
+    policy: Policy,
+) -> Result<Downloaded, ObjectError> {
+    let concurrency = concurrency.max(1);
+    let mut queue = VecDeque::new();
     let mut digests = Vec::with_capacity(files.len());
     for (index, d) in files.iter().enumerate() {
-        let align = match d.hashing {
-            Hashing::Parts(n) => n,
-            Hashing::None | Hashing::Whole => 1,
-        };
-        let ranges = split(d.meta.size, concurrency, align);
-        if ranges.len() > 1 {
-            // Every part job writes at its own offset, so the file must exist at full length first.
+        if split::splittable(d.meta.size, concurrency, alignment(d)) {
+            // A lead may hand its tail to helpers that write at their own offsets, so the file
+            // must exist at full length first.
             let file = std::fs::File::create(&d.path).map_err(write_error(&d.path))?;
             file.set_len(d.meta.size).map_err(write_error(&d.path))?;
+            queue.push_back(Job::Lead { file: index });
+        } else {
+            queue.push_back(Job::Whole { file: index });
         }
         digests.push(match d.hashing {
             Hashing::Parts(n) => {
@@ -144,35 +163,79 @@ pub async fn download_all(
             }
             Hashing::None | Hashing::Whole => Digests::None,
         });
-        jobs.extend(ranges.into_iter().map(|range| Job { file: index, range }));
     }
-    let results = futures::stream::iter(jobs)
-        .map(|job| {
-            let store = store.clone();
-            let d = &files[job.file];
-            let index = job.file;
-            async move {
-                let (n, taken) = run_job(store.as_ref(), service, d, job.range, progress).await?;
-                Ok::<_, ObjectError>((index, n, taken))
+    let mut done = Downloaded { bytes: 0, digests };
+    // Helpers go ahead of everything queued: their object is already under way.
+    let (helpers_tx, mut helpers_rx) = mpsc::unbounded_channel::<Vec<Job>>();
+    let start = |job: Job| {
+        let (store, helpers) = (store.clone(), helpers_tx.clone());
+        let d = &files[job.file()];
+        async move {
+            let index = job.file();
+            let request = Request {
+                store: store.as_ref(),
+                index,
+                service,
+                d,
+                concurrency,
+                progress,
+                policy,
+            };
+            let (n, taken) = request.run(job, &helpers).await?;
+            Ok::<_, ObjectError>((index, n, taken))
+        }
+    };
+    let mut running = FuturesUnordered::new();
+    // Bytes written per file, to check at the end that cuts and helpers left no hole.
+    let mut written = vec![0u64; files.len()];
+    loop {
+        // A lead queues its helpers before it can finish, so once it has finished they are
+        // here: the queue is never seen empty while a file still has ranges to come.
+        while let Ok(helpers) = helpers_rx.try_recv() {
+            for job in helpers.into_iter().rev() {
+                queue.push_front(job);
             }
-        })
-        .buffer_unordered(concurrency.max(1));
-    let init = Downloaded { bytes: 0, digests };
-    results
-        .try_fold(init, |mut done, (index, n, taken)| async move {
-            done.bytes += n;
-            match (taken, &mut done.digests[index]) {
-                (Taken::Whole(d), slot) => *slot = Digests::Whole(d),
-                (Taken::Parts { first, digests }, Digests::Parts(all)) => {
-                    for (slot, d) in all.iter_mut().skip(first).zip(digests) {
-                        *slot = Some(d);
+        }
+        while running.len() < concurrency {
+            let Some(job) = queue.pop_front() else { break };
+            running.push(start(job));
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            finished = running.next() => {
+                let Some(finished) = finished else { continue };
+                let (index, n, taken) = finished?;
+                done.bytes += n;
+                written[index] += n;
+                match (taken, &mut done.digests[index]) {
+                    (Taken::Whole(d), slot) => *slot = Digests::Whole(d),
+                    (Taken::Parts { first, digests }, Digests::Parts(all)) => {
+                        for (slot, d) in all.iter_mut().skip(first).zip(digests) {
+                            *slot = Some(d);
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
-            Ok(done)
-        })
-        .await
+            Some(helpers) = helpers_rx.recv() => {
+                for job in helpers.into_iter().rev() {
+                    queue.push_front(job);
+                }
+            }
+        }
+    }
+    for (d, written) in files.iter().zip(written) {
+        if written != d.meta.size {
+            return Err(ObjectError::ShortBody {
+                key: d.meta.location.to_string(),
+                expected: d.meta.size,
+                got: written,
+            });
+        }
+    }
+    Ok(done)
 }
 
 /// Hashes one request's bytes as [`Hashing`] asks: parts are cut at multiples of the part size
@@ -193,7 +256,7 @@ enum Hasher {
 impl Hasher {
     /// The hasher for bytes `range` of an object (`None`: all of it); a range that does not start
     /// on a part boundary gets none (its parts are left to the caller).
-    fn new(hashing: Hashing, range: &Option<std::ops::Range<u64>>) -> Hasher {
+    fn new(hashing: Hashing, range: &Option<Range<u64>>) -> Hasher {
         let start = range.as_ref().map_or(0, |r| r.start);
         match hashing {
             Hashing::Whole if range.is_none() => Hasher::Whole(Sha256::new()),
@@ -234,6 +297,15 @@ impl Hasher {
         }
     }
 
+    /// The digests taken by a lead that stopped at a cut on a part boundary: its whole parts,
+    /// and no whole-object digest (the bytes after the cut are not in it).
+    fn finish_at_cut(self) -> Taken {
+        match self {
+            Hasher::Whole(_) => Taken::None,
+            other => other.finish(false),
+        }
+    }
+
     /// The digests taken; `at_end` says the request reached the object's end, so a short last
     /// part is the object's last part (elsewhere it would be a piece of a part, and is dropped).
     fn finish(self, at_end: bool) -> Taken {
@@ -263,76 +335,186 @@ impl Hasher {
 /// How many bytes a request writes between two writeback hints.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-async fn run_job(
-    store: &dyn ObjectStore,
+/// What every request of one [`download_all`] shares.
+struct Request<'a> {
+    store: &'a dyn ObjectStore,
+    /// The file's index in [`download_all`]'s list, which helper jobs name.
+    index: usize,
     service: Service,
-    d: &Download,
-    range: Option<std::ops::Range<u64>>,
-    progress: &SourceProgress,
-) -> Result<(u64, Taken), ObjectError> {
-    let mut hasher = Hasher::new(d.hashing, &range);
-    let key = d.meta.location.to_string();
-    let request_error = |e: &object_store::Error| StorageError::request(service, key.clone(), e);
-    let mut options = GetOptions::default();
-    let mut file = match &range {
-        Some(r) => {
-            options.range = Some(GetRange::Bounded(r.clone()));
+    d: &'a Download,
+    concurrency: usize,
+    progress: &'a SourceProgress,
+    policy: Policy,
+}
+
+impl Request<'_> {
+    /// Fetches what `job` asks for into the file; a lead sends the helpers it queues on
+    /// `helpers`. Returns the bytes written and the digests taken.
+    async fn run(
+        &self,
+        job: Job,
+        helpers: &mpsc::UnboundedSender<Vec<Job>>,
+    ) -> Result<(u64, Taken), ObjectError> {
+        let d = self.d;
+        let size = d.meta.size;
+        let key = d.meta.location.to_string();
+        let request_error =
+            |e: &object_store::Error| StorageError::request(self.service, key.clone(), e);
+        let (start, mut end, lead) = match &job {
+            Job::Whole { .. } => (0, size, false),
+            Job::Lead { .. } => (0, size, true),
+            Job::Range { range, .. } => (range.start, range.end, false),
+        };
+        let range = match &job {
+            Job::Range { range, .. } => Some(range.clone()),
+            Job::Whole { .. } | Job::Lead { .. } => None,
+        };
+        let mut hasher = Hasher::new(d.hashing, &range);
+        let mut options = GetOptions::default();
+        let mut file = if let Job::Whole { .. } = job {
+            tokio::fs::File::create(&d.path)
+                .await
+                .map_err(write_error(&d.path))?
+        } else {
+            options.range = range.clone().map(GetRange::Bounded);
             options.if_match = d.meta.e_tag.clone();
             let mut f = tokio::fs::OpenOptions::new()
                 .write(true)
                 .open(&d.path)
                 .await
                 .map_err(write_error(&d.path))?;
-            f.seek(std::io::SeekFrom::Start(r.start))
+            f.seek(std::io::SeekFrom::Start(start))
                 .await
                 .map_err(write_error(&d.path))?;
             f
-        }
-        None => tokio::fs::File::create(&d.path)
+        };
+        let asked = Instant::now();
+        let result = self
+            .store
+            .get_opts(&d.meta.location, options)
             .await
-            .map_err(write_error(&d.path))?,
-    };
-    let result = store
-        .get_opts(&d.meta.location, options)
-        .await
-        .map_err(|e| request_error(&e))?;
-    let mut body = result.into_stream();
-    let start = range.as_ref().map_or(0, |r| r.start);
-    let mut written = 0u64;
-    // The stage is made durable before it is published. Starting writeback as the bytes arrive
-    // lets the disk work while the request still streams, so that wait is short: the kernel
-    // alone would start only once a tenth of memory is dirty, which a 1 GiB object never reaches.
-    let mut written_back = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| request_error(&e))?;
-        file.write_all(&chunk).await.map_err(write_error(&d.path))?;
-        hasher.update(&chunk);
-        written += chunk.len() as u64;
-        progress.advance(chunk.len() as u64);
-        if written - written_back >= WRITEBACK_EVERY {
-            let handle = file.try_clone().await.map_err(write_error(&d.path))?;
-            let (handle, from) = (handle.into_std().await, start + written_back);
-            let len = written - written_back;
-            tokio::task::spawn_blocking(move || crate::fsutil::start_writeback(&handle, from, len));
-            written_back = written;
+            .map_err(|e| request_error(&e))?;
+        let mut body = result.into_stream();
+        let mut written = 0u64;
+        // The stage is made durable before it is published. Starting writeback as the bytes
+        // arrive lets the disk work while the request still streams, so that wait is short: the
+        // kernel alone would start only once a tenth of memory is dirty, which a 1 GiB object
+        // never reaches.
+        let mut written_back = 0u64;
+        // A lead measures from its first byte, then decides once.
+        let mut first_byte: Option<(Instant, Duration)> = None;
+        let mut undecided = lead;
+        loop {
+            let chunk = match first_byte.filter(|_| undecided) {
+                Some((at, _)) => tokio::select! {
+                    // The deadline first: a body that always has a chunk ready must not put
+                    // the decision off.
+                    biased;
+                    () = tokio::time::sleep_until((at + self.policy.measure_for).into()) => {
+                        undecided = false;
+                        if let Some(cut) = self.decide(first_byte, written, helpers) {
+                            end = cut;
+                        }
+                        if start + written >= end {
+                            break;
+                        }
+                        continue;
+                    }
+                    chunk = body.next() => chunk,
+                },
+                None => body.next().await,
+            };
+            let Some(chunk) = chunk else { break };
+            let chunk = chunk.map_err(|e| request_error(&e))?;
+            if first_byte.is_none() {
+                first_byte = Some((Instant::now(), asked.elapsed()));
+            }
+            // A lead that handed its tail to helpers keeps only what lies before the cut.
+            let room = usize::try_from(end - (start + written)).unwrap_or(usize::MAX);
+            let chunk = &chunk[..room.min(chunk.len())];
+            file.write_all(chunk).await.map_err(write_error(&d.path))?;
+            hasher.update(chunk);
+            written += chunk.len() as u64;
+            self.progress.advance(chunk.len() as u64);
+            if written - written_back >= WRITEBACK_EVERY {
+                let handle = file.try_clone().await.map_err(write_error(&d.path))?;
+                let (handle, from) = (handle.into_std().await, start + written_back);
+                let len = written - written_back;
+                tokio::task::spawn_blocking(move || {
+                    crate::fsutil::start_writeback(&handle, from, len)
+                });
+                written_back = written;
+            }
+            if start + written >= end {
+                // Reached the cut (or the end): the rest of the body belongs to helpers, and
+                // dropping it closes the connection.
+                break;
+            }
         }
+        file.flush().await.map_err(write_error(&d.path))?;
+        // The whole range again: bytes still in tokio's buffer at the last window were not on
+        // the page cache yet, and pages already under writeback cost nothing.
+        let file = file.into_std().await;
+        tokio::task::spawn_blocking(move || crate::fsutil::start_writeback(&file, start, written));
+        let expected = end - start;
+        if written != expected {
+            // The listing promised a size; a shorter body means the object changed or was cut
+            // off.
+            return Err(ObjectError::ShortBody {
+                key,
+                expected,
+                got: written,
+            });
+        }
+        if lead && end < size {
+            // The whole object's digest needs every byte in order; the parts up to the cut
+            // are whole, since the cut lies on a part boundary.
+            return Ok((written, hasher.finish_at_cut()));
+        }
+        Ok((written, hasher.finish(end == size)))
     }
-    file.flush().await.map_err(write_error(&d.path))?;
-    // The whole range again: bytes still in tokio's buffer at the last window were not on the
-    // page cache yet, and pages already under writeback cost nothing.
-    let file = file.into_std().await;
-    tokio::task::spawn_blocking(move || crate::fsutil::start_writeback(&file, start, written));
-    let at_end = range.as_ref().is_none_or(|r| r.end == d.meta.size);
-    let expected = range.map_or(d.meta.size, |r| r.end - r.start);
-    if written != expected {
-        // The listing promised a size; a shorter body means the object changed or was cut off.
-        return Err(ObjectError::ShortBody {
+
+    /// A lead's one decision, [`Policy::measure_for`] past its first byte: queues helpers
+    /// for the rest and returns the cut, or `None` to go on alone.
+    fn decide(
+        &self,
+        first_byte: Option<(Instant, Duration)>,
+        received: u64,
+        helpers: &mpsc::UnboundedSender<Vec<Job>>,
+    ) -> Option<u64> {
+        let (at, wait) = first_byte?;
+        let pace = Pace {
+            first_byte: wait,
+            streaming: at.elapsed(),
+            received,
+        };
+        let key = self.d.meta.location.as_ref();
+        let Some(split::Rest {
+            cut,
+            helpers: ranges,
+        }) = (self.policy.rest)(self.d.meta.size, pace, self.concurrency, alignment(self.d))
+        else {
+            tracing::debug!(key, ?pace, "one request fetches the whole object");
+            return None;
+        };
+        tracing::debug!(
             key,
-            expected,
-            got: written,
-        });
+            ?pace,
+            cut,
+            helpers = ranges.len(),
+            "splitting the rest"
+        );
+        let jobs = ranges
+            .into_iter()
+            .map(|range| Job::Range {
+                file: self.index,
+                range,
+            })
+            .collect();
+        // The receiver lives as long as download_all, which polls this request.
+        helpers.send(jobs).ok()?;
+        Some(cut)
     }
-    Ok((written, hasher.finish(at_end)))
 }
 
 /// Maps an IO error on a stage file.
@@ -347,69 +529,8 @@ pub fn write_error(path: &FsPath) -> impl Fn(std::io::Error) -> ObjectError + '_
 mod tests {
     use super::*;
 
-    fn covers(ranges: &[Option<std::ops::Range<u64>>], size: u64) -> bool {
-        let mut at = 0;
-        for r in ranges {
-            let r = r.clone().expect("a split object has only ranged parts");
-            if r.start != at || r.end <= r.start {
-                return false;
-            }
-            at = r.end;
-        }
-        at == size
-    }
-
-    #[test]
-    fn a_small_object_is_one_request_without_a_range() {
-        assert_eq!(split(0, 8, 1), vec![None]);
-        assert_eq!(split(SPLIT_ABOVE, 8, 1), vec![None]);
-    }
-
-    #[test]
-    fn a_large_object_is_cut_into_one_range_per_connection() {
-        let size = (1 << 30) + 4096;
-        let ranges = split(size, 8, 1);
-        assert_eq!(ranges.len(), 8);
-        assert!(covers(&ranges, size));
-    }
-
-    #[test]
-    fn ranges_never_shrink_below_the_minimum() {
-        let size = SPLIT_ABOVE + 1;
-        let ranges = split(size, 64, 1);
-        assert_eq!(ranges.len(), 3, "{ranges:?}");
-        assert!(covers(&ranges, size));
-        assert!(ranges[..2]
-            .iter()
-            .flatten()
-            .all(|r| r.end - r.start == MIN_PART_SIZE));
-    }
-
-    #[test]
-    fn one_connection_or_one_range_is_one_request_without_a_range() {
-        // A concurrency of 0 is taken as 1, never as a zero divisor.
-        for concurrency in [0, 1] {
-            assert_eq!(split(100 << 20, concurrency, 1), vec![None]);
-        }
-        // A part larger than the object leaves one piece; a huge one does not overflow.
-        assert_eq!(split(40 << 20, 8, 64 << 20), vec![None]);
-        assert_eq!(split(40 << 20, 8, u64::MAX), vec![None]);
-    }
-
-    #[test]
-    fn ranges_end_on_part_boundaries() {
-        let part = 5 << 20;
-        for size in [(1u64 << 30) + 4096, 100 << 20, (40 << 20) + 1] {
-            let ranges = split(size, 8, part);
-            assert!(covers(&ranges, size), "{size}: {ranges:?}");
-            for r in ranges.iter().flatten().filter(|r| r.end != size) {
-                assert_eq!(r.end % part, 0, "{size}: {ranges:?}");
-            }
-        }
-    }
-
     /// The part digests of `body` taken by requests over `ranges`, fed in uneven chunks.
-    fn take_parts(body: &[u8], part: u64, ranges: &[Option<std::ops::Range<u64>>]) -> Digests {
+    fn take_parts(body: &[u8], part: u64, ranges: &[Option<Range<u64>>]) -> Digests {
         let count = (body.len() as u64).div_ceil(part).max(1) as usize;
         let mut all = vec![None; count];
         for range in ranges {
@@ -460,5 +581,137 @@ mod tests {
             take_parts(&[], part, &[None]),
             Digests::Parts(vec![Some(Sha256::digest([]).into())])
         );
+    }
+
+    /// A lead that always cuts right after its first chunk, as if the server were slow.
+    const ALWAYS_SPLIT: Policy = Policy {
+        measure_for: Duration::ZERO,
+        rest: |size, pace, concurrency, align| {
+            let slow = Pace {
+                first_byte: Duration::ZERO,
+                streaming: Duration::from_secs(3600),
+                ..pace
+            };
+            split::rest(size, slow, concurrency, align)
+        },
+    };
+
+    /// A lead that never cuts, as if the server read the whole object per request.
+    const NEVER_SPLIT: Policy = Policy {
+        measure_for: Duration::ZERO,
+        rest: |_, _, _, _| None,
+    };
+
+    /// A real store on disk holding one object of `len` bytes; returns it and the object's meta.
+    async fn store_with(dir: &FsPath, len: usize) -> (Arc<dyn ObjectStore>, Vec<u8>, ObjectMeta) {
+        use object_store::ObjectStoreExt;
+        let root = dir.join("store");
+        std::fs::create_dir(&root).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap());
+        let body: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let key = object_store::path::Path::from("big.bin");
+        store.put(&key, body.clone().into()).await.unwrap();
+        let meta = store.head(&key).await.unwrap();
+        (store, body, meta)
+    }
+
+    async fn fetch(
+        store: &Arc<dyn ObjectStore>,
+        meta: &ObjectMeta,
+        path: PathBuf,
+        hashing: Hashing,
+        policy: Policy,
+    ) -> Downloaded {
+        let files = [Download {
+            meta: meta.clone(),
+            path,
+            hashing,
+        }];
+        let progress = SourceProgress::none();
+        download_with(store.clone(), Service::Local, &files, 4, &progress, policy)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_lead_that_cuts_and_its_helpers_write_every_byte_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, body, meta) = store_with(dir.path(), (40 << 20) + 12_345).await;
+        let part = 5u64 << 20;
+        let parts: Vec<_> = body
+            .chunks(part as usize)
+            .map(|c| Some(Sha256::digest(c).into()))
+            .collect();
+        let whole: [u8; 32] = Sha256::digest(&body).into();
+
+        // Cut: the bytes are all there, each part's digest is taken by whichever request held
+        // it, and the whole digest is left to the caller (the tail came from helpers).
+        let out = dir.path().join("split-parts");
+        let done = fetch(
+            &store,
+            &meta,
+            out.clone(),
+            Hashing::Parts(part),
+            ALWAYS_SPLIT,
+        )
+        .await;
+        assert_eq!(done.bytes, body.len() as u64);
+        assert!(
+            std::fs::read(&out).unwrap() == body,
+            "split download differs"
+        );
+        assert_eq!(done.digests, vec![Digests::Parts(parts.clone())]);
+        let out = dir.path().join("split-whole");
+        let done = fetch(&store, &meta, out.clone(), Hashing::Whole, ALWAYS_SPLIT).await;
+        assert!(
+            std::fs::read(&out).unwrap() == body,
+            "split download differs"
+        );
+        assert_eq!(done.digests, vec![Digests::None]);
+
+        // Not cut: one request, and the whole digest comes with it.
+        let out = dir.path().join("alone-whole");
+        let done = fetch(&store, &meta, out.clone(), Hashing::Whole, NEVER_SPLIT).await;
+        assert_eq!(done.bytes, body.len() as u64);
+        assert!(
+            std::fs::read(&out).unwrap() == body,
+            "one-request download differs"
+        );
+        assert_eq!(done.digests, vec![Digests::Whole(whole)]);
+        let out = dir.path().join("alone-parts");
+        let done = fetch(
+            &store,
+            &meta,
+            out.clone(),
+            Hashing::Parts(part),
+            NEVER_SPLIT,
+        )
+        .await;
+        assert!(
+            std::fs::read(&out).unwrap() == body,
+            "one-request download differs"
+        );
+        assert_eq!(done.digests, vec![Digests::Parts(parts)]);
+    }
+
+    #[tokio::test]
+    async fn helpers_of_a_replaced_object_fail_instead_of_mixing_versions() {
+        use object_store::ObjectStoreExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, body, meta) = store_with(dir.path(), 40 << 20).await;
+        // The object changes after the listing: every request of a large object carries the
+        // listed ETag, so none of them may take the new bytes.
+        let mut changed = body.clone();
+        changed[0] ^= 1;
+        store.put(&meta.location, changed.into()).await.unwrap();
+        let files = [Download {
+            meta: meta.clone(),
+            path: dir.path().join("out"),
+            hashing: Hashing::None,
+        }];
+        let progress = SourceProgress::none();
+        let got = download_with(store, Service::Local, &files, 4, &progress, ALWAYS_SPLIT).await;
+        assert!(got.is_err(), "a replaced object was downloaded");
     }
 }

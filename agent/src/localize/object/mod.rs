@@ -2,8 +2,9 @@
 //!
 //! A URL whose path ends in `/` (or names a whole bucket) is a prefix: every object under it is
 //! copied, keys becoming paths below the stage ([`keys`]), many at once and large ones in ranges
-//! ([`copy`]). Any other URL names one object: an archive (by extension or `#format=`) is streamed
-//! into the unpacker ([`archive`]); anything else is stored as is under its own name.
+//! ([`copy`], cut where [`split`] says it pays). Any other URL names one object: an archive (by
+//! extension or `#format=`) is streamed into the unpacker ([`archive`]); anything else is stored
+//! as is under its own name.
 //!
 //! The revision recorded for a prefix or a plain object is a digest of keys and ETags
 //! ([`fingerprint`]), which `probe` recomputes from a listing alone; an archive's revision is the
@@ -14,6 +15,7 @@ mod archive;
 pub(crate) mod copy;
 mod fingerprint;
 mod keys;
+mod split;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -31,8 +33,8 @@ use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
 use crate::storage::{self, Service, StorageError, StoreOptions};
 
-pub use copy::{MIN_PART_SIZE, SPLIT_ABOVE};
 pub use fingerprint::fingerprint;
+pub use split::{MIN_PART_SIZE, SPLIT_ABOVE};
 
 /// An object store source that failed.
 #[derive(Debug, thiserror::Error)]
