@@ -164,8 +164,8 @@ async fn download_with(
             Hashing::None | Hashing::Whole => Digests::None,
         });
     }
-    let mut done = Downloaded { bytes: 0, digests };
     // Helpers go ahead of everything queued: their object is already under way.
+    let mut urgent = VecDeque::new();
     let (helpers_tx, mut helpers_rx) = mpsc::unbounded_channel::<Vec<Job>>();
     let start = |job: Job| {
         let (store, helpers) = (store.clone(), helpers_tx.clone());
@@ -192,12 +192,12 @@ async fn download_with(
         // A lead queues its helpers before it can finish, so once it has finished they are
         // here: the queue is never seen empty while a file still has ranges to come.
         while let Ok(helpers) = helpers_rx.try_recv() {
-            for job in helpers.into_iter().rev() {
-                queue.push_front(job);
-            }
+            urgent.extend(helpers);
         }
         while running.len() < concurrency {
-            let Some(job) = queue.pop_front() else { break };
+            let Some(job) = urgent.pop_front().or_else(|| queue.pop_front()) else {
+                break;
+            };
             running.push(start(job));
         }
         if running.is_empty() {
@@ -207,9 +207,8 @@ async fn download_with(
             finished = running.next() => {
                 let Some(finished) = finished else { continue };
                 let (index, n, taken) = finished?;
-                done.bytes += n;
                 written[index] += n;
-                match (taken, &mut done.digests[index]) {
+                match (taken, &mut digests[index]) {
                     (Taken::Whole(d), slot) => *slot = Digests::Whole(d),
                     (Taken::Parts { first, digests }, Digests::Parts(all)) => {
                         for (slot, d) in all.iter_mut().skip(first).zip(digests) {
@@ -219,23 +218,22 @@ async fn download_with(
                     _ => {}
                 }
             }
-            Some(helpers) = helpers_rx.recv() => {
-                for job in helpers.into_iter().rev() {
-                    queue.push_front(job);
-                }
-            }
+            Some(helpers) = helpers_rx.recv() => urgent.extend(helpers),
         }
     }
-    for (d, written) in files.iter().zip(written) {
-        if written != d.meta.size {
+    for (d, written) in files.iter().zip(&written) {
+        if *written != d.meta.size {
             return Err(ObjectError::ShortBody {
                 key: d.meta.location.to_string(),
                 expected: d.meta.size,
-                got: written,
+                got: *written,
             });
         }
     }
-    Ok(done)
+    Ok(Downloaded {
+        bytes: written.iter().sum(),
+        digests,
+    })
 }
 
 /// Hashes one request's bytes as [`Hashing`] asks: parts are cut at multiples of the part size
@@ -297,21 +295,14 @@ impl Hasher {
         }
     }
 
-    /// The digests taken by a lead that stopped at a cut on a part boundary: its whole parts,
-    /// and no whole-object digest (the bytes after the cut are not in it).
-    fn finish_at_cut(self) -> Taken {
-        match self {
-            Hasher::Whole(_) => Taken::None,
-            other => other.finish(false),
-        }
-    }
-
     /// The digests taken; `at_end` says the request reached the object's end, so a short last
-    /// part is the object's last part (elsewhere it would be a piece of a part, and is dropped).
+    /// part is the object's last part (elsewhere it would be a piece of a part, and is dropped),
+    /// and a whole digest is the object's (a lead that stopped at a cut has only a prefix).
     fn finish(self, at_end: bool) -> Taken {
         match self {
             Hasher::None => Taken::None,
-            Hasher::Whole(h) => Taken::Whole(h.finalize().into()),
+            Hasher::Whole(h) if at_end => Taken::Whole(h.finalize().into()),
+            Hasher::Whole(_) => Taken::None,
             Hasher::Parts {
                 first,
                 filled,
@@ -360,15 +351,13 @@ impl Request<'_> {
         let key = d.meta.location.to_string();
         let request_error =
             |e: &object_store::Error| StorageError::request(self.service, key.clone(), e);
-        let (start, mut end, lead) = match &job {
-            Job::Whole { .. } => (0, size, false),
-            Job::Lead { .. } => (0, size, true),
-            Job::Range { range, .. } => (range.start, range.end, false),
+        let (range, lead) = match &job {
+            Job::Whole { .. } => (None, false),
+            Job::Lead { .. } => (None, true),
+            Job::Range { range, .. } => (Some(range.clone()), false),
         };
-        let range = match &job {
-            Job::Range { range, .. } => Some(range.clone()),
-            Job::Whole { .. } | Job::Lead { .. } => None,
-        };
+        let start = range.as_ref().map_or(0, |r| r.start);
+        let mut end = range.as_ref().map_or(size, |r| r.end);
         let mut hasher = Hasher::new(d.hashing, &range);
         let mut options = GetOptions::default();
         let mut file = if let Job::Whole { .. } = job {
@@ -401,18 +390,19 @@ impl Request<'_> {
         // kernel alone would start only once a tenth of memory is dirty, which a 1 GiB object
         // never reaches.
         let mut written_back = 0u64;
-        // A lead measures from its first byte, then decides once.
-        let mut first_byte: Option<(Instant, Duration)> = None;
+        // A lead measures from its first byte (when it came, and the wait for it), then decides
+        // once: `measuring` is set at the first chunk and taken by the decision.
         let mut undecided = lead;
+        let mut measuring: Option<(Instant, Duration)> = None;
         loop {
-            let chunk = match first_byte.filter(|_| undecided) {
-                Some((at, _)) => tokio::select! {
+            let chunk = match measuring {
+                Some((at, wait)) => tokio::select! {
                     // The deadline first: a body that always has a chunk ready must not put
                     // the decision off.
                     biased;
                     () = tokio::time::sleep_until((at + self.policy.measure_for).into()) => {
-                        undecided = false;
-                        if let Some(cut) = self.decide(first_byte, written, helpers) {
+                        measuring = None;
+                        if let Some(cut) = self.decide(at, wait, written, helpers) {
                             end = cut;
                         }
                         if start + written >= end {
@@ -426,8 +416,9 @@ impl Request<'_> {
             };
             let Some(chunk) = chunk else { break };
             let chunk = chunk.map_err(|e| request_error(&e))?;
-            if first_byte.is_none() {
-                first_byte = Some((Instant::now(), asked.elapsed()));
+            if undecided {
+                undecided = false;
+                measuring = Some((Instant::now(), asked.elapsed()));
             }
             // A lead that handed its tail to helpers keeps only what lies before the cut.
             let room = usize::try_from(end - (start + written)).unwrap_or(usize::MAX);
@@ -466,23 +457,19 @@ impl Request<'_> {
                 got: written,
             });
         }
-        if lead && end < size {
-            // The whole object's digest needs every byte in order; the parts up to the cut
-            // are whole, since the cut lies on a part boundary.
-            return Ok((written, hasher.finish_at_cut()));
-        }
         Ok((written, hasher.finish(end == size)))
     }
 
-    /// A lead's one decision, [`Policy::measure_for`] past its first byte: queues helpers
-    /// for the rest and returns the cut, or `None` to go on alone.
+    /// A lead's one decision, [`Policy::measure_for`] past its first byte, which came at `at`
+    /// after a `wait`: queues helpers for the rest and returns the cut, or `None` to go on
+    /// alone.
     fn decide(
         &self,
-        first_byte: Option<(Instant, Duration)>,
+        at: Instant,
+        wait: Duration,
         received: u64,
         helpers: &mpsc::UnboundedSender<Vec<Job>>,
     ) -> Option<u64> {
-        let (at, wait) = first_byte?;
         let pace = Pace {
             first_byte: wait,
             streaming: at.elapsed(),
@@ -645,54 +632,40 @@ mod tests {
             .collect();
         let whole: [u8; 32] = Sha256::digest(&body).into();
 
-        // Cut: the bytes are all there, each part's digest is taken by whichever request held
-        // it, and the whole digest is left to the caller (the tail came from helpers).
-        let out = dir.path().join("split-parts");
-        let done = fetch(
-            &store,
-            &meta,
-            out.clone(),
-            Hashing::Parts(part),
-            ALWAYS_SPLIT,
-        )
-        .await;
-        assert_eq!(done.bytes, body.len() as u64);
-        assert!(
-            std::fs::read(&out).unwrap() == body,
-            "split download differs"
-        );
-        assert_eq!(done.digests, vec![Digests::Parts(parts.clone())]);
-        let out = dir.path().join("split-whole");
-        let done = fetch(&store, &meta, out.clone(), Hashing::Whole, ALWAYS_SPLIT).await;
-        assert!(
-            std::fs::read(&out).unwrap() == body,
-            "split download differs"
-        );
-        assert_eq!(done.digests, vec![Digests::None]);
-
-        // Not cut: one request, and the whole digest comes with it.
-        let out = dir.path().join("alone-whole");
-        let done = fetch(&store, &meta, out.clone(), Hashing::Whole, NEVER_SPLIT).await;
-        assert_eq!(done.bytes, body.len() as u64);
-        assert!(
-            std::fs::read(&out).unwrap() == body,
-            "one-request download differs"
-        );
-        assert_eq!(done.digests, vec![Digests::Whole(whole)]);
-        let out = dir.path().join("alone-parts");
-        let done = fetch(
-            &store,
-            &meta,
-            out.clone(),
-            Hashing::Parts(part),
-            NEVER_SPLIT,
-        )
-        .await;
-        assert!(
-            std::fs::read(&out).unwrap() == body,
-            "one-request download differs"
-        );
-        assert_eq!(done.digests, vec![Digests::Parts(parts)]);
+        // Cut: each part's digest is taken by whichever request held it, and the whole digest
+        // is left to the caller (the tail came from helpers). Not cut: one request, and the
+        // whole digest comes with it.
+        let cases = [
+            (
+                "split-parts",
+                Hashing::Parts(part),
+                ALWAYS_SPLIT,
+                Digests::Parts(parts.clone()),
+            ),
+            ("split-whole", Hashing::Whole, ALWAYS_SPLIT, Digests::None),
+            (
+                "alone-whole",
+                Hashing::Whole,
+                NEVER_SPLIT,
+                Digests::Whole(whole),
+            ),
+            (
+                "alone-parts",
+                Hashing::Parts(part),
+                NEVER_SPLIT,
+                Digests::Parts(parts),
+            ),
+        ];
+        for (name, hashing, policy, digests) in cases {
+            let out = dir.path().join(name);
+            let done = fetch(&store, &meta, out.clone(), hashing, policy).await;
+            assert_eq!(done.bytes, body.len() as u64, "{name}");
+            assert!(
+                std::fs::read(&out).unwrap() == body,
+                "{name}: the file differs"
+            );
+            assert_eq!(done.digests, vec![digests], "{name}");
+        }
     }
 
     #[tokio::test]
