@@ -30,6 +30,25 @@ impl Classify for IdentityError {
 }
 
 impl JobIdentity {
+    /// The worker's folder below a storage path: `<prefix>/<experiment>/<worker>`, where
+    /// everything this worker stores lives.
+    pub fn worker_prefix(&self, prefix: &object_store::path::Path) -> object_store::path::Path {
+        prefix
+            .clone()
+            .join(self.experiment.as_str())
+            .join(self.worker.as_str())
+    }
+
+    /// The worker's folder below a storage URL, redacted, for people: `<URL>/<experiment>/<worker>`.
+    pub fn shown_under(&self, storage: &url::Url) -> String {
+        format!(
+            "{}/{}/{}",
+            crate::redact::redact_url(storage.as_str()).trim_end_matches('/'),
+            self.experiment,
+            self.worker
+        )
+    }
+
     /// Builds the identity from flags, falling back to the environment as described above.
     pub fn resolve(
         experiment: Option<String>,

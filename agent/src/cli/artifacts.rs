@@ -4,13 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use object_store::path::Path as StorePath;
-use periscope::artifacts::{self, PushConfig, PushOutcome};
+use periscope::artifacts::{self, PushOutcome, Target};
 use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
-use periscope::redact::redact_url;
-use periscope::storage::{self, Service, StoreOptions};
-use url::Url;
+use periscope::storage::StoreOptions;
 
 use super::size::{human, parse_size};
 use super::Failure;
@@ -88,7 +85,7 @@ impl PushTarget {
         };
         let identity = JobIdentity::resolve(self.experiment_id.clone(), self.worker.clone())?;
         let url = super::storage_url::parse(storage)?;
-        Target::open(&url, &identity, &StoreOptions::default())
+        Ok(Target::open(&url, &identity, &StoreOptions::default())?)
     }
 }
 
@@ -103,6 +100,16 @@ pub struct PushTuning {
     /// concurrency × part size bytes are held in memory.
     #[arg(long, env = "PERISCOPE_ARTIFACTS_PART_SIZE", default_value = "8MiB", value_parser = parse_size)]
     pub artifacts_part_size: u64,
+}
+
+impl PushTuning {
+    /// The library's settings.
+    pub fn settings(&self) -> artifacts::PushTuning {
+        artifacts::PushTuning {
+            concurrency: usize::from(self.artifacts_concurrency),
+            part_size: self.artifacts_part_size,
+        }
+    }
 }
 
 /// `--artifacts DIR` for `sidecar`, `run` and `exec`. Invariant: none (an empty list means no
@@ -138,75 +145,20 @@ pub async fn run(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
     match args.command {
         ArtifactsCommand::Push(p) => {
             let target = p.to.open()?;
-            push_dirs(&[p.dir], &target, &p.to.state_dir, &p.tuning).await?;
+            let saves = target
+                .push_all(&[p.dir], &p.to.state_dir, p.tuning.settings())
+                .await?;
+            print_saves(&saves);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// A worker's storage location. Invariant: `prefix` is `<storage path>/<experiment>/<worker>`.
-pub struct Target {
-    store: std::sync::Arc<dyn object_store::ObjectStore>,
-    /// The same store's multipart interface, so a killed push continues a large file's upload.
-    parts: Option<std::sync::Arc<dyn object_store::multipart::MultipartStore>>,
-    service: Service,
-    prefix: StorePath,
-    shown: String,
-}
-
-impl Target {
-    /// Opens the store of `url` for `identity`.
-    pub fn open(
-        url: &Url,
-        identity: &JobIdentity,
-        options: &StoreOptions,
-    ) -> Result<Target, Failure> {
-        let opened = storage::open_parts(url, options)?;
-        let path = opened.path;
-        let service = Service::from_scheme(url.scheme()).unwrap_or(Service::Local);
-        Ok(Target {
-            store: opened.objects,
-            parts: opened.parts,
-            service,
-            prefix: super::sidecar::join(&path, &[&identity.experiment, &identity.worker]),
-            shown: format!(
-                "{}/{}/{}",
-                redact_url(url.as_str()).trim_end_matches('/'),
-                identity.experiment,
-                identity.worker
-            ),
-        })
+/// Prints a line per save, as each push's outcome.
+pub fn print_saves(saves: &[(PathBuf, PushOutcome)]) {
+    for (dir, outcome) in saves {
+        eprintln!("{}", describe(dir, outcome));
     }
-}
-
-/// Pushes each folder and prints a line per save; returns the outcomes in order.
-pub async fn push_dirs(
-    dirs: &[PathBuf],
-    target: &Target,
-    state_dir: &Path,
-    tuning: &PushTuning,
-) -> Result<Vec<PushOutcome>, Failure> {
-    // S3 refuses parts under 5 MiB (but the last one).
-    let part = usize::try_from(tuning.artifacts_part_size.max(5 << 20)).unwrap_or(usize::MAX);
-    let mut outcomes = Vec::with_capacity(dirs.len());
-    for dir in dirs {
-        let mut cfg = PushConfig::new(
-            target.store.clone(),
-            target.service,
-            target.prefix.clone(),
-            target.shown.clone(),
-            state_dir.to_path_buf(),
-        );
-        cfg.parts = target.parts.clone();
-        cfg.concurrency = usize::from(tuning.artifacts_concurrency);
-        cfg.part_size = part;
-        // One PUT up to a part's size: in-flight memory stays under concurrency × part size.
-        cfg.multipart_above = part as u64;
-        let outcome = artifacts::push(dir, &cfg).await?;
-        eprintln!("{}", describe(dir, &outcome));
-        outcomes.push(outcome);
-    }
-    Ok(outcomes)
 }
 
 /// `1,234`.

@@ -13,10 +13,10 @@
 //! or locked metastore never delays reading sources or answering ingest requests: only the
 //! queue's bound does (sources pause, ingest answers 503).
 //!
-//! [`run`] is the sidecar's loop for it, with the same stop and drain rules as the log shipper
-//! ([`crate::sidecar`]): on the first stop request or when the exit-code file appears, keep
-//! reading and delivering until two quiet passes with nothing queued and nothing undelivered,
-//! then record the final status and deliver it. While it runs, delivery happens on a thread of
+//! [`run`] is the sidecar's loop for it, with the stop and drain rules of every sidecar loop
+//! ([`crate::lifecycle`]): once the job is over, keep reading and delivering until the passes are
+//! quiet with nothing queued and nothing undelivered, then record the final status and deliver
+//! it. While it runs, delivery happens on a thread of
 //! its own (sinks may do blocking work, such as SQLite's, inside `write`), which `run` lends the
 //! `Delivery` to and takes it back from before returning. This module never prints.
 
@@ -36,8 +36,8 @@ use super::queue::{Queue, QueueConfig};
 use super::sink::Sink;
 use super::{jsonl, run_info, scalars, MetricsError};
 use crate::job::JobIdentity;
+use crate::lifecycle::{Drain, Ending, Next, Stop};
 use crate::retry::{RetryPolicy, Verdict};
-use crate::sidecar::{Ending, Lifecycle};
 
 /// The queue's folder inside the state folder.
 pub const QUEUE_DIR: &str = "metrics-queue";
@@ -549,12 +549,12 @@ async fn next_ingest(ingest: &mut Option<mpsc::Receiver<IngestRequest>>) -> Inge
     std::future::pending().await
 }
 
-/// Runs the pipeline until `stop` has been signalled (or the exit-code file appeared) and the
-/// drain ended, delivering on a thread of its own meanwhile. See the module docs.
+/// Runs the pipeline until the drain ends (see [`crate::lifecycle`]), delivering on a thread of
+/// its own meanwhile. See the module docs.
 pub async fn run(
     pipeline: &mut MetricsPipeline,
-    cfg: &Lifecycle,
-    stop: watch::Receiver<u32>,
+    drain: Drain,
+    stop: Stop,
     wake: mpsc::UnboundedReceiver<()>,
     ingest: Option<mpsc::Receiver<IngestRequest>>,
 ) -> Result<Ending, MetricsError> {
@@ -562,7 +562,7 @@ pub async fn run(
     let delivery = pipeline.delivery.take().ok_or(MetricsError::DeliveryLost)?;
     let (stop_delivery, stopped) = watch::channel(false);
     let mut ended = spawn_delivery(delivery, pipeline.appended.clone(), stopped)?.fuse();
-    let ending = serve(pipeline, cfg, stop, wake, ingest, &mut ended).await;
+    let ending = serve(pipeline, drain, stop, wake, ingest, &mut ended).await;
     if ended.is_terminated() {
         return ending;
     }
@@ -575,78 +575,51 @@ pub async fn run(
 }
 
 /// [`run`]'s loop, reading sources and answering ingest while the delivery thread (`ended`
-/// resolves when it stops) empties the queue.
+/// resolves when it stops) empties the queue. Once drained, the run's final status is queued and
+/// delivered before the loop ends.
 async fn serve(
     pipeline: &mut MetricsPipeline,
-    cfg: &Lifecycle,
-    mut stop: watch::Receiver<u32>,
+    mut drain: Drain,
+    mut stop: Stop,
     mut wake: mpsc::UnboundedReceiver<()>,
     mut ingest: Option<mpsc::Receiver<IngestRequest>>,
     ended: &mut futures::future::Fuse<oneshot::Receiver<DeliveryEnd>>,
 ) -> Result<Ending, MetricsError> {
-    let mut drain_deadline: Option<Instant> = None;
-    let mut quiet_passes = 0;
-    let mut quiet_since = Instant::now();
     let mut final_status_queued = false;
     let mut waiting: Option<IngestRequest> = None;
-    // Change notifications can trigger passes microseconds apart; "nothing more is coming" needs
-    // quiet passes that also span some time.
-    let quiet_for = (cfg.poll_interval * 2).min(Duration::from_millis(400));
     loop {
-        let draining = drain_deadline.is_some();
         let read = pipeline.poll_sources()?;
         let ingested = serve_ingest(pipeline, &mut ingest, waiting.take())?;
-        if let Some(deadline) = drain_deadline {
-            if read == 0 && ingested == 0 && pipeline.backlog() == 0 {
-                if quiet_passes == 0 {
-                    quiet_since = Instant::now();
-                }
-                quiet_passes += 1;
-                if quiet_passes >= 2 && quiet_since.elapsed() >= quiet_for {
-                    if !final_status_queued {
-                        final_status_queued = true;
-                        let status = cfg
-                            .exit_when_file
-                            .as_deref()
-                            .and_then(|exit| run_info::final_status(exit, &pipeline.cfg.state_dir));
-                        if let Some(status) = status {
-                            pipeline.enqueue(vec![Item::Status {
-                                status,
-                                at_ms: now_ms(),
-                            }])?;
-                            quiet_passes = 0;
-                            continue;
-                        }
+        let idle = read == 0 && ingested == 0 && pipeline.backlog() == 0;
+        match drain.after_pass(idle, pipeline.backlog()) {
+            Next::End(Ending::Drained) => {
+                if !final_status_queued {
+                    final_status_queued = true;
+                    let status = drain
+                        .settings()
+                        .exit_when_file
+                        .as_deref()
+                        .and_then(|exit| run_info::final_status(exit, &pipeline.cfg.state_dir));
+                    if let Some(status) = status {
+                        pipeline.enqueue(vec![Item::Status {
+                            status,
+                            at_ms: now_ms(),
+                        }])?;
+                        drain.quiet_again();
+                        continue;
                     }
-                    if final_status_queued {
-                        run_info::forget_script_failure(&pipeline.cfg.state_dir);
-                    }
-                    return Ok(Ending::Drained);
                 }
-            } else {
-                quiet_passes = 0;
+                run_info::forget_script_failure(&pipeline.cfg.state_dir);
+                return Ok(Ending::Drained);
             }
-            if Instant::now() >= deadline {
-                return Ok(Ending::Incomplete {
-                    backlog: pipeline.backlog(),
-                    reason: "drain timeout",
-                });
-            }
-        } else if cfg.exit_when_file.as_ref().is_some_and(|p| p.exists()) {
-            tracing::info!("the main container has exited; draining metrics");
-            drain_deadline = Some(Instant::now() + cfg.drain_timeout);
-            continue;
+            Next::End(ending) => return Ok(ending),
+            Next::PassNow => continue,
+            Next::Continue => {}
         }
         // A read that filled its budget left more behind (a large event file, a long JSONL
         // backlog): read on at once rather than one budget per poll interval.
         let more = read as usize >= pipeline.cfg.max_items_per_read;
-        let pause = if more {
-            Duration::ZERO
-        } else if draining {
-            Duration::from_millis(100).min(cfg.poll_interval)
-        } else {
-            cfg.poll_interval
-        };
+        let pause = if more { Duration::ZERO } else { drain.pause() };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             Some(()) = wake.recv() => {
@@ -660,17 +633,9 @@ async fn serve(
                 result?;
                 return Err(MetricsError::DeliveryLost);
             }
-            changed = stop.changed() => {
-                let requests = if changed.is_ok() { *stop.borrow() } else { 1 };
-                if requests >= 2 || changed.is_err() && draining {
-                    let backlog = pipeline.backlog();
-                    return Ok(if backlog == 0 { Ending::Drained } else {
-                        Ending::Incomplete { backlog, reason: "second stop request" }
-                    });
-                }
-                if drain_deadline.is_none() {
-                    drain_deadline = Some(Instant::now() + cfg.drain_timeout);
-                    quiet_passes = 0;
+            requests = stop.next() => {
+                if let Next::End(ending) = drain.on_stop(requests, || pipeline.backlog()) {
+                    return Ok(ending);
                 }
             }
         }
@@ -963,15 +928,16 @@ mod tests {
         };
         let mut p = MetricsPipeline::open(cfg, Box::new(sink)).unwrap();
         let (requests, ingest) = mpsc::channel(8);
-        let (stop_tx, stop) = watch::channel(0u32);
+        let (stop_tx, stop) = Stop::channel();
         let (wake_tx, wake) = mpsc::unbounded_channel();
-        let lifecycle = Lifecycle {
+        let lifecycle = crate::lifecycle::Lifecycle {
             poll_interval: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(3600),
             exit_when_file: None,
         };
+        let drain = Drain::new(lifecycle, "metrics", Default::default());
         let task = tokio::spawn(async move {
-            let ending = run(&mut p, &lifecycle, stop, wake, Some(ingest)).await;
+            let ending = run(&mut p, drain, stop, wake, Some(ingest)).await;
             (ending, p)
         });
         let ask = |items: Vec<Item>| {
@@ -1010,7 +976,7 @@ mod tests {
             "the write is still held"
         );
         release.send(()).unwrap();
-        stop_tx.send(1).unwrap();
+        stop_tx.request();
         let (ending, p) = task.await.unwrap();
         assert_eq!(ending.unwrap(), Ending::Drained);
         assert_eq!(p.backlog(), 0);

@@ -15,6 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use crate::lifecycle::DrainFlag;
 use crate::ship::LogStats;
 
 /// State the HTTP endpoints read. Invariant: `last_pass_ms` only grows.
@@ -24,8 +25,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Unix time in milliseconds of the end of the last pass.
     pub last_pass_ms: AtomicU64,
-    /// The sidecar is draining.
-    pub draining: AtomicBool,
+    /// Set once any loop of the sidecar drains.
+    pub draining: DrainFlag,
     /// Bytes read but not yet stored, over all pipelines.
     pub backlog_bytes: AtomicU64,
 }
@@ -104,7 +105,7 @@ async fn metrics(o: Observed) -> impl IntoResponse {
         "periscope_draining",
         "gauge",
         "1 while the sidecar drains after a stop request.",
-        u64::from(o.health.draining.load(Ordering::Relaxed)),
+        u64::from(o.health.draining.is_set()),
     );
     if let Some(s) = &o.logs {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -15,8 +15,8 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::artifacts::record::mlflow_tag;
 use crate::metrics::model::{float, ArtifactsSave, Item, RunStatus, Tag};
+use crate::metrics::saves::mlflow_tag;
 
 /// MLflow's limits for one `runs/log-batch` (`mlflow/utils/validation.py`).
 pub const MAX_METRICS: usize = 1000;

@@ -7,6 +7,7 @@
 //! * [`batch`]: items → `runs/log-batch` requests within MLflow's limits, and status updates.
 //! * [`run`]: finding or creating the experiment and this worker's run, found again after a
 //!   restart.
+//! * [`mirror`]: copying an artifacts save into the run's artifacts, where they share a bucket.
 //! * [`sink`]: the [`Sink`](super::Sink) that ties them together.
 //!
 //! Settings come from MLflow's standard variables ([`MlflowSettings::from_env`]). This module
@@ -15,6 +16,7 @@
 
 pub mod batch;
 pub mod client;
+pub mod mirror;
 pub mod run;
 pub mod sink;
 

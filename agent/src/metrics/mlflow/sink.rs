@@ -26,9 +26,9 @@ use serde_json::json;
 
 use super::batch::{Call, KeyValue, LogBatch, Planner};
 use super::client::{ApiClient, ApiError};
+use super::mirror;
 use super::run::{self, Target};
 use super::MlflowSettings;
-use crate::artifacts::mirror;
 use crate::error::{Classify, ErrorClass};
 use crate::metrics::model::{ArtifactsSave, Item};
 use crate::metrics::sink::{Sink, SinkError};

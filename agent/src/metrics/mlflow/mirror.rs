@@ -17,9 +17,9 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use url::Url;
 
-use super::manifest::{sha256_hex, Manifest, MANIFEST_FILE};
-use super::push::under;
-use super::ArtifactsError;
+use crate::artifacts::manifest::{sha256_hex, Manifest, MANIFEST_FILE};
+use crate::artifacts::push::under;
+use crate::artifacts::ArtifactsError;
 use crate::redact::redact_url;
 use crate::storage::{self, Service, StorageError, StoreOptions};
 

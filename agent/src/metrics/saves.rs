@@ -1,13 +1,13 @@
-//! What a completed save tells the metastore, as items of the metrics pipeline.
+//! What a completed artifacts save tells the metastore, as items of the metrics pipeline.
 //!
 //! Two items per new save: the param `artifacts.<n>` = the save's URL, which Submarine and SQLite
 //! store per worker (params are immutable, and a save number is never reused, so this fits), and
 //! an [`ArtifactsSave`] that MLflow turns into the tag [`mlflow_tag`] and, where its artifact
-//! store is the same object store, into the run's artifacts (see [`super::mirror`]). Sinks
-//! without tags or artifacts ignore the second. This module only builds items.
+//! store is the same object store, into the run's artifacts (see [`super::mlflow::mirror`]).
+//! Sinks without tags or artifacts ignore the second. This module only builds items.
 
-use super::push::PushOutcome;
-use crate::metrics::model::{ArtifactsSave, Item, Param, Tag};
+use super::model::{ArtifactsSave, Item, Param, Tag};
+use crate::artifacts::PushOutcome;
 
 /// The param key of save `n`.
 pub fn param_key(n: u64) -> String {

@@ -1,0 +1,217 @@
+//! `periscope run`: localize, run the command and ship what it writes, in one process, for bare
+//! VMs.
+//!
+//! The sources are localized as `periscope localize` does; a [`Sidecar`] is assembled exactly as
+//! `periscope sidecar` assembles one; the command runs as `periscope exec` runs it, with its
+//! exit-code file telling the sidecar's loops that the job is over. Everything defaults to one
+//! data folder ([`DataDir`]) that the reading commands (`runs`, `metrics`, `logs`) find too.
+//! This module never prints.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Classify, ErrorClass};
+use crate::exec::{self, ExecError, ExecSpec};
+use crate::job::JobIdentity;
+use crate::lifecycle::Stop;
+use crate::localize::{self, FetchContext, LocalizeError, Outcome, ProgressSink, SourceSpec};
+use crate::sidecar::{Report, Settings, Sidecar, SidecarError};
+
+/// The folder `periscope run` keeps everything in by default. Invariant: an absolute path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir(PathBuf);
+
+impl DataDir {
+    /// The data folder at `root` (made absolute from the current folder).
+    pub fn new(root: &Path) -> std::io::Result<DataDir> {
+        Ok(DataDir(std::path::absolute(root)?))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+
+    /// Where sources land: `<data>/code/<source>`.
+    pub fn code(&self) -> PathBuf {
+        self.0.join("code")
+    }
+
+    /// The default storage: `<data>/storage/<experiment>/<worker>/…`.
+    pub fn storage(&self) -> PathBuf {
+        self.0.join("storage")
+    }
+
+    /// The embedded metastore every run under this folder shares.
+    pub fn metastore(&self) -> PathBuf {
+        self.0.join("metastore.db")
+    }
+
+    /// A run's own folder: its `stdout.log`, `stderr.log`, `exit-code`, `metrics.jsonl` and
+    /// `tensorboard/`.
+    pub fn run_dir(&self, id: &JobIdentity) -> PathBuf {
+        self.0.join("runs").join(&id.experiment).join(&id.worker)
+    }
+
+    /// A run's checkpoints and metrics queue.
+    pub fn state(&self, id: &JobIdentity) -> PathBuf {
+        self.0.join("state").join(&id.experiment).join(&id.worker)
+    }
+}
+
+/// What to run and where. Invariant: `sidecar.lifecycle.exit_when_file` is the exit-code file
+/// of `run_dir`, and the folders the sidecar follows include `run_dir`'s logs.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub sources: Vec<SourceSpec>,
+    /// Where sources land.
+    pub dest: PathBuf,
+    /// The capture folder of the command's output and exit code.
+    pub run_dir: PathBuf,
+    /// `SUBMARINE_TENSORBOARD_LOG_DIR` for the command.
+    pub tensorboard: PathBuf,
+    /// `PERISCOPE_METRICS_FILE` for the command.
+    pub metrics_file: PathBuf,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub sidecar: Settings,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct RunReport {
+    pub localized: Vec<Outcome>,
+    /// The command's exit code, as a shell reports it.
+    pub code: i32,
+    /// Why the command could not be started, if it could not (`code` is then 127 or 126).
+    pub not_started: Option<ExecError>,
+    pub sidecar: Report,
+}
+
+/// Why a run could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Localize(#[from] LocalizeError),
+    #[error(transparent)]
+    Sidecar(#[from] SidecarError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("cannot prepare `{}`: {source}", path.display())]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot handle signals: {0}")]
+    Signals(std::io::Error),
+}
+
+impl Classify for RunError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Localize(e) => e.class(),
+            RunError::Sidecar(e) => e.class(),
+            RunError::Exec(e) => e.class(),
+            RunError::Folder { .. } => ErrorClass::Io,
+            RunError::Signals(_) => ErrorClass::Internal,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            RunError::Localize(e) => e.hint(),
+            RunError::Sidecar(e) => e.hint(),
+            RunError::Exec(e) => e.hint(),
+            RunError::Folder { .. } => {
+                Some("check permissions and free space of --data-dir".into())
+            }
+            RunError::Signals(_) => None,
+        }
+    }
+}
+
+/// Localizes, starts the sidecar, runs the command in the first source (or here, with none),
+/// then drains. A signal while the command runs goes to the command; one during the drain ends
+/// it at once (the checkpoints keep what is left for a later run of the same experiment).
+pub async fn run(
+    settings: RunSettings,
+    progress: Arc<dyn ProgressSink>,
+) -> Result<RunReport, RunError> {
+    let localized = if settings.sources.is_empty() {
+        Vec::new()
+    } else {
+        localize::localize(
+            &settings.sources,
+            &settings.dest,
+            &FetchContext::default(),
+            progress,
+        )
+        .await?
+    };
+    let code_dir = localized.first().map(|o| settings.dest.join(&o.entry.into));
+    let sidecar_settings = &settings.sidecar;
+    let state = &sidecar_settings.state_dir;
+    for dir in [&settings.run_dir, &settings.tensorboard, state] {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::Folder {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    // The exit-code file is how the sidecar's loops learn that the command ended and how; one
+    // left by an earlier run of this experiment must go first.
+    let exit_file = settings.run_dir.join(exec::EXIT_CODE_FILE);
+    match std::fs::remove_file(&exit_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(RunError::Folder {
+                path: exit_file,
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    let (requests, stop) = Stop::channel();
+    let sidecar = Sidecar::start(settings.sidecar.clone(), stop).await?;
+    let mut endpoint = sidecar.addr();
+    if endpoint.ip().is_unspecified() {
+        endpoint.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let identity = &settings.sidecar.identity;
+    let mut env: Vec<(OsString, OsString)> = vec![
+        (
+            "SUBMARINE_TENSORBOARD_LOG_DIR".into(),
+            settings.tensorboard.clone().into(),
+        ),
+        (
+            "PERISCOPE_METRICS_FILE".into(),
+            settings.metrics_file.clone().into(),
+        ),
+        ("JOB_ID".into(), identity.experiment.clone().into()),
+        // Scripts that use the mlflow client log through Periscope, never waiting on a server.
+        (
+            "MLFLOW_TRACKING_URI".into(),
+            format!("http://{endpoint}").into(),
+        ),
+    ];
+    if let Some(code) = &code_dir {
+        env.push(("CODE_PATH".into(), code.clone().into()));
+    }
+    let spec = ExecSpec {
+        program: settings.program.clone(),
+        args: settings.args.clone(),
+        capture_dir: settings.run_dir.clone(),
+        env,
+        cwd: code_dir,
+    };
+    tracing::info!(experiment = %identity.experiment, worker = %identity.worker, "running the command");
+    let ran = exec::run_here(&spec).await?;
+    // The command is over: drain now, and let a signal end the drain.
+    requests.request();
+    requests.on_signals().map_err(RunError::Signals)?;
+    let report = sidecar.finish().await?;
+    Ok(RunReport {
+        localized,
+        code: ran.code,
+        not_started: ran.not_started,
+        sidecar: report,
+    })
+}

@@ -1,0 +1,237 @@
+//! A sidecar assembled from plain settings, the one way `periscope sidecar` and `periscope run`
+//! build one: the storage, the log and tf.events shippers and their loop, the health and
+//! MLflow-compatible endpoint, the metrics thread, and, once the job is over, the artifacts saves
+//! and the metastore records they make.
+//!
+//! [`Sidecar::start`] opens and checks everything (a wrong setting fails before the job runs) and
+//! starts the loops; [`Sidecar::finish`] waits for them to drain and returns what was done. This
+//! module never prints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::error::SidecarError;
+use super::health;
+use super::metrics::{self, MetricsTask};
+use super::settings::Settings;
+use super::shipping::{self, Pipelines};
+use crate::artifacts::{PushOutcome, Target};
+use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
+use crate::metrics::ingest::{self, RunIdentity};
+use crate::metrics::saves;
+use crate::redact::redact_url;
+use crate::retry::RetryPolicy;
+use crate::ship::{LogConfig, LogShipper, MirrorConfig, ShipError, TfeventsMirror};
+use crate::storage::{self, StoreOptions};
+
+/// What a finished sidecar did.
+#[derive(Debug)]
+pub struct Report {
+    /// How the log and tf.events loop ended.
+    pub shipping: Ending,
+    /// How the metrics pipeline ended.
+    pub metrics: Ending,
+    /// Log bytes stored.
+    pub log_bytes: u64,
+    /// Metrics, params, tags and statuses delivered to the metastore.
+    pub metrics_delivered: u64,
+    /// Each artifacts folder with its save.
+    pub saves: Vec<(PathBuf, PushOutcome)>,
+    /// The worker's folder in storage, redacted.
+    pub stored_at: String,
+}
+
+/// A running sidecar. Invariant: its loops run until [`Sidecar::finish`] has seen them drain.
+pub struct Sidecar {
+    shipping: JoinHandle<(Result<Ending, ShipError>, Pipelines)>,
+    metrics: MetricsTask,
+    drained: DrainFlag,
+    target: Option<Target>,
+    settings: Settings,
+    addr: SocketAddr,
+    stored_at: String,
+}
+
+impl Sidecar {
+    /// Opens storage, the shippers and the metastore, serves the endpoint and starts the loops.
+    /// `stop` counts stop requests (see [`crate::lifecycle`]).
+    pub async fn start(settings: Settings, stop: Stop) -> Result<Sidecar, SidecarError> {
+        let identity = &settings.identity;
+        let options = StoreOptions {
+            // The shippers retry forever on their own; a short inner retry keeps them reading.
+            retry: RetryPolicy {
+                attempts: 2,
+                ..RetryPolicy::default()
+            },
+            ..StoreOptions::default()
+        };
+        let (store, prefix) = storage::open(&settings.storage, &options)?;
+        let worker_prefix = identity.worker_prefix(&prefix);
+        let stored_at = identity.shown_under(&settings.storage);
+        // Checked before the job runs, so a misconfigured pod fails at once rather than after.
+        let target = match settings.artifacts.is_empty() {
+            true => None,
+            false => Some(Target::open(
+                &settings.storage,
+                identity,
+                &StoreOptions::default(),
+            )?),
+        };
+        let logs = &settings.logs;
+        let mut pipelines = Pipelines {
+            logs: None,
+            tfevents: None,
+            health: Default::default(),
+        };
+        if !logs.globs.is_empty() {
+            let destination = format!(
+                "{}#{}/{}",
+                redact_url(settings.storage.as_str()),
+                identity.experiment,
+                identity.worker
+            );
+            let mut cfg = LogConfig::new(
+                logs.globs.clone(),
+                worker_prefix.clone(),
+                destination,
+                settings.state_dir.clone(),
+            );
+            cfg.chunk_bytes = logs.chunk_bytes.max(1);
+            cfg.chunk_age = logs.chunk_age;
+            cfg.spool_max_bytes = logs.spool_max_bytes.max(cfg.chunk_bytes as u64);
+            pipelines.logs = Some(LogShipper::open(cfg, store.clone())?);
+        }
+        if !settings.tfevents.is_empty() {
+            let cfg = MirrorConfig {
+                roots: settings.tfevents.clone(),
+                worker_prefix,
+                state_dir: settings.state_dir.clone(),
+                interval: settings.tfevents_interval,
+                retry: RetryPolicy::default(),
+            };
+            pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
+        }
+        let drained = pipelines.health.draining.clone();
+        let (addr, requests) = serve(&settings, &pipelines).await?;
+        let metrics = metrics::spawn(
+            &settings,
+            Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
+            stop.clone(),
+            Some(requests),
+            Some(addr),
+        )
+        .await?;
+        let mut folders: Vec<PathBuf> = logs.globs.iter().map(|g| g.base.clone()).collect();
+        folders.extend(settings.tfevents.iter().cloned());
+        let drain = Drain::new(
+            settings.lifecycle.clone(),
+            "logs and tf.events",
+            drained.clone(),
+        );
+        let shipping = tokio::spawn(async move {
+            // The watcher must live as long as the loop that reads its notifications.
+            let (_watcher, wake) = super::watch::watch_folders(&folders);
+            let ending = shipping::run(&mut pipelines, drain, stop, wake).await;
+            (ending, pipelines)
+        });
+        tracing::info!(storage = %redact_url(settings.storage.as_str()), experiment = %identity.experiment,
+            worker = %identity.worker, "sidecar started");
+        Ok(Sidecar {
+            shipping,
+            metrics,
+            drained,
+            target,
+            settings,
+            addr,
+            stored_at,
+        })
+    }
+
+    /// The address the endpoint listens on (the port is chosen when the settings said 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until every loop drained. Once the job is over, saves the artifacts folders meanwhile
+    /// and records the saves in the metastore.
+    pub async fn finish(self) -> Result<Report, SidecarError> {
+        let settings = &self.settings;
+        let push = async {
+            let Some(target) = &self.target else {
+                return Ok(Vec::new());
+            };
+            self.drained.wait().await;
+            target
+                .push_all(&settings.artifacts, &settings.state_dir, settings.push)
+                .await
+        };
+        let (shipped, saves) = tokio::join!(self.shipping, push);
+        let (shipping, pipelines) =
+            shipped.map_err(|e| SidecarError::Thread(format!("the shipping task failed: {e}")))?;
+        let (metrics, mut pipeline) = self.metrics.join().await?;
+        let shipping = shipping?;
+        let saves = saves?;
+        let items = saves
+            .iter()
+            .flat_map(|(_, o)| saves::items(o, &settings.identity.worker))
+            .collect();
+        let deliver = metrics == Ending::Drained;
+        metrics::deliver_late(&mut pipeline, items, deliver, settings.late_delivery).await?;
+        let log_bytes = pipelines.logs.as_ref().map_or(0, |l| {
+            l.stats()
+                .bytes_shipped
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        Ok(Report {
+            shipping,
+            metrics,
+            log_bytes,
+            metrics_delivered: pipeline.stats().delivered_items,
+            saves,
+            stored_at: self.stored_at,
+        })
+    }
+}
+
+/// Binds the endpoint and serves health and MLflow-compatible ingest on it. Returns the bound
+/// address and the pipeline's end of the ingest channel.
+async fn serve(
+    settings: &Settings,
+    pipelines: &Pipelines,
+) -> Result<
+    (
+        SocketAddr,
+        tokio::sync::mpsc::Receiver<ingest::IngestRequest>,
+    ),
+    SidecarError,
+> {
+    let listen_error = |source| SidecarError::Listen {
+        addr: settings.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the MLflow-compatible /api/2.0/mlflow/");
+    let (handle, requests) = ingest::channel(RunIdentity {
+        experiment: settings.identity.experiment.clone(),
+        worker: settings.identity.worker.clone(),
+        start_ms: crate::metrics::model::now_ms(),
+    });
+    let observed = health::Observed {
+        health: pipelines.health.clone(),
+        logs: pipelines.logs.as_ref().map(LogShipper::stats),
+        stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
+    };
+    let app = health::router(observed).merge(ingest::router(handle));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the endpoint stopped");
+        }
+    });
+    Ok((addr, requests))
+}
