@@ -1,5 +1,5 @@
-//! TensorBoard event files: the `periscope-tfevents` crate, re-exported under its old path, and
-//! how its errors map to exit codes.
+//! TensorBoard event files: the `periscope-tfevents` crate, re-exported as `periscope::tfevents`,
+//! and how its errors map to exit codes.
 //!
 //! The format code lives in its own crate so the release profile can build it for speed (the rest
 //! of the binary is built for size); see the workspace `Cargo.toml`.

@@ -11,7 +11,7 @@ use object_store::ObjectMeta;
 
 use super::manifest::{FileEntry, Manifest};
 use super::ArtifactsError;
-use crate::localize::object::copy::Digests;
+use crate::storage::download::Digests;
 
 /// One object to fetch and where it lands. Invariant: `rel` is a safe relative path.
 #[derive(Debug, Clone)]

@@ -33,7 +33,7 @@ pub struct ArtifactsArgs {
     command: ArtifactsCommand,
 }
 
-/// The `artifacts` subcommands (only `push` today: loading back is `periscope localize`).
+/// The `artifacts` subcommands: `push` (loading a save back is `periscope localize`).
 #[derive(clap::Subcommand)]
 enum ArtifactsCommand {
     /// Upload every file under DIR as the next save (see --help for the layout).

@@ -8,6 +8,7 @@
 //! * Sources: [`jsonl`] (`--metrics-file`), [`scalars`] (`--tfevents` folders), [`run_info`] (code
 //!   revision params and the final status); [`checkpoint`] keeps what they read in step with the
 //!   queue.
+//! * [`intake`]: items handed in from outside (the MLflow-compatible endpoint, [`mlflow::ingest`]).
 //! * [`queue`]: the durable, bounded, segmented queue (CRC32C records, fsync before acknowledging).
 //! * Sinks: the [`Sink`] trait in [`sink`]; the embedded SQLite metastore in [`sqlite`];
 //!   Submarine's MySQL/MariaDB metastore in [`mysql`]; the rows both store, in [`submarine`]; an
@@ -20,7 +21,7 @@
 //! This module never prints.
 
 pub mod checkpoint;
-pub mod ingest;
+pub mod intake;
 pub mod jsonl;
 pub mod metastore;
 pub mod mlflow;

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::checkpoint::{SourcesCheckpoint, SourcesState};
-use super::ingest::{IngestRequest, Refusal};
+use super::intake::{IngestRequest, Refusal};
 use super::model::{now_ms, Item, RunStatus};
 use super::queue::{Queue, QueueConfig};
 use super::sink::Sink;
@@ -841,11 +841,12 @@ mod tests {
         cfg.retry.base = Duration::from_millis(1);
         cfg.retry.max_delay = Duration::from_millis(1);
         let mut p = MetricsPipeline::open(cfg, Box::new(SqliteStore::open(&db).unwrap())).unwrap();
-        let (handle, rx) = super::super::ingest::channel(super::super::ingest::RunIdentity {
-            experiment: "e".into(),
-            worker: "worker-0".into(),
-            start_ms: 0,
-        });
+        let (handle, rx) =
+            crate::metrics::mlflow::ingest::channel(crate::metrics::mlflow::ingest::RunIdentity {
+                experiment: "e".into(),
+                worker: "worker-0".into(),
+                start_ms: 0,
+            });
         drop(handle);
         let mut ingest = Some(rx);
         let lock = rusqlite::Connection::open(&db).unwrap();

@@ -20,7 +20,8 @@ use super::settings::Settings;
 use super::shipping::{self, Pipelines};
 use crate::artifacts::{PushOutcome, Target};
 use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
-use crate::metrics::ingest::{self, RunIdentity};
+use crate::metrics::intake::IngestRequest;
+use crate::metrics::mlflow::ingest::{self, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
@@ -201,13 +202,7 @@ impl Sidecar {
 async fn serve(
     settings: &Settings,
     pipelines: &Pipelines,
-) -> Result<
-    (
-        SocketAddr,
-        tokio::sync::mpsc::Receiver<ingest::IngestRequest>,
-    ),
-    SidecarError,
-> {
+) -> Result<(SocketAddr, tokio::sync::mpsc::Receiver<IngestRequest>), SidecarError> {
     let listen_error = |source| SidecarError::Listen {
         addr: settings.listen,
         source,

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::error::SidecarError;
 use super::settings::Settings;
 use crate::lifecycle::{Drain, Ending, Stop};
-use crate::metrics::ingest::IngestRequest;
+use crate::metrics::intake::IngestRequest;
 use crate::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
 use crate::metrics::{Item, MetastoreUrl, MetricsError, QueueConfig, SinkContext};
 

@@ -16,7 +16,8 @@
 //! disk: the whole object's sha256 when it comes in one request (a split object cannot be hashed
 //! in order, and is left to the caller), or the sha256 of each fixed-size part, which any range
 //! can take on its own when ranges start on part boundaries (cuts are aligned to them).
-//! Checking the digests is the caller's job. This module writes only below the stage it is given.
+//! Checking the digests is the caller's job (loading a save, localize). This module writes only
+//! the files it is given, and reports bytes through a callback, never printing.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -31,10 +32,57 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::error::StorageError;
+use super::service::Service;
 use super::split::{self, Pace};
-use super::ObjectError;
-use crate::localize::SourceProgress;
-use crate::storage::{Service, StorageError};
+use crate::error::{Classify, ErrorClass};
+
+/// Called with the bytes each response delivers, as they arrive (a progress display).
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// A download that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// A request failed (or the object changed: `If-Match`).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A body ended before the size the store announced.
+    #[error("object `{key}` ended after {got} of {expected} bytes")]
+    ShortBody {
+        key: String,
+        expected: u64,
+        got: u64,
+    },
+    /// Writing a downloaded file failed.
+    #[error("cannot write `{}`: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+impl Classify for DownloadError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DownloadError::Storage(e) => e.class(),
+            DownloadError::ShortBody { .. } => ErrorClass::Network,
+            DownloadError::Write { .. } => ErrorClass::Io,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            DownloadError::Storage(e) => e.hint(),
+            DownloadError::ShortBody { .. } => {
+                Some("the object may have changed while it was copied; run again".into())
+            }
+            DownloadError::Write { .. } => {
+                Some("check that the destination is writable and has free space".into())
+            }
+        }
+    }
+}
 
 /// What to hash of one file as it downloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,8 +178,8 @@ pub async fn download_all(
     service: Service,
     files: &[Download],
     concurrency: usize,
-    progress: &SourceProgress,
-) -> Result<Downloaded, ObjectError> {
+    progress: Progress<'_>,
+) -> Result<Downloaded, DownloadError> {
     download_with(store, service, files, concurrency, progress, POLICY).await
 }
 
@@ -140,9 +188,9 @@ async fn download_with(
     service: Service,
     files: &[Download],
     concurrency: usize,
-    progress: &SourceProgress,
+    progress: Progress<'_>,
     policy: Policy,
-) -> Result<Downloaded, ObjectError> {
+) -> Result<Downloaded, DownloadError> {
     let concurrency = concurrency.max(1);
     let mut queue = VecDeque::new();
     let mut digests = Vec::with_capacity(files.len());
@@ -182,7 +230,7 @@ async fn download_with(
                 policy,
             };
             let (n, taken) = request.run(job, &helpers).await?;
-            Ok::<_, ObjectError>((index, n, taken))
+            Ok::<_, DownloadError>((index, n, taken))
         }
     };
     let mut running = FuturesUnordered::new();
@@ -223,7 +271,7 @@ async fn download_with(
     }
     for (d, written) in files.iter().zip(&written) {
         if *written != d.meta.size {
-            return Err(ObjectError::ShortBody {
+            return Err(DownloadError::ShortBody {
                 key: d.meta.location.to_string(),
                 expected: d.meta.size,
                 got: *written,
@@ -334,7 +382,7 @@ struct Request<'a> {
     service: Service,
     d: &'a Download,
     concurrency: usize,
-    progress: &'a SourceProgress,
+    progress: Progress<'a>,
     policy: Policy,
 }
 
@@ -345,7 +393,7 @@ impl Request<'_> {
         &self,
         job: Job,
         helpers: &mpsc::UnboundedSender<Vec<Job>>,
-    ) -> Result<(u64, Taken), ObjectError> {
+    ) -> Result<(u64, Taken), DownloadError> {
         let d = self.d;
         let size = d.meta.size;
         let key = d.meta.location.to_string();
@@ -426,7 +474,7 @@ impl Request<'_> {
             file.write_all(chunk).await.map_err(write_error(&d.path))?;
             hasher.update(chunk);
             written += chunk.len() as u64;
-            self.progress.advance(chunk.len() as u64);
+            (self.progress)(chunk.len() as u64);
             if written - written_back >= WRITEBACK_EVERY {
                 let handle = file.try_clone().await.map_err(write_error(&d.path))?;
                 let (handle, from) = (handle.into_std().await, start + written_back);
@@ -451,7 +499,7 @@ impl Request<'_> {
         if written != expected {
             // The listing promised a size; a shorter body means the object changed or was cut
             // off.
-            return Err(ObjectError::ShortBody {
+            return Err(DownloadError::ShortBody {
                 key,
                 expected,
                 got: written,
@@ -504,9 +552,9 @@ impl Request<'_> {
     }
 }
 
-/// Maps an IO error on a stage file.
-pub fn write_error(path: &FsPath) -> impl Fn(std::io::Error) -> ObjectError + '_ {
-    move |error| ObjectError::Write {
+/// Maps an IO error on a downloaded file.
+pub fn write_error(path: &FsPath) -> impl Fn(std::io::Error) -> DownloadError + '_ {
+    move |error| DownloadError::Write {
         path: path.to_path_buf(),
         error,
     }
@@ -615,8 +663,7 @@ mod tests {
             path,
             hashing,
         }];
-        let progress = SourceProgress::none();
-        download_with(store.clone(), Service::Local, &files, 4, &progress, policy)
+        download_with(store.clone(), Service::Local, &files, 4, &|_| {}, policy)
             .await
             .unwrap()
     }
@@ -683,8 +730,7 @@ mod tests {
             path: dir.path().join("out"),
             hashing: Hashing::None,
         }];
-        let progress = SourceProgress::none();
-        let got = download_with(store, Service::Local, &files, 4, &progress, ALWAYS_SPLIT).await;
+        let got = download_with(store, Service::Local, &files, 4, &|_| {}, ALWAYS_SPLIT).await;
         assert!(got.is_err(), "a replaced object was downloaded");
     }
 }

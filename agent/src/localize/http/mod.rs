@@ -7,7 +7,7 @@
 //! outcomes to error classes (404 → not found, 401/403 → auth, 429/5xx/timeouts → retried, then
 //! network) and never prints or shows an unredacted URL.
 
-pub(crate) mod client;
+mod client;
 mod download;
 
 use std::io;
@@ -21,6 +21,7 @@ use super::{
     FetchContext, Fetched, Revision, RevisionKind, SourceError, SourceOptions, SourceProgress,
 };
 use crate::error::{Classify, ErrorClass};
+use crate::net::reqwest_text;
 use crate::retry::Verdict;
 
 /// An HTTP failure. Invariant: no variant holds a URL or credentials (the caller shows the
@@ -71,17 +72,23 @@ impl HttpError {
     fn from_send(e: reqwest::Error) -> HttpError {
         if e.is_timeout() {
             HttpError::Connect {
-                detail: format!("timed out ({})", chain(&e)),
+                detail: format!("timed out ({})", reqwest_text(&e)),
             }
         } else if e.is_connect() || e.is_request() {
-            HttpError::Connect { detail: chain(&e) }
+            HttpError::Connect {
+                detail: reqwest_text(&e),
+            }
         } else {
-            HttpError::Body { detail: chain(&e) }
+            HttpError::Body {
+                detail: reqwest_text(&e),
+            }
         }
     }
 
     fn from_body(e: &reqwest::Error) -> HttpError {
-        HttpError::Body { detail: chain(e) }
+        HttpError::Body {
+            detail: reqwest_text(e),
+        }
     }
 
     fn tls_related(&self) -> bool {
@@ -132,28 +139,6 @@ impl Classify for HttpError {
             _ => None,
         }
     }
-}
-
-/// An error and its sources on one line, without the URL reqwest likes to add.
-pub(crate) fn chain(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p: &String| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    // `without_url` on a clone is not possible; strip any URL text reqwest put in the top level.
-    parts
-        .into_iter()
-        .map(|p| match p.find(" for url (") {
-            Some(i) => p[..i].to_string(),
-            None => p,
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 /// The last path segment of the URL, decoded: the file name used for format guessing and for

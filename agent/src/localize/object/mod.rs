@@ -2,7 +2,7 @@
 //!
 //! A URL whose path ends in `/` (or names a whole bucket) is a prefix: every object under it is
 //! copied, keys becoming paths below the stage ([`keys`]), many at once and large ones in ranges
-//! ([`copy`], cut where [`split`] says it pays). Any other URL names one object: an archive (by
+//! ([`crate::storage::download`]). Any other URL names one object: an archive (by
 //! extension or `#format=`) is streamed into the unpacker ([`archive`]); anything else is stored
 //! as is under its own name.
 //!
@@ -12,10 +12,8 @@
 //! the stage it is given and never prints.
 
 mod archive;
-pub(crate) mod copy;
 mod fingerprint;
 mod keys;
-mod split;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -31,10 +29,10 @@ use super::{
 use crate::artifacts::{self, Manifest, MANIFEST_FILE};
 use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
+use crate::storage::download::{self, DownloadError};
 use crate::storage::{self, Service, StorageError, StoreOptions};
 
 pub use fingerprint::fingerprint;
-pub use split::{MIN_PART_SIZE, SPLIT_ABOVE};
 
 /// An object store source that failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +53,9 @@ pub enum ObjectError {
     /// A prefix with nothing under it: most likely a typo.
     #[error("no objects under `{shown}`")]
     EmptyPrefix { shown: String },
-    /// A body ended before the size the store announced.
-    #[error("object `{key}` ended after {got} of {expected} bytes")]
-    ShortBody {
-        key: String,
-        expected: u64,
-        got: u64,
-    },
+    /// Downloading an object failed.
+    #[error(transparent)]
+    Download(#[from] DownloadError),
     /// A save of model artifacts that fails its manifest (or cannot be read).
     #[error(transparent)]
     Artifacts(#[from] crate::artifacts::ArtifactsError),
@@ -74,13 +68,21 @@ pub enum ObjectError {
     },
 }
 
+/// Maps an IO error on a stage file.
+fn write_error(path: &FsPath) -> impl Fn(std::io::Error) -> ObjectError + '_ {
+    move |error| ObjectError::Write {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
 impl Classify for ObjectError {
     fn class(&self) -> ErrorClass {
         match self {
             ObjectError::Storage(e) => e.class(),
             ObjectError::UnsafeKey { .. } | ObjectError::OverLimit { .. } => ErrorClass::Integrity,
             ObjectError::EmptyPrefix { .. } => ErrorClass::NotFound,
-            ObjectError::ShortBody { .. } => ErrorClass::Network,
+            ObjectError::Download(e) => e.class(),
             ObjectError::Artifacts(e) => e.class(),
             ObjectError::Write { .. } => ErrorClass::Io,
         }
@@ -101,9 +103,7 @@ impl Classify for ObjectError {
                 "check the bucket and prefix; to fetch a single object, drop the trailing `/`"
                     .into(),
             ),
-            ObjectError::ShortBody { .. } => {
-                Some("the object may have changed while it was copied; run again".into())
-            }
+            ObjectError::Download(e) => e.hint(),
             ObjectError::Artifacts(e) => e.hint(),
             ObjectError::Write { .. } => {
                 Some("check that the destination is writable and has free space".into())
@@ -190,18 +190,19 @@ impl Located {
     /// Downloads `files` with the source's concurrency; returns the bytes written.
     async fn download(
         &self,
-        files: &[copy::Download],
+        files: &[download::Download],
         ctx: &FetchContext,
         progress: &SourceProgress,
-    ) -> Result<copy::Downloaded, ObjectError> {
-        copy::download_all(
+    ) -> Result<download::Downloaded, ObjectError> {
+        let progress = |bytes| progress.advance(bytes);
+        Ok(download::download_all(
             self.store.clone(),
             self.service,
             files,
             ctx.concurrency,
-            progress,
+            &progress,
         )
-        .await
+        .await?)
     }
 
     async fn head(&self) -> Result<ObjectMeta, ObjectError> {
@@ -285,15 +286,15 @@ async fn fetch_prefix(
     progress.set_total(plan.bytes());
     for dir in &plan.dirs {
         let path = stage.join(dir);
-        std::fs::create_dir(&path).map_err(copy::write_error(&path))?;
+        std::fs::create_dir(&path).map_err(write_error(&path))?;
     }
-    let downloads: Vec<copy::Download> = plan
+    let downloads: Vec<download::Download> = plan
         .files
         .iter()
-        .map(|f| copy::Download {
+        .map(|f| download::Download {
             meta: f.meta.clone(),
             path: stage.join(&f.rel),
-            hashing: copy::Hashing::None,
+            hashing: download::Hashing::None,
         })
         .collect();
     tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
@@ -347,20 +348,20 @@ async fn fetch_save(
     let wanted = artifacts::verify::plan(&at.shown, &at.path, &manifest, objects)?;
     check_limits(manifest.bytes(), wanted.len() as u64, ctx)?;
     progress.set_total(manifest.bytes());
-    let downloads: Vec<copy::Download> = wanted
+    let downloads: Vec<download::Download> = wanted
         .iter()
-        .map(|w| copy::Download {
+        .map(|w| download::Download {
             meta: w.meta.clone(),
             path: artifacts::verify::stage_path(stage, &w.entry),
             hashing: match w.entry.parts() {
-                Some(parts) => copy::Hashing::Parts(parts.size),
-                None => copy::Hashing::Whole,
+                Some(parts) => download::Hashing::Parts(parts.size),
+                None => download::Hashing::Whole,
             },
         })
         .collect();
     for d in &downloads {
         if let Some(parent) = d.path.parent() {
-            std::fs::create_dir_all(parent).map_err(copy::write_error(parent))?;
+            std::fs::create_dir_all(parent).map_err(write_error(parent))?;
         }
     }
     tracing::info!(source = %at.shown, save = manifest.save, files = wanted.len(), "copying an artifacts save");
@@ -396,12 +397,12 @@ async fn fetch_single(
     let name = at.path.filename().unwrap_or("object").to_string();
     let path = stage.join(&name);
     progress.set_total(meta.size);
-    let download = copy::Download {
+    let download = download::Download {
         meta,
         path,
         hashing: match opts.sha256 {
-            Some(_) => copy::Hashing::Whole,
-            None => copy::Hashing::None,
+            Some(_) => download::Hashing::Whole,
+            None => download::Hashing::None,
         },
     };
     let done = at
@@ -412,7 +413,7 @@ async fn fetch_single(
         Some(expected) => {
             // Hashed as it streamed in, unless it came in ranges.
             let actual = match done.digests.first() {
-                Some(copy::Digests::Whole(digest)) => *digest,
+                Some(download::Digests::Whole(digest)) => *digest,
                 _ => sha256_file(&download.path)?,
             };
             if actual != expected {
@@ -459,8 +460,8 @@ fn check_limits(bytes: u64, entries: u64, ctx: &FetchContext) -> Result<(), Obje
 
 fn sha256_file(path: &FsPath) -> Result<[u8; 32], ObjectError> {
     use sha2::{Digest, Sha256};
-    let mut file = std::fs::File::open(path).map_err(copy::write_error(path))?;
+    let mut file = std::fs::File::open(path).map_err(write_error(path))?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(copy::write_error(path))?;
+    std::io::copy(&mut file, &mut hasher).map_err(write_error(path))?;
     Ok(hasher.finalize().into())
 }

@@ -15,52 +15,25 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::metrics::model::{float, ArtifactsSave, Item, RunStatus, Tag};
+pub use super::api::{
+    KeyValue, Metric, MAX_ENTITIES, MAX_KEY, MAX_METRICS, MAX_PARAMS, MAX_PARAM_VALUE,
+    MAX_REQUEST_BYTES, MAX_TAGS, MAX_TAG_VALUE,
+};
+use crate::metrics::model::{ArtifactsSave, Item, RunStatus, Tag};
 use crate::metrics::saves::mlflow_tag;
-
-/// MLflow's limits for one `runs/log-batch` (`mlflow/utils/validation.py`).
-pub const MAX_METRICS: usize = 1000;
-pub const MAX_PARAMS: usize = 100;
-pub const MAX_TAGS: usize = 100;
-pub const MAX_ENTITIES: usize = 1000;
-pub const MAX_REQUEST_BYTES: usize = 1_000_000;
-/// Longest param value, tag value and key MLflow stores (in characters).
-pub const MAX_PARAM_VALUE: usize = 6000;
-pub const MAX_TAG_VALUE: usize = 8000;
-pub const MAX_KEY: usize = 250;
 
 /// Bytes kept free for `{"run_id":"…","metrics":[],"params":[],"tags":[]}` around the items
 /// (MLflow run ids are 32 hex characters; this leaves room for long ones).
 const ENVELOPE_BYTES: usize = 512;
 
-/// One metric point as `runs/log-batch` takes it; non-finite values as MLflow's JSON strings.
-/// Invariant: `key` is a name MLflow accepts ([`mlflow_key`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MetricOut {
-    pub key: String,
-    #[serde(with = "float")]
-    pub value: f64,
-    pub timestamp: i64,
-    pub step: i64,
-}
-
-/// A param or tag as MLflow's REST API writes it. Invariant (when built here): `key` is a name
-/// MLflow accepts and `value` is no longer than MLflow keeps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct KeyValue {
-    pub key: String,
-    pub value: String,
-}
-
 /// The body of one `runs/log-batch`. Invariant: within every limit above once wrapped with a
 /// run id, param keys are unique, tag keys are unique.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogBatch {
-    pub metrics: Vec<MetricOut>,
+    pub metrics: Vec<Metric>,
     pub params: Vec<KeyValue>,
     pub tags: Vec<KeyValue>,
     /// Encoded size of the items, commas included.
-    #[serde(skip)]
     bytes: usize,
 }
 
@@ -84,18 +57,11 @@ impl LogBatch {
 
     /// The request body for `run_id`.
     pub fn body(&self, run_id: &str) -> Result<Vec<u8>, serde_json::Error> {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            run_id: &'a str,
-            metrics: &'a [MetricOut],
-            params: &'a [KeyValue],
-            tags: &'a [KeyValue],
-        }
-        serde_json::to_vec(&Body {
-            run_id,
-            metrics: &self.metrics,
-            params: &self.params,
-            tags: &self.tags,
+        serde_json::to_vec(&super::api::LogBatch {
+            run_id: run_id.into(),
+            metrics: self.metrics.as_slice().into(),
+            params: self.params.as_slice().into(),
+            tags: self.tags.as_slice().into(),
         })
     }
 }
@@ -198,11 +164,11 @@ impl Planner {
         for item in items {
             match item {
                 Item::Metric(m) => {
-                    let out = MetricOut {
+                    let out = Metric {
                         key: self.key(&m.key),
                         value: m.value,
-                        timestamp: m.timestamp_ms,
-                        step: m.step,
+                        timestamp: Some(m.timestamp_ms),
+                        step: Some(m.step),
                     };
                     let size = encoded_len(&out);
                     if !fits(&data, size) || data.metrics.len() >= MAX_METRICS {
@@ -383,7 +349,7 @@ mod tests {
         // Metrics keep their order.
         let steps: Vec<i64> = batches
             .iter()
-            .flat_map(|b| b.metrics.iter().map(|m| m.step))
+            .flat_map(|b| b.metrics.iter().filter_map(|m| m.step))
             .collect();
         assert_eq!(steps, (0..2500).collect::<Vec<_>>());
     }

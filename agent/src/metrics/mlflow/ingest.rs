@@ -25,32 +25,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::model::{float, now_ms, Item, Metric, Param, RunStatus, Tag};
-
-/// MLflow's limits for one `runs/log-batch`.
-pub const MAX_BATCH_METRICS: usize = 1000;
-pub const MAX_BATCH_PARAMS: usize = 100;
-pub const MAX_BATCH_TAGS: usize = 100;
-pub const MAX_BATCH_ITEMS: usize = 1000;
+use super::api::{
+    self, KeyValue, LogBatch, UpdateRun, MAX_ENTITIES, MAX_METRICS, MAX_PARAMS, MAX_TAGS,
+};
+use crate::metrics::intake::{IngestRequest, Refusal};
+use crate::metrics::model::{float, now_ms, Item, Metric, Param, RunStatus, Tag};
 
 /// How long a client is asked to wait when the queue is full.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
-
-/// Why the pipeline did not take a request's items.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// The queue is full: try again later.
-    Full,
-    /// Storing failed (disk); the message holds no secret.
-    Failed(String),
-}
-
-/// Items waiting for the pipeline, and where to send its answer.
-#[derive(Debug)]
-pub struct IngestRequest {
-    pub items: Vec<Item>,
-    pub reply: oneshot::Sender<Result<(), Refusal>>,
-}
 
 /// Who the sidecar's run is. Invariant: fixed for the sidecar's lifetime.
 #[derive(Debug, Clone)]
@@ -109,11 +91,11 @@ pub fn router(handle: IngestHandle) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({"error_code": code, "message": message.into()})),
-    )
-        .into_response()
+    let body = api::ErrorBody {
+        error_code: code.into(),
+        message: message.into(),
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 fn invalid(message: impl Into<String>) -> Response {
@@ -209,15 +191,6 @@ async fn runs_get(State(h): State<IngestHandle>) -> Response {
     axum::Json(run_json(&h.run, None)).into_response()
 }
 
-/// The part of `runs/update` that matters here: the status `end_run` sends.
-#[derive(Deserialize)]
-struct UpdateRun {
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    end_time: Option<i64>,
-}
-
 /// FINISHED (what `end_run` sends by default) changes nothing: the run's final status comes from
 /// the main container's exit code. FAILED or KILLED is the script's own verdict, which an exit
 /// code of 0 must not overturn: it is queued like a metric, durably, before the answer.
@@ -243,25 +216,7 @@ async fn runs_update(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
     axum::Json(json!({"run_info": run_info(&h.run, None)})).into_response()
 }
 
-/// A metric as MLflow's REST API writes it.
-#[derive(Deserialize)]
-struct MetricIn {
-    key: String,
-    #[serde(with = "float")]
-    value: f64,
-    #[serde(default)]
-    timestamp: Option<i64>,
-    #[serde(default)]
-    step: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct KeyValue {
-    key: String,
-    value: String,
-}
-
-fn metric(m: MetricIn, worker: &str) -> Result<Item, String> {
+fn metric(m: api::Metric, worker: &str) -> Result<Item, String> {
     if m.key.is_empty() {
         return Err("a metric key must not be empty".into());
     }
@@ -300,7 +255,7 @@ fn tag(t: KeyValue) -> Result<Item, String> {
 }
 
 async fn log_metric(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
-    let item = match body::<MetricIn>(&bytes).and_then(|m| metric(m, &h.run.worker)) {
+    let item = match body::<api::Metric>(&bytes).and_then(|m| metric(m, &h.run.worker)) {
         Ok(i) => i,
         Err(e) => return invalid(e),
     };
@@ -323,39 +278,32 @@ async fn set_tag(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
     store(&h, vec![item]).await
 }
 
-#[derive(Deserialize)]
-struct Batch {
-    #[serde(default)]
-    metrics: Vec<MetricIn>,
-    #[serde(default)]
-    params: Vec<KeyValue>,
-    #[serde(default)]
-    tags: Vec<KeyValue>,
-}
-
 async fn log_batch(State(h): State<IngestHandle>, bytes: Bytes) -> Response {
-    let batch: Batch = match body(&bytes) {
+    let batch: LogBatch = match body(&bytes) {
         Ok(b) => b,
         Err(e) => return invalid(e),
     };
     let (m, p, t) = (batch.metrics.len(), batch.params.len(), batch.tags.len());
-    if m > MAX_BATCH_METRICS
-        || p > MAX_BATCH_PARAMS
-        || t > MAX_BATCH_TAGS
-        || m + p + t > MAX_BATCH_ITEMS
-    {
+    if m > MAX_METRICS || p > MAX_PARAMS || t > MAX_TAGS || m + p + t > MAX_ENTITIES {
         return invalid(format!(
-            "a batch holds at most {MAX_BATCH_METRICS} metrics, {MAX_BATCH_PARAMS} params, \
-             {MAX_BATCH_TAGS} tags and {MAX_BATCH_ITEMS} items in all; got {m}, {p} and {t}"
+            "a batch holds at most {MAX_METRICS} metrics, {MAX_PARAMS} params, \
+             {MAX_TAGS} tags and {MAX_ENTITIES} items in all; got {m}, {p} and {t}"
         ));
     }
     let worker = &h.run.worker;
     let items: Result<Vec<Item>, String> = batch
         .params
+        .into_owned()
         .into_iter()
         .map(|p| param(p, worker))
-        .chain(batch.tags.into_iter().map(tag))
-        .chain(batch.metrics.into_iter().map(|m| metric(m, worker)))
+        .chain(batch.tags.into_owned().into_iter().map(tag))
+        .chain(
+            batch
+                .metrics
+                .into_owned()
+                .into_iter()
+                .map(|m| metric(m, worker)),
+        )
         .collect();
     match items {
         Ok(items) => store(&h, items).await,

@@ -1,7 +1,8 @@
-//! The MLflow metastore: delivers queued items to an MLflow tracking server over its REST API.
+//! MLflow: its REST API ([`api`]), spoken by both the local ingest endpoint that training scripts
+//! log to ([`ingest`]) and the metastore that delivers queued items to an MLflow tracking server.
 //!
-//! Chosen by `--metastore mlflow+http(s)://HOST:PORT[/prefix]`, or by `MLFLOW_TRACKING_URI`
-//! (`http(s)://…`) when no `--metastore` is given. A file per idea:
+//! The metastore is chosen by `--metastore mlflow+http(s)://HOST:PORT[/prefix]`, or by
+//! `MLFLOW_TRACKING_URI` (`http(s)://…`) when no `--metastore` is given. A file per idea:
 //!
 //! * [`client`]: the reqwest client (credentials, private CA), calls and their failures.
 //! * [`batch`]: items → `runs/log-batch` requests within MLflow's limits, and status updates.
@@ -14,8 +15,10 @@
 //! never prints, never logs a credential, and never retries by itself: a transient failure goes
 //! back to the pipeline, whose queue keeps the items and whose one retry policy decides when.
 
+pub mod api;
 pub mod batch;
 pub mod client;
+pub mod ingest;
 pub mod mirror;
 pub mod run;
 pub mod sink;

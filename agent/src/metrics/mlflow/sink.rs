@@ -21,10 +21,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
-use serde_json::json;
 
-use super::batch::{Call, KeyValue, LogBatch, Planner};
+use super::api::{RunAnswer, UpdateRun};
+use super::batch::{Call, LogBatch, Planner};
 use super::client::{ApiClient, ApiError};
 use super::mirror;
 use super::run::{self, Target};
@@ -97,10 +96,11 @@ impl MlflowSink {
                 }
                 Call::Log(batch) => self.log(&run_id, batch).await,
                 Call::Status { status, end_time } => {
-                    let mut body = json!({ "run_id": run_id, "status": status });
-                    if let Some(end) = end_time {
-                        body["end_time"] = json!(end);
-                    }
+                    let body = UpdateRun {
+                        run_id: Some(run_id.clone()),
+                        status: Some(status.to_string()),
+                        end_time: *end_time,
+                    };
                     self.client
                         .post_json::<serde_json::Value>("runs/update", &body)
                         .await
@@ -211,21 +211,7 @@ impl MlflowSink {
 
     /// The run's params as the server has them.
     async fn params(&self, run_id: &str) -> Result<HashMap<String, String>, ApiError> {
-        #[derive(Deserialize, Default)]
-        struct Data {
-            #[serde(default)]
-            params: Vec<KeyValue>,
-        }
-        #[derive(Deserialize)]
-        struct Run {
-            #[serde(default)]
-            data: Data,
-        }
-        #[derive(Deserialize)]
-        struct Answer {
-            run: Run,
-        }
-        let answer: Answer = self.client.get("runs/get", &[("run_id", run_id)]).await?;
+        let answer: RunAnswer = self.client.get("runs/get", &[("run_id", run_id)]).await?;
         Ok(answer
             .run
             .data

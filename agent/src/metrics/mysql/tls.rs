@@ -80,7 +80,7 @@ impl TlsMode {
 
     /// The rustls configuration for this mode; `None` for `Disabled`.
     pub fn client_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-        crate::tls::ensure_provider();
+        crate::net::tls::ensure_provider();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier: Arc<dyn ServerCertVerifier> = match self {
             TlsMode::Disabled => return Ok(None),
