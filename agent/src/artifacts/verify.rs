@@ -33,7 +33,7 @@ fn refuse(save: &str, reason: String) -> ArtifactsError {
 fn unnamed(prefix: &Path, wanted: &[Wanted], listed: &[ObjectMeta]) -> usize {
     let own = [
         prefix.clone().join(super::manifest::MANIFEST_FILE),
-        prefix.clone().join(super::saves::CLAIM_FILE),
+        prefix.clone().join(super::manifest::CLAIM_FILE),
     ];
     let named: std::collections::HashSet<&Path> = wanted.iter().map(|w| &w.meta.location).collect();
     listed
