@@ -363,3 +363,29 @@ fn tail_prints_each_scalar_once_as_files_grow_and_appear() {
     assert!(file.starts_with("eval/events.out.tfevents."), "{file}");
     assert_eq!((tag.as_str(), step), ("acc", 7));
 }
+
+#[test]
+fn a_tag_too_long_for_a_column_is_cut_and_the_table_still_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "k".repeat(70_000);
+    let mut w = EventWriter::create(dir.path()).unwrap();
+    w.add_scalar(&long, 1, 1_700_000_000.0, ScalarValue::F32(0.5))
+        .unwrap();
+    w.add_scalar("loss", 1, 1_700_000_000.0, ScalarValue::F32(0.25))
+        .unwrap();
+    w.flush().unwrap();
+    let out = run(periscope()
+        .args(["tfevents", "scalars", "--format", "table"])
+        .arg(dir.path()));
+    out.expect_code(0);
+    let text = out.stdout;
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows.iter().any(|r| r.contains("kkk…")), "{text}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("loss") && r.ends_with("0.25")),
+        "{text}"
+    );
+    assert!(rows.iter().all(|r| r.chars().count() < 300), "{text}");
+}

@@ -35,9 +35,9 @@ pub struct ExecArgs {
     )]
     capture_dir: PathBuf,
     #[command(flatten)]
-    artifacts: super::artifacts::ArtifactsFlags,
+    artifacts: super::save_flags::ArtifactsFlags,
     #[command(flatten)]
-    to: super::artifacts::PushTarget,
+    to: super::save_flags::PushTarget,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -68,9 +68,9 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
         let saves = target
             .push_all(&dirs, &args.to.state_dir, args.artifacts.tuning.settings())
             .await?;
-        super::artifacts::print_saves(&saves);
+        super::save_flags::print_saves(&saves);
     }
-    Ok(exit_code(code))
+    Ok(super::exit_code(code))
 }
 
 /// Runs the command with our own stdout and stderr passed through, and returns its exit code.
@@ -81,9 +81,4 @@ pub async fn run_command(spec: &ExecSpec) -> Result<i32, Failure> {
         eprintln!("error: {e}");
     }
     Ok(ran.code)
-}
-
-/// An exit code as the process's own (codes above 255 wrap as a shell's would).
-pub fn exit_code(code: i32) -> ExitCode {
-    ExitCode::from((code & 0xff) as u8)
 }

@@ -10,7 +10,7 @@ use periscope::metrics::model::float;
 use periscope::metrics::sqlite::MetricFilter;
 use periscope::metrics::{MetastoreUrl, SqliteStore};
 
-use super::Failure;
+use super::{format, Failure};
 
 /// Read tracking metrics from the metastore.
 #[derive(clap::Args)]
@@ -86,53 +86,10 @@ fn open(args: &MetricsArgs) -> Result<SqliteStore, Failure> {
     }
 }
 
-fn number(v: f64) -> String {
-    if v.is_finite() {
-        v.to_string()
-    } else {
-        float::name(v).to_string()
-    }
-}
-
 fn json_number(v: f64) -> serde_json::Value {
     serde_json::Number::from_f64(v)
         .map(serde_json::Value::Number)
         .unwrap_or_else(|| serde_json::Value::String(float::name(v).into()))
-}
-
-fn time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_else(|| ms.to_string())
-}
-
-/// Prints rows as aligned columns under a header.
-pub fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: &[String]| -> std::io::Result<()> {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        writeln!(out, "{}", text.trim_end())
-    };
-    line(
-        out,
-        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-    )?;
-    for row in rows {
-        line(out, row)?;
-    }
-    Ok(())
 }
 
 /// Runs `periscope metrics`.
@@ -162,10 +119,11 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                         ]
                     })
                     .collect();
-                table(
+                format::table(
                     &mut out,
                     &["EXPERIMENT", "STATUS", "RUNNING", "FINISHED", "METRICS"],
                     &cells,
+                    &[],
                 )
             }
         }
@@ -191,10 +149,11 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                         ]
                     })
                     .collect();
-                table(
+                format::table(
                     &mut out,
                     &["KEY", "WORKER", "POINTS", "FIRST STEP", "LAST STEP"],
                     &cells,
+                    &[],
                 )
             }
         }
@@ -214,7 +173,7 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                     .iter()
                     .map(|p| vec![p.key.clone(), p.worker.clone(), p.value.clone()])
                     .collect();
-                table(&mut out, &["KEY", "WORKER", "VALUE"], &cells)
+                format::table(&mut out, &["KEY", "WORKER", "VALUE"], &cells, &[])
             }
         }
         MetricsCommand::Show {
@@ -248,15 +207,16 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                             m.key.clone(),
                             m.worker.clone(),
                             m.step.to_string(),
-                            time(m.timestamp_ms),
-                            number(m.value),
+                            format::time(m.timestamp_ms),
+                            format::number(m.value),
                         ]
                     })
                     .collect();
-                table(
+                format::table(
                     &mut out,
                     &["KEY", "WORKER", "STEP", "TIMESTAMP", "VALUE"],
                     &cells,
+                    &[],
                 )
             }
         }

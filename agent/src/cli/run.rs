@@ -14,11 +14,10 @@ use periscope::localize::SourceSpec;
 use periscope::run::{DataDir, RunReport, RunSettings};
 use periscope::sidecar::Settings;
 
-use super::exec::exit_code;
 use super::progress::Display;
 use super::ship_flags::{seconds, ShipFlags};
 use super::size::human;
-use super::Failure;
+use super::{exit_code, Failure};
 
 /// Localize, run a command, and ship what it writes, all in one process (for bare VMs).
 #[derive(clap::Args)]
@@ -81,7 +80,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     if let Some(e) = &report.not_started {
         eprintln!("error: {e}");
     }
-    super::artifacts::print_saves(&report.sidecar.saves);
+    super::save_flags::print_saves(&report.sidecar.saves);
     eprintln!("{}", summary(&report));
     Ok(exit_code(report.code))
 }

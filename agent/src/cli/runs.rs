@@ -11,7 +11,7 @@ use periscope::retry::RetryPolicy;
 use periscope::ship::reassemble;
 use periscope::storage::{self, StoreOptions};
 
-use super::metrics::table;
+use super::format::{self, sparkline};
 use super::size::human;
 use super::Failure;
 
@@ -69,7 +69,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                     revision(&params).unwrap_or_else(|| "-".into()),
                 ]);
             }
-            table(
+            format::table(
                 &mut out,
                 &[
                     "EXPERIMENT",
@@ -80,6 +80,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                     "CODE",
                 ],
                 &rows,
+                &[],
             )
             .map_err(io)?;
         }
@@ -160,15 +161,16 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                         format!("  {key}"),
                         worker.clone(),
                         values.len().to_string(),
-                        format!("{last:.6}"),
+                        format::number(last),
                         sparkline(values, 24),
                     ]
                 })
                 .collect();
-            table(
+            format::table(
                 &mut out,
                 &["  KEY", "WORKER", "POINTS", "LAST", "TREND"],
                 &rows,
+                &[],
             )
             .map_err(io)?;
         }
@@ -190,58 +192,5 @@ fn duration(start: Option<&str>, end: Option<&str>) -> String {
         (Some(s), Some(e)) if e >= s => format!("{:.1}s", (e - s) as f64 / 1000.0),
         (Some(_), None) => "running".into(),
         _ => "-".into(),
-    }
-}
-
-/// A text sparkline of at most `width` buckets (each the mean of its points); non-finite values
-/// are left out.
-pub fn sparkline(values: &[f64], width: usize) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    if finite.is_empty() || width == 0 {
-        return String::new();
-    }
-    let buckets = finite.len().min(width);
-    let means: Vec<f64> = (0..buckets)
-        .map(|b| {
-            let from = b * finite.len() / buckets;
-            let to = ((b + 1) * finite.len() / buckets).max(from + 1);
-            finite[from..to].iter().sum::<f64>() / (to - from) as f64
-        })
-        .collect();
-    let (lo, hi) = means
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
-    means
-        .iter()
-        .map(|v| {
-            let i = if hi > lo {
-                ((v - lo) / (hi - lo) * 7.0).round() as usize
-            } else {
-                3
-            };
-            BARS[i.min(7)]
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sparkline_follows_the_trend() {
-        assert_eq!(
-            sparkline(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], 8),
-            "▁▂▃▄▅▆▇█"
-        );
-        assert_eq!(sparkline(&[5.0, 5.0], 8), "▄▄");
-        assert_eq!(sparkline(&[f64::NAN], 8), "");
-        assert_eq!(
-            sparkline(&(0..100).map(f64::from).collect::<Vec<_>>(), 10)
-                .chars()
-                .count(),
-            10
-        );
     }
 }

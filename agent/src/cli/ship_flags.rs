@@ -70,7 +70,7 @@ pub struct ShipFlags {
     #[arg(long, env = "PERISCOPE_METRICS_QUEUE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub metrics_queue_max_bytes: u64,
     #[command(flatten)]
-    pub artifacts: super::artifacts::ArtifactsFlags,
+    pub artifacts: super::save_flags::ArtifactsFlags,
 }
 
 /// A positive number of seconds as a duration, or a usage failure naming the flag.

@@ -82,7 +82,7 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
         )
     })?;
     let report = Sidecar::start(settings, stop).await?.finish().await?;
-    super::artifacts::print_saves(&report.saves);
+    super::save_flags::print_saves(&report.saves);
     ended(&report)
 }
 
