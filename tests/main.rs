@@ -21,6 +21,7 @@ mod metrics_sqlite;
 mod pod_simulation;
 mod run_cmd;
 mod run_sources;
+mod run_ux;
 mod ship_logs;
 mod ship_tfevents;
 mod tfevents;

@@ -184,16 +184,16 @@ fn passes_the_commands_exit_code_through() {
     assert_eq!(code, Some(127), "{stderr}");
 }
 
-/// The quickstart line of the README's "Two commands" section, run as written (with the freshly
-/// built binary in place of `cargo run --quiet --`) in a folder that holds `examples/`.
+/// The quickstart line of the README's "Quick start" section, run as written (with the freshly
+/// built binary in place of `cargo run --`) in a folder that holds `examples/`.
 #[test]
 fn the_readme_quickstart_command_works_as_written() {
     let readme = fs::read_to_string(repo().join("README.md")).unwrap();
     let line = readme
         .lines()
-        .find(|l| l.starts_with("cargo run --quiet -- run "))
-        .expect("the README has a `cargo run --quiet -- run` quickstart line");
-    let command = line.replacen("cargo run --quiet --", env!("CARGO_BIN_EXE_periscope"), 1);
+        .find(|l| l.starts_with("cargo run -- run "))
+        .expect("the README has a `cargo run -- run` quickstart line");
+    let command = line.replacen("cargo run --", env!("CARGO_BIN_EXE_periscope"), 1);
     let work = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(repo().join("examples"), work.path().join("examples")).unwrap();
     let (code, stdout, stderr) = output(

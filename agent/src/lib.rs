@@ -15,7 +15,8 @@
 //!
 //! Shared machinery sits below its users, a home each: [`storage`] (building object stores, and
 //! the ranged, verified download engine), [`net`] (TLS and CA bundles of every HTTPS client),
-//! [`lifecycle`] (the one stop and drain state machine), [`job`] (who this process works for),
+//! [`lifecycle`] (the one stop and drain state machine), [`localized`] (the
+//! `localized.json` contract between localize and those who read what it fetched), [`job`] (who this process works for),
 //! [`error`] (how failures are classified for exit codes), [`redact`] (how URLs and secrets are
 //! shown), [`retry`] (the one retry policy), [`parallel`] (the worker pool for blocking jobs) and
 //! [`fsutil`] (atomic writes).
@@ -31,6 +32,7 @@ pub mod install;
 pub mod job;
 pub mod lifecycle;
 pub mod localize;
+pub mod localized;
 pub mod metrics;
 pub mod net;
 pub mod parallel;

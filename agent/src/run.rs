@@ -57,6 +57,114 @@ impl DataDir {
     pub fn state(&self, id: &JobIdentity) -> PathBuf {
         self.0.join("state").join(&id.experiment).join(&id.worker)
     }
+
+    /// The settings of a run of `program` in this data folder: `sidecar` says what the flags
+    /// asked for; the run adds its own folder's logs, its metrics file, its exit-code file, the
+    /// folder for event files when none was given, and the shared embedded metastore.
+    pub fn plan(
+        &self,
+        sources: Vec<SourceSpec>,
+        dest: PathBuf,
+        command: (OsString, Vec<OsString>),
+        mut sidecar: Settings,
+    ) -> Result<RunSettings, crate::ship::discover::GlobError> {
+        let run_dir = self.run_dir(&sidecar.identity);
+        let own_logs = crate::ship::LogGlob::new(&format!("{}/*.log", run_dir.display()))?;
+        sidecar.logs.globs.insert(0, own_logs);
+        if sidecar.tfevents.is_empty() {
+            sidecar.tfevents.push(run_dir.join("tensorboard"));
+        }
+        let metrics_file = run_dir.join("metrics.jsonl");
+        sidecar.metrics.files.push(metrics_file.clone());
+        sidecar.metrics.default_sqlite = Some(self.metastore());
+        sidecar.lifecycle.exit_when_file = Some(run_dir.join(exec::EXIT_CODE_FILE));
+        sidecar.state_dir = self.state(&sidecar.identity);
+        Ok(RunSettings {
+            sources,
+            dest,
+            tensorboard: sidecar.tfevents[0].clone(),
+            metrics_file,
+            run_dir,
+            program: command.0,
+            args: command.1,
+            sidecar,
+        })
+    }
+
+    /// The identity of a new run, as [`JobIdentity::resolve`] derives it from the flags and the
+    /// environment (`JOB_ID`, then a fresh id), its folder claimed as [`DataDir::claim`] says.
+    pub fn claim_identity(
+        &self,
+        experiment: Option<String>,
+        worker: Option<String>,
+        resume: bool,
+    ) -> Result<JobIdentity, RunError> {
+        let env = std::env::var("JOB_ID")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let given = experiment.or(env);
+        // Checked before anything is made: a fresh id is valid by construction.
+        let checked = JobIdentity::resolve(Some(given.clone().unwrap_or("run".into())), worker)?;
+        let experiment = self.claim(given.as_deref(), &checked.worker, resume)?;
+        Ok(JobIdentity {
+            experiment,
+            ..checked
+        })
+    }
+
+    /// Claims the folder of a new run and returns its experiment id: `id` when given (refused
+    /// when that worker already ran under it, unless `resume`), else a fresh `run-<UTC time>`,
+    /// with `-2`, `-3`… when runs started in the same second took it. Either is claimed by
+    /// creating its folder, so two runs started together never share one.
+    pub fn claim(&self, id: Option<&str>, worker: &str, resume: bool) -> Result<String, RunError> {
+        let runs = self.0.join("runs");
+        std::fs::create_dir_all(&runs).map_err(|source| RunError::Folder {
+            path: runs.clone(),
+            source,
+        })?;
+        let Some(id) = id else {
+            let stamp = chrono::Utc::now().format("run-%Y%m%d-%H%M%S").to_string();
+            for n in 1.. {
+                let id = if n == 1 {
+                    stamp.clone()
+                } else {
+                    format!("{stamp}-{n}")
+                };
+                match std::fs::create_dir(runs.join(&id)) {
+                    Ok(()) => return Ok(id),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(source) => {
+                        return Err(RunError::Folder {
+                            path: runs.join(&id),
+                            source,
+                        })
+                    }
+                }
+            }
+            unreachable!("the loop over 1.. returns")
+        };
+        let folder = runs.join(id).join(worker);
+        let made =
+            std::fs::create_dir_all(runs.join(id)).and_then(|()| std::fs::create_dir(&folder));
+        match made {
+            Ok(()) => Ok(id.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && resume => Ok(id.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let ended = std::fs::read_to_string(folder.join(exec::EXIT_CODE_FILE))
+                    .ok()
+                    .map(|code| code.trim().to_string());
+                Err(RunError::Taken {
+                    experiment: id.to_string(),
+                    worker: worker.to_string(),
+                    ended,
+                })
+            }
+            Err(source) => Err(RunError::Folder {
+                path: folder,
+                source,
+            }),
+        }
+    }
 }
 
 /// What to run and where. Invariant: `sidecar.lifecycle.exit_when_file` is the exit-code file
@@ -104,6 +212,21 @@ pub enum RunError {
     },
     #[error("cannot handle signals: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] crate::job::IdentityError),
+    /// The experiment id was given, and this worker already ran under it.
+    #[error("experiment `{experiment}` already has a run of {worker} in the data folder ({})", match ended {
+        Some(code) => format!("it exited {code}"),
+        None => "it was interrupted before the command ended".to_string(),
+    })]
+    Taken {
+        experiment: String,
+        worker: String,
+        ended: Option<String>,
+    },
+    /// The command ran (and exited `code`), then shipping what it wrote failed.
+    #[error("the command exited {code}, then: {source}")]
+    AfterCommand { code: i32, source: SidecarError },
 }
 
 impl Classify for RunError {
@@ -114,6 +237,9 @@ impl Classify for RunError {
             RunError::Exec(e) => e.class(),
             RunError::Folder { .. } => ErrorClass::Io,
             RunError::Signals(_) => ErrorClass::Internal,
+            RunError::Taken { .. } => ErrorClass::Usage,
+            RunError::Identity(e) => e.class(),
+            RunError::AfterCommand { source, .. } => source.class(),
         }
     }
 
@@ -126,6 +252,13 @@ impl Classify for RunError {
                 Some("check permissions and free space of --data-dir".into())
             }
             RunError::Signals(_) => None,
+            RunError::Taken { .. } => Some(
+                "leave out --experiment-id (and JOB_ID) for a fresh id, choose a new one, or pass \
+                 --resume to continue that run on purpose (its logs and metrics are added to)"
+                    .into(),
+            ),
+            RunError::AfterCommand { source, .. } => source.hint(),
+            RunError::Identity(e) => e.hint(),
         }
     }
 }
@@ -134,7 +267,7 @@ impl Classify for RunError {
 /// then drains. A signal while the command runs goes to the command; one during the drain ends
 /// it at once (the checkpoints keep what is left for a later run of the same experiment).
 pub async fn run(
-    settings: RunSettings,
+    mut settings: RunSettings,
     progress: Arc<dyn ProgressSink>,
 ) -> Result<RunReport, RunError> {
     let localized = if settings.sources.is_empty() {
@@ -149,9 +282,13 @@ pub async fn run(
         .await?
     };
     let code_dir = localized.first().map(|o| settings.dest.join(&o.entry.into));
-    let sidecar_settings = &settings.sidecar;
-    let state = &sidecar_settings.state_dir;
-    for dir in [&settings.run_dir, &settings.tensorboard, state] {
+    // The run's code is exactly what it localized.
+    settings.sidecar.metrics.code = localized.iter().map(|o| o.entry.clone()).collect();
+    for dir in [
+        &settings.run_dir,
+        &settings.tensorboard,
+        &settings.sidecar.state_dir,
+    ] {
         std::fs::create_dir_all(dir).map_err(|source| RunError::Folder {
             path: dir.clone(),
             source,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use periscope::localize::record::{Entry, Record, Revision, RevisionKind};
+use periscope::localized::{Entry, Record, Revision, RevisionKind};
 
 /// The commit `record_code_revision` records, and its (redacted) repository.
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";

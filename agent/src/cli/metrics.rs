@@ -8,25 +8,23 @@ use std::process::ExitCode;
 use periscope::error::ErrorClass;
 use periscope::metrics::model::float;
 use periscope::metrics::sqlite::MetricFilter;
-use periscope::metrics::{MetastoreUrl, SqliteStore};
+use periscope::metrics::SqliteStore;
 
 use super::{format, Failure};
 
 /// Read tracking metrics from the metastore.
 #[derive(clap::Args)]
 pub struct MetricsArgs {
-    /// The metastore: sqlite:///path/metastore.db. [default: sqlite://<state-dir>/metastore.db]
+    /// The metastore: its path or sqlite:///path/metastore.db. [default: <data-dir>/metastore.db,
+    /// what `periscope run` writes, else <state-dir>/metastore.db, the sidecar's]
     #[arg(long, global = true, env = "PERISCOPE_METASTORE", value_name = "URL")]
     metastore: Option<String>,
-    /// The sidecar's state folder, whose metastore.db is the default metastore.
-    #[arg(
-        long,
-        global = true,
-        env = "PERISCOPE_STATE_DIR",
-        value_name = "DIR",
-        default_value = "periscope-data/state"
-    )]
-    state_dir: PathBuf,
+    /// The folder `periscope run` and the sidecar use by default.
+    #[arg(long, global = true, env = "PERISCOPE_DATA_DIR", value_name = "DIR", default_value = super::data_dir::DEFAULT)]
+    data_dir: PathBuf,
+    /// The sidecar's state folder. [default: <data-dir>/state]
+    #[arg(long, global = true, env = "PERISCOPE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// One JSON object per line instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -38,7 +36,7 @@ pub struct MetricsArgs {
 enum MetricsCommand {
     /// List experiments; with an experiment id, list its series (key, worker, points, steps).
     ///
-    /// Example: periscope metrics ls --state-dir /periscope/state exp-42
+    /// Example: periscope metrics ls exp-42
     Ls {
         /// An experiment id.
         experiment: Option<String>,
@@ -64,26 +62,8 @@ enum MetricsCommand {
 }
 
 fn open(args: &MetricsArgs) -> Result<SqliteStore, Failure> {
-    let url = match &args.metastore {
-        Some(url) => MetastoreUrl::parse(url)?,
-        None => MetastoreUrl::default_for(&args.state_dir),
-    };
-    match url {
-        MetastoreUrl::Sqlite(path) => Ok(SqliteStore::open_existing(&path)?),
-        MetastoreUrl::Mlflow(server) => Err(Failure::new(
-            ErrorClass::Usage,
-            format!("`periscope metrics` reads the SQLite metastore only, not {server}"),
-            Some("read MLflow runs in the MLflow UI or with the mlflow client".into()),
-        )),
-        MetastoreUrl::MySql(url) => Err(Failure::new(
-            ErrorClass::Usage,
-            format!(
-                "`periscope metrics` reads the embedded SQLite metastore only, not {}",
-                url.shown()
-            ),
-            Some("query Submarine's metric and param tables with a MySQL client".into()),
-        )),
-    }
+    let state = args.state_dir.as_deref();
+    super::data_dir::metastore(args.metastore.as_deref(), &args.data_dir, state)
 }
 
 fn json_number(v: f64) -> serde_json::Value {

@@ -4,6 +4,7 @@
 //! exit code and the termination message.
 
 pub mod artifacts;
+pub mod data_dir;
 pub mod exec;
 pub mod format;
 pub mod install;

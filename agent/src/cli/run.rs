@@ -2,20 +2,18 @@
 //! folder by default); it prints what the run did and exits with CMD's code.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use periscope::error::ErrorClass;
-use periscope::exec::EXIT_CODE_FILE;
-use periscope::job::JobIdentity;
-use periscope::lifecycle::{Ending, Lifecycle};
+use periscope::lifecycle::Ending;
 use periscope::localize::SourceSpec;
 use periscope::run::{DataDir, RunReport, RunSettings};
-use periscope::sidecar::Settings;
 
 use super::progress::Display;
-use super::ship_flags::{seconds, ShipFlags};
+use super::ship_flags::ShipFlags;
 use super::size::human;
 use super::{exit_code, Failure};
 
@@ -45,12 +43,12 @@ pub struct RunArgs {
     /// Where logs, tf.events and saves are stored. [default: <data-dir>/storage]
     #[arg(long, env = "PERISCOPE_STORAGE", value_name = "URL")]
     storage: Option<String>,
-    /// Experiment id. [default: $JOB_ID, else run-<UTC time>]
-    #[arg(long, env = "PERISCOPE_EXPERIMENT_ID")]
-    experiment_id: Option<String>,
-    /// Worker name. [default: derived from TF_CONFIG, CLUSTER_SPEC or RANK, else worker-0]
-    #[arg(long, env = "PERISCOPE_WORKER")]
-    worker: Option<String>,
+    #[command(flatten)]
+    id: super::save_flags::IdentityFlags,
+    /// Continue the run of --experiment-id on purpose (one that was interrupted, or to add an
+    /// attempt to it); without it a used id is refused.
+    #[arg(long, env = "PERISCOPE_RESUME")]
+    resume: bool,
     /// Seconds to keep shipping after CMD ends before giving up on what is left.
     #[arg(long, env = "PERISCOPE_DRAIN_TIMEOUT", default_value_t = 60.0)]
     drain_timeout: f64,
@@ -73,15 +71,13 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let settings = settings(args)?;
     let report = periscope::run::run(settings, Arc::new(Display::for_stderr())).await?;
-    for o in &report.localized {
-        tracing::info!(source = %o.entry.url, revision = %o.entry.revision.id, unchanged = o.skipped,
-            "code is in {}", o.entry.into);
-    }
+    // The terminal may be gone (SIGHUP): what cannot be shown is in the logs anyway.
+    let mut err = std::io::stderr();
     if let Some(e) = &report.not_started {
-        eprintln!("error: {e}");
+        let _ = writeln!(err, "error: {e}");
     }
     super::save_flags::print_saves(&report.sidecar.saves);
-    eprintln!("{}", summary(&report));
+    let _ = writeln!(err, "{}", summary(&report));
     Ok(exit_code(report.code))
 }
 
@@ -90,14 +86,7 @@ fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
         Failure::new(ErrorClass::Io, format!("cannot use --data-dir: {e}"), None)
     };
     let data = DataDir::new(&args.data_dir).map_err(io)?;
-    let experiment = args
-        .experiment_id
-        .or_else(|| std::env::var("JOB_ID").ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| format!("run-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")));
-    let identity = JobIdentity::resolve(Some(experiment), args.worker)?;
-    let sources = args
-        .sources
-        .iter()
+    let sources = (args.sources.iter())
         .filter(|s| !s.trim().is_empty())
         .map(|s| SourceSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
@@ -106,64 +95,47 @@ fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
         Some(s) => super::storage_url::parse(s)?,
         None => super::storage_url::parse(&data.storage().display().to_string())?,
     };
-    let run_dir = data.run_dir(&identity);
-    let ship = &args.ship;
-    let tfevents = ship.tfevents_dirs(Some(run_dir.join("tensorboard")));
-    let metrics_file = run_dir.join("metrics.jsonl");
-    let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
-    let mut metrics = ship.metrics_settings(dest.clone(), vec![metrics_file.clone()]);
-    metrics.default_sqlite = Some(data.metastore());
+    let (id, resume) = (args.id, args.resume);
+    let sidecar = args
+        .ship
+        .settings(storage, args.listen, args.drain_timeout, || {
+            Ok(data.claim_identity(id.experiment_id, id.worker, resume)?)
+        })?;
     let mut command = args.command.into_iter();
-    Ok(RunSettings {
-        sources,
-        tensorboard: tfevents[0].clone(),
-        metrics_file,
-        // clap enforces at least one value (`required = true`).
-        program: command.next().unwrap_or_default(),
-        args: command.collect(),
-        sidecar: Settings {
-            storage,
-            state_dir: data.state(&identity),
-            logs: ship.log_settings(vec![format!("{}/*.log", run_dir.display())])?,
-            tfevents_interval: seconds("tfevents-interval", ship.tfevents_interval)?,
-            tfevents,
-            lifecycle: Lifecycle {
-                poll_interval: seconds("poll-interval", ship.poll_interval)?,
-                drain_timeout,
-                exit_when_file: Some(run_dir.join(EXIT_CODE_FILE)),
-            },
-            listen: args.listen,
-            metrics,
-            artifacts: ship.artifacts.dirs(),
-            push: ship.push_tuning(),
-            late_delivery: drain_timeout,
-            identity,
-        },
-        dest,
-        run_dir,
-    })
+    // clap enforces at least one value (`required = true`).
+    let command = (command.next().unwrap_or_default(), command.collect());
+    data.plan(sources, dest, command, sidecar)
+        .map_err(|e| Failure::new(ErrorClass::Internal, e.to_string(), None))
 }
 
-/// The run's last line: how CMD ended and what was stored where.
+/// The run's last line: how CMD ended, what was stored where, and what is left.
 fn summary(report: &RunReport) -> String {
-    let sidecar = &report.sidecar;
-    let left = match (&sidecar.shipping, &sidecar.metrics) {
-        (Ending::Incomplete { backlog, reason }, _) => Some((human(*backlog), *reason, "logs")),
-        (_, Ending::Incomplete { backlog, reason }) => Some((human(*backlog), *reason, "metrics")),
-        _ => None,
+    let s = &report.sidecar;
+    let code = report.code;
+    let ended = match code - 128 {
+        n @ (1 | 2 | 3 | 6 | 9 | 11 | 15) => {
+            let name = [
+                "HUP", "INT", "QUIT", "", "", "ABRT", "", "", "KILL", "", "SEGV",
+            ];
+            let name = name.get(n as usize - 1).copied().unwrap_or("TERM");
+            format!("the command was ended by SIG{name} (exit {code})")
+        }
+        _ => format!("the command exited {code}"),
     };
-    let stored = format!(
-        "{} of logs and {} metrics records stored; storage: {}",
-        human(sidecar.log_bytes),
-        sidecar.metrics_delivered,
-        sidecar.stored_at
+    let mut line = format!(
+        "periscope: {ended}; {} of logs and {} metrics records stored; storage: {}",
+        human(s.log_bytes),
+        s.metrics_delivered,
+        s.stored_at
     );
-    match left {
-        None => format!("periscope: the command exited {}; {stored}", report.code),
-        Some((backlog, reason, what)) => format!(
-            "periscope: the command exited {}; stopped by {reason} with {backlog} of {what} not yet \
-             stored (run again with the same --data-dir and --experiment-id to finish); {stored}",
-            report.code
-        ),
+    for (ending, what) in [(&s.shipping, "logs and tf.events"), (&s.metrics, "metrics")] {
+        if let Ending::Incomplete { backlog, reason } = ending {
+            line.push_str(&format!(
+                "; stopped by {reason} with {} of {what} not yet stored: the next run with \
+                 --resume and the same --experiment-id and --data-dir ships them",
+                human(*backlog)
+            ));
+        }
     }
+    line
 }

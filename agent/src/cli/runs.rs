@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use periscope::error::ErrorClass;
-use periscope::metrics::sqlite::{parse_datetime, MetricFilter, SqliteStore};
+use periscope::metrics::sqlite::{parse_datetime, MetricFilter};
 use periscope::retry::RetryPolicy;
 use periscope::ship::reassemble;
 use periscope::storage::{self, StoreOptions};
@@ -27,6 +27,9 @@ pub struct RunsArgs {
         value_name = "DIR"
     )]
     data_dir: PathBuf,
+    /// The metastore: its path or sqlite:///path/metastore.db. [default: <data-dir>/metastore.db]
+    #[arg(long, global = true, env = "PERISCOPE_METASTORE", value_name = "URL")]
+    metastore: Option<String>,
     #[command(subcommand)]
     command: RunsCommand,
 }
@@ -50,16 +53,22 @@ fn io(e: std::io::Error) -> Failure {
 
 /// Runs `periscope runs`.
 pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
-    let path = args.data_dir.join("metastore.db");
-    let store = SqliteStore::open_existing(&path)?;
+    let store = super::data_dir::metastore(args.metastore.as_deref(), &args.data_dir, None)?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match args.command {
         RunsCommand::Ls => {
             let mut rows = Vec::new();
             for e in store.experiments()? {
                 let params = store.params(&e.id)?;
-                let workers: std::collections::BTreeSet<&str> =
-                    params.iter().map(|p| p.worker.as_str()).collect();
+                // Workers that logged params, and those `run` made a folder for.
+                let folders = std::fs::read_dir(args.data_dir.join("runs").join(&e.id));
+                let mut workers: std::collections::BTreeSet<String> =
+                    params.iter().map(|p| p.worker.clone()).collect();
+                workers.extend(folders.into_iter().flatten().flatten().filter_map(|f| {
+                    f.file_type()
+                        .is_ok_and(|t| t.is_dir())
+                        .then(|| f.file_name().to_string_lossy().into_owned())
+                }));
                 rows.push(vec![
                     e.id.clone(),
                     workers.into_iter().collect::<Vec<_>>().join(","),
@@ -92,7 +101,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
             else {
                 return Err(Failure::new(
                     ErrorClass::NotFound,
-                    format!("no run `{experiment}` in {}", path.display()),
+                    format!("no run `{experiment}` in the metastore"),
                     Some("list runs with `periscope runs ls`".into()),
                 ));
             };

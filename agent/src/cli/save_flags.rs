@@ -11,6 +11,17 @@ use periscope::storage::StoreOptions;
 use super::size::{human, parse_size};
 use super::{format, Failure};
 
+/// Who this process works for: the flags every command that stores something shares.
+#[derive(clap::Args, Clone)]
+pub struct IdentityFlags {
+    /// Experiment id. [default: $JOB_ID; `run`: else a fresh run-<UTC time>]
+    #[arg(long, env = "PERISCOPE_EXPERIMENT_ID")]
+    pub experiment_id: Option<String>,
+    /// Worker name. [default: derived from TF_CONFIG, CLUSTER_SPEC or RANK, else worker-0]
+    #[arg(long, env = "PERISCOPE_WORKER")]
+    pub worker: Option<String>,
+}
+
 /// Where pushes go, for the commands that have no storage of their own (`artifacts push`, `exec`).
 /// Invariant: none until [`PushTarget::open`] checks the storage and identity.
 #[derive(clap::Args, Clone)]
@@ -19,12 +30,8 @@ pub struct PushTarget {
     /// file:///path or a folder.
     #[arg(long, env = "PERISCOPE_STORAGE", value_name = "URL")]
     pub storage: Option<String>,
-    /// Experiment id. [default: $JOB_ID]
-    #[arg(long, env = "PERISCOPE_EXPERIMENT_ID")]
-    pub experiment_id: Option<String>,
-    /// Worker name. [default: derived from TF_CONFIG, CLUSTER_SPEC or RANK]
-    #[arg(long, env = "PERISCOPE_WORKER")]
-    pub worker: Option<String>,
+    #[command(flatten)]
+    pub id: IdentityFlags,
     /// Folder for the push state that lets an interrupted push continue.
     #[arg(
         long,
@@ -41,7 +48,7 @@ impl PushTarget {
         let Some(storage) = &self.storage else {
             return Err(needs_storage());
         };
-        let identity = JobIdentity::resolve(self.experiment_id.clone(), self.worker.clone())?;
+        let identity = JobIdentity::resolve(self.id.experiment_id.clone(), self.id.worker.clone())?;
         let url = super::storage_url::parse(storage)?;
         Ok(Target::open(&url, &identity, &StoreOptions::default())?)
     }

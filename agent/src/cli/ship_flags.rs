@@ -1,18 +1,21 @@
 //! The flags `sidecar` and `run` share (what to ship, where metrics go, how saves go up), and
 //! turning them into the sidecar's settings.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use periscope::artifacts::PushTuning;
 use periscope::error::ErrorClass;
+use periscope::job::JobIdentity;
+use periscope::lifecycle::Lifecycle;
 use periscope::ship::LogGlob;
-use periscope::sidecar::{LogSettings, MetricsSettings};
+use periscope::sidecar::{LogSettings, MetricsSettings, Settings};
+use url::Url;
 
 use super::size::parse_size;
 use super::Failure;
 
-/// What to ship and how. Invariant: none until [`ShipFlags::log_settings`] checks the values.
+/// What to ship and how. Invariant: none until [`ShipFlags::settings`] checks the values.
 #[derive(clap::Args)]
 pub struct ShipFlags {
     /// Log files to follow (globs, repeatable; `**` matches folders). Quote them.
@@ -87,34 +90,63 @@ pub fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
 }
 
 impl ShipFlags {
-    /// The `--logs` globs (empty values dropped) with `extra` first, and how chunks are cut.
-    pub fn log_settings(&self, extra: Vec<String>) -> Result<LogSettings, Failure> {
-        let globs = extra
-            .iter()
-            .chain(&self.logs)
+    /// A sidecar's settings from these flags and the command's own (`storage`, `listen`,
+    /// `drain_timeout`). Every flag is checked before `identity` is asked for, last (claiming an
+    /// identity may make a folder). Folders of the command's own (state, exit-code file) and the
+    /// code revision are the caller's to fill in.
+    pub fn settings(
+        &self,
+        storage: Url,
+        listen: SocketAddr,
+        drain_timeout: f64,
+        identity: impl FnOnce() -> Result<JobIdentity, Failure>,
+    ) -> Result<Settings, Failure> {
+        let drain_timeout = seconds("drain-timeout", drain_timeout)?;
+        let globs = (self.logs.iter())
             .filter(|g| !g.trim().is_empty())
             .map(|g| LogGlob::new(g))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
-                Failure::new(
-                    ErrorClass::Usage,
-                    e.to_string(),
-                    Some("quote globs so the shell leaves them alone".into()),
-                )
+                let hint = "quote globs so the shell leaves them alone";
+                Failure::new(ErrorClass::Usage, e.to_string(), Some(hint.into()))
             })?;
-        Ok(LogSettings {
+        let logs = LogSettings {
             globs,
             chunk_bytes: usize::try_from(self.chunk_bytes.max(1)).unwrap_or(usize::MAX),
             chunk_age: seconds("chunk-age", self.chunk_age)?,
             spool_max_bytes: self.spool_max_bytes,
+        };
+        let lifecycle = Lifecycle {
+            poll_interval: seconds("poll-interval", self.poll_interval)?,
+            drain_timeout,
+            exit_when_file: None,
+        };
+        let tfevents_interval = seconds("tfevents-interval", self.tfevents_interval)?;
+        Ok(Settings {
+            identity: identity()?,
+            storage,
+            state_dir: PathBuf::new(),
+            logs,
+            tfevents: self.tfevents_dirs(),
+            tfevents_interval,
+            lifecycle,
+            listen,
+            metrics: MetricsSettings {
+                metastore: self.metastore.clone(),
+                files: self.metrics_file.clone(),
+                code: Vec::new(),
+                queue_max_bytes: self.metrics_queue_max_bytes,
+                default_sqlite: None,
+            },
+            artifacts: self.artifacts.dirs(),
+            push: self.artifacts.tuning.settings(),
+            late_delivery: drain_timeout,
         })
     }
 
-    /// The `--tfevents` folders, else `$SUBMARINE_TENSORBOARD_LOG_DIR`, else `fallback`.
-    pub fn tfevents_dirs(&self, fallback: Option<PathBuf>) -> Vec<PathBuf> {
-        let given: Vec<PathBuf> = self
-            .tfevents
-            .iter()
+    /// The `--tfevents` folders, else `$SUBMARINE_TENSORBOARD_LOG_DIR`, else none.
+    fn tfevents_dirs(&self) -> Vec<PathBuf> {
+        let given: Vec<PathBuf> = (self.tfevents.iter())
             .filter(|d| !d.as_os_str().is_empty())
             .cloned()
             .collect();
@@ -124,24 +156,7 @@ impl ShipFlags {
         std::env::var_os("SUBMARINE_TENSORBOARD_LOG_DIR")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
-            .or(fallback)
             .into_iter()
             .collect()
-    }
-
-    /// The metrics settings, with `files` after the `--metrics-file` ones.
-    pub fn metrics_settings(&self, code_dir: PathBuf, files: Vec<PathBuf>) -> MetricsSettings {
-        MetricsSettings {
-            metastore: self.metastore.clone(),
-            files: self.metrics_file.iter().cloned().chain(files).collect(),
-            code_dir,
-            queue_max_bytes: self.metrics_queue_max_bytes,
-            default_sqlite: None,
-        }
-    }
-
-    /// How saves go up.
-    pub fn push_tuning(&self) -> PushTuning {
-        self.artifacts.tuning.settings()
     }
 }

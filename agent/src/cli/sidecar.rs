@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
-use periscope::lifecycle::{Ending, Lifecycle, Stop};
+use periscope::lifecycle::{Ending, Stop};
+use periscope::localized::Record;
 use periscope::sidecar::{Report, Settings, Sidecar};
 
-use super::ship_flags::{seconds, ShipFlags};
+use super::ship_flags::ShipFlags;
 use super::size::human;
 use super::Failure;
 
@@ -29,12 +30,8 @@ pub struct SidecarArgs {
         default_value = "periscope-data/state"
     )]
     state_dir: PathBuf,
-    /// Experiment id. [default: $JOB_ID]
-    #[arg(long, env = "PERISCOPE_EXPERIMENT_ID")]
-    experiment_id: Option<String>,
-    /// Worker name. [default: derived from TF_CONFIG, CLUSTER_SPEC or RANK]
-    #[arg(long, env = "PERISCOPE_WORKER")]
-    worker: Option<String>,
+    #[command(flatten)]
+    id: super::save_flags::IdentityFlags,
     /// Seconds to keep shipping after SIGTERM.
     #[arg(long, env = "PERISCOPE_DRAIN_TIMEOUT", default_value_t = 20.0)]
     drain_timeout: f64,
@@ -87,27 +84,18 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
 }
 
 fn settings(args: SidecarArgs) -> Result<Settings, Failure> {
-    let identity = JobIdentity::resolve(args.experiment_id, args.worker)?;
-    let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
-    let ship = &args.ship;
-    Ok(Settings {
-        storage: super::storage_url::parse(&args.storage)?,
-        logs: ship.log_settings(Vec::new())?,
-        tfevents: ship.tfevents_dirs(None),
-        tfevents_interval: seconds("tfevents-interval", ship.tfevents_interval)?,
-        lifecycle: Lifecycle {
-            poll_interval: seconds("poll-interval", ship.poll_interval)?,
-            drain_timeout,
-            exit_when_file: args.exit_when_file,
-        },
-        listen: args.listen,
-        metrics: ship.metrics_settings(args.code_dir, Vec::new()),
-        artifacts: ship.artifacts.dirs(),
-        push: ship.push_tuning(),
-        late_delivery: drain_timeout,
-        identity,
-        state_dir: args.state_dir,
-    })
+    let storage = super::storage_url::parse(&args.storage)?;
+    let id = args.id;
+    let mut settings = args
+        .ship
+        .settings(storage, args.listen, args.drain_timeout, || {
+            Ok(JobIdentity::resolve(id.experiment_id, id.worker)?)
+        })?;
+    settings.state_dir = args.state_dir;
+    settings.lifecycle.exit_when_file = args.exit_when_file;
+    // The pod's /code holds exactly what its initContainer localized.
+    settings.metrics.code = Record::load(&args.code_dir).sources;
+    Ok(settings)
 }
 
 /// Exit 0 when everything was stored, else a failure that says what is left and how to ship it.

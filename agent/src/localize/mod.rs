@@ -19,7 +19,6 @@ pub mod http;
 pub mod object;
 pub mod progress;
 pub mod publish;
-pub mod record;
 pub mod spec;
 pub mod unpack;
 
@@ -31,12 +30,9 @@ use crate::error::{Classify, ErrorClass};
 use crate::redact::Secret;
 use crate::retry::RetryPolicy;
 
+pub use crate::localized::{Entry, Record, Revision, RevisionKind, META_DIR};
 pub use progress::{ProgressEvent, ProgressSink, SourceProgress};
-pub use record::{Entry, Record, Revision, RevisionKind};
 pub use spec::{ArchiveFormat, SourceKind, SourceOptions, SourceSpec, Submodules};
-
-/// The hidden folder under DEST that holds Periscope's own files (record, lock, staging).
-pub const META_DIR: &str = ".periscope";
 
 /// Size limits for what a source may unpack to. Invariant: both are at least 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

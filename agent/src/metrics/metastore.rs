@@ -30,6 +30,16 @@ pub enum MetastoreUrl {
     Mlflow(MlflowUrl),
 }
 
+/// Whether `text` begins like a URL: a letter, then letters, digits, `+`, `-` or `.`, then `:`.
+fn begins_like_a_url(text: &str) -> bool {
+    text.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
 /// What a sink needs to know about the sidecar that opens it. Invariant: `state_dir` is the
 /// sidecar's `--state-dir` (sinks may keep small state files there).
 #[derive(Debug, Clone)]
@@ -39,12 +49,19 @@ pub struct SinkContext {
 }
 
 impl MetastoreUrl {
-    /// Parses a metastore URL.
+    /// Parses a metastore URL, or a path to the embedded SQLite file. Text that begins like a URL
+    /// (`word:`) must be one of the metastore URLs; anything else is a path.
     pub fn parse(url: &str) -> Result<MetastoreUrl, SinkError> {
         let usage = |message: String| SinkError::permanent(ErrorClass::Usage, message);
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| usage(format!("`{}` is not a metastore URL", redact_url(url))))?;
+        if !begins_like_a_url(url) {
+            return Ok(MetastoreUrl::Sqlite(PathBuf::from(url)));
+        }
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            usage(format!(
+                "`{}` begins like a URL but is not a metastore URL (scheme://…)",
+                redact_url(url)
+            ))
+        })?;
         match scheme {
             "sqlite" if !rest.is_empty() => Ok(MetastoreUrl::Sqlite(PathBuf::from(rest))),
             "sqlite" => Err(usage(
@@ -156,7 +173,16 @@ mod tests {
             MetastoreUrl::MySql(_)
         ));
         assert!(MetastoreUrl::parse("postgres://x").is_err());
-        assert!(MetastoreUrl::parse("/just/a/path").is_err());
+        assert_eq!(
+            MetastoreUrl::parse("/just/a/path.db").unwrap(),
+            MetastoreUrl::Sqlite("/just/a/path.db".into())
+        );
+        assert_eq!(
+            MetastoreUrl::parse("data/m.db").unwrap(),
+            MetastoreUrl::Sqlite("data/m.db".into())
+        );
+        assert!(MetastoreUrl::parse("sqlite:/x.db").is_err());
+        assert!(MetastoreUrl::parse("mysq://u@h/db").is_err());
         assert_eq!(
             MetastoreUrl::parse("mlflow+https://mlflow.example/prefix").unwrap(),
             MetastoreUrl::Mlflow(MlflowUrl::parse("https://mlflow.example/prefix").unwrap())

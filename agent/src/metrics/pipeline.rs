@@ -51,8 +51,8 @@ pub struct PipelineConfig {
     pub metrics_files: Vec<PathBuf>,
     /// `--tfevents` folders.
     pub tfevents_roots: Vec<PathBuf>,
-    /// Where `periscope localize` put the code (its `localized.json` gives the revision params).
-    pub code_dir: Option<PathBuf>,
+    /// The sources the run's code came from: their revisions become params and tags.
+    pub code: Vec<crate::localized::Entry>,
     pub queue: QueueConfig,
     /// Most items read from tf.events files into one queue record.
     pub max_items_per_read: usize,
@@ -70,7 +70,7 @@ impl PipelineConfig {
             identity,
             metrics_files: Vec::new(),
             tfevents_roots: Vec::new(),
-            code_dir: None,
+            code: Vec::new(),
             queue: QueueConfig::default(),
             max_items_per_read: 5000,
             max_file_bytes_per_read: 1 << 20,
@@ -286,10 +286,11 @@ impl MetricsPipeline {
             status: RunStatus::Running,
             at_ms: now_ms(),
         }];
-        if let Some(dir) = &self.cfg.code_dir {
-            items.extend(run_info::code_params(dir, &self.cfg.identity.worker));
-            items.extend(run_info::code_tags(dir));
-        }
+        items.extend(run_info::code_params(
+            &self.cfg.code,
+            &self.cfg.identity.worker,
+        ));
+        items.extend(run_info::code_tags(&self.cfg.code));
         self.enqueue(items)
     }
 

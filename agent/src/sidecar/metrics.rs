@@ -60,7 +60,7 @@ pub async fn spawn(
     let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
     cfg.metrics_files = settings.files.clone();
     cfg.tfevents_roots = sidecar.tfevents.clone();
-    cfg.code_dir = Some(settings.code_dir.clone());
+    cfg.code = settings.code.clone();
     cfg.queue = QueueConfig {
         max_bytes: settings.queue_max_bytes.max(1),
         ..QueueConfig::default()

@@ -57,8 +57,9 @@ pub struct MetricsSettings {
     pub metastore: Option<String>,
     /// JSONL files of metrics to follow.
     pub files: Vec<PathBuf>,
-    /// Where `periscope localize` put the code: its recorded revision becomes params.
-    pub code_dir: PathBuf,
+    /// The sources the run's code came from: their revisions become params (and MLflow's git
+    /// tags).
+    pub code: Vec<crate::localized::Entry>,
     /// Most undelivered metrics kept on disk.
     pub queue_max_bytes: u64,
     /// The embedded SQLite metastore used when no other is chosen; `None`:

@@ -22,6 +22,7 @@ pub mod split;
 
 pub use error::{classify, scrub, StorageError};
 pub use open::{
-    open, open_parts, open_parts_with_env, open_with_env, retry_config, Opened, StoreOptions,
+    locate, open, open_parts, open_parts_with_env, open_with_env, retry_config, Opened,
+    StoreOptions,
 };
 pub use service::Service;

@@ -87,15 +87,12 @@ fn both<T: ObjectStore + MultipartStore>(
     (store.clone(), Some(store))
 }
 
-/// [`open_parts`] with an explicit environment.
-pub fn open_parts_with_env(
-    url: &Url,
-    opts: &StoreOptions,
-    env: &[(String, String)],
-) -> Result<Opened, StorageError> {
-    let shown = redact_url(url.as_str());
+/// The service a URL names and the path inside its store, or why the URL names no store
+/// location (an unknown scheme, no bucket or container, a path that is not one). Checks the URL
+/// alone, so a command can refuse a mistyped URL before it does any work.
+pub fn locate(url: &Url) -> Result<(Service, Path), StorageError> {
     let bad_url = |reason: String| StorageError::BadUrl {
-        shown: shown.clone(),
+        shown: redact_url(url.as_str()),
         reason,
     };
     let service = Service::from_scheme(url.scheme()).ok_or_else(|| {
@@ -108,6 +105,17 @@ pub fn open_parts_with_env(
         return Err(bad_url("it names no bucket or container".into()));
     }
     let path = Path::from_url_path(url.path()).map_err(|e| bad_url(e.to_string()))?;
+    Ok((service, path))
+}
+
+/// [`open_parts`] with an explicit environment.
+pub fn open_parts_with_env(
+    url: &Url,
+    opts: &StoreOptions,
+    env: &[(String, String)],
+) -> Result<Opened, StorageError> {
+    let shown = redact_url(url.as_str());
+    let (service, path) = locate(url)?;
     let config_error = |e: object_store::Error| StorageError::Config {
         service,
         shown: shown.clone(),

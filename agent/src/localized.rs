@@ -1,7 +1,8 @@
 //! `DEST/.periscope/localized.json`: what was localized, from where, at which revision.
 //!
-//! The record is how a restarted initContainer knows it has nothing to do, and how the sidecar
-//! and the metastore learn the exact code revision. It holds only redacted URLs. It is rewritten
+//! The record is the contract between `localize`, which writes it, and those that read what it
+//! fetched: a restarted initContainer knows it has nothing to do, and the sidecar and the
+//! metastore learn the exact code revision. It holds only redacted URLs. It is rewritten
 //! atomically after every published source, so a crash between two sources keeps the first.
 
 use std::io;
@@ -10,6 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
+
+/// The folder inside DEST that holds Periscope's own files (the record, staging).
+pub const META_DIR: &str = ".periscope";
 
 /// The record's file name inside `DEST/.periscope/`.
 pub const RECORD_FILE: &str = "localized.json";
@@ -64,7 +68,7 @@ pub struct Record {
 impl Record {
     /// The record's path for a destination folder.
     pub fn path(dest: &Path) -> PathBuf {
-        dest.join(super::META_DIR).join(RECORD_FILE)
+        dest.join(META_DIR).join(RECORD_FILE)
     }
 
     /// Reads the record; a missing or unreadable file is an empty record (everything is fetched
