@@ -17,6 +17,7 @@ mod localize_http;
 mod localize_object;
 mod metrics_mlflow;
 mod metrics_mysql;
+mod metrics_refused;
 mod metrics_sqlite;
 mod pod_simulation;
 mod run_cmd;

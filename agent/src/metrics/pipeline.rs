@@ -33,8 +33,9 @@ use super::checkpoint::{SourcesCheckpoint, SourcesState};
 use super::intake::{IngestRequest, Refusal};
 use super::model::{now_ms, Item, RunStatus};
 use super::queue::{Queue, QueueConfig};
-use super::sink::Sink;
+use super::sink::{Sink, SinkError};
 use super::{jsonl, run_info, scalars, MetricsError};
+use crate::error::Classify;
 use crate::job::JobIdentity;
 use crate::lifecycle::{Drain, Ending, Next, Stop};
 use crate::retry::{RetryPolicy, Verdict};
@@ -111,12 +112,37 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 /// Most items one delivery pass hands to the sink before letting its caller look around.
 const PASS_ITEMS: u64 = 100_000;
 
-/// What the delivery side counts, read by [`MetricsPipeline::stats`] from the other side.
+/// How delivery to the metastore goes: counted and set by the delivery side, read by
+/// [`MetricsPipeline::stats`] and by the sidecar's health endpoints. Invariant: `failing` holds
+/// the last write's error exactly while that write has not been followed by a successful one.
 #[derive(Debug, Default)]
-struct DeliveryCounters {
+pub struct DeliveryStatus {
     delivered_items: AtomicU64,
     sink_failures: AtomicU64,
+    failing: Mutex<Option<String>>,
 }
+
+impl DeliveryStatus {
+    /// Why the metastore does not take writes right now, while it does not.
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Metastore writes that failed so far (each is retried).
+    pub fn failures(&self) -> u64 {
+        self.sink_failures.load(Ordering::Relaxed)
+    }
+
+    fn set_failing(&self, error: Option<String>) {
+        *self.failing.lock().unwrap_or_else(PoisonError::into_inner) = error;
+    }
+}
+
+/// How often a metastore that keeps refusing is reported again while it does.
+const REPORT_AGAIN: Duration = Duration::from_secs(60);
 
 /// The delivery side: owns the sink, reads batches from the shared queue, writes them without
 /// holding the queue's lock, then acknowledges them. Invariant: only it moves the queue's
@@ -127,7 +153,9 @@ struct Delivery {
     retry: RetryPolicy,
     failures: u32,
     retry_at: Option<Instant>,
-    counters: Arc<DeliveryCounters>,
+    counters: Arc<DeliveryStatus>,
+    /// When the current failure was last logged, and with which message.
+    reported: Option<(Instant, String)>,
 }
 
 impl Delivery {
@@ -162,20 +190,7 @@ impl Delivery {
             for group in &groups {
                 // The queue is not locked here: appends go on while the metastore is slow.
                 if let Err(e) = self.sink.write(&group.experiment, &group.items).await {
-                    if !e.transient {
-                        return Err(e.into());
-                    }
-                    self.failures += 1;
-                    self.counters.sink_failures.fetch_add(1, Ordering::Relaxed);
-                    // A server that said when it will be ready knows better than our backoff.
-                    let verdict = self
-                        .sink
-                        .retry_after()
-                        .map_or(Verdict::Transient, Verdict::RetryAfter);
-                    let wait = self.retry.delay(self.failures, verdict);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
-                        backlog = lock(&self.queue).backlog(), "metastore write failed; metrics stay queued");
-                    self.retry_at = Some(Instant::now() + wait);
+                    self.failed(&e);
                     return Ok(delivered);
                 }
                 n += group.items.len() as u64;
@@ -183,15 +198,53 @@ impl Delivery {
             lock(&self.queue).ack(batch.end)?;
             if self.failures > 0 {
                 tracing::info!("metastore writes succeed again");
+                self.counters.set_failing(None);
             }
             self.failures = 0;
             self.retry_at = None;
+            self.reported = None;
             delivered += n;
             self.counters
                 .delivered_items
                 .fetch_add(n, Ordering::Relaxed);
         }
         Ok(delivered)
+    }
+
+    /// A write failed: keeps the batch queued and schedules the next attempt after a backoff.
+    /// Whatever the failure, acknowledged metrics are never dropped: a metastore that refuses
+    /// (a revoked privilege, a dropped table) is tried again, as one that does not answer is, and
+    /// recovers when the cause is mended; meanwhile the log and the health endpoints say why.
+    fn failed(&mut self, e: &SinkError) {
+        self.failures += 1;
+        self.counters.sink_failures.fetch_add(1, Ordering::Relaxed);
+        // A server that said when it will be ready knows better than our backoff.
+        let verdict = self
+            .sink
+            .retry_after()
+            .map_or(Verdict::Transient, Verdict::RetryAfter);
+        let wait = self.retry.delay(self.failures, verdict);
+        self.retry_at = Some(Instant::now() + wait);
+        let message = e.to_string();
+        self.counters.set_failing(Some(message.clone()));
+        let repeat = self
+            .reported
+            .as_ref()
+            .is_some_and(|(at, m)| *m == message && at.elapsed() < REPORT_AGAIN);
+        if repeat {
+            tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, "metastore write failed again");
+            return;
+        }
+        self.reported = Some((Instant::now(), message));
+        let backlog = lock(&self.queue).backlog();
+        if e.transient {
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, backlog,
+                "metastore write failed; metrics stay queued");
+        } else {
+            let hint = e.hint().unwrap_or_default();
+            tracing::error!(error = %e, hint = %hint, retry_in_ms = wait.as_millis() as u64, backlog,
+                "the metastore refuses writes; metrics stay queued and are retried until it takes them");
+        }
     }
 }
 
@@ -210,7 +263,7 @@ pub struct MetricsPipeline {
     sink_name: String,
     /// Tells the delivery side that something was appended.
     appended: Arc<Notify>,
-    counters: Arc<DeliveryCounters>,
+    counters: Arc<DeliveryStatus>,
     stats: MetricsStats,
 }
 
@@ -232,7 +285,7 @@ impl MetricsPipeline {
             );
         }
         let queue = Arc::new(Mutex::new(queue));
-        let counters = Arc::new(DeliveryCounters::default());
+        let counters = Arc::new(DeliveryStatus::default());
         Ok(MetricsPipeline {
             sink_name: sink.describe(),
             delivery: Some(Delivery {
@@ -242,6 +295,7 @@ impl MetricsPipeline {
                 failures: 0,
                 retry_at: None,
                 counters: counters.clone(),
+                reported: None,
             }),
             cfg,
             queue,
@@ -268,6 +322,11 @@ impl MetricsPipeline {
             sink_failures: self.counters.sink_failures.load(Ordering::Relaxed),
             ..self.stats.clone()
         }
+    }
+
+    /// How delivery goes, shared with whoever reports it (the health endpoints).
+    pub fn status(&self) -> Arc<DeliveryStatus> {
+        self.counters.clone()
     }
 
     /// Undelivered bytes in the queue.
@@ -429,7 +488,7 @@ impl MetricsPipeline {
 /// What the delivery thread gives back: the delivery, and why it stopped (`Ok` when asked to).
 type DeliveryEnd = (Delivery, Result<(), MetricsError>);
 
-/// Runs `delivery` on a thread of its own until `stop` (or a permanent sink error), so neither a
+/// Runs `delivery` on a thread of its own until `stop` (or a queue error), so neither a
 /// sink's blocking work nor its waits delay the loop that reads sources and answers ingest.
 fn spawn_delivery(
     mut delivery: Delivery,
@@ -627,7 +686,7 @@ async fn serve(
                 while wake.try_recv().is_ok() {}
             }
             req = next_ingest(&mut ingest) => waiting = Some(req),
-            // The delivery thread stops by itself only on a permanent sink error.
+            // The delivery thread stops by itself only on a queue error (the disk).
             end = &mut *ended => {
                 let (delivery, result) = end.map_err(|_| MetricsError::DeliveryLost)?;
                 pipeline.delivery = Some(delivery);

@@ -15,6 +15,28 @@ pub fn datetime(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format(DATETIME_FORMAT).to_string())
 }
 
+/// Says which points of `items` the `metric` table cannot keep: its primary key is (experiment,
+/// key, timestamp, worker), so of the points of one key and worker that share a millisecond only
+/// the first is stored. One warning per key and worker in a batch, with the count.
+fn warn_shared_milliseconds(items: &[Item]) {
+    let mut seen: std::collections::HashMap<(&str, &str, i64), u64> = Default::default();
+    for item in items {
+        if let Item::Metric(m) = item {
+            *seen.entry((&m.key, &m.worker, m.timestamp_ms)).or_default() += 1;
+        }
+    }
+    let mut lost: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for ((key, worker, _), n) in seen {
+        if n > 1 {
+            *lost.entry((key, worker)).or_default() += n - 1;
+        }
+    }
+    for ((key, worker), n) in lost {
+        tracing::warn!(key, worker, points = n,
+            "points share a millisecond with another point of the same key: Submarine's metric table keeps one per key, worker and millisecond, so these are not stored (log each point with its own timestamp)");
+    }
+}
+
 /// Milliseconds since the epoch from a `DATETIME(3)` text.
 pub fn parse_datetime(text: &str) -> Option<i64> {
     chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
@@ -54,6 +76,7 @@ pub enum Change<'a> {
 
 /// The changes `items` make, in order. `now` is used for a status whose time is out of range.
 pub fn changes<'a>(items: &'a [Item], now: &'a str) -> impl Iterator<Item = Change<'a>> + 'a {
+    warn_shared_milliseconds(items);
     items.iter().filter_map(move |item| match item {
         Item::Metric(m) => {
             let Some(timestamp) = datetime(m.timestamp_ms) else {

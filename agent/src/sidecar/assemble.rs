@@ -20,7 +20,6 @@ use super::settings::Settings;
 use super::shipping::{self, Pipelines};
 use crate::artifacts::{PushOutcome, Target};
 use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
-use crate::metrics::intake::IngestRequest;
 use crate::metrics::mlflow::ingest::{self, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
@@ -116,15 +115,27 @@ impl Sidecar {
             pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
         }
         let drained = pipelines.health.draining.clone();
-        let (addr, requests) = serve(&settings, &pipelines).await?;
+        let listener = Listener::bind(&settings).await?;
+        let (handle, requests) = ingest::channel(RunIdentity {
+            experiment: identity.experiment.clone(),
+            worker: identity.worker.clone(),
+            start_ms: crate::metrics::model::now_ms(),
+        });
         let metrics = metrics::spawn(
             &settings,
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
             stop.clone(),
             Some(requests),
-            Some(addr),
+            Some(listener.addr),
         )
         .await?;
+        let observed = health::Observed {
+            health: pipelines.health.clone(),
+            logs: pipelines.logs.as_ref().map(LogShipper::stats),
+            metastore: Some(metrics.status()),
+            stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
+        };
+        let addr = listener.serve(health::router(observed).merge(ingest::router(handle)));
         let mut folders: Vec<PathBuf> = logs.globs.iter().map(|g| g.base.clone()).collect();
         folders.extend(settings.tfevents.iter().cloned());
         let drain = Drain::new(
@@ -197,36 +208,35 @@ impl Sidecar {
     }
 }
 
-/// Binds the endpoint and serves health and MLflow-compatible ingest on it. Returns the bound
-/// address and the pipeline's end of the ingest channel.
-async fn serve(
-    settings: &Settings,
-    pipelines: &Pipelines,
-) -> Result<(SocketAddr, tokio::sync::mpsc::Receiver<IngestRequest>), SidecarError> {
-    let listen_error = |source| SidecarError::Listen {
-        addr: settings.listen,
-        source,
-    };
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(listen_error)?;
-    let addr = listener.local_addr().map_err(listen_error)?;
-    tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the MLflow-compatible /api/2.0/mlflow/");
-    let (handle, requests) = ingest::channel(RunIdentity {
-        experiment: settings.identity.experiment.clone(),
-        worker: settings.identity.worker.clone(),
-        start_ms: crate::metrics::model::now_ms(),
-    });
-    let observed = health::Observed {
-        health: pipelines.health.clone(),
-        logs: pipelines.logs.as_ref().map(LogShipper::stats),
-        stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
-    };
-    let app = health::router(observed).merge(ingest::router(handle));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the endpoint stopped");
-        }
-    });
-    Ok((addr, requests))
+/// The endpoint's socket, bound before the metrics pipeline starts (which must know its address,
+/// so as not to take it for the metastore) and served once the routes are assembled.
+struct Listener {
+    socket: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    async fn bind(settings: &Settings) -> Result<Listener, SidecarError> {
+        let listen_error = |source| SidecarError::Listen {
+            addr: settings.listen,
+            source,
+        };
+        let socket = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(listen_error)?;
+        let addr = socket.local_addr().map_err(listen_error)?;
+        Ok(Listener { socket, addr })
+    }
+
+    /// Serves `app` in the background; returns the address.
+    fn serve(self, app: axum::Router) -> SocketAddr {
+        let addr = self.addr;
+        tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the MLflow-compatible /api/2.0/mlflow/");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(self.socket, app).await {
+                tracing::error!(error = %e, "the endpoint stopped");
+            }
+        });
+        addr
+    }
 }

@@ -2,6 +2,7 @@
 //! the shippers on a thread of its own, with the same stop and drain rules.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -10,14 +11,17 @@ use super::error::SidecarError;
 use super::settings::Settings;
 use crate::lifecycle::{Drain, Ending, Stop};
 use crate::metrics::intake::IngestRequest;
-use crate::metrics::pipeline::{self, MetricsPipeline, PipelineConfig};
+use crate::metrics::pipeline::{self, DeliveryStatus, MetricsPipeline, PipelineConfig};
 use crate::metrics::{Item, MetastoreUrl, MetricsError, QueueConfig, SinkContext};
 
 /// The pipeline's thread. It runs its own single-threaded runtime because its work is short
 /// blocking file I/O (fsyncs): kept off the shippers' runtime, a slow disk never delays log
 /// shipping. Delivery to the metastore runs on a further thread of the pipeline's own, so a slow
 /// metastore delays neither.
-pub struct MetricsTask(std::thread::JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>);
+pub struct MetricsTask {
+    thread: std::thread::JoinHandle<(Result<Ending, MetricsError>, MetricsPipeline)>,
+    status: Arc<DeliveryStatus>,
+}
 
 /// Opens the metastore and the queue, and starts the pipeline's thread. Scalars are read from
 /// the sidecar's tf.events folders (the ones the mirror uploads); `requests` come from the
@@ -68,6 +72,7 @@ pub async fn spawn(
     let mut watched = cfg.tfevents_roots.clone();
     watched.extend(cfg.metrics_files.iter().cloned());
     let mut pipeline = MetricsPipeline::open(cfg.clone(), sink)?;
+    let status = pipeline.status();
     tracing::info!(metastore = %pipeline.describe_sink(), metrics_files = cfg.metrics_files.len(),
         tfevents = cfg.tfevents_roots.len(), "tracking metrics");
     let thread =
@@ -86,15 +91,20 @@ pub async fn spawn(
                 (ending, pipeline)
             })
         })
-        .map(MetricsTask)
+        .map(|thread| MetricsTask { thread, status })
         .map_err(thread)
 }
 
 impl MetricsTask {
+    /// How delivery to the metastore goes, for the health endpoints.
+    pub fn status(&self) -> Arc<DeliveryStatus> {
+        self.status.clone()
+    }
+
     /// Waits for the pipeline's thread; returns how it ended and the pipeline, for items that come
     /// after the drain.
     pub async fn join(self) -> Result<(Ending, MetricsPipeline), SidecarError> {
-        let task = self.0;
+        let task = self.thread;
         let joined = tokio::task::spawn_blocking(move || task.join()).await;
         let Ok(Ok((ending, pipeline))) = joined else {
             return Err(SidecarError::Thread("the metrics thread panicked".into()));

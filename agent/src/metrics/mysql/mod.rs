@@ -188,8 +188,8 @@ impl MySqlSink {
         }
     }
 
-    /// Runs `statements` between `START TRANSACTION` and `COMMIT`. On failure the connection is
-    /// rolled back, or dropped when its state is unknown (I/O error, timeout).
+    /// Runs `statements` between `START TRANSACTION` and `COMMIT`. On a transient server error the
+    /// connection is rolled back and kept; on any other failure it is dropped.
     async fn transaction(&mut self, statements: &[String]) -> Result<(), SinkError> {
         let mut conn = match self.conn.take() {
             Some(c) => c,
@@ -211,12 +211,14 @@ impl MySqlSink {
                 Ok(())
             }
             Err(e) => {
-                let keep =
-                    matches!(e, WireError::Server { .. }) && conn.query("ROLLBACK").await.is_ok();
-                if keep {
+                // Kept only for a failure the next try on it may cure (a lock wait, a deadlock):
+                // after a refusal (a revoked privilege) a new connection sees the mended grants.
+                let server = matches!(e, WireError::Server { .. });
+                let error = self.error(e, "write a batch");
+                if server && error.transient && conn.query("ROLLBACK").await.is_ok() {
                     self.conn = Some(conn);
                 }
-                Err(self.error(e, "write a batch"))
+                Err(error)
             }
         }
     }
