@@ -278,3 +278,46 @@ fn strip_applies_to_entries_and_hardlink_targets() {
     names.sort();
     assert_eq!(names, ["c.txt", "d.txt"]);
 }
+
+/// A git tree may hold an absolute symlink; a later source whose `#into=` passes through it must
+/// be refused (exit 5) instead of replacing the folder the link points to.
+#[test]
+fn a_later_source_is_never_published_through_an_earlier_sources_symlink() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("outside");
+    fs::create_dir_all(outside.join("victim")).unwrap();
+    fs::write(outside.join("victim/keep.txt"), "mine").unwrap();
+    let repos = crate::harness::git::Repos::new();
+    let repo = repos.create("linky");
+    std::os::unix::fs::symlink(&outside, repo.work.join("lnk")).unwrap();
+    repo.commit(&[("README", "links\n")], &[], "an absolute link");
+
+    let server = HttpServer::start();
+    server.put("/victim.tar", archive::tar(&[file("new.txt", b"theirs")]));
+    let dest = root.path().join("dest");
+    let ran = run(periscope().args(["localize", "--dest"]).arg(&dest).args([
+        "--source",
+        &format!("git+file://{}#into=r", repo.bare.display()),
+        "--source",
+        &(server.url("/victim.tar") + "#into=r/lnk/victim"),
+    ]));
+    ran.expect_code(5)
+        .expect_output("r/lnk` is a symlink")
+        .expect_output("#into=");
+    assert_eq!(
+        fs::read_to_string(outside.join("victim/keep.txt")).unwrap(),
+        "mine",
+        "the folder the link points to was replaced"
+    );
+    assert!(!outside.join("victim/new.txt").exists());
+    assert!(
+        fs::read_link(dest.join("r/lnk")).is_ok(),
+        "the git tree stays published"
+    );
+    let staging = dest.join(".periscope/staging");
+    assert_eq!(
+        fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging left behind"
+    );
+}

@@ -229,7 +229,7 @@ pub async fn localize(
     }
     let meta = dest.join(META_DIR);
     let staging_root = meta.join("staging");
-    std::fs::create_dir_all(&meta).map_err(|error| publish::PublishError {
+    std::fs::create_dir_all(&meta).map_err(|error| publish::PublishError::Io {
         action: "cannot create",
         path: meta.clone(),
         error,
@@ -285,7 +285,7 @@ async fn localize_one(
             return Err(e);
         }
     };
-    if let Err(e) = publish::publish(&stage, &target) {
+    if let Err(e) = publish::publish(&stage, dest, &spec.into) {
         publish::remove_tree(&stage)?;
         return Err(e.into());
     }
@@ -301,11 +301,13 @@ async fn localize_one(
         localized_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     };
     record.upsert(entry.clone());
-    record.save(dest).map_err(|error| publish::PublishError {
-        action: "cannot write",
-        path: Record::path(dest),
-        error,
-    })?;
+    record
+        .save(dest)
+        .map_err(|error| publish::PublishError::Io {
+            action: "cannot write",
+            path: Record::path(dest),
+            error,
+        })?;
     tracing::info!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
         bytes = entry.bytes, files = entry.files, "localized");
     Ok(Outcome {
