@@ -321,3 +321,47 @@ fn a_later_source_is_never_published_through_an_earlier_sources_symlink() {
         "staging left behind"
     );
 }
+
+/// GNU tar's PAX sparse members (`--sparse --format=pax`) are refused like GNU sparse ones, not
+/// published as their map of holes under a `GNUSparseFile.N/` name.
+#[test]
+fn pax_sparse_members_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let holes = fs::File::create(work.path().join("holes.bin")).unwrap();
+    holes.set_len(4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&holes, b"data after a hole", 3 << 20).unwrap();
+    drop(holes);
+    let out = std::process::Command::new("tar")
+        .current_dir(work.path())
+        .args(["--sparse", "--format=pax", "-cf", "sparse.tar", "holes.bin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let body = fs::read(work.path().join("sparse.tar")).unwrap();
+    assert!(
+        body.windows(11).any(|w| w == b"GNU.sparse."),
+        "tar wrote no PAX sparse member"
+    );
+    let root = refused(body, "sparse.tar", "holes.bin", "sparse file");
+    assert!(!root.path().join("dest/sparse").exists());
+}
+
+/// A name no Linux filesystem can hold is hostile input (exit 5), not a local failure (exit 7).
+#[test]
+fn entry_names_longer_than_a_filesystem_holds_are_refused() {
+    let long = "n".repeat(300);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(2);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, format!("top/{long}.txt"), &b"hi"[..])
+        .unwrap();
+    let body = builder.into_inner().unwrap();
+    refused(
+        body,
+        "long.tar",
+        &format!("top/{long}.txt"),
+        "longer than 255 bytes",
+    );
+}

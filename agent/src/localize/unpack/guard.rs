@@ -30,6 +30,12 @@ use crate::localize::Limits;
 /// Copy buffer size: large enough that syscalls do not dominate on fast disks.
 const BUF: usize = 256 * 1024;
 
+/// The longest file name Linux filesystems store (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// The longest path or symlink target the kernel resolves (`PATH_MAX`).
+pub(super) const PATH_MAX: usize = 4096;
+
 /// An archive entry path that passed the checks: relative, only normal components, with the
 /// `strip` leading components already removed. Invariant: not empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,8 +122,20 @@ impl<'a> Tree<'a> {
                         "the path contains `..` and could climb out of the destination",
                     ))
                 }
+                _ if part.len() > NAME_MAX => {
+                    return Err(unsafe_entry(
+                        raw,
+                        format!("a path component is longer than {NAME_MAX} bytes, which no Linux filesystem holds"),
+                    ))
+                }
                 _ => parts.push(part),
             }
+        }
+        if raw.len() > PATH_MAX {
+            return Err(unsafe_entry(
+                raw,
+                format!("the path is longer than {PATH_MAX} bytes"),
+            ));
         }
         if parts.len() <= self.strip {
             return Ok(None);
@@ -303,6 +321,12 @@ impl<'a> Tree<'a> {
         if target.is_empty() {
             return Err(unsafe_entry(raw, "the symlink has an empty target"));
         }
+        if target.len() > PATH_MAX {
+            return Err(unsafe_entry(
+                raw,
+                format!("the symlink target is longer than {PATH_MAX} bytes"),
+            ));
+        }
         if target[0] == b'/' {
             return Err(unsafe_entry(
                 raw,
@@ -482,7 +506,16 @@ mod tests {
             Path::new("a/b.txt")
         );
         assert_eq!(t.clean(b"top/").unwrap(), None);
-        for bad in [&b"/etc/passwd"[..], b"a/../../x", b"..", b""] {
+        let long_part = [b'x'; 256];
+        let long_path = b"ab/".repeat(1400);
+        for bad in [
+            &b"/etc/passwd"[..],
+            b"a/../../x",
+            b"..",
+            b"",
+            &long_part,
+            &long_path,
+        ] {
             assert!(
                 matches!(t.clean(bad), Err(UnpackError::Unsafe { .. })),
                 "{bad:?}"

@@ -116,7 +116,8 @@ impl Classify for UnpackError {
         match self {
             UnpackError::Unsafe { .. } => Some(
                 "the archive was refused as a whole and nothing was published; rebuild it without \
-                 absolute paths, `..`, links leaving the tree, devices or fifos"
+                 absolute paths, `..`, links leaving the tree, devices, fifos, sparse files or \
+                 names longer than a filesystem holds"
                     .into(),
             ),
             UnpackError::TooBig { what, .. } => Some(format!(
