@@ -498,3 +498,147 @@ fn s3_hostile_archive_key_is_refused_with_exit_5() {
     assert!(!dest.join("evil").exists());
     assert!(!parent.path().join("escape.txt").exists());
 }
+
+/// A local folder is checked like an archive: a symlink in it is recreated only when it stays
+/// inside; one that leads out (absolute or by `..`, to a file or a folder) or a fifo refuses the
+/// whole source with exit 5, and nothing outside the folder is copied.
+#[test]
+fn folder_sources_refuse_links_that_leave_them() {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let secret = root.path().join("secret");
+    std::fs::create_dir_all(secret.join("keys")).unwrap();
+    std::fs::write(secret.join("shadow"), "root:$6$hash").unwrap();
+    std::fs::write(secret.join("keys/id"), "PRIVATE").unwrap();
+    type Plant<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, Plant); 4] = [
+        ("shadow", &|job| {
+            symlink(secret.join("shadow"), job.join("shadow")).unwrap()
+        }),
+        ("up", &|job| {
+            symlink("../../secret/shadow", job.join("sub/up")).unwrap()
+        }),
+        ("keys", &|job| {
+            symlink(secret.join("keys"), job.join("keys")).unwrap()
+        }),
+        ("pipe", &|job| {
+            let c = std::ffi::CString::new(job.join("pipe").to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        }),
+    ];
+    for (name, plant) in cases {
+        let job = root.path().join(format!("job-{name}"));
+        std::fs::create_dir_all(job.join("sub")).unwrap();
+        std::fs::write(job.join("train.py"), "print(1)").unwrap();
+        plant(&job);
+        let dest = root.path().join(format!("dest-{name}"));
+        // With the trailing slash, the form that has always meant "this folder".
+        localize(&[], &dest, &[&format!("{}/", job.display())], &[])
+            .expect_code(5)
+            .expect_output(&format!("{name}`"))
+            .refute_output("root:$6$hash");
+        assert!(
+            !dest.join(format!("job-{name}")).exists(),
+            "{name}: published"
+        );
+        let staging = dest.join(".periscope/staging");
+        assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+    }
+    // Links that stay inside are kept as links; modes too, without setuid.
+    let job = root.path().join("kept");
+    std::fs::create_dir_all(job.join("bin")).unwrap();
+    std::fs::write(job.join("bin/tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        job.join("bin/tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    symlink("bin/tool", job.join("latest")).unwrap();
+    let dest = root.path().join("dest-kept");
+    localize(&[], &dest, &[&format!("{}/", job.display())], &[]).expect_code(0);
+    assert_eq!(
+        std::fs::read_link(dest.join("kept/latest")).unwrap(),
+        Path::new("bin/tool")
+    );
+    let mode = std::fs::metadata(dest.join("kept/bin/tool"))
+        .unwrap()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+}
+
+/// A folder is a folder with or without the trailing slash, relative paths are taken from the
+/// working folder, and what is missing or mistyped says so.
+#[test]
+fn folder_sources_are_plain_paths() {
+    let root = tempfile::tempdir().unwrap();
+    let job = root.path().join("myjob");
+    std::fs::create_dir_all(job.join("lib")).unwrap();
+    std::fs::write(job.join("train.py"), "print('hi')").unwrap();
+    std::fs::write(job.join("lib/util.py"), "U = 1").unwrap();
+    let in_root = |dest: &str, source: &str| {
+        run(periscope()
+            .current_dir(root.path())
+            .args(["localize", "--dest", dest, "--source", source]))
+    };
+    for (i, source) in [job.to_str().unwrap(), "./myjob", "myjob/", "myjob"]
+        .into_iter()
+        .enumerate()
+    {
+        let dest = format!("dest{i}");
+        in_root(&dest, source)
+            .expect_code(0)
+            .expect_output(&format!("localized {}", job.display()));
+        assert_eq!(
+            tree(&root.path().join(&dest).join("myjob")),
+            ["lib/util.py", "train.py"],
+            "{source}"
+        );
+        let rec = record(&root.path().join(&dest));
+        assert_eq!(rec["sources"][0]["revision"]["kind"], "etags");
+    }
+    // Again: nothing changed, nothing copied; a change is seen.
+    in_root("dest1", "./myjob")
+        .expect_code(0)
+        .expect_output("unchanged");
+    std::fs::write(job.join("train.py"), "print('v2')").unwrap();
+    in_root("dest1", "./myjob")
+        .expect_code(0)
+        .expect_output("localized");
+    assert_eq!(
+        read(root.path().join("dest1/myjob/train.py")),
+        "print('v2')"
+    );
+
+    // The working folder itself, with the destination inside it: the destination is left out.
+    run(periscope().current_dir(&job).args([
+        "localize",
+        "--dest",
+        "out",
+        "--source",
+        ".#into=copy",
+    ]))
+    .expect_code(0);
+    assert_eq!(
+        tree(&job.join("out/copy")),
+        ["lib/util.py", "train.py"],
+        "the destination was copied into itself"
+    );
+
+    in_root("d", "./nope/")
+        .expect_code(3)
+        .expect_output(&format!("no such folder `{}/nope`", root.path().display()))
+        .refute_output("bucket");
+    in_root("d", "nope")
+        .expect_code(3)
+        .expect_output("no such file or folder")
+        .expect_output("https://");
+    in_root("d", "myjob/train.py/")
+        .expect_code(2)
+        .expect_output("is a file, not a folder");
+    in_root("d", "s3:/bucket/x")
+        .expect_code(2)
+        .expect_output("`s3:` looks like a URL scheme");
+    assert!(!root.path().join("d/nope").exists());
+}

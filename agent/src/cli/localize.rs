@@ -25,6 +25,14 @@ Sources (options ride in the URL fragment, which is never sent to a server):
   https://host/job.tar.gz#sha256=HEX&strip=1  an archive (tar, tar.gz/tgz, zip), unpacked while it streams
   s3://bucket/jobs/job.tar.gz                 an archive in an object store (also gs://, az://, file://)
   s3://bucket/jobs/job-42/                    every object under a prefix
+  ./job  job/  /srv/job  file:///srv/job/     a local folder, copied; or a local file (an archive is unpacked)
+
+Local paths: anything without `scheme://` (and not user@host:path) is a path, absolute or relative
+to the working folder; a bare word such as `job` is a path too. A folder is a folder with or
+without the trailing `/` (with it, a file there is an error). A folder is checked like an archive:
+links that leave it, devices, fifos and sockets refuse it; links inside it are kept as links. A
+path that does not exist says `no such folder` (exit 3). `s3:/x` and other strings that start like
+a scheme but lack `//` are refused (exit 2): a local path holding a colon needs a leading `./`.
 
 Options: ref=BRANCH|TAG|SHA  depth=N (default 1, 0 = full)  submodules=recursive|none
          sha256=HEX  strip=N  format=tar|tar.gz|zip|none  into=FOLDER (default: the repo or file name)

@@ -268,7 +268,7 @@ async fn localize_one(
     progress: &SourceProgress,
 ) -> Result<Outcome, SourceError> {
     let target = dest.join(&spec.into);
-    if let Some(entry) = already_published(spec, &target, record, ctx).await? {
+    if let Some(entry) = already_published(spec, dest, record, ctx).await? {
         tracing::info!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
         return Ok(Outcome {
             entry,
@@ -319,14 +319,14 @@ async fn localize_one(
 /// The recorded entry, when `DEST/<into>` already holds this source at its current revision.
 async fn already_published(
     spec: &SourceSpec,
-    target: &Path,
+    dest: &Path,
     record: &Record,
     ctx: &FetchContext,
 ) -> Result<Option<Entry>, SourceError> {
     let Some(entry) = record.get(&spec.into) else {
         return Ok(None);
     };
-    if entry.url != spec.display || !target.is_dir() {
+    if entry.url != spec.display || !dest.join(&spec.into).is_dir() {
         return Ok(None);
     }
     // Content named by checksum: no need to ask the server anything.
@@ -341,7 +341,7 @@ async fn already_published(
     let current = match &spec.kind {
         SourceKind::Git { url } => git::probe(url, &spec.options, ctx).await?,
         SourceKind::Http { url } => http::probe(url, &spec.options, ctx).await?,
-        SourceKind::Object { url } => object::probe(url, &spec.options, ctx).await?,
+        SourceKind::Object { url } => object::probe(url, &spec.options, dest, ctx).await?,
     };
     Ok((current.as_deref() == Some(recorded.as_str())).then(|| entry.clone()))
 }

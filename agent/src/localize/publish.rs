@@ -134,6 +134,12 @@ pub fn new_stage(staging_root: &Path, into: &str) -> Result<PathBuf, PublishErro
     Ok(stage)
 }
 
+/// The destination a staging folder made by [`new_stage`] belongs to
+/// (`DEST/.periscope/staging/<stage>`).
+pub fn dest_of_stage(stage: &Path) -> Option<&Path> {
+    stage.parent()?.parent()?.parent()
+}
+
 /// Removes a folder tree; a missing folder is fine.
 pub fn remove_tree(path: &Path) -> Result<(), PublishError> {
     match fs::remove_dir_all(path) {

@@ -7,11 +7,14 @@
 //! blocking reader (for example `tokio_util::io::SyncIoBridge`). To check `#sha256=`, wrap the
 //! reader in a [`HashingReader`] and pass `&mut` to it.
 //!
+//! A local folder goes through the same guard, entry by entry ([`folder`]).
+//!
 //! Every entry goes through [`guard`], which refuses the whole archive at the first entry that
 //! could write outside the folder, is a device or fifo, or passes a limit; see its docs for the
 //! exact rules. This module never publishes: on error the caller removes the staging folder.
 
 mod detect;
+pub mod folder;
 mod guard;
 mod hash;
 mod tar;
@@ -65,8 +68,9 @@ pub struct UnpackStats {
 /// An archive that was refused or could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    /// An entry that could write outside the destination, or of a kind never unpacked.
-    #[error("refused archive entry `{entry}`: {reason}")]
+    /// An entry (of an archive or a folder) that could write or reveal anything outside the
+    /// destination, or of a kind never unpacked.
+    #[error("refused `{entry}`: {reason}")]
     Unsafe { entry: String, reason: String },
     /// The archive unpacks to more than a limit allows.
     #[error("the archive unpacks to more than {limit} {what}, the limit")]
@@ -115,8 +119,8 @@ impl Classify for UnpackError {
     fn hint(&self) -> Option<String> {
         match self {
             UnpackError::Unsafe { .. } => Some(
-                "the archive was refused as a whole and nothing was published; rebuild it without \
-                 absolute paths, `..`, links leaving the tree, devices, fifos, sparse files or \
+                "the source was refused as a whole and nothing was published; it may hold no \
+                 absolute paths, `..`, links leaving it, devices, fifos, sockets, sparse files or \
                  names longer than a filesystem holds"
                     .into(),
             ),
@@ -147,12 +151,7 @@ pub fn unpack(
     opts: &UnpackOptions,
     progress: &SourceProgress,
 ) -> Result<UnpackStats, UnpackError> {
-    let mut input = Input {
-        inner: reader,
-        read: 0,
-        failure: None,
-        progress,
-    };
+    let mut input = Input::new(reader, progress);
     let result = unpack_input(&mut input, format, dest, opts);
     match (result, input.failure.take()) {
         // Whatever the archive code made of it, a failing input is a read failure, not damage.
@@ -238,11 +237,23 @@ fn plain_name(name: &str) -> String {
 
 /// The input as the archive code sees it: counts bytes, reports progress, and remembers whether
 /// the underlying reader failed. Invariant: `read` is the number of bytes returned.
-struct Input<'p, R> {
+pub(super) struct Input<'p, R> {
     inner: R,
     read: u64,
-    failure: Option<io::Error>,
+    /// The first real error of `inner`, which the archive code only sees a copy of.
+    pub(super) failure: Option<io::Error>,
     progress: &'p SourceProgress,
+}
+
+impl<'p, R> Input<'p, R> {
+    pub(super) fn new(inner: R, progress: &'p SourceProgress) -> Self {
+        Input {
+            inner,
+            read: 0,
+            failure: None,
+            progress,
+        }
+    }
 }
 
 impl<R: Read> Read for Input<'_, R> {
