@@ -642,3 +642,24 @@ fn folder_sources_are_plain_paths() {
         .expect_output("`s3:` looks like a URL scheme");
     assert!(!root.path().join("d/nope").exists());
 }
+
+/// Without --dest, localize writes to /code only where that folder exists (a pod's volume); on a
+/// machine without it, it asks for --dest instead of creating /code at the filesystem root.
+#[test]
+fn no_dest_and_no_code_folder_asks_for_dest() {
+    if Path::new("/code").exists() {
+        eprintln!("skipped: /code exists on this machine, so it is the default destination");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("train.py"), "print(1)").unwrap();
+    run(periscope()
+        .env_remove("PERISCOPE_DEST")
+        .env_remove("GIT_SYNC_ROOT")
+        .args(["localize", "--source"])
+        .arg(format!("{}#into=job", src.path().display())))
+    .expect_code(2)
+    .expect_output("no --dest given, and /code")
+    .expect_output("add --dest DIR");
+    assert!(!Path::new("/code").exists(), "/code was created");
+}

@@ -16,6 +16,9 @@ use super::progress::Display;
 use super::size::{human, parse_size};
 use super::Failure;
 
+/// Where sources land without --dest or GIT_SYNC_ROOT, if that folder exists.
+const DEFAULT_DEST: &str = "/code";
+
 const AFTER_HELP: &str = "\
 Sources (options ride in the URL fragment, which is never sent to a server):
   git+https://host/org/repo.git#ref=v1.2      git over https (also https://…/repo.git, git+http://)
@@ -62,7 +65,8 @@ pub struct LocalizeArgs {
         value_name = "SRC"
     )]
     sources: Vec<String>,
-    /// The folder sources land in; created if missing. [default: $GIT_SYNC_ROOT or /code]
+    /// The folder sources land in; created if missing. [default: $GIT_SYNC_ROOT, or /code where
+    /// it exists, as the pod's mounted volume]
     #[arg(long, env = "PERISCOPE_DEST", value_name = "DIR")]
     dest: Option<PathBuf>,
     /// Refuse a source that unpacks to more than this many bytes.
@@ -147,11 +151,10 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
         git.password = git.password.or(env.password.clone().map(Secret::new));
         insecure = env.ssl_no_verify;
     }
-    let dest = args
-        .dest
-        .clone()
-        .or(env.root.clone())
-        .unwrap_or_else(|| PathBuf::from("/code"));
+    let dest = match args.dest.clone().or(env.root.clone()) {
+        Some(dest) => dest,
+        None => default_dest()?,
+    };
     let ctx = FetchContext {
         limits: Limits {
             max_bytes: args.max_bytes.max(1),
@@ -174,6 +177,20 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
     let outcomes = localize::localize(&specs, &dest, &ctx, display).await?;
     print_outcomes(&outcomes, &dest, args.output);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pod's code volume when no destination is given: `/code`, only where it already exists
+/// (mounted by the pod). Creating it at the root of a laptop's filesystem is never what was meant.
+fn default_dest() -> Result<PathBuf, Failure> {
+    let code = PathBuf::from(DEFAULT_DEST);
+    if code.is_dir() {
+        return Ok(code);
+    }
+    Err(Failure::new(
+        ErrorClass::Usage,
+        "no --dest given, and /code (the pod's code volume) does not exist here",
+        Some("add --dest DIR, the folder to localize into (created if missing)".into()),
+    ))
 }
 
 fn print_outcomes(outcomes: &[Outcome], dest: &std::path::Path, output: Output) {
