@@ -663,3 +663,32 @@ fn no_dest_and_no_code_folder_asks_for_dest() {
     .expect_output("add --dest DIR");
     assert!(!Path::new("/code").exists(), "/code was created");
 }
+
+/// Stores list `a.txt`, `/a.txt` and `a.txt/` under one path: two such keys would be one file
+/// (downloaded twice from one of them), and a lone `a.txt/` cannot be read under the path listed.
+/// Either way the prefix is refused as unsafe (exit 5) and nothing is published.
+#[test]
+fn s3_keys_with_a_leading_or_trailing_slash_are_refused() {
+    let s3 = S3Server::start();
+    for (bucket, keys) in [
+        ("trailing", vec![("job/a.txt", "A"), ("job/a.txt/", "B")]),
+        ("leading", vec![("a.txt", "A"), ("/a.txt", "C")]),
+        (
+            "lone-trailing",
+            vec![("job/a.txt/", "B"), ("job/b.txt", "b")],
+        ),
+        ("lone-leading", vec![("/a.txt", "C"), ("b.txt", "b")]),
+    ] {
+        s3.create_bucket(bucket);
+        for (key, body) in &keys {
+            s3.put_raw(bucket, key, body.as_bytes());
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let source = format!("s3://{bucket}/#into=all");
+        localize(&s3.env(), dest.path(), &[&source], &["--retries", "1"])
+            .expect_code(5)
+            .expect_output("a.txt` is unsafe")
+            .expect_output("begins or ends with `/`");
+        assert!(!dest.path().join("all").exists(), "{bucket}: published");
+    }
+}

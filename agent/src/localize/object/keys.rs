@@ -4,7 +4,7 @@
 //! a listing into a plan of relative file paths and folders, and refuses the whole listing when any
 //! key could land outside the stage or collides with another. It never touches the disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use object_store::path::Path;
 use object_store::ObjectMeta;
@@ -40,6 +40,18 @@ impl Plan {
         (self.files.len() + self.dirs.len()) as u64
     }
 }
+
+/// Why two listed objects with the same path are refused. Stores list a key that begins or ends
+/// with `/` under the path without it, so `a.txt` and `/a.txt` (or `a.txt/`) look alike and a
+/// download by path reads one of them twice.
+pub const ALIASED: &str = "two keys name this same path (one of them begins or ends with `/`, \
+                           which no file path can tell apart)";
+
+/// Why a listed object that cannot be read under its listed path is refused: its key most likely
+/// begins or ends with `/`, which the listing dropped (or it was deleted while copying).
+pub const UNREADABLE: &str = "it was listed but is not found under that name: its key begins or \
+                              ends with `/`, which no file path can hold, or it was deleted \
+                              while copying";
 
 /// Checks one path segment. object_store's own `Path` already refuses `.`, `..` and control
 /// characters when it parses a listing; this is checked again here because the stage's safety must
@@ -105,6 +117,7 @@ pub fn plan(prefix: &Path, objects: Vec<ObjectMeta>) -> Result<Plan, ObjectError
         }
     }
     let mut kept = Vec::with_capacity(files.len());
+    let mut seen = HashSet::with_capacity(files.len());
     for f in files {
         if dirs.contains(&f.rel) {
             if f.meta.size == 0 {
@@ -113,6 +126,12 @@ pub fn plan(prefix: &Path, objects: Vec<ObjectMeta>) -> Result<Plan, ObjectError
             return Err(ObjectError::UnsafeKey {
                 key: f.meta.location.to_string(),
                 reason: "it is both an object and a folder of other objects".into(),
+            });
+        }
+        if !seen.insert(f.rel.clone()) {
+            return Err(ObjectError::UnsafeKey {
+                key: f.meta.location.to_string(),
+                reason: ALIASED.into(),
             });
         }
         kept.push(f);
@@ -164,6 +183,20 @@ mod tests {
             err.to_string().contains("both an object and a folder"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn refuses_keys_that_alias_one_path() {
+        // `a.txt` and `/a.txt` (or `a.txt/`) are listed with the same path.
+        let err = plan(&Path::ROOT, vec![meta("a.txt", 1), meta("a.txt", 2)]).unwrap_err();
+        assert!(err.to_string().contains("begins or ends with `/`"), "{err}");
+        // Two folder markers of one folder are still just markers.
+        let p = plan(
+            &Path::ROOT,
+            vec![meta("d", 0), meta("d", 0), meta("d/x", 1)],
+        )
+        .unwrap();
+        assert_eq!(p.files.len(), 1);
     }
 
     #[test]

@@ -365,7 +365,11 @@ async fn fetch_prefix(
         })
         .collect();
     tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
-    let bytes = at.download(&downloads, ctx, progress).await?.bytes;
+    let bytes = at
+        .download(&downloads, ctx, progress)
+        .await
+        .map_err(listed_but_missing)?
+        .bytes;
     Ok(Fetched {
         revision: Revision {
             kind: RevisionKind::Etags,
@@ -431,6 +435,22 @@ async fn blocking<T: Send + 'static>(
             path: PathBuf::new(),
             error: std::io::Error::other(e.to_string()),
         })?
+}
+
+/// A listed object that the store says is not there was listed under a path that is not its key
+/// (or was deleted meanwhile): the listing cannot be trusted, so the source is refused.
+fn listed_but_missing(error: ObjectError) -> ObjectError {
+    match error {
+        ObjectError::Storage(StorageError::Request {
+            class: ErrorClass::NotFound,
+            what,
+            ..
+        }) => ObjectError::UnsafeKey {
+            key: what,
+            reason: keys::UNREADABLE.into(),
+        },
+        other => other,
+    }
 }
 
 /// The manifest of a save of model artifacts, when the prefix is one: it holds a
