@@ -692,3 +692,166 @@ fn s3_keys_with_a_leading_or_trailing_slash_are_refused() {
         assert!(!dest.path().join("all").exists(), "{bucket}: published");
     }
 }
+
+/// A model folder holding the same weights three ways: `#include=` / `#exclude=` choose what is
+/// copied from an S3 prefix, and the patterns are recorded, so that other patterns are never
+/// taken for "unchanged".
+#[test]
+fn s3_prefix_include_and_exclude_choose_the_files_and_are_recorded() {
+    let s3 = S3Server::start();
+    s3.create_bucket("hub");
+    for (key, body) in [
+        ("bert/pytorch_model.bin", "bin"),
+        ("bert/model.safetensors", "st"),
+        ("bert/tf_model.h5", "h5"),
+        ("bert/config.json", "{}"),
+        ("bert/onnx/model.onnx", "onnx"),
+        ("bert/onnx/config.json", "{}"),
+    ] {
+        s3.put("hub", key, body.as_bytes());
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let only = "s3://hub/bert/#include=*.safetensors,*.json&exclude=onnx";
+    localize(&s3.env(), dest.path(), &[only], &[]).expect_code(0);
+    assert_eq!(
+        tree(&dest.path().join("bert")),
+        ["config.json", "model.safetensors"]
+    );
+    let rec = record(dest.path());
+    assert_eq!(
+        rec["sources"][0]["include"],
+        serde_json::json!(["*.safetensors", "*.json"])
+    );
+    assert_eq!(rec["sources"][0]["exclude"], serde_json::json!(["onnx"]));
+    assert_eq!(rec["sources"][0]["files"], 2);
+    localize(&s3.env(), dest.path(), &[only], &[])
+        .expect_code(0)
+        .expect_output("unchanged");
+    // A change to a file left out changes nothing that was copied.
+    s3.put("hub", "bert/tf_model.h5", b"h5 v2");
+    localize(&s3.env(), dest.path(), &[only], &[])
+        .expect_code(0)
+        .expect_output("unchanged");
+
+    let other = "s3://hub/bert/#exclude=*.bin,*.h5,onnx/";
+    localize(&s3.env(), dest.path(), &[other], &[])
+        .expect_code(0)
+        .expect_output("localized");
+    assert_eq!(
+        tree(&dest.path().join("bert")),
+        ["config.json", "model.safetensors"]
+    );
+    let rec = record(dest.path());
+    assert!(rec["sources"][0].get("include").is_none(), "{rec}");
+
+    localize(
+        &s3.env(),
+        dest.path(),
+        &["s3://hub/bert/#include=*.gguf"],
+        &[],
+    )
+    .expect_code(2)
+    .expect_output("patterns leave nothing")
+    .expect_output("*.gguf");
+    assert_eq!(
+        tree(&dest.path().join("bert")),
+        ["config.json", "model.safetensors"],
+        "a refused run keeps the tree"
+    );
+    localize(
+        &s3.env(),
+        dest.path(),
+        &["git+https://h.invalid/r.git#include=*.py"],
+        &[],
+    )
+    .expect_code(2)
+    .expect_output("not git");
+}
+
+/// The same patterns on a local folder and on an archive (matched after `#strip=`).
+#[test]
+fn folder_and_archive_include_and_exclude() {
+    use crate::harness::archive::{dir, file, tar_gz};
+    use crate::harness::http_server::HttpServer;
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    std::fs::create_dir_all(model.join("ckpt")).unwrap();
+    for (rel, body) in [
+        ("w.bin", "bin"),
+        ("w.safetensors", "st"),
+        ("ckpt/step-1.bin", "old"),
+        ("README.md", "hi"),
+    ] {
+        std::fs::write(model.join(rel), body).unwrap();
+    }
+    let server = HttpServer::start();
+    server.put(
+        "/model.tar.gz",
+        tar_gz(&[
+            dir("top/"),
+            dir("top/ckpt/"),
+            file("top/w.bin", b"bin"),
+            file("top/w.safetensors", b"st"),
+            file("top/ckpt/step-1.bin", b"old"),
+            file("top/README.md", b"hi"),
+        ]),
+    );
+    let dest = root.path().join("dest");
+    localize(
+        &[],
+        &dest,
+        &[
+            &format!("{}#exclude=*.bin", model.display()),
+            &(server.url("/model.tar.gz") + "#strip=1&include=*.safetensors,ckpt/&into=arch"),
+        ],
+        &[],
+    )
+    .expect_code(0);
+    assert_eq!(tree(&dest.join("model")), ["README.md", "w.safetensors"]);
+    assert_eq!(
+        tree(&dest.join("arch")),
+        ["ckpt/step-1.bin", "w.safetensors"]
+    );
+}
+
+/// Loading part of a save of model artifacts: only the files the patterns keep are fetched, and
+/// each of them is still checked against the save's manifest.
+#[test]
+fn s3_save_loaded_in_part_is_still_verified() {
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for (rel, body) in [
+        ("model.safetensors", "safe weights"),
+        ("model.bin", "pickled weights"),
+        ("config.json", "{\"layers\":2}"),
+    ] {
+        std::fs::write(model.join(rel), body).unwrap();
+    }
+    let state = work.path().join("state");
+    crate::artifacts::push(&s3.env(), &model, "s3://models/jobs", &state, &[]).expect_code(0);
+    let save = "jobs/exp-1/worker-0/artifacts/1";
+    let source = format!("s3://models/{save}/#include=*.safetensors,*.json&into=m");
+
+    // The file left out may even be damaged: it is not loaded.
+    s3.put("models", &format!("{save}/model.bin"), b"pickled WEIGHTS");
+    let dest = work.path().join("dest");
+    localize(&s3.env(), &dest, &[&source], &[]).expect_code(0);
+    assert_eq!(tree(&dest.join("m")), ["config.json", "model.safetensors"]);
+    assert_eq!(read(dest.join("m/model.safetensors")), "safe weights");
+    assert_eq!(record(&dest)["sources"][0]["files"], 2);
+
+    // A file that is loaded and differs from the manifest refuses the whole save.
+    s3.put(
+        "models",
+        &format!("{save}/model.safetensors"),
+        b"SAFE weights",
+    );
+    let fresh = work.path().join("fresh");
+    localize(&s3.env(), &fresh, &[&source], &[])
+        .expect_code(5)
+        .expect_output("model.safetensors");
+    assert!(!fresh.join("m").exists());
+}

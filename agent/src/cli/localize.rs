@@ -39,6 +39,15 @@ a scheme but lack `//` are refused (exit 2): a local path holding a colon needs 
 
 Options: ref=BRANCH|TAG|SHA  depth=N (default 1, 0 = full)  submodules=recursive|none
          sha256=HEX  strip=N  format=tar|tar.gz|zip|none  into=FOLDER (default: the repo or file name)
+         include=GLOB,GLOB…  exclude=GLOB,GLOB…  (archives, folders, object prefixes and saves)
+
+Include and exclude: globs (* ? [abc] **) matched against each file's path under DEST/<into>
+(after strip=). A pattern without `/` matches a file or folder name at any depth (*.safetensors,
+checkpoints); one with `/` matches from the top (model/*.bin); a trailing `/` matches folders only.
+A file is kept when no include is given or one matches, and no exclude matches. Every entry is
+still checked; a save's files that are loaded are still verified against its manifest. The
+patterns are recorded in localized.json: other patterns fetch again. Example:
+  s3://hub/bert/#include=*.safetensors,*.json&exclude=onnx/
 
 Each source lands at DEST/<into>, staged under DEST/.periscope/ and published with one rename.
 DEST/.periscope/localized.json records the exact revision. Running again with the same sources

@@ -14,6 +14,7 @@
 //! already published: a restarted initContainer does nothing. Any failure removes the staging
 //! folder and leaves `DEST/<into>` as it was.
 
+pub mod filter;
 pub mod git;
 pub mod http;
 pub mod object;
@@ -31,8 +32,9 @@ use crate::error::{Classify, ErrorClass};
 use crate::redact::Secret;
 use crate::retry::RetryPolicy;
 
+pub use filter::Filter;
 pub use progress::{ProgressEvent, ProgressSink, SourceProgress};
-pub use record::{Entry, Record, Revision, RevisionKind};
+pub use record::{Entry, Patterns, Record, Revision, RevisionKind};
 pub use spec::{ArchiveFormat, SourceKind, SourceOptions, SourceSpec, Submodules};
 
 /// The hidden folder under DEST that holds Periscope's own files (record, lock, staging).
@@ -135,6 +137,24 @@ pub enum SourceError {
     Publish(#[from] publish::PublishError),
     #[error("sha256 mismatch: expected {expected}, got {actual}")]
     Checksum { expected: String, actual: String },
+    /// The include and exclude patterns left no file of the source.
+    #[error(
+        "the include/exclude patterns leave nothing of the source (include: {}; exclude: {})",
+        show_patterns(include),
+        show_patterns(exclude)
+    )]
+    NothingKept {
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+}
+
+fn show_patterns(patterns: &[String]) -> String {
+    if patterns.is_empty() {
+        "none".into()
+    } else {
+        patterns.join(", ")
+    }
 }
 
 impl Classify for SourceError {
@@ -146,6 +166,7 @@ impl Classify for SourceError {
             SourceError::Unpack(e) => e.class(),
             SourceError::Publish(e) => e.class(),
             SourceError::Checksum { .. } => ErrorClass::Integrity,
+            SourceError::NothingKept { .. } => ErrorClass::Usage,
         }
     }
 
@@ -158,6 +179,11 @@ impl Classify for SourceError {
             SourceError::Publish(e) => e.hint(),
             SourceError::Checksum { .. } => Some(
                 "the downloaded bytes are not the ones the #sha256= option names; check the URL and the checksum"
+                    .into(),
+            ),
+            SourceError::NothingKept { .. } => Some(
+                "a pattern without `/` matches file and folder names at any depth (*.safetensors); \
+                 one with `/` matches paths from the source's top (model/*.bin)"
                     .into(),
             ),
         }
@@ -278,6 +304,15 @@ async fn localize_one(
     let started = Instant::now();
     let stage = publish::new_stage(staging_root, &spec.into)?;
     let fetched = fetch(spec, &stage, ctx, progress).await;
+    let fetched = fetched.and_then(
+        |f| match spec.options.filter.is_active() && is_empty(&stage) {
+            true => Err(SourceError::NothingKept {
+                include: spec.options.filter.includes(),
+                exclude: spec.options.filter.excludes(),
+            }),
+            false => Ok(f),
+        },
+    );
     let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
@@ -295,6 +330,7 @@ async fn localize_one(
         kind: spec.kind.name().to_string(),
         revision: fetched.revision,
         fingerprint: fetched.fingerprint,
+        patterns: spec.options.filter.patterns(),
         bytes: fetched.bytes,
         files: fetched.files,
         seconds: started.elapsed().as_secs_f64(),
@@ -326,7 +362,8 @@ async fn already_published(
     let Some(entry) = record.get(&spec.into) else {
         return Ok(None);
     };
-    if entry.url != spec.display || !dest.join(&spec.into).is_dir() {
+    let same_patterns = entry.patterns == spec.options.filter.patterns();
+    if entry.url != spec.display || !same_patterns || !dest.join(&spec.into).is_dir() {
         return Ok(None);
     }
     // Content named by checksum: no need to ask the server anything.
@@ -344,6 +381,11 @@ async fn already_published(
         SourceKind::Object { url } => object::probe(url, &spec.options, dest, ctx).await?,
     };
     Ok((current.as_deref() == Some(recorded.as_str())).then(|| entry.clone()))
+}
+
+/// True when a staging folder holds nothing (or cannot be read, which publishing would report).
+fn is_empty(stage: &Path) -> bool {
+    std::fs::read_dir(stage).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 async fn fetch(

@@ -12,6 +12,7 @@ use std::path::{Component, Path};
 
 use url::Url;
 
+use super::filter::Filter;
 use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
 
@@ -136,6 +137,8 @@ pub struct SourceOptions {
     pub format: Option<ArchiveFormat>,
     /// git: whether submodules are checked out.
     pub submodules: Submodules,
+    /// archives, folders, object prefixes and saves: which files are localized.
+    pub filter: Filter,
 }
 
 /// A source string that cannot be used, and why. Always a usage error: the command line is wrong.
@@ -162,7 +165,7 @@ impl Classify for SpecError {
     }
 }
 
-const KNOWN_OPTIONS: &str = "ref, depth, into, sha256, strip, format, submodules";
+const KNOWN_OPTIONS: &str = "ref, depth, into, sha256, strip, format, submodules, include, exclude";
 
 impl SourceSpec {
     /// Parses one `--source` value.
@@ -329,7 +332,7 @@ fn parse_fragment(
         let archive_only = |k: &str| -> Result<(), String> {
             if is_git {
                 Err(format!(
-                    "option `{k}` applies to archives and object stores, not git"
+                    "option `{k}` applies to archives, folders and object stores, not git"
                 ))
             } else {
                 Ok(())
@@ -378,6 +381,14 @@ fn parse_fragment(
                 options.format = Some(ArchiveFormat::parse(&value).ok_or_else(|| {
                     format!("format `{value}` is not one of tar, tar.gz, tgz, zip, none")
                 })?);
+            }
+            "include" => {
+                archive_only(key)?;
+                options.filter.add_include(&value)?;
+            }
+            "exclude" => {
+                archive_only(key)?;
+                options.filter.add_exclude(&value)?;
             }
             "into" => into = Some(value),
             other => {
@@ -563,6 +574,21 @@ mod tests {
         );
         let s = SourceSpec::parse("/srv/jobs/job/#into=code").unwrap();
         assert_eq!(s.display, "/srv/jobs/job/#into=code");
+    }
+
+    #[test]
+    fn include_and_exclude_accumulate() {
+        let s = SourceSpec::parse(
+            "s3://b/models/m/#include=*.safetensors,*.json&include=tokenizer*&exclude=big*",
+        )
+        .unwrap();
+        assert_eq!(
+            s.options.filter.includes(),
+            ["*.safetensors", "*.json", "tokenizer*"]
+        );
+        assert_eq!(s.options.filter.excludes(), ["big*"]);
+        assert!(SourceSpec::parse("git+https://h.test/r.git#include=*.py").is_err());
+        assert!(SourceSpec::parse("https://h.test/a.tar#include=[x").is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use super::unpack::{self, UnpackError, UnpackOptions};
 use super::{
-    publish, ArchiveFormat, FetchContext, Fetched, Revision, RevisionKind, SourceError,
+    publish, ArchiveFormat, FetchContext, Fetched, Filter, Revision, RevisionKind, SourceError,
     SourceOptions, SourceProgress,
 };
 use crate::artifacts::{self, Manifest, MANIFEST_FILE};
@@ -283,7 +283,7 @@ fn archive_format(path: &Path, opts: &SourceOptions) -> Option<ArchiveFormat> {
 /// folder, left out when it lies inside a local folder source.
 pub async fn probe(
     url: &url::Url,
-    _opts: &SourceOptions,
+    opts: &SourceOptions,
     dest: &FsPath,
     ctx: &FetchContext,
 ) -> Result<Option<String>, SourceError> {
@@ -297,8 +297,8 @@ pub async fn probe(
     let digest = if at.is_prefix || folder.is_some() {
         let objects = at.list().await?;
         // Keys are checked here too, so a hostile key is refused even when nothing else changed.
-        keys::plan(&at.path, objects.clone())?;
-        fingerprint(&objects)
+        keys::plan(&at.path, objects.clone(), &opts.filter)?;
+        fingerprint(keys::kept(&at.path, &objects, &opts.filter))
     } else {
         fingerprint([&at.head().await?])
     };
@@ -318,7 +318,7 @@ pub async fn fetch(
         return fetch_folder(&at, dir, opts, stage, ctx, progress).await;
     }
     if at.is_prefix {
-        return Ok(fetch_prefix(&at, stage, ctx, progress).await?);
+        return Ok(fetch_prefix(&at, opts, stage, ctx, progress).await?);
     }
     let meta = at.head().await?;
     let digest = fingerprint([&meta]);
@@ -339,16 +339,18 @@ pub async fn fetch(
 
 async fn fetch_prefix(
     at: &Located,
+    opts: &SourceOptions,
     stage: &FsPath,
     ctx: &FetchContext,
     progress: &SourceProgress,
 ) -> Result<Fetched, ObjectError> {
     let objects = at.list().await?;
-    let digest = fingerprint(&objects);
+    let digest = fingerprint(keys::kept(&at.path, &objects, &opts.filter));
     if let Some(manifest) = artifacts_manifest(at, &objects).await? {
-        return fetch_save(at, stage, ctx, progress, &objects, manifest, digest).await;
+        let listed = (&objects[..], manifest);
+        return fetch_save(at, &opts.filter, stage, ctx, progress, listed, digest).await;
     }
-    let plan = keys::plan(&at.path, objects)?;
+    let plan = keys::plan(&at.path, objects, &opts.filter)?;
     check_limits(plan.bytes(), plan.entries(), ctx)?;
     progress.set_total(plan.bytes());
     for dir in &plan.dirs {
@@ -395,7 +397,7 @@ async fn fetch_folder(
     if is_local_save(&dir) {
         let checked = dir.clone();
         blocking(move || unpack::folder::check_plain(&checked)).await?;
-        return Ok(fetch_prefix(at, stage, ctx, progress).await?);
+        return Ok(fetch_prefix(at, opts, stage, ctx, progress).await?);
     }
     let unpack_opts = UnpackOptions::new(String::new(), opts, ctx.limits);
     let (dest, skip) = (
@@ -481,16 +483,20 @@ async fn artifacts_manifest(
 /// any difference refuses the whole source.
 async fn fetch_save(
     at: &Located,
+    filter: &Filter,
     stage: &FsPath,
     ctx: &FetchContext,
     progress: &SourceProgress,
-    objects: &[ObjectMeta],
-    (manifest, manifest_sha): (Manifest, String),
+    (objects, (manifest, manifest_sha)): (&[ObjectMeta], (Manifest, String)),
     digest: String,
 ) -> Result<Fetched, ObjectError> {
-    let wanted = artifacts::verify::plan(&at.shown, &at.path, &manifest, objects)?;
-    check_limits(manifest.bytes(), wanted.len() as u64, ctx)?;
-    progress.set_total(manifest.bytes());
+    let mut wanted = artifacts::verify::plan(&at.shown, &at.path, &manifest, objects)?;
+    // Only what the patterns keep is loaded, and each of those is checked against the manifest.
+    wanted.retain(|w| filter.keeps(&w.entry.path));
+    let bytes: u64 = wanted.iter().map(|w| w.entry.size).sum();
+    let files = wanted.len() as u64;
+    check_limits(bytes, files, ctx)?;
+    progress.set_total(bytes);
     let downloads: Vec<copy::Download> = wanted
         .iter()
         .map(|w| copy::Download {
@@ -521,7 +527,7 @@ async fn fetch_save(
         },
         fingerprint: Some(digest),
         bytes,
-        files: manifest.files.len() as u64,
+        files,
     })
 }
 
@@ -538,6 +544,18 @@ async fn fetch_single(
     check_limits(meta.size, 1, ctx)?;
     // `locate` found a file name: a URL without one is a prefix.
     let name = at.path.filename().unwrap_or("object").to_string();
+    if !opts.filter.keeps(&name) {
+        // Nothing to copy: the caller reports that the patterns leave nothing.
+        return Ok(Fetched {
+            revision: Revision {
+                kind: RevisionKind::Etags,
+                id: digest.clone(),
+            },
+            fingerprint: Some(digest),
+            bytes: 0,
+            files: 0,
+        });
+    }
     let path = stage.join(&name);
     progress.set_total(meta.size);
     let download = copy::Download {

@@ -51,7 +51,7 @@ pub fn copy_folder(
     opts: &UnpackOptions,
     progress: &SourceProgress,
 ) -> Result<FolderCopy, UnpackError> {
-    let mut tree = Tree::new(dest, opts.strip, opts.limits);
+    let mut tree = Tree::new(dest, opts.strip, opts.limits).filtered(opts.filter.clone());
     let fingerprint = walk(src, skip, true, |rel, found| {
         let Some(clean) = tree.clean(rel)? else {
             return Ok(());
@@ -310,6 +310,7 @@ mod tests {
             strip: 0,
             limits: Limits::default(),
             file_name: String::new(),
+            filter: Default::default(),
         }
     }
 

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub use detect::{from_magic, from_option_or_name, SNIFF_LEN};
 pub use hash::{Digest, HashingReader};
 
-use super::{ArchiveFormat, Limits, SourceOptions, SourceProgress};
+use super::{ArchiveFormat, Filter, Limits, SourceOptions, SourceProgress};
 use crate::error::{Classify, ErrorClass};
 
 /// How to unpack one source. Invariant: `limits` are at least 1 each (see [`Limits`]).
@@ -39,6 +39,8 @@ pub struct UnpackOptions {
     /// The source's file name (`job.tar.gz`): the format is guessed from its extension when not
     /// given, and `format=none` stores the file under this name.
     pub file_name: String,
+    /// Which entries are written (`#include=`, `#exclude=`); every entry is checked regardless.
+    pub filter: Filter,
 }
 
 impl UnpackOptions {
@@ -48,6 +50,7 @@ impl UnpackOptions {
             strip: source.strip,
             limits,
             file_name: file_name.into(),
+            filter: source.filter.clone(),
         }
     }
 }
@@ -182,7 +185,7 @@ fn unpack_input<R: Read>(
         }
     };
     let mut stream = io::Cursor::new(head).chain(&mut *input);
-    let mut tree = guard::Tree::new(dest, opts.strip, opts.limits);
+    let mut tree = guard::Tree::new(dest, opts.strip, opts.limits).filtered(opts.filter.clone());
     match format {
         ArchiveFormat::Tar => tar::unpack(&mut stream, &mut tree)?,
         ArchiveFormat::TarGz => tar::unpack_gz(&mut stream, &mut tree)?,
