@@ -37,7 +37,8 @@ pub struct Revision {
     pub id: String,
 }
 
-/// One published source. Invariant: `url` is redacted.
+/// One published source. Invariant: `url` is redacted; `patterns` are those of the source's
+/// options, so a run with other patterns never takes the tree for unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// The folder under DEST.
@@ -51,11 +52,23 @@ pub struct Entry {
     /// changed without fetching it; `None` when the source offers none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The include and exclude patterns the tree was localized with.
+    #[serde(flatten)]
+    pub patterns: Patterns,
     pub bytes: u64,
     pub files: u64,
     pub seconds: f64,
     /// RFC 3339, UTC.
     pub localized_at: String,
+}
+
+/// The `#include=` and `#exclude=` patterns of a source, as given; both empty means every file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Patterns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// The whole record file.

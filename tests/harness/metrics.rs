@@ -81,6 +81,7 @@ impl MetricsSetup {
                 id: COMMIT.into(),
             },
             fingerprint: None,
+            patterns: Default::default(),
             bytes: 1,
             files: 1,
             seconds: 0.1,

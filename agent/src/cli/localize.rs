@@ -16,6 +16,9 @@ use super::progress::Display;
 use super::size::{human, parse_size};
 use super::Failure;
 
+/// Where sources land without --dest or GIT_SYNC_ROOT, if that folder exists.
+const DEFAULT_DEST: &str = "/code";
+
 const AFTER_HELP: &str = "\
 Sources (options ride in the URL fragment, which is never sent to a server):
   git+https://host/org/repo.git#ref=v1.2      git over https (also https://…/repo.git, git+http://)
@@ -25,9 +28,26 @@ Sources (options ride in the URL fragment, which is never sent to a server):
   https://host/job.tar.gz#sha256=HEX&strip=1  an archive (tar, tar.gz/tgz, zip), unpacked while it streams
   s3://bucket/jobs/job.tar.gz                 an archive in an object store (also gs://, az://, file://)
   s3://bucket/jobs/job-42/                    every object under a prefix
+  ./job  job/  /srv/job  file:///srv/job/     a local folder, copied; or a local file (an archive is unpacked)
+
+Local paths: anything without `scheme://` (and not user@host:path) is a path, absolute or relative
+to the working folder; a bare word such as `job` is a path too. A folder is a folder with or
+without the trailing `/` (with it, a file there is an error). A folder is checked like an archive:
+links that leave it, devices, fifos and sockets refuse it; links inside it are kept as links. A
+path that does not exist says `no such folder` (exit 3). `s3:/x` and other strings that start like
+a scheme but lack `//` are refused (exit 2): a local path holding a colon needs a leading `./`.
 
 Options: ref=BRANCH|TAG|SHA  depth=N (default 1, 0 = full)  submodules=recursive|none
          sha256=HEX  strip=N  format=tar|tar.gz|zip|none  into=FOLDER (default: the repo or file name)
+         include=GLOB,GLOB…  exclude=GLOB,GLOB…  (archives, folders, object prefixes and saves)
+
+Include and exclude: globs (* ? [abc] **) matched against each file's path under DEST/<into>
+(after strip=). A pattern without `/` matches a file or folder name at any depth (*.safetensors,
+checkpoints); one with `/` matches from the top (model/*.bin); a trailing `/` matches folders only.
+A file is kept when no include is given or one matches, and no exclude matches. Every entry is
+still checked; a save's files that are loaded are still verified against its manifest. The
+patterns are recorded in localized.json: other patterns fetch again. Example:
+  s3://hub/bert/#include=*.safetensors,*.json&exclude=onnx/
 
 Each source lands at DEST/<into>, staged under DEST/.periscope/ and published with one rename.
 DEST/.periscope/localized.json records the exact revision. Running again with the same sources
@@ -54,7 +74,8 @@ pub struct LocalizeArgs {
         value_name = "SRC"
     )]
     sources: Vec<String>,
-    /// The folder sources land in; created if missing. [default: $GIT_SYNC_ROOT or /code]
+    /// The folder sources land in; created if missing. [default: $GIT_SYNC_ROOT, or /code where
+    /// it exists, as the pod's mounted volume]
     #[arg(long, env = "PERISCOPE_DEST", value_name = "DIR")]
     dest: Option<PathBuf>,
     /// Refuse a source that unpacks to more than this many bytes.
@@ -139,11 +160,10 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
         git.password = git.password.or(env.password.clone().map(Secret::new));
         insecure = env.ssl_no_verify;
     }
-    let dest = args
-        .dest
-        .clone()
-        .or(env.root.clone())
-        .unwrap_or_else(|| PathBuf::from("/code"));
+    let dest = match args.dest.clone().or(env.root.clone()) {
+        Some(dest) => dest,
+        None => default_dest()?,
+    };
     let ctx = FetchContext {
         limits: Limits {
             max_bytes: args.max_bytes.max(1),
@@ -166,6 +186,20 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
     let outcomes = localize::localize(&specs, &dest, &ctx, display).await?;
     print_outcomes(&outcomes, &dest, args.output);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pod's code volume when no destination is given: `/code`, only where it already exists
+/// (mounted by the pod). Creating it at the root of a laptop's filesystem is never what was meant.
+fn default_dest() -> Result<PathBuf, Failure> {
+    let code = PathBuf::from(DEFAULT_DEST);
+    if code.is_dir() {
+        return Ok(code);
+    }
+    Err(Failure::new(
+        ErrorClass::Usage,
+        "no --dest given, and /code (the pod's code volume) does not exist here",
+        Some("add --dest DIR, the folder to localize into (created if missing)".into()),
+    ))
 }
 
 fn print_outcomes(outcomes: &[Outcome], dest: &std::path::Path, output: Output) {

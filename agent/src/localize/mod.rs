@@ -14,6 +14,7 @@
 //! already published: a restarted initContainer does nothing. Any failure removes the staging
 //! folder and leaves `DEST/<into>` as it was.
 
+pub mod filter;
 pub mod git;
 pub mod http;
 pub mod object;
@@ -30,7 +31,8 @@ use crate::error::{Classify, ErrorClass};
 use crate::redact::Secret;
 use crate::retry::RetryPolicy;
 
-pub use crate::localized::{Entry, Record, Revision, RevisionKind, META_DIR};
+pub use crate::localized::{Entry, Patterns, Record, Revision, RevisionKind, META_DIR};
+pub use filter::Filter;
 pub use progress::{ProgressEvent, ProgressSink, SourceProgress};
 pub use spec::{ArchiveFormat, SourceKind, SourceOptions, SourceSpec, Submodules};
 
@@ -131,6 +133,24 @@ pub enum SourceError {
     Publish(#[from] publish::PublishError),
     #[error("sha256 mismatch: expected {expected}, got {actual}")]
     Checksum { expected: String, actual: String },
+    /// The include and exclude patterns left no file of the source.
+    #[error(
+        "the include/exclude patterns leave nothing of the source (include: {}; exclude: {})",
+        show_patterns(include),
+        show_patterns(exclude)
+    )]
+    NothingKept {
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+}
+
+fn show_patterns(patterns: &[String]) -> String {
+    if patterns.is_empty() {
+        "none".into()
+    } else {
+        patterns.join(", ")
+    }
 }
 
 impl Classify for SourceError {
@@ -142,6 +162,7 @@ impl Classify for SourceError {
             SourceError::Unpack(e) => e.class(),
             SourceError::Publish(e) => e.class(),
             SourceError::Checksum { .. } => ErrorClass::Integrity,
+            SourceError::NothingKept { .. } => ErrorClass::Usage,
         }
     }
 
@@ -154,6 +175,11 @@ impl Classify for SourceError {
             SourceError::Publish(e) => e.hint(),
             SourceError::Checksum { .. } => Some(
                 "the downloaded bytes are not the ones the #sha256= option names; check the URL and the checksum"
+                    .into(),
+            ),
+            SourceError::NothingKept { .. } => Some(
+                "a pattern without `/` matches file and folder names at any depth (*.safetensors); \
+                 one with `/` matches paths from the source's top (model/*.bin)"
                     .into(),
             ),
         }
@@ -225,7 +251,7 @@ pub async fn localize(
     }
     let meta = dest.join(META_DIR);
     let staging_root = meta.join("staging");
-    std::fs::create_dir_all(&meta).map_err(|error| publish::PublishError {
+    std::fs::create_dir_all(&meta).map_err(|error| publish::PublishError::Io {
         action: "cannot create",
         path: meta.clone(),
         error,
@@ -264,7 +290,7 @@ async fn localize_one(
     progress: &SourceProgress,
 ) -> Result<Outcome, SourceError> {
     let target = dest.join(&spec.into);
-    if let Some(entry) = already_published(spec, &target, record, ctx).await? {
+    if let Some(entry) = already_published(spec, dest, record, ctx).await? {
         tracing::info!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
         return Ok(Outcome {
             entry,
@@ -274,6 +300,15 @@ async fn localize_one(
     let started = Instant::now();
     let stage = publish::new_stage(staging_root, &spec.into)?;
     let fetched = fetch(spec, &stage, ctx, progress).await;
+    let fetched = fetched.and_then(
+        |f| match spec.options.filter.is_active() && is_empty(&stage) {
+            true => Err(SourceError::NothingKept {
+                include: spec.options.filter.includes(),
+                exclude: spec.options.filter.excludes(),
+            }),
+            false => Ok(f),
+        },
+    );
     let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
@@ -281,7 +316,7 @@ async fn localize_one(
             return Err(e);
         }
     };
-    if let Err(e) = publish::publish(&stage, &target) {
+    if let Err(e) = publish::publish(&stage, dest, &spec.into) {
         publish::remove_tree(&stage)?;
         return Err(e.into());
     }
@@ -291,17 +326,20 @@ async fn localize_one(
         kind: spec.kind.name().to_string(),
         revision: fetched.revision,
         fingerprint: fetched.fingerprint,
+        patterns: spec.options.filter.patterns(),
         bytes: fetched.bytes,
         files: fetched.files,
         seconds: started.elapsed().as_secs_f64(),
         localized_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     };
     record.upsert(entry.clone());
-    record.save(dest).map_err(|error| publish::PublishError {
-        action: "cannot write",
-        path: Record::path(dest),
-        error,
-    })?;
+    record
+        .save(dest)
+        .map_err(|error| publish::PublishError::Io {
+            action: "cannot write",
+            path: Record::path(dest),
+            error,
+        })?;
     tracing::info!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
         bytes = entry.bytes, files = entry.files, "localized");
     Ok(Outcome {
@@ -313,14 +351,15 @@ async fn localize_one(
 /// The recorded entry, when `DEST/<into>` already holds this source at its current revision.
 async fn already_published(
     spec: &SourceSpec,
-    target: &Path,
+    dest: &Path,
     record: &Record,
     ctx: &FetchContext,
 ) -> Result<Option<Entry>, SourceError> {
     let Some(entry) = record.get(&spec.into) else {
         return Ok(None);
     };
-    if entry.url != spec.display || !target.is_dir() {
+    let same_patterns = entry.patterns == spec.options.filter.patterns();
+    if entry.url != spec.display || !same_patterns || !dest.join(&spec.into).is_dir() {
         return Ok(None);
     }
     // Content named by checksum: no need to ask the server anything.
@@ -335,9 +374,14 @@ async fn already_published(
     let current = match &spec.kind {
         SourceKind::Git { url } => git::probe(url, &spec.options, ctx).await?,
         SourceKind::Http { url } => http::probe(url, &spec.options, ctx).await?,
-        SourceKind::Object { url } => object::probe(url, &spec.options, ctx).await?,
+        SourceKind::Object { url } => object::probe(url, &spec.options, dest, ctx).await?,
     };
     Ok((current.as_deref() == Some(recorded.as_str())).then(|| entry.clone()))
+}
+
+/// True when a staging folder holds nothing (or cannot be read, which publishing would report).
+fn is_empty(stage: &Path) -> bool {
+    std::fs::read_dir(stage).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 async fn fetch(

@@ -147,6 +147,7 @@ mod tests {
                     id: id.into(),
                 },
                 fingerprint: None,
+                patterns: Default::default(),
                 bytes: 1,
                 files: 1,
                 seconds: 0.1,
