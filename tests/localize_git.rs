@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::git::{git, GitDaemon, GitHttp, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER};
+use crate::harness::git::{
+    git, GitDaemon, GitHttp, GitHttp10, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER,
+};
 use crate::harness::tls::TestCa;
 use crate::harness::{free_port, periscope, run, Ran};
 
@@ -768,4 +770,100 @@ fn a_tree_that_writes_into_dot_git_is_refused_with_exit_5() {
         "something was published"
     );
     assert_no_staging(dest.path());
+}
+
+#[test]
+fn a_server_that_answers_http_1_0_and_closes_each_connection_works_as_with_git() {
+    let repos = Repos::new();
+    let (_repo, [_, _, third]) = three_commits(&repos);
+    let server = GitHttp10::start(&repos.base());
+    // git itself clones from it: the server is sound.
+    let scratch = tempfile::tempdir().unwrap();
+    git(
+        scratch.path(),
+        &["clone", "-q", "--depth", "1", &server.url("job"), "by-git"],
+    );
+    let dest = tempfile::tempdir().unwrap();
+    localize(
+        dest.path(),
+        &format!("{}#depth=1", server.url("job")),
+        &["--retries", "1"],
+    )
+    .expect_code(0);
+    let out = dest.path().join("job");
+    assert_eq!(recorded_commit(dest.path(), "job"), third);
+    assert_eq!(tree_state(&out), tree_state(&scratch.path().join("by-git")));
+    assert_eq!(git(&out, &["rev-list", "--count", "HEAD"]), "1");
+    // The ref list and the pack came from this server, on connections it closed.
+    let requests = server.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("POST /job.git/git-upload-pack")),
+        "{requests:?}"
+    );
+}
+
+/// Every file under `dir/.git` (and the `.git` folders of submodules) that holds `needle`, with
+/// its mode.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    use std::os::unix::fs::PermissionsExt;
+                    found.push(format!(
+                        "{} ({:o})",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_password_in_the_url_is_nowhere_under_dot_git_with_submodules_too() {
+    let repos = Repos::new();
+    let leaf = repos.create("leaf");
+    leaf.commit(&[("leaf.txt", "leaf\n")], &[], "leaf");
+    let top = repos.create("top");
+    top.commit(&[("top.txt", "top\n")], &[], "top");
+    top.git(&["submodule", "add", "-q", "../leaf.git", "deps/leaf"]);
+    top.commit(&[], &[], "add leaf");
+    top.git(&["tag", "v1"]);
+    top.push();
+    let http = GitHttp::start(&repos.base());
+    let with_creds = http
+        .private_url("top")
+        .replace("http://", &format!("http://{HTTP_USER}:{HTTP_PASSWORD}@"));
+    for reference in ["", "#ref=v1", "#depth=0"] {
+        let dest = tempfile::tempdir().unwrap();
+        localize(dest.path(), &format!("git+{with_creds}{reference}"), &[])
+            .expect_code(0)
+            .refute_output(HTTP_PASSWORD);
+        let out = dest.path().join("top");
+        // The relative submodule on the same server was fetched with the parent's credentials.
+        assert_eq!(read(out.join("deps/leaf/leaf.txt")), "leaf\n");
+        for needle in [HTTP_PASSWORD, HTTP_USER] {
+            let found = files_holding(&out, needle);
+            assert!(found.is_empty(), "{needle} ({reference}) is in {found:?}");
+        }
+        let found = files_holding(dest.path(), HTTP_PASSWORD);
+        assert!(found.is_empty(), "password ({reference}) is in {found:?}");
+        // Yet the checkout is an ordinary clone: origin is the server, without credentials.
+        assert_eq!(
+            git(&out, &["remote", "get-url", "origin"]),
+            http.private_url("top")
+        );
+    }
 }

@@ -600,3 +600,66 @@ impl Sshd {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 }
+
+/// Git smart HTTP as the simplest servers answer it: `git http-backend` behind Python's
+/// `http.server` (`git_http10.py` beside this file), replying HTTP/1.0 with `Connection: close`
+/// and no Content-Length, so every reply ends when the server closes the connection.
+pub struct GitHttp10 {
+    _child: Killed,
+    pub port: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl GitHttp10 {
+    /// Serves the bare repositories in `base`.
+    pub fn start(base: &Path) -> GitHttp10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("requests.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/harness/git_http10.py");
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(&port_file)
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("request log"))
+            .spawn()
+            .expect("cannot start python3 (tests/run installs it)");
+        let child = Killed(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let port = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the HTTP/1.0 git server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        GitHttp10 {
+            _child: child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The URL of repository `NAME.git`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}.git", self.port)
+    }
+
+    /// The requests served, one `METHOD PATH` line each.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}

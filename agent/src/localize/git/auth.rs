@@ -19,12 +19,16 @@ use super::known_hosts::{self, HostKeyStatus};
 use crate::localize::{FetchContext, SourceProgress};
 use crate::redact::Secret;
 
-/// Everything the callbacks need, resolved from flags and files. Invariant: `password` came from
-/// `--git-password-file` when one was given.
+/// Everything the callbacks and the HTTP transport need, resolved from flags, files and the
+/// source URL. Invariant: `password` came from `--git-password-file` when one was given, else from
+/// the flags, else from the source URL; `origin` is the source URL's, the one place HTTP
+/// credentials are sent.
 #[derive(Debug, Clone)]
 pub struct Session {
     username: Option<String>,
     password: Option<Secret>,
+    origin: Option<url::Origin>,
+    http: reqwest::Client,
     ssh_key: Option<PathBuf>,
     known_hosts: Vec<PathBuf>,
     allow_unknown_host_keys: bool,
@@ -32,8 +36,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Reads the password file, if any, and settles which known_hosts files apply.
-    pub fn from_ctx(ctx: &FetchContext) -> Result<Session, GitError> {
+    /// Reads the password file, if any, and settles which known_hosts files apply. `url` is the
+    /// source's URL, credentials included: a user name and password in it are used when no flag
+    /// gives them.
+    pub fn from_ctx(ctx: &FetchContext, url: &str) -> Result<Session, GitError> {
         let auth = &ctx.git;
         let password = match &auth.password_file {
             Some(path) => {
@@ -47,6 +53,19 @@ impl Session {
             }
             None => auth.password.clone(),
         };
+        let parsed = url::Url::parse(url).ok().filter(|_| url.contains("://"));
+        let from_url = |part: &str| (!part.is_empty()).then(|| percent_decode(part));
+        let password = password.or_else(|| {
+            parsed
+                .as_ref()
+                .and_then(|u| u.password())
+                .and_then(from_url)
+                .map(Secret::new)
+        });
+        let username = auth
+            .username
+            .clone()
+            .or_else(|| parsed.as_ref().and_then(|u| from_url(u.username())));
         let known_hosts = match &auth.known_hosts_file {
             Some(file) => vec![file.clone()],
             None => {
@@ -60,13 +79,31 @@ impl Session {
             }
         };
         Ok(Session {
-            username: auth.username.clone(),
+            username,
             password,
+            origin: parsed.map(|u| u.origin()),
+            http: super::http::client(ctx)?,
             ssh_key: auth.ssh_key_file.clone(),
             known_hosts,
             allow_unknown_host_keys: auth.allow_unknown_host_keys,
             insecure_tls: ctx.tls.insecure,
         })
+    }
+
+    /// The user name and password to send with an HTTP request to `url`: only to the source's own
+    /// origin (a submodule on the same server gets them; another server never does), and only
+    /// when there is a password.
+    pub fn http_credentials(&self, url: &url::Url) -> Option<(String, Secret)> {
+        if self.origin.as_ref() != Some(&url.origin()) {
+            return None;
+        }
+        let password = self.password.clone()?;
+        Some((self.username.clone().unwrap_or_default(), password))
+    }
+
+    /// The HTTP client for git over http(s) and Git LFS.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The strings that must never appear in an error: the password and any URL credentials.
@@ -90,11 +127,11 @@ impl Session {
     }
 }
 
+/// A URL's user-info part, percent-decoded (`+` stays a plus sign there).
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The host and port a URL connects to, for host-key lookups (scp-like `user@host:path` is ssh on
@@ -131,6 +168,7 @@ impl Attempt {
     /// if one did, else `e` sorted and scrubbed of `secrets`.
     pub fn error(&self, e: &git2::Error, secrets: &[String]) -> GitError {
         self.take_refusal()
+            .or_else(super::http::take_failure)
             .unwrap_or_else(|| super::error::from_git2(e, secrets))
     }
 
@@ -344,7 +382,7 @@ mod tests {
 
     #[test]
     fn secrets_include_url_credentials() {
-        let session = Session::from_ctx(&FetchContext::default()).unwrap();
+        let session = Session::from_ctx(&FetchContext::default(), "https://h.test/r.git").unwrap();
         let s = session.secrets("https://tok%40en:pa%2Fss@h.test/r.git");
         assert!(s.contains(&"pa/ss".to_string()), "{s:?}");
         assert!(s.contains(&"tok%40en".to_string()), "{s:?}");
