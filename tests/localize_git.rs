@@ -867,3 +867,75 @@ fn a_password_in_the_url_is_nowhere_under_dot_git_with_submodules_too() {
         );
     }
 }
+
+#[test]
+fn relative_submodule_urls_under_a_file_parent_resolve_as_git_does() {
+    let repos = Repos::new();
+    let leaf = repos.create("leaf");
+    let leaf_sha = leaf.commit(&[("leaf.txt", "leaf\n")], &[], "leaf");
+    let top = repos.create("top");
+    top.commit(&[("top.txt", "top\n")], &[], "top");
+    top.git(&["submodule", "add", "-q", "../leaf.git", "deps/leaf"]);
+    top.commit(&[], &[], "add leaf");
+    let parent = format!("file://{}", repos.base().join("top.git").display());
+    // git itself checks it out.
+    let scratch = tempfile::tempdir().unwrap();
+    git(
+        scratch.path(),
+        &["clone", "-q", "--recurse-submodules", &parent, "by-git"],
+    );
+    assert_eq!(
+        read(scratch.path().join("by-git/deps/leaf/leaf.txt")),
+        "leaf\n"
+    );
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &format!("git+{parent}"), &[]).expect_code(0);
+    let out = dest.path().join("top");
+    assert_eq!(read(out.join("deps/leaf/leaf.txt")), "leaf\n");
+    assert_eq!(
+        git(&out.join("deps/leaf"), &["rev-parse", "HEAD"]),
+        leaf_sha
+    );
+    // The submodule's origin is where it came from, as in git's clone.
+    assert_eq!(
+        git(&out.join("deps/leaf"), &["remote", "get-url", "origin"]),
+        format!("file://{}", repos.base().join("leaf.git").display())
+    );
+}
+
+#[test]
+fn a_submodule_name_that_climbs_out_of_modules_exits_5_and_publishes_nothing() {
+    let repos = Repos::new();
+    let leaf = repos.create("leaf");
+    let leaf_sha = leaf.commit(&[("leaf.txt", "leaf\n")], &[], "leaf");
+    let top = repos.create("top");
+    // git refuses to make such a submodule; a hostile repository writes .gitmodules by hand.
+    top.commit(
+        &[
+            ("top.txt", "top\n"),
+            (
+                ".gitmodules",
+                "[submodule \"../../modules/evil\"]\n\tpath = evil\n\turl = ../leaf.git\n",
+            ),
+        ],
+        &[],
+        "top",
+    );
+    top.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{leaf_sha},evil"),
+    ]);
+    top.git(&["commit", "-q", "-m", "evil submodule"]);
+    top.push();
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("top"), &[])
+        .expect_code(5)
+        .expect_output("../../modules/evil")
+        .expect_output("nothing was published");
+    assert!(!dest.path().join("top").exists());
+    assert!(!dest.path().join("modules").exists());
+    assert_no_staging(dest.path());
+}

@@ -43,6 +43,8 @@ pub enum GitError {
     CaFile { path: PathBuf, detail: String },
     #[error("submodule URL `{url}` is refused: {reason}")]
     SubmoduleUrl { url: String, reason: String },
+    #[error("submodule name `{name}` is refused: it could lead outside .git/modules")]
+    SubmoduleName { name: String },
     #[error("submodule `{path}`: {error}")]
     Submodule {
         path: String,
@@ -73,6 +75,7 @@ impl Classify for GitError {
             GitError::Unreachable { .. } | GitError::Remote { .. } => ErrorClass::Network,
             GitError::PasswordFile { .. } | GitError::CaFile { .. } => ErrorClass::Usage,
             GitError::SubmoduleUrl { .. }
+            | GitError::SubmoduleName { .. }
             | GitError::UnsafePath { .. }
             | GitError::TooLarge { .. } => ErrorClass::Integrity,
             GitError::Submodule { error, .. } => error.class(),
@@ -112,6 +115,10 @@ impl Classify for GitError {
             GitError::SubmoduleUrl { .. } => {
                 "the repository's .gitmodules points somewhere Periscope will not fetch from; \
                  use #submodules=none to skip submodules"
+            }
+            GitError::SubmoduleName { .. } => {
+                "the repository's .gitmodules names a submodule git refuses too (a hostile \
+                 repository?); nothing was published"
             }
             GitError::UnsafePath { .. } => {
                 "the repository was made to write outside its checkout or into its .git folder \
