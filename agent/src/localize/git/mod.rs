@@ -21,7 +21,7 @@ mod checkout;
 mod error;
 mod fetch;
 mod http;
-mod known_hosts;
+pub mod known_hosts;
 mod remote;
 mod submodule;
 
