@@ -541,7 +541,8 @@ fn git_ssl_no_verify_skips_certificate_checks_for_git_sync() {
     };
     sync("false").expect_code(4);
     sync("true").expect_code(0);
-    assert_eq!(recorded_commit(root.path(), "job"), sha);
+    // git-sync names the folder after the last element of the repository URL.
+    assert_eq!(recorded_commit(root.path(), "job.git"), sha);
 }
 
 #[test]
@@ -938,4 +939,157 @@ fn a_submodule_name_that_climbs_out_of_modules_exits_5_and_publishes_nothing() {
     assert!(!dest.path().join("top").exists());
     assert!(!dest.path().join("modules").exists());
     assert_no_staging(dest.path());
+}
+
+#[test]
+fn git_sync_v4_variables_with_a_password_file() {
+    let repos = Repos::new();
+    let (repo, _) = three_commits(&repos);
+    let http = GitHttp::start(&repos.base());
+    let root = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("password");
+    std::fs::write(&password_file, format!("{HTTP_PASSWORD}\n")).unwrap();
+    let ran = run(periscope()
+        .arg("localize")
+        .env("GITSYNC_REPO", http.private_url("job"))
+        // v4 names win over the v3 ones beside them.
+        .env("GIT_SYNC_REPO", http.private_url("nope"))
+        .env("GITSYNC_REF", "dev")
+        .env("GITSYNC_DEPTH", "1")
+        .env("GITSYNC_ROOT", root.path())
+        .env("GITSYNC_LINK", root.path().join("current"))
+        .env("GITSYNC_USERNAME", HTTP_USER)
+        .env("GITSYNC_PASSWORD_FILE", &password_file));
+    ran.expect_code(0).refute_output(HTTP_PASSWORD);
+    let code = root.path().join("current");
+    assert_eq!(listing(&code), ["dev.txt", "train.py"]);
+    assert_eq!(
+        recorded_commit(root.path(), "current"),
+        repo.git(&["rev-parse", "dev"])
+    );
+    assert_eq!(git(&code, &["rev-list", "--count", "HEAD"]), "1");
+}
+
+/// `ssh-keyscan -H` of the server: what a user puts in the known_hosts Secret (hashed names).
+fn keyscan_hashed(sshd: &Sshd) -> String {
+    let out = std::process::Command::new("ssh-keyscan")
+        .args([
+            "-H",
+            "-t",
+            "ed25519",
+            "-p",
+            &sshd.port.to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .expect("ssh-keyscan (openssh-client) runs");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("|1|"), "not hashed: {text}");
+    text
+}
+
+#[test]
+fn git_sync_v4_ssh_with_a_hashed_known_hosts_file() {
+    let repos = Repos::new();
+    let (_repo, [_, _, third]) = three_commits(&repos);
+    let sshd = Sshd::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let known = secrets.path().join("known_hosts");
+    std::fs::write(&known, keyscan_hashed(&sshd)).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let sync = |known: &Path| {
+        run(periscope()
+            .args(["localize", "--retries", "1"])
+            .env("GITSYNC_REPO", sshd.url(&repos.base().join("job.git")))
+            .env("GITSYNC_ROOT", root.path())
+            .env("GITSYNC_LINK", "code")
+            .env("GITSYNC_SSH", "true")
+            .env("GITSYNC_SSH_KEY_FILE", sshd.client_key())
+            .env("GITSYNC_SSH_KNOWN_HOSTS_FILE", known))
+    };
+    let ran = sync(&known);
+    assert_eq!(ran.code, Some(0), "{ran:?}\nsshd log:\n{}", sshd.log());
+    assert_eq!(recorded_commit(root.path(), "code"), third);
+    // A hashed line for another host does not vouch for this one.
+    let other = secrets.path().join("other_hosts");
+    let scanned = keyscan_hashed(&sshd);
+    let (name, rest) = scanned.split_once(' ').unwrap();
+    let (salt, _) = name.trim_start_matches("|1|").split_once('|').unwrap();
+    std::fs::write(
+        &other,
+        format!("|1|{salt}|AAAAAAAAAAAAAAAAAAAAAAAAAAA= {rest}"),
+    )
+    .unwrap();
+    let root2 = tempfile::tempdir().unwrap();
+    run(periscope()
+        .args(["localize", "--retries", "1"])
+        .env("GITSYNC_REPO", sshd.url(&repos.base().join("job.git")))
+        .env("GITSYNC_ROOT", root2.path())
+        .env("GITSYNC_SSH_KEY_FILE", sshd.client_key())
+        .env("GITSYNC_SSH_KNOWN_HOSTS_FILE", &other))
+    .expect_code(4)
+    .expect_output("not in known_hosts");
+}
+
+/// Files at git-sync's default Secret mount, `/etc/git-secret/`, removed when dropped.
+struct GitSecretMount;
+
+const GIT_SECRET: &str = "/etc/git-secret";
+const GIT_SECRET_MARK: &str = "/etc/git-secret/.made-by-periscope-tests";
+
+impl GitSecretMount {
+    fn with(files: &[(&str, &[u8])]) -> GitSecretMount {
+        let dir = Path::new(GIT_SECRET);
+        assert!(
+            !dir.exists() || Path::new(GIT_SECRET_MARK).exists(),
+            "{GIT_SECRET} exists and was not made by these tests: move it away to run this test"
+        );
+        std::fs::create_dir_all(dir).expect("create /etc/git-secret (tests run as root)");
+        std::fs::write(GIT_SECRET_MARK, "").unwrap();
+        for (name, bytes) in files {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join(name))
+                .unwrap();
+            std::io::Write::write_all(&mut f, bytes).unwrap();
+        }
+        GitSecretMount
+    }
+}
+
+impl Drop for GitSecretMount {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(GIT_SECRET);
+    }
+}
+
+#[test]
+fn submarine_ssh_mode_reads_the_key_and_known_hosts_from_etc_git_secret() {
+    let repos = Repos::new();
+    let (repo, _) = three_commits(&repos);
+    let sshd = Sshd::start();
+    // What Submarine's SSH localizer mounts: the key as `ssh`, known_hosts from `ssh-keyscan -H`.
+    let _mount = GitSecretMount::with(&[
+        ("ssh", &std::fs::read(sshd.client_key()).unwrap()),
+        ("known_hosts", keyscan_hashed(&sshd).as_bytes()),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let ran = run(periscope()
+        .arg("localize")
+        .env("GIT_SYNC_REPO", sshd.url(&repos.base().join("job.git")))
+        .env("GIT_SYNC_BRANCH", "dev")
+        .env("GIT_SYNC_ROOT", root.path())
+        .env("GIT_SYNC_DEST", "code")
+        .env("GIT_SYNC_SSH", "true"));
+    assert_eq!(ran.code, Some(0), "{ran:?}\nsshd log:\n{}", sshd.log());
+    assert_eq!(
+        recorded_commit(root.path(), "code"),
+        repo.git(&["rev-parse", "dev"])
+    );
+    assert_eq!(listing(&root.path().join("code")), ["dev.txt", "train.py"]);
 }

@@ -45,6 +45,7 @@ pub fn periscope() -> Command {
     cmd.env_remove("PERISCOPE_SOURCE")
         .env_remove("PERISCOPE_DEST")
         .env_remove("GIT_SYNC_REPO")
+        .env_remove("GITSYNC_REPO")
         // A developer's MLflow settings would send the sidecar's metrics to their server.
         .env_remove("MLFLOW_TRACKING_URI")
         .env_remove("MLFLOW_RUN_ID")
