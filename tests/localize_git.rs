@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::harness::git::{
     git, GitDaemon, GitHttp, GitHttp10, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER,
 };
+use crate::harness::archive::sha256_hex;
+use crate::harness::lfs::LfsServer;
 use crate::harness::tls::TestCa;
 use crate::harness::{free_port, periscope, run, Ran};
 
@@ -1092,4 +1094,182 @@ fn submarine_ssh_mode_reads_the_key_and_known_hosts_from_etc_git_secret() {
         repo.git(&["rev-parse", "dev"])
     );
     assert_eq!(listing(&root.path().join("code")), ["dev.txt", "train.py"]);
+}
+
+/// Bytes no pointer or text could be mistaken for: `len` bytes from a simple generator.
+fn weights(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u32::from(seed) | 0x9e37_0000;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Where a test repository's LFS objects go.
+enum LfsAt<'a> {
+    /// This LFS server, configured in the pushing clone only (clients derive it from the URL).
+    Server(&'a str),
+    /// This LFS server, named in the committed `.lfsconfig`.
+    LfsConfig(&'a str),
+    /// The bare repository's own `lfs/objects/`, as git-lfs pushes to a local path.
+    Local,
+}
+
+/// A repository `NAME` whose `*.bin` files are Git LFS files, committed and pushed with the real
+/// git-lfs client. Returns the repository and the LFS files' contents by path.
+fn lfs_repo(repos: &Repos, name: &str, at: LfsAt<'_>) -> (Repo, Vec<(String, Vec<u8>)>) {
+    let repo = repos.create(name);
+    repo.git(&["lfs", "install", "--local"]);
+    match at {
+        LfsAt::Server(url) => {
+            repo.git(&["config", "lfs.url", url]);
+        }
+        LfsAt::LfsConfig(url) => {
+            std::fs::write(
+                repo.work.join(".lfsconfig"),
+                format!("[lfs]\n\turl = {url}\n"),
+            )
+            .unwrap();
+        }
+        LfsAt::Local => {}
+    }
+    repo.git(&["lfs", "track", "*.bin"]);
+    let files = vec![
+        ("model/weights.bin".to_string(), weights(1, 300_000)),
+        ("data/sample.bin".to_string(), weights(2, 4_097)),
+        // The same object twice: fetched once, written to both files.
+        ("data/copy.bin".to_string(), weights(2, 4_097)),
+    ];
+    for (path, bytes) in &files {
+        let path = repo.work.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    repo.commit(&[("train.py", "print('train')\n")], &[], "weights in LFS");
+    // What the server stores is a pointer, as git-lfs wrote it.
+    let stored = git(&repo.bare, &["show", "HEAD:model/weights.bin"]);
+    assert!(stored.starts_with("version https://git-lfs"), "{stored}");
+    (repo, files)
+}
+
+fn assert_lfs_files(out: &Path, files: &[(String, Vec<u8>)]) {
+    for (path, bytes) in files {
+        let got = std::fs::read(out.join(path)).unwrap();
+        assert!(
+            got == *bytes,
+            "{path}: {} bytes, not the LFS file",
+            got.len()
+        );
+    }
+    assert_eq!(read(out.join("train.py")), "print('train')\n");
+}
+
+#[test]
+fn git_lfs_files_are_fetched_with_the_repository_credentials() {
+    let repos = Repos::new();
+    let lfs = LfsServer::start();
+    let (_repo, files) = lfs_repo(
+        &repos,
+        "job",
+        LfsAt::Server(&lfs.endpoint("private", "job")),
+    );
+    let http = GitHttp::start_with_lfs(&repos.base(), lfs.port);
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("password");
+    std::fs::write(&password_file, HTTP_PASSWORD).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let ran = localize(
+        dest.path(),
+        &format!("git+{}", http.private_url("job")),
+        &[
+            "--git-username",
+            HTTP_USER,
+            "--git-password-file",
+            password_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{ran:?}\ngiftless:\n{}", lfs.log());
+    let out = dest.path().join("job");
+    assert_lfs_files(&out, &files);
+    // The batch API was asked beside the repository, behind the same Basic auth.
+    assert!(http.counts.lfs.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let record = recorded(dest.path(), "job");
+    // The record counts the files, not their pointers.
+    let attributes = std::fs::metadata(out.join(".gitattributes")).unwrap().len();
+    assert_eq!(
+        record["bytes"].as_u64().unwrap(),
+        300_000 + 2 * 4_097 + 15 + attributes
+    );
+    assert!(!out.join(".git/lfs").exists());
+}
+
+#[test]
+fn lfsconfig_names_the_lfs_server_and_a_wrong_or_missing_object_publishes_nothing() {
+    let repos = Repos::new();
+    let lfs = LfsServer::start();
+    let (_repo, files) = lfs_repo(
+        &repos,
+        "job",
+        LfsAt::LfsConfig(&lfs.endpoint("public", "job")),
+    );
+    // Over git://, the LFS server named in .lfsconfig is used.
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    let ran = localize(dest.path(), &daemon.url("job"), &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}\ngiftless:\n{}", lfs.log());
+    assert_lfs_files(&dest.path().join("job"), &files);
+
+    // Same length, other bytes: only the sha256 can tell. Exit 5, nothing published.
+    let stored = lfs.stored(&sha256_hex(&files[0].1));
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("job"), &[])
+        .expect_code(5)
+        .expect_output("model/weights.bin")
+        .expect_output("sha256");
+    assert!(!dest.path().join("job").exists());
+    assert_no_staging(dest.path());
+
+    // Gone from the server: exit 3, nothing published.
+    std::fs::remove_file(&stored).unwrap();
+    localize(dest.path(), &daemon.url("job"), &[])
+        .expect_code(3)
+        .expect_output("model/weights.bin");
+    assert!(!dest.path().join("job").exists());
+    assert_no_staging(dest.path());
+}
+
+#[test]
+fn git_lfs_without_an_http_server_is_refused_over_git_and_read_from_a_local_repository() {
+    let repos = Repos::new();
+    let (_repo, files) = lfs_repo(&repos, "job", LfsAt::Local);
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    // Pointer files are never published silently.
+    localize(dest.path(), &daemon.url("job"), &[])
+        .expect_code(2)
+        .expect_output("Git LFS")
+        .expect_output("GIT_LFS_SKIP_SMUDGE");
+    assert!(!dest.path().join("job").exists());
+    // Unless asked for, with git-lfs's own switch.
+    run(periscope()
+        .args(["localize", "--dest"])
+        .arg(dest.path())
+        .args(["--source", &daemon.url("job")])
+        .env("GIT_LFS_SKIP_SMUDGE", "1"))
+    .expect_code(0)
+    .expect_output("GIT_LFS_SKIP_SMUDGE");
+    let pointer = read(dest.path().join("job/model/weights.bin"));
+    assert!(pointer.starts_with("version https://git-lfs"), "{pointer}");
+    // A local repository keeps its objects beside it: they are read from there.
+    let dest = tempfile::tempdir().unwrap();
+    let url = format!("git+file://{}", repos.base().join("job.git").display());
+    localize(dest.path(), &url, &[]).expect_code(0);
+    assert_lfs_files(&dest.path().join("job"), &files);
 }

@@ -14,6 +14,8 @@ pub mod python;
 pub mod tls;
 // Git servers (daemon, smart HTTP, sshd) for tests/localize_git.rs.
 pub mod git;
+// Git LFS (giftless) for tests/localize_git.rs.
+pub mod lfs;
 
 /// Spawns `cmd` with piped stdout and stderr, waits (at most `limit`) until the command it wraps
 /// has created `ready`, sends the child SIGTERM and returns its output.

@@ -240,31 +240,8 @@ impl Exchange {
             .runtime
             .block_on(request.send())
             .map_err(|e| send_error(&e))?;
-        let status = response.status().as_u16();
-        match status {
-            200..=299 => {}
-            401 | 403 => {
-                return Err(GitError::AuthRefused {
-                    detail: if credentials.is_some() {
-                        format!("the server refused the user name and password (HTTP {status})")
-                    } else {
-                        format!(
-                            "the server asks for a password and none was given \
-                             (--git-password-file) (HTTP {status})"
-                        )
-                    },
-                })
-            }
-            404 | 410 => {
-                return Err(GitError::RepoNotFound {
-                    detail: format!("HTTP {status}"),
-                })
-            }
-            _ => {
-                return Err(GitError::Remote {
-                    detail: format!("HTTP {status}"),
-                })
-            }
+        if let Some(error) = status_error(response.status().as_u16(), credentials.is_some()) {
+            return Err(error);
         }
         let content_type = response
             .headers()
@@ -291,8 +268,32 @@ impl Exchange {
     }
 }
 
+/// What an HTTP status other than success means for a git or Git LFS request; `None` for success.
+/// `sent_credentials`: whether the request carried a user name and password.
+pub(super) fn status_error(status: u16, sent_credentials: bool) -> Option<GitError> {
+    Some(match status {
+        200..=299 => return None,
+        401 | 403 => GitError::AuthRefused {
+            detail: if sent_credentials {
+                format!("the server refused the user name and password (HTTP {status})")
+            } else {
+                format!(
+                    "the server asks for a password and none was given (--git-password-file) \
+                     (HTTP {status})"
+                )
+            },
+        },
+        404 | 410 => GitError::RepoNotFound {
+            detail: format!("HTTP {status}"),
+        },
+        _ => GitError::Remote {
+            detail: format!("HTTP {status}"),
+        },
+    })
+}
+
 /// A request that got no reply.
-fn send_error(e: &reqwest::Error) -> GitError {
+pub(super) fn send_error(e: &reqwest::Error) -> GitError {
     let detail = chain(e);
     if detail.to_ascii_lowercase().contains("certificate") {
         GitError::Certificate { detail }
@@ -304,7 +305,7 @@ fn send_error(e: &reqwest::Error) -> GitError {
 }
 
 /// A reply that broke off.
-fn transfer_error(e: &reqwest::Error) -> GitError {
+pub(super) fn transfer_error(e: &reqwest::Error) -> GitError {
     GitError::Unreachable {
         detail: format!("the reply broke off: {}", chain(e)),
     }

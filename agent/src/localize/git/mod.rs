@@ -7,6 +7,7 @@
 //!   recursively.
 //! * [`http`] carries git's smart HTTP protocol for libgit2 through reqwest (replies that end when
 //!   the server closes, the shared TLS settings, credentials only for the source's own server).
+//! * [`lfs`] fetches the Git LFS files of each checkout in place of their pointer files.
 //! * [`auth`] answers libgit2's questions: credentials, SSH host keys ([`known_hosts`]), TLS.
 //! * [`error`] sorts libgit2's failures into what the user must fix.
 //!
@@ -22,6 +23,7 @@ mod error;
 mod fetch;
 mod http;
 pub mod known_hosts;
+mod lfs;
 mod remote;
 mod submodule;
 
@@ -77,6 +79,7 @@ pub async fn fetch(
         submodules: opts.submodules,
         stage: stage.to_path_buf(),
         progress: progress.clone(),
+        max_bytes: ctx.limits.max_bytes,
     });
     let commit = {
         let job = job.clone();
@@ -123,6 +126,7 @@ struct Job {
     submodules: Submodules,
     stage: PathBuf,
     progress: SourceProgress,
+    max_bytes: u64,
 }
 
 impl Job {
@@ -136,18 +140,12 @@ impl Job {
             depth: self.depth,
             session: &self.session,
             progress: &self.progress,
+            max_bytes: self.max_bytes,
         };
         let resolved = plan.run(&repo, self.reference.as_deref())?;
         fetch::add_origin(&repo, &self.url, &resolved.target)?;
         if self.submodules == Submodules::Recursive {
-            submodule::update_all(
-                &repo,
-                &self.url,
-                self.depth,
-                &self.session,
-                &self.progress,
-                0,
-            )?;
+            submodule::update_all(&repo, &plan, 0)?;
         }
         Ok(resolved.commit.to_string())
     }

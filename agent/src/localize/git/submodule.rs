@@ -11,24 +11,16 @@
 
 use git2::Repository;
 
-use super::auth::Session;
 use super::error::GitError;
 use super::fetch::{is_local, FetchPlan};
-use crate::localize::SourceProgress;
 
 /// How deep submodules may nest: deeper trees are almost surely a loop.
 const MAX_NESTING: usize = 16;
 
-/// Fetches and checks out every submodule of `repo`, and theirs. `parent_url` is where `repo` came
-/// from.
-pub fn update_all(
-    repo: &Repository,
-    parent_url: &str,
-    depth: u32,
-    session: &Session,
-    progress: &SourceProgress,
-    level: usize,
-) -> Result<(), GitError> {
+/// Fetches and checks out every submodule of `repo`, and theirs.
+/// `parent` is how `repo` itself was fetched.
+pub fn update_all(repo: &Repository, parent: &FetchPlan<'_>, level: usize) -> Result<(), GitError> {
+    let parent_url = parent.url;
     let local = GitError::local;
     check_declared_names(repo)?;
     for mut sub in repo.submodules().map_err(local)? {
@@ -66,13 +58,11 @@ pub fn update_all(
         tracing::info!(submodule = %path, url = %crate::redact::redact_url(&url), %commit, "fetching submodule");
         let plan = FetchPlan {
             url: &url,
-            depth,
-            session,
-            progress,
+            ..*parent
         };
         plan.run(&subrepo, Some(&commit.to_string()))
             .map_err(wrap)?;
-        update_all(&subrepo, &url, depth, session, progress, level + 1).map_err(wrap)?;
+        update_all(&subrepo, &plan, level + 1).map_err(wrap)?;
     }
     Ok(())
 }
