@@ -1,5 +1,6 @@
-//! Credentials and server identity: the callbacks libgit2 calls while it talks to a server, and the
-//! process-wide TLS settings.
+//! Credentials and server identity: the callbacks libgit2 calls while it talks to a server (SSH
+//! host keys, SSH credentials), the session the HTTP transport takes its credentials and client
+//! from, and libgit2's process-wide settings.
 //!
 //! A [`Session`] is built once per run from the flags (the password file is read here, so a rotated
 //! Secret is picked up by the next run). The callbacks hand libgit2 each credential at most once
@@ -8,9 +9,7 @@
 //! host key, refused credentials) rather than libgit2's generic message.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use git2::{CertificateCheckStatus, Cred, CredentialType, RemoteCallbacks};
 
@@ -32,7 +31,6 @@ pub struct Session {
     ssh_key: Option<PathBuf>,
     known_hosts: Vec<PathBuf>,
     allow_unknown_host_keys: bool,
-    insecure_tls: bool,
 }
 
 impl Session {
@@ -86,7 +84,6 @@ impl Session {
             ssh_key: auth.ssh_key_file.clone(),
             known_hosts,
             allow_unknown_host_keys: auth.allow_unknown_host_keys,
-            insecure_tls: ctx.tls.insecure,
         })
     }
 
@@ -191,15 +188,7 @@ pub fn callbacks<'a>(
         credentials(session, attempt, user_from_url, allowed)
     });
     cb.certificate_check(move |cert, host| {
-        if cert.as_x509().is_some() {
-            // TLS: OpenSSL already verified the chain against the system roots and --ca-file;
-            // only GIT_SSL_NO_VERIFY overrides its verdict.
-            return Ok(if session.insecure_tls {
-                CertificateCheckStatus::CertificateOk
-            } else {
-                CertificateCheckStatus::CertificatePassthrough
-            });
-        }
+        // TLS is verified by the HTTP client (http.rs); only SSH host keys reach this callback.
         let Some(hostkey) = cert.as_hostkey() else {
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         };
@@ -324,12 +313,13 @@ fn default_ssh_key() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Applies the process-wide libgit2 settings a fetch needs: timeouts and extra CA certificates.
+/// Applies the process-wide libgit2 settings a fetch needs: timeouts, and no second hash check.
 ///
 /// libgit2 keeps these in globals. Periscope localizes sources one at a time, and every caller
-/// passes the same flags, so setting them before each fetch is consistent.
+/// passes the same flags, so setting them before each fetch is consistent. TLS settings
+/// (`--ca-file`, `GIT_SSL_NO_VERIFY`) belong to the HTTP client of [`super::http`], which carries
+/// git over http(s).
 pub fn configure_libgit2(ctx: &FetchContext) -> Result<(), GitError> {
-    static LOADED_CAS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
     let ms = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: libgit2 reads these integers when it opens a connection; no connection is open in
     // this process while a localize run configures them (sources are fetched one at a time).
@@ -342,25 +332,6 @@ pub fn configure_libgit2(ctx: &FetchContext) -> Result<(), GitError> {
     // Every object was hashed by the indexer as it arrived, so checking the hash again on each
     // read during checkout only repeats that work (about a tenth of the checkout time).
     git2::opts::strict_hash_verification(false);
-    if let Some(ca) = &ctx.tls.ca_file {
-        let fail = |detail: String| GitError::CaFile {
-            path: ca.clone(),
-            detail,
-        };
-        let text = std::fs::read_to_string(ca).map_err(|e| fail(e.to_string()))?;
-        if !text.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(fail("no PEM certificate in it".into()));
-        }
-        let mut loaded = LOADED_CAS.lock().unwrap_or_else(|p| p.into_inner());
-        let loaded = loaded.get_or_insert_with(HashSet::new);
-        if !loaded.contains(ca) {
-            // SAFETY: as above; OpenSSL adds the file's certificates to libgit2's trust store,
-            // beside the system roots.
-            unsafe { git2::opts::set_ssl_cert_file(ca.as_path()) }
-                .map_err(|e| fail(e.message().to_string()))?;
-            loaded.insert(ca.clone());
-        }
-    }
     Ok(())
 }
 
