@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::harness::archive::sha256_hex;
 use crate::harness::git::{
     git, GitDaemon, GitHttp, GitHttp10, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER,
 };
-use crate::harness::archive::sha256_hex;
 use crate::harness::lfs::LfsServer;
 use crate::harness::tls::TestCa;
 use crate::harness::{free_port, periscope, run, Ran};
