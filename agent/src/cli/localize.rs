@@ -33,12 +33,12 @@ Each source lands at DEST/<into>, staged under DEST/.periscope/ and published wi
 DEST/.periscope/localized.json records the exact revision. Running again with the same sources
 fetches nothing; a new revision replaces the old one atomically.
 
-With no --source, git-sync's variables are read, v4 names first, then v3's (what Submarine sets):
-GITSYNC_REPO, GITSYNC_REF (GIT_SYNC_BRANCH, GIT_SYNC_REV), GITSYNC_DEPTH, GITSYNC_SUBMODULES,
-GITSYNC_ROOT, GITSYNC_LINK (GIT_SYNC_DEST), GITSYNC_USERNAME, GITSYNC_PASSWORD(_FILE), GITSYNC_SSH
-(key /etc/git-secret/ssh and /etc/git-secret/known_hosts unless GITSYNC_SSH_KEY_FILE and
-GITSYNC_SSH_KNOWN_HOSTS_FILE say otherwise; GITSYNC_SSH_KNOWN_HOSTS=false accepts unknown host
-keys), and GIT_SSL_NO_VERIFY. Flags win over them.
+With no --source, git-sync's variables are read, v4 names first, then v3's (GIT_SYNC_REPO and the
+rest, what Submarine sets): GITSYNC_REPO, GITSYNC_REF (v3 GIT_SYNC_BRANCH, GIT_SYNC_REV),
+GITSYNC_DEPTH, GITSYNC_SUBMODULES, GITSYNC_ROOT, GITSYNC_LINK (v3 GIT_SYNC_DEST), GITSYNC_USERNAME,
+GITSYNC_PASSWORD(_FILE), GITSYNC_SSH (key /etc/git-secret/ssh and /etc/git-secret/known_hosts
+unless GITSYNC_SSH_KEY_FILE and GITSYNC_SSH_KNOWN_HOSTS_FILE say otherwise;
+GITSYNC_SSH_KNOWN_HOSTS=false accepts unknown host keys), and GIT_SSL_NO_VERIFY. Flags win over them.
 
 Examples:
   periscope localize --source 'git+https://github.example/org/training-job.git#ref=v1.2' --dest /code
