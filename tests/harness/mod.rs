@@ -14,6 +14,8 @@ pub mod python;
 pub mod tls;
 // Git servers (daemon, smart HTTP, sshd) for tests/localize_git.rs.
 pub mod git;
+// Git LFS (giftless) for tests/localize_git.rs.
+pub mod lfs;
 
 /// Spawns `cmd` with piped stdout and stderr, waits (at most `limit`) until the command it wraps
 /// has created `ready`, sends the child SIGTERM and returns its output.
@@ -45,6 +47,7 @@ pub fn periscope() -> Command {
     cmd.env_remove("PERISCOPE_SOURCE")
         .env_remove("PERISCOPE_DEST")
         .env_remove("GIT_SYNC_REPO")
+        .env_remove("GITSYNC_REPO")
         // A developer's MLflow settings would send the sidecar's metrics to their server.
         .env_remove("MLFLOW_TRACKING_URI")
         .env_remove("MLFLOW_RUN_ID")

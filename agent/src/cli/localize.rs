@@ -53,9 +53,12 @@ Each source lands at DEST/<into>, staged under DEST/.periscope/ and published wi
 DEST/.periscope/localized.json records the exact revision. Running again with the same sources
 fetches nothing; a new revision replaces the old one atomically.
 
-With no --source, Submarine's git-sync variables are read: GIT_SYNC_REPO, GIT_SYNC_BRANCH (or
-GIT_SYNC_REF), GIT_SYNC_DEPTH, GIT_SYNC_ROOT, GIT_SYNC_DEST, GIT_SYNC_USERNAME, GIT_SYNC_PASSWORD
-and GIT_SSL_NO_VERIFY.
+With no --source, git-sync's variables are read, v4 names first, then v3's (GIT_SYNC_REPO and the
+rest, what Submarine sets): GITSYNC_REPO, GITSYNC_REF (v3 GIT_SYNC_BRANCH, GIT_SYNC_REV),
+GITSYNC_DEPTH, GITSYNC_SUBMODULES, GITSYNC_ROOT, GITSYNC_LINK (v3 GIT_SYNC_DEST), GITSYNC_USERNAME,
+GITSYNC_PASSWORD(_FILE), GITSYNC_SSH (key /etc/git-secret/ssh and /etc/git-secret/known_hosts
+unless GITSYNC_SSH_KEY_FILE and GITSYNC_SSH_KNOWN_HOSTS_FILE say otherwise;
+GITSYNC_SSH_KNOWN_HOSTS=false accepts unknown host keys), and GIT_SSL_NO_VERIFY. Flags win over them.
 
 Examples:
   periscope localize --source 'git+https://github.example/org/training-job.git#ref=v1.2' --dest /code
@@ -151,13 +154,20 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
         let Some(spec) = env.source()? else {
             return Err(Failure::new(
                 ErrorClass::Usage,
-                "nothing to localize: no --source given and GIT_SYNC_REPO is not set",
+                "nothing to localize: no --source given and neither GITSYNC_REPO nor GIT_SYNC_REPO is set",
                 Some("add --source URL (see `periscope localize --help`)".into()),
             ));
         };
         specs.push(spec);
         git.username = git.username.or(env.username.clone());
         git.password = git.password.or(env.password.clone().map(Secret::new));
+        git.password_file = git.password_file.or(env.password_file.clone());
+        git.ssh_key_file = git.ssh_key_file.or(env.ssh_key_file.clone());
+        git.known_hosts_file = git.known_hosts_file.or(env.known_hosts_file.clone());
+        if !env.verify_host_keys {
+            tracing::warn!("GITSYNC_SSH_KNOWN_HOSTS=false: SSH host keys are not checked");
+            git.allow_unknown_host_keys = true;
+        }
         insecure = env.ssl_no_verify;
     }
     let dest = match args.dest.clone().or(env.root.clone()) {
@@ -238,36 +248,126 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// The variables Submarine sets on its git-sync code-localizer initContainer.
+/// Where git-sync (and so Submarine's SSH mode) expects the mounted SSH Secret.
+const GIT_SECRET_DIR: &str = "/etc/git-secret";
+
+/// git-sync's variables, v4 (`GITSYNC_*`) and v3 (`GIT_SYNC_*`, what Submarine's code-localizer
+/// initContainer sets), resolved as git-sync v4 resolves them. Invariant: each field holds the
+/// first non-empty variable of its names, in git-sync's order.
 struct GitSyncEnv {
     repo: Option<String>,
     reference: Option<String>,
     depth: Option<String>,
+    submodules: Option<String>,
     root: Option<PathBuf>,
-    dest: Option<String>,
+    link: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    password_file: Option<PathBuf>,
+    ssh_key_file: Option<PathBuf>,
+    known_hosts_file: Option<PathBuf>,
+    /// `GITSYNC_SSH_KNOWN_HOSTS` (default true): false accepts any host key, as git-sync does.
+    verify_host_keys: bool,
     ssl_no_verify: bool,
 }
 
 impl GitSyncEnv {
     fn from_env() -> GitSyncEnv {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        GitSyncEnv::from_vars(|k| std::env::var(k).ok())
+    }
+
+    fn from_vars(get: impl Fn(&str) -> Option<String>) -> GitSyncEnv {
+        let var = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|k| get(k).filter(|v| !v.trim().is_empty()))
+        };
+        let flag = |names: &[&str], default: bool| {
+            var(names).map_or(default, |v| {
+                matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+            })
+        };
+        let not_head = |r: String| (r != "HEAD").then_some(r);
+        // v4's --ref; else v3's --rev (unless HEAD) or --branch, as v4 maps them.
+        let reference = var(&["GITSYNC_REF", "GIT_SYNC_REF"])
+            .and_then(not_head)
+            .or_else(|| var(&["GIT_SYNC_REV"]).and_then(not_head))
+            .or_else(|| var(&["GIT_SYNC_BRANCH"]));
+        let ssh = flag(&["GITSYNC_SSH", "GIT_SYNC_SSH"], false);
+        let verify_host_keys = flag(
+            &[
+                "GITSYNC_SSH_KNOWN_HOSTS",
+                "GIT_SYNC_KNOWN_HOSTS",
+                "GIT_KNOWN_HOSTS",
+            ],
+            true,
+        );
+        // With --ssh, git-sync reads the key and known_hosts from the mounted Secret by default.
+        let secret = |name: &str| ssh.then(|| format!("{GIT_SECRET_DIR}/{name}"));
         GitSyncEnv {
-            repo: var("GIT_SYNC_REPO"),
-            reference: var("GIT_SYNC_REF")
-                .or_else(|| var("GIT_SYNC_REV").filter(|r| r != "HEAD"))
-                .or_else(|| var("GIT_SYNC_BRANCH")),
-            depth: var("GIT_SYNC_DEPTH"),
-            root: var("GIT_SYNC_ROOT").map(PathBuf::from),
-            dest: var("GIT_SYNC_DEST"),
-            username: var("GIT_SYNC_USERNAME"),
-            password: var("GIT_SYNC_PASSWORD"),
-            ssl_no_verify: var("GIT_SSL_NO_VERIFY").is_some_and(|v| v == "true" || v == "1"),
+            repo: var(&["GITSYNC_REPO", "GIT_SYNC_REPO"]),
+            reference,
+            depth: var(&["GITSYNC_DEPTH", "GIT_SYNC_DEPTH"]),
+            submodules: var(&["GITSYNC_SUBMODULES", "GIT_SYNC_SUBMODULES"]),
+            root: var(&["GITSYNC_ROOT", "GIT_SYNC_ROOT"]).map(PathBuf::from),
+            link: var(&["GITSYNC_LINK", "GIT_SYNC_LINK", "GIT_SYNC_DEST"]),
+            username: var(&["GITSYNC_USERNAME", "GIT_SYNC_USERNAME"]),
+            password: var(&["GITSYNC_PASSWORD", "GIT_SYNC_PASSWORD"]),
+            password_file: var(&["GITSYNC_PASSWORD_FILE", "GIT_SYNC_PASSWORD_FILE"])
+                .map(PathBuf::from),
+            ssh_key_file: var(&[
+                "GITSYNC_SSH_KEY_FILE",
+                "GIT_SYNC_SSH_KEY_FILE",
+                "GIT_SSH_KEY_FILE",
+            ])
+            .or_else(|| secret("ssh"))
+            .map(PathBuf::from),
+            known_hosts_file: var(&[
+                "GITSYNC_SSH_KNOWN_HOSTS_FILE",
+                "GIT_SYNC_SSH_KNOWN_HOSTS_FILE",
+                "GIT_SSH_KNOWN_HOSTS_FILE",
+            ])
+            .or_else(|| secret("known_hosts"))
+            .filter(|_| verify_host_keys)
+            .map(PathBuf::from),
+            verify_host_keys,
+            ssl_no_verify: flag(&["GIT_SSL_NO_VERIFY"], false),
         }
     }
 
-    /// The git source the variables describe, if `GIT_SYNC_REPO` is set.
+    /// The folder under the root the checkout lands in: `--link` (absolute, or relative to
+    /// `--root`), else the last path element of the repository URL, as git-sync names it.
+    fn link_folder(&self, repo: &str) -> Result<String, Failure> {
+        let link = self.link.clone().unwrap_or_else(|| {
+            repo.trim_matches('/')
+                .rsplit(['/', ':'])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        });
+        let link = PathBuf::from(link);
+        let relative = match (&self.root, link.is_absolute()) {
+            (_, false) => link,
+            (Some(root), true) => match link.strip_prefix(root) {
+                Ok(rest) => rest.to_path_buf(),
+                Err(_) => {
+                    return Err(Failure::new(
+                        ErrorClass::Usage,
+                        format!(
+                            "GITSYNC_LINK `{}` is not under GITSYNC_ROOT `{}`",
+                            link.display(),
+                            root.display()
+                        ),
+                        Some("give GITSYNC_LINK relative to GITSYNC_ROOT".into()),
+                    ))
+                }
+            },
+            (None, true) => link,
+        };
+        Ok(relative.display().to_string())
+    }
+
+    /// The git source the variables describe, if `GITSYNC_REPO` (or `GIT_SYNC_REPO`) is set.
     fn source(&self) -> Result<Option<SourceSpec>, Failure> {
         let Some(repo) = &self.repo else {
             return Ok(None);
@@ -287,14 +387,93 @@ impl GitSyncEnv {
         if let Some(d) = &self.depth {
             fragment.push(format!("depth={}", enc(d)));
         }
-        if let Some(d) = &self.dest {
-            fragment.push(format!("into={}", enc(d)));
+        match self.submodules.as_deref().map(str::trim) {
+            None | Some("recursive") => {}
+            Some("off") => fragment.push("submodules=none".into()),
+            Some("shallow") => {
+                tracing::warn!(
+                    "GITSYNC_SUBMODULES=shallow: nested submodules are checked out too (recursive)"
+                );
+            }
+            Some(other) => {
+                return Err(Failure::new(
+                    ErrorClass::Usage,
+                    format!("GITSYNC_SUBMODULES `{other}` is not recursive, shallow or off"),
+                    None,
+                ))
+            }
         }
-        let raw = if fragment.is_empty() {
-            location
-        } else {
-            format!("{location}#{}", fragment.join("&"))
-        };
+        fragment.push(format!("into={}", enc(&self.link_folder(repo)?)));
+        let raw = format!("{location}#{}", fragment.join("&"));
         Ok(Some(SourceSpec::parse(&raw)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> GitSyncEnv {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        GitSyncEnv::from_vars(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn v4_names_win_over_v3_and_v3_refs_map_as_git_sync_maps_them() {
+        let e = env(&[
+            ("GITSYNC_REPO", "https://h.test/org/repo.git"),
+            ("GIT_SYNC_REPO", "https://h.test/org/old.git"),
+            ("GIT_SYNC_BRANCH", "dev"),
+            ("GIT_SYNC_REV", "HEAD"),
+        ]);
+        assert_eq!(e.repo.as_deref(), Some("https://h.test/org/repo.git"));
+        assert_eq!(e.reference.as_deref(), Some("dev"));
+        assert_eq!(env(&[("GITSYNC_REF", "HEAD")]).reference, None);
+        assert_eq!(
+            env(&[("GIT_SYNC_REV", "v1"), ("GIT_SYNC_BRANCH", "dev")])
+                .reference
+                .as_deref(),
+            Some("v1")
+        );
+    }
+
+    #[test]
+    fn the_link_is_relative_to_the_root_or_the_leaf_of_the_repo() {
+        let e = env(&[("GITSYNC_ROOT", "/code")]);
+        assert_eq!(
+            e.link_folder("https://h.test/org/repo.git/").unwrap(),
+            "repo.git"
+        );
+        assert_eq!(e.link_folder("git@h.test:job").unwrap(), "job");
+        let e = env(&[("GITSYNC_ROOT", "/code"), ("GITSYNC_LINK", "/code/current")]);
+        assert_eq!(e.link_folder("x").unwrap(), "current");
+        let e = env(&[("GITSYNC_ROOT", "/code"), ("GITSYNC_LINK", "/elsewhere")]);
+        assert!(e.link_folder("x").is_err());
+        let e = env(&[("GITSYNC_ROOT", "/code"), ("GIT_SYNC_DEST", "job")]);
+        assert_eq!(e.link_folder("x").unwrap(), "job");
+    }
+
+    #[test]
+    fn ssh_mode_reads_the_mounted_secret_unless_told_otherwise() {
+        let e = env(&[("GIT_SYNC_SSH", "true")]);
+        assert_eq!(e.ssh_key_file, Some(PathBuf::from("/etc/git-secret/ssh")));
+        assert_eq!(
+            e.known_hosts_file,
+            Some(PathBuf::from("/etc/git-secret/known_hosts"))
+        );
+        let e = env(&[
+            ("GITSYNC_SSH", "true"),
+            ("GITSYNC_SSH_KEY_FILE", "/k"),
+            ("GITSYNC_SSH_KNOWN_HOSTS", "false"),
+        ]);
+        assert_eq!(e.ssh_key_file, Some(PathBuf::from("/k")));
+        assert_eq!(e.known_hosts_file, None);
+        assert!(!e.verify_host_keys);
+        let e = env(&[]);
+        assert_eq!((e.ssh_key_file, e.known_hosts_file), (None, None));
+        assert!(e.verify_host_keys);
     }
 }

@@ -1,7 +1,6 @@
-//! What every HTTPS client of Periscope shares (reqwest's for archives and MLflow, object_store's
-//! for the clouds): the TLS crypto provider ([`tls`]), CA bundles from PEM files ([`ca`]), and
-//! error texts without the URLs reqwest puts in them ([`reqwest_text`]). git's HTTPS goes through
-//! libgit2 and OpenSSL and does not use this.
+//! What every HTTPS client of Periscope shares (reqwest's for archives, git over HTTP(S) and
+//! MLflow, object_store's for the clouds): the TLS crypto provider ([`tls`]), CA bundles from PEM
+//! files ([`ca`]), and error texts without the URLs reqwest puts in them ([`reqwest_text`]).
 
 pub mod ca;
 pub mod tls;

@@ -4,7 +4,8 @@
 //! default of reqwest and object_store: the static binary has a hard size limit and aws-lc-rs
 //! costs about a megabyte more for no feature we use. reqwest built without a provider panics when
 //! a client is built before one is installed, so every place that builds an HTTPS client calls
-//! [`ensure_provider`] first. git's HTTPS goes through libgit2 and OpenSSL and is not affected.
+//! [`ensure_provider`] first; git over HTTP(S) is carried by reqwest too (libgit2 speaks only the
+//! protocol over it).
 
 /// Installs ring as the process's rustls provider; later calls (and a provider installed by
 /// someone else first) are no-ops.

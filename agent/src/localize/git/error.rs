@@ -43,12 +43,20 @@ pub enum GitError {
     CaFile { path: PathBuf, detail: String },
     #[error("submodule URL `{url}` is refused: {reason}")]
     SubmoduleUrl { url: String, reason: String },
+    #[error("submodule name `{name}` is refused: it could lead outside .git/modules")]
+    SubmoduleName { name: String },
     #[error("submodule `{path}`: {error}")]
     Submodule {
         path: String,
         #[source]
         error: Box<GitError>,
     },
+    #[error("Git LFS files cannot be fetched: {reason}")]
+    LfsUnsupported { reason: String },
+    #[error("Git LFS object for `{path}` is missing: {detail}")]
+    LfsMissing { path: String, detail: String },
+    #[error("Git LFS object for `{path}` is wrong: {detail}")]
+    LfsObject { path: String, detail: String },
     #[error("the commit holds a path git refuses to write ({detail})")]
     UnsafePath { detail: String },
     #[error("the checkout has {what}, over the limit of {limit}")]
@@ -65,14 +73,19 @@ impl Classify for GitError {
             GitError::UnknownRef { .. }
             | GitError::EmptyRepository
             | GitError::CommitMissing { .. }
+            | GitError::LfsMissing { .. }
             | GitError::RepoNotFound { .. } => ErrorClass::NotFound,
             GitError::AuthRefused { .. }
             | GitError::UnknownHostKey { .. }
             | GitError::ChangedHostKey { .. }
             | GitError::Certificate { .. } => ErrorClass::Auth,
             GitError::Unreachable { .. } | GitError::Remote { .. } => ErrorClass::Network,
-            GitError::PasswordFile { .. } | GitError::CaFile { .. } => ErrorClass::Usage,
+            GitError::PasswordFile { .. }
+            | GitError::CaFile { .. }
+            | GitError::LfsUnsupported { .. } => ErrorClass::Usage,
             GitError::SubmoduleUrl { .. }
+            | GitError::SubmoduleName { .. }
+            | GitError::LfsObject { .. }
             | GitError::UnsafePath { .. }
             | GitError::TooLarge { .. } => ErrorClass::Integrity,
             GitError::Submodule { error, .. } => error.class(),
@@ -112,6 +125,22 @@ impl Classify for GitError {
             GitError::SubmoduleUrl { .. } => {
                 "the repository's .gitmodules points somewhere Periscope will not fetch from; \
                  use #submodules=none to skip submodules"
+            }
+            GitError::LfsUnsupported { .. } => {
+                "fetch the repository over https (or name an https LFS server in its .lfsconfig), \
+                 or set GIT_LFS_SKIP_SMUDGE=1 to check out the pointer files instead"
+            }
+            GitError::LfsMissing { .. } => {
+                "push the LFS objects to the server (git lfs push --all), or set \
+                 GIT_LFS_SKIP_SMUDGE=1 to check out the pointer files instead"
+            }
+            GitError::LfsObject { .. } => {
+                "the LFS server sent bytes that are not the file the commit names; nothing was \
+                 published"
+            }
+            GitError::SubmoduleName { .. } => {
+                "the repository's .gitmodules names a submodule git refuses too (a hostile \
+                 repository?); nothing was published"
             }
             GitError::UnsafePath { .. } => {
                 "the repository was made to write outside its checkout or into its .git folder \
