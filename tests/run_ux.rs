@@ -388,3 +388,36 @@ fn metrics_and_runs_find_what_run_wrote_with_no_flags() {
     by_path.expect_code(0);
     assert!(by_path.stdout.contains("here"), "{}", by_path.stdout);
 }
+
+/// Exit codes 2 and 3 are also codes a command may use: Periscope's own failures say they are.
+#[test]
+fn periscopes_own_failure_says_the_command_did_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(periscope()
+        .args([
+            "run",
+            "--data-dir",
+            "data",
+            "--storage",
+            "s3:/bucket",
+            "--",
+            "true",
+        ])
+        .current_dir(dir.path()));
+    ran.expect_code(2);
+    assert!(
+        ran.stderr
+            .contains("Periscope's own error: the command did not run"),
+        "{}",
+        ran.stderr
+    );
+    let job = run(periscope()
+        .args(["run", "--data-dir", "data", "--", "sh", "-c", "exit 3"])
+        .current_dir(dir.path()));
+    job.expect_code(3);
+    assert!(
+        job.stderr.contains("the command exited 3"),
+        "{}",
+        job.stderr
+    );
+}

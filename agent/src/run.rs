@@ -225,7 +225,7 @@ pub enum RunError {
         ended: Option<String>,
     },
     /// The command ran (and exited `code`), then shipping what it wrote failed.
-    #[error("the command exited {code}, then: {source}")]
+    #[error("the command exited {code}, then Periscope failed: {source}")]
     AfterCommand { code: i32, source: SidecarError },
 }
 

@@ -24,6 +24,11 @@ impl Classify for TfeventsError {
 
     fn hint(&self) -> Option<String> {
         match self {
+            TfeventsError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => Some(
+                "no such file or folder: give the log folder the job writes, or a stored \
+                     tree such as periscope-data/storage/<experiment>"
+                    .to_owned(),
+            ),
             TfeventsError::NoEventFiles { .. } => Some(
                 "point at the log folder the job writes (files are named events.out.tfevents.*)"
                     .to_owned(),
