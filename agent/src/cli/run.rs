@@ -244,6 +244,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 state_dir: state.clone(),
                 interval: Duration::from_secs(5),
                 retry: RetryPolicy::default(),
+                ..MirrorConfig::default()
             },
             store,
         )?),

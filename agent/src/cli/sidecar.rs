@@ -182,6 +182,7 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
         state_dir: args.state_dir.clone(),
         interval: seconds("tfevents-interval", args.tfevents_interval)?,
         retry: RetryPolicy::default(),
+        ..MirrorConfig::default()
     };
     let mut cfg = LogConfig::new(
         globs.clone(),
