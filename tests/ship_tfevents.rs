@@ -1,7 +1,8 @@
 //! The sidecar's tf.events mirror: the stored copy is always cut at a record boundary; a growing
 //! file is stored as segments, each byte about once, on `file://`, S3 (moto) and Azure (Azurite),
 //! and TensorBoard's own multiplexer reads the same scalars from the stored tree as from the job's
-//! folder; a `kill -9` loses nothing; two folders holding the same file name are stored apart.
+//! folder; a `kill -9` loses nothing; two folders holding the same file name are stored apart;
+//! a damaged file is reported in a line, not a line per record.
 
 use std::fs;
 use std::io::Write;
@@ -654,4 +655,99 @@ fn two_folders_holding_the_same_file_name_are_stored_apart() {
         );
         assert_eq!(readers(&stored).0, readers(root).0, "{sub}");
     }
+}
+
+#[test]
+fn a_damaged_file_is_reported_in_a_line_per_reader_not_a_line_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("tb");
+    fs::create_dir_all(&logdir).unwrap();
+    let path = logdir.join("events.out.tfevents.1700000000.host.1.0");
+    let mut w = EventWriter::create_at(&path, 1_700_000_000.0).unwrap();
+    for step in 0..500 {
+        w.add_scalar(
+            "loss",
+            step,
+            1_700_000_001.0 + step as f64,
+            ScalarValue::F32(0.5),
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    // Spoil the data of every scalar record after the first ten but the last: 489 records with a
+    // good length and a bad checksum.
+    let mut bytes = fs::read(&path).unwrap();
+    let mut at = 0usize;
+    let mut index = 0;
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        if index > 10 && index < 500 {
+            bytes[at + 12] ^= 0xff;
+        }
+        at += 12 + len + 4;
+        index += 1;
+    }
+    fs::write(&path, &bytes).unwrap();
+    // And a file of garbage, whose framing is broken from its first byte.
+    fs::write(
+        logdir.join("events.out.tfevents.1700000001.host.2.0"),
+        [0x5a; 4096],
+    )
+    .unwrap();
+    let store_dir = dir.path().join("store");
+    let store = Store {
+        url: format!("file://{}", store_dir.display()),
+        env: Vec::new(),
+    };
+    let (state, log) = (dir.path().join("state"), dir.path().join("sidecar.log"));
+    let sidecar = start_sidecar(&store, &[&logdir], &state, &log);
+    wait_stored(
+        &state,
+        "events.out.tfevents.1700000000.host.1.0",
+        bytes.len(),
+    );
+    // Several passes over both files.
+    thread::sleep(Duration::from_secs(2));
+    stop_sidecar(sidecar, &log);
+    let stderr = fs::read_to_string(&log).unwrap();
+    let about = |name: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.contains(name) && l.contains("WARN"))
+            .count()
+    };
+    // The mirror and the metrics reader each say it once.
+    assert_eq!(about("host.1.0"), 2, "{stderr}");
+    assert_eq!(about("host.2.0"), 2, "{stderr}");
+    assert!(stderr.contains("489 damaged records"), "{stderr}");
+    let mirrored =
+        fs::read(store_dir.join("exp-m/w0/tfevents/events.out.tfevents.1700000000.host.1.0"))
+            .unwrap();
+    assert!(
+        mirrored == bytes,
+        "damaged records are mirrored as they are"
+    );
+    let ran = run(periscope().args(["tfevents", "scalars"]).arg(&logdir));
+    ran.expect_code(8);
+    assert_eq!(
+        ran.stderr
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .count(),
+        2,
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        ran.stderr
+            .contains("489 damaged records, the first: record at byte"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        ran.stdout.lines().count(),
+        11,
+        "the eleven good scalars are printed"
+    );
 }

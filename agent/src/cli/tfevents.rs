@@ -13,7 +13,9 @@ use std::time::Duration;
 use clap::{Subcommand, ValueEnum};
 use periscope::error::ErrorClass;
 use periscope::tfevents::discover::split_segment_name;
-use periscope::tfevents::{discover, EventReader, Position, ScalarItem, TfeventsError};
+use periscope::tfevents::{
+    discover, Damage, DamageSummary, EventReader, Position, ScalarItem, TfeventsError,
+};
 
 use self::output::{Csv, Jsonl, ScalarSink, Table};
 use super::Failure;
@@ -32,8 +34,8 @@ enum TfeventsCommand {
     /// Files are read in sorted path order and records in file order. `file` in the output is
     /// the path relative to the given folder, or the path as given for a file; the segments of a
     /// file mirrored by the sidecar are read in order and named as that file. Damaged records
-    /// are reported on stderr; the exit code is 8 when any file had damage (all good scalars are
-    /// still printed), 0 otherwise.
+    /// are summarised on stderr, one line per file; the exit code is 8 when any file had damage
+    /// (all good scalars are still printed), 0 otherwise.
     Scalars(ScalarsArgs),
     /// Follow a folder (or one file) and print scalars as the job flushes them. Stop with Ctrl-C.
     Tail(TailArgs),
@@ -171,7 +173,7 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
             })?;
         // A one-shot read takes the file as it is now: a bad last record is final.
         reader.records_mut().set_complete(true);
-        let mut damaged = 0u64;
+        let (mut skipped, mut stopped) = (DamageSummary::default(), None);
         loop {
             let item = reader
                 .next_scalars()
@@ -185,13 +187,9 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
                         return stdout_closed(e);
                     }
                 }
-                ScalarItem::Skipped(d) => {
-                    damaged += 1;
-                    warn(&target.shown, &d.to_string());
-                }
+                ScalarItem::Skipped(d) => skipped.add(d),
                 ScalarItem::Stopped(d) => {
-                    damaged += 1;
-                    warn(&target.shown, &d.to_string());
+                    stopped = Some(d);
                     break;
                 }
                 ScalarItem::Pending => {
@@ -209,6 +207,8 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
                 }
             }
         }
+        report_damage(&target.shown, &skipped, stopped);
+        let damaged = skipped.count + u64::from(stopped.is_some());
         if damaged > 0 {
             damaged_files += 1;
             damaged_records += damaged;
@@ -287,6 +287,7 @@ fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
             let Some(reader) = f.reader.as_mut() else {
                 continue;
             };
+            let (mut skipped, mut stopped) = (DamageSummary::default(), None);
             while !f.done {
                 let item = reader
                     .next_scalars()
@@ -309,9 +310,9 @@ fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
                             return stdout_closed(e);
                         }
                     }
-                    ScalarItem::Skipped(d) => warn(&f.target.shown, &d.to_string()),
+                    ScalarItem::Skipped(d) => skipped.add(d),
                     ScalarItem::Stopped(d) => {
-                        warn(&f.target.shown, &d.to_string());
+                        stopped = Some(d);
                         f.done = true;
                     }
                     ScalarItem::Pending => {
@@ -320,12 +321,24 @@ fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
                     }
                 }
             }
+            report_damage(&f.target.shown, &skipped, stopped);
             before = Some((f.target.shown.clone(), reader.position()));
         }
         if let Err(e) = sink.flush() {
             return stdout_closed(e);
         }
         std::thread::sleep(interval);
+    }
+}
+
+/// One line for the records skipped in a file (or in one round of `tail`), however many, and one
+/// where reading stopped.
+fn report_damage(file: &str, skipped: &DamageSummary, stopped: Option<Damage>) {
+    if !skipped.is_empty() {
+        warn(file, &skipped.to_string());
+    }
+    if let Some(d) = stopped {
+        warn(file, &d.to_string());
     }
 }
 
