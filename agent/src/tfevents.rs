@@ -34,7 +34,7 @@ impl Classify for TfeventsError {
                     .to_owned(),
             ),
             TfeventsError::Damaged { .. } => Some(
-                "every good record was printed; the damaged ones are listed on stderr".to_owned(),
+                "every good record was printed; the damage is described on stderr, one line per file".to_owned(),
             ),
             _ => None,
         }

@@ -4,6 +4,12 @@
 //! so output is reproducible. This module only lists; it never opens an event file. Folders that
 //! vanish while being walked (a job cleaning up) are skipped, not errors; symlinked folders are
 //! not followed, so a link loop cannot trap the walk.
+//!
+//! A mirrored event file may be stored as several *segments*, each a run of whole records: the
+//! first under the file's own name, each later one under `<name>.<offset>`, its first byte's
+//! offset in the file as [`SEGMENT_DIGITS`] zero-padded digits. The names sort in file order, so
+//! TensorBoard, which reads a run's event files in name order, reads the records in order;
+//! [`logical_name`] gives back the file a segment belongs to.
 
 use std::fs;
 use std::io;
@@ -28,9 +34,44 @@ impl EventFile {
     }
 }
 
+/// How many digits a segment's offset suffix has: enough for any `u64`, so names sort in offset
+/// order.
+pub const SEGMENT_DIGITS: usize = 20;
+
 /// True when `name` is an event file's name.
 pub fn is_event_file_name(name: &str) -> bool {
     name.contains(MARKER)
+}
+
+/// The stored name of the segment of event file `name` that starts at byte `start`.
+pub fn segment_name(name: &str, start: u64) -> String {
+    if start == 0 {
+        name.to_owned()
+    } else {
+        format!("{name}.{start:0width$}", width = SEGMENT_DIGITS)
+    }
+}
+
+/// The event file a stored segment belongs to, and the segment's first byte: `(name, 0)` for a
+/// name without an offset suffix.
+pub fn split_segment_name(name: &str) -> (&str, u64) {
+    let parsed = name
+        .len()
+        .checked_sub(SEGMENT_DIGITS + 1)
+        .filter(|&dot| name.is_char_boundary(dot))
+        .map(|dot| name.split_at(dot))
+        .and_then(|(file, suffix)| {
+            let digits = suffix.strip_prefix('.')?;
+            let all_digits = digits.bytes().all(|b| b.is_ascii_digit());
+            let start = digits.parse::<u64>().ok().filter(|_| all_digits)?;
+            (start > 0 && is_event_file_name(file)).then_some((file, start))
+        });
+    parsed.unwrap_or((name, 0))
+}
+
+/// The event file a stored segment belongs to (the name itself for anything else).
+pub fn logical_name(name: &str) -> &str {
+    split_segment_name(name).0
 }
 
 /// Every event file under `root`, sorted by relative path.
@@ -102,5 +143,33 @@ mod tests {
         );
         assert_eq!(found[1].run(), Path::new("b/eval"));
         assert_eq!(found[2].run(), Path::new(""));
+    }
+
+    #[test]
+    fn segment_names_sort_in_file_order_and_map_back_to_their_file() {
+        let file = "events.out.tfevents.1700000000.host.7.0.v2";
+        let names: Vec<String> = [0, 9, 1 << 20, 10 << 30, u64::MAX]
+            .iter()
+            .map(|&start| segment_name(file, start))
+            .collect();
+        assert_eq!(names[0], file);
+        assert_eq!(names[1], format!("{file}.00000000000000000009"));
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, names, "name order is offset order");
+        for (name, start) in names.iter().zip([0, 9, 1 << 20, 10 << 30, u64::MAX]) {
+            assert_eq!(split_segment_name(name), (file, start));
+            assert_eq!(logical_name(name), file);
+        }
+        // Not segments: a short numeric suffix, a suffix on a name that is not an event file, a
+        // zero offset (the first segment has no suffix).
+        for other in [
+            "events.out.tfevents.1700000000.host.7.0",
+            "notes.00000000000000001024",
+            "events.out.tfevents.1.h.00000000000000000000",
+            "events.out.tfevents.1.h.0000000000000000001x",
+        ] {
+            assert_eq!(split_segment_name(other), (other, 0), "{other}");
+        }
     }
 }

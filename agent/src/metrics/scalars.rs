@@ -14,6 +14,9 @@
 //!   as usual. So rows already in the metastore for steps ≥ S of that run disappear, as they
 //!   disappear from TensorBoard's charts.
 //!
+//! * Damaged records are skipped and reported as one line per file and pass, with their count and
+//!   the first of them, not one line per record.
+//!
 //! This module reads files and produces items; it never writes the checkpoint or the queue.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Item, Metric};
-use crate::tfevents::{discover, EventItem, EventReader, Position};
+use crate::tfevents::{discover, DamageSummary, EventItem, EventReader, Position};
 
 /// What the tf.events source has read. Invariant: `files[p]` is a record boundary of file `p`;
 /// `run_keys[r]` holds every key emitted for run `r` before those positions.
@@ -88,6 +91,7 @@ pub fn read(
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
+            let mut damaged = DamageSummary::default();
             while out.len() < max_items {
                 match reader.next_event()? {
                     EventItem::Event(ev) => {
@@ -115,7 +119,7 @@ pub fn read(
                     }
                     EventItem::Skipped(damage) => {
                         state.skipped += 1;
-                        tracing::warn!(file = %file.path.display(), %damage, "tf.events record skipped");
+                        damaged.add(damage);
                     }
                     EventItem::Pending => break,
                     EventItem::Stopped(damage) => {
@@ -125,6 +129,10 @@ pub fn read(
                         break;
                     }
                 }
+            }
+            if !damaged.is_empty() {
+                tracing::warn!(file = %file.path.display(), skipped = damaged.count, summary = %damaged,
+                    "tf.events records skipped; their scalars are not tracked");
             }
             state.files.insert(id, reader.position());
         }

@@ -111,6 +111,7 @@ impl Sidecar {
                 state_dir: settings.state_dir.clone(),
                 interval: settings.tfevents_interval,
                 retry: RetryPolicy::default(),
+                ..MirrorConfig::default()
             };
             pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
         }
