@@ -369,8 +369,8 @@ pub fn statements(experiment: &str, items: &[Item], now: &str) -> Vec<String> {
             Change::Param { key, value, worker } => {
                 let row = format!(
                     "({id}, {}, {}, {})",
-                    quoted(key, 190, "param key"),
-                    quoted(value, 190, "param value"),
+                    quoted(&key, 190, "param key"),
+                    quoted(&value, 190, "param value"),
                     quoted(worker, 32, "worker index")
                 );
                 params.push(&row, &mut out);
