@@ -21,7 +21,7 @@ use super::shipping::{self, Pipelines};
 use crate::artifacts::{PushOutcome, Target};
 use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
 use crate::metrics::intake::IngestRequest;
-use crate::metrics::mlflow::ingest::{self, RunIdentity};
+use crate::metrics::mlflow::ingest::{self, Endpoint, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
@@ -54,6 +54,7 @@ pub struct Sidecar {
     settings: Settings,
     addr: SocketAddr,
     stored_at: String,
+    endpoint: Endpoint,
 }
 
 impl Sidecar {
@@ -116,7 +117,7 @@ impl Sidecar {
             pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
         }
         let drained = pipelines.health.draining.clone();
-        let (addr, requests) = serve(&settings, &pipelines).await?;
+        let (addr, requests, endpoint) = serve(&settings, &pipelines).await?;
         let metrics = metrics::spawn(
             &settings,
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
@@ -148,6 +149,7 @@ impl Sidecar {
             settings,
             addr,
             stored_at,
+            endpoint,
         })
     }
 
@@ -169,18 +171,25 @@ impl Sidecar {
                 .push_all(&settings.artifacts, &settings.state_dir, settings.push)
                 .await
         };
-        let (shipped, saves) = tokio::join!(self.shipping, push);
+        // Artifacts clients uploaded through the endpoint reach storage meanwhile; the records of
+        // those stored after the metrics pipeline ended are queued below, with the saves'.
+        let uploads = self
+            .endpoint
+            .finish(self.drained.wait(), settings.lifecycle.drain_timeout);
+        let (shipped, saves, late) = tokio::join!(self.shipping, push, uploads);
         let (shipping, pipelines) =
             shipped.map_err(|e| SidecarError::Thread(format!("the shipping task failed: {e}")))?;
         let (metrics, mut pipeline) = self.metrics.join().await?;
         let shipping = shipping?;
         let saves = saves?;
-        let items = saves
+        let mut items: Vec<_> = saves
             .iter()
             .flat_map(|(_, o)| saves::items(o, &settings.identity.worker))
             .collect();
+        items.extend(late.items.iter().cloned());
         let deliver = metrics == Ending::Drained;
         metrics::deliver_late(&mut pipeline, items, deliver, settings.late_delivery).await?;
+        late.done();
         let log_bytes = pipelines.logs.as_ref().map_or(0, |l| {
             l.stats()
                 .bytes_shipped
@@ -198,11 +207,19 @@ impl Sidecar {
 }
 
 /// Binds the endpoint and serves health and MLflow-compatible ingest on it. Returns the bound
-/// address and the pipeline's end of the ingest channel.
+/// address, the pipeline's end of the ingest channel, and the MLflow endpoint (whose uploads
+/// [`Sidecar::finish`] waits for).
 async fn serve(
     settings: &Settings,
     pipelines: &Pipelines,
-) -> Result<(SocketAddr, tokio::sync::mpsc::Receiver<IngestRequest>), SidecarError> {
+) -> Result<
+    (
+        SocketAddr,
+        tokio::sync::mpsc::Receiver<IngestRequest>,
+        Endpoint,
+    ),
+    SidecarError,
+> {
     let listen_error = |source| SidecarError::Listen {
         addr: settings.listen,
         source,
@@ -222,11 +239,12 @@ async fn serve(
         logs: pipelines.logs.as_ref().map(LogShipper::stats),
         stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
     };
-    let app = health::router(observed).merge(ingest::router(handle));
+    let endpoint = Endpoint::open(handle, &settings.state_dir, &settings.storage)?;
+    let app = health::router(observed).merge(endpoint.router());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the endpoint stopped");
         }
     });
-    Ok((addr, requests))
+    Ok((addr, requests, endpoint))
 }
