@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use serde::Serialize;
@@ -26,6 +27,8 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Largest JSON body a call takes (artifacts are streamed, whatever their size).
 pub const MAX_BODY_BYTES: usize = 2 << 20;
+/// Most bytes of a too large body read (and dropped) before answering 413.
+pub const MAX_DRAINED_BYTES: u64 = 64 << 20;
 
 /// Who the sidecar's runs belong to. Invariant: fixed for the sidecar's lifetime.
 #[derive(Debug, Clone)]
@@ -230,37 +233,37 @@ pub fn empty() -> Response {
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`], accepting bare NaN/Infinity; an empty body
-/// is `{}`. A larger body is MLflow's JSON error with status 413.
+/// is `{}`. A larger body is MLflow's JSON error with status 413, answered once the client has
+/// sent it (up to [`MAX_DRAINED_BYTES`], so that it hears the answer), never held in memory.
 pub async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Fail> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| too_large_or_broken(&e))?;
-    parse_json(&bytes).map_err(invalid)
-}
-
-/// The answer to a body that could not be read: 413 when it was over the limit.
-fn too_large_or_broken(e: &axum::Error) -> Fail {
-    // axum reports the limit as a `LengthLimitError` source, whose text is the only part of it
-    // that is public API here.
-    let mut texts = vec![e.to_string()];
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        texts.push(s.to_string());
-        source = s.source();
+    let mut stream = body.into_data_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut seen = 0u64;
+    let mut over = false;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| invalid(format!("cannot read the request body: {e}")))?;
+        seen += chunk.len() as u64;
+        if over || buf.len() + chunk.len() > MAX_BODY_BYTES {
+            over = true;
+            buf = Vec::new();
+            if seen > MAX_DRAINED_BYTES {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
     }
-    let too_large = texts.iter().any(|t| t.contains("length limit"));
-    if too_large {
-        error(
+    if over {
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "REQUEST_LIMIT_EXCEEDED",
             format!(
-                "the request body is over {MAX_BODY_BYTES} bytes, the most this endpoint takes; \
-                 send fewer items per call (MLflow allows 1 MB per runs/log-batch)"
+                "the request body is over {MAX_BODY_BYTES} bytes, the most this endpoint takes \
+                 for a call; send fewer items per call (MLflow allows 1 MB per runs/log-batch)"
             ),
-        )
-    } else {
-        invalid(format!("cannot read the request body: {e}"))
+        ));
     }
+    parse_json(&Bytes::from(buf)).map_err(invalid)
 }
 
 /// Parses a JSON body, accepting bare NaN/Infinity (Python's `json` writes them).

@@ -12,7 +12,8 @@
 //!   presence means committed; a `.data` without one is removed at start. `<seq>` grows, so for
 //!   each artifact the highest committed entry is its latest content;
 //! * `pending/<seq>.upload.json`: the journal of the entry's resumable multipart upload to
-//!   storage (see [`crate::artifacts::upload`]).
+//!   storage (see [`crate::artifacts::upload`]);
+//! * names starting with `.`: temporary files of atomic writes, removed at start.
 //!
 //! A free-space check refuses a file that would leave less than [`RESERVE`] bytes on the spool's
 //! filesystem (the metrics queue lives there too), before a byte is written when the size is
@@ -154,6 +155,9 @@ struct Inner {
     root: PathBuf,
     next: AtomicU64,
     index: Mutex<Index>,
+    /// Held while a multipart upload's `parts.json` is written: parts arrive in parallel, and
+    /// each write must be the latest state, whole.
+    saving: tokio::sync::Mutex<()>,
 }
 
 /// A file being received (removed unless committed).
@@ -194,6 +198,11 @@ impl Spool {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
+            if name.starts_with('.') {
+                // A temporary file of a write cut short by a kill (see `write_atomic`).
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             let Some((seq, ext)) = name.split_once('.') else {
                 continue;
             };
@@ -257,6 +266,7 @@ impl Spool {
                 root: root.to_path_buf(),
                 next: AtomicU64::new(next),
                 index: Mutex::new(index),
+                saving: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -533,18 +543,27 @@ impl Spool {
                 "part {part} announced {len} bytes and sent {written}"
             )));
         }
-        let mut index = self.index();
-        let m = index
-            .uploads
-            .get_mut(id)
-            .ok_or_else(|| SpoolError::Upload(format!("no multipart upload {id}")))?;
-        if !last && m.chunk.is_none() {
-            m.chunk = Some(len);
+        {
+            let mut index = self.index();
+            let m = index
+                .uploads
+                .get_mut(id)
+                .ok_or_else(|| SpoolError::Upload(format!("no multipart upload {id}")))?;
+            if !last && m.chunk.is_none() {
+                m.chunk = Some(len);
+            }
+            m.parts.insert(part, len);
         }
-        m.parts.insert(part, len);
-        let m = m.clone();
-        drop(index);
-        self.save_upload(id, &m)
+        let _saving = self.inner.saving.lock().await;
+        // The latest state, which includes this part and every part recorded before it.
+        let latest = self.index().uploads.get(id).cloned();
+        let Some(m) = latest else {
+            return Err(SpoolError::Upload(format!("no multipart upload {id}")));
+        };
+        let (spool, id) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || spool.save_upload(&id, &m))
+            .await
+            .map_err(|e| SpoolError::Upload(e.to_string()))?
     }
 
     /// Completes upload `id` once every part is there: the file becomes a committed entry.
