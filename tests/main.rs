@@ -18,6 +18,7 @@ mod localize_object;
 mod metrics_mlflow;
 mod metrics_mysql;
 mod metrics_sqlite;
+mod mlflow_dropin;
 mod pod_simulation;
 mod run_cmd;
 mod run_sources;
