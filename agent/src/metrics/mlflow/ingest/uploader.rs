@@ -32,10 +32,12 @@ use crate::artifacts::ArtifactsError;
 use crate::metrics::model::{Item, RunArtifact};
 use crate::retry::{RetryPolicy, Verdict};
 
-/// Entries uploaded at once (a large file also sends its parts in parallel).
-const CONCURRENCY: usize = 8;
+/// Small files uploaded at once (each read whole into memory, at most `multipart_above` bytes).
+const SMALL_AT_ONCE: usize = 4;
 
-/// How files go up: the artifacts saves' defaults (8 MiB parts, 8 in flight).
+/// How files go up: the artifacts saves' defaults (8 MiB parts, 8 in flight). Large files go
+/// one at a time beside [`SMALL_AT_ONCE`] small ones, so the memory held is bounded by
+/// `part_size × (concurrency + 1) + SMALL_AT_ONCE × multipart_above` (104 MiB) whatever comes.
 const OPTIONS: UploadOptions = UploadOptions {
     multipart_above: 8 << 20,
     part_size: 8 << 20,
@@ -157,9 +159,12 @@ async fn run(
     let mut failures = 0u32;
     let mut retry_at: Option<Instant> = None;
     let mut busy: HashSet<u64> = HashSet::new();
+    // The large (multipart) upload in flight, if any.
+    let mut large_busy: Option<u64> = None;
     let mut in_flight = FuturesUnordered::new();
     loop {
-        // Items of stored files first: queued, their entries go.
+        // Items of stored files first: queued together (one fsync of the queue for all), their
+        // entries go.
         let waiting: Vec<(u64, Item)> = stored
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -167,23 +172,21 @@ async fn run(
             .map(|(s, i)| (*s, i.clone()))
             .collect();
         let mut closed = false;
-        for (seq, item) in waiting {
-            match handle.queue(vec![item]).await {
+        if !waiting.is_empty() {
+            let items = waiting.iter().map(|(_, i)| i.clone()).collect();
+            match handle.queue(items).await {
                 Ok(()) => {
-                    stored
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&seq);
-                    ctx.spool.done(seq);
+                    let mut held = stored.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (seq, _) in &waiting {
+                        held.remove(seq);
+                    }
+                    drop(held);
+                    for (seq, _) in &waiting {
+                        ctx.spool.done(*seq);
+                    }
                 }
-                Err(NotQueued::Closed) => {
-                    closed = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(?e, "the artifact's record waits for the metrics queue");
-                    break;
-                }
+                Err(NotQueued::Closed) => closed = true,
+                Err(e) => tracing::debug!(?e, "artifact records wait for the metrics queue"),
             }
         }
         if retry_at.is_none_or(|t| Instant::now() >= t) {
@@ -200,8 +203,14 @@ async fn run(
                 )
                 .collect();
             for (seq, entry) in ctx.spool.ready(&taken) {
-                if in_flight.len() >= CONCURRENCY {
-                    break;
+                let large = entry.size > OPTIONS.multipart_above;
+                let (busy_large, busy_small) = (large_busy.is_some() as usize, busy.len());
+                if (large && busy_large > 0) || (!large && busy_small - busy_large >= SMALL_AT_ONCE)
+                {
+                    continue;
+                }
+                if large {
+                    large_busy = Some(seq);
                 }
                 busy.insert(seq);
                 let ctx = ctx.clone();
@@ -223,6 +232,9 @@ async fn run(
         tokio::select! {
             Some((seq, result)) = in_flight.next() => {
                 busy.remove(&seq);
+                if large_busy == Some(seq) {
+                    large_busy = None;
+                }
                 match result {
                     Ok(item) => {
                         failures = 0;
