@@ -199,7 +199,7 @@ pub async fn upload(
                 )));
             }
             let shown = target.path.clone();
-            incoming.commit(target).map_err(spool_error)?;
+            incoming.commit(target).await.map_err(spool_error)?;
             s.uploaded.notify_one();
             tracing::debug!(path = %shown, bytes = written, "artifact received");
             Ok(empty())
@@ -465,6 +465,7 @@ pub async fn multipart_complete(
             let (_, size) = s
                 .spool
                 .complete_upload(&req.upload_id)
+                .await
                 .map_err(spool_error)?;
             s.uploaded.notify_one();
             tracing::debug!(path = %target.path, bytes = size, "artifact received in parts");

@@ -7,9 +7,10 @@
 //! * `uploads/<id>/`: a multipart upload a client is sending (`upload.json`, the parts in `data`
 //!   at their offsets, and `parts.json` listing the parts received), kept across restarts so
 //!   the client's retries still find it;
-//! * `pending/<seq>.data` and `pending/<seq>.json`: a committed file and what it is. The `.json`
-//!   is written last ([`write_atomic`]) after the data was fsynced and renamed into place, so its
-//!   presence means committed; a `.data` without one is removed at start. `<seq>` grows, so for
+//! * `pending/<seq>.data` and `pending/<seq>.json`: a committed file and what it is. Both are
+//!   fsynced (in parallel), then the data is renamed into place and the folder fsynced, and only
+//!   then is the client answered: an entry counts when both are there and its `.json` reads
+//!   whole; anything else is removed at start (its client got no answer). `<seq>` grows, so for
 //!   each artifact the highest committed entry is its latest content;
 //! * `pending/<seq>.upload.json`: the journal of the entry's resumable multipart upload to
 //!   storage (see [`crate::artifacts::upload`]);
@@ -217,18 +218,27 @@ impl Spool {
                     Some(entry) => {
                         index.entries.insert(seq, entry);
                     }
+                    // Cut short by a kill before it was fsynced: never answered.
                     None => {
-                        tracing::warn!(file = %path.display(), "unreadable artifact spool entry left as it is")
+                        let _ = std::fs::remove_file(&path);
                     }
                 },
                 "data" => data.push((seq, path)),
                 _ => {}
             }
         }
-        for (seq, path) in data {
-            if !index.entries.contains_key(&seq) {
+        for (seq, path) in &data {
+            if !index.entries.contains_key(seq) {
                 // Renamed into place but never described: its client got no answer.
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let described: Vec<u64> = index.entries.keys().copied().collect();
+        for seq in described {
+            if !data.iter().any(|(s, _)| *s == seq) {
+                // Described, but its data never renamed into place: never answered either.
+                index.entries.remove(&seq);
+                let _ = std::fs::remove_file(pending.join(format!("{seq:020}.json")));
             }
         }
         for (seq, entry) in &index.entries {
@@ -332,12 +342,18 @@ impl Spool {
         })
     }
 
-    /// Commits a durable data file at `data` (on the spool's filesystem) as the latest content of
-    /// `target`: renamed into `pending/`, then described. Returns its seq.
-    fn commit_file(&self, data: &Path, target: Target, size: u64) -> Result<u64, SpoolError> {
+    /// Commits the data file at `data` (on the spool's filesystem) as the latest content of
+    /// `target`; returns its seq. Its description is written beside it, both are made durable at
+    /// once (two fsyncs in parallel, which the filesystem's journal commits together), then the
+    /// data is renamed into place and the folder fsynced: a description without its data is
+    /// removed at start, so the entry counts only once both are there.
+    async fn commit_file(
+        &self,
+        data: PathBuf,
+        target: Target,
+        size: u64,
+    ) -> Result<u64, SpoolError> {
         let seq = self.inner.next.fetch_add(1, Ordering::SeqCst);
-        let dest = self.data_path(seq);
-        std::fs::rename(data, &dest).map_err(io("commit", &dest))?;
         let entry = Entry {
             target,
             size,
@@ -345,8 +361,43 @@ impl Spool {
         };
         // Serializing a struct of strings and numbers cannot fail.
         let json = serde_json::to_vec(&entry).unwrap_or_default();
-        let described = write_atomic(&self.json_path(seq), &json);
-        if let Err(e) = described {
+        let (json_path, dest) = (self.json_path(seq), self.data_path(seq));
+        let task = |e: tokio::task::JoinError| SpoolError::Upload(e.to_string());
+        let synced = {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&data)
+                    .and_then(|f| f.sync_data())
+            })
+        };
+        let described = {
+            let json_path = json_path.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&json_path)?;
+                std::io::Write::write_all(&mut f, &json)?;
+                f.sync_all()
+            })
+        };
+        let (synced, described) = tokio::join!(synced, described);
+        let placed = match (synced.map_err(task)?, described.map_err(task)?) {
+            (Ok(()), Ok(())) => {
+                let (dest, pending) = (dest.clone(), self.pending());
+                tokio::task::spawn_blocking(move || {
+                    std::fs::rename(&data, &dest)?;
+                    sync_dir(&pending)
+                })
+                .await
+                .map_err(task)?
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&json_path);
             let _ = std::fs::remove_file(&dest);
             return Err(io("commit", &dest)(e));
         }
@@ -537,7 +588,7 @@ impl Spool {
             .truncate(false)
             .open(&path)
             .map_err(io("write a part", &path))?;
-        let written = write_stream(file, offset, body, &path).await?;
+        let written = write_stream(file, offset, body, &path, true).await?;
         if written != len {
             return Err(SpoolError::Body(format!(
                 "part {part} announced {len} bytes and sent {written}"
@@ -568,7 +619,7 @@ impl Spool {
 
     /// Completes upload `id` once every part is there: the file becomes a committed entry.
     /// Returns its seq and size.
-    pub fn complete_upload(&self, id: &str) -> Result<(u64, u64), SpoolError> {
+    pub async fn complete_upload(&self, id: &str) -> Result<(u64, u64), SpoolError> {
         let m = self
             .index()
             .uploads
@@ -604,8 +655,8 @@ impl Spool {
                 .map_err(io("complete", &data))?;
         }
         file.set_len(size).map_err(io("complete", &data))?;
-        file.sync_all().map_err(io("complete", &data))?;
-        let seq = self.commit_file(&data, m.target.clone(), size)?;
+        drop(file);
+        let seq = self.commit_file(data, m.target.clone(), size).await?;
         self.forget_upload(id);
         Ok((seq, size))
     }
@@ -619,7 +670,7 @@ impl Spool {
 }
 
 impl Incoming {
-    /// Writes the whole body, then makes the file durable. Returns the bytes written.
+    /// Writes the whole body. Returns the bytes written.
     pub async fn write_all<S, E>(&mut self, body: S) -> Result<u64, SpoolError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -631,27 +682,33 @@ impl Incoming {
         let path = self.path.clone();
         let clone = file.try_clone().map_err(io("write", &path));
         self.file = Some(file);
-        let written = write_stream(clone?, 0, body, &path).await?;
+        // Not fsynced here: [`Incoming::commit`] syncs it together with its description.
+        let written = write_stream(clone?, 0, body, &path, false).await?;
         self.written = written;
         Ok(written)
     }
 
-    /// Commits the received file as the latest content of `target`; returns its seq.
-    pub fn commit(mut self, target: Target) -> Result<u64, SpoolError> {
+    /// Commits the received file as the latest content of `target`, durably; returns its seq.
+    pub async fn commit(mut self, target: Target) -> Result<u64, SpoolError> {
         let size = self.written;
-        self.file = None;
         let spool = self.spool.clone();
-        spool.commit_file(&self.path, target, size)
+        let committed = spool.commit_file(self.path.clone(), target, size).await;
+        if committed.is_ok() {
+            // Renamed into the spool: nothing left to remove.
+            self.file = None;
+        }
+        committed
     }
 }
 
 /// Writes `body` into `file` from `offset`, in large writes off the async threads, then fsyncs
-/// it. A write that fails (the disk full) leaves the caller to remove the file.
+/// it when `sync`. A write that fails (the disk full) leaves the caller to remove the file.
 async fn write_stream<S, E>(
     file: std::fs::File,
     offset: u64,
     mut body: S,
     path: &Path,
+    sync: bool,
 ) -> Result<u64, SpoolError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -710,6 +767,9 @@ where
     let Some(f) = file.take() else {
         return Err(SpoolError::Upload("no file to sync".into()));
     };
+    if !sync {
+        return Ok(written);
+    }
     tokio::task::spawn_blocking(move || f.sync_data())
         .await
         .map_err(|e| SpoolError::Upload(e.to_string()))?
@@ -767,14 +827,14 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let mut a = spool.receive().unwrap();
         assert_eq!(a.write_all(body(&[b"hello ", b"world"])).await.unwrap(), 11);
-        let seq = a.commit(target("a.txt")).unwrap();
+        let seq = a.commit(target("a.txt")).await.unwrap();
         let mut b = spool.receive().unwrap();
         b.write_all(body(&[b"half"])).await.unwrap();
         std::mem::forget(b); // killed before committing
                              // A second version of a.txt replaces the first.
         let mut c = spool.receive().unwrap();
         c.write_all(body(&[b"v2"])).await.unwrap();
-        let seq2 = c.commit(target("a.txt")).unwrap();
+        let seq2 = c.commit(target("a.txt")).await.unwrap();
         assert!(seq2 > seq);
         drop(spool);
 
@@ -806,12 +866,15 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let id = spool.create_upload(target("big.bin"), 3).unwrap();
         spool.write_part(&id, 3, 2, body(&[b"ef"])).await.unwrap();
-        assert!(spool.complete_upload(&id).is_err(), "parts are missing");
+        assert!(
+            spool.complete_upload(&id).await.is_err(),
+            "parts are missing"
+        );
         spool.write_part(&id, 2, 2, body(&[b"cd"])).await.unwrap();
         // The upload is found again after a restart.
         let spool = Spool::open(dir.path()).unwrap();
         spool.write_part(&id, 1, 2, body(&[b"ab"])).await.unwrap();
-        let (seq, size) = spool.complete_upload(&id).unwrap();
+        let (seq, size) = spool.complete_upload(&id).await.unwrap();
         assert_eq!(size, 6);
         assert_eq!(std::fs::read(spool.data_path(seq)).unwrap(), b"abcdef");
         assert!(!dir.path().join("uploads").join(&id).exists());
