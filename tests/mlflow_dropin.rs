@@ -677,3 +677,44 @@ fn a_1_gib_artifact_reaches_s3_once_across_a_kill_9_of_the_sidecar() {
     job.assert_spool_empty();
     job.runs_show().expect_output("artifacts: 1 files, 1.0 GiB");
 }
+
+#[test]
+fn with_submarines_mariadb_as_metastore_the_scripts_run_and_where_its_files_are_are_recorded() {
+    let db = crate::harness::mariadb::MariaDb::start_with_submarine_tables();
+    let job = Job::new("exp-dropin-maria");
+    let child = job
+        .sidecar(&job.file_storage(), Some(&db.url()))
+        .spawn()
+        .unwrap();
+    job.wait_ready();
+    let out = job.script(
+        "mlflow_big_artifact.py",
+        &[job.path("work").as_os_str(), "1".as_ref()],
+    );
+    let run_id = out["run_id"].as_str().unwrap();
+    job.finish(child);
+    let params = db.sql(
+        "SELECT `key`, value, worker_index FROM param \
+         WHERE id = 'exp-dropin-maria' AND `key` LIKE 'mlflow.%' ORDER BY `key`",
+    );
+    let folder = format!(
+        "file://{}/exp-dropin-maria/worker-0/mlflow/{run_id}/artifacts/",
+        job.path("store").display()
+    );
+    assert_eq!(
+        params.lines().collect::<Vec<_>>(),
+        [
+            format!("mlflow.artifacts\t{folder}\tworker-0"),
+            "mlflow.experiment\tbig\tworker-0".to_string(),
+            format!("mlflow.run_id\t{run_id}\tworker-0"),
+            "mlflow.run_name\tbig\tworker-0".to_string(),
+        ],
+        "{params}"
+    );
+    // The recorded folder holds the file, byte for byte.
+    let stored = job
+        .path("store/exp-dropin-maria/worker-0/mlflow")
+        .join(run_id)
+        .join("artifacts/big.bin");
+    assert_eq!(sha256_file(&stored), out["sha256"].as_str().unwrap());
+}
