@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
@@ -24,7 +23,7 @@ use super::super::api::{
     PartCredential,
 };
 use super::endpoint::{
-    answer, empty, error, internal, invalid, not_found, ok, read_json, Fail, Shared,
+    answer, empty, error, internal, invalid, not_found, ok, read_json, Fail, Req, Shared,
 };
 use super::registry::{ModelRecord, RunRecord};
 use super::spool::{self, SpoolError, Target};
@@ -170,12 +169,9 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-pub async fn upload(
-    State(s): State<Shared>,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn upload(s: Shared, r: Req) -> Response {
+    let path = r.param(0).to_string();
+    let (headers, body) = (r.headers, r.body);
     answer(
         async {
             let target = resolve(&s, &path).await?;
@@ -208,7 +204,8 @@ pub async fn upload(
     )
 }
 
-pub async fn download(State(s): State<Shared>, Path(path): Path<String>) -> Response {
+pub async fn download(s: Shared, r: Req) -> Response {
+    let path = r.param(0).to_string();
     answer(
         async {
             let target = resolve(&s, &path).await?;
@@ -275,7 +272,11 @@ pub struct ListQuery {
     path: Option<String>,
 }
 
-pub async fn list(State(s): State<Shared>, Query(q): Query<ListQuery>) -> Response {
+pub async fn list(s: Shared, r: Req) -> Response {
+    let q: ListQuery = match r.query() {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     answer(
         async {
             let path = q.path.unwrap_or_default();
@@ -345,7 +346,8 @@ pub async fn list(State(s): State<Shared>, Query(q): Query<ListQuery>) -> Respon
     )
 }
 
-pub async fn delete(Path(path): Path<String>) -> Fail {
+pub async fn delete(_: Shared, r: Req) -> Response {
+    let path = r.param(0);
     error(
         StatusCode::NOT_IMPLEMENTED,
         "NOT_IMPLEMENTED",
@@ -354,6 +356,7 @@ pub async fn delete(Path(path): Path<String>) -> Fail {
              what a run logged is kept"
         ),
     )
+    .into_response()
 }
 
 // ---- multipart uploads ----
@@ -376,12 +379,9 @@ async fn multipart_target(s: &Shared, path: &str, local: &str) -> Result<Target,
     Ok(target)
 }
 
-pub async fn multipart_create(
-    State(s): State<Shared>,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn multipart_create(s: Shared, r: Req) -> Response {
+    let path = r.param(0).to_string();
+    let (headers, body) = (r.headers, r.body);
     answer(
         async {
             let req: CreateMultipartUpload = read_json(body).await?;
@@ -418,12 +418,12 @@ pub async fn multipart_create(
     )
 }
 
-pub async fn multipart_part(
-    State(s): State<Shared>,
-    Path((upload_id, part)): Path<(String, u64)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn multipart_part(s: Shared, r: Req) -> Response {
+    let upload_id = r.param(0).to_string();
+    let Ok(part) = r.param(1).parse::<u64>() else {
+        return invalid(format!("`{}` is not a part number", r.param(1))).into_response();
+    };
+    let (headers, body) = (r.headers, r.body);
     answer(
         async {
             let len =
@@ -442,11 +442,9 @@ pub async fn multipart_part(
     )
 }
 
-pub async fn multipart_complete(
-    State(s): State<Shared>,
-    Path(path): Path<String>,
-    body: Body,
-) -> Response {
+pub async fn multipart_complete(s: Shared, r: Req) -> Response {
+    let path = r.param(0).to_string();
+    let body = r.body;
     answer(
         async {
             let req: FinishMultipartUpload = read_json(body).await?;
@@ -475,11 +473,9 @@ pub async fn multipart_complete(
     )
 }
 
-pub async fn multipart_abort(
-    State(s): State<Shared>,
-    Path(path): Path<String>,
-    body: Body,
-) -> Response {
+pub async fn multipart_abort(s: Shared, r: Req) -> Response {
+    let path = r.param(0).to_string();
+    let body = r.body;
     answer(
         async {
             let req: FinishMultipartUpload = read_json(body).await?;

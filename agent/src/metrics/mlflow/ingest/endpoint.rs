@@ -3,6 +3,7 @@
 //! (`{"error_code", "message"}` errors, JSON bodies with bare `NaN`/`Infinity` accepted, a body
 //! limit answered in MLflow's JSON).
 
+use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -116,6 +117,32 @@ pub struct State {
 /// The routes' shared state.
 pub type Shared = Arc<State>;
 
+/// A request as the routes see it: its URI, headers, body, and the path's parameters (decoded)
+/// that its route captured.
+pub struct Req {
+    pub uri: axum::http::Uri,
+    pub headers: axum::http::HeaderMap,
+    pub body: Body,
+    pub params: Vec<String>,
+}
+
+impl Req {
+    /// The query string as `T`; MLflow's invalid-parameter error when it does not fit.
+    pub fn query<T: serde::de::DeserializeOwned>(&self) -> Result<T, Fail> {
+        axum::extract::Query::<T>::try_from_uri(&self.uri)
+            .map(|q| q.0)
+            .map_err(|e| invalid(format!("bad query string: {}", e.body_text())))
+    }
+
+    /// Path parameter `i` (empty when the route has fewer).
+    pub fn param(&self, i: usize) -> &str {
+        self.params.get(i).map_or("", String::as_str)
+    }
+}
+
+/// Work on the registry, boxed: one blocking task type serves every route.
+type Job = Box<dyn FnOnce(&mut Registry) -> Result<Box<dyn Any + Send>, RegistryError> + Send>;
+
 impl State {
     /// Runs `f` on the registry off the async threads; a failure is MLflow's internal error.
     pub async fn registry<T, F>(self: &Arc<Self>, f: F) -> Result<T, Fail>
@@ -123,6 +150,16 @@ impl State {
         F: FnOnce(&mut Registry) -> Result<T, RegistryError> + Send + 'static,
         T: Send + 'static,
     {
+        let job: Job = Box::new(move |r| f(r).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        let value = self.run(job).await?;
+        // The job above boxed exactly a `T`.
+        value
+            .downcast::<T>()
+            .map(|v| *v)
+            .map_err(|_| internal("a registry job returned another type"))
+    }
+
+    async fn run(self: &Arc<Self>, job: Job) -> Result<Box<dyn Any + Send>, Fail> {
         let state = self.clone();
         let done = tokio::task::spawn_blocking(move || {
             // A panic while the registry was held leaves a connection that is still usable.
@@ -130,7 +167,7 @@ impl State {
                 .registry
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            f(&mut registry)
+            job(&mut registry)
         })
         .await;
         match done {

@@ -4,14 +4,13 @@
 //! run (see [`super::artifacts`]).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
 use axum::response::Response;
 use serde::Deserialize;
 
 use super::super::api::{
     check_key, CreateLoggedModel, KeyValue, LoggedModelAnswer, LoggedModelsPage, SearchLoggedModels,
 };
-use super::endpoint::{answer, empty, invalid, not_found, ok, read_json, Fail, Shared};
+use super::endpoint::{answer, empty, invalid, not_found, ok, read_json, Fail, Req, Shared};
 use super::registry::{ModelRecord, NewModel};
 use super::search::{self, Entity, Field, Searchable, Target};
 use crate::metrics::model::now_ms;
@@ -35,7 +34,8 @@ async fn model_answer(s: &Shared, record: ModelRecord) -> Result<Response, Fail>
     Ok(ok(&LoggedModelAnswer { model }))
 }
 
-pub async fn create(State(s): State<Shared>, body: Body) -> Response {
+pub async fn create(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: CreateLoggedModel = read_json(body).await?;
@@ -73,7 +73,8 @@ pub async fn create(State(s): State<Shared>, body: Body) -> Response {
     )
 }
 
-pub async fn get(State(s): State<Shared>, Path(model_id): Path<String>) -> Response {
+pub async fn get(s: Shared, r: Req) -> Response {
+    let model_id = r.param(0).to_string();
     answer(
         async {
             let record = find_model(&s, &model_id).await?;
@@ -89,11 +90,9 @@ struct Finalize {
     status: String,
 }
 
-pub async fn finalize(
-    State(s): State<Shared>,
-    Path(model_id): Path<String>,
-    body: Body,
-) -> Response {
+pub async fn finalize(s: Shared, r: Req) -> Response {
+    let model_id = r.param(0).to_string();
+    let body = r.body;
     answer(
         async {
             let req: Finalize = read_json(body).await?;
@@ -139,26 +138,20 @@ async fn set_pairs(s: Shared, model_id: String, body: Body, params: bool) -> Res
     )
 }
 
-pub async fn set_tags(
-    State(s): State<Shared>,
-    Path(model_id): Path<String>,
-    body: Body,
-) -> Response {
+pub async fn set_tags(s: Shared, r: Req) -> Response {
+    let model_id = r.param(0).to_string();
+    let body = r.body;
     set_pairs(s, model_id, body, false).await
 }
 
-pub async fn log_params(
-    State(s): State<Shared>,
-    Path(model_id): Path<String>,
-    body: Body,
-) -> Response {
+pub async fn log_params(s: Shared, r: Req) -> Response {
+    let model_id = r.param(0).to_string();
+    let body = r.body;
     set_pairs(s, model_id, body, true).await
 }
 
-pub async fn delete_tag(
-    State(s): State<Shared>,
-    Path((model_id, key)): Path<(String, String)>,
-) -> Response {
+pub async fn delete_tag(s: Shared, r: Req) -> Response {
+    let (model_id, key) = (r.param(0).to_string(), r.param(1).to_string());
     answer(
         async {
             find_model(&s, &model_id).await?;
@@ -201,7 +194,8 @@ impl Searchable for super::super::api::LoggedModel {
     }
 }
 
-pub async fn search(State(s): State<Shared>, body: Body) -> Response {
+pub async fn search(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: SearchLoggedModels = read_json(body).await?;

@@ -6,10 +6,8 @@
 //! made and whenever it changes; a top-level run the script ends `FAILED` or `KILLED` also marks
 //! the Periscope experiment failed, whatever the main container's exit code.
 
-use axum::body::Body;
-use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::super::api::{
@@ -19,7 +17,7 @@ use super::super::api::{
     MAX_PARAMS, MAX_PARAM_VALUE, MAX_TAGS, MAX_TAG_VALUE, RUN_STATUSES,
 };
 use super::endpoint::{
-    answer, empty, error, invalid, not_found, ok, read_json, Answer, Fail, Shared,
+    answer, empty, error, invalid, not_found, ok, read_json, Answer, Fail, Req, Shared,
 };
 use super::registry::{
     new_id, run_info, NewRun, RunRecord, DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME,
@@ -44,7 +42,11 @@ pub struct ByName {
     experiment_name: Option<String>,
 }
 
-pub async fn experiments_get_by_name(State(s): State<Shared>, Query(q): Query<ByName>) -> Response {
+pub async fn experiments_get_by_name(s: Shared, r: Req) -> Response {
+    let q: ByName = match r.query() {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     answer(
         async {
             let name = q
@@ -69,7 +71,11 @@ pub struct ById {
     experiment_id: Option<String>,
 }
 
-pub async fn experiments_get(State(s): State<Shared>, Query(q): Query<ById>) -> Response {
+pub async fn experiments_get(s: Shared, r: Req) -> Response {
+    let q: ById = match r.query() {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     answer(
         async {
             let id = q
@@ -85,7 +91,8 @@ pub async fn experiments_get(State(s): State<Shared>, Query(q): Query<ById>) -> 
     )
 }
 
-pub async fn experiments_create(State(s): State<Shared>, body: Body) -> Response {
+pub async fn experiments_create(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(async {
         let req: CreateExperiment = read_json(body).await?;
         let name = req.name.unwrap_or_default();
@@ -113,7 +120,8 @@ pub async fn experiments_create(State(s): State<Shared>, body: Body) -> Response
     .await)
 }
 
-pub async fn experiments_set_tag(State(s): State<Shared>, body: Body) -> Response {
+pub async fn experiments_set_tag(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: RunKeyValue = read_json(body).await?;
@@ -183,7 +191,8 @@ fn shows_active(view: Option<&str>) -> Result<bool, Fail> {
     }
 }
 
-pub async fn experiments_search(State(s): State<Shared>, body: Body) -> Response {
+pub async fn experiments_search(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: SearchExperiments = read_json(body).await?;
@@ -293,7 +302,8 @@ fn check_params(params: &[KeyValue]) -> Result<(), Fail> {
     Ok(())
 }
 
-pub async fn runs_create(State(s): State<Shared>, body: Body) -> Response {
+pub async fn runs_create(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(async {
         let req: CreateRun = read_json(body).await?;
         let experiment_id = req
@@ -380,7 +390,11 @@ pub struct RunQuery {
     run_uuid: Option<String>,
 }
 
-pub async fn runs_get(State(s): State<Shared>, Query(q): Query<RunQuery>) -> Response {
+pub async fn runs_get(s: Shared, r: Req) -> Response {
+    let q: RunQuery = match r.query() {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     answer(
         async {
             let id = run_id_of(q.run_id, q.run_uuid)?;
@@ -392,7 +406,8 @@ pub async fn runs_get(State(s): State<Shared>, Query(q): Query<RunQuery>) -> Res
     )
 }
 
-pub async fn runs_update(State(s): State<Shared>, body: Body) -> Response {
+pub async fn runs_update(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: UpdateRun = read_json(body).await?;
@@ -530,7 +545,8 @@ async fn log(
     Ok(empty())
 }
 
-pub async fn log_metric(State(s): State<Shared>, body: Body) -> Response {
+pub async fn log_metric(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: LogMetric = read_json(body).await?;
@@ -542,7 +558,8 @@ pub async fn log_metric(State(s): State<Shared>, body: Body) -> Response {
     )
 }
 
-pub async fn log_parameter(State(s): State<Shared>, body: Body) -> Response {
+pub async fn log_parameter(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: RunKeyValue = read_json(body).await?;
@@ -558,7 +575,8 @@ pub async fn log_parameter(State(s): State<Shared>, body: Body) -> Response {
     )
 }
 
-pub async fn set_tag(State(s): State<Shared>, body: Body) -> Response {
+pub async fn set_tag(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: RunKeyValue = read_json(body).await?;
@@ -574,7 +592,8 @@ pub async fn set_tag(State(s): State<Shared>, body: Body) -> Response {
     )
 }
 
-pub async fn delete_tag(State(s): State<Shared>, body: Body) -> Response {
+pub async fn delete_tag(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: RunKeyValue = read_json(body).await?;
@@ -599,7 +618,8 @@ pub async fn delete_tag(State(s): State<Shared>, body: Body) -> Response {
     )
 }
 
-pub async fn log_batch(State(s): State<Shared>, body: Body) -> Response {
+pub async fn log_batch(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let batch: LogBatch = read_json(body).await?;
@@ -636,7 +656,8 @@ pub async fn log_batch(State(s): State<Shared>, body: Body) -> Response {
     )
 }
 
-pub async fn log_inputs(State(s): State<Shared>, body: Body) -> Response {
+pub async fn log_inputs(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: LogInputs = read_json(body).await?;
@@ -668,7 +689,8 @@ pub async fn log_inputs(State(s): State<Shared>, body: Body) -> Response {
     )
 }
 
-pub async fn log_outputs(State(s): State<Shared>, body: Body) -> Response {
+pub async fn log_outputs(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: LogOutputs = read_json(body).await?;
@@ -695,7 +717,11 @@ pub struct HistoryQuery {
     page_token: Option<String>,
 }
 
-pub async fn metric_history(State(s): State<Shared>, Query(q): Query<HistoryQuery>) -> Response {
+pub async fn metric_history(s: Shared, r: Req) -> Response {
+    let q: HistoryQuery = match r.query() {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     answer(
         async {
             let id = run_id_of(q.run_id, q.run_uuid)?;
@@ -748,7 +774,8 @@ impl Searchable for api::Run {
     }
 }
 
-pub async fn runs_search(State(s): State<Shared>, body: Body) -> Response {
+pub async fn runs_search(s: Shared, r: Req) -> Response {
+    let body = r.body;
     answer(
         async {
             let req: SearchRuns = read_json(body).await?;
