@@ -34,7 +34,7 @@ macro_rules! route {
 }
 
 /// Every route, a static path before a parameter that would match it too.
-fn table() -> [Route; 38] {
+fn table() -> [Route; 35] {
     use tracking as t;
     [
         route!(GET, "/", root),
@@ -131,14 +131,6 @@ fn table() -> [Route; 38] {
             PUT,
             "/api/2.0/mlflow-artifacts/mpu/part/{}/{}",
             artifacts::multipart_part
-        ),
-        // MLflow's UI calls the same API under `/ajax-api/`.
-        route!(GET, "/ajax-api/2.0/mlflow/runs/get", t::runs_get),
-        route!(POST, "/ajax-api/2.0/mlflow/runs/search", t::runs_search),
-        route!(
-            POST,
-            "/ajax-api/2.0/mlflow/experiments/search",
-            t::experiments_search
         ),
     ]
 }
