@@ -496,8 +496,12 @@ impl Spool {
 
     // ---- multipart uploads ----
 
+    /// The folder of upload `id`. Ids are made here (32 hex digits); anything else, which only a
+    /// request could bring, names a folder that never exists.
     fn upload_dir(&self, id: &str) -> PathBuf {
-        self.inner.root.join("uploads").join(id)
+        let safe = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        let name = if safe { id } else { "not-an-upload" };
+        self.inner.root.join("uploads").join(name)
     }
 
     /// Starts a multipart upload of `num_parts` parts; returns its id.
