@@ -19,6 +19,7 @@ mod metrics_mlflow;
 mod metrics_mysql;
 mod metrics_refused;
 mod metrics_sqlite;
+mod mlflow_dropin;
 mod pod_simulation;
 mod run_cmd;
 mod run_sources;

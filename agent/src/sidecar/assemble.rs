@@ -20,7 +20,7 @@ use super::settings::Settings;
 use super::shipping::{self, Pipelines};
 use crate::artifacts::{PushOutcome, Target};
 use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
-use crate::metrics::mlflow::ingest::{self, RunIdentity};
+use crate::metrics::mlflow::ingest::{self, Endpoint, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
@@ -53,6 +53,7 @@ pub struct Sidecar {
     settings: Settings,
     addr: SocketAddr,
     stored_at: String,
+    endpoint: Endpoint,
 }
 
 impl Sidecar {
@@ -122,6 +123,7 @@ impl Sidecar {
             worker: identity.worker.clone(),
             start_ms: crate::metrics::model::now_ms(),
         });
+        let endpoint = Endpoint::open(handle, &settings.state_dir, &settings.storage)?;
         let metrics = metrics::spawn(
             &settings,
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
@@ -136,7 +138,7 @@ impl Sidecar {
             metastore: Some(metrics.status()),
             stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
         };
-        let addr = listener.serve(health::router(observed).merge(ingest::router(handle)));
+        let addr = listener.serve(health::router(observed).merge(endpoint.router()));
         let mut folders: Vec<PathBuf> = logs.globs.iter().map(|g| g.base.clone()).collect();
         folders.extend(settings.tfevents.iter().cloned());
         let drain = Drain::new(
@@ -160,6 +162,7 @@ impl Sidecar {
             settings,
             addr,
             stored_at,
+            endpoint,
         })
     }
 
@@ -181,18 +184,25 @@ impl Sidecar {
                 .push_all(&settings.artifacts, &settings.state_dir, settings.push)
                 .await
         };
-        let (shipped, saves) = tokio::join!(self.shipping, push);
+        // Artifacts clients uploaded through the endpoint reach storage meanwhile; the records of
+        // those stored after the metrics pipeline ended are queued below, with the saves'.
+        let uploads = self
+            .endpoint
+            .finish(self.drained.wait(), settings.lifecycle.drain_timeout);
+        let (shipped, saves, late) = tokio::join!(self.shipping, push, uploads);
         let (shipping, pipelines) =
             shipped.map_err(|e| SidecarError::Thread(format!("the shipping task failed: {e}")))?;
         let (metrics, mut pipeline) = self.metrics.join().await?;
         let shipping = shipping?;
         let saves = saves?;
-        let items = saves
+        let mut items: Vec<_> = saves
             .iter()
             .flat_map(|(_, o)| saves::items(o, &settings.identity.worker))
             .collect();
+        items.extend(late.items.iter().cloned());
         let deliver = metrics == Ending::Drained;
         metrics::deliver_late(&mut pipeline, items, deliver, settings.late_delivery).await?;
+        late.done();
         let log_bytes = pipelines.logs.as_ref().map_or(0, |l| {
             l.stats()
                 .bytes_shipped

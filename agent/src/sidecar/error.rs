@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use crate::artifacts::ArtifactsError;
 use crate::error::{Classify, ErrorClass};
+use crate::metrics::mlflow::ingest::EndpointError;
 use crate::metrics::MetricsError;
 use crate::ship::ShipError;
 use crate::storage::StorageError;
@@ -20,6 +21,8 @@ pub enum SidecarError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Artifacts(#[from] ArtifactsError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -37,6 +40,7 @@ impl Classify for SidecarError {
             SidecarError::Ship(e) => e.class(),
             SidecarError::Metrics(e) => e.class(),
             SidecarError::Artifacts(e) => e.class(),
+            SidecarError::Endpoint(e) => e.class(),
             SidecarError::Listen { .. } => ErrorClass::Usage,
             SidecarError::Thread(_) => ErrorClass::Internal,
         }
@@ -48,6 +52,7 @@ impl Classify for SidecarError {
             SidecarError::Ship(e) => e.hint(),
             SidecarError::Metrics(e) => e.hint(),
             SidecarError::Artifacts(e) => e.hint(),
+            SidecarError::Endpoint(e) => e.hint(),
             SidecarError::Listen { .. } => {
                 Some("choose a free address with --listen (e.g. 127.0.0.1:0 for any port)".into())
             }
