@@ -14,6 +14,7 @@ mod examples;
 mod exec;
 mod localize_hostile;
 mod localize_http;
+mod localize_messages;
 mod localize_object;
 mod metrics_mlflow;
 mod metrics_mysql;

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 pub mod archive;
 pub mod http_server;
+pub mod localize;
 pub mod proxy;
 pub mod python;
 pub mod tls;

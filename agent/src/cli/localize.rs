@@ -12,8 +12,8 @@ use periscope::localize::{self, FetchContext, GitAuth, Limits, Outcome, SourceSp
 use periscope::redact::Secret;
 use periscope::retry::RetryPolicy;
 
-use super::progress::Display;
-use super::size::{human, parse_size};
+use super::progress::{summary_line, Display};
+use super::size::parse_size;
 use super::Failure;
 
 /// Where sources land without --dest or GIT_SYNC_ROOT, if that folder exists.
@@ -192,7 +192,7 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
     };
-    let display = Arc::new(Display::for_stderr());
+    let display = Arc::new(Display::without_summary());
     let outcomes = localize::localize(&specs, &dest, &ctx, display).await?;
     print_outcomes(&outcomes, &dest, args.output);
     Ok(ExitCode::SUCCESS)
@@ -228,24 +228,10 @@ fn print_outcomes(outcomes: &[Outcome], dest: &std::path::Path, output: Output) 
                 println!("{value}");
             }
             Output::Text => {
-                let verb = if o.skipped { "unchanged" } else { "localized" };
-                println!(
-                    "{verb} {} -> {} ({} {}, {} files, {}, {:.1}s)",
-                    e.url,
-                    dest.join(&e.into).display(),
-                    e.kind,
-                    short(&e.revision.id),
-                    e.files,
-                    human(e.bytes),
-                    e.seconds
-                );
+                println!("{}", summary_line(e, o.skipped, Some(&dest.join(&e.into))));
             }
         }
     }
-}
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// Where git-sync (and so Submarine's SSH mode) expects the mounted SSH Secret.

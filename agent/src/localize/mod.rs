@@ -271,10 +271,9 @@ pub async fn localize(
                 shown: spec.display.clone(),
                 error,
             })?;
-        progress.send(if outcome.skipped {
-            ProgressEvent::Skipped
-        } else {
-            ProgressEvent::Finished
+        progress.send(ProgressEvent::Done {
+            entry: Box::new(outcome.entry.clone()),
+            skipped: outcome.skipped,
         });
         outcomes.push(outcome);
     }
@@ -291,7 +290,8 @@ async fn localize_one(
 ) -> Result<Outcome, SourceError> {
     let target = dest.join(&spec.into);
     if let Some(entry) = already_published(spec, dest, record, ctx).await? {
-        tracing::info!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
+        // The caller says it to people (the summary line); this is for debugging.
+        tracing::debug!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
         return Ok(Outcome {
             entry,
             skipped: true,
@@ -340,7 +340,7 @@ async fn localize_one(
             path: Record::path(dest),
             error,
         })?;
-    tracing::info!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
+    tracing::debug!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
         bytes = entry.bytes, files = entry.files, "localized");
     Ok(Outcome {
         entry,
