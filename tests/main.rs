@@ -12,6 +12,7 @@ mod artifacts_metastore;
 mod cli;
 mod examples;
 mod exec;
+mod localize_gcs;
 mod localize_hostile;
 mod localize_http;
 mod localize_messages;

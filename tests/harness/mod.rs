@@ -162,6 +162,7 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 pub mod azurite;
+pub mod gcs;
 pub mod mariadb;
 pub mod metrics;
 pub mod mlflow;
