@@ -17,6 +17,7 @@ mod localize_hostile;
 mod localize_http;
 mod localize_messages;
 mod localize_object;
+mod localize_proxy;
 mod metrics_mlflow;
 mod metrics_mysql;
 mod metrics_refused;

@@ -53,6 +53,14 @@ Each source lands at DEST/<into>, staged under DEST/.periscope/ and published wi
 DEST/.periscope/localized.json records the exact revision. Running again with the same sources
 fetches nothing; a new revision replaces the old one atomically.
 
+Proxies: git over http(s), archive downloads and object stores follow one rule, curl's and git's:
+http_proxy for http:// URLs, https_proxy for https:// URLs (CONNECT), all_proxy for either when
+its own is unset; no_proxy lists hosts reached directly (example.com also covers its subdomains;
+IP addresses, CIDR blocks, `*`). Each name may be lowercase or uppercase, the lowercase one wins,
+an empty value is unset, and nothing is exempt by default (not even localhost). A proxy is an
+http:// URL (host:port means http://host:port); a user and password in it go to the proxy only.
+git over ssh and git:// never use a proxy.
+
 With no --source, git-sync's variables are read, v4 names first, then v3's (GIT_SYNC_REPO and the
 rest, what Submarine sets): GITSYNC_REPO, GITSYNC_REF (v3 GIT_SYNC_BRANCH, GIT_SYNC_REV),
 GITSYNC_DEPTH, GITSYNC_SUBMODULES, GITSYNC_ROOT, GITSYNC_LINK (v3 GIT_SYNC_DEST), GITSYNC_USERNAME,
@@ -111,8 +119,8 @@ pub struct LocalizeArgs {
     /// Parallel transfers per source (object prefixes, ranged downloads).
     #[arg(long, env = "PERISCOPE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
-    /// Tries per request, including the first, for transient failures (connect errors, timeouts,
-    /// 429, 5xx).
+    /// Tries per request, including the first, for transient failures (connect errors, a host
+    /// that does not resolve yet, timeouts, 429, 5xx).
     #[arg(long, env = "PERISCOPE_RETRIES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     retries: u32,
     /// Seconds allowed to connect.

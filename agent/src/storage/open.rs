@@ -15,6 +15,8 @@ use url::Url;
 
 use super::error::{scrub, StorageError};
 use super::service::Service;
+use crate::net::proxy::Proxies;
+use crate::net::store_client::Connector;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
 
@@ -121,15 +123,23 @@ pub fn open_parts_with_env(
         shown: shown.clone(),
         message: scrub(&crate::error::chain(&e)),
     };
+    let proxies =
+        Proxies::from_vars(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .map_err(|e| StorageError::Config {
+                service,
+                shown: shown.clone(),
+                message: e.to_string(),
+            })?;
+    let connector = || Connector::new(proxies.clone(), opts.retry.attempts);
     let env = ServiceEnv::of(service, env);
     let (objects, parts) = match service {
         Service::Local => (
             Arc::new(LocalFileSystem::new()) as Arc<dyn ObjectStore>,
             None,
         ),
-        Service::S3 => both(s3(url, opts, &env).map_err(config_error)?),
-        Service::Gcs => both(gcs(url, opts, &env).map_err(config_error)?),
-        Service::Azure => both(azure(url, opts, &env).map_err(config_error)?),
+        Service::S3 => both(s3(url, opts, &env, connector()).map_err(config_error)?),
+        Service::Gcs => both(gcs(url, opts, &env, connector()).map_err(config_error)?),
+        Service::Azure => both(azure(url, opts, &env, connector()).map_err(config_error)?),
     };
     tracing::debug!(url = %shown, service = service.name(), "object store configured");
     Ok(Opened {
@@ -177,7 +187,12 @@ impl<'a> ServiceEnv<'a> {
 }
 
 /// S3 and S3-compatible servers (`AWS_ENDPOINT_URL`).
-fn s3(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Result<AmazonS3> {
+fn s3(
+    url: &Url,
+    opts: &StoreOptions,
+    env: &ServiceEnv,
+    connector: Connector,
+) -> object_store::Result<AmazonS3> {
     let mut builder = AmazonS3Builder::new();
     // Every upload carries its SHA-256 (x-amz-checksum-sha256), which the server checks before it
     // stores a byte: the digest is the one SigV4 computes anyway. Servers that refuse the header
@@ -204,6 +219,7 @@ fn s3(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Result<
     builder
         .with_url(url.as_str())
         .with_client_options(client_options(opts, http)?)
+        .with_http_connector(connector)
         .with_retry(retry_config(&opts.retry))
         .build()
 }
@@ -217,6 +233,7 @@ fn gcs(
     url: &Url,
     opts: &StoreOptions,
     env: &ServiceEnv,
+    connector: Connector,
 ) -> object_store::Result<GoogleCloudStorage> {
     let mut builder = GoogleCloudStorageBuilder::new();
     let emulator = env.get("storage_emulator_host").map(emulator_url);
@@ -231,6 +248,7 @@ fn gcs(
     builder
         .with_url(url.as_str())
         .with_client_options(client_options(opts, http)?)
+        .with_http_connector(connector)
         .with_retry(retry_config(&opts.retry))
         .build()
 }
@@ -247,7 +265,12 @@ fn emulator_url(host: &str) -> String {
 }
 
 /// Azure Blob Storage (`AZURE_STORAGE_*`, including the Azurite emulator).
-fn azure(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Result<MicrosoftAzure> {
+fn azure(
+    url: &Url,
+    opts: &StoreOptions,
+    env: &ServiceEnv,
+    connector: Connector,
+) -> object_store::Result<MicrosoftAzure> {
     let mut builder = MicrosoftAzureBuilder::new();
     for (key, value) in env.keys::<AzureConfigKey>() {
         builder = builder.with_config(key, value);
@@ -262,6 +285,7 @@ fn azure(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Resu
     builder
         .with_url(url.as_str())
         .with_client_options(client_options(opts, http)?)
+        .with_http_connector(connector)
         .with_retry(retry_config(&opts.retry))
         .build()
 }
