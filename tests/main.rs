@@ -18,6 +18,7 @@ mod localize_http;
 mod localize_messages;
 mod localize_object;
 mod localize_proxy;
+mod localize_sync;
 mod metrics_mlflow;
 mod metrics_mysql;
 mod metrics_refused;

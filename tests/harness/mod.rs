@@ -180,3 +180,4 @@ pub mod process;
 pub mod rawhttp;
 pub mod s3;
 pub mod tinyproxy;
+pub mod webhook;

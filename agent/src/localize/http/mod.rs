@@ -157,6 +157,12 @@ impl Classify for HttpError {
     }
 }
 
+/// The HTTP client of a localize run (TLS settings, timeouts, the proxy rule), for other
+/// requests of the run than archive downloads (sync webhooks).
+pub fn client(ctx: &FetchContext) -> Result<reqwest::Client, HttpError> {
+    client::build(ctx)
+}
+
 /// What to do about a host that did not resolve.
 pub(crate) const RESOLVE_HINT: &str =
     "check the host name in the URL (a typo?), and that this machine's DNS answers for it";
