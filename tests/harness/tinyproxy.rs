@@ -21,6 +21,15 @@ impl Tinyproxy {
     /// Starts tinyproxy on a free port, accepting clients from 127.0.0.1 only, and CONNECT to any
     /// port (no `ConnectPort` line), as a cluster's egress proxy would.
     pub fn start() -> Tinyproxy {
+        Tinyproxy::start_with("")
+    }
+
+    /// [`Tinyproxy::start`], asking clients for this user and password (HTTP 407 without them).
+    pub fn start_with_auth(user: &str, password: &str) -> Tinyproxy {
+        Tinyproxy::start_with(&format!("BasicAuth {user} {password}\n"))
+    }
+
+    fn start_with(extra: &str) -> Tinyproxy {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let log = dir.path().join("tinyproxy.log");
@@ -30,7 +39,7 @@ impl Tinyproxy {
                 &conf,
                 format!(
                     "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nLogFile \"{}\"\n\
-                     LogLevel Connect\nMaxClients 64\nTimeout 60\n",
+                     LogLevel Connect\nMaxClients 64\nTimeout 60\n{extra}",
                     log.display()
                 ),
             )

@@ -292,6 +292,11 @@ pub(super) fn status_error(status: u16, sent_credentials: bool) -> Option<GitErr
                 )
             },
         },
+        407 => GitError::AuthRefused {
+            detail: "the proxy asks for credentials: put them in the proxy URL \
+                     (http://user:password@proxy:port) (HTTP 407)"
+                .into(),
+        },
         404 | 410 => GitError::RepoNotFound {
             detail: format!("HTTP {status}"),
         },

@@ -135,9 +135,13 @@ impl Classify for HttpError {
             HttpError::Status {
                 status: 404 | 410, ..
             } => Some("check the URL; the server has no file there".into()),
+            HttpError::Status { status: 407, .. } => Some(
+                "the proxy asks for credentials: put them in the proxy URL \
+                 (http://user:password@proxy:port)"
+                    .into(),
+            ),
             HttpError::Status {
-                status: 401 | 403 | 407,
-                ..
+                status: 401 | 403, ..
             } => Some(
                 "the server refused the credentials: check the user and token in the URL, or that \
                  a presigned URL has not expired"
