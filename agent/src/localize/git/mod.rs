@@ -159,6 +159,7 @@ async fn retrying<T: Send + 'static>(
 ) -> Result<T, GitError> {
     let step = Arc::new(step);
     let shown = redact_url(url);
+    let attempts = ctx.retry.attempts;
     ctx.retry
         .run(
             |_| {
@@ -170,9 +171,10 @@ async fn retrying<T: Send + 'static>(
                 }
             },
             GitError::verdict,
-            |e, attempt, wait| {
-                tracing::warn!(source = %shown, attempt, wait_ms = wait.as_millis() as u64,
-                    error = %e, "git fetch failed; retrying");
+            |e, attempt, wait| match e.unresolved_host() {
+                Some(host) => crate::net::warn_unresolved(host, attempt, attempts, Some(wait)),
+                None => tracing::warn!(source = %shown, attempt, wait_ms = wait.as_millis() as u64,
+                    error = %e, "git fetch failed; retrying"),
             },
         )
         .await
