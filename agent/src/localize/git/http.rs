@@ -23,8 +23,8 @@ use bytes::Bytes;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 use git2::Remote;
 
-use super::auth::Session;
 use super::error::GitError;
+use super::session::Session;
 use crate::net::reqwest_text as chain;
 
 thread_local! {
@@ -333,33 +333,4 @@ pub(super) fn transfer_error(e: &reqwest::Error) -> GitError {
     GitError::Unreachable {
         detail: format!("the reply broke off: {}", chain(e)),
     }
-}
-
-/// The HTTP client git uses for a localize run: the same TLS roots, `--ca-file`,
-/// `GIT_SSL_NO_VERIFY`, timeouts and proxy rule as archive downloads.
-pub fn client(ctx: &crate::localize::FetchContext) -> Result<reqwest::Client, GitError> {
-    crate::net::tls::ensure_provider();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(ctx.connect_timeout)
-        .read_timeout(ctx.idle_timeout)
-        // Smart HTTP servers (and the hosting services in front of them) expect a git agent.
-        .user_agent(concat!(
-            "git/2.0 (periscope/",
-            env!("CARGO_PKG_VERSION"),
-            ")"
-        ));
-    if let Some(path) = &ctx.tls.ca_file {
-        let certs = crate::net::ca::certs(path).map_err(|detail| GitError::CaFile {
-            path: path.clone(),
-            detail,
-        })?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    if ctx.tls.insecure {
-        builder = builder.danger_accept_invalid_certs(true);
-    }
-    crate::net::proxy::Proxies::from_env()?
-        .apply(builder)
-        .build()
-        .map_err(|e| GitError::Internal(format!("cannot build the HTTP client: {}", chain(&e))))
 }

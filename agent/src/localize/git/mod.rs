@@ -25,6 +25,7 @@ mod http;
 pub mod known_hosts;
 mod lfs;
 mod remote;
+mod session;
 mod submodule;
 
 use std::path::{Path, PathBuf};
@@ -37,8 +38,8 @@ use super::{
     Submodules,
 };
 use crate::redact::redact_url;
-use auth::Session;
 use fetch::FetchPlan;
+use session::Session;
 
 /// The commit the source's ref points at now, without fetching objects. A full SHA names itself,
 /// so no server is asked.
