@@ -14,6 +14,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// The name fragment that marks an event file.
 pub const MARKER: &str = "tfevents";
@@ -74,15 +75,51 @@ pub fn logical_name(name: &str) -> &str {
     split_segment_name(name).0
 }
 
+/// Which event files under a root are wanted. The default wants every one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Only files modified at or after this time: the ones a job wrote, not ones it found there.
+    pub since: Option<SystemTime>,
+    /// How many folders below the root to look (`None`: no limit).
+    pub max_depth: Option<usize>,
+    /// Hidden folders (`.git`, `.venv`) and folders named like virtual environments and caches
+    /// are not walked.
+    pub skip_hidden: bool,
+    /// Folders not walked (absolute paths, as the walk meets them).
+    pub skip: Vec<PathBuf>,
+}
+
+/// A folder searched for the event files a command writes of its own accord (tensorboardX's and
+/// PyTorch's `./runs/`, Lightning's `./lightning_logs/`), within a [`Scope`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    pub root: PathBuf,
+    pub scope: Scope,
+}
+
 /// Every event file under `root`, sorted by relative path.
 pub fn discover(root: &Path) -> io::Result<Vec<EventFile>> {
+    discover_in(root, &Scope::default())
+}
+
+/// The event files under `root` that `scope` wants, sorted by relative path.
+pub fn discover_in(root: &Path, scope: &Scope) -> io::Result<Vec<EventFile>> {
     let mut found = Vec::new();
-    walk(root, Path::new(""), &mut found, true)?;
+    walk(root, Path::new(""), &mut found, true, scope)?;
     found.sort();
     Ok(found)
 }
 
-fn walk(dir: &Path, rel: &Path, found: &mut Vec<EventFile>, is_root: bool) -> io::Result<()> {
+/// Folder names a search skips with `skip_hidden`: environments and caches, never a job's logs.
+const SKIPPED_NAMES: &[&str] = &["node_modules", "venv", "__pycache__", "site-packages"];
+
+fn walk(
+    dir: &Path,
+    rel: &Path,
+    found: &mut Vec<EventFile>,
+    is_root: bool,
+    scope: &Scope,
+) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if !is_root && e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -102,10 +139,19 @@ fn walk(dir: &Path, rel: &Path, found: &mut Vec<EventFile>, is_root: bool) -> io
         };
         let path = entry.path();
         let relative = rel.join(&name);
+        let text = name.to_string_lossy();
         if file_type.is_dir() {
-            walk(&path, &relative, found, false)?;
-        } else if is_event_file_name(&name.to_string_lossy())
+            let deep = scope
+                .max_depth
+                .is_some_and(|max| relative.components().count() > max);
+            let hidden = scope.skip_hidden
+                && (text.starts_with('.') || SKIPPED_NAMES.contains(&text.as_ref()));
+            if !deep && !hidden && !scope.skip.contains(&path) {
+                walk(&path, &relative, found, false, scope)?;
+            }
+        } else if is_event_file_name(&text)
             && (file_type.is_file() || path.is_file())
+            && written_since(&path, scope.since)
         {
             found.push(EventFile { relative, path });
         }
@@ -113,9 +159,58 @@ fn walk(dir: &Path, rel: &Path, found: &mut Vec<EventFile>, is_root: bool) -> io
     Ok(())
 }
 
+/// Whether the file at `path` was modified at or after `since` (always, without a time).
+fn written_since(path: &Path, since: Option<SystemTime>) -> bool {
+    let Some(since) = since else { return true };
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|modified| modified >= since)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_skips_old_files_hidden_and_skipped_folders_and_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for folder in ["runs/a", ".venv/x", "data/runs/b", "deep/1/2/3/4", "venv/y"] {
+            fs::create_dir_all(root.join(folder)).unwrap();
+        }
+        let old = root.join("runs/a/events.out.tfevents.0.old");
+        fs::write(&old, b"").unwrap();
+        let an_hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
+        let since = SystemTime::now() - std::time::Duration::from_secs(60);
+        for f in [
+            "runs/a/events.out.tfevents.1.new",
+            ".venv/x/events.out.tfevents.2",
+            "data/runs/b/events.out.tfevents.3",
+            "deep/1/2/3/4/events.out.tfevents.4",
+            "venv/y/events.out.tfevents.5",
+        ] {
+            fs::write(root.join(f), b"").unwrap();
+        }
+        let scope = Scope {
+            since: Some(since),
+            max_depth: Some(3),
+            skip_hidden: true,
+            skip: vec![root.join("data")],
+        };
+        let found: Vec<PathBuf> = discover_in(root, &scope)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.relative)
+            .collect();
+        assert_eq!(found, [PathBuf::from("runs/a/events.out.tfevents.1.new")]);
+        assert_eq!(discover(root).unwrap().len(), 6, "no scope finds them all");
+    }
 
     #[test]
     fn finds_event_files_recursively_in_sorted_order() {

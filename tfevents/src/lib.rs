@@ -32,7 +32,7 @@ pub mod series;
 mod wire;
 pub mod writer;
 
-pub use discover::{discover, EventFile};
+pub use discover::{discover, discover_in, EventFile, Scope, Search};
 pub use error::TfeventsError;
 pub use events::{EventItem, EventReader, Position, ReadEvent, RecordScalars, ScalarItem};
 pub use reader::{Damage, DamageKind, DamageSummary, Next, RecordReader, RecordRef};

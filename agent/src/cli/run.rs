@@ -132,10 +132,8 @@ fn summary(report: &RunReport) -> String {
         None => format!("the command exited {code}"),
     };
     let mut line = format!(
-        "periscope: {ended}; {} of logs and {} metrics records stored; storage: {}",
-        human(s.log_bytes),
-        s.metrics_delivered,
-        s.stored_at
+        "periscope: {ended}; {} of logs, {} event file(s) and {} metrics records stored; storage: {}",
+        human(s.log_bytes), s.tfevents_files, s.metrics_delivered, s.stored_at
     );
     for (ending, what) in [(&s.shipping, "logs and tf.events"), (&s.metrics, "metrics")] {
         if let Ending::Incomplete { backlog, reason } = ending {

@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Item, Metric};
-use crate::tfevents::{discover, DamageSummary, EventItem, EventReader, Position};
+use crate::tfevents::{
+    discover_in, DamageSummary, EventItem, EventReader, Position, Scope, Search,
+};
 
 /// What the tf.events source has read. Invariant: `files[p]` is a record boundary of file `p`;
 /// `run_keys[r]` holds every key emitted for run `r` before those positions.
@@ -62,14 +64,18 @@ fn run_name(run: &Path) -> String {
 /// items to `out` and returns the new state.
 pub fn read(
     roots: &[PathBuf],
+    search: Option<&Search>,
     state: &ScalarsState,
     worker: &str,
     max_items: usize,
     out: &mut Vec<Item>,
 ) -> io::Result<ScalarsState> {
     let mut state = state.clone();
-    for root in roots {
-        let files = match discover(root) {
+    let every = Scope::default();
+    let roots =
+        (roots.iter().map(|r| (r, &every))).chain(search.into_iter().map(|s| (&s.root, &s.scope)));
+    for (root, scope) in roots {
+        let files = match discover_in(root, scope) {
             Ok(files) => files,
             // The training script has not created the folder yet.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -171,6 +177,7 @@ mod tests {
         let mut out = Vec::new();
         let s1 = read(
             std::slice::from_ref(&root),
+            None,
             &ScalarsState::default(),
             "w",
             100,
@@ -187,12 +194,12 @@ mod tests {
             .unwrap();
         top.flush().unwrap();
         out.clear();
-        let s2 = read(std::slice::from_ref(&root), &s1, "w", 100, &mut out).unwrap();
+        let s2 = read(std::slice::from_ref(&root), None, &s1, "w", 100, &mut out).unwrap();
         let got = metrics(&out);
         assert_eq!(got.len(), 1);
         assert!(got[0].2.is_nan());
         out.clear();
-        read(&[root], &s2, "w", 100, &mut out).unwrap();
+        read(&[root], None, &s2, "w", 100, &mut out).unwrap();
         assert!(out.is_empty());
     }
 
@@ -210,7 +217,7 @@ mod tests {
             .unwrap();
         w.flush().unwrap();
         let mut out = Vec::new();
-        read(&[root], &ScalarsState::default(), "w", 100, &mut out).unwrap();
+        read(&[root], None, &ScalarsState::default(), "w", 100, &mut out).unwrap();
         let purge = out
             .iter()
             .position(|i| matches!(i, Item::Purge { .. }))

@@ -182,6 +182,30 @@ fn sql_err(path: &Path, what: &str) -> impl FnOnce(rusqlite::Error) -> SinkError
     }
 }
 
+/// Runs `step` until it is not refused as busy or locked, for up to [`OPEN_PATIENCE`]: on open,
+/// processes that start together (two `periscope run` on one data folder) each switch the file to
+/// WAL and create the tables, and SQLite refuses one of them at once, without its busy handler,
+/// when their locks would otherwise deadlock.
+fn while_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + OPEN_PATIENCE;
+    loop {
+        match step() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long opening the metastore waits for other processes opening it at the same time.
+const OPEN_PATIENCE: Duration = Duration::from_secs(15);
+
 impl SqliteStore {
     /// Opens or creates the database at `path` (and its folder) with the schema.
     pub fn open(path: &Path) -> Result<SqliteStore, SinkError> {
@@ -195,9 +219,7 @@ impl SqliteStore {
         }
         let conn = Connection::open(path).map_err(sql_err(path, "open the database"))?;
         let store = SqliteStore::configure(conn, path)?;
-        store
-            .conn
-            .execute_batch(SCHEMA)
+        while_busy(|| store.conn.execute_batch(SCHEMA))
             .map_err(sql_err(path, "create the tables"))?;
         Ok(store)
     }
@@ -225,9 +247,11 @@ impl SqliteStore {
         // queue keeps the batch and it is retried after a backoff instead.
         conn.busy_timeout(Duration::from_secs(1))
             .map_err(sql_err(path, "set the busy timeout"))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-        )
+        while_busy(|| {
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
+        })
         .map_err(sql_err(path, "configure the database"))?;
         Ok(SqliteStore {
             conn,

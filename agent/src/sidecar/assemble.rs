@@ -36,6 +36,8 @@ pub struct Report {
     pub metrics: Ending,
     /// Log bytes stored.
     pub log_bytes: u64,
+    /// Event files mirrored.
+    pub tfevents_files: usize,
     /// Metrics, params, tags and statuses delivered to the metastore.
     pub metrics_delivered: u64,
     /// Each artifacts folder with its save.
@@ -105,9 +107,10 @@ impl Sidecar {
             cfg.spool_max_bytes = logs.spool_max_bytes.max(cfg.chunk_bytes as u64);
             pipelines.logs = Some(LogShipper::open(cfg, store.clone())?);
         }
-        if !settings.tfevents.is_empty() {
+        if !settings.tfevents.is_empty() || settings.tfevents_search.is_some() {
             let cfg = MirrorConfig {
                 roots: settings.tfevents.clone(),
+                search: settings.tfevents_search.clone(),
                 worker_prefix,
                 state_dir: settings.state_dir.clone(),
                 interval: settings.tfevents_interval,
@@ -212,6 +215,7 @@ impl Sidecar {
             shipping,
             metrics,
             log_bytes,
+            tfevents_files: pipelines.tfevents.as_ref().map_or(0, TfeventsMirror::files),
             metrics_delivered: pipeline.stats().delivered_items,
             saves,
             stored_at: self.stored_at,

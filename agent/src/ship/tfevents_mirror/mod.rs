@@ -32,7 +32,7 @@ use self::state::MirrorState;
 use self::upload::{UploadError, Uploader};
 use super::logs::ShipError;
 use crate::retry::{RetryPolicy, Verdict};
-use crate::tfevents::discover::{self, split_segment_name};
+use crate::tfevents::discover::{self, split_segment_name, Scope, Search};
 
 pub use self::layout::TFEVENTS_DIR;
 pub use self::state::MIRROR_FILE;
@@ -47,6 +47,9 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 pub struct MirrorConfig {
     /// Folders searched (recursively) for files whose name contains `tfevents`.
     pub roots: Vec<PathBuf>,
+    /// A folder searched for the event files a command writes there of its own accord, stored
+    /// beside the roots' (as if it were one more root).
+    pub search: Option<Search>,
     /// `<prefix>/<experiment>/<worker>` inside the store.
     pub worker_prefix: Path,
     pub state_dir: PathBuf,
@@ -64,6 +67,7 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             roots: Vec::new(),
+            search: None,
             worker_prefix: Path::default(),
             state_dir: PathBuf::new(),
             interval: Duration::from_secs(10),
@@ -116,7 +120,9 @@ impl TfeventsMirror {
             error,
         })?;
         let saved = MirrorState::load(&cfg.state_dir, cfg.worker_prefix.as_ref());
-        let layout = Layout::new(&cfg.worker_prefix, &cfg.roots);
+        let mut all_roots = cfg.roots.clone();
+        all_roots.extend(cfg.search.iter().map(|s| s.root.clone()));
+        let layout = Layout::new(&cfg.worker_prefix, &all_roots);
         let uploader = Uploader::new(store, layout.staging_key());
         let mut mirror = TfeventsMirror {
             limits: Limits::new(cfg.tail_bytes, cfg.segment_bytes),
@@ -131,6 +137,11 @@ impl TfeventsMirror {
         };
         mirror.discover();
         Ok(mirror)
+    }
+
+    /// How many event files are mirrored.
+    pub fn files(&self) -> usize {
+        self.files.len()
     }
 
     /// Whether any whole record is not yet stored.
@@ -265,8 +276,11 @@ impl TfeventsMirror {
     }
 
     fn discover(&mut self) {
-        for (index, root) in self.cfg.roots.iter().enumerate() {
-            let Ok(found) = discover::discover(root) else {
+        let every = Scope::default();
+        let roots = (self.cfg.roots.iter().map(|r| (r, &every)))
+            .chain(self.cfg.search.iter().map(|s| (&s.root, &s.scope)));
+        for (index, (root, scope)) in roots.enumerate() {
+            let Ok(found) = discover::discover_in(root, scope) else {
                 continue;
             };
             for ev in found {
