@@ -226,18 +226,16 @@ fn the_readme_quickstart_command_works_as_written() {
     );
 }
 
-/// `periscope run` with the example job and `--metastore URL`; returns the job's stdout after
+/// `periscope run` with the example job and the metastore URL in the environment variable `var`
+/// (as a platform sets it for the pod, with no `--metastore` flag); returns the job's stdout after
 /// checking that the run succeeded.
-fn run_example_into(metastore: &str, experiment: &str, data: &Path) -> String {
+fn run_example_into(var: &str, metastore: &str, experiment: &str, data: &Path) -> String {
     let (code, stdout, stderr) = output(
         periscope()
-            .args([
-                "run",
-                "--experiment-id",
-                experiment,
-                "--metastore",
-                metastore,
-            ])
+            .env_remove("PERISCOPE_METASTORE")
+            .env_remove("SUBMARINE_TRACKING_URI")
+            .env(var, metastore)
+            .args(["run", "--experiment-id", experiment])
             .args(["--source", &example(), "--data-dir"])
             .arg(data)
             .args(["--", "python3", "train.py", "--epochs", "2"]),
@@ -251,6 +249,7 @@ fn run_sends_metrics_params_and_status_to_an_mlflow_tracking_server() {
     let server = crate::harness::mlflow::MlflowServer::start();
     let data = tempfile::tempdir().unwrap();
     run_example_into(
+        "PERISCOPE_METASTORE",
         &format!("mlflow+{}", server.uri()),
         "exp-run-mlflow",
         data.path(),
@@ -279,7 +278,13 @@ fn run_sends_metrics_params_and_status_to_an_mlflow_tracking_server() {
 fn run_sends_metrics_params_and_status_to_submarines_mariadb() {
     let db = crate::harness::mariadb::MariaDb::start_with_submarine_tables();
     let data = tempfile::tempdir().unwrap();
-    run_example_into(&db.url(), "exp-run-maria", data.path());
+    let submarine_form = db.url_with("mysql+pymysql", crate::harness::mariadb::PASSWORD);
+    run_example_into(
+        "SUBMARINE_TRACKING_URI",
+        &submarine_form,
+        "exp-run-maria",
+        data.path(),
+    );
     let count = |sql: &str| db.sql(sql).trim().to_string();
     assert_eq!(
         count("SELECT COUNT(*) FROM metric WHERE id = 'exp-run-maria' AND `key` = 'epoch_loss'"),
