@@ -161,12 +161,7 @@ impl<'a> Push<'a> {
         let walked = tokio::task::spawn_blocking(move || walk::walk(&root))
             .await
             .map_err(|e| ArtifactsError::Task(e.to_string()))??;
-        let shown_base = cfg.shown_base();
-        let canonical = std::fs::canonicalize(dir).map_err(|error| ArtifactsError::Read {
-            path: dir.to_path_buf(),
-            error,
-        })?;
-        let state_path = PushState::path(&cfg.state_dir, &canonical, &shown_base);
+        let (state_path, shown_base) = state_location(dir, cfg)?;
         let state = PushState::load(&state_path, &shown_base);
         let push = Push {
             cfg,
@@ -442,6 +437,29 @@ impl<'a> Push<'a> {
             reused_bytes: tally.reused_bytes,
         })
     }
+}
+
+/// The push state file of `dir` for `cfg`'s destination, and that destination as the state
+/// names it.
+fn state_location(dir: &FsPath, cfg: &PushConfig) -> Result<(PathBuf, String), ArtifactsError> {
+    let shown_base = cfg.shown_base();
+    let canonical = std::fs::canonicalize(dir).map_err(|error| ArtifactsError::Read {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    Ok((
+        PushState::path(&cfg.state_dir, &canonical, &shown_base),
+        shown_base,
+    ))
+}
+
+/// The save an interrupted push of `dir` left unfinished, and how many of its files are stored
+/// whole, as the push state says (the next push of `dir` continues it while it is the highest).
+pub fn unfinished(dir: &FsPath, cfg: &PushConfig) -> Option<(u64, usize)> {
+    let (path, shown_base) = state_location(dir, cfg).ok()?;
+    let state = PushState::load(&path, &shown_base);
+    let stored = state.files.values().filter(|k| k.stored).count();
+    Some((state.save?, stored))
 }
 
 /// Writes the push state file.
