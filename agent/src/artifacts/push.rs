@@ -713,6 +713,21 @@ async fn store_one(
 }
 
 #[cfg(test)]
+impl PushConfig {
+    /// A push to the worker `jobs/e/w` of `store` (an in-memory one, in tests).
+    pub(crate) fn for_tests(store: Arc<dyn ObjectStore>, state_dir: PathBuf) -> PushConfig {
+        let shown = "mem://jobs/e/w".to_string();
+        PushConfig::new(
+            store,
+            Service::Local,
+            Path::from("jobs/e/w"),
+            shown,
+            state_dir,
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use object_store::memory::InMemory;
@@ -729,15 +744,7 @@ mod tests {
         std::fs::write(src.join("ckpt/model.bin"), vec![7u8; 3000]).unwrap();
         std::fs::write(src.join("config.json"), b"{}").unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let cfg = |state: &FsPath| {
-            PushConfig::new(
-                store.clone(),
-                Service::Local,
-                Path::from("jobs/e/w"),
-                "mem://jobs/e/w".into(),
-                state.to_path_buf(),
-            )
-        };
+        let cfg = |state: &FsPath| PushConfig::for_tests(store.clone(), state.to_path_buf());
         // No save yet: nothing is hashed before the uploads, whose digests go in the manifest.
         let first = push(&src, &cfg(&state_a)).await.unwrap();
         assert_eq!((first.save, first.sent), (1, 2));
@@ -766,13 +773,7 @@ mod tests {
     #[tokio::test]
     async fn a_number_another_push_claimed_after_the_listing_is_passed_over() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let cfg = PushConfig::new(
-            store.clone(),
-            Service::Local,
-            Path::from("jobs/e/w"),
-            "mem://jobs/e/w".into(),
-            PathBuf::from("/nonexistent"),
-        );
+        let cfg = PushConfig::for_tests(store.clone(), PathBuf::from("/nonexistent"));
         let base = cfg.base();
         // Another push listed the same (empty) folder and claimed save 1 first.
         assert!(saves::claim(&store, Service::Local, &base, 1, "other")

@@ -106,6 +106,10 @@ pub async fn restore(from: &Saves<'_>, dir: &FsPath) -> Result<Restored, Artifac
     let lease = Lease::take(from, n).await?;
     let loaded = fetch(from, n, &manifest, &staging).await;
     lease.release().await;
+    if loaded.is_err() {
+        // Nothing of a refused save stays behind (a kill here is cleaned by the next restore).
+        let _ = std::fs::remove_dir_all(&staging);
+    }
     let bytes = loaded?;
     // Durable before `ready` says so: a restore finished after a crash moves only whole files.
     crate::fsutil::sync_tree(&staging).map_err(io(&staging))?;
@@ -278,4 +282,104 @@ pub async fn leased(
             rel.first()?.as_ref().parse().ok()
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifacts::push::{push, PushConfig};
+    use object_store::memory::InMemory;
+
+    /// A store holding one save of `files`, and the worker's `artifacts` prefix.
+    async fn one_save(files: &[(&str, &[u8])]) -> (Arc<dyn ObjectStore>, Path) {
+        let work = tempfile::tempdir().unwrap();
+        for (rel, body) in files {
+            let path = work.path().join("src").join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, body).unwrap();
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cfg = PushConfig::for_tests(store.clone(), work.path().join("state"));
+        assert_eq!(push(&work.path().join("src"), &cfg).await.unwrap().save, 1);
+        (store, Path::from("jobs/e/w/artifacts"))
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_restore_is_started_again_or_finished_never_left_half_done() {
+        let (store, base) = one_save(&[("a.bin", b"aaa"), ("sub/b.bin", b"bb")]).await;
+        let from = Saves {
+            store: &store,
+            service: Service::Local,
+            base: &base,
+            shown: "mem://jobs/e/w/artifacts",
+            concurrency: 2,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let read = |rel: &str| std::fs::read(dir.path().join(rel)).unwrap();
+
+        // Killed while downloading: a stage without `ready` is thrown away and fetched again.
+        let staging = dir.path().join(STAGING_DIR);
+        std::fs::create_dir_all(staging.join("1/sub")).unwrap();
+        std::fs::write(staging.join("1/sub/b.bin"), b"b").unwrap();
+        let restored = restore(&from, dir.path()).await.unwrap();
+        assert!(
+            matches!(
+                restored,
+                Restored::Loaded {
+                    save: 1,
+                    files: 2,
+                    bytes: 5
+                }
+            ),
+            "{restored:?}"
+        );
+        assert_eq!(
+            (read("a.bin"), read("sub/b.bin")),
+            (b"aaa".to_vec(), b"bb".to_vec())
+        );
+        assert!(!staging.exists());
+
+        // Killed while moving into place: the verified stage is finished, not fetched again.
+        let dir2 = tempfile::tempdir().unwrap();
+        let staging2 = dir2.path().join(STAGING_DIR);
+        std::fs::create_dir_all(staging2.join("1/sub")).unwrap();
+        std::fs::write(staging2.join("1/sub/b.bin"), b"bb").unwrap();
+        std::fs::write(dir2.path().join("a.bin"), b"aaa").unwrap();
+        std::fs::write(staging2.join(READY_FILE), b"1").unwrap();
+        let restored = restore(&from, dir2.path()).await.unwrap();
+        assert_eq!(
+            restored,
+            Restored::Loaded {
+                save: 1,
+                files: 2,
+                bytes: 5
+            }
+        );
+        assert_eq!(std::fs::read(dir2.path().join("sub/b.bin")).unwrap(), b"bb");
+        assert!(!staging2.exists());
+
+        // A tampered object refuses the restore and leaves the folder without the save.
+        store
+            .put(
+                &Path::from("jobs/e/w/artifacts/1/a.bin"),
+                PutPayload::from_static(b"xxx"),
+            )
+            .await
+            .unwrap();
+        let dir3 = tempfile::tempdir().unwrap();
+        let err = restore(&from, dir3.path()).await.unwrap_err();
+        assert!(matches!(err, ArtifactsError::Integrity { .. }), "{err}");
+        assert!(!dir3.path().join("a.bin").exists());
+        assert!(!dir3.path().join(STAGING_DIR).exists());
+        // No read lease outlives a restore.
+        assert!(leased(
+            &store,
+            Service::Local,
+            &base,
+            std::time::Duration::from_secs(60)
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    }
 }

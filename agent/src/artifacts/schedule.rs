@@ -5,9 +5,10 @@
 //! While the job runs, a save is taken every `every` (counted from the start of the previous
 //! one), when the marker file appears (it is removed once a save that began after it appeared is
 //! complete, so a script can wait for it), and at once when an earlier start left a save
-//! unfinished (it is continued). A save whose file changed or vanished while it was read is
-//! taken again at once, up to [`RETAKES`] times; any other failure waits for the next tick (a
-//! marker is tried again after [`RETRY_PAUSE`]). Once the job is over, a save that is under way
+//! unfinished (it is continued); a folder that holds no file yet is left out of these. A save
+//! whose file changed or vanished while it was read is taken again at once, up to [`RETAKES`]
+//! times; any other failure waits for the next tick (a marker is tried again after
+//! [`RETRY_PAUSE`]). Once the job is over, a save that is under way
 //! is not waited for: the final save continues it.
 //!
 //! The final save must end by its deadline: `final_timeout` after the first stop signal
@@ -211,9 +212,10 @@ impl Saver {
             };
             let marked = why == Why::Marker || self.marker_present();
             let started = Instant::now();
+            let written = self.written_to();
             let saved = tokio::select! {
                 () = &mut over => break,
-                saved = self.save(&mut report) => saved,
+                saved = self.save(&mut report, Some(&written)) => saved,
             };
             next = self.schedule.every.map(|e| started + e);
             match saved {
@@ -236,7 +238,7 @@ impl Saver {
         let before = report.during.len();
         let deadline = clock.clone().deadline(self.schedule.final_timeout);
         tokio::select! {
-            saved = self.save(&mut report) => saved?,
+            saved = self.save(&mut report, None) => saved?,
             () = deadline => {
                 report.cut = Some(self.cut(&clock));
                 return Ok(report);
@@ -303,13 +305,35 @@ impl Saver {
         }
     }
 
-    /// One save of every folder, taken again while files change or vanish under it; then the
-    /// older saves are pruned. New saves go into `report.during`.
-    async fn save(&self, report: &mut SavesReport) -> Result<(), ArtifactsError> {
+    /// The folders that hold at least one file: while the job runs, a folder it has not written
+    /// to yet is not saved, so a job started without a restore never makes an empty save the
+    /// latest one (which a later restore would bring back instead of the last checkpoint).
+    fn written_to(&self) -> Vec<PathBuf> {
+        fn has_file(dir: &std::path::Path) -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            entries.flatten().any(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => has_file(&e.path()),
+                Ok(_) => true,
+                Err(_) => false,
+            })
+        }
+        self.dirs.iter().filter(|d| has_file(d)).cloned().collect()
+    }
+
+    /// One save of `dirs` (every folder when `None`), taken again while files change or vanish
+    /// under it; then the older saves are pruned. New saves go into `report.during`.
+    async fn save(
+        &self,
+        report: &mut SavesReport,
+        dirs: Option<&[PathBuf]>,
+    ) -> Result<(), ArtifactsError> {
+        let dirs = dirs.unwrap_or(&self.dirs);
         let mut take = 1;
         let outcomes = loop {
             match (self.target)
-                .push_all(&self.dirs, &self.state_dir, self.tuning)
+                .push_all(dirs, &self.state_dir, self.tuning)
                 .await
             {
                 Ok(outcomes) => break outcomes,
@@ -362,5 +386,50 @@ fn retakeable(e: &ArtifactsError) -> bool {
         ArtifactsError::FileChanging { .. } => true,
         ArtifactsError::Read { error, .. } => error.kind() == std::io::ErrorKind::NotFound,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobIdentity;
+    use crate::storage::StoreOptions;
+
+    #[tokio::test]
+    async fn a_folder_not_written_to_yet_is_not_saved_while_the_job_runs() {
+        let work = tempfile::tempdir().unwrap();
+        let url = url::Url::parse(&format!("file://{}/store", work.path().display())).unwrap();
+        let identity = JobIdentity {
+            experiment: "e".into(),
+            worker: "w".into(),
+        };
+        let dir = work.path().join("ckpt");
+        std::fs::create_dir_all(dir.join("empty-sub")).unwrap();
+        let saver = Saver {
+            target: Target::open(&url, &identity, &StoreOptions::default()).unwrap(),
+            dirs: vec![dir.clone()],
+            state_dir: work.path().join("state"),
+            tuning: PushTuning::default(),
+            schedule: Schedule {
+                every: Some(Duration::from_millis(20)),
+                ..Schedule::default()
+            },
+        };
+        let written = dir.join("ckpt.json");
+        let over = async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::fs::write(&written, b"{\"step\": 5}").unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let report = saver.run(over, SignalClock::never()).await.unwrap();
+        // Ticks before the file existed made no save; the first one after it made save 1, and
+        // the others found it unchanged, as did the final save.
+        let saved: Vec<(u64, bool)> = (report.during.iter())
+            .map(|(_, o)| (o.save, o.unchanged))
+            .collect();
+        assert_eq!(saved.first(), Some(&(1, false)), "{saved:?}");
+        assert!(saved[1..].iter().all(|s| *s == (1, true)), "{saved:?}");
+        assert_eq!(report.last.len(), 1);
+        assert!(report.last[0].1.unchanged && report.cut.is_none());
     }
 }
