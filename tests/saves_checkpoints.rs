@@ -505,3 +505,58 @@ fn restore_says_what_it_did_and_is_idempotent() {
         b"written since"
     );
 }
+
+/// A native sidecar saves the folder while the job runs (the same saves as `exec` and `run`),
+/// keeps the newest two, and records in the metastore the saves it kept.
+#[test]
+fn a_sidecar_saves_while_the_job_runs_and_records_the_saves_it_keeps() {
+    let work = tempfile::tempdir().unwrap();
+    let store = Store::file(work.path());
+    let (ckpt, state) = (work.path().join("ckpt"), work.path().join("state"));
+    let exit_file = work.path().join("exit-code");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    let sidecar = crate::artifacts::sidecar_saving;
+    let child = sidecar(&store.url(), (EXPERIMENT, "worker-0"), work.path(), &ckpt)
+        .args(["--artifacts-every", "200ms", "--keep-saves", "2"])
+        .env("PERISCOPE_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for step in 1..=3 {
+        std::fs::write(ckpt.join("ckpt.tmp"), format!("{{\"step\": {step}}}")).unwrap();
+        std::fs::rename(ckpt.join("ckpt.tmp"), ckpt.join("ckpt.json")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while store
+            .complete_saves()
+            .last()
+            .and_then(|n| store.checkpoint_in(*n))
+            != Some(step)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "step {step} was not saved in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::fs::write(&exit_file, "0\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("3 save(s) while the command ran (0 on the marker), the last save 3")
+            && stderr.contains("pruned save(s) 1 (--keep-saves)")
+            && stderr.contains("unchanged, identical to save 3"),
+        "{stderr}"
+    );
+    assert_eq!(store.complete_saves(), [2, 3]);
+    let params = run(periscope()
+        .args(["metrics", "show", EXPERIMENT, "--params", "--state-dir"])
+        .arg(&state));
+    params
+        .expect_code(0)
+        .expect_output("artifacts.2")
+        .expect_output("artifacts.3")
+        .refute_output("artifacts.1");
+}
