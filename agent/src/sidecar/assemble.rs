@@ -122,21 +122,6 @@ impl Sidecar {
             pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
         }
         let drained = pipelines.health.draining.clone();
-        // Saves run beside the job from now on; the final one once it is over.
-        let saver = match saver {
-            Some(saver) => {
-                let clock =
-                    SignalClock::start().map_err(|e| SidecarError::Thread(e.to_string()))?;
-                let over = drained.clone();
-                let over = async move { over.wait().await };
-                Some(
-                    saver
-                        .spawn(over, clock)
-                        .map_err(|e| SidecarError::Thread(e.to_string()))?,
-                )
-            }
-            None => None,
-        };
         let listener = Listener::bind(&settings).await?;
         let (handle, requests) = ingest::channel(RunIdentity {
             experiment: identity.experiment.clone(),
@@ -172,6 +157,21 @@ impl Sidecar {
             let ending = shipping::run(&mut pipelines, drain, stop, wake).await;
             (ending, pipelines)
         });
+        // Saves run beside the job from now on (everything that can fail to start has started);
+        // the final one once it is over.
+        let saver = match saver {
+            Some(saver) => {
+                let thread = |e: std::io::Error| SidecarError::Thread(e.to_string());
+                let over = drained.clone();
+                let over = async move { over.wait().await };
+                Some(
+                    saver
+                        .spawn(over, SignalClock::start().map_err(thread)?)
+                        .map_err(thread)?,
+                )
+            }
+            None => None,
+        };
         tracing::info!(storage = %redact_url(settings.storage.as_str()), experiment = %identity.experiment,
             worker = %identity.worker, "sidecar started");
         Ok(Sidecar {
