@@ -18,6 +18,12 @@ A push of content identical to the latest save makes no new save. A push that wa
 the same save with the state in --state-dir, without sending again the files it had stored. Symlinks
 that leave DIR, sockets, FIFOs and devices are skipped and listed in the manifest.
 
+A save holds each file as one read saw it: its size, mtime and inode must not change from the start
+to the end of the read, else it is read again (3 times, then the push fails and no manifest is
+written). Saves taken while a command runs (--artifacts-every, --artifacts-marker on exec, sidecar
+and run) take the whole save again when a file keeps changing or vanishes. A checkpoint written in
+place can stand still for a moment half-written: write it to a temporary name and rename it.
+
 Examples:
   periscope artifacts push ./checkpoints --storage s3://ml-models/jobs --experiment-id job-42
   periscope artifacts push /models --storage file:///mnt/models --worker worker-1";

@@ -108,8 +108,9 @@ pub struct ScheduleFlags {
     /// unchanged since the previous save are not uploaded again.
     #[arg(long, env = "PERISCOPE_ARTIFACTS_EVERY", value_name = "DURATION", value_parser = parse_duration)]
     pub artifacts_every: Option<Duration>,
-    /// Save when this file appears; it is removed once that save is complete, so a script can
-    /// touch it after writing a checkpoint and wait until it is gone.
+    /// Save when this file appears (keep it outside the --artifacts folders); it is removed once
+    /// that save is complete, so a script can touch it after writing a checkpoint and wait until
+    /// it is gone.
     #[arg(long, env = "PERISCOPE_ARTIFACTS_MARKER", value_name = "PATH")]
     pub artifacts_marker: Option<PathBuf>,
     /// Keep the newest N complete saves: older ones are deleted after each new save (never the
