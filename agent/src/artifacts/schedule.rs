@@ -132,12 +132,10 @@ impl SignalClock {
         Ok(SignalClock(rx))
     }
 
-    /// A clock whose signal never comes.
+    /// A clock whose signal never comes (its sender is gone: [`SignalClock::deadline`] waits
+    /// forever).
     pub fn never() -> SignalClock {
-        let (tx, rx) = watch::channel(None);
-        // Leaked on purpose: with the sender alive, `deadline` waits forever instead of ending.
-        std::mem::forget(tx);
-        SignalClock(rx)
+        SignalClock(watch::channel(None).1)
     }
 
     /// The moment of the first signal, if one came.

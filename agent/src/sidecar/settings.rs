@@ -47,6 +47,8 @@ pub struct Settings {
     /// Folders saved once the job is over (and while it runs, as `saves` says).
     pub artifacts: Vec<PathBuf>,
     pub push: PushTuning,
+    /// When the folders are saved while the job runs, how many saves are kept, and how long the
+    /// final save may take.
     pub saves: Schedule,
     /// How long the metastore records of the saves may take once the metrics drained; what is
     /// left stays queued for the next start.
