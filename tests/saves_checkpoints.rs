@@ -560,3 +560,79 @@ fn a_sidecar_saves_while_the_job_runs_and_records_the_saves_it_keeps() {
         .expect_output("artifacts.3")
         .refute_output("artifacts.1");
 }
+
+/// The commands of `manifests/overlays/checkpoints` as two pods in a row run them (volumes mapped
+/// to folders): the first pod's restore finds nothing yet, its training container saves on the
+/// marker the script touches; the second pod, on fresh volumes, restores that checkpoint.
+#[test]
+fn the_checkpoints_overlay_commands_save_and_restore_across_pods() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/overlays/checkpoints/checkpoints.yaml"
+    );
+    let patch: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).expect("the overlay parses");
+    let spec = &patch["spec"]["template"]["spec"];
+    let container = |list: &str, name: &str, field: &str| -> Vec<String> {
+        let c = (spec[list].as_array().unwrap().iter())
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {list}"));
+        (c[field].as_array().unwrap().iter())
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let restore_args = container("initContainers", "periscope-restore", "args");
+    let training = container("containers", "training", "command");
+    assert_eq!(training[..2], ["/periscope/bin/periscope", "exec"]);
+    let wrapper = &training[2..training.iter().position(|a| a == "--").unwrap()];
+
+    let work = tempfile::tempdir().unwrap();
+    let store = Store::file(work.path());
+    let pod = |n: u32| work.path().join(format!("pod-{n}"));
+    // A volume's mountPath becomes a folder of the pod.
+    let map = |pod: &Path, arg: &str| {
+        ["/checkpoints", "/periscope"]
+            .iter()
+            .find_map(|mount| {
+                let rest = arg.strip_prefix(mount)?;
+                Some(format!("{}{mount}{rest}", pod.display()))
+            })
+            .unwrap_or_else(|| arg.to_string())
+    };
+    // The container's environment (the ConfigMap's storage, the Job's name, the overlay's
+    // CHECKPOINT_DIR) and, for the script, where the marker is.
+    let container_run = |pod: &Path, args: &[String], extra: &[&str]| {
+        std::fs::create_dir_all(pod.join("periscope")).unwrap();
+        let mut cmd = periscope();
+        cmd.args(args.iter().map(|a| map(pod, a)))
+            .args(extra)
+            .env("PERISCOPE_STORAGE", store.url())
+            .env("JOB_ID", "training-job")
+            .env("CHECKPOINT_DIR", map(pod, "/checkpoints"))
+            .env("MARKER", map(pod, "/periscope/save-now"));
+        run(&mut cmd)
+    };
+    container_run(&pod(1), &restore_args, &[])
+        .expect_code(0)
+        .expect_output(r#"{"outcome":"nothing-yet","save":null}"#);
+    let script = "echo '{\"step\": 40}' > \"$CHECKPOINT_DIR/ckpt.tmp\" && \
+                  mv \"$CHECKPOINT_DIR/ckpt.tmp\" \"$CHECKPOINT_DIR/ckpt.json\" && \
+                  touch \"$MARKER\" && while [ -e \"$MARKER\" ]; do sleep 0.1; done";
+    assert!(wrapper.iter().any(|a| a == "/periscope/save-now"));
+    let mut training_args = wrapper.to_vec();
+    training_args.insert(0, "exec".into());
+    container_run(&pod(1), &training_args, &["--", "sh", "-c", script])
+        .expect_code(0)
+        .expect_output("1 save(s) while the command ran (1 on the marker)");
+    let Store::File(root) = &store else {
+        unreachable!()
+    };
+    let saves = root.join("training-job/worker-0/artifacts");
+    assert!(saves.join("1/manifest.json").exists());
+
+    container_run(&pod(2), &restore_args, &[])
+        .expect_code(0)
+        .expect_output(r#"{"outcome":"restored","save":1}"#);
+    let restored = std::fs::read_to_string(pod(2).join("checkpoints/ckpt.json")).unwrap();
+    assert_eq!(restored.trim(), "{\"step\": 40}");
+}
