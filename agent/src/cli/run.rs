@@ -13,7 +13,6 @@ use periscope::localize::SourceSpec;
 use periscope::run::{DataDir, RunError, RunReport, RunSettings};
 
 use super::progress::Display;
-use super::ship_flags::ShipFlags;
 use super::size::human;
 use super::{exit_code, Failure};
 
@@ -61,9 +60,7 @@ pub struct RunArgs {
     )]
     listen: std::net::SocketAddr,
     #[command(flatten)]
-    ship: ShipFlags,
-    #[command(flatten)]
-    restore: super::save_flags::RestoreFlag,
+    ship: super::save_flags::ShipRestoreFlags,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -103,8 +100,9 @@ fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
         Some(s) => super::storage_url::parse(s)?,
         None => super::storage_url::parse(&data.storage().display().to_string())?,
     };
-    let (id, resume, restore) = (args.id, args.resume, args.restore.restore);
+    let (id, resume, restore) = (args.id, args.resume, args.ship.restore.restore);
     let sidecar = args
+        .ship
         .ship
         .settings(storage, args.listen, args.drain_timeout, || {
             Ok(data.claim_identity(id.experiment_id, id.worker, resume)?)
