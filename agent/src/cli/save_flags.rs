@@ -245,9 +245,12 @@ pub fn describe_restore(dir: &Path, restored: &Restored, from: &str) -> String {
             format!("{dir}: already holds save {save} of {from}; nothing to restore")
         }
         Restored::KeptLocal { files, latest } => format!(
-            "{dir}: holds {} file(s) already, kept as they are (written since the last save{}); restore fills an empty folder only",
+            "{dir}: holds {} file(s) already, kept as they are ({}); restore fills an empty folder only",
             format::thousands(*files as u64),
-            latest.map(|n| format!(", save {n}")).unwrap_or_default()
+            match latest {
+                Some(n) => format!("written since save {n}, the latest"),
+                None => "no save is stored yet".into(),
+            }
         ),
         Restored::NothingYet => {
             format!("{dir}: nothing to restore yet: no complete save under {from}/ (a first start)")
