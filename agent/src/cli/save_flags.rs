@@ -217,7 +217,7 @@ pub fn print_saving(report: &SavesReport) -> Result<(), Failure> {
             cut.dir.display(),
             cut.after.as_secs_f64()
         ),
-        Some("the push state in --state-dir records it: the next start with the same state folder (or `periscope artifacts push`) continues it without sending again what is stored".into()),
+        Some("the push state records it: the next start with the same state folder (run: the same --data-dir; or `periscope artifacts push`) continues it without sending again what is stored".into()),
     ))
 }
 
@@ -229,6 +229,9 @@ pub fn print_run_saves(restored: Option<&(PathBuf, Restored, String)>, saving: &
     }
     if let Err(cut) = print_saving(saving) {
         eprintln!("periscope: {}", cut.message);
+        if let Some(hint) = cut.hint {
+            eprintln!("hint: {hint}");
+        }
     }
 }
 
