@@ -891,6 +891,30 @@ fn wait(child: &mut std::process::Child, within: Duration) -> Option<i32> {
     }
 }
 
+/// A sidecar saving `model` to `storage` as (experiment, worker), polling every 0.1 s, with its
+/// state in `<work>/state` and ending when `<work>/exit-code` appears.
+pub(crate) fn sidecar_saving(
+    storage: &str,
+    (experiment, worker): (&str, &str),
+    work: &Path,
+    model: &Path,
+) -> std::process::Command {
+    let mut cmd = periscope();
+    cmd.args(["sidecar", "--storage", storage])
+        .args(["--experiment-id", experiment, "--worker", worker])
+        // A free port: tests run in parallel, and the default 9090 may be taken.
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--poll-interval", "0.1", "--state-dir"])
+        .arg(work.join("state"))
+        .arg("--code-dir")
+        .arg(work.join("no-code"))
+        .arg("--exit-when-file")
+        .arg(work.join("exit-code"))
+        .arg("--artifacts")
+        .arg(model);
+    cmd
+}
+
 #[test]
 fn sidecar_saves_artifacts_when_the_job_ends_and_records_the_param() {
     let work = tempfile::tempdir().unwrap();
@@ -899,21 +923,9 @@ fn sidecar_saves_artifacts_when_the_job_ends_and_records_the_param() {
     let state = work.path().join("state");
     let exit_file = work.path().join("exit-code");
     let store = work.path().join("store");
-    let mut cmd = periscope();
-    cmd.args(["sidecar", "--storage"])
-        .arg(format!("file://{}", store.display()))
-        .args(["--experiment-id", "exp-s", "--worker", "worker-1"])
-        // A free port: tests run in parallel, and the default 9090 may be taken.
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--poll-interval", "0.1", "--state-dir"])
-        .arg(&state)
-        .arg("--code-dir")
-        .arg(work.path().join("no-code"))
-        .arg("--exit-when-file")
-        .arg(&exit_file)
-        .arg("--artifacts")
-        .arg(&model)
-        .stdout(std::process::Stdio::null())
+    let storage = format!("file://{}", store.display());
+    let mut cmd = sidecar_saving(&storage, ("exp-s", "worker-1"), work.path(), &model);
+    cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().unwrap();
     std::fs::write(&exit_file, "0\n").unwrap();

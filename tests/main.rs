@@ -28,6 +28,7 @@ mod pod_simulation;
 mod run_cmd;
 mod run_sources;
 mod run_ux;
+mod saves_checkpoints;
 mod ship_logs;
 mod ship_tfevents;
 mod tfevents;

@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::artifacts::{Restored, Target};
 use crate::error::{Classify, ErrorClass};
 use crate::exec::{self, ExecError, ExecSpec};
 use crate::job::JobIdentity;
@@ -65,13 +66,15 @@ impl DataDir {
 
     /// The settings of a run of `program` in this data folder: `sidecar` says what the flags
     /// asked for; the run adds its own folder's logs, its metrics file, its exit-code file, the
-    /// folder for event files when none was given, and the shared embedded metastore.
+    /// folder for event files when none was given, and the shared embedded metastore. `restore`
+    /// is the folder the latest save is restored into first, if any.
     pub fn plan(
         &self,
         sources: Vec<SourceSpec>,
         dest: PathBuf,
         command: (OsString, Vec<OsString>),
         mut sidecar: Settings,
+        restore: Option<PathBuf>,
     ) -> Result<RunSettings, crate::ship::discover::GlobError> {
         let run_dir = self.run_dir(&sidecar.identity);
         let own_logs = crate::ship::LogGlob::new(&format!("{}/*.log", run_dir.display()))?;
@@ -111,6 +114,7 @@ impl DataDir {
             program: command.0,
             args: command.1,
             sidecar,
+            restore,
         })
     }
 
@@ -206,6 +210,8 @@ pub struct RunSettings {
     pub program: OsString,
     pub args: Vec<OsString>,
     pub sidecar: Settings,
+    /// A folder the latest save is restored into before the command starts.
+    pub restore: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -217,6 +223,8 @@ pub struct RunReport {
     /// Why the command could not be started, if it could not (`code` is then 127 or 126).
     pub not_started: Option<ExecError>,
     pub sidecar: Report,
+    /// The folder `restore` named, what was restored into it, and the saves' redacted URL.
+    pub restored: Option<(PathBuf, Restored, String)>,
 }
 
 /// Why a run could not be done.
@@ -329,6 +337,10 @@ pub async fn run(
         }
         _ => {}
     }
+    let restored = match &settings.restore {
+        Some(dir) => Some(restore(dir, &settings.sidecar).await?),
+        None => None,
+    };
     // What the command writes from now on is its own; event files already there are not.
     if let Some(search) = &mut settings.sidecar.tfevents_search {
         search.scope.since = Some(std::time::SystemTime::now());
@@ -377,5 +389,18 @@ pub async fn run(
         code: ran.code,
         not_started: ran.not_started,
         sidecar: report,
+        restored,
     })
+}
+
+/// Restores the latest save of the run's experiment and worker into `dir`, before the command
+/// starts and before the sidecar's saves begin.
+async fn restore(dir: &Path, sidecar: &Settings) -> Result<(PathBuf, Restored, String), RunError> {
+    let options = crate::storage::StoreOptions::default();
+    let target =
+        Target::open(&sidecar.storage, &sidecar.identity, &options).map_err(SidecarError::from)?;
+    let restored =
+        (target.restore(dir, sidecar.push.concurrency).await).map_err(SidecarError::from)?;
+    tracing::info!(dir = %dir.display(), outcome = ?restored, "restore before the command");
+    Ok((dir.to_path_buf(), restored, target.shown_base()))
 }

@@ -11,13 +11,19 @@
 //! * [`push`]: the whole push, idempotent and resumable;
 //! * [`target`]: a worker's storage location, and pushing several folders there;
 //! * [`verify`]: checking a save against its manifest when it is loaded back (`localize`);
+//! * [`restore`]: the latest complete save brought into an empty folder before a job starts;
+//! * [`prune`]: deleting older complete saves (`--keep-saves`);
+//! * [`schedule`]: saves while the job runs, and the final one within its deadline.
 //!
 //! Stores come only from [`crate::storage`]. This module never prints and never writes into the
 //! folder it saves.
 
 pub mod manifest;
+pub mod prune;
 pub mod push;
+pub mod restore;
 pub mod saves;
+pub mod schedule;
 pub mod state;
 pub mod target;
 pub mod upload;
@@ -31,6 +37,8 @@ use crate::storage::StorageError;
 
 pub use manifest::{FileEntry, Manifest, Skipped, MANIFEST_FILE};
 pub use push::{push, PushConfig, PushOutcome};
+pub use restore::Restored;
+pub use schedule::{Cut, Saver, SaverTask, SavesReport, Schedule, SignalClock};
 pub use target::{PushTuning, Target};
 
 /// The folder under a worker's prefix that holds its saves.
@@ -65,6 +73,9 @@ pub enum ArtifactsError {
     /// A stored save does not match its manifest (or the manifest is unusable).
     #[error("the artifacts save fails its manifest: {reason}")]
     Integrity { save: String, reason: String },
+    /// Downloading a save failed.
+    #[error(transparent)]
+    Download(#[from] crate::storage::download::DownloadError),
     /// A task that reads or hashes files failed to run.
     #[error("an artifacts task failed: {0}")]
     Task(String),
@@ -78,6 +89,7 @@ impl Classify for ArtifactsError {
             ArtifactsError::Read { .. } | ArtifactsError::State { .. } => ErrorClass::Io,
             ArtifactsError::FileChanging { .. } => ErrorClass::Io,
             ArtifactsError::Integrity { .. } => ErrorClass::Integrity,
+            ArtifactsError::Download(e) => e.class(),
             ArtifactsError::Task(_) => ErrorClass::Internal,
         }
     }
@@ -102,6 +114,7 @@ impl Classify for ArtifactsError {
                 "the stored objects are not the ones the save's manifest names; push the artifacts again or load another save"
                     .into(),
             ),
+            ArtifactsError::Download(e) => e.hint(),
             ArtifactsError::Task(_) => None,
         }
     }

@@ -161,12 +161,7 @@ impl<'a> Push<'a> {
         let walked = tokio::task::spawn_blocking(move || walk::walk(&root))
             .await
             .map_err(|e| ArtifactsError::Task(e.to_string()))??;
-        let shown_base = cfg.shown_base();
-        let canonical = std::fs::canonicalize(dir).map_err(|error| ArtifactsError::Read {
-            path: dir.to_path_buf(),
-            error,
-        })?;
-        let state_path = PushState::path(&cfg.state_dir, &canonical, &shown_base);
+        let (state_path, shown_base) = state_location(dir, cfg)?;
         let state = PushState::load(&state_path, &shown_base);
         let push = Push {
             cfg,
@@ -444,6 +439,29 @@ impl<'a> Push<'a> {
     }
 }
 
+/// The push state file of `dir` for `cfg`'s destination, and that destination as the state
+/// names it.
+fn state_location(dir: &FsPath, cfg: &PushConfig) -> Result<(PathBuf, String), ArtifactsError> {
+    let shown_base = cfg.shown_base();
+    let canonical = std::fs::canonicalize(dir).map_err(|error| ArtifactsError::Read {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    Ok((
+        PushState::path(&cfg.state_dir, &canonical, &shown_base),
+        shown_base,
+    ))
+}
+
+/// The save an interrupted push of `dir` left unfinished, and how many of its files are stored
+/// whole, as the push state says (the next push of `dir` continues it while it is the highest).
+pub fn unfinished(dir: &FsPath, cfg: &PushConfig) -> Option<(u64, usize)> {
+    let (path, shown_base) = state_location(dir, cfg).ok()?;
+    let state = PushState::load(&path, &shown_base);
+    let stored = state.files.values().filter(|k| k.stored).count();
+    Some((state.save?, stored))
+}
+
 /// Writes the push state file.
 fn write_state(state: &PushState, path: &FsPath) -> Result<(), ArtifactsError> {
     state.save(path).map_err(|error| ArtifactsError::State {
@@ -695,6 +713,21 @@ async fn store_one(
 }
 
 #[cfg(test)]
+impl PushConfig {
+    /// A push to the worker `jobs/e/w` of `store` (an in-memory one, in tests).
+    pub(crate) fn for_tests(store: Arc<dyn ObjectStore>, state_dir: PathBuf) -> PushConfig {
+        let shown = "mem://jobs/e/w".to_string();
+        PushConfig::new(
+            store,
+            Service::Local,
+            Path::from("jobs/e/w"),
+            shown,
+            state_dir,
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use object_store::memory::InMemory;
@@ -711,15 +744,7 @@ mod tests {
         std::fs::write(src.join("ckpt/model.bin"), vec![7u8; 3000]).unwrap();
         std::fs::write(src.join("config.json"), b"{}").unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let cfg = |state: &FsPath| {
-            PushConfig::new(
-                store.clone(),
-                Service::Local,
-                Path::from("jobs/e/w"),
-                "mem://jobs/e/w".into(),
-                state.to_path_buf(),
-            )
-        };
+        let cfg = |state: &FsPath| PushConfig::for_tests(store.clone(), state.to_path_buf());
         // No save yet: nothing is hashed before the uploads, whose digests go in the manifest.
         let first = push(&src, &cfg(&state_a)).await.unwrap();
         assert_eq!((first.save, first.sent), (1, 2));
@@ -748,13 +773,7 @@ mod tests {
     #[tokio::test]
     async fn a_number_another_push_claimed_after_the_listing_is_passed_over() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let cfg = PushConfig::new(
-            store.clone(),
-            Service::Local,
-            Path::from("jobs/e/w"),
-            "mem://jobs/e/w".into(),
-            PathBuf::from("/nonexistent"),
-        );
+        let cfg = PushConfig::for_tests(store.clone(), PathBuf::from("/nonexistent"));
         let base = cfg.base();
         // Another push listed the same (empty) folder and claimed save 1 first.
         assert!(saves::claim(&store, Service::Local, &base, 1, "other")

@@ -4,8 +4,13 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
+use periscope::artifacts::{Saver, SignalClock};
+use periscope::error::ErrorClass;
 use periscope::exec::{self, ExecSpec};
 
+use super::save_flags::{describe_restore, print_saving};
 use super::Failure;
 
 const AFTER_HELP: &str = "\
@@ -18,6 +23,17 @@ DIR/exit-code, which `periscope sidecar --exit-when-file` waits for. Periscope e
 
 With --artifacts DIR (and --storage), each DIR is saved to <URL>/<experiment>/<worker>/artifacts/<n>/
 once CMD has ended (see `periscope artifacts push --help`); a failed save exits with its own code.
+With --artifacts-every and --artifacts-marker it is saved while CMD runs too; --restore DIR first
+brings the latest save into an empty DIR, so a restarted job resumes from it.
+
+A save holds each file as one read saw it: a file whose size, mtime or inode changed while it was
+read is read again, and one that keeps changing or vanishes makes the whole save be taken again (3
+times, then at the next tick); only a save with its manifest written counts. A checkpoint written in
+place can look still for a moment while half-written: write it to a temporary name and rename it
+(torch.save(m, 'ckpt.tmp'); os.replace('ckpt.tmp', 'ckpt')), or touch the marker once it is written.
+
+After a stop signal the final save has --final-save-timeout; a save it cuts is continued by the next
+start with the same --state-dir (keep it on a volume that outlives the container).
 
 Example (main container of a pod; /periscope is a shared emptyDir):
   periscope exec --capture-dir /periscope/logs -- python train.py --epochs 10";
@@ -38,6 +54,8 @@ pub struct ExecArgs {
     artifacts: super::save_flags::ArtifactsFlags,
     #[command(flatten)]
     to: super::save_flags::PushTarget,
+    #[command(flatten)]
+    restore: super::save_flags::RestoreFlag,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -47,11 +65,15 @@ pub struct ExecArgs {
 pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
     // Checked before CMD runs, so a misconfigured pod fails at once rather than after training.
     let dirs = args.artifacts.dirs();
-    let target = if dirs.is_empty() {
-        None
-    } else {
-        Some(args.to.open()?)
+    let target = match dirs.is_empty() && args.restore.restore.is_none() {
+        true => None,
+        false => Some(args.to.open()?),
     };
+    let tuning = args.artifacts.tuning.settings();
+    if let (Some(dir), Some(target)) = (&args.restore.restore, &target) {
+        let restored = target.restore(dir, tuning.concurrency).await?;
+        eprintln!("{}", describe_restore(dir, &restored, &target.shown_base()));
+    }
     let mut command = args.command.into_iter();
     // clap enforces at least one value (`required = true`).
     let program = command.next().unwrap_or_default();
@@ -62,15 +84,32 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
         env: Vec::new(),
         cwd: None,
     };
-    let code = run_command(&spec).await?;
-    if let Some(target) = target {
-        // After the exit-code file: a sidecar may drain meanwhile; the save is this process's.
-        let saves = target
-            .push_all(&dirs, &args.to.state_dir, args.artifacts.tuning.settings())
-            .await?;
-        super::save_flags::print_saves(&saves);
-    }
-    Ok(super::exit_code(code))
+    let Some(target) = target.filter(|_| !dirs.is_empty()) else {
+        return Ok(super::exit_code(run_command(&spec).await?));
+    };
+    let internal = |e: std::io::Error| Failure::new(ErrorClass::Internal, e.to_string(), None);
+    let saver = Saver {
+        target,
+        dirs,
+        state_dir: args.to.state_dir,
+        tuning,
+        schedule: args.artifacts.schedule.settings(Duration::from_secs(1)),
+    };
+    // The final save follows the exit-code file (a sidecar may drain meanwhile); it is this
+    // process's, and its deadline counts from the first stop signal.
+    let (ended, over) = tokio::sync::oneshot::channel::<()>();
+    let task = saver
+        .spawn(
+            async move {
+                let _ = over.await;
+            },
+            SignalClock::start().map_err(internal)?,
+        )
+        .map_err(internal)?;
+    let code = run_command(&spec).await;
+    drop(ended);
+    print_saving(&task.join().await?)?;
+    Ok(super::exit_code(code?))
 }
 
 /// Runs the command with our own stdout and stderr passed through, and returns its exit code.

@@ -345,7 +345,7 @@ fn parse_bind(text: &str) -> Result<SocketAddr, Failure> {
 
 /// A duration as git-sync writes one: `10s`, `1m30s`, `500ms`, `1h`; a bare number is seconds
 /// (git-sync v3's GIT_SYNC_WAIT).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
         return positive(Duration::try_from_secs_f64(seconds).ok(), text);

@@ -13,7 +13,6 @@ use periscope::localize::SourceSpec;
 use periscope::run::{DataDir, RunError, RunReport, RunSettings};
 
 use super::progress::Display;
-use super::ship_flags::ShipFlags;
 use super::size::human;
 use super::{exit_code, Failure};
 
@@ -61,7 +60,7 @@ pub struct RunArgs {
     )]
     listen: std::net::SocketAddr,
     #[command(flatten)]
-    ship: ShipFlags,
+    ship: super::save_flags::ShipRestoreFlags,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -82,7 +81,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     if let Some(e) = &report.not_started {
         let _ = writeln!(err, "error: {e}");
     }
-    super::save_flags::print_saves(&report.sidecar.saves);
+    super::save_flags::print_run_saves(report.restored.as_ref(), &report.sidecar.saving);
     let _ = writeln!(err, "{}", summary(&report));
     Ok(exit_code(report.code))
 }
@@ -101,8 +100,9 @@ fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
         Some(s) => super::storage_url::parse(s)?,
         None => super::storage_url::parse(&data.storage().display().to_string())?,
     };
-    let (id, resume) = (args.id, args.resume);
+    let (id, resume, restore) = (args.id, args.resume, args.ship.restore.restore);
     let sidecar = args
+        .ship
         .ship
         .settings(storage, args.listen, args.drain_timeout, || {
             Ok(data.claim_identity(id.experiment_id, id.worker, resume)?)
@@ -110,7 +110,7 @@ fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
     let mut command = args.command.into_iter();
     // clap enforces at least one value (`required = true`).
     let command = (command.next().unwrap_or_default(), command.collect());
-    data.plan(sources, dest, command, sidecar)
+    data.plan(sources, dest, command, sidecar, restore)
         .map_err(|e| Failure::new(ErrorClass::Internal, e.to_string(), None))
 }
 

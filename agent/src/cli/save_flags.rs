@@ -1,13 +1,16 @@
 //! The flags and output every command that saves artifacts shares (`artifacts push`, `exec`,
 //! `sidecar`, `run`): where saves go, how they go up, and the line printed per save.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use periscope::artifacts::{self, PushOutcome, Target};
+use periscope::artifacts::{self, PushOutcome, Restored, SavesReport, Schedule, Target};
 use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
 use periscope::storage::StoreOptions;
 
+use super::localize::parse_duration;
 use super::size::{human, parse_size};
 use super::{format, Failure};
 
@@ -82,7 +85,8 @@ impl PushTuning {
 #[derive(clap::Args, Clone)]
 pub struct ArtifactsFlags {
     /// Folder of model artifacts to save to <storage>/<experiment>/<worker>/artifacts/<n>/ when
-    /// the main command ends (repeatable; see `periscope artifacts push --help`).
+    /// the main command ends, and while it runs with --artifacts-every or --artifacts-marker
+    /// (repeatable; see `periscope artifacts push --help`).
     #[arg(
         long = "artifacts",
         env = "PERISCOPE_ARTIFACTS",
@@ -92,6 +96,65 @@ pub struct ArtifactsFlags {
     pub artifacts: Vec<PathBuf>,
     #[command(flatten)]
     pub tuning: PushTuning,
+    #[command(flatten)]
+    pub schedule: ScheduleFlags,
+}
+
+/// When saves are taken while the command runs, how many are kept, and how long the final one
+/// may take. Invariant: durations are positive (the parser refuses others).
+#[derive(clap::Args, Clone)]
+pub struct ScheduleFlags {
+    /// Also save the --artifacts folders this often while the command runs (10m, 1h30m); files
+    /// unchanged since the previous save are not uploaded again.
+    #[arg(long, env = "PERISCOPE_ARTIFACTS_EVERY", value_name = "DURATION", value_parser = parse_duration)]
+    pub artifacts_every: Option<Duration>,
+    /// Save when this file appears (keep it outside the --artifacts folders); it is removed once
+    /// that save is complete, so a script can touch it after writing a checkpoint and wait until
+    /// it is gone.
+    #[arg(long, env = "PERISCOPE_ARTIFACTS_MARKER", value_name = "PATH")]
+    pub artifacts_marker: Option<PathBuf>,
+    /// Keep the newest N complete saves: older ones are deleted after each new save (never the
+    /// newest, nor one a restore is reading).
+    #[arg(long, env = "PERISCOPE_KEEP_SAVES", value_name = "N")]
+    pub keep_saves: Option<NonZeroUsize>,
+    /// How long the final save may run after the first SIGTERM (or SIGINT, SIGHUP): the pod's
+    /// grace period starts then. 20s fits Kubernetes' default terminationGracePeriodSeconds of 30
+    /// and leaves CMD 10s to stop; use about your grace period minus 10s. What is cut is recorded
+    /// in the state folder and continued by the next start. Without a signal there is no limit.
+    #[arg(long, env = "PERISCOPE_FINAL_SAVE_TIMEOUT", value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub final_save_timeout: Duration,
+}
+
+impl ScheduleFlags {
+    /// The library's schedule; the marker is looked for every `poll`.
+    pub fn settings(&self, poll: Duration) -> Schedule {
+        Schedule {
+            every: self.artifacts_every,
+            marker: self.artifacts_marker.clone(),
+            keep: self.keep_saves,
+            final_timeout: self.final_save_timeout,
+            poll,
+        }
+    }
+}
+
+/// `--restore DIR` for `exec` and `run`. Invariant: none.
+#[derive(clap::Args, Clone)]
+pub struct RestoreFlag {
+    /// Before CMD starts, bring the latest complete save of this experiment and worker into DIR
+    /// (verified; only when DIR is empty or missing: files there are newer and are kept), so a
+    /// restarted job resumes from its checkpoint. See `periscope artifacts restore --help`.
+    #[arg(long, env = "PERISCOPE_RESTORE", value_name = "DIR")]
+    pub restore: Option<PathBuf>,
+}
+
+/// `run`'s shipping flags (those `sidecar` has too) and `--restore` (which `sidecar` has not).
+#[derive(clap::Args)]
+pub struct ShipRestoreFlags {
+    #[command(flatten)]
+    pub ship: super::ship_flags::ShipFlags,
+    #[command(flatten)]
+    pub restore: RestoreFlag,
 }
 
 impl ArtifactsFlags {
@@ -109,6 +172,92 @@ impl ArtifactsFlags {
 pub fn print_saves(saves: &[(PathBuf, PushOutcome)]) {
     for (dir, outcome) in saves {
         eprintln!("{}", describe(dir, outcome));
+    }
+}
+
+/// Prints the saves taken while the command ran and the final ones (or what cut them short);
+/// returns a failure when the final save was cut by its deadline.
+pub fn print_saving(report: &SavesReport) -> Result<(), Failure> {
+    let new = report.during.iter().filter(|(_, o)| !o.unchanged).count();
+    if new > 0 || report.failed > 0 || !report.pruned.is_empty() {
+        let mut line = format!(
+            "periscope: {new} save(s) while the command ran ({} on the marker)",
+            report.marked
+        );
+        if let Some((_, last)) = report.during.iter().rev().find(|(_, o)| !o.unchanged) {
+            line.push_str(&format!(", the last save {} at {}", last.save, last.url));
+        }
+        if report.during.iter().any(|(_, o)| o.resumed) {
+            line.push_str("; continued a save an earlier start left unfinished");
+        }
+        if !report.pruned.is_empty() {
+            let pruned: Vec<String> = report.pruned.iter().map(u64::to_string).collect();
+            line.push_str(&format!(
+                "; pruned save(s) {} (--keep-saves)",
+                pruned.join(", ")
+            ));
+        }
+        if let Some(e) = &report.last_error {
+            line.push_str(&format!("; {} failed, the last with: {e}", report.failed));
+        }
+        eprintln!("{line}");
+    }
+    print_saves(&report.last);
+    let Some(cut) = &report.cut else {
+        return Ok(());
+    };
+    let left = match cut.save {
+        Some(n) => format!("save {n} is unfinished with {} file(s) stored", cut.stored),
+        None => "no save was begun".into(),
+    };
+    Err(Failure::new(
+        ErrorClass::Network,
+        format!(
+            "{}: the final save was cut by --final-save-timeout {:.1}s after the stop signal; {left}",
+            cut.dir.display(),
+            cut.after.as_secs_f64()
+        ),
+        Some("the push state records it: the next start with the same state folder (run: the same --data-dir; or `periscope artifacts push`) continues it without sending again what is stored".into()),
+    ))
+}
+
+/// What `run` prints of its saves: the restore before the command, then the saves. A final save
+/// cut by its deadline is said, not failed: `run`'s exit code stays the command's.
+pub fn print_run_saves(restored: Option<&(PathBuf, Restored, String)>, saving: &SavesReport) {
+    if let Some((dir, restored, from)) = restored {
+        eprintln!("{}", describe_restore(dir, restored, from));
+    }
+    if let Err(cut) = print_saving(saving) {
+        eprintln!("periscope: {}", cut.message);
+        if let Some(hint) = cut.hint {
+            eprintln!("hint: {hint}");
+        }
+    }
+}
+
+/// The line printed for a restore of `dir`.
+pub fn describe_restore(dir: &Path, restored: &Restored, from: &str) -> String {
+    let dir = dir.display();
+    match restored {
+        Restored::Loaded { save, files, bytes } => format!(
+            "{dir}: restored save {save} ({} files, {}) from {from}/{save}/, verified against its manifest",
+            format::thousands(*files),
+            human(*bytes)
+        ),
+        Restored::AlreadyThere { save } => {
+            format!("{dir}: already holds save {save} of {from}; nothing to restore")
+        }
+        Restored::KeptLocal { files, latest } => format!(
+            "{dir}: holds {} file(s) already, kept as they are ({}); restore fills an empty folder only",
+            format::thousands(*files as u64),
+            match latest {
+                Some(n) => format!("written since save {n}, the latest"),
+                None => "no save is stored yet".into(),
+            }
+        ),
+        Restored::NothingYet => {
+            format!("{dir}: nothing to restore yet: no complete save under {from}/ (a first start)")
+        }
     }
 }
 

@@ -116,8 +116,9 @@ impl ShipFlags {
             chunk_age: seconds("chunk-age", self.chunk_age)?,
             spool_max_bytes: self.spool_max_bytes,
         };
+        let poll_interval = seconds("poll-interval", self.poll_interval)?;
         let lifecycle = Lifecycle {
-            poll_interval: seconds("poll-interval", self.poll_interval)?,
+            poll_interval,
             drain_timeout,
             exit_when_file: None,
         };
@@ -141,6 +142,7 @@ impl ShipFlags {
             },
             artifacts: self.artifacts.dirs(),
             push: self.artifacts.tuning.settings(),
+            saves: self.artifacts.schedule.settings(poll_interval),
             late_delivery: drain_timeout,
         })
     }

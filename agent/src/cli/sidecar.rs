@@ -79,7 +79,7 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
         )
     })?;
     let report = Sidecar::start(settings, stop).await?.finish().await?;
-    super::save_flags::print_saves(&report.saves);
+    super::save_flags::print_saving(&report.saving)?;
     ended(&report)
 }
 

@@ -18,7 +18,7 @@ use super::health;
 use super::metrics::{self, MetricsTask};
 use super::settings::Settings;
 use super::shipping::{self, Pipelines};
-use crate::artifacts::{PushOutcome, Target};
+use crate::artifacts::{Saver, SaverTask, SavesReport, SignalClock, Target};
 use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
 use crate::metrics::mlflow::ingest::{self, Endpoint, RunIdentity};
 use crate::metrics::saves;
@@ -40,8 +40,8 @@ pub struct Report {
     pub tfevents_files: usize,
     /// Metrics, params, tags and statuses delivered to the metastore.
     pub metrics_delivered: u64,
-    /// Each artifacts folder with its save.
-    pub saves: Vec<(PathBuf, PushOutcome)>,
+    /// Every save of the artifacts folders, while the job ran and once it was over.
+    pub saving: SavesReport,
     /// The worker's folder in storage, redacted.
     pub stored_at: String,
 }
@@ -51,7 +51,7 @@ pub struct Sidecar {
     shipping: JoinHandle<(Result<Ending, ShipError>, Pipelines)>,
     metrics: MetricsTask,
     drained: DrainFlag,
-    target: Option<Target>,
+    saver: Option<SaverTask>,
     settings: Settings,
     addr: SocketAddr,
     stored_at: String,
@@ -75,13 +75,15 @@ impl Sidecar {
         let worker_prefix = identity.worker_prefix(&prefix);
         let stored_at = identity.shown_under(&settings.storage);
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.
-        let target = match settings.artifacts.is_empty() {
+        let saver = match settings.artifacts.is_empty() {
             true => None,
-            false => Some(Target::open(
-                &settings.storage,
-                identity,
-                &StoreOptions::default(),
-            )?),
+            false => Some(Saver {
+                target: Target::open(&settings.storage, identity, &StoreOptions::default())?,
+                dirs: settings.artifacts.clone(),
+                state_dir: settings.state_dir.clone(),
+                tuning: settings.push,
+                schedule: settings.saves.clone(),
+            }),
         };
         let logs = &settings.logs;
         let mut pipelines = Pipelines {
@@ -155,13 +157,28 @@ impl Sidecar {
             let ending = shipping::run(&mut pipelines, drain, stop, wake).await;
             (ending, pipelines)
         });
+        // Saves run beside the job from now on (everything that can fail to start has started);
+        // the final one once it is over.
+        let saver = match saver {
+            Some(saver) => {
+                let thread = |e: std::io::Error| SidecarError::Thread(e.to_string());
+                let over = drained.clone();
+                let over = async move { over.wait().await };
+                Some(
+                    saver
+                        .spawn(over, SignalClock::start().map_err(thread)?)
+                        .map_err(thread)?,
+                )
+            }
+            None => None,
+        };
         tracing::info!(storage = %redact_url(settings.storage.as_str()), experiment = %identity.experiment,
             worker = %identity.worker, "sidecar started");
         Ok(Sidecar {
             shipping,
             metrics,
             drained,
-            target,
+            saver,
             settings,
             addr,
             stored_at,
@@ -179,13 +196,10 @@ impl Sidecar {
     pub async fn finish(self) -> Result<Report, SidecarError> {
         let settings = &self.settings;
         let push = async {
-            let Some(target) = &self.target else {
-                return Ok(Vec::new());
-            };
-            self.drained.wait().await;
-            target
-                .push_all(&settings.artifacts, &settings.state_dir, settings.push)
-                .await
+            match self.saver {
+                Some(task) => task.join().await.map_err(SidecarError::from),
+                None => Ok(SavesReport::default()),
+            }
         };
         // Artifacts clients uploaded through the endpoint reach storage meanwhile; the records of
         // those stored after the metrics pipeline ended are queued below, with the saves'.
@@ -197,9 +211,9 @@ impl Sidecar {
             shipped.map_err(|e| SidecarError::Thread(format!("the shipping task failed: {e}")))?;
         let (metrics, mut pipeline) = self.metrics.join().await?;
         let shipping = shipping?;
-        let saves = saves?;
-        let mut items: Vec<_> = saves
-            .iter()
+        let saving = saves?;
+        let mut items: Vec<_> = saving
+            .stored()
             .flat_map(|(_, o)| saves::items(o, &settings.identity.worker))
             .collect();
         items.extend(late.items.iter().cloned());
@@ -217,7 +231,7 @@ impl Sidecar {
             log_bytes,
             tfevents_files: pipelines.tfevents.as_ref().map_or(0, TfeventsMirror::files),
             metrics_delivered: pipeline.stats().delivered_items,
-            saves,
+            saving,
             stored_at: self.stored_at,
         })
     }

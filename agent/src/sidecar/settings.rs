@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::artifacts::PushTuning;
+use crate::artifacts::{PushTuning, Schedule};
 use crate::job::JobIdentity;
 use crate::lifecycle::Lifecycle;
 use crate::ship::LogGlob;
@@ -44,9 +44,12 @@ pub struct Settings {
     /// The address of `/healthz`, `/readyz`, `/metrics` and the MLflow-compatible endpoint.
     pub listen: SocketAddr,
     pub metrics: MetricsSettings,
-    /// Folders saved once the job is over.
+    /// Folders saved once the job is over (and while it runs, as `saves` says).
     pub artifacts: Vec<PathBuf>,
     pub push: PushTuning,
+    /// When the folders are saved while the job runs, how many saves are kept, and how long the
+    /// final save may take.
+    pub saves: Schedule,
     /// How long the metastore records of the saves may take once the metrics drained; what is
     /// left stays queued for the next start.
     pub late_delivery: Duration,

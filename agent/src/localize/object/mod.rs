@@ -503,29 +503,19 @@ async fn fetch_save(
     let files = wanted.len() as u64;
     check_limits(bytes, files, ctx)?;
     progress.set_total(bytes);
-    let downloads: Vec<download::Download> = wanted
-        .iter()
-        .map(|w| download::Download {
-            meta: w.meta.clone(),
-            path: artifacts::verify::stage_path(stage, &w.entry),
-            hashing: match w.entry.parts() {
-                Some(parts) => download::Hashing::Parts(parts.size),
-                None => download::Hashing::Whole,
-            },
-        })
-        .collect();
-    for d in &downloads {
-        if let Some(parent) = d.path.parent() {
-            std::fs::create_dir_all(parent).map_err(write_error(parent))?;
-        }
-    }
     tracing::info!(source = %at.shown, save = manifest.save, files = wanted.len(), "copying an artifacts save");
-    let done = at.download(&downloads, ctx, progress).await?;
-    let (save, dir) = (at.shown.clone(), stage.to_path_buf());
-    let (bytes, hashed) = (done.bytes, done.digests);
-    tokio::task::spawn_blocking(move || artifacts::verify::check(&save, &dir, &wanted, &hashed))
-        .await
-        .map_err(|e| artifacts::ArtifactsError::Task(e.to_string()))??;
+    let progress = |bytes| progress.advance(bytes);
+    let (store, service, concurrency) = (&at.store, at.service, ctx.concurrency);
+    let bytes = artifacts::restore::load(
+        store,
+        service,
+        concurrency,
+        &at.shown,
+        wanted,
+        stage,
+        &progress,
+    )
+    .await?;
     Ok(Fetched {
         revision: Revision {
             kind: RevisionKind::Sha256,

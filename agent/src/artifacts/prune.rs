@@ -1,0 +1,192 @@
+//! `--keep-saves N`: deleting complete saves older than the newest `N` complete ones.
+//!
+//! Only complete saves (with a manifest) are counted and deleted; an unfinished save may be one a
+//! push is writing or will continue, and is left alone. The newest complete save is never deleted
+//! (`N` is at least 1), nor one that a restore is reading (it holds a fresh lease, see
+//! [`super::restore`]). A save's manifest is deleted first, so from that moment no reader takes it
+//! for complete, then its other objects. This module never prints.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::manifest::MANIFEST_FILE;
+use super::restore::leased;
+use crate::storage::{Service, StorageError};
+
+/// How long a read lease keeps its save: a restore that takes longer than this (or one killed
+/// without removing its lease) no longer protects it.
+pub const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// Deletes the complete saves under `base` older than the newest `keep` complete ones, except
+/// those being read; returns the numbers deleted, ascending.
+pub async fn prune(
+    store: &Arc<dyn ObjectStore>,
+    service: Service,
+    base: &Path,
+    keep: NonZeroUsize,
+) -> Result<Vec<u64>, StorageError> {
+    let request =
+        |key: &Path, e: object_store::Error| StorageError::request(service, key.to_string(), &e);
+    let listed = store
+        .list_with_delimiter(Some(base))
+        .await
+        .map_err(|e| request(base, e))?;
+    let mut numbers: Vec<u64> = (listed.common_prefixes.iter())
+        .filter_map(|p| p.filename()?.parse().ok())
+        .collect();
+    numbers.sort_unstable_by(|a, b| b.cmp(a));
+    let mut complete = 0usize;
+    let mut old = Vec::new();
+    for n in numbers {
+        let manifest = base.clone().join(n.to_string()).join(MANIFEST_FILE);
+        match store.head(&manifest).await {
+            Ok(_) => complete += 1,
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(request(&manifest, e)),
+        }
+        if complete > keep.get() {
+            old.push(n);
+        }
+    }
+    if old.is_empty() {
+        return Ok(old);
+    }
+    let reading = leased(store, service, base, LEASE_TTL).await?;
+    let mut deleted = Vec::new();
+    for n in old.into_iter().rev() {
+        if reading.contains(&n) {
+            tracing::info!(save = n, "not pruning a save that is being read");
+            continue;
+        }
+        delete_save(store, service, &base.clone().join(n.to_string())).await?;
+        deleted.push(n);
+    }
+    if !deleted.is_empty() {
+        tracing::info!(deleted = ?deleted, keep = keep.get(), "pruned older saves");
+    }
+    Ok(deleted)
+}
+
+/// Deletes one save: its manifest first, then everything else under `prefix`.
+async fn delete_save(
+    store: &Arc<dyn ObjectStore>,
+    service: Service,
+    prefix: &Path,
+) -> Result<(), StorageError> {
+    let request =
+        |key: &Path, e: object_store::Error| StorageError::request(service, key.to_string(), &e);
+    let manifest = prefix.clone().join(MANIFEST_FILE);
+    match store.delete(&manifest).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(request(&manifest, e)),
+    }
+    let keys: Vec<Path> = store
+        .list(Some(prefix))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(|e| request(prefix, e))?;
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            match store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(request(&key, e)),
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    remove_empty_folders(service, prefix);
+    Ok(())
+}
+
+/// On the local filesystem, deleting objects leaves their folders: removes those under `prefix`
+/// that are empty now (a folder that holds anything stays), so a deleted save leaves no number.
+pub(crate) fn remove_empty_folders(service: Service, prefix: &Path) {
+    fn remove(dir: &std::path::Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&entry.path());
+                }
+            }
+        }
+        // Fails, as it should, when something is left in the folder.
+        let _ = std::fs::remove_dir(dir);
+    }
+    if service == Service::Local {
+        // The local store's keys are paths from the filesystem root.
+        remove(&std::path::Path::new("/").join(prefix.as_ref()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::PutPayload;
+
+    async fn put(store: &Arc<dyn ObjectStore>, key: &str) {
+        store
+            .put(&Path::from(key), PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn keeps_the_newest_complete_saves_unfinished_ones_and_those_being_read() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        for n in 1..=5 {
+            put(&store, &format!("w/artifacts/{n}/model.bin")).await;
+            if n != 4 {
+                put(&store, &format!("w/artifacts/{n}/manifest.json")).await;
+            }
+        }
+        // Save 1 is being read.
+        put(&store, "w/artifacts/.reading/1/abc").await;
+        let base = Path::from("w/artifacts");
+        let keep = NonZeroUsize::new(2).unwrap();
+        let deleted = prune(&store, Service::Local, &base, keep).await.unwrap();
+        assert_eq!(deleted, [2]);
+        let left: Vec<String> = store
+            .list(Some(&base))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(
+            left.iter().all(|k| !k.starts_with("w/artifacts/2/")),
+            "{left:?}"
+        );
+        for kept in [
+            "1/manifest.json",
+            "3/manifest.json",
+            "4/model.bin",
+            "5/manifest.json",
+        ] {
+            assert!(
+                left.contains(&format!("w/artifacts/{kept}")),
+                "{kept}: {left:?}"
+            );
+        }
+        // Once save 1 is no longer read, it goes too; the newest complete save always stays.
+        store
+            .delete(&Path::from("w/artifacts/.reading/1/abc"))
+            .await
+            .unwrap();
+        let one = NonZeroUsize::new(1).unwrap();
+        assert_eq!(
+            prune(&store, Service::Local, &base, one).await.unwrap(),
+            [1, 3]
+        );
+        assert!(store
+            .head(&Path::from("w/artifacts/5/manifest.json"))
+            .await
+            .is_ok());
+    }
+}
