@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use periscope::artifacts::Restored;
 
-use super::save_flags::{describe_restore, print_saves, PushTarget, PushTuning};
+use super::save_flags::{describe_restore, print_saves, PushTarget, PushTuning, SaveStore};
 use super::Failure;
 
 const AFTER_HELP: &str = "\
@@ -45,7 +45,7 @@ enum ArtifactsCommand {
     /// Bring the latest complete save of this experiment and worker into DIR, verified, when DIR
     /// is empty or missing (an initContainer's step before training resumes).
     #[command(after_long_help = RESTORE_HELP)]
-    Restore(FolderArgs),
+    Restore(RestoreArgs),
 }
 
 const RESTORE_HELP: &str = "\
@@ -63,16 +63,29 @@ exits 0. One JSON line on stdout tells scripts what happened: {\"outcome\": \"re
 Example (an initContainer before `periscope exec --artifacts /ckpt --artifacts-every 10m -- …`):
   periscope artifacts restore /ckpt --storage s3://ml-models/jobs --experiment-id job-42";
 
-/// `artifacts push`'s and `restore`'s flags. Invariant: one folder per command (one save).
+/// `artifacts push`'s flags. Invariant: one folder per command (one save).
 #[derive(clap::Args)]
 struct FolderArgs {
-    /// The folder to save (push), or to fill (restore; made if missing).
+    /// The folder to save.
     #[arg(value_name = "DIR")]
     dir: PathBuf,
     #[command(flatten)]
     to: PushTarget,
     #[command(flatten)]
     tuning: PushTuning,
+}
+
+/// `artifacts restore`'s flags. Invariant: one folder, filled from one save.
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The folder to fill (made if missing).
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    #[command(flatten)]
+    from: SaveStore,
+    /// Files (or parts of one large file) downloaded at once.
+    #[arg(long, env = "PERISCOPE_ARTIFACTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    artifacts_concurrency: u16,
 }
 
 /// Runs `periscope artifacts`.
@@ -87,8 +100,8 @@ pub async fn run(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         ArtifactsCommand::Restore(r) => {
-            let target = r.to.open()?;
-            let concurrency = r.tuning.settings().concurrency;
+            let target = r.from.open()?;
+            let concurrency = usize::from(r.artifacts_concurrency);
             let restored = target.restore(&r.dir, concurrency).await?;
             eprintln!(
                 "{}",

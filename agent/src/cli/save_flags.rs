@@ -25,16 +25,35 @@ pub struct IdentityFlags {
     pub worker: Option<String>,
 }
 
-/// Where pushes go, for the commands that have no storage of their own (`artifacts push`, `exec`).
-/// Invariant: none until [`PushTarget::open`] checks the storage and identity.
+/// Where saves are, for the commands that have no storage of their own (`artifacts`, `exec`).
+/// Invariant: none until [`SaveStore::open`] checks the storage and identity.
 #[derive(clap::Args, Clone)]
-pub struct PushTarget {
+pub struct SaveStore {
     /// Where artifacts are saved: s3://bucket/prefix, gs://…, az://container/prefix,
     /// file:///path or a folder.
     #[arg(long, env = "PERISCOPE_STORAGE", value_name = "URL")]
     pub storage: Option<String>,
     #[command(flatten)]
     pub id: IdentityFlags,
+}
+
+impl SaveStore {
+    /// Resolves the identity and opens the store (checked before any work is done).
+    pub fn open(&self) -> Result<Target, Failure> {
+        let Some(storage) = &self.storage else {
+            return Err(needs_storage());
+        };
+        let identity = JobIdentity::resolve(self.id.experiment_id.clone(), self.id.worker.clone())?;
+        let url = super::storage_url::parse(storage)?;
+        Ok(Target::open(&url, &identity, &StoreOptions::default())?)
+    }
+}
+
+/// Where pushes go, and the state that lets a killed push continue.
+#[derive(clap::Args, Clone)]
+pub struct PushTarget {
+    #[command(flatten)]
+    pub store: SaveStore,
     /// Folder for the push state that lets an interrupted push continue.
     #[arg(
         long,
@@ -48,12 +67,7 @@ pub struct PushTarget {
 impl PushTarget {
     /// Resolves the identity and opens the store (checked before any work is done).
     pub fn open(&self) -> Result<Target, Failure> {
-        let Some(storage) = &self.storage else {
-            return Err(needs_storage());
-        };
-        let identity = JobIdentity::resolve(self.id.experiment_id.clone(), self.id.worker.clone())?;
-        let url = super::storage_url::parse(storage)?;
-        Ok(Target::open(&url, &identity, &StoreOptions::default())?)
+        self.store.open()
     }
 }
 
