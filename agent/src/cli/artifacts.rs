@@ -51,7 +51,7 @@ struct PushArgs {
 pub async fn run(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
     match args.command {
         ArtifactsCommand::Push(p) => {
-            let target = p.to.open()?;
+            let target = p.to.open(periscope::job::Fallback::Worker0)?;
             let saves = target
                 .push_all(&[p.dir], &p.to.state_dir, p.tuning.settings())
                 .await?;

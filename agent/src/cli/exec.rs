@@ -4,7 +4,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use periscope::error::ErrorClass;
 use periscope::exec::{self, ExecSpec};
+use periscope::job::{self, Fallback, Lookup};
 
 use super::Failure;
 
@@ -15,6 +17,10 @@ SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to CMD (to i
 not on a terminal). When CMD ends and its output is on disk, its exit code is written atomically to
 DIR/exit-code, which `periscope sidecar --exit-when-file` waits for. Periscope exits with CMD's code
 (128 + N if signal N killed it; 127 if CMD was not found, 126 if it could not be started).
+
+Before CMD starts, the worker name this container sees (--worker, TF_CONFIG, CLUSTER_SPEC, RANK,
+JOB_COMPLETION_INDEX, PERISCOPE_REPLICA_TYPE/INDEX, else the hostname) is written to DIR/worker.json,
+for a sidecar whose own environment names none (`periscope sidecar --worker-file DIR/worker.json`).
 
 With --artifacts DIR (and --storage), each DIR is saved to <URL>/<experiment>/<worker>/artifacts/<n>/
 once CMD has ended (see `periscope artifacts push --help`); a failed save exits with its own code.
@@ -50,8 +56,21 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
     let target = if dirs.is_empty() {
         None
     } else {
-        Some(args.to.open()?)
+        Some(args.to.open(Fallback::Hostname)?)
     };
+    let lookup = Lookup {
+        fallback: Fallback::Hostname,
+        ..Lookup::vm()
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let worker = job::resolve_worker(args.to.id.worker.clone(), &env, &lookup)?;
+    job::publish(&args.capture_dir, &worker).map_err(|e| {
+        let message = format!(
+            "cannot publish the worker name in `{}`: {e}",
+            args.capture_dir.display()
+        );
+        Failure::new(ErrorClass::Io, message, None)
+    })?;
     let mut command = args.command.into_iter();
     // clap enforces at least one value (`required = true`).
     let program = command.next().unwrap_or_default();

@@ -52,7 +52,7 @@ pub struct RunArgs {
     /// Seconds to keep shipping after CMD ends before giving up on what is left.
     #[arg(long, env = "PERISCOPE_DRAIN_TIMEOUT", default_value_t = 60.0)]
     drain_timeout: f64,
-    /// Address of the MLflow-compatible endpoint CMD logs to (and of /healthz, /metrics).
+    /// Address of /healthz, /readyz and /metrics.
     #[arg(
         long,
         env = "PERISCOPE_LISTEN",
@@ -60,6 +60,14 @@ pub struct RunArgs {
         value_name = "ADDR"
     )]
     listen: std::net::SocketAddr,
+    /// Address of the MLflow-compatible endpoint CMD logs to (its MLFLOW_TRACKING_URI).
+    #[arg(
+        long,
+        env = "PERISCOPE_MLFLOW_LISTEN",
+        default_value = "127.0.0.1:0",
+        value_name = "ADDR"
+    )]
+    mlflow_listen: std::net::SocketAddr,
     #[command(flatten)]
     ship: ShipFlags,
     /// The command and its arguments, after `--`.
@@ -96,9 +104,10 @@ fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
         None => super::storage_url::parse(&data.storage().display().to_string())?,
     };
     let (id, resume) = (args.id, args.resume);
+    let listen = (args.listen, args.mlflow_listen);
     let sidecar = args
         .ship
-        .settings(storage, args.listen, args.drain_timeout, || {
+        .settings(storage, listen, args.drain_timeout, || {
             Ok(data.claim_identity(id.experiment_id, id.worker, resume)?)
         })?;
     let mut command = args.command.into_iter();

@@ -1,11 +1,13 @@
 //! A sidecar assembled from plain settings, the one way `periscope sidecar` and `periscope run`
-//! build one: the storage, the log and tf.events shippers and their loop, the health and
-//! MLflow-compatible endpoint, the metrics thread, and, once the job is over, the artifacts saves
-//! and the metastore records they make.
+//! build one: the storage and the claim on the worker's folder in it, the log and tf.events
+//! shippers and their loop, the probes and the MLflow-compatible endpoint (each on its own
+//! listener, with its own limits), the metrics thread, and, once the job is over, the artifacts
+//! saves and the metastore records they make.
 //!
-//! [`Sidecar::start`] opens and checks everything (a wrong setting fails before the job runs) and
-//! starts the loops; [`Sidecar::finish`] waits for them to drain and returns what was done. This
-//! module never prints.
+//! [`Sidecar::start`] opens and checks everything (a wrong setting fails before the job runs),
+//! claims the worker's folder before anything is stored there ([`super::claim`]), and starts the
+//! loops; [`Sidecar::finish`] waits for them to drain and returns what was done. This module
+//! never prints.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use tokio::task::JoinHandle;
 use super::error::SidecarError;
 use super::health;
 use super::metrics::{self, MetricsTask};
+use super::serve::{Limits, Listener};
 use super::settings::Settings;
 use super::shipping::{self, Pipelines};
 use crate::artifacts::{PushOutcome, Target};
@@ -51,7 +54,8 @@ pub struct Sidecar {
     drained: DrainFlag,
     target: Option<Target>,
     settings: Settings,
-    addr: SocketAddr,
+    probes: SocketAddr,
+    mlflow: SocketAddr,
     stored_at: String,
 }
 
@@ -71,6 +75,30 @@ impl Sidecar {
         let (store, prefix) = storage::open(&settings.storage, &options)?;
         let worker_prefix = identity.worker_prefix(&prefix);
         let stored_at = identity.shown_under(&settings.storage);
+        // Bound first: a taken port fails before anything is claimed or stored.
+        let probes = Listener::bind(
+            settings.listen,
+            "/healthz, /readyz and /metrics",
+            Limits::PROBES,
+        )?;
+        let mlflow = Listener::bind(
+            settings.mlflow_listen,
+            "the MLflow-compatible /api/2.0/mlflow/",
+            settings.mlflow_limits,
+        )?;
+        if !mlflow.addr.ip().is_loopback() {
+            tracing::warn!(addr = %mlflow.addr, "the MLflow-compatible endpoint has no authentication: \
+                whoever reaches this address can log metrics and end the run; keep it on 127.0.0.1");
+        }
+        let (service, _) = storage::locate(&settings.storage)?;
+        super::claim::claim(
+            &store,
+            service,
+            &worker_prefix,
+            &stored_at,
+            &settings.state_dir,
+        )
+        .await?;
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.
         let target = match settings.artifacts.is_empty() {
             true => None,
@@ -115,7 +143,6 @@ impl Sidecar {
             pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
         }
         let drained = pipelines.health.draining.clone();
-        let listener = Listener::bind(&settings).await?;
         let (handle, requests) = ingest::channel(RunIdentity {
             experiment: identity.experiment.clone(),
             worker: identity.worker.clone(),
@@ -126,7 +153,7 @@ impl Sidecar {
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
             stop.clone(),
             Some(requests),
-            Some(listener.addr),
+            Some(mlflow.addr),
         )
         .await?;
         let observed = health::Observed {
@@ -135,7 +162,8 @@ impl Sidecar {
             metastore: Some(metrics.status()),
             stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
         };
-        let addr = listener.serve(health::router(observed).merge(ingest::router(handle)));
+        let probes = probes.serve(health::router(observed));
+        let mlflow = mlflow.serve(ingest::router(handle));
         let mut folders: Vec<PathBuf> = logs.globs.iter().map(|g| g.base.clone()).collect();
         folders.extend(settings.tfevents.iter().cloned());
         let drain = Drain::new(
@@ -157,14 +185,20 @@ impl Sidecar {
             drained,
             target,
             settings,
-            addr,
+            probes,
+            mlflow,
             stored_at,
         })
     }
 
-    /// The address the endpoint listens on (the port is chosen when the settings said 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The address of the probes (the port is chosen when the settings said 0).
+    pub fn probe_addr(&self) -> SocketAddr {
+        self.probes
+    }
+
+    /// The address of the MLflow-compatible endpoint (the port is chosen when the settings said 0).
+    pub fn mlflow_addr(&self) -> SocketAddr {
+        self.mlflow
     }
 
     /// Waits until every loop drained. Once the job is over, saves the artifacts folders meanwhile
@@ -205,38 +239,5 @@ impl Sidecar {
             saves,
             stored_at: self.stored_at,
         })
-    }
-}
-
-/// The endpoint's socket, bound before the metrics pipeline starts (which must know its address,
-/// so as not to take it for the metastore) and served once the routes are assembled.
-struct Listener {
-    socket: tokio::net::TcpListener,
-    addr: SocketAddr,
-}
-
-impl Listener {
-    async fn bind(settings: &Settings) -> Result<Listener, SidecarError> {
-        let listen_error = |source| SidecarError::Listen {
-            addr: settings.listen,
-            source,
-        };
-        let socket = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .map_err(listen_error)?;
-        let addr = socket.local_addr().map_err(listen_error)?;
-        Ok(Listener { socket, addr })
-    }
-
-    /// Serves `app` in the background; returns the address.
-    fn serve(self, app: axum::Router) -> SocketAddr {
-        let addr = self.addr;
-        tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the MLflow-compatible /api/2.0/mlflow/");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(self.socket, app).await {
-                tracing::error!(error = %e, "the endpoint stopped");
-            }
-        });
-        addr
     }
 }

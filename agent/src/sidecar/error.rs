@@ -20,6 +20,8 @@ pub enum SidecarError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Artifacts(#[from] ArtifactsError),
+    #[error(transparent)]
+    Claim(#[from] super::claim::ClaimError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -37,6 +39,7 @@ impl Classify for SidecarError {
             SidecarError::Ship(e) => e.class(),
             SidecarError::Metrics(e) => e.class(),
             SidecarError::Artifacts(e) => e.class(),
+            SidecarError::Claim(e) => e.class(),
             SidecarError::Listen { .. } => ErrorClass::Usage,
             SidecarError::Thread(_) => ErrorClass::Internal,
         }
@@ -48,8 +51,9 @@ impl Classify for SidecarError {
             SidecarError::Ship(e) => e.hint(),
             SidecarError::Metrics(e) => e.hint(),
             SidecarError::Artifacts(e) => e.hint(),
+            SidecarError::Claim(e) => e.hint(),
             SidecarError::Listen { .. } => {
-                Some("choose a free address with --listen (e.g. 127.0.0.1:0 for any port)".into())
+                Some("choose a free address with --listen or --mlflow-listen (e.g. 127.0.0.1:0 for any port)".into())
             }
             SidecarError::Thread(_) => None,
         }
