@@ -19,6 +19,7 @@ mod metrics_mlflow;
 mod metrics_mysql;
 mod metrics_refused;
 mod metrics_sqlite;
+mod pod_podman;
 mod pod_simulation;
 mod pod_workers;
 mod run_cmd;

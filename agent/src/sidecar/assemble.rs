@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::claim::Claim;
 use super::error::SidecarError;
 use super::health;
 use super::metrics::{self, MetricsTask};
@@ -27,7 +28,7 @@ use crate::metrics::mlflow::ingest::{self, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
-use crate::ship::{LogConfig, LogShipper, MirrorConfig, ShipError, TfeventsMirror};
+use crate::ship::{LogConfig, LogShipper, MirrorConfig, TfeventsMirror};
 use crate::storage::{self, StoreOptions};
 
 /// What a finished sidecar did.
@@ -49,7 +50,7 @@ pub struct Report {
 
 /// A running sidecar. Invariant: its loops run until [`Sidecar::finish`] has seen them drain.
 pub struct Sidecar {
-    shipping: JoinHandle<(Result<Ending, ShipError>, Pipelines)>,
+    shipping: JoinHandle<(Result<Ending, SidecarError>, Pipelines)>,
     metrics: MetricsTask,
     drained: DrainFlag,
     target: Option<Target>,
@@ -91,14 +92,19 @@ impl Sidecar {
                 whoever reaches this address can log metrics and end the run; keep it on 127.0.0.1");
         }
         let (service, _) = storage::locate(&settings.storage)?;
-        super::claim::claim(
-            &store,
+        let claim = Claim {
+            store: store.clone(),
             service,
-            &worker_prefix,
-            &stored_at,
-            &settings.state_dir,
-        )
-        .await?;
+            worker_prefix: worker_prefix.clone(),
+            folder: stored_at.clone(),
+            state_dir: settings.state_dir.clone(),
+        };
+        // Another pod's folder stops the sidecar now; unreachable storage only delays shipping.
+        let pending = match claim.try_once().await {
+            Ok(_) => None,
+            Err(e) if e.is_transient() => Some(claim),
+            Err(e) => return Err(e.into()),
+        };
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.
         let target = match settings.artifacts.is_empty() {
             true => None,
@@ -166,16 +172,25 @@ impl Sidecar {
         let mlflow = mlflow.serve(ingest::router(handle));
         let mut folders: Vec<PathBuf> = logs.globs.iter().map(|g| g.base.clone()).collect();
         folders.extend(settings.tfevents.iter().cloned());
-        let drain = Drain::new(
+        let mut drain = Drain::new(
             settings.lifecycle.clone(),
             "logs and tf.events",
             drained.clone(),
         );
+        let unread = unread_bytes(&settings);
         let shipping = tokio::spawn(async move {
             // The watcher must live as long as the loop that reads its notifications.
             let (_watcher, wake) = super::watch::watch_folders(&folders);
+            let mut stop = stop;
+            if let Some(claim) = pending {
+                match claim.wait(&mut drain, &mut stop, unread).await {
+                    Ok(None) => {}
+                    Ok(Some(ending)) => return (Ok(ending), pipelines),
+                    Err(e) => return (Err(e.into()), pipelines),
+                }
+            }
             let ending = shipping::run(&mut pipelines, drain, stop, wake).await;
-            (ending, pipelines)
+            (ending.map_err(SidecarError::from), pipelines)
         });
         tracing::info!(storage = %redact_url(settings.storage.as_str()), experiment = %identity.experiment,
             worker = %identity.worker, "sidecar started");
@@ -240,4 +255,33 @@ impl Sidecar {
             stored_at: self.stored_at,
         })
     }
+}
+
+/// Bytes in the files the shipping loop follows, for a loop that stopped before it could read
+/// any (its claim was never made): an upper bound of what is not stored.
+fn unread_bytes(settings: &Settings) -> impl Fn() -> u64 + Send + 'static {
+    let globs = settings.logs.globs.clone();
+    let tfevents = settings.tfevents.clone();
+    move || {
+        let logs: u64 = (globs.iter())
+            .flat_map(|g| g.matches())
+            .filter_map(|(path, _)| std::fs::metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        logs + tfevents.iter().map(|d| folder_bytes(d)).sum::<u64>()
+    }
+}
+
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => folder_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }

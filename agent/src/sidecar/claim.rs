@@ -8,6 +8,9 @@
 //! container: the folder is an emptyDir of the pod, or `run --resume`) holds the same token and
 //! continues. Anyone else would overwrite what the holder stored (object keys are derived from
 //! positions in the files, which a new state folder counts again from 0), so it is refused.
+//!
+//! When storage cannot be reached at start, the job is not held up: the shipping loop retries the
+//! claim ([`Claim::wait`]) and stores nothing until it is made; the files wait on disk meanwhile.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Classify, ErrorClass};
+use crate::lifecycle::{Drain, Ending, Next, Stop};
 use crate::storage::{Service, StorageError};
 
 /// The claim's object in the worker's folder.
@@ -117,9 +121,76 @@ pub enum Claimed {
     Continued,
 }
 
+impl ClaimError {
+    /// Whether storage could not be reached (the claim is worth trying again).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClaimError::Storage(e) if e.class() == ErrorClass::Network)
+    }
+}
+
+/// A worker's folder to claim. Invariant: `folder` shows `worker_prefix` to people.
+pub struct Claim {
+    pub store: Arc<dyn ObjectStore>,
+    pub service: Service,
+    pub worker_prefix: object_store::path::Path,
+    pub folder: String,
+    pub state_dir: std::path::PathBuf,
+}
+
+/// The longest pause between two tries of a claim while storage cannot be reached.
+const MOST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Claim {
+    /// Claims the folder for the sidecar whose state folder is `state_dir`.
+    pub async fn try_once(&self) -> Result<Claimed, ClaimError> {
+        claim(
+            &self.store,
+            self.service,
+            &self.worker_prefix,
+            &self.folder,
+            &self.state_dir,
+        )
+        .await
+    }
+
+    /// Tries until the claim is made, pausing longer each time storage cannot be reached, and
+    /// following `drain`'s rules on stop requests. `Ok(None)`: claimed, the loop may store;
+    /// `Ok(Some(ending))`: the drain ended first, with `unread()` bytes not stored.
+    pub async fn wait(
+        &self,
+        drain: &mut Drain,
+        stop: &mut Stop,
+        unread: impl Fn() -> u64,
+    ) -> Result<Option<Ending>, ClaimError> {
+        let mut pause = std::time::Duration::from_secs(1);
+        loop {
+            match self.try_once().await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(folder = %self.folder, error = %e, retry_s = pause.as_secs_f64(),
+                        "cannot reach storage to claim the worker's folder; nothing is stored until it can");
+                }
+                Err(e) => return Err(e),
+            }
+            if let Next::End(ending) = drain.after_pass(false, unread()) {
+                return Ok(Some(ending));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                requests = stop.next() => {
+                    if let Next::End(ending) = drain.on_stop(requests, &unread) {
+                        return Ok(Some(ending));
+                    }
+                }
+            }
+            pause = (pause * 2).min(MOST_PAUSE);
+        }
+    }
+}
+
 /// Claims `worker_prefix` (shown to people as `folder`) for the sidecar whose state folder is
 /// `state_dir`.
-pub async fn claim(
+async fn claim(
     store: &Arc<dyn ObjectStore>,
     service: Service,
     worker_prefix: &object_store::path::Path,
