@@ -238,6 +238,15 @@ fn pod(job: &Value, index: u32, env: &[(String, String)]) -> (String, Value) {
     (name, pod)
 }
 
+/// Removes the test's images when dropped, so runs leave no unnamed images behind.
+struct Images;
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let _ = podman(&["rmi", "-f", IMAGE, TRAINING_IMAGE, "localhost/periscope:latest"]);
+    }
+}
+
 /// Removes the pod when dropped, whatever happened.
 struct Played(String);
 
@@ -349,6 +358,7 @@ fn two_indexed_job_pods_run_by_podman_store_their_work_apart() {
         panic!("podman is missing: run tests/run once to install it");
     }
     let work = tempfile::tempdir().unwrap();
+    let _images = Images;
     training_image(work.path());
     if let Err(why) = podman_can_run(TRAINING_IMAGE) {
         eprintln!("SKIPPED: podman cannot run a container on this machine: {why}");
