@@ -9,17 +9,9 @@ use crate::harness::git::{
     git, GitDaemon, GitHttp, GitHttp10, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER,
 };
 use crate::harness::lfs::LfsServer;
+use crate::harness::localize::localize;
 use crate::harness::tls::TestCa;
-use crate::harness::{free_port, periscope, run, Ran};
-
-/// Runs `periscope localize --source SRC --dest DEST` plus `extra`.
-fn localize(dest: &Path, source: &str, extra: &[&str]) -> Ran {
-    run(periscope()
-        .args(["localize", "--dest"])
-        .arg(dest)
-        .args(["--source", source])
-        .args(extra))
-}
+use crate::harness::{free_port, periscope, run};
 
 /// The record entry for folder `into`.
 fn recorded(dest: &Path, into: &str) -> serde_json::Value {

@@ -1,6 +1,5 @@
 //! `periscope localize` from object stores: S3 (moto), Azure (Azurite) and `file://`, each a real
-//! server on 127.0.0.1 started by the harness. GCS has no emulator that works with object_store's
-//! XML API here, so only its URL parsing and configuration are tested (see the README's gaps).
+//! server on 127.0.0.1 started by the harness. GCS is in `localize_gcs.rs` (fake-gcs-server).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -408,7 +407,6 @@ fn file_urls_and_absolute_paths_are_object_sources() {
 
 #[test]
 fn gcs_urls_are_configured_from_google_application_credentials() {
-    // No GCS emulator works with object_store's XML API here: this checks configuration only.
     let dest = tempfile::tempdir().unwrap();
     let env = [(
         "GOOGLE_APPLICATION_CREDENTIALS",

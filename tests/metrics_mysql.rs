@@ -481,7 +481,8 @@ fn a_value_is_stored_byte_for_byte_and_never_run_as_sql_whatever_the_servers_cha
     cmd.args(["--mlflow-listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
     wait_for_port(port, "the sidecar's endpoint", Duration::from_secs(30));
-    let body = serde_json::json!({"run_id": "r", "key": "lr", "value": payload}).to_string();
+    let run = crate::harness::metrics::start_endpoint_run(port);
+    let body = serde_json::json!({"run_id": run, "key": "lr", "value": payload}).to_string();
     let reply = request(
         port,
         "POST",

@@ -243,7 +243,13 @@ struct Images;
 
 impl Drop for Images {
     fn drop(&mut self) {
-        let _ = podman(&["rmi", "-f", IMAGE, TRAINING_IMAGE, "localhost/periscope:latest"]);
+        let _ = podman(&[
+            "rmi",
+            "-f",
+            IMAGE,
+            TRAINING_IMAGE,
+            "localhost/periscope:latest",
+        ]);
     }
 }
 
@@ -322,14 +328,16 @@ echo \"worker $i trains in $(pwd)\"
 echo \"worker $i warns\" >&2
 mkdir -p \"$SUBMARINE_TENSORBOARD_LOG_DIR\"
 cp tb-$i/* \"$SUBMARINE_TENSORBOARD_LOG_DIR/\"
-# A classic sidecar starts beside this container and may not listen yet: retry, as MLflow's
-# client does.
-body=\"{\\\"run_id\\\":\\\"r\\\",\\\"key\\\":\\\"posted\\\",\\\"value\\\":$i,\\\"timestamp\\\":1700000000000,\\\"step\\\":$i}\"
+# A run and a metric, as mlflow.start_run and log_metric send them. A classic sidecar starts
+# beside this container and may not listen yet: retry, as MLflow's client does.
+api=\"$MLFLOW_TRACKING_URI/api/2.0/mlflow\"
+post() { wget -q -O - --header 'Content-Type: application/json' --post-data \"$2\" \"$api/$1\"; }
 for try in $(seq 100); do
-  wget -q -O - --header 'Content-Type: application/json' --post-data \"$body\" \
-    \"$MLFLOW_TRACKING_URI/api/2.0/mlflow/runs/log-metric\" 2>/dev/null && break
+  run=$(post runs/create '{\"experiment_id\":\"0\"}' 2>/dev/null | sed -n 's/.*\"run_id\": *\"\\([^\"]*\\)\".*/\\1/p')
+  [ -n \"$run\" ] && break
   sleep 0.2
 done
+post runs/log-metric \"{\\\"run_id\\\":\\\"$run\\\",\\\"key\\\":\\\"posted\\\",\\\"value\\\":$i,\\\"timestamp\\\":1700000000000,\\\"step\\\":$i}\" >/dev/null
 echo
 exit $((i * 3))
 ";

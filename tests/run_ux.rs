@@ -203,7 +203,9 @@ fn two_runs_started_together_get_two_experiment_ids() {
     };
     let (a, b) = (start(), start());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success() && b.status.success());
+    for o in [&a, &b] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
     let id = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).trim().to_string();
     let (id_a, id_b) = (id(&a), id(&b));
     assert!(
@@ -387,4 +389,84 @@ fn metrics_and_runs_find_what_run_wrote_with_no_flags() {
         .current_dir(dir.path()));
     by_path.expect_code(0);
     assert!(by_path.stdout.contains("here"), "{}", by_path.stdout);
+}
+
+/// Exit codes 2 and 3 are also codes a command may use: Periscope's own failures say they are.
+#[test]
+fn periscopes_own_failure_says_the_command_did_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = run(periscope()
+        .args([
+            "run",
+            "--data-dir",
+            "data",
+            "--storage",
+            "s3:/bucket",
+            "--",
+            "true",
+        ])
+        .current_dir(dir.path()));
+    ran.expect_code(2);
+    assert!(
+        ran.stderr
+            .contains("Periscope's own error: the command did not run"),
+        "{}",
+        ran.stderr
+    );
+    let job = run(periscope()
+        .args(["run", "--data-dir", "data", "--", "sh", "-c", "exit 3"])
+        .current_dir(dir.path()));
+    job.expect_code(3);
+    assert!(
+        job.stderr.contains("the command exited 3"),
+        "{}",
+        job.stderr
+    );
+}
+
+/// tensorboardX's `SummaryWriter()` with no logdir writes `./runs/<date>_<host>/`: `run` finds
+/// it in the command's working folder and ships it, but not event files that were there before.
+#[test]
+fn event_files_a_writer_puts_in_its_default_folder_are_shipped_and_old_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("runs/yesterday");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("events.out.tfevents.1.old-host"), b"").unwrap();
+    let script = "import time\nfrom tensorboardX import SummaryWriter\n\
+w = SummaryWriter()\n\
+for step in range(3):\n    w.add_scalar('train/loss', 1.0 / (step + 1), step)\n    time.sleep(0.01)\n\
+w.close()\n";
+    let ran = run(periscope()
+        .args(["run", "--experiment-id", "tbx", "--"])
+        .arg(crate::harness::python())
+        .args(["-c", script])
+        .current_dir(dir.path()));
+    ran.expect_code(0);
+    assert!(ran.stderr.contains(" 1 event file(s) "), "{}", ran.stderr);
+    let stored = dir
+        .path()
+        .join("periscope-data/storage/tbx/worker-0/tfevents");
+    let scalars = run(periscope()
+        .args(["tfevents", "scalars", "--format", "jsonl"])
+        .arg(&stored));
+    scalars.expect_code(0);
+    assert_eq!(
+        scalars.stdout.matches("\"tag\":\"train/loss\"").count(),
+        3,
+        "{}",
+        scalars.stdout
+    );
+    assert!(!scalars.stdout.contains("old-host"), "{}", scalars.stdout);
+    let metrics = run(periscope()
+        .args(["metrics", "ls", "tbx"])
+        .current_dir(dir.path()));
+    metrics.expect_code(0);
+    assert!(
+        metrics
+            .stdout
+            .lines()
+            .any(|l| l.contains("train/loss") && l.contains(" 3 ")),
+        "{}",
+        metrics.stdout
+    );
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::metrics::{append, wait_with_timeout};
+use crate::harness::metrics::{append, start_endpoint_run, wait_with_timeout};
 use crate::harness::rawhttp::{request, wait_for_port};
 use crate::harness::{free_port, periscope, run};
 
@@ -43,8 +43,9 @@ fn sidecar(dir: &Path, probes: u16, mlflow: u16) -> Command {
     cmd
 }
 
-fn log_metric(port: u16, key: &str) -> u16 {
-    let body = format!(r#"{{"run_id":"r","key":"{key}","value":1,"timestamp":1,"step":0}}"#);
+/// Logs metric `key` to run `run` on the endpoint at `port`; returns the status.
+fn log_metric(port: u16, run: &str, key: &str) -> u16 {
+    let body = format!(r#"{{"run_id":"{run}","key":"{key}","value":1,"timestamp":1,"step":0}}"#);
     let json = [("Content-Type", "application/json".to_string())];
     request(
         port,
@@ -90,10 +91,11 @@ fn the_mlflow_endpoint_and_the_probes_listen_apart() {
     let child = sidecar(dir.path(), probes, mlflow).spawn().unwrap();
     wait_for_port(mlflow, "the MLflow endpoint", Duration::from_secs(30));
     wait_for_port(probes, "the probes", Duration::from_secs(30));
-    assert_eq!(log_metric(mlflow, "loss"), 200);
+    let run_id = start_endpoint_run(mlflow);
+    assert_eq!(log_metric(mlflow, &run_id, "loss"), 200);
     assert_eq!(request(probes, "GET", "/healthz", &[], b"").status, 200);
     // Whoever reaches the probes (the pod IP) cannot log metrics or end the run.
-    assert_eq!(log_metric(probes, "loss"), 404);
+    assert_eq!(log_metric(probes, &run_id, "loss"), 404);
     assert_eq!(request(mlflow, "GET", "/healthz", &[], b"").status, 404);
     end(dir.path(), child);
 
@@ -113,6 +115,7 @@ fn slow_or_idle_clients_are_cut_off_by_the_endpoints_timeouts() {
         .spawn()
         .unwrap();
     wait_for_port(mlflow, "the MLflow endpoint", Duration::from_secs(30));
+    let run_id = start_endpoint_run(mlflow);
     let limit = Duration::from_secs(10);
 
     // A connection that never sends a request.
@@ -139,7 +142,8 @@ fn slow_or_idle_clients_are_cut_off_by_the_endpoints_timeouts() {
 
     // A body that stops short: answered with an error, and nothing is logged from it.
     let mut stalled = TcpStream::connect(("127.0.0.1", mlflow)).unwrap();
-    let body = r#"{"run_id":"r","key":"stalled","value":1,"timestamp":1,"step":0}"#;
+    let body =
+        format!(r#"{{"run_id":"{run_id}","key":"stalled","value":1,"timestamp":1,"step":0}}"#);
     let head = format!(
         "POST /api/2.0/mlflow/runs/log-metric HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len() + 10
@@ -150,7 +154,7 @@ fn slow_or_idle_clients_are_cut_off_by_the_endpoints_timeouts() {
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // The endpoint still serves well-behaved clients.
-    assert_eq!(log_metric(mlflow, "after"), 200);
+    assert_eq!(log_metric(mlflow, &run_id, "after"), 200);
     end(dir.path(), child);
     let db = dir.path().join("state/metastore.db");
     let keys = run(periscope()

@@ -263,10 +263,16 @@ fn truncated_tail_is_not_damage() {
 #[test]
 fn missing_path_and_empty_folder_are_not_found() {
     let dir = tempfile::tempdir().unwrap();
-    run(periscope()
+    let missing = run(periscope()
         .args(["tfevents", "scalars"])
-        .arg(dir.path().join("nope")))
-    .expect_code(3);
+        .arg(dir.path().join("nope")));
+    missing.expect_code(3);
+    // The hint speaks of files and folders, not of URLs, refs or object keys.
+    assert!(
+        missing.stderr.contains("no such file or folder") && !missing.stderr.contains("ref"),
+        "{}",
+        missing.stderr
+    );
     std::fs::write(dir.path().join("notes.txt"), "hi").unwrap();
     run(periscope().args(["tfevents", "scalars"]).arg(dir.path()))
         .expect_code(3)

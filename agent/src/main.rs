@@ -217,10 +217,15 @@ fn init_logging(global: &GlobalArgs) {
     use tracing_subscriber::util::SubscriberInitExt;
     // `Targets` reads `info` or `periscope=debug,warn` without a regex engine (which would cost the
     // static binary half a megabyte).
-    let filter: Targets = global
+    let mut filter: Targets = global
         .log_level
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    // object_store's retry lines name no host and repeat the whole error; Periscope's store client
+    // says each failed try in one short line instead. `--log-level object_store=info` shows them.
+    if !global.log_level.contains("object_store") {
+        filter = filter.with_target("object_store", LevelFilter::WARN);
+    }
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

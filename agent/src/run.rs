@@ -17,6 +17,11 @@ use crate::job::JobIdentity;
 use crate::lifecycle::Stop;
 use crate::localize::{self, FetchContext, LocalizeError, Outcome, ProgressSink, SourceSpec};
 use crate::sidecar::{Report, Settings, Sidecar, SidecarError};
+use crate::tfevents::{Scope, Search};
+
+/// How many folders below its working folder a command's own event files are looked for
+/// (Hydra's `outputs/<date>/<time>/tb/` is four).
+const SEARCH_DEPTH: usize = 6;
 
 /// The folder `periscope run` keeps everything in by default. Invariant: an absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +79,24 @@ impl DataDir {
         if sidecar.tfevents.is_empty() {
             sidecar.tfevents.push(run_dir.join("tensorboard"));
         }
+        // Event files the command writes where writers put them by default (tensorboardX's and
+        // PyTorch's ./runs/, Lightning's ./lightning_logs/) are found under its working folder;
+        // `run` sets the time from which they count when the command starts.
+        let workdir = match sources.first() {
+            Some(first) => dest.join(&first.into),
+            None => std::env::current_dir().unwrap_or_default(),
+        };
+        let mut skip = vec![self.0.clone()];
+        skip.extend(sidecar.tfevents.iter().cloned());
+        sidecar.tfevents_search = Some(Search {
+            root: workdir,
+            scope: Scope {
+                since: None,
+                max_depth: Some(SEARCH_DEPTH),
+                skip_hidden: true,
+                skip,
+            },
+        });
         let metrics_file = run_dir.join("metrics.jsonl");
         sidecar.metrics.files.push(metrics_file.clone());
         sidecar.metrics.default_sqlite = Some(self.metastore());
@@ -225,7 +248,7 @@ pub enum RunError {
         ended: Option<String>,
     },
     /// The command ran (and exited `code`), then shipping what it wrote failed.
-    #[error("the command exited {code}, then: {source}")]
+    #[error("the command exited {code}, then Periscope failed: {source}")]
     AfterCommand { code: i32, source: SidecarError },
 }
 
@@ -305,6 +328,10 @@ pub async fn run(
             })
         }
         _ => {}
+    }
+    // What the command writes from now on is its own; event files already there are not.
+    if let Some(search) = &mut settings.sidecar.tfevents_search {
+        search.scope.since = Some(std::time::SystemTime::now());
     }
     let (requests, stop) = Stop::channel();
     let sidecar = Sidecar::start(settings.sidecar.clone(), stop).await?;

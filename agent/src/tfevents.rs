@@ -24,12 +24,17 @@ impl Classify for TfeventsError {
 
     fn hint(&self) -> Option<String> {
         match self {
+            TfeventsError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => Some(
+                "no such file or folder: give the log folder the job writes, or a stored \
+                     tree such as periscope-data/storage/<experiment>"
+                    .to_owned(),
+            ),
             TfeventsError::NoEventFiles { .. } => Some(
                 "point at the log folder the job writes (files are named events.out.tfevents.*)"
                     .to_owned(),
             ),
             TfeventsError::Damaged { .. } => Some(
-                "every good record was printed; the damaged ones are listed on stderr".to_owned(),
+                "every good record was printed; the damage is described on stderr, one line per file".to_owned(),
             ),
             _ => None,
         }

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 pub mod archive;
 pub mod http_server;
+pub mod localize;
 pub mod proxy;
 pub mod python;
 pub mod tls;
@@ -60,6 +61,16 @@ pub fn periscope() -> Command {
         .env_remove("PERISCOPE_REPLICA_TYPE")
         .env_remove("PERISCOPE_REPLICA_INDEX")
         .env("PERISCOPE_TERMINATION_LOG", "/dev/null")
+        // A developer's proxy would see (or refuse) the tests' requests to 127.0.0.1; the proxy
+        // tests set their own.
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
         // Sidecars started in parallel must not fight over the default 127.0.0.1:9090; a test that
         // probes the endpoint passes its own --listen.
         .env("PERISCOPE_LISTEN", "127.0.0.1:0")
@@ -169,9 +180,12 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 pub mod azurite;
+pub mod gcs;
 pub mod mariadb;
 pub mod metrics;
 pub mod mlflow;
 pub mod process;
 pub mod rawhttp;
 pub mod s3;
+pub mod tinyproxy;
+pub mod webhook;

@@ -1,6 +1,7 @@
 //! `periscope localize`: flags, Submarine's `GIT_SYNC_*` compatibility, and the summary printed
 //! when it is done.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,12 +9,15 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use periscope::error::ErrorClass;
+use periscope::lifecycle::Stop;
+use periscope::localize::sync::hook::Hooks;
+use periscope::localize::sync::SyncSettings;
 use periscope::localize::{self, FetchContext, GitAuth, Limits, Outcome, SourceSpec, TlsOptions};
 use periscope::redact::Secret;
 use periscope::retry::RetryPolicy;
 
-use super::progress::Display;
-use super::size::{human, parse_size};
+use super::progress::{summary_line, Display};
+use super::size::parse_size;
 use super::Failure;
 
 /// Where sources land without --dest or GIT_SYNC_ROOT, if that folder exists.
@@ -53,12 +57,34 @@ Each source lands at DEST/<into>, staged under DEST/.periscope/ and published wi
 DEST/.periscope/localized.json records the exact revision. Running again with the same sources
 fetches nothing; a new revision replaces the old one atomically.
 
+Continuous sync (git-sync's main mode, for pods that live for days): with --period DURATION
+(10s, 1m, 1h30m) localize keeps running and checks the sources again after each period. Each new
+revision is fetched into DEST/.periscope/revisions/ and DEST/<into> becomes a relative symlink to
+it, swapped in one rename: a reader sees the old tree or the new one, never a mix, and one that
+holds the old tree open keeps reading it. The previous revision stays until the next new one
+replaces it. After each new revision --exechook-command runs (in the revision's folder, no
+arguments, GITSYNC_HASH set to the revision; killed after 30s) and --webhook-url is called (with
+a Gitsync-Hash header); each is retried per --retries. --http-bind serves /healthz: 200 while the
+last check succeeded, 503 before the first and after a failed one (the revision in place stays).
+The first check must succeed; SIGTERM ends the sync at once, publishing nothing half-made (exit 0).
+
+Proxies: git over http(s), archive downloads and object stores follow one rule, curl's and git's:
+http_proxy for http:// URLs, https_proxy for https:// URLs (CONNECT), all_proxy for either when
+its own is unset; no_proxy lists hosts reached directly (example.com also covers its subdomains;
+IP addresses, CIDR blocks, `*`). Each name may be lowercase or uppercase, the lowercase one wins,
+an empty value is unset, and nothing is exempt by default (not even localhost). A proxy is an
+http:// URL (host:port means http://host:port); a user and password in it go to the proxy only.
+git over ssh and git:// never use a proxy.
+
 With no --source, git-sync's variables are read, v4 names first, then v3's (GIT_SYNC_REPO and the
 rest, what Submarine sets): GITSYNC_REPO, GITSYNC_REF (v3 GIT_SYNC_BRANCH, GIT_SYNC_REV),
 GITSYNC_DEPTH, GITSYNC_SUBMODULES, GITSYNC_ROOT, GITSYNC_LINK (v3 GIT_SYNC_DEST), GITSYNC_USERNAME,
 GITSYNC_PASSWORD(_FILE), GITSYNC_SSH (key /etc/git-secret/ssh and /etc/git-secret/known_hosts
 unless GITSYNC_SSH_KEY_FILE and GITSYNC_SSH_KNOWN_HOSTS_FILE say otherwise;
-GITSYNC_SSH_KNOWN_HOSTS=false accepts unknown host keys), and GIT_SSL_NO_VERIFY. Flags win over them.
+GITSYNC_SSH_KNOWN_HOSTS=false accepts unknown host keys), GIT_SSL_NO_VERIFY, and for continuous
+sync GITSYNC_PERIOD (v3 GIT_SYNC_WAIT, seconds; GITSYNC_ONE_TIME=true fetches once),
+GITSYNC_EXECHOOK_COMMAND, GITSYNC_WEBHOOK_URL, GITSYNC_WEBHOOK_METHOD and GITSYNC_HTTP_BIND.
+Flags win over them.
 
 Examples:
   periscope localize --source 'git+https://github.example/org/training-job.git#ref=v1.2' --dest /code
@@ -111,8 +137,8 @@ pub struct LocalizeArgs {
     /// Parallel transfers per source (object prefixes, ranged downloads).
     #[arg(long, env = "PERISCOPE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
-    /// Tries per request, including the first, for transient failures (connect errors, timeouts,
-    /// 429, 5xx).
+    /// Tries per request, including the first, for transient failures (connect errors, a host
+    /// that does not resolve yet, timeouts, 429, 5xx).
     #[arg(long, env = "PERISCOPE_RETRIES", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     retries: u32,
     /// Seconds allowed to connect.
@@ -121,6 +147,23 @@ pub struct LocalizeArgs {
     /// Seconds of silence mid-transfer before the connection is dropped and resumed.
     #[arg(long, env = "PERISCOPE_IDLE_TIMEOUT", default_value_t = 60)]
     idle_timeout: u64,
+    /// Keep running: check the sources again every DURATION (10s, 1m, 1h30m) and publish each
+    /// new revision as a symlink swap. Without it, localize fetches once and exits.
+    #[arg(long, env = "PERISCOPE_PERIOD", value_name = "DURATION", value_parser = parse_duration)]
+    period: Option<Duration>,
+    /// With --period: a program run after each new revision (no arguments, in the revision's
+    /// folder, GITSYNC_HASH and PERISCOPE_REVISION set to it).
+    #[arg(long, env = "PERISCOPE_EXECHOOK_COMMAND", value_name = "PROGRAM")]
+    exechook_command: Option<PathBuf>,
+    /// With --period: a URL called after each new revision, with a Gitsync-Hash header.
+    #[arg(long, env = "PERISCOPE_WEBHOOK_URL", value_name = "URL")]
+    webhook_url: Option<String>,
+    /// The webhook's HTTP method.
+    #[arg(long, env = "PERISCOPE_WEBHOOK_METHOD", value_name = "METHOD")]
+    webhook_method: Option<String>,
+    /// With --period: serve /healthz at HOST:PORT (:PORT for every interface).
+    #[arg(long, env = "PERISCOPE_HTTP_BIND", value_name = "ADDR")]
+    http_bind: Option<String>,
     /// What to print when done: a line per source for people, or one JSON object per source.
     #[arg(long, env = "PERISCOPE_OUTPUT", value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -150,6 +193,7 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
         allow_unknown_host_keys: args.allow_unknown_host_keys,
     };
     let mut insecure = false;
+    let git_sync_mode = specs.is_empty();
     if specs.is_empty() {
         let Some(spec) = env.source()? else {
             return Err(Failure::new(
@@ -192,10 +236,155 @@ pub async fn run(args: LocalizeArgs) -> Result<ExitCode, Failure> {
         connect_timeout: Duration::from_secs(args.connect_timeout.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
     };
-    let display = Arc::new(Display::for_stderr());
-    let outcomes = localize::localize(&specs, &dest, &ctx, display).await?;
-    print_outcomes(&outcomes, &dest, args.output);
+    let display = Arc::new(Display::without_summary());
+    let sync = sync_settings(&args, &env, git_sync_mode)?;
+    let Some(sync) = sync else {
+        let outcomes = localize::localize(&specs, &dest, &ctx, display).await?;
+        print_outcomes(&outcomes, &dest, args.output);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let (requests, stop) = Stop::channel();
+    requests.on_signals().map_err(|e| {
+        Failure::new(
+            ErrorClass::Internal,
+            format!("cannot watch for signals: {e}"),
+            None,
+        )
+    })?;
+    let output = args.output;
+    localize::sync::sync(
+        &specs,
+        &dest,
+        &ctx,
+        &sync,
+        display,
+        stop,
+        |addr| tracing::info!("serving /healthz on {addr}"),
+        |outcomes, first| {
+            // Every source after the first pass; then only new revisions.
+            let new: Vec<Outcome> = outcomes
+                .iter()
+                .filter(|o| first || !o.skipped)
+                .cloned()
+                .collect();
+            print_outcomes(&new, &dest, output);
+        },
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The continuous sync the flags (or, in git-sync's place, its variables) ask for, if any.
+fn sync_settings(
+    args: &LocalizeArgs,
+    env: &GitSyncEnv,
+    git_sync_mode: bool,
+) -> Result<Option<SyncSettings>, Failure> {
+    let from_env = |v: &Option<String>| v.clone().filter(|_| git_sync_mode);
+    let period = match args.period {
+        Some(p) => Some(p),
+        None if git_sync_mode && !env.one_time => env
+            .period
+            .as_deref()
+            .map(|p| parse_duration(p).map_err(|e| usage(format!("GITSYNC_PERIOD: {e}"))))
+            .transpose()?,
+        None => None,
+    };
+    let command = args
+        .exechook_command
+        .clone()
+        .or(from_env(&env.exechook_command).map(PathBuf::from));
+    let webhook = args.webhook_url.clone().or(from_env(&env.webhook_url));
+    let bind = args.http_bind.clone().or(from_env(&env.http_bind));
+    let Some(period) = period else {
+        if command.is_some() || webhook.is_some() || bind.is_some() {
+            return Err(Failure::new(
+                ErrorClass::Usage,
+                "--exechook-command, --webhook-url and --http-bind need --period",
+                Some("add --period DURATION (e.g. --period 1m) to keep the sources in sync".into()),
+            ));
+        }
+        return Ok(None);
+    };
+    let webhook = webhook
+        .map(|u| url::Url::parse(&u).map_err(|e| usage(format!("--webhook-url `{u}`: {e}"))))
+        .transpose()?;
+    let health = bind.map(|b| parse_bind(&b)).transpose()?;
+    Ok(Some(SyncSettings {
+        period,
+        hooks: Hooks {
+            command,
+            webhook,
+            webhook_method: args
+                .webhook_method
+                .clone()
+                .or(from_env(&env.webhook_method))
+                .unwrap_or_else(|| "POST".into())
+                .to_ascii_uppercase(),
+        },
+        health,
+    }))
+}
+
+fn usage(message: String) -> Failure {
+    Failure::new(ErrorClass::Usage, message, None)
+}
+
+/// `HOST:PORT`, or git-sync's `:PORT` for every interface.
+fn parse_bind(text: &str) -> Result<SocketAddr, Failure> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    full.parse().map_err(|_| {
+        usage(format!(
+            "--http-bind `{text}` is not HOST:PORT (e.g. 127.0.0.1:8080 or :8080)"
+        ))
+    })
+}
+
+/// A duration as git-sync writes one: `10s`, `1m30s`, `500ms`, `1h`; a bare number is seconds
+/// (git-sync v3's GIT_SYNC_WAIT).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return positive(Duration::try_from_secs_f64(seconds).ok(), text);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let unit = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit);
+        let scale = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => {
+                return Err(format!(
+                    "`{text}` is not a duration such as 10s, 1m or 1h30m"
+                ))
+            }
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration such as 10s, 1m or 1h30m"))?;
+        total += Duration::try_from_secs_f64(value * scale)
+            .map_err(|_| format!("`{text}` is out of range"))?;
+        rest = next;
+    }
+    positive(Some(total), text)
+}
+
+fn positive(d: Option<Duration>, text: &str) -> Result<Duration, String> {
+    d.filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a positive duration"))
 }
 
 /// The pod's code volume when no destination is given: `/code`, only where it already exists
@@ -228,24 +417,10 @@ fn print_outcomes(outcomes: &[Outcome], dest: &std::path::Path, output: Output) 
                 println!("{value}");
             }
             Output::Text => {
-                let verb = if o.skipped { "unchanged" } else { "localized" };
-                println!(
-                    "{verb} {} -> {} ({} {}, {} files, {}, {:.1}s)",
-                    e.url,
-                    dest.join(&e.into).display(),
-                    e.kind,
-                    short(&e.revision.id),
-                    e.files,
-                    human(e.bytes),
-                    e.seconds
-                );
+                println!("{}", summary_line(e, o.skipped, Some(&dest.join(&e.into))));
             }
         }
     }
-}
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// Where git-sync (and so Submarine's SSH mode) expects the mounted SSH Secret.
@@ -269,6 +444,14 @@ struct GitSyncEnv {
     /// `GITSYNC_SSH_KNOWN_HOSTS` (default true): false accepts any host key, as git-sync does.
     verify_host_keys: bool,
     ssl_no_verify: bool,
+    /// Continuous sync: `GITSYNC_PERIOD`, or v3's `GIT_SYNC_WAIT` (seconds).
+    period: Option<String>,
+    /// `GITSYNC_ONE_TIME`: fetch once even with a period.
+    one_time: bool,
+    exechook_command: Option<String>,
+    webhook_url: Option<String>,
+    webhook_method: Option<String>,
+    http_bind: Option<String>,
 }
 
 impl GitSyncEnv {
@@ -332,6 +515,12 @@ impl GitSyncEnv {
             .map(PathBuf::from),
             verify_host_keys,
             ssl_no_verify: flag(&["GIT_SSL_NO_VERIFY"], false),
+            period: var(&["GITSYNC_PERIOD", "GIT_SYNC_PERIOD", "GIT_SYNC_WAIT"]),
+            one_time: flag(&["GITSYNC_ONE_TIME", "GIT_SYNC_ONE_TIME"], false),
+            exechook_command: var(&["GITSYNC_EXECHOOK_COMMAND", "GIT_SYNC_EXECHOOK_COMMAND"]),
+            webhook_url: var(&["GITSYNC_WEBHOOK_URL", "GIT_SYNC_WEBHOOK_URL"]),
+            webhook_method: var(&["GITSYNC_WEBHOOK_METHOD", "GIT_SYNC_WEBHOOK_METHOD"]),
+            http_bind: var(&["GITSYNC_HTTP_BIND", "GIT_SYNC_HTTP_BIND"]),
         }
     }
 
@@ -419,6 +608,23 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         GitSyncEnv::from_vars(|k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn durations_read_as_git_sync_writes_them() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        for bad in ["", "0s", "ten", "5d", "-1"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_bind(":8080").unwrap(),
+            "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
+        );
+        assert!(parse_bind("8080").is_err());
     }
 
     #[test]

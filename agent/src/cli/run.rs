@@ -10,7 +10,7 @@ use std::sync::Arc;
 use periscope::error::ErrorClass;
 use periscope::lifecycle::Ending;
 use periscope::localize::SourceSpec;
-use periscope::run::{DataDir, RunReport, RunSettings};
+use periscope::run::{DataDir, RunError, RunReport, RunSettings};
 
 use super::progress::Display;
 use super::ship_flags::ShipFlags;
@@ -77,8 +77,14 @@ pub struct RunArgs {
 
 /// Runs `periscope run`.
 pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let settings = settings(args)?;
-    let report = periscope::run::run(settings, Arc::new(Display::for_stderr())).await?;
+    let settings = settings(args).map_err(not_run)?;
+    let report = periscope::run::run(settings, Arc::new(Display::for_stderr()))
+        .await
+        .map_err(|e| match e {
+            // Its message starts with the command's exit code.
+            RunError::AfterCommand { .. } => Failure::from(e),
+            e => not_run(e.into()),
+        })?;
     // The terminal may be gone (SIGHUP): what cannot be shown is in the logs anyway.
     let mut err = std::io::stderr();
     if let Some(e) = &report.not_started {
@@ -90,26 +96,18 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 }
 
 fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
-    let io = |e: std::io::Error| {
-        Failure::new(ErrorClass::Io, format!("cannot use --data-dir: {e}"), None)
-    };
+    let io = |e| Failure::new(ErrorClass::Io, format!("cannot use --data-dir: {e}"), None);
     let data = DataDir::new(&args.data_dir).map_err(io)?;
     let sources = (args.sources.iter())
         .filter(|s| !s.trim().is_empty())
         .map(|s| SourceSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let dest = std::path::absolute(args.dest.unwrap_or_else(|| data.code())).map_err(io)?;
-    let storage = match &args.storage {
-        Some(s) => super::storage_url::parse(s)?,
-        None => super::storage_url::parse(&data.storage().display().to_string())?,
-    };
-    let (id, resume) = (args.id, args.resume);
-    let listen = (args.listen, args.mlflow_listen);
-    let sidecar = args
-        .ship
-        .settings(storage, listen, args.drain_timeout, || {
-            Ok(data.claim_identity(id.experiment_id, id.worker, resume)?)
-        })?;
+    let storage = (args.storage.clone()).unwrap_or_else(|| data.storage().display().to_string());
+    let storage = super::storage_url::parse(&storage)?;
+    let (id, resume, listen) = (args.id, args.resume, (args.listen, args.mlflow_listen));
+    let claim = || Ok(data.claim_identity(id.experiment_id, id.worker, resume)?);
+    let sidecar = (args.ship).settings(storage, listen, args.drain_timeout, claim)?;
     let mut command = args.command.into_iter();
     // clap enforces at least one value (`required = true`).
     let command = (command.next().unwrap_or_default(), command.collect());
@@ -117,25 +115,26 @@ fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
         .map_err(|e| Failure::new(ErrorClass::Internal, e.to_string(), None))
 }
 
+/// A failure of Periscope's own before the command ran, said so: exit codes 2 and 3 are also
+/// codes a command may use.
+fn not_run(mut failure: Failure) -> Failure {
+    failure
+        .message
+        .push_str(" (Periscope's own error: the command did not run)");
+    failure
+}
+
 /// The run's last line: how CMD ended, what was stored where, and what is left.
 fn summary(report: &RunReport) -> String {
     let s = &report.sidecar;
     let code = report.code;
-    let ended = match code - 128 {
-        n @ (1 | 2 | 3 | 6 | 9 | 11 | 15) => {
-            let name = [
-                "HUP", "INT", "QUIT", "", "", "ABRT", "", "", "KILL", "", "SEGV",
-            ];
-            let name = name.get(n as usize - 1).copied().unwrap_or("TERM");
-            format!("the command was ended by SIG{name} (exit {code})")
-        }
-        _ => format!("the command exited {code}"),
+    let ended = match periscope::exec::signal_of(code) {
+        Some(signal) => format!("the command was ended by {signal} (exit {code})"),
+        None => format!("the command exited {code}"),
     };
     let mut line = format!(
-        "periscope: {ended}; {} of logs and {} metrics records stored; storage: {}",
-        human(s.log_bytes),
-        s.metrics_delivered,
-        s.stored_at
+        "periscope: {ended}; {} of logs, {} event file(s) and {} metrics records stored; storage: {}",
+        human(s.log_bytes), s.tfevents_files, s.metrics_delivered, s.stored_at
     );
     for (ending, what) in [(&s.shipping, "logs and tf.events"), (&s.metrics, "metrics")] {
         if let Ending::Incomplete { backlog, reason } = ending {

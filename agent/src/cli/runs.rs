@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use periscope::error::ErrorClass;
-use periscope::metrics::sqlite::{parse_datetime, MetricFilter};
+use periscope::metrics::sqlite::{parse_datetime, MetricFilter, SqliteStore};
 use periscope::retry::RetryPolicy;
 use periscope::ship::reassemble;
 use periscope::storage::{self, StoreOptions};
@@ -38,7 +38,8 @@ pub struct RunsArgs {
 enum RunsCommand {
     /// One line per run: experiment, status, start, duration, code revision.
     Ls,
-    /// One run: status, code revision, stored logs, and each metric's last value with a sparkline.
+    /// One run: status, code revision, stored logs, the MLflow runs its script made (params, tags
+    /// and stored files), and each metric's last value with a sparkline.
     ///
     /// Example: periscope runs show run-20261128-170000
     Show {
@@ -137,6 +138,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                     writeln!(out, "  {worker} save {n}: {url}").map_err(io)?;
                 }
             }
+            script_runs(&mut out, &store, &experiment, &params)?;
             let storage = args.data_dir.join("storage");
             if storage.is_dir() {
                 let url =
@@ -186,6 +188,92 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
     }
     out.flush().map_err(io)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The MLflow runs the experiment's script made through the endpoint: one line each, then their
+/// params, tags and stored files.
+fn script_runs(
+    out: &mut impl Write,
+    store: &SqliteStore,
+    experiment: &str,
+    params: &[periscope::metrics::model::Param],
+) -> Result<(), Failure> {
+    let runs = store.script_runs(experiment)?;
+    if runs.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nmlflow runs (metrics below under their WORKER):").map_err(io)?;
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                format!("  {}", r.name),
+                r.run_id.clone(),
+                r.experiment_name.clone().unwrap_or_else(|| "-".into()),
+                r.worker_index.clone(),
+                r.status.clone(),
+                duration(r.start_time.as_deref(), r.end_time.as_deref()),
+                r.parent_run_id
+                    .as_deref()
+                    .and_then(|p| runs.iter().find(|x| x.run_id == p))
+                    .map_or_else(|| "-".into(), |p| p.name.clone()),
+            ]
+        })
+        .collect();
+    format::table(
+        out,
+        &[
+            "  NAME",
+            "RUN ID",
+            "EXPERIMENT",
+            "WORKER",
+            "STATUS",
+            "DURATION",
+            "PARENT",
+        ],
+        &rows,
+        &[],
+    )
+    .map_err(io)?;
+    for r in &runs {
+        let own: Vec<String> = params
+            .iter()
+            .filter(|p| p.worker == r.worker_index && !p.key.starts_with("mlflow."))
+            .filter(|p| !p.key.starts_with("code.") && !p.key.starts_with("artifacts."))
+            .map(|p| format!("{}={}", p.key, p.value))
+            .collect();
+        let tags: Vec<String> = store
+            .script_run_tags(experiment, &r.run_id)?
+            .into_iter()
+            .filter(|t| !t.key.starts_with("mlflow."))
+            .map(|t| format!("{}={}", t.key, t.value))
+            .collect();
+        let files = store.script_run_artifacts(experiment, &r.run_id)?;
+        writeln!(out, "\n  {} ({}):", r.name, r.run_id).map_err(io)?;
+        writeln!(out, "    params: {}", list(&own)).map_err(io)?;
+        writeln!(out, "    tags:   {}", list(&tags)).map_err(io)?;
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        writeln!(
+            out,
+            "    artifacts: {} files, {}",
+            files.len(),
+            human(bytes)
+        )
+        .map_err(io)?;
+        for f in &files {
+            writeln!(out, "      {:<40} {:>10}  {}", f.path, human(f.size), f.url).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// `a, b, c`, or `-` for none.
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// The first recorded code revision, shortened.

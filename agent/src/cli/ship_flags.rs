@@ -147,6 +147,7 @@ impl ShipFlags {
             state_dir: PathBuf::new(),
             logs,
             tfevents: self.tfevents_dirs(),
+            tfevents_search: None,
             tfevents_interval,
             lifecycle,
             listen,

@@ -172,6 +172,20 @@ where
     Ok(outcome)
 }
 
+/// The signal a shell's exit code says ended a command (`130` → `SIGINT`), for the common ones.
+pub fn signal_of(code: i32) -> Option<&'static str> {
+    Some(match code.checked_sub(128)? {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
+}
+
 /// How a command run with [`run_here`] ended.
 #[derive(Debug)]
 pub struct Ran {

@@ -6,8 +6,10 @@
 //! * A fetcher ([`git`], [`http`], [`object`]) writes the source into a fresh staging folder under
 //!   `DEST/.periscope/staging/` and says which [`Revision`] it fetched. Archives go through
 //!   [`unpack`], which refuses hostile entries and enforces the size and file-count limits.
-//! * [`publish`] moves the staged tree to `DEST/<into>` in one rename, and [`record`] notes it in
-//!   `DEST/.periscope/localized.json`.
+//! * [`publish`] moves the staged tree to `DEST/<into>` in one rename (or, for [`sync`], swaps a
+//!   symlink there to it), and [`record`] notes it in `DEST/.periscope/localized.json`.
+//! * [`sync`] keeps a long-lived pod's sources current: it localizes again every period,
+//!   publishes each new revision, runs hooks, and serves `/healthz`.
 //!
 //! Before fetching, the orchestrator asks the fetcher for a cheap fingerprint of the source (a
 //! commit SHA from `ls-remote`, an ETag) and skips a source whose fingerprint matches what is
@@ -21,6 +23,7 @@ pub mod object;
 pub mod progress;
 pub mod publish;
 pub mod spec;
+pub mod sync;
 pub mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -235,6 +238,17 @@ pub struct Outcome {
     pub skipped: bool,
 }
 
+/// How a fetched tree is made `DEST/<into>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Publish {
+    /// The tree itself, renamed into place (an initContainer's one localize).
+    #[default]
+    InPlace,
+    /// A symlink to the tree kept under `DEST/.periscope/revisions/`, swapped for each new
+    /// revision, the previous one kept until the next swap ([`sync`], as git-sync does).
+    Link,
+}
+
 /// Localizes every source into `dest`, one after another, and returns what each one became.
 /// Stops at the first failure; sources published before it stay published and recorded.
 pub async fn localize(
@@ -242,6 +256,17 @@ pub async fn localize(
     dest: &Path,
     ctx: &FetchContext,
     sink: Arc<dyn ProgressSink>,
+) -> Result<Vec<Outcome>, LocalizeError> {
+    localize_as(specs, dest, ctx, sink, Publish::InPlace).await
+}
+
+/// [`localize`], publishing each new tree as `publish` says.
+pub async fn localize_as(
+    specs: &[SourceSpec],
+    dest: &Path,
+    ctx: &FetchContext,
+    sink: Arc<dyn ProgressSink>,
+    publish: Publish,
 ) -> Result<Vec<Outcome>, LocalizeError> {
     let mut seen = std::collections::HashSet::new();
     for spec in specs {
@@ -265,16 +290,23 @@ pub async fn localize(
         progress.send(ProgressEvent::Started {
             label: spec.display.clone(),
         });
-        let outcome = localize_one(spec, dest, &staging_root, &mut record, ctx, &progress)
-            .await
-            .map_err(|error| LocalizeError::Source {
-                shown: spec.display.clone(),
-                error,
-            })?;
-        progress.send(if outcome.skipped {
-            ProgressEvent::Skipped
-        } else {
-            ProgressEvent::Finished
+        let outcome = localize_one(
+            spec,
+            dest,
+            &staging_root,
+            &mut record,
+            ctx,
+            &progress,
+            publish,
+        )
+        .await
+        .map_err(|error| LocalizeError::Source {
+            shown: spec.display.clone(),
+            error,
+        })?;
+        progress.send(ProgressEvent::Done {
+            entry: Box::new(outcome.entry.clone()),
+            skipped: outcome.skipped,
         });
         outcomes.push(outcome);
     }
@@ -288,10 +320,12 @@ async fn localize_one(
     record: &mut Record,
     ctx: &FetchContext,
     progress: &SourceProgress,
+    mode: Publish,
 ) -> Result<Outcome, SourceError> {
     let target = dest.join(&spec.into);
     if let Some(entry) = already_published(spec, dest, record, ctx).await? {
-        tracing::info!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
+        // The caller says it to people (the summary line); this is for debugging.
+        tracing::debug!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
         return Ok(Outcome {
             entry,
             skipped: true,
@@ -316,7 +350,11 @@ async fn localize_one(
             return Err(e);
         }
     };
-    if let Err(e) = publish::publish(&stage, dest, &spec.into) {
+    let published = match mode {
+        Publish::InPlace => publish::publish(&stage, dest, &spec.into),
+        Publish::Link => publish::publish_link(&stage, dest, &spec.into, &fetched.revision.id),
+    };
+    if let Err(e) = published {
         publish::remove_tree(&stage)?;
         return Err(e.into());
     }
@@ -340,7 +378,7 @@ async fn localize_one(
             path: Record::path(dest),
             error,
         })?;
-    tracing::info!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
+    tracing::debug!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
         bytes = entry.bytes, files = entry.files, "localized");
     Ok(Outcome {
         entry,

@@ -115,16 +115,7 @@ pub fn clean_stale_staging(staging_root: &Path) -> Result<(), PublishError> {
 /// Creates a fresh, empty staging folder for one source.
 pub fn new_stage(staging_root: &Path, into: &str) -> Result<PathBuf, PublishError> {
     fs::create_dir_all(staging_root).map_err(ctx("cannot create staging folder", staging_root))?;
-    let safe: String = into
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = safe_name(into);
     let stage = staging_root.join(format!(
         "{safe}-{}-{:08x}",
         std::process::id(),
@@ -132,6 +123,19 @@ pub fn new_stage(staging_root: &Path, into: &str) -> Result<PathBuf, PublishErro
     ));
     fs::create_dir(&stage).map_err(ctx("cannot create staging folder", &stage))?;
     Ok(stage)
+}
+
+/// `into` as one file name: letters, digits, `-` and `_` kept, anything else `_`.
+fn safe_name(into: &str) -> String {
+    into.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The destination a staging folder made by [`new_stage`] belongs to
@@ -157,19 +161,9 @@ pub fn publish(stage: &Path, dest: &Path, into: &str) -> Result<(), PublishError
     // published tree must never hold empty files that the record calls done. This covers every
     // file a fetcher wrote, whichever fetcher it was.
     sync_tree(stage).map_err(ctx("cannot sync", stage))?;
-    let names: Vec<&OsStr> = Path::new(into)
-        .components()
-        .map(|c| match c {
-            Component::Normal(n) => Ok(n),
-            _ => Err(ctx("cannot publish to", &target)(io::Error::other(
-                "the folder name is not a plain relative path",
-            ))),
-        })
-        .collect::<Result<_, _>>()?;
+    let names = folder_names(into, &target)?;
     let Some((last, parents)) = names.split_last() else {
-        return Err(ctx("cannot publish to", &target)(io::Error::other(
-            "the folder name is empty",
-        )));
+        unreachable!("folder_names returns at least one name");
     };
     let parent = open_beneath(dest, parents, &target)?;
     let parent_path = crate::fsutil::parent_dir(&target);
@@ -193,7 +187,136 @@ pub fn publish(stage: &Path, dest: &Path, into: &str) -> Result<(), PublishError
             Err(e) => return Err(ctx("cannot publish to", &target)(e.into())),
         },
     }
-    rustix::fs::fsync(&parent).map_err(|e| ctx("cannot sync", parent_path)(e.into()))
+    rustix::fs::fsync(&parent).map_err(|e| ctx("cannot sync", parent_path)(e.into()))?;
+    // A tree published in place replaces revisions kept for a link there.
+    prune_revisions(dest, into, &[])
+}
+
+/// The folder names of `into` (at least one), each a plain name.
+fn folder_names<'a>(into: &'a str, target: &Path) -> Result<Vec<&'a OsStr>, PublishError> {
+    let names: Vec<&OsStr> = Path::new(into)
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(ctx("cannot publish to", target)(io::Error::other(
+                "the folder name is not a plain relative path",
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() {
+        return Err(ctx("cannot publish to", target)(io::Error::other(
+            "the folder name is empty",
+        )));
+    }
+    Ok(names)
+}
+
+/// Where [`publish_link`] keeps the revisions its links point at: `DEST/.periscope/revisions/`.
+pub const REVISIONS_DIR: &str = "revisions";
+
+/// The prefix of every revision kept for `into`: its safe name and a digest of the name itself,
+/// so two names that look alike once made safe (`a/b`, `a_b`) never share revisions.
+fn revision_prefix(into: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(into.as_bytes());
+    format!("{}-{}@", safe_name(into), &hex::encode(digest)[..8])
+}
+
+/// Publishes the staged tree as git-sync does: the tree moves to
+/// `DEST/.periscope/revisions/<name>@<revision>-<random>`, and `DEST/<into>` becomes a relative
+/// symlink to it, swapped in one rename. A reader sees the old tree or the new one, never a mix;
+/// one that holds the old tree open (its working folder, open files) keeps reading it. The
+/// revision the link pointed at before is kept until the next swap replaces it in turn; older
+/// ones are removed. A folder published in place earlier is moved aside in the same way.
+pub fn publish_link(
+    stage: &Path,
+    dest: &Path,
+    into: &str,
+    revision: &str,
+) -> Result<(), PublishError> {
+    let target = dest.join(into);
+    sync_tree(stage).map_err(ctx("cannot sync", stage))?;
+    let names = folder_names(into, &target)?;
+    let Some((last, parents)) = names.split_last() else {
+        unreachable!("folder_names returns at least one name");
+    };
+    let revisions = dest.join(super::META_DIR).join(REVISIONS_DIR);
+    fs::create_dir_all(&revisions).map_err(ctx("cannot create", &revisions))?;
+    let prefix = revision_prefix(into);
+    let name = format!(
+        "{prefix}{}-{:08x}",
+        revision.get(..12).unwrap_or(revision),
+        rand::random::<u32>()
+    );
+    let kept = revisions.join(&name);
+    fs::rename(stage, &kept).map_err(ctx("cannot keep revision", &kept))?;
+    let parent = open_beneath(dest, parents, &target)?;
+    let value = format!(
+        "{}{}/{REVISIONS_DIR}/{name}",
+        "../".repeat(parents.len()),
+        super::META_DIR
+    );
+    let temporary = format!(
+        ".{}.link-{:08x}",
+        last.to_string_lossy(),
+        rand::random::<u32>()
+    );
+    rustix::fs::symlinkat(value.as_str(), &parent, temporary.as_str())
+        .map_err(|e| ctx("cannot make a link in", &target)(e.into()))?;
+    let previous = match rustix::fs::statat(&parent, *last, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => None,
+        Err(e) => return Err(ctx("cannot inspect", &target)(e.into())),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+            rustix::fs::readlinkat(&parent, *last, Vec::new())
+                .ok()
+                .and_then(|v| {
+                    let v = v.to_string_lossy().into_owned();
+                    v.rsplit('/').next().map(str::to_string)
+                })
+        }
+        // A tree published in place: swapped with the link, then kept as the previous revision.
+        Ok(_) => {
+            rustix::fs::renameat_with(
+                &parent,
+                temporary.as_str(),
+                &parent,
+                *last,
+                RenameFlags::EXCHANGE,
+            )
+            .map_err(|e| ctx("cannot publish to", &target)(e.into()))?;
+            let aside = format!("{prefix}in-place-{:08x}", rand::random::<u32>());
+            rustix::fs::renameat(&parent, temporary.as_str(), CWD, revisions.join(&aside))
+                .map_err(|e| ctx("cannot move aside", &target)(e.into()))?;
+            rustix::fs::fsync(&parent)
+                .map_err(|e| ctx("cannot sync", crate::fsutil::parent_dir(&target))(e.into()))?;
+            return prune_revisions(dest, into, &[&name, &aside]);
+        }
+    };
+    rustix::fs::renameat(&parent, temporary.as_str(), &parent, *last)
+        .map_err(|e| ctx("cannot publish to", &target)(e.into()))?;
+    rustix::fs::fsync(&parent)
+        .map_err(|e| ctx("cannot sync", crate::fsutil::parent_dir(&target))(e.into()))?;
+    let mut keep = vec![name.as_str()];
+    keep.extend(previous.as_deref());
+    prune_revisions(dest, into, &keep)
+}
+
+/// Removes the revisions kept for `into` except those named in `keep`.
+fn prune_revisions(dest: &Path, into: &str, keep: &[&str]) -> Result<(), PublishError> {
+    let revisions = dest.join(super::META_DIR).join(REVISIONS_DIR);
+    let prefix = revision_prefix(into);
+    let entries = match fs::read_dir(&revisions) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ctx("cannot read", &revisions)(e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && !keep.contains(&name.as_str()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn rename_into(
@@ -279,6 +402,52 @@ mod tests {
             0,
             "old tree left behind"
         );
+    }
+
+    #[test]
+    fn links_swap_revisions_and_keep_the_previous_one_until_the_next() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path();
+        let staging = dest.join(".periscope/staging");
+        let revisions = dest.join(".periscope/revisions");
+        let publish_rev = |text: &str, rev: &str| {
+            let stage = new_stage(&staging, "team/job").unwrap();
+            fs::write(stage.join("v.txt"), text).unwrap();
+            publish_link(&stage, dest, "team/job", rev).unwrap();
+        };
+        // A tree published in place first: the link replaces it, and it is kept as the previous.
+        let stage = new_stage(&staging, "team/job").unwrap();
+        fs::write(stage.join("v.txt"), "zero").unwrap();
+        publish(&stage, dest, "team/job").unwrap();
+        publish_rev("one", "1111111111111111");
+        let link = dest.join("team/job");
+        assert!(link.is_symlink());
+        let value = fs::read_link(&link).unwrap();
+        assert!(value.starts_with("../.periscope/revisions/"), "{value:?}");
+        assert_eq!(fs::read_to_string(link.join("v.txt")).unwrap(), "one");
+        assert_eq!(fs::read_dir(&revisions).unwrap().count(), 2);
+        let first = link.canonicalize().unwrap();
+        let mut held = fs::File::open(first.join("v.txt")).unwrap();
+        publish_rev("two", "2222222222222222");
+        assert_eq!(fs::read_to_string(link.join("v.txt")).unwrap(), "two");
+        assert_eq!(fs::read_to_string(first.join("v.txt")).unwrap(), "one");
+        assert_eq!(fs::read_dir(&revisions).unwrap().count(), 2);
+        publish_rev("three", "3333333333333333");
+        assert!(!first.exists(), "the revision before the previous is kept");
+        assert_eq!(fs::read_dir(&revisions).unwrap().count(), 2);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut held, &mut text).unwrap();
+        assert_eq!(
+            text, "one",
+            "an open file of an old revision stays readable"
+        );
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+        // Published in place again: the link and its revisions go.
+        let stage = new_stage(&staging, "team/job").unwrap();
+        fs::write(stage.join("v.txt"), "four").unwrap();
+        publish(&stage, dest, "team/job").unwrap();
+        assert!(!link.is_symlink());
+        assert_eq!(fs::read_dir(&revisions).unwrap().count(), 0);
     }
 
     #[test]

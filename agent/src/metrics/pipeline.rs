@@ -52,6 +52,8 @@ pub struct PipelineConfig {
     pub metrics_files: Vec<PathBuf>,
     /// `--tfevents` folders.
     pub tfevents_roots: Vec<PathBuf>,
+    /// A folder searched for the event files a command writes of its own accord.
+    pub tfevents_search: Option<crate::tfevents::Search>,
     /// The sources the run's code came from: their revisions become params and tags.
     pub code: Vec<crate::localized::Entry>,
     pub queue: QueueConfig,
@@ -71,6 +73,7 @@ impl PipelineConfig {
             identity,
             metrics_files: Vec::new(),
             tfevents_roots: Vec::new(),
+            tfevents_search: None,
             code: Vec::new(),
             queue: QueueConfig::default(),
             max_items_per_read: 5000,
@@ -402,6 +405,7 @@ impl MetricsPipeline {
             .max(1);
         match scalars::read(
             &self.cfg.tfevents_roots,
+            self.cfg.tfevents_search.as_ref(),
             &self.state.scalars,
             &worker,
             budget,

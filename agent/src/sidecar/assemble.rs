@@ -24,7 +24,7 @@ use super::settings::Settings;
 use super::shipping::{self, Pipelines};
 use crate::artifacts::{PushOutcome, Target};
 use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
-use crate::metrics::mlflow::ingest::{self, RunIdentity};
+use crate::metrics::mlflow::ingest::{self, Endpoint, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
@@ -40,6 +40,8 @@ pub struct Report {
     pub metrics: Ending,
     /// Log bytes stored.
     pub log_bytes: u64,
+    /// Event files mirrored.
+    pub tfevents_files: usize,
     /// Metrics, params, tags and statuses delivered to the metastore.
     pub metrics_delivered: u64,
     /// Each artifacts folder with its save.
@@ -58,6 +60,7 @@ pub struct Sidecar {
     probes: SocketAddr,
     mlflow: SocketAddr,
     stored_at: String,
+    endpoint: Endpoint,
 }
 
 impl Sidecar {
@@ -138,13 +141,15 @@ impl Sidecar {
             cfg.spool_max_bytes = logs.spool_max_bytes.max(cfg.chunk_bytes as u64);
             pipelines.logs = Some(LogShipper::open(cfg, store.clone())?);
         }
-        if !settings.tfevents.is_empty() {
+        if !settings.tfevents.is_empty() || settings.tfevents_search.is_some() {
             let cfg = MirrorConfig {
                 roots: settings.tfevents.clone(),
+                search: settings.tfevents_search.clone(),
                 worker_prefix,
                 state_dir: settings.state_dir.clone(),
                 interval: settings.tfevents_interval,
                 retry: RetryPolicy::default(),
+                ..MirrorConfig::default()
             };
             pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
         }
@@ -154,6 +159,7 @@ impl Sidecar {
             worker: identity.worker.clone(),
             start_ms: crate::metrics::model::now_ms(),
         });
+        let endpoint = Endpoint::open(handle, &settings.state_dir, &settings.storage)?;
         let metrics = metrics::spawn(
             &settings,
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
@@ -169,7 +175,7 @@ impl Sidecar {
             stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
         };
         let probes = probes.serve(health::router(observed));
-        let mlflow = mlflow.serve(ingest::router(handle));
+        let mlflow = mlflow.serve(endpoint.router());
         let mut folders: Vec<PathBuf> = logs.globs.iter().map(|g| g.base.clone()).collect();
         folders.extend(settings.tfevents.iter().cloned());
         let mut drain = Drain::new(
@@ -203,6 +209,7 @@ impl Sidecar {
             probes,
             mlflow,
             stored_at,
+            endpoint,
         })
     }
 
@@ -229,18 +236,25 @@ impl Sidecar {
                 .push_all(&settings.artifacts, &settings.state_dir, settings.push)
                 .await
         };
-        let (shipped, saves) = tokio::join!(self.shipping, push);
+        // Artifacts clients uploaded through the endpoint reach storage meanwhile; the records of
+        // those stored after the metrics pipeline ended are queued below, with the saves'.
+        let uploads = self
+            .endpoint
+            .finish(self.drained.wait(), settings.lifecycle.drain_timeout);
+        let (shipped, saves, late) = tokio::join!(self.shipping, push, uploads);
         let (shipping, pipelines) =
             shipped.map_err(|e| SidecarError::Thread(format!("the shipping task failed: {e}")))?;
         let (metrics, mut pipeline) = self.metrics.join().await?;
         let shipping = shipping?;
         let saves = saves?;
-        let items = saves
+        let mut items: Vec<_> = saves
             .iter()
             .flat_map(|(_, o)| saves::items(o, &settings.identity.worker))
             .collect();
+        items.extend(late.items.iter().cloned());
         let deliver = metrics == Ending::Drained;
         metrics::deliver_late(&mut pipeline, items, deliver, settings.late_delivery).await?;
+        late.done();
         let log_bytes = pipelines.logs.as_ref().map_or(0, |l| {
             l.stats()
                 .bytes_shipped
@@ -250,6 +264,7 @@ impl Sidecar {
             shipping,
             metrics,
             log_bytes,
+            tfevents_files: pipelines.tfevents.as_ref().map_or(0, TfeventsMirror::files),
             metrics_delivered: pipeline.stats().delivered_items,
             saves,
             stored_at: self.stored_at,

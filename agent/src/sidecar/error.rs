@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use crate::artifacts::ArtifactsError;
 use crate::error::{Classify, ErrorClass};
+use crate::metrics::mlflow::ingest::EndpointError;
 use crate::metrics::MetricsError;
 use crate::ship::ShipError;
 use crate::storage::StorageError;
@@ -22,6 +23,8 @@ pub enum SidecarError {
     Artifacts(#[from] ArtifactsError),
     #[error(transparent)]
     Claim(#[from] super::claim::ClaimError),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -40,6 +43,7 @@ impl Classify for SidecarError {
             SidecarError::Metrics(e) => e.class(),
             SidecarError::Artifacts(e) => e.class(),
             SidecarError::Claim(e) => e.class(),
+            SidecarError::Endpoint(e) => e.class(),
             SidecarError::Listen { .. } => ErrorClass::Usage,
             SidecarError::Thread(_) => ErrorClass::Internal,
         }
@@ -52,6 +56,7 @@ impl Classify for SidecarError {
             SidecarError::Metrics(e) => e.hint(),
             SidecarError::Artifacts(e) => e.hint(),
             SidecarError::Claim(e) => e.hint(),
+            SidecarError::Endpoint(e) => e.hint(),
             SidecarError::Listen { .. } => {
                 Some("choose a free address with --listen or --mlflow-listen (e.g. 127.0.0.1:0 for any port)".into())
             }

@@ -64,6 +64,7 @@ pub async fn spawn(
     let mut cfg = PipelineConfig::new(state_dir.to_path_buf(), identity.clone());
     cfg.metrics_files = settings.files.clone();
     cfg.tfevents_roots = sidecar.tfevents.clone();
+    cfg.tfevents_search = sidecar.tfevents_search.clone();
     cfg.code = settings.code.clone();
     cfg.queue = QueueConfig {
         max_bytes: settings.queue_max_bytes.max(1),

@@ -35,6 +35,9 @@ pub struct Settings {
     pub logs: LogSettings,
     /// Folders whose event files are mirrored and whose scalars become metrics.
     pub tfevents: Vec<PathBuf>,
+    /// A folder searched for the event files the command writes of its own accord (`run`: the
+    /// command's working folder), mirrored and read as the folders above.
+    pub tfevents_search: Option<crate::tfevents::Search>,
     /// Least time between two uploads of a growing event file.
     pub tfevents_interval: Duration,
     pub lifecycle: Lifecycle,

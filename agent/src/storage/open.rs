@@ -15,6 +15,8 @@ use url::Url;
 
 use super::error::{scrub, StorageError};
 use super::service::Service;
+use crate::net::proxy::Proxies;
+use crate::net::store_client::Connector;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
 
@@ -121,15 +123,23 @@ pub fn open_parts_with_env(
         shown: shown.clone(),
         message: scrub(&crate::error::chain(&e)),
     };
+    let proxies =
+        Proxies::from_vars(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .map_err(|e| StorageError::Config {
+                service,
+                shown: shown.clone(),
+                message: e.to_string(),
+            })?;
+    let connector = || Connector::new(proxies.clone(), opts.retry.attempts);
     let env = ServiceEnv::of(service, env);
     let (objects, parts) = match service {
         Service::Local => (
             Arc::new(LocalFileSystem::new()) as Arc<dyn ObjectStore>,
             None,
         ),
-        Service::S3 => both(s3(url, opts, &env).map_err(config_error)?),
-        Service::Gcs => both(gcs(url, opts, &env).map_err(config_error)?),
-        Service::Azure => both(azure(url, opts, &env).map_err(config_error)?),
+        Service::S3 => both(s3(url, opts, &env, connector()).map_err(config_error)?),
+        Service::Gcs => both(gcs(url, opts, &env, connector()).map_err(config_error)?),
+        Service::Azure => both(azure(url, opts, &env, connector()).map_err(config_error)?),
     };
     tracing::debug!(url = %shown, service = service.name(), "object store configured");
     Ok(Opened {
@@ -140,7 +150,8 @@ pub fn open_parts_with_env(
 }
 
 /// The settings one service reads from the environment: its variables (`AWS_*`, `GOOGLE_*`,
-/// `AZURE_*`) with lowercased names, as object_store's config keys spell them.
+/// `AZURE_*`, and the few others its own tools read, such as `STORAGE_EMULATOR_HOST`) with
+/// lowercased names, as object_store's config keys spell them.
 struct ServiceEnv<'a> {
     settings: Vec<(String, &'a str)>,
 }
@@ -149,7 +160,9 @@ impl<'a> ServiceEnv<'a> {
     fn of(service: Service, env: &'a [(String, String)]) -> ServiceEnv<'a> {
         let settings = env
             .iter()
-            .filter(|(k, _)| k.starts_with(service.env_prefix()))
+            .filter(|(k, _)| {
+                k.starts_with(service.env_prefix()) || service.env_extra().contains(&k.as_str())
+            })
             .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
             .collect();
         ServiceEnv { settings }
@@ -174,7 +187,12 @@ impl<'a> ServiceEnv<'a> {
 }
 
 /// S3 and S3-compatible servers (`AWS_ENDPOINT_URL`).
-fn s3(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Result<AmazonS3> {
+fn s3(
+    url: &Url,
+    opts: &StoreOptions,
+    env: &ServiceEnv,
+    connector: Connector,
+) -> object_store::Result<AmazonS3> {
     let mut builder = AmazonS3Builder::new();
     // Every upload carries its SHA-256 (x-amz-checksum-sha256), which the server checks before it
     // stores a byte: the digest is the one SigV4 computes anyway. Servers that refuse the header
@@ -201,29 +219,58 @@ fn s3(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Result<
     builder
         .with_url(url.as_str())
         .with_client_options(client_options(opts, http)?)
+        .with_http_connector(connector)
         .with_retry(retry_config(&opts.retry))
         .build()
 }
 
 /// Google Cloud Storage (`GOOGLE_APPLICATION_CREDENTIALS` and the other `GOOGLE_*` settings).
+///
+/// `STORAGE_EMULATOR_HOST` (`host:port` or a URL) points the client at an emulator as it does
+/// Google's own client libraries: requests go there, unsigned, so no credentials are needed, and
+/// plain http is allowed. An explicit `GOOGLE_BASE_URL` still wins over it.
 fn gcs(
     url: &Url,
     opts: &StoreOptions,
     env: &ServiceEnv,
+    connector: Connector,
 ) -> object_store::Result<GoogleCloudStorage> {
     let mut builder = GoogleCloudStorageBuilder::new();
+    let emulator = env.get("storage_emulator_host").map(emulator_url);
+    if let Some(base) = &emulator {
+        builder = builder.with_base_url(base).with_skip_signature(true);
+    }
     for (key, value) in env.keys::<GoogleConfigKey>() {
         builder = builder.with_config(key, value);
     }
+    let base = env.get("google_base_url").or(emulator.as_deref());
+    let http = base.is_some_and(|b| b.starts_with("http://"));
     builder
         .with_url(url.as_str())
-        .with_client_options(client_options(opts, false)?)
+        .with_client_options(client_options(opts, http)?)
+        .with_http_connector(connector)
         .with_retry(retry_config(&opts.retry))
         .build()
 }
 
+/// The base URL for `STORAGE_EMULATOR_HOST`: as Google's libraries read it, `host:port` means
+/// plain http; a value with a scheme is taken as it is.
+fn emulator_url(host: &str) -> String {
+    let host = host.trim().trim_end_matches('/');
+    if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    }
+}
+
 /// Azure Blob Storage (`AZURE_STORAGE_*`, including the Azurite emulator).
-fn azure(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Result<MicrosoftAzure> {
+fn azure(
+    url: &Url,
+    opts: &StoreOptions,
+    env: &ServiceEnv,
+    connector: Connector,
+) -> object_store::Result<MicrosoftAzure> {
     let mut builder = MicrosoftAzureBuilder::new();
     for (key, value) in env.keys::<AzureConfigKey>() {
         builder = builder.with_config(key, value);
@@ -238,6 +285,7 @@ fn azure(url: &Url, opts: &StoreOptions, env: &ServiceEnv) -> object_store::Resu
     builder
         .with_url(url.as_str())
         .with_client_options(client_options(opts, http)?)
+        .with_http_connector(connector)
         .with_retry(retry_config(&opts.retry))
         .build()
 }
@@ -341,6 +389,19 @@ mod tests {
                 open_with_env(&url("gs://ml-bucket/x"), &StoreOptions::default(), &e).unwrap_err();
             assert_eq!(err.class(), ErrorClass::Usage, "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_gcs_emulator_needs_no_credentials_and_may_be_plain_http() {
+        assert_eq!(emulator_url("127.0.0.1:4443"), "http://127.0.0.1:4443");
+        assert_eq!(
+            emulator_url("https://gcs.test:8443/"),
+            "https://gcs.test:8443"
+        );
+        let e = env(&[("STORAGE_EMULATOR_HOST", "127.0.0.1:4443")]);
+        let (_, path) =
+            open_with_env(&url("gs://ml/jobs/a/"), &StoreOptions::default(), &e).unwrap();
+        assert_eq!(path.as_ref(), "jobs/a");
     }
 
     #[test]

@@ -41,6 +41,14 @@ impl Service {
         }
     }
 
+    /// Variables outside [`Service::env_prefix`] that the service's own client libraries read.
+    pub(super) fn env_extra(self) -> &'static [&'static str] {
+        match self {
+            Service::Gcs => &["STORAGE_EMULATOR_HOST"],
+            _ => &[],
+        }
+    }
+
     /// Where a user should look when credentials are refused.
     pub(super) fn credential_hint(self) -> &'static str {
         match self {
@@ -75,7 +83,9 @@ impl Service {
     pub(super) fn endpoint_hint(self) -> &'static str {
         match self {
             Service::S3 => "check AWS_ENDPOINT_URL, AWS_REGION and the network path to the endpoint",
-            Service::Gcs => "check the network path to Google Cloud Storage",
+            Service::Gcs => {
+                "check STORAGE_EMULATOR_HOST (for an emulator) and the network path to Google Cloud Storage"
+            }
             Service::Azure => {
                 "check the storage account endpoint (AZURITE_BLOB_STORAGE_URL for the emulator) and the network"
             }

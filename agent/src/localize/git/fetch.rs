@@ -12,11 +12,12 @@ use std::path::Path;
 
 use git2::{AutotagOption, Direction, FetchOptions, Oid, Remote, Repository};
 
-use super::auth::{callbacks, Attempt, Session};
+use super::auth::{callbacks, Attempt};
 use super::checkout::{checkout, WANT_REF};
 use super::error::{from_git2, GitError};
 use super::lfs;
-use super::remote::{Advertised, Resolved, Target};
+use super::remote::{is_local, Advertised, Resolved, Target};
+use super::session::Session;
 use crate::localize::SourceProgress;
 
 /// How one repository (the main one or a submodule) is fetched.
@@ -138,11 +139,6 @@ impl FetchPlan<'_> {
             .fetch(refspecs, Some(&mut options), None)
             .map_err(fail)
     }
-}
-
-/// Whether `url` names a repository on this machine (libgit2's local transport).
-pub fn is_local(url: &str) -> bool {
-    url.starts_with("file:") || url.starts_with('/') || url.starts_with('.')
 }
 
 /// Records `origin` (credentials removed) and the branch's upstream, so `git log`, `git status`

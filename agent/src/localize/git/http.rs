@@ -23,8 +23,8 @@ use bytes::Bytes;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 use git2::Remote;
 
-use super::auth::Session;
 use super::error::GitError;
+use super::session::Session;
 use crate::net::reqwest_text as chain;
 
 thread_local! {
@@ -235,11 +235,20 @@ impl Exchange {
         if let Some((user, password)) = &credentials {
             request = request.basic_auth(user, Some(password.expose()));
         }
-        let response = self
-            .scoped
-            .runtime
-            .block_on(request.send())
-            .map_err(|e| send_error(&e))?;
+        let again = request.try_clone();
+        let runtime = &self.scoped.runtime;
+        let response = match (runtime.block_on(request.send()), again) {
+            // A kept-alive connection that the server or a proxy had closed without saying so
+            // (tinyproxy closes each one after its reply) breaks before the reply. Every git
+            // request over HTTP only reads, so it is sent once more on a new connection, as git
+            // (curl) does.
+            (Err(e), Some(again)) if !e.is_connect() && !e.is_timeout() => {
+                tracing::debug!(error = %chain(&e), "the connection broke before the reply; sending the request again");
+                runtime.block_on(again.send())
+            }
+            (result, _) => result,
+        }
+        .map_err(|e| send_error(&e))?;
         if let Some(error) = status_error(response.status().as_u16(), credentials.is_some()) {
             return Err(error);
         }
@@ -283,6 +292,11 @@ pub(super) fn status_error(status: u16, sent_credentials: bool) -> Option<GitErr
                 )
             },
         },
+        407 => GitError::AuthRefused {
+            detail: "the proxy asks for credentials: put them in the proxy URL \
+                     (http://user:password@proxy:port) (HTTP 407)"
+                .into(),
+        },
         404 | 410 => GitError::RepoNotFound {
             detail: format!("HTTP {status}"),
         },
@@ -294,6 +308,16 @@ pub(super) fn status_error(status: u16, sent_credentials: bool) -> Option<GitErr
 
 /// A request that got no reply.
 pub(super) fn send_error(e: &reqwest::Error) -> GitError {
+    if crate::net::is_dns_failure(e) {
+        let host = e.url().and_then(|u| {
+            crate::net::proxy::Proxies::from_env()
+                .ok()?
+                .host_to_resolve(u.as_str())
+        });
+        if let Some(host) = host {
+            return GitError::Resolve { host };
+        }
+    }
     let detail = chain(e);
     if detail.to_ascii_lowercase().contains("certificate") {
         GitError::Certificate { detail }
@@ -309,32 +333,4 @@ pub(super) fn transfer_error(e: &reqwest::Error) -> GitError {
     GitError::Unreachable {
         detail: format!("the reply broke off: {}", chain(e)),
     }
-}
-
-/// The HTTP client git uses for a localize run: the same TLS roots, `--ca-file`,
-/// `GIT_SSL_NO_VERIFY` and timeouts as archive downloads.
-pub fn client(ctx: &crate::localize::FetchContext) -> Result<reqwest::Client, GitError> {
-    crate::net::tls::ensure_provider();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(ctx.connect_timeout)
-        .read_timeout(ctx.idle_timeout)
-        // Smart HTTP servers (and the hosting services in front of them) expect a git agent.
-        .user_agent(concat!(
-            "git/2.0 (periscope/",
-            env!("CARGO_PKG_VERSION"),
-            ")"
-        ));
-    if let Some(path) = &ctx.tls.ca_file {
-        let certs = crate::net::ca::certs(path).map_err(|detail| GitError::CaFile {
-            path: path.clone(),
-            detail,
-        })?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    if ctx.tls.insecure {
-        builder = builder.danger_accept_invalid_certs(true);
-    }
-    builder
-        .build()
-        .map_err(|e| GitError::Internal(format!("cannot build the HTTP client: {}", chain(&e))))
 }

@@ -25,6 +25,7 @@ mod http;
 pub mod known_hosts;
 mod lfs;
 mod remote;
+mod session;
 mod submodule;
 
 use std::path::{Path, PathBuf};
@@ -37,8 +38,8 @@ use super::{
     Submodules,
 };
 use crate::redact::redact_url;
-use auth::Session;
 use fetch::FetchPlan;
+use session::Session;
 
 /// The commit the source's ref points at now, without fetching objects. A full SHA names itself,
 /// so no server is asked.
@@ -159,6 +160,7 @@ async fn retrying<T: Send + 'static>(
 ) -> Result<T, GitError> {
     let step = Arc::new(step);
     let shown = redact_url(url);
+    let attempts = ctx.retry.attempts;
     ctx.retry
         .run(
             |_| {
@@ -170,9 +172,10 @@ async fn retrying<T: Send + 'static>(
                 }
             },
             GitError::verdict,
-            |e, attempt, wait| {
-                tracing::warn!(source = %shown, attempt, wait_ms = wait.as_millis() as u64,
-                    error = %e, "git fetch failed; retrying");
+            |e, attempt, wait| match e.unresolved_host() {
+                Some(host) => crate::net::warn_unresolved(host, attempt, attempts, Some(wait)),
+                None => tracing::warn!(source = %shown, attempt, wait_ms = wait.as_millis() as u64,
+                    error = %e, "git fetch failed; retrying"),
             },
         )
         .await

@@ -12,7 +12,8 @@
 use git2::Repository;
 
 use super::error::GitError;
-use super::fetch::{is_local, FetchPlan};
+use super::fetch::FetchPlan;
+use super::remote::is_local;
 
 /// How deep submodules may nest: deeper trees are almost surely a loop.
 const MAX_NESTING: usize = 16;

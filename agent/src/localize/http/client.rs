@@ -1,4 +1,5 @@
-//! Building the HTTP client for archive downloads: rustls, extra CAs from `--ca-file`, timeouts.
+//! Building the HTTP client for archive downloads: rustls, extra CAs from `--ca-file`, timeouts,
+//! and the proxy rule every client follows.
 //!
 //! This module owns the TLS and timeout settings of archive downloads; it never sends a request.
 
@@ -28,6 +29,7 @@ pub(super) fn build(ctx: &FetchContext) -> Result<Client, HttpError> {
         tracing::warn!("TLS certificate verification is off (GIT_SSL_NO_VERIFY)");
         builder = builder.danger_accept_invalid_certs(true);
     }
+    let builder = crate::net::proxy::Proxies::from_env()?.apply(builder);
     builder.build().map_err(|e| HttpError::Client {
         detail: crate::net::reqwest_text(&e),
     })

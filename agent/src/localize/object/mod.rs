@@ -448,7 +448,12 @@ fn listed_but_missing(error: ObjectError) -> ObjectError {
             class: ErrorClass::NotFound,
             what,
             ..
-        }) => ObjectError::UnsafeKey {
+        })
+        | ObjectError::Download(DownloadError::Storage(StorageError::Request {
+            class: ErrorClass::NotFound,
+            what,
+            ..
+        })) => ObjectError::UnsafeKey {
             key: what,
             reason: keys::UNREADABLE.into(),
         },

@@ -234,6 +234,41 @@ impl ApiClient {
         self.send(call, request).await
     }
 
+    /// `PUT` `len` bytes streamed from `body` into the server's artifact proxy, at
+    /// `<server>/api/2.0/mlflow-artifacts/artifacts/<segments…>`; the call may take `timeout`
+    /// (large files take longer than an API call).
+    pub async fn put_artifact(
+        &self,
+        segments: &[&str],
+        body: reqwest::Body,
+        len: u64,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        const CALL: &str = "mlflow-artifacts upload";
+        let mut url = self
+            .api
+            .join("../mlflow-artifacts/artifacts/")
+            .map_err(|e| ApiError::Setup {
+                detail: format!("cannot form the URL of {CALL}: {e}"),
+            })?;
+        url.path_segments_mut()
+            .map_err(|()| ApiError::Setup {
+                detail: format!("cannot form the URL of {CALL}"),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        let request = self
+            .http
+            .put(url)
+            .timeout(timeout)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .body(body);
+        self.send::<serde_json::Value>(CALL, request)
+            .await
+            .map(drop)
+    }
+
     fn url(&self, call: &'static str) -> Result<url::Url, ApiError> {
         self.api.join(call).map_err(|e| ApiError::Setup {
             detail: format!("cannot form the URL of {call}: {e}"),

@@ -87,12 +87,7 @@ pub fn plan(
     if service == Service::Local {
         return Err(NotMirrored::Local { uri: shown });
     }
-    let same = Service::from_scheme(save.scheme()) == Some(service)
-        && save.host_str().is_some_and(|h| !h.is_empty())
-        && save.host_str() == artifacts.host_str()
-        // abfss://container@account…: the container is the user part.
-        && save.username() == artifacts.username();
-    if !same {
+    if !same_store(&save, &artifacts) {
         return Err(NotMirrored::OtherStore { uri: shown });
     }
     let save_path =
@@ -108,6 +103,19 @@ pub fn plan(
         save: save_path,
         dest,
     })
+}
+
+/// True when both URLs name the same bucket or container of the same service (a local path
+/// never counts: the tracking server's disk need not be this machine's).
+pub fn same_store(a: &Url, b: &Url) -> bool {
+    let service = Service::from_scheme(a.scheme());
+    service.is_some()
+        && service != Some(Service::Local)
+        && service == Service::from_scheme(b.scheme())
+        && a.host_str().is_some_and(|h| !h.is_empty())
+        && a.host_str() == b.host_str()
+        // abfss://container@account…: the container is the user part.
+        && a.username() == b.username()
 }
 
 /// Copies the save into the run's artifacts (see the module docs). `manifest_sha256` is the

@@ -9,6 +9,8 @@
 //! * [`run`]: finding or creating the experiment and this worker's run, found again after a
 //!   restart.
 //! * [`mirror`]: copying an artifacts save into the run's artifacts, where they share a bucket.
+//! * [`script_run`]: the server run of each run a script made through the endpoint.
+//! * [`run_artifacts`]: a script run's stored files into its server run's artifacts.
 //! * [`sink`]: the [`Sink`](super::Sink) that ties them together.
 //!
 //! Settings come from MLflow's standard variables ([`MlflowSettings::from_env`]). This module
@@ -21,6 +23,8 @@ pub mod client;
 pub mod ingest;
 pub mod mirror;
 pub mod run;
+pub mod run_artifacts;
+pub mod script_run;
 pub mod sink;
 
 use std::fmt;

@@ -126,7 +126,7 @@ async fn get_run(client: &ApiClient, run_id: &str) -> Result<RunInfo, ApiError> 
 }
 
 /// The id of the experiment called `name`, created when there is none.
-async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkError> {
+pub async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkError> {
     #[derive(Deserialize)]
     struct Experiment {
         experiment_id: String,
@@ -186,7 +186,7 @@ async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkErr
 }
 
 /// A filter-string literal: MLflow's parser takes either quote; use the one the value lacks.
-fn literal(value: &str) -> Option<String> {
+pub fn literal(value: &str) -> Option<String> {
     if !value.contains('\'') {
         Some(format!("'{value}'"))
     } else if !value.contains('"') {

@@ -85,8 +85,8 @@ pub fn statements(experiment: &str, items: &[Item], now: &str) -> Vec<Statement>
             Change::Param { key, value, worker } => {
                 let row = [
                     id.clone(),
-                    text(key, 190, "param key"),
-                    text(value, 190, "param value"),
+                    text(&key, 190, "param key"),
+                    text(&value, 190, "param value"),
                     text(worker, 32, "worker index"),
                 ];
                 params.push(row, &mut out);

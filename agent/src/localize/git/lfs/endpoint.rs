@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use git2::Repository;
 
 use super::super::error::GitError;
-use super::super::fetch::is_local;
+use super::super::remote::is_local;
 use crate::redact::redact_url;
 
 /// Where LFS objects are fetched from.

@@ -22,9 +22,9 @@ use std::path::Path;
 
 use git2::{AttrCheckFlags, FileMode, ObjectType, Repository};
 
-use super::auth::Session;
 use super::checkout::restat;
 use super::error::GitError;
+use super::session::Session;
 use crate::localize::SourceProgress;
 use pointer::{Parsed, Pointer, MAX_POINTER_SIZE};
 use transfer::Wanted;

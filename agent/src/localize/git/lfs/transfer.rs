@@ -11,9 +11,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use sha2::Digest;
 
-use super::super::auth::Session;
 use super::super::error::GitError;
 use super::super::http::{send_error, status_error, transfer_error};
+use super::super::session::Session;
 use super::endpoint::Endpoint;
 use super::pointer::Pointer;
 use crate::localize::SourceProgress;
