@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::claim::Claim;
+use super::claim::{Claim, ClaimGate};
 use super::error::SidecarError;
 use super::health;
 use super::metrics::{self, MetricsTask};
@@ -23,7 +23,7 @@ use super::serve::{Limits, Listener};
 use super::settings::Settings;
 use super::shipping::{self, Pipelines};
 use crate::artifacts::{PushOutcome, Target};
-use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
+use crate::lifecycle::{Drain, DrainFlag, Ending, Stop, StopSender};
 use crate::metrics::mlflow::ingest::{self, Endpoint, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
@@ -103,9 +103,9 @@ impl Sidecar {
             state_dir: settings.state_dir.clone(),
         };
         // Another pod's folder stops the sidecar now; unreachable storage only delays shipping.
-        let pending = match claim.try_once().await {
-            Ok(_) => None,
-            Err(e) if e.is_transient() => Some(claim),
+        let (pending, claimed) = match claim.try_once().await {
+            Ok(_) => (None, ClaimGate::opened()),
+            Err(e) if e.is_transient() => (Some(claim), ClaimGate::default()),
             Err(e) => return Err(e.into()),
         };
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.
@@ -160,12 +160,13 @@ impl Sidecar {
             start_ms: crate::metrics::model::now_ms(),
         });
         let endpoint = Endpoint::open(handle, &settings.state_dir, &settings.storage)?;
+        let (refused, metrics_stop) = follow(&stop);
         let metrics = metrics::spawn(
             &settings,
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
-            stop.clone(),
-            Some(requests),
-            Some(mlflow.addr),
+            metrics_stop,
+            (Some(requests), Some(mlflow.addr)),
+            claimed.clone(),
         )
         .await?;
         let observed = health::Observed {
@@ -190,9 +191,13 @@ impl Sidecar {
             let mut stop = stop;
             if let Some(claim) = pending {
                 match claim.wait(&mut drain, &mut stop, unread).await {
-                    Ok(None) => {}
+                    Ok(None) => claimed.open(),
                     Ok(Some(ending)) => return (Ok(ending), pipelines),
-                    Err(e) => return (Err(e.into()), pipelines),
+                    Err(e) => {
+                        // Another pod's folder: nothing of this one is delivered, at once.
+                        refused.at_least(2);
+                        return (Err(e.into()), pipelines);
+                    }
                 }
             }
             let ending = shipping::run(&mut pipelines, drain, stop, wake).await;
@@ -270,6 +275,21 @@ impl Sidecar {
             stored_at: self.stored_at,
         })
     }
+}
+
+/// A stop channel that gets every request `stop` gets, and those its sender adds: the metrics
+/// loop's, which the shipping loop ends when it learns the worker's folder is another pod's.
+fn follow(stop: &Stop) -> (StopSender, Stop) {
+    let (tx, rx) = Stop::channel();
+    let (forward, mut outer) = (tx.clone(), stop.clone());
+    forward.at_least(outer.requests());
+    tokio::spawn(async move {
+        loop {
+            let n = outer.next().await;
+            forward.at_least(n);
+        }
+    });
+    (tx, rx)
 }
 
 /// Bytes in the files the shipping loop follows, for a loop that stopped before it could read

@@ -11,15 +11,20 @@
 //!
 //! When storage cannot be reached at start, the job is not held up: the shipping loop retries the
 //! claim ([`Claim::wait`]) and stores nothing until it is made; the files wait on disk meanwhile.
+//! The metastore waits for the same claim ([`ClaimGate`], [`GatedSink`]): its rows carry the
+//! same experiment and worker, so a pod refused the folder must not have written rows first.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Classify, ErrorClass};
 use crate::lifecycle::{Drain, Ending, Next, Stop};
+use crate::metrics::{Item, Sink, SinkError};
 use crate::storage::{Service, StorageError};
 
 /// The claim's object in the worker's folder.
@@ -248,4 +253,69 @@ fn token(state_dir: &Path) -> Result<String, ClaimError> {
     std::fs::create_dir_all(state_dir).map_err(failed)?;
     crate::fsutil::write_atomic(&path, token.as_bytes()).map_err(failed)?;
     Ok(token)
+}
+
+/// Whether the worker's folder is claimed yet. Invariant: once open, it stays open (a claim is
+/// never given up while the sidecar runs).
+#[derive(Debug, Clone, Default)]
+pub struct ClaimGate(Arc<AtomicBool>);
+
+impl ClaimGate {
+    /// A gate already open: the claim was made before anything started.
+    pub fn opened() -> ClaimGate {
+        let gate = ClaimGate::default();
+        gate.open();
+        gate
+    }
+
+    /// The claim is made: writes may go ahead.
+    pub fn open(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A metastore that takes writes only once the worker's folder is claimed. Until then each
+/// write fails as transient, so the pipeline keeps the items in its durable queue and tries
+/// again with its backoff; a sidecar refused the folder stops with them still queued, never
+/// merged into the holder's rows. Invariant: `inner` sees no write before `gate` is open.
+pub struct GatedSink {
+    pub inner: Box<dyn Sink>,
+    pub gate: ClaimGate,
+    /// The worker's folder, as people see it.
+    pub folder: String,
+}
+
+impl Sink for GatedSink {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        experiment: &'a str,
+        items: &'a [Item],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        if !self.gate.is_open() {
+            let message = format!(
+                "waiting to claim {} in storage before writing its rows",
+                self.folder
+            );
+            return Box::pin(
+                async move { Err(SinkError::transient(ErrorClass::Network, message)) },
+            );
+        }
+        self.inner.write(experiment, items)
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        self.inner.retry_after()
+    }
+
+    fn check(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.inner.check()
+    }
 }
