@@ -35,10 +35,15 @@ impl Pod {
     /// This pod's sidecar shipping to `store`, with no worker name of its own: each test adds
     /// the environment a platform would set.
     fn sidecar(&self, store: &Path) -> Command {
+        self.sidecar_to(&format!("file://{}", store.display()))
+    }
+
+    /// The same, shipping to `storage` (a URL).
+    fn sidecar_to(&self, storage: &str) -> Command {
         let mut cmd = periscope();
         cmd.arg("sidecar")
             .arg("--storage")
-            .arg(format!("file://{}", store.display()))
+            .arg(storage)
             .arg("--logs")
             .arg(format!("{}/*.log", self.path("logs").display()))
             .arg("--state-dir")
@@ -64,14 +69,41 @@ fn stored_log(store: &Path, worker: &str) -> Ran {
     run(periscope().args(["logs", "cat", &url]))
 }
 
+/// The event file both pods' training writes, under the same name, as two pods of one job do.
+const EVENT_FILE: &str = "events.out.tfevents.1700000000.trainer";
+
 #[test]
-fn two_pods_of_an_indexed_job_store_their_logs_apart() {
+fn two_pods_of_an_indexed_job_store_their_logs_tfevents_and_metrics_apart() {
     let store = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let metastore = format!("sqlite://{}", shared.path().join("metastore.db").display());
     let pods = [Pod::new("pod zero"), Pod::new("pod one")];
     for (index, pod) in pods.iter().enumerate() {
+        // Each pod's training writes train/loss at the same steps and times, under the same file
+        // name (5 points in pod 0, 6 in pod 1), and one `acc` point of its own value.
+        let written = pod.path("written");
+        let points = (5 + index).to_string();
+        crate::harness::python::run_script(
+            "metrics_write_tbx.py",
+            ["stream".as_ref(), written.as_os_str(), points.as_ref()],
+        );
+        std::fs::create_dir_all(pod.path("tb")).unwrap();
+        let file = std::fs::read_dir(&written)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        std::fs::rename(file.path(), pod.path("tb").join(EVENT_FILE)).unwrap();
+        let line = format!(r#"{{"key":"acc","value":{index},"step":0,"timestamp":1700000000000}}"#);
+        std::fs::write(pod.path("metrics.jsonl"), format!("{line}\n")).unwrap();
         // Kubernetes sets JOB_COMPLETION_INDEX in every container of an Indexed Job's pod.
         run(pod
             .sidecar(store.path())
+            .arg("--tfevents")
+            .arg(pod.path("tb"))
+            .arg("--metrics-file")
+            .arg(pod.path("metrics.jsonl"))
+            .args(["--metastore", &metastore])
             .env("JOB_COMPLETION_INDEX", index.to_string()))
         .expect_code(0)
         .expect_output(&format!("worker-{index}"));
@@ -82,6 +114,51 @@ fn two_pods_of_an_indexed_job_store_their_logs_apart() {
     let one = stored_log(store.path(), "worker-1");
     one.expect_code(0);
     assert_eq!(one.stdout, "pod one\n");
+
+    // Each worker's event file is stored in its own folder.
+    for worker in ["worker-0", "worker-1"] {
+        let folder = store.path().join(EXPERIMENT).join(worker).join("tfevents");
+        let stored: Vec<_> = std::fs::read_dir(&folder)
+            .map(|d| d.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        assert!(!stored.is_empty(), "{worker}'s event file is not stored");
+    }
+
+    // And its rows in the shared metastore are its own: per worker, the points of its own
+    // event file and its own `acc`.
+    let shown = run(periscope().args([
+        "metrics",
+        "show",
+        EXPERIMENT,
+        "--json",
+        "--metastore",
+        &metastore,
+    ]));
+    shown.expect_code(0);
+    let mut rows: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+    for line in shown.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["worker"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        );
+        rows.entry(key)
+            .or_default()
+            .push(v["value"].as_f64().unwrap());
+    }
+    let expected: std::collections::BTreeMap<(String, String), Vec<f64>> = [
+        (("worker-0", "acc"), vec![0.0]),
+        (("worker-0", "train/loss"), vec![0.0, 0.5, 1.0, 1.5, 2.0]),
+        (("worker-1", "acc"), vec![1.0]),
+        (
+            ("worker-1", "train/loss"),
+            vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5],
+        ),
+    ]
+    .into_iter()
+    .map(|((w, k), v)| ((w.to_string(), k.to_string()), v))
+    .collect();
+    assert_eq!(rows, expected, "{}", shown.stdout);
 }
 
 #[test]
@@ -163,4 +240,65 @@ fn a_sidecar_names_its_worker_from_labels_exec_or_the_hostname() {
 fn hostname() -> String {
     let out = Command::new("hostname").output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_pod_refused_the_folder_after_storage_came_back_wrote_no_rows_meanwhile() {
+    let s3 = crate::harness::s3::S3Server::start();
+    s3.create_bucket("jobs");
+    let proxy = crate::harness::proxy::Proxy::start(([127, 0, 0, 1], s3.port).into());
+    let shared = tempfile::tempdir().unwrap();
+    let metastore = format!("sqlite://{}", shared.path().join("metastore.db").display());
+    let to_s3 = |pod: &Pod, name: &str, value: u32| {
+        let line = format!(r#"{{"key":"acc","value":{value},"step":{value},"timestamp":{value}}}"#);
+        std::fs::write(pod.path("metrics.jsonl"), format!("{line}\n")).unwrap();
+        let mut cmd = pod.sidecar_to("s3://jobs/runs");
+        cmd.envs(s3.env())
+            .env("AWS_ENDPOINT_URL", proxy.url())
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("POD_NAME", name)
+            .arg("--metrics-file")
+            .arg(pod.path("metrics.jsonl"))
+            .args(["--metastore", &metastore, "--worker", "worker-0"]);
+        cmd
+    };
+    let a = Pod::new("pod a");
+    run(&mut to_s3(&a, "training-a", 1)).expect_code(0);
+
+    // Pod b, misconfigured with pod a's worker name, starts while storage cannot be reached: it
+    // cannot see the claim yet, and its training goes on.
+    proxy.take_down();
+    let b = Pod::new("pod b");
+    std::fs::remove_file(b.path("logs/exit-code")).unwrap();
+    let child = to_s3(&b, "training-b", 2)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough for its metrics pipeline to read the file and try the metastore.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    proxy.bring_up();
+    let out = crate::harness::metrics::wait_with_timeout(child, std::time::Duration::from_secs(90));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("held by pod `training-a`"), "{stderr}");
+
+    // The metastore holds pod a's row only: pod b's waited in its queue and were never merged.
+    let shown = run(periscope().args([
+        "metrics",
+        "show",
+        EXPERIMENT,
+        "--json",
+        "--metastore",
+        &metastore,
+    ]));
+    shown.expect_code(0);
+    let values: Vec<f64> = (shown.stdout.lines())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(values, [1.0], "{}", shown.stdout);
 }
