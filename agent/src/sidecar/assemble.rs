@@ -194,8 +194,10 @@ impl Sidecar {
                     Ok(None) => claimed.open(),
                     Ok(Some(ending)) => return (Ok(ending), pipelines),
                     Err(e) => {
-                        // Another pod's folder: nothing of this one is delivered, at once.
+                        // Another pod's folder: nothing of this one is delivered, at once,
+                        // and whoever waits for the drain (the endpoint's uploads) stops waiting.
                         refused.at_least(2);
+                        let _ = drain.on_stop(1, || 0);
                         return (Err(e.into()), pipelines);
                     }
                 }
