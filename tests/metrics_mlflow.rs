@@ -137,7 +137,7 @@ fn tensorboardx_jsonl_and_the_mlflow_client_arrive_once_with_params_tags_and_sta
     let port = crate::harness::free_port();
     let child = s
         .sidecar()
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--mlflow-listen", &format!("127.0.0.1:{port}")])
         .env("MLFLOW_EXPERIMENT_NAME", "periscope-e2e")
         // Sent as a Bearer token (this server does not check it) and never logged.
         .env("MLFLOW_TRACKING_TOKEN", "tok-5ecret-value")

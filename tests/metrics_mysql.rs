@@ -118,7 +118,7 @@ fn tensorboardx_mlflow_client_and_jsonl_metrics_arrive_once_with_params_and_stat
 
     let port = crate::harness::free_port();
     let mut cmd = sidecar_to(&s, &db);
-    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    cmd.args(["--mlflow-listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
     crate::harness::python::run_script(
         "metrics_write_tbx.py",
@@ -478,7 +478,7 @@ fn a_value_is_stored_byte_for_byte_and_never_run_as_sql_whatever_the_servers_cha
     let s = Setup::new();
     let port = free_port();
     let mut cmd = sidecar_to(&s, &db);
-    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    cmd.args(["--mlflow-listen", &format!("127.0.0.1:{port}")]);
     let child = cmd.spawn().unwrap();
     wait_for_port(port, "the sidecar's endpoint", Duration::from_secs(30));
     let run = crate::harness::metrics::start_endpoint_run(port);

@@ -58,21 +58,23 @@ fn kill_connections(db: &MariaDb) {
 fn a_metastore_that_refuses_writes_is_retried_reported_and_loses_nothing_once_mended() {
     let db = MariaDb::start_with_submarine_tables();
     let s = MetricsSetup::new();
-    let port = crate::harness::free_port();
+    let (port, probes) = (crate::harness::free_port(), crate::harness::free_port());
     let child = s
         .sidecar("exp-refused")
         .args([
             "--metastore",
             &db.url(),
             "--listen",
+            &format!("127.0.0.1:{probes}"),
+            "--mlflow-listen",
             &format!("127.0.0.1:{port}"),
         ])
         .args(["--drain-timeout", "120"])
         .spawn()
         .unwrap();
-    let get = |path: &str| request(port, "GET", path, &[], b"");
+    let get = |path: &str| request(probes, "GET", path, &[], b"");
     wait_until(Duration::from_secs(60), "the sidecar to be ready", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && get("/readyz").status == 200
+        std::net::TcpStream::connect(("127.0.0.1", probes)).is_ok() && get("/readyz").status == 200
     });
     let run = crate::harness::metrics::start_endpoint_run(port);
     assert_eq!(log_metric(port, &run, "before", 1), 200);

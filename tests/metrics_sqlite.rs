@@ -61,7 +61,7 @@ fn num(v: f64) -> String {
 fn sidecar_listening(s: &Setup) -> (std::process::Child, u16) {
     let port = crate::harness::free_port();
     let mut cmd = s.sidecar(EXPERIMENT);
-    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    cmd.args(["--mlflow-listen", &format!("127.0.0.1:{port}")]);
     (cmd.spawn().unwrap(), port)
 }
 

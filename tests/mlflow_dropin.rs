@@ -56,7 +56,7 @@ impl Job {
         let mut cmd = periscope();
         cmd.args(["sidecar", "--storage", storage])
             .args(["--experiment-id", self.experiment, "--worker", "worker-0"])
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--mlflow-listen", &format!("127.0.0.1:{}", self.port)])
             .arg("--state-dir")
             .arg(self.path("state"))
             .arg("--code-dir")
@@ -454,14 +454,16 @@ fn bad_input_is_refused_with_mlflows_errors_and_nothing_is_half_stored() {
     assert_eq!(r.status, 404, "a run id of another run: {}", r.body);
     job.finish(child);
 
-    // Nothing half-stored: the spool is empty, storage holds the small file only.
+    // Nothing half-stored: the spool is empty, storage holds the small file only (beside the
+    // worker folder's claim).
     job.assert_spool_empty();
     let stored = files_below(&job.path("store"));
     assert_eq!(
         stored,
-        [format!(
-            "exp-bad/worker-0/mlflow/{run_id}/artifacts/small.txt"
-        )],
+        [
+            "exp-bad/worker-0/claim.json".to_string(),
+            format!("exp-bad/worker-0/mlflow/{run_id}/artifacts/small.txt")
+        ],
         "only the file that fitted was stored"
     );
     assert!(!job.root.join("escape.txt").exists());

@@ -72,11 +72,37 @@ struct Node {
     /// Each container port mapped to a free loopback port, keyed by container and port number,
     /// as volumes are mapped to folders: pods have their own network namespace, tests do not.
     ports: std::sync::Mutex<BTreeMap<(String, u64), u16>>,
+    /// The pod's own loopback ports (`127.0.0.1:PORT`, shared by its containers) mapped to free
+    /// ports of this machine's.
+    loopback: std::sync::Mutex<BTreeMap<u64, u16>>,
+    /// `JOB_COMPLETION_INDEX`, which the Job controller sets in every container of an Indexed
+    /// Job's pod.
+    index: Option<u32>,
 }
 
 impl Node {
+    /// `127.0.0.1:PORT` in `text` (the pod's loopback) becomes `127.0.0.1:<free port>`, the same
+    /// one for every container of the pod.
+    fn map_loopback(&self, text: &str) -> String {
+        let Some((before, after)) = text.split_once("127.0.0.1:") else {
+            return text.to_string();
+        };
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        let Ok(port) = digits.parse::<u64>() else {
+            return text.to_string();
+        };
+        let mut loopback = self.loopback.lock().unwrap();
+        let local = *loopback
+            .entry(port)
+            .or_insert_with(crate::harness::free_port);
+        format!("{before}127.0.0.1:{local}{}", &after[digits.len()..])
+    }
+
     /// `0.0.0.0:PORT` for a port the container declares becomes `127.0.0.1:<free port>`.
     fn map_listen(&self, c: &Value, arg: String) -> String {
+        if arg.starts_with("127.0.0.1:") {
+            return self.map_loopback(&arg);
+        }
         let Some(port) = arg
             .strip_prefix("0.0.0.0:")
             .and_then(|p| p.parse::<u64>().ok())
@@ -194,11 +220,17 @@ impl Node {
         for e in c["env"].as_array().into_iter().flatten() {
             let name = e["name"].as_str().unwrap();
             if let Some(v) = e["value"].as_str() {
-                cmd.env(name, self.map_path(c, v));
+                cmd.env(name, self.map_loopback(&self.map_path(c, v)));
             } else if let Some(field) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                // The Job controller labels its pods with job-name.
-                assert_eq!(field, "metadata.labels['job-name']");
-                cmd.env(name, JOB);
+                let value = match field {
+                    // The Job controller labels its pods with job-name.
+                    "metadata.labels['job-name']" => JOB.to_string(),
+                    "metadata.name" => format!("{JOB}-{}-sim01", self.index.unwrap_or(0)),
+                    "metadata.uid" => "5e1f0000-0000-4000-8000-000000000001".into(),
+                    "spec.nodeName" => "node-sim".into(),
+                    other => panic!("env {name}: unsupported field {other}"),
+                };
+                cmd.env(name, value);
             } else if let Some(s) = e["valueFrom"]["secretKeyRef"].as_object() {
                 let key = (
                     s["name"].as_str().unwrap().to_string(),
@@ -213,6 +245,9 @@ impl Node {
             } else {
                 panic!("env {name}: unsupported source {e}");
             }
+        }
+        if let Some(index) = self.index {
+            cmd.env("JOB_COMPLETION_INDEX", index.to_string());
         }
         if let Some(dir) = c["workingDir"].as_str() {
             cmd.current_dir(self.map_path(c, dir));
@@ -332,6 +367,8 @@ fn simulate(classic: bool, server: GitServer, exit_code: i32) -> (tempfile::Temp
         config,
         secrets: BTreeMap::new(),
         ports: Default::default(),
+        loopback: Default::default(),
+        index: (job["spec"]["completionMode"] == "Indexed").then_some(0),
     };
     for v in pod["volumes"].as_array().unwrap() {
         let dir = node.volume(v["name"].as_str().unwrap());

@@ -167,8 +167,9 @@ fn with_env(cmd: &mut Command, env: &[(&str, String)]) {
 }
 
 /// `periscope run` of the training script on a machine whose data folder is `data`, its
-/// checkpoints in `<data>/ckpt`, saved every 300 ms and restored first.
-fn train_run(store: &Store, data: &Path, steps: u32, pid_file: &Path) -> Command {
+/// checkpoints in `<data>/ckpt`, saved every 300 ms and restored first; `resume` continues the
+/// run that `data` holds.
+fn train_run(store: &Store, data: &Path, steps: u32, pid_file: &Path, resume: bool) -> Command {
     let ckpt = data.join("ckpt");
     let script = data.parent().unwrap().join("train.py");
     std::fs::write(&script, TRAIN).unwrap();
@@ -181,7 +182,9 @@ fn train_run(store: &Store, data: &Path, steps: u32, pid_file: &Path) -> Command
         .arg(&ckpt)
         .arg("--restore")
         .arg(&ckpt)
-        .args(["--artifacts-every", "300ms", "--", "python3"])
+        .args(["--artifacts-every", "300ms"])
+        .args(resume.then_some("--resume"))
+        .args(["--", "python3"])
         .arg(&script)
         .arg(&ckpt)
         .args([steps.to_string(), "5".into()])
@@ -221,17 +224,25 @@ fn kill_whole_run(child: &mut Child, pid_file: &Path) {
     child.wait().unwrap();
 }
 
-/// A run killed mid-training, then started on a new machine (a fresh data folder: the local
-/// checkpoints are gone) with `--restore`, resumes from the step of the last complete save; the
-/// large file that never changed was uploaded once across every save.
+/// A run killed mid-training (a spot VM lost with its local scratch: the checkpoints are gone,
+/// the data folder's disk survives), then started again with `--resume` and `--restore`, resumes
+/// from the step of the last complete save; the large file that never changed was uploaded once
+/// across every save. On a new machine (a fresh data folder) the worker's folder in storage is
+/// still the first machine's: that start is refused (exit 9) before the command runs.
 fn killed_run_resumes_from_its_last_save(store: &Store) {
     let work = tempfile::tempdir().unwrap();
     let pid_file = work.path().join("train.pid");
-    let mut first = train_run(store, &work.path().join("vm-1"), 1_000_000, &pid_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = train_run(
+        store,
+        &work.path().join("vm-1"),
+        1_000_000,
+        &pid_file,
+        false,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     wait_for_saves(store, 3, &mut first);
     kill_whole_run(&mut first, &pid_file);
 
@@ -247,13 +258,30 @@ fn killed_run_resumes_from_its_last_save(store: &Store) {
         saves.len()
     );
 
-    // A new machine: nothing of vm-1 is left but the storage.
-    std::fs::remove_dir_all(work.path().join("vm-1")).unwrap();
-    let ran = run(&mut train_run(
+    // A new machine would overwrite what vm-1 stored: refused, naming the holder.
+    let elsewhere = run(&mut train_run(
         store,
         &work.path().join("vm-2"),
         12,
         &pid_file,
+        false,
+    ));
+    elsewhere.expect_code(9);
+    assert!(
+        elsewhere.stderr.contains("is held by"),
+        "{}",
+        elsewhere.stderr
+    );
+    assert!(!elsewhere.stdout.contains("starting at step"));
+
+    // The same machine, its checkpoints gone: restored from storage.
+    std::fs::remove_dir_all(work.path().join("vm-1/ckpt")).unwrap();
+    let ran = run(&mut train_run(
+        store,
+        &work.path().join("vm-1"),
+        12,
+        &pid_file,
+        true,
     ));
     ran.expect_code(0)
         .expect_output(&format!("restored save {last} (2 files"))
@@ -315,6 +343,8 @@ fn a_marker_save_is_complete_when_the_marker_goes_and_keep_saves_leaves_n() {
     std::fs::write(&script, MARKED).unwrap();
     let ran = run(periscope()
         .arg("exec")
+        // As in every container of an Indexed Job's pod: the worker is worker-0.
+        .env("JOB_COMPLETION_INDEX", "0")
         .arg("--capture-dir")
         .arg(work.path().join("logs"))
         .arg("--artifacts")
@@ -373,7 +403,9 @@ fn stored_in_state(state: &Path) -> usize {
 
 fn exec_saving(store: &Store, work: &Path, dir: &Path, script: &str) -> Command {
     let mut cmd = periscope();
-    cmd.arg("exec")
+    // As in every container of an Indexed Job's pod: the worker is worker-0.
+    cmd.env("JOB_COMPLETION_INDEX", "0")
+        .arg("exec")
         .arg("--capture-dir")
         .arg(work.join("logs"))
         .arg("--artifacts")
@@ -608,6 +640,7 @@ fn the_checkpoints_overlay_commands_save_and_restore_across_pods() {
             .args(extra)
             .env("PERISCOPE_STORAGE", store.url())
             .env("JOB_ID", "training-job")
+            .env("JOB_COMPLETION_INDEX", "0")
             .env("CHECKPOINT_DIR", map(pod, "/checkpoints"))
             .env("MARKER", map(pod, "/periscope/save-now"));
         run(&mut cmd)

@@ -22,6 +22,8 @@ pub enum ErrorClass {
     Io,
     /// Input was read to its end, but some of it was damaged (e.g. corrupt tf.events records).
     Damaged,
+    /// Another process (another pod) already writes where this one would: its worker's folder.
+    Conflict,
     /// A bug or an unexpected state inside Periscope.
     Internal,
 }

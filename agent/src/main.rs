@@ -127,7 +127,8 @@ Exit codes:
   5  integrity failure (checksum mismatch, unsafe archive entry, size or file limit exceeded)
   6  network failure after all retries (unreachable server, repeated 5xx, timeouts)
   7  local filesystem failure (permissions, disk full)
-  8  input read to its end, but some of it was damaged (e.g. corrupt tf.events records)";
+  8  input read to its end, but some of it was damaged (e.g. corrupt tf.events records)
+  9  another pod already writes this worker's folder in storage (give each pod its own --worker)";
 
 /// The exit code for each class of failure; documented in `EXIT_CODES_HELP` and the README.
 fn exit_code(class: ErrorClass) -> u8 {
@@ -140,6 +141,7 @@ fn exit_code(class: ErrorClass) -> u8 {
         ErrorClass::Network => 6,
         ErrorClass::Io => 7,
         ErrorClass::Damaged => 8,
+        ErrorClass::Conflict => 9,
     }
 }
 
@@ -156,6 +158,7 @@ fn generic_hint(class: ErrorClass) -> &'static str {
         ErrorClass::Network => "check that the server is reachable from here and retry later",
         ErrorClass::Io => "check permissions and free space on the destination",
         ErrorClass::Damaged => "the output above is complete up to the damage reported on stderr",
+        ErrorClass::Conflict => "give each pod its own worker name with --worker",
     }
 }
 

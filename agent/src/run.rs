@@ -347,7 +347,7 @@ pub async fn run(
     }
     let (requests, stop) = Stop::channel();
     let sidecar = Sidecar::start(settings.sidecar.clone(), stop).await?;
-    let mut endpoint = sidecar.addr();
+    let mut endpoint = sidecar.mlflow_addr();
     if endpoint.ip().is_unspecified() {
         endpoint.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

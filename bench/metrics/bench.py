@@ -49,7 +49,7 @@ class Sidecar:
         self.backend = backend
         args = [periscope, "sidecar", "--storage", os.path.join(self.dir, "storage"),
                 "--state-dir", self.state, "--experiment-id", self.experiment,
-                "--worker", "worker-0", "--listen", f"127.0.0.1:{self.port}",
+                "--worker", "worker-0", "--listen", "127.0.0.1:0", "--mlflow-listen", f"127.0.0.1:{self.port}",
                 "--metastore", backend.metastore(self), "--exit-when-file", self.exit_file,
                 "--termination-log", "/dev/null", "--log-level", "warn"]
         if tfevents:

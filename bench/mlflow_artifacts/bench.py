@@ -79,7 +79,7 @@ periscope_port = free_port()
 periscope_store = os.path.join(work, "periscope-storage")
 started([periscope, "sidecar", "--storage", periscope_store, "--state-dir",
          os.path.join(work, "state"), "--experiment-id", "bench", "--worker", "worker-0",
-         "--listen", f"127.0.0.1:{periscope_port}", "--exit-when-file", os.path.join(work, "exit"),
+         "--listen", "127.0.0.1:0", "--mlflow-listen", f"127.0.0.1:{periscope_port}", "--exit-when-file", os.path.join(work, "exit"),
          "--termination-log", "/dev/null", "--log-level", "warn"],
         open(os.path.join(work, "periscope.log"), "w"), lambda: answers(periscope_port, "/"), clean)
 

@@ -53,6 +53,13 @@ pub fn periscope() -> Command {
         .env_remove("MLFLOW_TRACKING_URI")
         .env_remove("MLFLOW_RUN_ID")
         .env_remove("MLFLOW_EXPERIMENT_NAME")
+        // Nor may a developer's worker identity name the test's workers.
+        .env_remove("TF_CONFIG")
+        .env_remove("CLUSTER_SPEC")
+        .env_remove("RANK")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("PERISCOPE_REPLICA_TYPE")
+        .env_remove("PERISCOPE_REPLICA_INDEX")
         .env("PERISCOPE_TERMINATION_LOG", "/dev/null")
         // A developer's proxy would see (or refuse) the tests' requests to 127.0.0.1; the proxy
         // tests set their own.
@@ -67,6 +74,7 @@ pub fn periscope() -> Command {
         // Sidecars started in parallel must not fight over the default 127.0.0.1:9090; a test that
         // probes the endpoint passes its own --listen.
         .env("PERISCOPE_LISTEN", "127.0.0.1:0")
+        .env("PERISCOPE_MLFLOW_LISTEN", "127.0.0.1:0")
         .env("PERISCOPE_LOG_LEVEL", "info")
         // Without keys in its environment, a cloud client asks the instance metadata service at a
         // link-local address for credentials. Tests only ever contact 127.0.0.1: point every

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::manifest::{Manifest, CLAIM_FILE, MANIFEST_FILE};
 use crate::storage::{Service, StorageError};
@@ -74,33 +74,8 @@ pub async fn claim(
     token: &str,
 ) -> Result<bool, StorageError> {
     let key = base.clone().join(n.to_string()).join(CLAIM_FILE);
-    let create = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    match store
-        .put_opts(&key, PutPayload::from(token.as_bytes().to_vec()), create)
-        .await
-    {
-        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
-        Err(object_store::Error::NotImplemented { .. }) => {
-            // A store without create-only writes: the read-back below still catches most races.
-            store
-                .put(&key, PutPayload::from(token.as_bytes().to_vec()))
-                .await
-                .map_err(|e| StorageError::request(service, key.to_string(), &e))?;
-        }
-        Err(e) => return Err(StorageError::request(service, key.to_string(), &e)),
-    }
-    // Read back: the claim is ours only if it holds our token (a server that ignored the
-    // precondition let the last writer win).
-    let held = store
-        .get(&key)
-        .await
-        .map_err(|e| StorageError::request(service, key.to_string(), &e))?
-        .bytes()
-        .await
-        .map_err(|e| StorageError::request(service, key.to_string(), &e))?;
+    // The claim is ours only if it holds our token.
+    let held = crate::storage::put_once(store, service, &key, token.as_bytes()).await?;
     Ok(held.as_ref() == token.as_bytes())
 }
 

@@ -186,14 +186,25 @@ pub struct Saver {
 
 impl Saver {
     /// Saves while `over` is pending, then the final save within its deadline on `clock`, as the
-    /// module docs say. Fails only when the final save fails.
+    /// module docs say; nothing at all until `claimed` resolves (the worker's folder is this
+    /// process's to write), and nothing if `over` comes first. Fails only when the final save
+    /// fails.
     pub async fn run(
         self,
+        claimed: impl Future<Output = ()>,
         over: impl Future<Output = ()>,
         clock: SignalClock,
     ) -> Result<SavesReport, ArtifactsError> {
         let mut report = SavesReport::default();
         let mut over = std::pin::pin!(over);
+        tokio::select! {
+            biased;
+            () = claimed => {}
+            () = &mut over => {
+                tracing::warn!("no save taken: the worker's folder in storage was never claimed");
+                return Ok(report);
+            }
+        }
         let left = self
             .dirs
             .iter()
@@ -254,6 +265,7 @@ impl Saver {
     /// uploading a large checkpoint never delays the loops of the runtime that started it.
     pub fn spawn(
         self,
+        claimed: impl Future<Output = ()> + Send + 'static,
         over: impl Future<Output = ()> + Send + 'static,
         clock: SignalClock,
     ) -> std::io::Result<SaverTask> {
@@ -262,7 +274,7 @@ impl Saver {
             .build()?;
         let thread = std::thread::Builder::new()
             .name("periscope-saves".into())
-            .spawn(move || runtime.block_on(self.run(over, clock)))?;
+            .spawn(move || runtime.block_on(self.run(claimed, over, clock)))?;
         Ok(SaverTask(thread))
     }
 
@@ -419,7 +431,10 @@ mod tests {
             std::fs::write(&written, b"{\"step\": 5}").unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let report = saver.run(over, SignalClock::never()).await.unwrap();
+        let report = saver
+            .run(std::future::ready(()), over, SignalClock::never())
+            .await
+            .unwrap();
         // Ticks before the file existed made no save; the first one after it made save 1, and
         // the others found it unchanged, as did the final save.
         let saved: Vec<(u64, bool)> = (report.during.iter())

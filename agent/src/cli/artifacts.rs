@@ -92,7 +92,7 @@ struct RestoreArgs {
 pub async fn run(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
     match args.command {
         ArtifactsCommand::Push(p) => {
-            let target = p.to.open()?;
+            let target = p.to.open(periscope::job::Fallback::Worker0)?;
             let saves = target
                 .push_all(&[p.dir], &p.to.state_dir, p.tuning.settings())
                 .await?;
@@ -100,7 +100,8 @@ pub async fn run(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         ArtifactsCommand::Restore(r) => {
-            let target = r.from.open()?;
+            // As `artifacts push` names it; in a pod, JOB_COMPLETION_INDEX or --worker names it.
+            let target = r.from.open(periscope::job::Fallback::Worker0)?;
             let concurrency = usize::from(r.artifacts_concurrency);
             let restored = target.restore(&r.dir, concurrency).await?;
             eprintln!(

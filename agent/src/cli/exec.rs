@@ -9,6 +9,7 @@ use std::time::Duration;
 use periscope::artifacts::{Saver, SignalClock};
 use periscope::error::ErrorClass;
 use periscope::exec::{self, ExecSpec};
+use periscope::job::{self, Fallback, Lookup};
 
 use super::save_flags::{describe_restore, print_saving};
 use super::Failure;
@@ -20,6 +21,10 @@ SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to CMD (to i
 not on a terminal). When CMD ends and its output is on disk, its exit code is written atomically to
 DIR/exit-code, which `periscope sidecar --exit-when-file` waits for. Periscope exits with CMD's code
 (128 + N if signal N killed it; 127 if CMD was not found, 126 if it could not be started).
+
+Before CMD starts, the worker name this container sees (--worker, TF_CONFIG, CLUSTER_SPEC, RANK,
+JOB_COMPLETION_INDEX, PERISCOPE_REPLICA_TYPE/INDEX, else the hostname) is written to DIR/worker.json,
+for a sidecar whose own environment names none (`periscope sidecar --worker-file DIR/worker.json`).
 
 With --artifacts DIR (and --storage), each DIR is saved to <URL>/<experiment>/<worker>/artifacts/<n>/
 once CMD has ended (see `periscope artifacts push --help`); a failed save exits with its own code.
@@ -67,13 +72,26 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
     let dirs = args.artifacts.dirs();
     let target = match dirs.is_empty() && args.restore.restore.is_none() {
         true => None,
-        false => Some(args.to.open()?),
+        false => Some(args.to.open(Fallback::Hostname)?),
     };
     let tuning = args.artifacts.tuning.settings();
     if let (Some(dir), Some(target)) = (&args.restore.restore, &target) {
         let restored = target.restore(dir, tuning.concurrency).await?;
         eprintln!("{}", describe_restore(dir, &restored, &target.shown_base()));
     }
+    let lookup = Lookup {
+        fallback: Fallback::Hostname,
+        ..Lookup::vm()
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let worker = job::resolve_worker(args.to.store.id.worker.clone(), &env, &lookup)?;
+    job::publish(&args.capture_dir, &worker).map_err(|e| {
+        let message = format!(
+            "cannot publish the worker name in `{}`: {e}",
+            args.capture_dir.display()
+        );
+        Failure::new(ErrorClass::Io, message, None)
+    })?;
     let mut command = args.command.into_iter();
     // clap enforces at least one value (`required = true`).
     let program = command.next().unwrap_or_default();
@@ -100,6 +118,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
     let (ended, over) = tokio::sync::oneshot::channel::<()>();
     let task = saver
         .spawn(
+            std::future::ready(()),
             async move {
                 let _ = over.await;
             },

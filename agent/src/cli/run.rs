@@ -51,7 +51,7 @@ pub struct RunArgs {
     /// Seconds to keep shipping after CMD ends before giving up on what is left.
     #[arg(long, env = "PERISCOPE_DRAIN_TIMEOUT", default_value_t = 60.0)]
     drain_timeout: f64,
-    /// Address of the MLflow-compatible endpoint CMD logs to (and of /healthz, /metrics).
+    /// Address of /healthz, /readyz and /metrics.
     #[arg(
         long,
         env = "PERISCOPE_LISTEN",
@@ -59,6 +59,14 @@ pub struct RunArgs {
         value_name = "ADDR"
     )]
     listen: std::net::SocketAddr,
+    /// Address of the MLflow-compatible endpoint CMD logs to (its MLFLOW_TRACKING_URI).
+    #[arg(
+        long,
+        env = "PERISCOPE_MLFLOW_LISTEN",
+        default_value = "127.0.0.1:0",
+        value_name = "ADDR"
+    )]
+    mlflow_listen: std::net::SocketAddr,
     #[command(flatten)]
     ship: super::save_flags::ShipRestoreFlags,
     /// The command and its arguments, after `--`.
@@ -87,26 +95,19 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 }
 
 fn settings(args: RunArgs) -> Result<RunSettings, Failure> {
-    let io = |e: std::io::Error| {
-        Failure::new(ErrorClass::Io, format!("cannot use --data-dir: {e}"), None)
-    };
+    let io = |e| Failure::new(ErrorClass::Io, format!("cannot use --data-dir: {e}"), None);
     let data = DataDir::new(&args.data_dir).map_err(io)?;
     let sources = (args.sources.iter())
         .filter(|s| !s.trim().is_empty())
         .map(|s| SourceSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     let dest = std::path::absolute(args.dest.unwrap_or_else(|| data.code())).map_err(io)?;
-    let storage = match &args.storage {
-        Some(s) => super::storage_url::parse(s)?,
-        None => super::storage_url::parse(&data.storage().display().to_string())?,
-    };
-    let (id, resume, restore) = (args.id, args.resume, args.ship.restore.restore);
-    let sidecar = args
-        .ship
-        .ship
-        .settings(storage, args.listen, args.drain_timeout, || {
-            Ok(data.claim_identity(id.experiment_id, id.worker, resume)?)
-        })?;
+    let storage = (args.storage.clone()).unwrap_or_else(|| data.storage().display().to_string());
+    let storage = super::storage_url::parse(&storage)?;
+    let (id, resume, listen) = (args.id, args.resume, (args.listen, args.mlflow_listen));
+    let restore = args.ship.restore.restore;
+    let claim = || Ok(data.claim_identity(id.experiment_id, id.worker, resume)?);
+    let sidecar = (args.ship.ship).settings(storage, listen, args.drain_timeout, claim)?;
     let mut command = args.command.into_iter();
     // clap enforces at least one value (`required = true`).
     let command = (command.next().unwrap_or_default(), command.collect());

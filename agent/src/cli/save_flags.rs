@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use periscope::artifacts::{self, PushOutcome, Restored, SavesReport, Schedule, Target};
 use periscope::error::ErrorClass;
-use periscope::job::JobIdentity;
+use periscope::job::{Fallback, JobIdentity, Lookup};
 use periscope::storage::StoreOptions;
 
 use super::localize::parse_duration;
@@ -20,7 +20,10 @@ pub struct IdentityFlags {
     /// Experiment id. [default: $JOB_ID; `run`: else a fresh run-<UTC time>]
     #[arg(long, env = "PERISCOPE_EXPERIMENT_ID")]
     pub experiment_id: Option<String>,
-    /// Worker name. [default: derived from TF_CONFIG, CLUSTER_SPEC or RANK, else worker-0]
+    /// Worker name, at most 32 characters. [default: from TF_CONFIG, CLUSTER_SPEC or RANK, else
+    /// JOB_COMPLETION_INDEX (worker-N), else PERISCOPE_REPLICA_TYPE and PERISCOPE_REPLICA_INDEX
+    /// (the training operator's labels), else (`sidecar`) what `exec` published, else the
+    /// hostname (`sidecar`, `exec`) or worker-0 (`run`, `artifacts push`)]
     #[arg(long, env = "PERISCOPE_WORKER")]
     pub worker: Option<String>,
 }
@@ -38,12 +41,18 @@ pub struct SaveStore {
 }
 
 impl SaveStore {
-    /// Resolves the identity and opens the store (checked before any work is done).
-    pub fn open(&self) -> Result<Target, Failure> {
+    /// Resolves the identity (`fallback` when nothing names the worker) and opens the store
+    /// (checked before any work is done).
+    pub fn open(&self, fallback: Fallback) -> Result<Target, Failure> {
         let Some(storage) = &self.storage else {
             return Err(needs_storage());
         };
-        let identity = JobIdentity::resolve(self.id.experiment_id.clone(), self.id.worker.clone())?;
+        let (id, worker) = (self.id.experiment_id.clone(), self.id.worker.clone());
+        let lookup = Lookup {
+            fallback,
+            ..Lookup::vm()
+        };
+        let (identity, _) = JobIdentity::resolve_with(id, worker, &lookup)?;
         let url = super::storage_url::parse(storage)?;
         Ok(Target::open(&url, &identity, &StoreOptions::default())?)
     }
@@ -65,9 +74,10 @@ pub struct PushTarget {
 }
 
 impl PushTarget {
-    /// Resolves the identity and opens the store (checked before any work is done).
-    pub fn open(&self) -> Result<Target, Failure> {
-        self.store.open()
+    /// Resolves the identity (`fallback` when nothing names the worker) and opens the store
+    /// (checked before any work is done).
+    pub fn open(&self, fallback: Fallback) -> Result<Target, Failure> {
+        self.store.open(fallback)
     }
 }
 

@@ -9,7 +9,7 @@ use periscope::error::ErrorClass;
 use periscope::job::JobIdentity;
 use periscope::lifecycle::Lifecycle;
 use periscope::ship::LogGlob;
-use periscope::sidecar::{LogSettings, MetricsSettings, Settings};
+use periscope::sidecar::{Limits, LogSettings, MetricsSettings, Settings};
 use url::Url;
 
 use super::size::parse_size;
@@ -74,6 +74,19 @@ pub struct ShipFlags {
     pub metrics_queue_max_bytes: u64,
     #[command(flatten)]
     pub artifacts: super::save_flags::ArtifactsFlags,
+    /// Seconds a request's headers may take on the MLflow-compatible endpoint (and a kept-alive
+    /// connection may wait for its next request).
+    #[arg(long, env = "PERISCOPE_MLFLOW_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub mlflow_header_timeout: f64,
+    /// Seconds a request's body may take to arrive on the MLflow-compatible endpoint.
+    #[arg(long, env = "PERISCOPE_MLFLOW_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub mlflow_body_timeout: f64,
+    /// Seconds a connection to the MLflow-compatible endpoint may stay without any traffic.
+    #[arg(long, env = "PERISCOPE_MLFLOW_IDLE_TIMEOUT", default_value_t = 30.0)]
+    pub mlflow_idle_timeout: f64,
+    /// Most connections the MLflow-compatible endpoint serves at once; more wait to be accepted.
+    #[arg(long, env = "PERISCOPE_MLFLOW_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub mlflow_max_connections: u16,
 }
 
 /// A positive number of seconds as a duration, or a usage failure naming the flag.
@@ -90,14 +103,14 @@ pub fn seconds(name: &str, value: f64) -> Result<Duration, Failure> {
 }
 
 impl ShipFlags {
-    /// A sidecar's settings from these flags and the command's own (`storage`, `listen`,
-    /// `drain_timeout`). Every flag is checked before `identity` is asked for, last (claiming an
+    /// A sidecar's settings from these flags and the command's own (`storage`, the probes' and
+    /// the MLflow endpoint's addresses, `drain_timeout`). Every flag is checked before `identity` is asked for, last (claiming an
     /// identity may make a folder). Folders of the command's own (state, exit-code file) and the
     /// code revision are the caller's to fill in.
     pub fn settings(
         &self,
         storage: Url,
-        listen: SocketAddr,
+        (listen, mlflow_listen): (SocketAddr, SocketAddr),
         drain_timeout: f64,
         identity: impl FnOnce() -> Result<JobIdentity, Failure>,
     ) -> Result<Settings, Failure> {
@@ -123,6 +136,12 @@ impl ShipFlags {
             exit_when_file: None,
         };
         let tfevents_interval = seconds("tfevents-interval", self.tfevents_interval)?;
+        let mlflow_limits = Limits {
+            header_timeout: seconds("mlflow-header-timeout", self.mlflow_header_timeout)?,
+            body_timeout: seconds("mlflow-body-timeout", self.mlflow_body_timeout)?,
+            idle_timeout: seconds("mlflow-idle-timeout", self.mlflow_idle_timeout)?,
+            max_connections: usize::from(self.mlflow_max_connections),
+        };
         Ok(Settings {
             identity: identity()?,
             storage,
@@ -133,6 +152,8 @@ impl ShipFlags {
             tfevents_interval,
             lifecycle,
             listen,
+            mlflow_listen,
+            mlflow_limits,
             metrics: MetricsSettings {
                 metastore: self.metastore.clone(),
                 files: self.metrics_file.clone(),

@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use periscope::error::ErrorClass;
-use periscope::job::JobIdentity;
+use periscope::job::{Fallback, JobIdentity, Lookup};
 use periscope::lifecycle::{Ending, Stop};
 use periscope::localized::Record;
 use periscope::sidecar::{Report, Settings, Sidecar};
@@ -35,8 +36,7 @@ pub struct SidecarArgs {
     /// Seconds to keep shipping after SIGTERM.
     #[arg(long, env = "PERISCOPE_DRAIN_TIMEOUT", default_value_t = 20.0)]
     drain_timeout: f64,
-    /// Address for /healthz, /readyz, Prometheus /metrics and the MLflow-compatible endpoint
-    /// (use 0.0.0.0:9090 for kubelet probes).
+    /// Address for /healthz, /readyz and Prometheus /metrics (0.0.0.0:9090 for kubelet probes).
     #[arg(
         long,
         env = "PERISCOPE_LISTEN",
@@ -44,6 +44,22 @@ pub struct SidecarArgs {
         value_name = "ADDR"
     )]
     listen: std::net::SocketAddr,
+    /// Address of the MLflow-compatible endpoint the training command logs to
+    /// (MLFLOW_TRACKING_URI=http://ADDR). It has no authentication: keep it on the loopback.
+    #[arg(
+        long,
+        env = "PERISCOPE_MLFLOW_LISTEN",
+        default_value = "127.0.0.1:5000",
+        value_name = "ADDR"
+    )]
+    mlflow_listen: std::net::SocketAddr,
+    /// The file `periscope exec --capture-dir DIR` publishes its worker name in (DIR/worker.json),
+    /// used when no flag or variable names the worker.
+    #[arg(long, env = "PERISCOPE_WORKER_FILE", value_name = "PATH")]
+    worker_file: Option<PathBuf>,
+    /// Seconds to wait for --worker-file before naming the worker after the hostname.
+    #[arg(long, env = "PERISCOPE_WORKER_WAIT", default_value_t = 30.0)]
+    worker_wait: f64,
     /// Drain and exit when this file appears (the exit-code file of `periscope exec`).
     #[arg(long, env = "PERISCOPE_EXIT_WHEN_FILE", value_name = "PATH")]
     exit_when_file: Option<PathBuf>,
@@ -67,7 +83,7 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
         && settings.metrics.files.is_empty()
     {
         tracing::warn!(
-            "no --logs, --tfevents or --metrics-file: only the MLflow-compatible endpoint on --listen feeds this sidecar"
+            "no --logs, --tfevents or --metrics-file: only the MLflow-compatible endpoint on --mlflow-listen feeds this sidecar"
         );
     }
     let (requests, stop) = Stop::channel();
@@ -86,10 +102,18 @@ pub async fn run(args: SidecarArgs) -> Result<ExitCode, Failure> {
 fn settings(args: SidecarArgs) -> Result<Settings, Failure> {
     let storage = super::storage_url::parse(&args.storage)?;
     let id = args.id;
+    let lookup = Lookup {
+        published: args.worker_file,
+        wait: Duration::from_secs_f64(args.worker_wait.clamp(0.0, 86400.0)),
+        fallback: Fallback::Hostname,
+    };
+    let listen = (args.listen, args.mlflow_listen);
     let mut settings = args
         .ship
-        .settings(storage, args.listen, args.drain_timeout, || {
-            Ok(JobIdentity::resolve(id.experiment_id, id.worker)?)
+        .settings(storage, listen, args.drain_timeout, || {
+            let (identity, from) = JobIdentity::resolve_with(id.experiment_id, id.worker, &lookup)?;
+            tracing::info!(worker = %identity.worker, from = from.describe(), "worker name");
+            Ok(identity)
         })?;
     settings.state_dir = args.state_dir;
     settings.lifecycle.exit_when_file = args.exit_when_file;

@@ -1,11 +1,13 @@
 //! A sidecar assembled from plain settings, the one way `periscope sidecar` and `periscope run`
-//! build one: the storage, the log and tf.events shippers and their loop, the health and
-//! MLflow-compatible endpoint, the metrics thread, and, once the job is over, the artifacts saves
-//! and the metastore records they make.
+//! build one: the storage and the claim on the worker's folder in it, the log and tf.events
+//! shippers and their loop, the probes and the MLflow-compatible endpoint (each on its own
+//! listener, with its own limits), the metrics thread, and, once the job is over, the artifacts
+//! saves and the metastore records they make.
 //!
-//! [`Sidecar::start`] opens and checks everything (a wrong setting fails before the job runs) and
-//! starts the loops; [`Sidecar::finish`] waits for them to drain and returns what was done. This
-//! module never prints.
+//! [`Sidecar::start`] opens and checks everything (a wrong setting fails before the job runs),
+//! claims the worker's folder before anything is stored there ([`super::claim`]), and starts the
+//! loops; [`Sidecar::finish`] waits for them to drain and returns what was done. This module
+//! never prints.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,18 +15,20 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::claim::{Claim, ClaimGate};
 use super::error::SidecarError;
 use super::health;
 use super::metrics::{self, MetricsTask};
+use super::serve::{Limits, Listener};
 use super::settings::Settings;
 use super::shipping::{self, Pipelines};
 use crate::artifacts::{Saver, SaverTask, SavesReport, SignalClock, Target};
-use crate::lifecycle::{Drain, DrainFlag, Ending, Stop};
+use crate::lifecycle::{Drain, DrainFlag, Ending, Stop, StopSender};
 use crate::metrics::mlflow::ingest::{self, Endpoint, RunIdentity};
 use crate::metrics::saves;
 use crate::redact::redact_url;
 use crate::retry::RetryPolicy;
-use crate::ship::{LogConfig, LogShipper, MirrorConfig, ShipError, TfeventsMirror};
+use crate::ship::{LogConfig, LogShipper, MirrorConfig, TfeventsMirror};
 use crate::storage::{self, StoreOptions};
 
 /// What a finished sidecar did.
@@ -48,12 +52,13 @@ pub struct Report {
 
 /// A running sidecar. Invariant: its loops run until [`Sidecar::finish`] has seen them drain.
 pub struct Sidecar {
-    shipping: JoinHandle<(Result<Ending, ShipError>, Pipelines)>,
+    shipping: JoinHandle<(Result<Ending, SidecarError>, Pipelines)>,
     metrics: MetricsTask,
     drained: DrainFlag,
     saver: Option<SaverTask>,
     settings: Settings,
-    addr: SocketAddr,
+    probes: SocketAddr,
+    mlflow: SocketAddr,
     stored_at: String,
     endpoint: Endpoint,
 }
@@ -74,6 +79,35 @@ impl Sidecar {
         let (store, prefix) = storage::open(&settings.storage, &options)?;
         let worker_prefix = identity.worker_prefix(&prefix);
         let stored_at = identity.shown_under(&settings.storage);
+        // Bound first: a taken port fails before anything is claimed or stored.
+        let probes = Listener::bind(
+            settings.listen,
+            "/healthz, /readyz and /metrics",
+            Limits::PROBES,
+        )?;
+        let mlflow = Listener::bind(
+            settings.mlflow_listen,
+            "the MLflow-compatible /api/2.0/mlflow/",
+            settings.mlflow_limits,
+        )?;
+        if !mlflow.addr.ip().is_loopback() {
+            tracing::warn!(addr = %mlflow.addr, "the MLflow-compatible endpoint has no authentication: \
+                whoever reaches this address can log metrics and end the run; keep it on 127.0.0.1");
+        }
+        let (service, _) = storage::locate(&settings.storage)?;
+        let claim = Claim {
+            store: store.clone(),
+            service,
+            worker_prefix: worker_prefix.clone(),
+            folder: stored_at.clone(),
+            state_dir: settings.state_dir.clone(),
+        };
+        // Another pod's folder stops the sidecar now; unreachable storage only delays shipping.
+        let (pending, claimed) = match claim.try_once().await {
+            Ok(_) => (None, ClaimGate::opened()),
+            Err(e) if e.is_transient() => (Some(claim), ClaimGate::default()),
+            Err(e) => return Err(e.into()),
+        };
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.
         let saver = match settings.artifacts.is_empty() {
             true => None,
@@ -122,19 +156,19 @@ impl Sidecar {
             pipelines.tfevents = Some(TfeventsMirror::open(cfg, store)?);
         }
         let drained = pipelines.health.draining.clone();
-        let listener = Listener::bind(&settings).await?;
         let (handle, requests) = ingest::channel(RunIdentity {
             experiment: identity.experiment.clone(),
             worker: identity.worker.clone(),
             start_ms: crate::metrics::model::now_ms(),
         });
         let endpoint = Endpoint::open(handle, &settings.state_dir, &settings.storage)?;
+        let (refused, metrics_stop) = follow(&stop);
         let metrics = metrics::spawn(
             &settings,
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
-            stop.clone(),
-            Some(requests),
-            Some(listener.addr),
+            metrics_stop,
+            (Some(requests), Some(mlflow.addr)),
+            claimed.clone(),
         )
         .await?;
         let observed = health::Observed {
@@ -143,19 +177,36 @@ impl Sidecar {
             metastore: Some(metrics.status()),
             stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
         };
-        let addr = listener.serve(health::router(observed).merge(endpoint.router()));
+        let probes = probes.serve(health::router(observed));
+        let mlflow = mlflow.serve(endpoint.router());
         let mut folders: Vec<PathBuf> = logs.globs.iter().map(|g| g.base.clone()).collect();
         folders.extend(settings.tfevents.iter().cloned());
-        let drain = Drain::new(
+        let mut drain = Drain::new(
             settings.lifecycle.clone(),
             "logs and tf.events",
             drained.clone(),
         );
+        let unread = unread_bytes(&settings);
+        let saves_gate = claimed.clone();
         let shipping = tokio::spawn(async move {
             // The watcher must live as long as the loop that reads its notifications.
             let (_watcher, wake) = super::watch::watch_folders(&folders);
+            let mut stop = stop;
+            if let Some(claim) = pending {
+                match claim.wait(&mut drain, &mut stop, unread).await {
+                    Ok(None) => claimed.open(),
+                    Ok(Some(ending)) => return (Ok(ending), pipelines),
+                    Err(e) => {
+                        // Another pod's folder: nothing of this one is delivered, at once,
+                        // and whoever waits for the drain (the endpoint's uploads) stops waiting.
+                        refused.at_least(2);
+                        let _ = drain.on_stop(1, || 0);
+                        return (Err(e.into()), pipelines);
+                    }
+                }
+            }
             let ending = shipping::run(&mut pipelines, drain, stop, wake).await;
-            (ending, pipelines)
+            (ending.map_err(SidecarError::from), pipelines)
         });
         // Saves run beside the job from now on (everything that can fail to start has started);
         // the final one once it is over.
@@ -164,11 +215,15 @@ impl Sidecar {
                 let thread = |e: std::io::Error| SidecarError::Thread(e.to_string());
                 let over = drained.clone();
                 let over = async move { over.wait().await };
-                Some(
-                    saver
-                        .spawn(over, SignalClock::start().map_err(thread)?)
-                        .map_err(thread)?,
-                )
+                // Saves go into the worker's folder: only once it is this pod's.
+                let gate = saves_gate;
+                let claimed = async move {
+                    while !gate.is_open() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                let clock = SignalClock::start().map_err(thread)?;
+                Some(saver.spawn(claimed, over, clock).map_err(thread)?)
             }
             None => None,
         };
@@ -180,15 +235,21 @@ impl Sidecar {
             drained,
             saver,
             settings,
-            addr,
+            probes,
+            mlflow,
             stored_at,
             endpoint,
         })
     }
 
-    /// The address the endpoint listens on (the port is chosen when the settings said 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The address of the probes (the port is chosen when the settings said 0).
+    pub fn probe_addr(&self) -> SocketAddr {
+        self.probes
+    }
+
+    /// The address of the MLflow-compatible endpoint (the port is chosen when the settings said 0).
+    pub fn mlflow_addr(&self) -> SocketAddr {
+        self.mlflow
     }
 
     /// Waits until every loop drained. Once the job is over, saves the artifacts folders meanwhile
@@ -237,35 +298,46 @@ impl Sidecar {
     }
 }
 
-/// The endpoint's socket, bound before the metrics pipeline starts (which must know its address,
-/// so as not to take it for the metastore) and served once the routes are assembled.
-struct Listener {
-    socket: tokio::net::TcpListener,
-    addr: SocketAddr,
+/// A stop channel that gets every request `stop` gets, and those its sender adds: the metrics
+/// loop's, which the shipping loop ends when it learns the worker's folder is another pod's.
+fn follow(stop: &Stop) -> (StopSender, Stop) {
+    let (tx, rx) = Stop::channel();
+    let (forward, mut outer) = (tx.clone(), stop.clone());
+    forward.at_least(outer.requests());
+    tokio::spawn(async move {
+        loop {
+            let n = outer.next().await;
+            forward.at_least(n);
+        }
+    });
+    (tx, rx)
 }
 
-impl Listener {
-    async fn bind(settings: &Settings) -> Result<Listener, SidecarError> {
-        let listen_error = |source| SidecarError::Listen {
-            addr: settings.listen,
-            source,
-        };
-        let socket = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .map_err(listen_error)?;
-        let addr = socket.local_addr().map_err(listen_error)?;
-        Ok(Listener { socket, addr })
+/// Bytes in the files the shipping loop follows, for a loop that stopped before it could read
+/// any (its claim was never made): an upper bound of what is not stored.
+fn unread_bytes(settings: &Settings) -> impl Fn() -> u64 + Send + 'static {
+    let globs = settings.logs.globs.clone();
+    let tfevents = settings.tfevents.clone();
+    move || {
+        let logs: u64 = (globs.iter())
+            .flat_map(|g| g.matches())
+            .filter_map(|(path, _)| std::fs::metadata(path).ok())
+            .map(|m| m.len())
+            .sum();
+        logs + tfevents.iter().map(|d| folder_bytes(d)).sum::<u64>()
     }
+}
 
-    /// Serves `app` in the background; returns the address.
-    fn serve(self, app: axum::Router) -> SocketAddr {
-        let addr = self.addr;
-        tracing::info!(%addr, "serving /healthz, /readyz, /metrics and the MLflow-compatible /api/2.0/mlflow/");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(self.socket, app).await {
-                tracing::error!(error = %e, "the endpoint stopped");
-            }
-        });
-        addr
-    }
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => folder_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }

@@ -22,6 +22,8 @@ pub enum SidecarError {
     #[error(transparent)]
     Artifacts(#[from] ArtifactsError),
     #[error(transparent)]
+    Claim(#[from] super::claim::ClaimError),
+    #[error(transparent)]
     Endpoint(#[from] EndpointError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -40,6 +42,7 @@ impl Classify for SidecarError {
             SidecarError::Ship(e) => e.class(),
             SidecarError::Metrics(e) => e.class(),
             SidecarError::Artifacts(e) => e.class(),
+            SidecarError::Claim(e) => e.class(),
             SidecarError::Endpoint(e) => e.class(),
             SidecarError::Listen { .. } => ErrorClass::Usage,
             SidecarError::Thread(_) => ErrorClass::Internal,
@@ -52,9 +55,10 @@ impl Classify for SidecarError {
             SidecarError::Ship(e) => e.hint(),
             SidecarError::Metrics(e) => e.hint(),
             SidecarError::Artifacts(e) => e.hint(),
+            SidecarError::Claim(e) => e.hint(),
             SidecarError::Endpoint(e) => e.hint(),
             SidecarError::Listen { .. } => {
-                Some("choose a free address with --listen (e.g. 127.0.0.1:0 for any port)".into())
+                Some("choose a free address with --listen or --mlflow-listen (e.g. 127.0.0.1:0 for any port)".into())
             }
             SidecarError::Thread(_) => None,
         }

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::claim::{ClaimGate, GatedSink};
 use super::error::SidecarError;
 use super::settings::Settings;
 use crate::lifecycle::{Drain, Ending, Stop};
 use crate::metrics::intake::IngestRequest;
 use crate::metrics::pipeline::{self, DeliveryStatus, MetricsPipeline, PipelineConfig};
-use crate::metrics::{Item, MetastoreUrl, MetricsError, QueueConfig, SinkContext};
+use crate::metrics::{Item, MetastoreUrl, MetricsError, QueueConfig, Sink, SinkContext};
 
 /// The pipeline's thread. It runs its own single-threaded runtime because its work is short
 /// blocking file I/O (fsyncs): kept off the shippers' runtime, a slow disk never delays log
@@ -26,12 +27,13 @@ pub struct MetricsTask {
 /// Opens the metastore and the queue, and starts the pipeline's thread. Scalars are read from
 /// the sidecar's tf.events folders (the ones the mirror uploads); `requests` come from the
 /// ingest endpoint that listens on `endpoint` (which therefore must not be the metastore too).
+/// Nothing is written to the metastore before `claimed` opens (see [`super::claim`]).
 pub async fn spawn(
     sidecar: &Settings,
     drain: Drain,
     stop: Stop,
-    requests: Option<mpsc::Receiver<IngestRequest>>,
-    endpoint: Option<SocketAddr>,
+    (requests, endpoint): (Option<mpsc::Receiver<IngestRequest>>, Option<SocketAddr>),
+    claimed: ClaimGate,
 ) -> Result<MetricsTask, SidecarError> {
     let settings = &sidecar.metrics;
     let state_dir = &sidecar.state_dir;
@@ -47,12 +49,17 @@ pub async fn spawn(
         endpoint,
     )
     .map_err(MetricsError::from)?;
-    let mut sink = url
+    let inner = url
         .open(&SinkContext {
             state_dir: state_dir.to_path_buf(),
             identity: identity.clone(),
         })
         .map_err(MetricsError::from)?;
+    let mut sink = GatedSink {
+        inner,
+        gate: claimed,
+        folder: identity.shown_under(&sidecar.storage),
+    };
     // Wrong credentials or missing tables stop the sidecar now, with their hint; a metastore
     // that does not answer yet only delays delivery (the queue keeps everything).
     match sink.check().await {
@@ -72,7 +79,7 @@ pub async fn spawn(
     };
     let mut watched = cfg.tfevents_roots.clone();
     watched.extend(cfg.metrics_files.iter().cloned());
-    let mut pipeline = MetricsPipeline::open(cfg.clone(), sink)?;
+    let mut pipeline = MetricsPipeline::open(cfg.clone(), Box::new(sink))?;
     let status = pipeline.status();
     tracing::info!(metastore = %pipeline.describe_sink(), metrics_files = cfg.metrics_files.len(),
         tfevents = cfg.tfevents_roots.len(), "tracking metrics");

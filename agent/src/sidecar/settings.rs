@@ -41,8 +41,13 @@ pub struct Settings {
     /// Least time between two uploads of a growing event file.
     pub tfevents_interval: Duration,
     pub lifecycle: Lifecycle,
-    /// The address of `/healthz`, `/readyz`, `/metrics` and the MLflow-compatible endpoint.
+    /// The address of `/healthz`, `/readyz` and `/metrics` (the kubelet's probes may need the
+    /// pod's IP).
     pub listen: SocketAddr,
+    /// The address of the MLflow-compatible endpoint: the pod's loopback unless said otherwise,
+    /// since it has no authentication.
+    pub mlflow_listen: SocketAddr,
+    pub mlflow_limits: super::serve::Limits,
     pub metrics: MetricsSettings,
     /// Folders saved once the job is over (and while it runs, as `saves` says).
     pub artifacts: Vec<PathBuf>,

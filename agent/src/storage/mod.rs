@@ -9,6 +9,7 @@
 //!   Azurite emulator).
 //! * [`service`]: which service a URL names; [`error`]: every failure classified the same way
 //!   ([`classify`]), its text free of credentials ([`scrub`]).
+//! * [`once`]: create-only writes, for claims.
 //! * [`download`]: the parallel, ranged, verified download engine, cut where [`split`] says it
 //!   pays.
 //!
@@ -16,11 +17,13 @@
 
 pub mod download;
 pub mod error;
+pub mod once;
 pub mod open;
 pub mod service;
 pub mod split;
 
 pub use error::{classify, scrub, StorageError};
+pub use once::put_once;
 pub use open::{
     locate, open, open_parts, open_parts_with_env, open_with_env, retry_config, Opened,
     StoreOptions,
