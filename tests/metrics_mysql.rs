@@ -504,3 +504,45 @@ fn a_value_is_stored_byte_for_byte_and_never_run_as_sql_whatever_the_servers_cha
     ));
     assert_eq!(stored.trim_end(), hex(&payload), "the value, byte for byte");
 }
+
+/// A fleet of sidecars shares one server's `max_connections` (151 by default): a sidecar with
+/// nothing to write holds no connection, and writes again when metrics come.
+#[test]
+fn an_idle_sidecar_holds_no_connection_and_writes_again_when_metrics_come() {
+    let db = MariaDb::start_with_submarine_tables();
+    let s = Setup::new();
+    let jsonl = s.path("metrics.jsonl");
+    let connections = || -> usize {
+        db.sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{USER}' \
+             AND ID <> CONNECTION_ID()"
+        ))
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let child = sidecar_to(&s, &db).spawn().unwrap();
+    append(&jsonl, &jsonl_line("loss", "1.5", 1, BASE_MS));
+    wait_until(Duration::from_secs(60), "the first point", || {
+        count(&db) == 1
+    });
+    let closed = Instant::now() + Duration::from_secs(10);
+    while connections() > 0 {
+        assert!(
+            Instant::now() < closed,
+            "the idle sidecar keeps its connections: {}",
+            db.sql(&format!(
+                "SELECT ID, COMMAND, TIME, STATE, INFO FROM information_schema.PROCESSLIST \
+                 WHERE USER = '{USER}' AND ID <> CONNECTION_ID()"
+            ))
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    append(&jsonl, &jsonl_line("loss", "0.5", 2, BASE_MS + 1));
+    wait_until(Duration::from_secs(60), "the second point", || {
+        count(&db) == 2
+    });
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    expect_exit(&wait_with_timeout(child, Duration::from_secs(60)), 0);
+    assert_eq!(experiment(&db)[0], "Succeeded");
+}

@@ -534,17 +534,33 @@ async fn deliver_until(
         }
         // Appends while we waited or wrote left a permit in `appended`, so none is missed.
         let retry_at = delivery.retry_at.map(tokio::time::Instant::from_std);
+        let sink = &mut delivery.sink;
         tokio::select! {
             _ = async {
                 match retry_at {
                     Some(t) => tokio::time::sleep_until(t).await,
-                    None => appended.notified().await,
+                    None => {
+                        // Nothing to write: after a short while, the sink gives back its server
+                        // connection until the next append.
+                        let quiet = tokio::time::sleep(RELEASE_AFTER);
+                        tokio::select! {
+                            _ = appended.notified() => return,
+                            _ = quiet => sink.release().await,
+                        }
+                        appended.notified().await
+                    }
                 }
             } => {}
             _ = stop.wait_for(|&s| s) => return Ok(()),
         }
     }
 }
+
+/// How long the delivery thread waits with nothing to write before the sink releases its server
+/// connection. Short enough that a sidecar logging once a second holds a connection only while
+/// it writes (a fleet of them shares a server's `max_connections`), long enough that one logging
+/// faster keeps it.
+const RELEASE_AFTER: Duration = Duration::from_millis(500);
 
 /// Most ingest requests appended as one queue record (group commit: one fsync for all of them).
 const INGEST_GROUP: usize = 64;

@@ -46,6 +46,13 @@ pub trait Sink: Send {
     fn check(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Nothing was written for a while: gives back what only a writer needs (a server
+    /// connection), so many idle sidecars do not hold a server's connections; the next write
+    /// opens it again.
+    fn release(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A sink's failure. Invariant: `message` and `hint` hold no secret.

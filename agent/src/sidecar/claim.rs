@@ -318,4 +318,8 @@ impl Sink for GatedSink {
     fn check(&mut self) -> BoxFuture<'_, Result<(), SinkError>> {
         self.inner.check()
     }
+
+    fn release(&mut self) -> BoxFuture<'_, ()> {
+        self.inner.release()
+    }
 }

@@ -164,4 +164,16 @@ impl Sink for MySqlSink {
             Ok(())
         })
     }
+
+    /// Closes the kept connection: a server allows so many (`max_connections`, 151 by default),
+    /// and a fleet of sidecars that each kept one would take them all while idle.
+    fn release(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(conn) = self.conn.take() {
+                // Best effort, as after the check: a connection that does not close is dropped.
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+                tracing::debug!(metastore = %self.url.shown(), "idle: the MySQL connection is closed");
+            }
+        })
+    }
 }
