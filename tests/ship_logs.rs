@@ -513,3 +513,82 @@ fn health_readiness_and_prometheus_metrics_are_served() {
     assert_eq!(get("/readyz").status, 200);
     kill9(&mut child);
 }
+
+/// Kills `child` with -9 and lets a new sidecar drain what is left, as a restarted pod would.
+/// Returns what the draining sidecar said.
+fn kill_and_drain(sc: &Sidecar, child: &mut Child) -> String {
+    kill9(child);
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "final drain failed:\n{stderr}");
+    stderr
+}
+
+/// A sidecar storing to `root/store` what `glob` matches, its state and exit file in `root`.
+fn folder_sidecar(root: &Path, glob: &str) -> Sidecar {
+    Sidecar {
+        storage: format!("file://{}", root.join("store").display()),
+        glob: glob.to_string(),
+        state: root.join("state"),
+        exit_file: root.join("exit-code"),
+        env: Vec::new(),
+        chunk_age: "0.2",
+    }
+}
+
+#[test]
+fn a_log_symlink_that_leaves_the_log_folder_is_not_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let secret_dir = dir.path().join("etc");
+    fs::create_dir_all(&logs).unwrap();
+    fs::create_dir_all(&secret_dir).unwrap();
+    fs::write(
+        secret_dir.join("shadow"),
+        "root:$6$secret-hash:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    fs::write(secret_dir.join("key.log"), "a private key\n").unwrap();
+    // What a hostile training container can put into the folder it writes logs to.
+    std::os::unix::fs::symlink(secret_dir.join("shadow"), logs.join("shadow.log")).unwrap();
+    std::os::unix::fs::symlink(&secret_dir, logs.join("etc")).unwrap();
+    std::os::unix::fs::symlink("../etc/shadow", logs.join("relative.log")).unwrap();
+    fs::write(logs.join("app.log"), "step 1 loss 0.5\n").unwrap();
+    std::os::unix::fs::symlink("app.log", logs.join("alias.log")).unwrap();
+    let sc = folder_sidecar(dir.path(), &format!("{}/**/*.log", logs.display()));
+    let mut child = sc.spawn();
+    thread::sleep(Duration::from_millis(1500));
+    let stderr = kill_and_drain(&sc, &mut child);
+    let store = dir.path().join("store");
+    let ran = run(periscope().args(["logs", "ls", &format!("file://{}/exp-1", store.display())]));
+    ran.expect_code(0)
+        .expect_output("worker-0/logs/app.log")
+        .refute_output("shadow")
+        .refute_output("relative")
+        .refute_output("key.log");
+    let stored = String::from_utf8_lossy(
+        &std::process::Command::new("grep")
+            .args(["-rl", "secret-hash"])
+            .arg(&store)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(stored.is_empty(), "secret stored in {stored}");
+    let said = fs::read_to_string(sc.stderr_log()).unwrap() + &stderr;
+    for name in ["shadow.log", "relative.log", "logs/etc"] {
+        assert!(
+            said.contains(name) && said.contains("leaves the glob's base folder"),
+            "{name} must be reported:\n{said}"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(sc.stderr_log())
+            .unwrap()
+            .matches("shadow.log")
+            .count(),
+        1,
+        "said once per run:\n{said}"
+    );
+}

@@ -20,6 +20,7 @@
 //! themselves hold the rest), and uploads are retried with the one backoff policy, forever: the
 //! sidecar never drops data on its own. This module never prints.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::checkpoint::{Checkpoint, Loss, Tracked};
-use super::discover::LogGlob;
+use super::discover::{Found, LogGlob, OpenError, Refusal};
 use super::identity::{read_at_most, FileId, Fingerprint};
 use super::key::{chunk_key, log_folder, ChunkName};
 use crate::error::{Classify, ErrorClass};
@@ -197,6 +198,8 @@ pub struct LogShipper {
     /// When the checkpoint was last written, and whether sizes seen since then are unrecorded.
     saved_at: Instant,
     sizes_unsaved: bool,
+    /// Paths already reported as not shipped (each is said once).
+    warned: HashSet<PathBuf>,
 }
 
 /// How often growth that was read but not yet shipped is recorded, so a loss after a crash can be
@@ -288,6 +291,7 @@ impl LogShipper {
             retry_at: None,
             saved_at: Instant::now(),
             sizes_unsaved: false,
+            warned: HashSet::new(),
         };
         shipper.save()?;
         Ok(shipper)
@@ -401,9 +405,18 @@ impl LogShipper {
         }
         let globs = self.cfg.globs.clone();
         for glob in &globs {
-            for (path, logical) in glob.matches() {
-                let Ok(file) = File::open(&path) else {
-                    continue;
+            let m = glob.matches();
+            for r in m.refused {
+                self.refused(r);
+            }
+            for Found { path, logical } in m.found {
+                let file = match glob.open(&path) {
+                    Ok(f) => f,
+                    Err(OpenError::Refused(r)) => {
+                        self.refused(r);
+                        continue;
+                    }
+                    Err(OpenError::Io(_)) => continue,
                 };
                 let Ok(meta) = file.metadata() else { continue };
                 let id = FileId::of(&meta);
@@ -428,6 +441,13 @@ impl LogShipper {
             }
         }
         changed
+    }
+
+    /// Says once per path why a matched file is not shipped.
+    fn refused(&mut self, r: Refusal) {
+        if self.warned.insert(r.path.clone()) {
+            tracing::warn!(path = %r.path.display(), reason = r.reason, "log file not shipped");
+        }
     }
 
     fn read_all(&mut self) -> u64 {
