@@ -170,22 +170,7 @@ fn kill9(child: &mut Child) {
 
 /// `periscope logs cat` of the test log, as bytes.
 fn logs_cat(storage: &str, env: &[(&'static str, String)]) -> Vec<u8> {
-    let out = periscope()
-        .args([
-            "logs",
-            "cat",
-            &format!("{storage}/exp-1/worker-0/logs/app.log"),
-        ])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "logs cat failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    logs_cat_path(storage, env, "worker-0/logs/app.log", None)
 }
 
 #[track_caller]
@@ -536,6 +521,40 @@ fn folder_sidecar(root: &Path, glob: &str) -> Sidecar {
     }
 }
 
+/// `logs ls --json` of the test worker.
+fn logs_ls_json(storage: &str) -> Vec<serde_json::Value> {
+    let ran = run(periscope().args(["logs", "ls", "--json", &format!("{storage}/exp-1")]));
+    ran.expect_code(0);
+    ran.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `logs cat` of one path of the test experiment (as `logs ls` prints it), maybe one generation
+/// of it.
+fn logs_cat_path(
+    storage: &str,
+    env: &[(&'static str, String)],
+    path: &str,
+    generation: Option<u64>,
+) -> Vec<u8> {
+    let mut cmd = periscope();
+    cmd.args(["logs", "cat", &format!("{storage}/exp-1/{path}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    if let Some(g) = generation {
+        cmd.args(["--generation", &g.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "logs cat {path} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn a_log_symlink_that_leaves_the_log_folder_is_not_shipped() {
     let dir = tempfile::tempdir().unwrap();
@@ -590,5 +609,59 @@ fn a_log_symlink_that_leaves_the_log_folder_is_not_shipped() {
             .count(),
         1,
         "said once per run:\n{said}"
+    );
+}
+
+#[test]
+fn every_name_logs_ls_prints_reads_back_and_a_non_utf8_name_is_reported() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(logs.join("日本")).unwrap();
+    let names = [
+        "训练日志.log",
+        "日本/ログ.log",
+        "café.log",
+        "what?.log",
+        "hash#1.log",
+        "100%.log",
+        "a b.log",
+        "[x]{y}.log",
+        "back\\slash.log",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        fs::write(logs.join(n), format!("content of {i}: {n}\n")).unwrap();
+    }
+    let bad = std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9.log");
+    fs::write(logs.join(bad), "not shipped\n").unwrap();
+    let sc = folder_sidecar(dir.path(), &format!("{}/**/*.log", logs.display()));
+    fs::write(&sc.exit_file, "0\n").unwrap();
+    let (code, stderr) = sc.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("not UTF-8").count(),
+        1,
+        "the name that cannot be stored is reported once:\n{stderr}"
+    );
+    let listed = logs_ls_json(&sc.storage);
+    assert_eq!(listed.len(), names.len(), "{listed:#?}");
+    for l in &listed {
+        let path = l["path"].as_str().unwrap();
+        let stored = String::from_utf8(logs_cat_path(&sc.storage, &[], path, None)).unwrap();
+        let i: usize = stored
+            .strip_prefix("content of ")
+            .and_then(|s| s.split(':').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: {stored}"));
+        assert_eq!(stored, format!("content of {i}: {}\n", names[i]), "{path}");
+    }
+    // The table prints the same spelling, and the unescaped one works too.
+    let ran = run(periscope().args(["logs", "ls", &format!("{}/exp-1", sc.storage)]));
+    ran.expect_code(0)
+        .expect_output("worker-0/logs/训练日志.log")
+        .expect_output("worker-0/logs/what%3F.log");
+    assert_eq!(
+        logs_cat_path(&sc.storage, &[], "worker-0/logs/日本/ログ.log", None),
+        "content of 1: 日本/ログ.log\n".as_bytes()
     );
 }

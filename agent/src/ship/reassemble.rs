@@ -4,13 +4,17 @@
 //! decompressed in order. Overlapping chunks (which the shipper never writes, but an operator's
 //! copy might) are trimmed so no byte is repeated. This module returns bytes and summaries; the CLI
 //! prints them.
+//!
+//! Names: the sidecar stores each part of a log's path as an object key part, which escapes
+//! characters keys should not hold (`%`, `?`, `#`, non-ASCII…). `ls` prints names unescaped,
+//! except for what a URL cannot carry as it is; `cat` accepts a path spelled either way.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::key::{ChunkName, LOGS_DIR};
@@ -75,6 +79,14 @@ pub struct CatReport {
     pub gaps: Vec<Gap>,
 }
 
+/// The error of a store operation on `what`.
+fn store_error(what: &Path) -> impl Fn(object_store::Error) -> ReadBackError + '_ {
+    move |error| ReadBackError::Store {
+        what: what.to_string(),
+        error,
+    }
+}
+
 async fn chunks_of(
     store: &Arc<dyn ObjectStore>,
     folder: &Path,
@@ -84,10 +96,7 @@ async fn chunks_of(
         .list(Some(folder))
         .try_collect()
         .await
-        .map_err(|error| ReadBackError::Store {
-            what: folder.to_string(),
-            error,
-        })?;
+        .map_err(store_error(folder))?;
     let mut chunks: Vec<(ChunkName, Path)> = metas
         .into_iter()
         .filter_map(|m| {
@@ -102,16 +111,56 @@ async fn chunks_of(
     Ok(chunks)
 }
 
+/// The spellings a log folder may be stored under, as given first. The sidecar escapes the parts
+/// it adds (experiment, worker, log path) as object keys escape them, and keeps the storage URL's
+/// own prefix as it is; a folder parsed from a URL is unescaped. So each part that escaping
+/// changes is tried escaped, from the last such part backwards.
+fn spellings(folder: &Path) -> Vec<Path> {
+    let raw: Vec<String> = folder.parts().map(|p| p.as_ref().to_string()).collect();
+    let escaped: Vec<String> = raw
+        .iter()
+        .map(|p| PathPart::from(p.as_str()).as_ref().to_string())
+        .collect();
+    let differing: Vec<usize> = (0..raw.len()).filter(|&i| raw[i] != escaped[i]).collect();
+    let mut out = vec![folder.clone()];
+    for k in (0..differing.len()).rev() {
+        let parts: Vec<&str> = (0..raw.len())
+            .map(|i| {
+                if differing[k..].contains(&i) {
+                    escaped[i].as_str()
+                } else {
+                    raw[i].as_str()
+                }
+            })
+            .collect();
+        if let Ok(p) = Path::parse(parts.join("/")) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The chunks of a log, under whichever spelling of its folder holds them.
+async fn find(
+    store: &Arc<dyn ObjectStore>,
+    folder: &Path,
+) -> Result<Vec<(ChunkName, Path)>, ReadBackError> {
+    for spelling in spellings(folder) {
+        let chunks = chunks_of(store, &spelling).await?;
+        if !chunks.is_empty() {
+            return Ok(chunks);
+        }
+    }
+    Err(ReadBackError::NotFound(folder.to_string()))
+}
+
 /// Writes every stored byte of the log at `folder` to `out`, generation after generation.
 pub async fn cat(
     store: &Arc<dyn ObjectStore>,
     folder: &Path,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<CatReport, ReadBackError> {
-    let chunks = chunks_of(store, folder).await?;
-    if chunks.is_empty() {
-        return Err(ReadBackError::NotFound(folder.to_string()));
-    }
+    let chunks = find(store, folder).await?;
     let mut report = CatReport::default();
     let mut current_gen = None;
     let mut next = 0u64;
@@ -134,16 +183,10 @@ pub async fn cat(
         let body = store
             .get(&key)
             .await
-            .map_err(|error| ReadBackError::Store {
-                what: key.to_string(),
-                error,
-            })?
+            .map_err(store_error(&key))?
             .bytes()
             .await
-            .map_err(|error| ReadBackError::Store {
-                what: key.to_string(),
-                error,
-            })?;
+            .map_err(store_error(&key))?;
         let mut raw = Vec::with_capacity((name.end - name.start) as usize);
         flate2::read::GzDecoder::new(&body[..])
             .read_to_end(&mut raw)
@@ -163,7 +206,8 @@ pub async fn cat(
 /// One stored log path, as `ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StoredLog {
-    /// `<worker>/logs/<path>` relative to the listed prefix.
+    /// `<worker>/logs/<path>` relative to the listed prefix, spelled so that `<prefix URL>/<path>`
+    /// works with `logs cat`.
     pub path: String,
     pub generations: u64,
     pub chunks: u64,
@@ -174,20 +218,36 @@ pub struct StoredLog {
     pub last_modified: String,
 }
 
+/// One key part as `ls` prints it: unescaped, but with what a URL path cannot carry as it is
+/// (`%`, `?`, `#`, spaces, controls, `\\`…) escaped again, so `logs cat` reads it back.
+fn printable(part: &str) -> String {
+    let text = percent_encoding::percent_decode_str(part).decode_utf8_lossy();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii_control() || " \"#%<>?`{}\\".contains(c) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Lists every log stored under `prefix` (an experiment, or one worker of it).
 pub async fn ls(
     store: &Arc<dyn ObjectStore>,
     prefix: &Path,
 ) -> Result<Vec<StoredLog>, ReadBackError> {
+    let prefix = match spellings(prefix).into_iter().last() {
+        Some(p) if store_has(store, &p).await? => p,
+        _ => prefix.clone(),
+    };
     let depth = prefix.parts().count();
     let metas: Vec<_> = store
-        .list(Some(prefix))
+        .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(|error| ReadBackError::Store {
-            what: prefix.to_string(),
-            error,
-        })?;
+        .map_err(store_error(&prefix))?;
     let mut logs: BTreeMap<String, (StoredLog, std::collections::BTreeSet<u64>)> = BTreeMap::new();
     for m in metas {
         let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
@@ -198,8 +258,13 @@ pub async fn ls(
         let Some(name) = ChunkName::parse(&rel[rel.len() - 2], &rel[rel.len() - 1]) else {
             continue;
         };
-        let path = rel[..rel.len() - 2].join("/");
-        let entry = logs.entry(path.clone()).or_insert_with(|| {
+        let key_path = rel[..rel.len() - 2].join("/");
+        let path = rel[..rel.len() - 2]
+            .iter()
+            .map(|p| printable(p))
+            .collect::<Vec<_>>()
+            .join("/");
+        let entry = logs.entry(key_path).or_insert_with(|| {
             (
                 StoredLog {
                     path,
@@ -230,4 +295,39 @@ pub async fn ls(
             l
         })
         .collect())
+}
+
+/// Whether anything is stored under `prefix`.
+async fn store_has(store: &Arc<dyn ObjectStore>, prefix: &Path) -> Result<bool, ReadBackError> {
+    let first = store
+        .list(Some(prefix))
+        .try_next()
+        .await
+        .map_err(store_error(prefix))?;
+    Ok(first.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_names_are_unescaped_but_safe_in_a_url() {
+        assert_eq!(printable("%E6%97%A5%E6%9C%AC.log"), "日本.log");
+        assert_eq!(printable("a%3Fb%23c%25d.log"), "a%3Fb%23c%25d.log");
+        assert_eq!(printable("with space.log"), "with%20space.log");
+    }
+
+    #[test]
+    fn a_folder_parsed_from_a_url_is_tried_escaped() {
+        let parsed = Path::parse("jobs/exp/w/logs/日本.log").unwrap();
+        let tried: Vec<String> = spellings(&parsed).iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            tried,
+            vec![
+                "jobs/exp/w/logs/日本.log".to_string(),
+                "jobs/exp/w/logs/%E6%97%A5%E6%9C%AC.log".to_string()
+            ]
+        );
+    }
 }
