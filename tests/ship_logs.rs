@@ -499,6 +499,115 @@ fn health_readiness_and_prometheus_metrics_are_served() {
     kill9(&mut child);
 }
 
+/// Debian installs logrotate in /usr/sbin, which a non-root PATH may lack.
+fn logrotate_bin() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/logrotate");
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from("logrotate")
+    }
+}
+
+/// A log written line by line by an application that real `logrotate` rotates. Every line is
+/// numbered, so a line lost or stored twice shows. Like a real application, the writer reopens
+/// its file after a `create` rotation, keeps writing through its handle under `copytruncate`,
+/// and (with a banner) starts every new file with the same banner.
+struct RotatedLog {
+    dir: PathBuf,
+    conf: PathBuf,
+    state: PathBuf,
+    reopen: bool,
+    banner: Option<Vec<u8>>,
+    file: File,
+    written: Vec<u8>,
+    line: u64,
+    rotations: u32,
+}
+
+impl RotatedLog {
+    /// `options` are the lines of the logrotate stanza (e.g. `create`, `compress`).
+    fn new(root: &Path, options: &[&str], banner: Option<Vec<u8>>) -> RotatedLog {
+        let dir = root.join("logs");
+        fs::create_dir_all(&dir).unwrap();
+        let conf = root.join("logrotate.conf");
+        fs::write(
+            &conf,
+            format!(
+                "{}/app.log {{\n    missingok\n{}}}\n",
+                dir.display(),
+                options
+                    .iter()
+                    .map(|o| format!("    {o}\n"))
+                    .collect::<String>()
+            ),
+        )
+        .unwrap();
+        let path = dir.join("app.log");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut log = RotatedLog {
+            dir,
+            conf,
+            state: root.join("logrotate.state"),
+            reopen: !options.contains(&"copytruncate"),
+            banner,
+            file,
+            written: Vec::new(),
+            line: 0,
+            rotations: 0,
+        };
+        log.write_banner();
+        log
+    }
+
+    fn write_banner(&mut self) {
+        if let Some(b) = self.banner.clone() {
+            self.file.write_all(&b).unwrap();
+            self.written.extend_from_slice(&b);
+        }
+    }
+
+    fn write_lines(&mut self, n: usize) {
+        let mut batch = Vec::new();
+        for _ in 0..n {
+            // Lines of varied length, some long, so chunks end mid-line.
+            let pad = (self.line % 89) as usize * if self.line % 500 == 0 { 40 } else { 1 };
+            writeln!(batch, "line {:09} {}", self.line, "x".repeat(pad)).unwrap();
+            self.line += 1;
+        }
+        self.file.write_all(&batch).unwrap();
+        self.written.extend_from_slice(&batch);
+    }
+
+    /// `logrotate -f -s STATE CONF`, as cron would run it; then the application carries on.
+    fn rotate(&mut self) {
+        let out = Command::new(logrotate_bin())
+            .args(["-f", "-s"])
+            .arg(&self.state)
+            .arg(&self.conf)
+            .output()
+            .expect("logrotate runs (tests/run installs it)");
+        assert!(
+            out.status.success(),
+            "logrotate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.rotations += 1;
+        if self.reopen {
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("app.log"))
+                .unwrap();
+        }
+        self.write_banner();
+    }
+}
+
 /// Kills `child` with -9 and lets a new sidecar drain what is left, as a restarted pod would.
 /// Returns what the draining sidecar said.
 fn kill_and_drain(sc: &Sidecar, child: &mut Child) -> String {
@@ -519,6 +628,48 @@ fn folder_sidecar(root: &Path, glob: &str) -> Sidecar {
         env: Vec::new(),
         chunk_age: "0.2",
     }
+}
+
+/// The sidecar for a glob that matches `app.log` and every rotated name of it.
+fn rotation_sidecar(root: &Path) -> Sidecar {
+    folder_sidecar(root, &format!("{}/app.log*", root.join("logs").display()))
+}
+
+/// Compares what `logs cat` gave with what was written, line by line, naming lines lost and
+/// lines stored twice.
+#[track_caller]
+fn assert_same_lines(stored: &[u8], written: &[u8]) {
+    if stored == written {
+        return;
+    }
+    let (s, w) = (line_counts(stored), line_counts(written));
+    let doubled = s
+        .iter()
+        .filter(|(l, n)| **n > w.get(*l).copied().unwrap_or(0))
+        .count();
+    let lost = w
+        .iter()
+        .filter(|(l, n)| **n > s.get(*l).copied().unwrap_or(0))
+        .count();
+    let first = stored
+        .split(|&c| c == b'\n')
+        .zip(written.split(|&c| c == b'\n'))
+        .position(|(a, b)| a != b);
+    panic!(
+        "stored log differs from what was written: {} vs {} bytes, {} vs {} lines, {lost} lines lost, {doubled} lines stored too often, first different line: {first:?}",
+        stored.len(),
+        written.len(),
+        stored.split(|&c| c == b'\n').count(),
+        written.split(|&c| c == b'\n').count(),
+    );
+}
+
+fn line_counts(b: &[u8]) -> std::collections::HashMap<&[u8], usize> {
+    let mut m = std::collections::HashMap::new();
+    for l in b.split(|&c| c == b'\n') {
+        *m.entry(l).or_default() += 1;
+    }
+    m
 }
 
 /// `logs ls --json` of the test worker.
@@ -553,6 +704,222 @@ fn logs_cat_path(
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// The content of a rotated file on disk (decompressed for a `.gz`).
+fn content_on_disk(path: &Path) -> Vec<u8> {
+    let raw = fs::read(path).unwrap();
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&raw[..]), &mut out)
+            .unwrap();
+        out
+    } else {
+        raw
+    }
+}
+
+/// Every line written to `app.log` is in `logs cat …/app.log` once; the bytes stored under all
+/// names add up to the bytes written (nothing is stored twice); and each rotated file still on
+/// disk is, byte for byte, what `logs cat` gives for the newest generation of its name.
+#[track_caller]
+fn assert_stored_once(sc: &Sidecar, log: &RotatedLog) {
+    let listed = logs_ls_json(&sc.storage);
+    let stored = logs_cat(&sc.storage, &[]);
+    let total: u64 = listed.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+    if stored != log.written || total != log.written.len() as u64 {
+        eprintln!(
+            "stored: {listed:#?}\nsidecar said:\n{}",
+            fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+        );
+    }
+    assert_same_lines(&stored, &log.written);
+    assert_eq!(
+        total,
+        log.written.len() as u64,
+        "bytes stored under all names vs bytes written: {listed:#?}"
+    );
+    let mut rotated = 0;
+    for entry in fs::read_dir(&log.dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name == "app.log" {
+            continue;
+        }
+        let l = listed
+            .iter()
+            .find(|l| l["path"] == format!("worker-0/logs/{name}"))
+            .unwrap_or_else(|| panic!("{name} is not listed: {listed:#?}"));
+        let from = &l["rotated_from"];
+        assert_eq!(from["path"], "app.log", "{name}: {l:#}");
+        let stored = logs_cat_path(
+            &sc.storage,
+            &[],
+            &format!("worker-0/logs/{name}"),
+            from["generation"].as_u64(),
+        );
+        assert_same_lines(&stored, &content_on_disk(&log.dir.join(&name)));
+        rotated += 1;
+    }
+    assert!(rotated >= 2, "too few rotated files to check");
+}
+
+/// Waits until a sidecar started at `since` follows `app.log` as it is now: its checkpoint,
+/// written since then, holds a generation of `app.log` that starts with the file's first bytes
+/// and was read from that path up to its size.
+fn wait_followed(sc: &Sidecar, log: &RotatedLog, since: std::time::SystemTime) {
+    let path = log.dir.join("app.log");
+    let size = fs::metadata(&path).unwrap().len();
+    let file = sc.state.join("logs-checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fresh = fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m >= since);
+        let cp: serde_json::Value =
+            serde_json::from_slice(&fs::read(&file).unwrap_or_default()).unwrap_or_default();
+        let head = fs::read(&path).unwrap();
+        let follows = cp["files"].as_array().is_some_and(|files| {
+            files.iter().any(|f| {
+                // Its first bytes, not only its path, inode or size: copytruncate keeps those.
+                let fp_len = f["fingerprint"]["len"].as_u64().unwrap_or(0) as usize;
+                f["logical"] == "app.log"
+                    && f["path"] == path.to_str().unwrap()
+                    && f["detached"] == false
+                    && f["seen_size"].as_u64() >= Some(size)
+                    && fp_len > 0
+                    && fp_len <= head.len()
+                    && f["fingerprint"]["crc"].as_u64()
+                        == Some(u64::from(crc32c::crc32c(&head[..fp_len])))
+            })
+        });
+        if fresh && follows {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never followed app.log ({size} bytes, starting {:?}): {cp:#}\n{}",
+            String::from_utf8_lossy(&head[..head.len().min(30)]),
+            fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes, rotates with real logrotate 8 times and drains, with the sidecar running (and killed
+/// with -9 and restarted between some rotations when `kills`). Each generation is seen by the
+/// sidecar once (a file written and rotated away between two of its looks is stored under the
+/// name it was first seen at); lines written after that are rotated sometimes at once, before
+/// the sidecar read them, sometimes after it caught up.
+fn rotate_under_the_sidecar(options: &[&str], kills: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = rotation_sidecar(dir.path());
+    let mut log = RotatedLog::new(dir.path(), options, None);
+    let started = std::time::SystemTime::now();
+    let mut child = sc.spawn();
+    let mut rng = rand::rng();
+    for round in 0..8 {
+        log.write_lines(rng.random_range(100..1000));
+        wait_followed(&sc, &log, started);
+        log.write_lines(rng.random_range(0..2500));
+        if round % 2 == 0 {
+            thread::sleep(Duration::from_millis(400));
+        }
+        if kills && round % 3 == 1 {
+            kill9(&mut child);
+            log.write_lines(rng.random_range(100..1000));
+            log.rotate();
+            log.write_lines(rng.random_range(100..1000));
+            let started = std::time::SystemTime::now();
+            child = sc.spawn();
+            // A file rotated twice before the sidecar ever saw it is stored under the name it
+            // was first seen at: restarts must be quicker than rotations.
+            wait_followed(&sc, &log, started);
+        } else {
+            log.rotate();
+        }
+    }
+    log.write_lines(1000);
+    thread::sleep(Duration::from_millis(500));
+    let stderr = kill_and_drain(&sc, &mut child);
+    let earlier = fs::read_to_string(sc.stderr_log()).unwrap_or_default();
+    assert!(
+        !earlier.contains("lost") && !stderr.contains("lost") && !earlier.contains("panicked"),
+        "no loss or crash expected:\n{earlier}\n{stderr}"
+    );
+    assert_stored_once(&sc, &log);
+}
+
+#[test]
+fn logrotate_create_with_a_glob_matching_rotated_names_stores_every_line_once() {
+    rotate_under_the_sidecar(&["rotate 3", "create"], false);
+}
+
+#[test]
+fn logrotate_copytruncate_with_a_glob_matching_rotated_names_stores_every_line_once() {
+    rotate_under_the_sidecar(&["rotate 3", "copytruncate"], false);
+}
+
+#[test]
+fn logrotate_compress_stores_the_gzip_of_a_rotated_file_as_a_name_not_as_bytes() {
+    rotate_under_the_sidecar(&["rotate 3", "create", "compress"], false);
+}
+
+#[test]
+fn logrotate_copytruncate_delaycompress_stores_every_line_once() {
+    rotate_under_the_sidecar(
+        &["rotate 4", "copytruncate", "compress", "delaycompress"],
+        false,
+    );
+}
+
+#[test]
+fn logrotate_with_kill9_between_rotations_stores_every_line_once() {
+    rotate_under_the_sidecar(&["rotate 5", "create", "compress"], true);
+    rotate_under_the_sidecar(&["rotate 5", "copytruncate", "compress"], true);
+}
+
+/// Every generation starts with the same 4 KiB banner (longer than the fingerprint). While the
+/// sidecar is down, copytruncate rotates the log and the application writes more than was read
+/// before: the file keeps its inode, its size and its first KiB. Only its bytes past the banner
+/// tell that it is another generation; the rest of the old one is in the compressed copy.
+#[test]
+fn generations_sharing_a_banner_are_told_apart_across_kill9_and_copytruncate() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = rotation_sidecar(dir.path());
+    let mut banner = b"=== training job: model resnet50, 8 GPUs, config ".to_vec();
+    banner.extend(std::iter::repeat_n(b'=', 4096 - banner.len() - 1));
+    banner.push(b'\n');
+    let mut log = RotatedLog::new(
+        dir.path(),
+        &["rotate 3", "copytruncate", "compress"],
+        Some(banner),
+    );
+    let mut child = sc.spawn();
+    log.write_lines(2000);
+    let state_file = sc.state.join("logs-checkpoint.json");
+    let shipped = format!("\"shipped\":{}", log.written.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&state_file)
+        .unwrap_or_default()
+        .contains(&shipped)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first lines were never shipped"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    kill9(&mut child);
+    log.write_lines(300); // read by nobody before the rotation
+    log.rotate();
+    log.write_lines(6000);
+    let mut child = sc.spawn();
+    thread::sleep(Duration::from_millis(1500));
+    log.rotate();
+    log.write_lines(500);
+    thread::sleep(Duration::from_millis(500));
+    kill_and_drain(&sc, &mut child);
+    assert_stored_once(&sc, &log);
 }
 
 #[test]

@@ -22,10 +22,17 @@ pub struct LogsArgs {
 enum LogsCommand {
     /// Write every byte ever written to one log path (all rotated generations, in order) to stdout.
     ///
+    /// A rotated name (`app.log.1`, `app.log.2.gz` when the glob matches them) gives the bytes of
+    /// the files that were at that name, read from where they are stored once (decompressed:
+    /// the bytes the application wrote). Paths are spelled as `logs ls` prints them, or unescaped.
+    ///
     /// Example: periscope logs cat s3://ml-logs/jobs/exp-42/worker-0/logs/stdout.log
     Cat {
         /// <storage>/<experiment>/<worker>/logs/<path>
         url: String,
+        /// Only this generation of the path (as `logs ls --json` counts them).
+        #[arg(long, value_name = "N")]
+        generation: Option<u64>,
     },
     /// List the logs stored under an experiment (or one of its workers).
     ///
@@ -49,11 +56,11 @@ pub async fn run(args: LogsArgs) -> Result<ExitCode, Failure> {
         ..StoreOptions::default()
     };
     match args.command {
-        LogsCommand::Cat { url } => {
+        LogsCommand::Cat { url, generation } => {
             let url = super::storage_url::parse(&url)?;
             let (store, folder) = storage::open(&url, &options)?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-            let report = reassemble::cat(&store, &folder, &mut out).await?;
+            let report = reassemble::cat(&store, &folder, generation, &mut out).await?;
             out.flush().map_err(|e| {
                 Failure::new(ErrorClass::Io, format!("cannot write to stdout: {e}"), None)
             })?;
@@ -85,24 +92,45 @@ pub async fn run(args: LogsArgs) -> Result<ExitCode, Failure> {
                     println!("{}", serde_json::to_string(l).unwrap_or_default());
                 }
             } else {
-                let width = logs.iter().map(|l| l.path.len()).max().unwrap_or(4).max(4);
+                let width = logs
+                    .iter()
+                    .map(|l| l.path.chars().count())
+                    .max()
+                    .unwrap_or(4)
+                    .max(4);
                 println!(
-                    "{:width$}  {:>5}  {:>6}  {:>10}  {:>10}  LAST CHUNK",
-                    "PATH", "GENS", "CHUNKS", "BYTES", "STORED"
+                    "{:width$}  {:>5}  {:>6}  {:>10}  {:>10}  {:20}  ROTATION",
+                    "PATH", "GENS", "CHUNKS", "BYTES", "STORED", "LAST CHUNK"
                 );
                 for l in &logs {
                     println!(
-                        "{:width$}  {:>5}  {:>6}  {:>10}  {:>10}  {}",
+                        "{:width$}  {:>5}  {:>6}  {:>10}  {:>10}  {:20}  {}",
                         l.path,
                         l.generations,
                         l.chunks,
                         human(l.bytes),
                         human(l.stored_bytes),
-                        l.last_modified
+                        l.last_modified,
+                        rotation_note(l)
                     );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What `ls` says of a path's rotated generations: where the newest is stored.
+fn rotation_note(l: &reassemble::StoredLog) -> String {
+    let Some(r) = &l.rotated_from else {
+        return String::new();
+    };
+    let mut note = format!(
+        "generation {} rotated from {}, generation {}",
+        r.generation, r.path, r.from_generation
+    );
+    if l.rotated_generations > 1 {
+        note.push_str(&format!(" ({} earlier rotated)", l.rotated_generations - 1));
+    }
+    note
 }

@@ -136,11 +136,7 @@ impl LogGlob {
     /// file inside the base folder (never blocking on a FIFO).
     pub fn open(&self, path: &Path) -> Result<File, OpenError> {
         let canonical_base = fs::canonicalize(&self.base).map_err(OpenError::Io)?;
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(OpenError::Io)?;
+        let file = open_read(path, true).map_err(OpenError::Io)?;
         let meta = file.metadata().map_err(OpenError::Io)?;
         if !meta.is_file() {
             return Err(OpenError::Io(io::Error::other("not a regular file")));
@@ -250,6 +246,16 @@ impl LogGlob {
             });
         }
     }
+}
+
+/// Opens `path` for reading without ever blocking (a FIFO swapped in opens at once and is then
+/// refused as not a regular file) and, unless `follow`, without following a symlink.
+pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | nofollow)
+        .open(path)
 }
 
 #[cfg(test)]

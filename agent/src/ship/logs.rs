@@ -1,4 +1,5 @@
-//! Following log files and shipping them as compressed chunks, exactly once.
+//! Following log files and shipping them as compressed chunks, exactly once, whatever names
+//! rotation gives them.
 //!
 //! Each followed file is held open, so a file that is renamed away (rotation) or deleted is still
 //! read to its end through its handle. Bytes read are buffered per file and cut into a chunk when
@@ -8,33 +9,45 @@
 //! [`key`](super::key)), so a crash at any moment leads to the same object being written again,
 //! never to a gap or a duplicate.
 //!
-//! Truncation of a followed file (copytruncate rotation) starts a new generation of that path. The
-//! bytes written between our last read and the truncation are recovered from the copy when the
-//! copy sits beside the file (it starts with the same bytes); otherwise they are reported lost.
-//! A truncation is seen either as the file being shorter than what was read, or, when the writer
-//! has already written more than that again (a reader that lags behind a fast writer), as the
-//! file's first bytes no longer matching its fingerprint: checked after every read that found new
-//! bytes, before those bytes are kept.
+//! A file's bytes are stored once, under the path where it was first seen. When a glob also
+//! matches rotated names, the same bytes show up again: the renamed file (same inode), the copy
+//! `copytruncate` made, the gzip `compress` made. Each pass looks at every matched path: a path
+//! that holds the file it held before costs a `stat`; a path with a new file is checked against
+//! what is followed and what was shipped ([`recognize`](super::recognize)); a file that holds
+//! stored bytes gets a link there instead of chunks (see [`key`](super::key)); any other file is
+//! a new generation of its path. A file that held bytes already stored is remembered (by inode,
+//! size, first and last bytes and the CRC of what it holds) while it is in sight, so a later
+//! rename or compression of it is recognised too, also after a restart.
+//!
+//! Truncation of a followed file (copytruncate) starts a new generation of that path (see
+//! [`follow`](super::follow)). The bytes written between our last read and the truncation are read
+//! from the copy beside the file (plain or gzip, found by content); otherwise they are reported
+//! lost. A generation whose file was truncated or compressed away while the sidecar was down is
+//! continued from that copy on restart.
 //!
 //! When storage fails, reading goes on until `spool_max_bytes` are buffered in memory (the files
 //! themselves hold the rest), and uploads are retried with the one backoff policy, forever: the
 //! sidecar never drops data on its own. This module never prints.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::Read as _;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::checkpoint::{Checkpoint, Loss, Tracked};
-use super::discover::{Found, LogGlob, OpenError, Refusal};
-use super::identity::{read_at_most, FileId, Fingerprint};
-use super::key::{chunk_key, log_folder, ChunkName};
+use super::checkpoint::{Checkpoint, Held, Loss, Occupant, Tracked, GONE_KEPT};
+use super::discover::{open_read, LogGlob, OpenError, Refusal};
+use super::follow::{Active, Pending, Read};
+use super::identity::{self, FileId, Fingerprint, Prefix, Window, FINGERPRINT_BYTES};
+use super::key::{chunk_key, link_key, log_folder, ChunkName, Link};
+use super::recognize::{self, Candidate, Verdict as Recognized};
+use super::source::{self, Source};
 use crate::error::{Classify, ErrorClass};
 use crate::retry::{RetryPolicy, Verdict};
 
@@ -106,75 +119,6 @@ impl Classify for ShipError {
     }
 }
 
-/// A chunk whose intent is recorded and whose upload has not completed.
-struct Pending {
-    end: u64,
-    gz: Bytes,
-}
-
-/// One followed generation. Invariant: `t.in_flight == pending.as_ref().map(|p| p.end)` once the
-/// chunk was compressed; `buf` holds the bytes `[t.in_flight.unwrap_or(t.shipped), read_off)`.
-struct Active {
-    t: Tracked,
-    file: Option<File>,
-    pending: Option<Pending>,
-    buf: BytesMut,
-    buf_since: Option<Instant>,
-    /// When reading last found no new bytes (for retiring detached files).
-    eof_since: Option<Instant>,
-    /// Set for a generation that was truncated under us; it only ships what it still holds.
-    closed: bool,
-}
-
-impl Active {
-    /// A new generation of a log path, followed from its first byte.
-    fn fresh(
-        logical: String,
-        generation: u64,
-        path: PathBuf,
-        id: FileId,
-        fingerprint: Fingerprint,
-        seen_size: u64,
-        file: File,
-    ) -> Active {
-        Active::following(
-            Tracked {
-                logical,
-                generation,
-                path,
-                id,
-                fingerprint,
-                shipped: 0,
-                in_flight: None,
-                seen_size,
-                detached: false,
-            },
-            file,
-        )
-    }
-
-    /// Follows `t` through its open `file`, with nothing read or buffered yet.
-    fn following(t: Tracked, file: File) -> Active {
-        Active {
-            t,
-            file: Some(file),
-            pending: None,
-            buf: BytesMut::new(),
-            buf_since: None,
-            eof_since: None,
-            closed: false,
-        }
-    }
-
-    fn read_off(&self) -> u64 {
-        self.t.in_flight.unwrap_or(self.t.shipped) + self.buf.len() as u64
-    }
-
-    fn held(&self) -> u64 {
-        self.read_off() - self.t.shipped
-    }
-}
-
 /// What one pass of the shipper did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -184,6 +128,20 @@ pub struct TickReport {
     pub backlog: u64,
     /// Whether storage is currently failing.
     pub storage_down: bool,
+}
+
+/// A new file whose nature is not settled yet: a short prefix of a followed file, or a gzip that
+/// does not decompress to its end (both usually still being written).
+struct Waiting {
+    size: u64,
+    since: Instant,
+}
+
+/// Which record a candidate came from.
+#[derive(Clone, Copy)]
+enum Record {
+    Active(usize),
+    Held(usize),
 }
 
 /// Follows the globs and ships their files. See the module docs.
@@ -200,6 +158,7 @@ pub struct LogShipper {
     sizes_unsaved: bool,
     /// Paths already reported as not shipped (each is said once).
     warned: HashSet<PathBuf>,
+    waiting: HashMap<FileId, Waiting>,
 }
 
 /// How often growth that was read but not yet shipped is recorded, so a loss after a crash can be
@@ -209,10 +168,18 @@ const SIZE_SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How long a file that was rotated away or deleted is still read after it stopped growing:
 /// writers often flush a last burst before reopening.
 const RETIRE_AFTER: Duration = Duration::from_secs(2);
-const READ_BLOCK: usize = 1 << 20;
+
+/// How long a new file that is a short prefix of a followed one must stay the same before it is
+/// taken for a file of its own (a copy being written grows meanwhile).
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// How long a `.gz` that does not decompress to its end may stay the same before it is shipped
+/// as it is (compressed).
+const GZIP_SETTLE: Duration = Duration::from_secs(30);
 
 impl LogShipper {
-    /// Loads the checkpoint and reattaches to the files it names (following renames by inode).
+    /// Loads the checkpoint and reattaches to the files it names (following renames by inode, and
+    /// truncations or compressions made while the sidecar was down to the copy that holds the rest).
     pub fn open(cfg: LogConfig, store: Arc<dyn ObjectStore>) -> Result<LogShipper, ShipError> {
         let cp_err = |error| ShipError::Checkpoint {
             dir: cfg.state_dir.clone(),
@@ -220,66 +187,76 @@ impl LogShipper {
         };
         std::fs::create_dir_all(&cfg.state_dir).map_err(cp_err)?;
         let mut cp = Checkpoint::load(&cfg.state_dir, &cfg.destination).map_err(cp_err)?;
+        // Older checkpoints hold no CRC of what was stored: take it from the file when it is found.
+        let legacy = cp.version < 2;
+        cp.version = 2;
         let stats = Arc::new(LogStats::default());
         let mut active = Vec::new();
         for t in std::mem::take(&mut cp.files) {
-            match reattach(&t) {
-                Some((file, path)) => {
-                    let mut t = t;
-                    if let Ok(meta) = file.metadata() {
-                        t.id = FileId::of(&meta);
-                    }
-                    if path != t.path {
-                        tracing::info!(log = %t.logical, from = %t.path.display(), to = %path.display(),
-                            "followed a rotated log file");
-                        t.path = path;
-                        t.detached = true;
-                    }
-                    let mut a = Active::following(t, file);
-                    // An upload was in flight at the crash: redo exactly that range, same key.
-                    if let Some(end) = a.t.in_flight {
-                        let len = (end - a.t.shipped) as usize;
-                        let mut raw = vec![0u8; len];
-                        let readable = a
-                            .file
-                            .as_ref()
-                            .and_then(|f| read_at_most(f, &mut raw, a.t.shipped).ok())
-                            .is_some_and(|n| n == len);
-                        if readable {
-                            a.pending = Some(Pending {
-                                end,
-                                gz: compress(&raw),
-                            });
-                        } else {
-                            record_loss(
-                                &mut cp,
-                                &stats,
-                                &a.t,
-                                end - a.t.shipped,
-                                "in-flight bytes no longer readable after restart",
-                            );
-                            a.t.shipped = end;
-                            a.t.in_flight = None;
-                        }
-                    }
-                    active.push(a);
+            let Some((source, path)) = reattach(&t, legacy) else {
+                let unshipped = t
+                    .seen_size
+                    .max(t.in_flight.unwrap_or(0))
+                    .saturating_sub(t.shipped);
+                if unshipped > 0 {
+                    record_loss(
+                        &mut cp,
+                        &stats,
+                        &t,
+                        unshipped,
+                        "file disappeared while the sidecar was down",
+                    );
                 }
-                None => {
-                    let unshipped = t
-                        .seen_size
-                        .max(t.in_flight.unwrap_or(0))
-                        .saturating_sub(t.shipped);
-                    if unshipped > 0 {
-                        record_loss(
-                            &mut cp,
-                            &stats,
-                            &t,
-                            unshipped,
-                            "file disappeared while the sidecar was down",
-                        );
-                    }
+                continue;
+            };
+            let mut t = t;
+            if let Ok(id) = source.id() {
+                t.id = id;
+            }
+            t.gzip = source.is_gzip();
+            if path != t.path {
+                tracing::info!(log = %t.logical, generation = t.generation, from = %t.path.display(), to = %path.display(),
+                    "followed a rotated log file");
+                t.path = path;
+                t.detached = true;
+            }
+            let mut a = Active::following(t, source);
+            if legacy {
+                a.adopt_legacy();
+            }
+            // An upload was in flight at the crash: redo exactly that range, same key.
+            if let Some(end) = a.t.in_flight {
+                let len = (end - a.t.shipped) as usize;
+                let mut raw = vec![0u8; len];
+                let shipped = a.t.shipped;
+                let readable = a
+                    .source
+                    .as_mut()
+                    .and_then(|s| s.read_at(&mut raw, shipped).ok())
+                    .is_some_and(|n| n == len);
+                if readable {
+                    let prefix = a.t.stored().then(&raw);
+                    let tail = Window::of_bytes(end, &raw);
+                    a.tail = tail;
+                    a.pending = Some(Pending {
+                        end,
+                        gz: compress(&raw),
+                        prefix,
+                        tail,
+                    });
+                } else {
+                    record_loss(
+                        &mut cp,
+                        &stats,
+                        &a.t,
+                        end - a.t.shipped,
+                        "in-flight bytes no longer readable after restart",
+                    );
+                    a.t.shipped = end;
+                    a.t.in_flight = None;
                 }
             }
+            active.push(a);
         }
         let mut shipper = LogShipper {
             cfg,
@@ -292,6 +269,7 @@ impl LogShipper {
             saved_at: Instant::now(),
             sizes_unsaved: false,
             warned: HashSet::new(),
+            waiting: HashMap::new(),
         };
         shipper.save()?;
         Ok(shipper)
@@ -311,11 +289,18 @@ impl LogShipper {
     /// `flush`, every buffered byte is due (draining).
     pub async fn tick(&mut self, flush: bool) -> Result<TickReport, ShipError> {
         let mut report = TickReport::default();
-        let mut dirty = self.scan();
+        let mut dirty = false;
+        if self.scan() {
+            // Names and links are recorded before anything is uploaded for them.
+            self.save()?;
+        }
         report.bytes_read = self.read_all();
         let now = Instant::now();
         let storage_ready = self.retry_at.is_none_or(|t| now >= t);
         if storage_ready {
+            report.bytes_shipped += self.upload_links().await?;
+        }
+        if storage_ready && self.retry_at.is_none() {
             for i in 0..self.active.len() {
                 loop {
                     let due = {
@@ -380,12 +365,12 @@ impl LogShipper {
         Ok(report)
     }
 
-    /// Whether anything read is not yet stored.
+    /// Whether anything read, or any link recorded, is not yet stored.
     pub fn has_backlog(&self) -> bool {
-        self.active.iter().any(|a| a.held() > 0)
+        self.active.iter().any(|a| a.held() > 0) || !self.cp.links.is_empty()
     }
 
-    /// Finds files the globs match that are not followed yet, and followed files that left their
+    /// Finds files the globs match that are new to their path, and followed files that left their
     /// path. Returns whether the checkpoint must be saved.
     fn scan(&mut self) -> bool {
         let mut changed = false;
@@ -403,43 +388,62 @@ impl LogShipper {
                 changed = true;
             }
         }
-        let globs = self.cfg.globs.clone();
-        for glob in &globs {
+        let (mut found, mut refused) = (Vec::new(), Vec::new());
+        for (g, glob) in self.cfg.globs.iter().enumerate() {
             let m = glob.matches();
-            for r in m.refused {
-                self.refused(r);
+            refused.extend(m.refused);
+            found.extend(m.found.into_iter().map(|f| (g, f)));
+        }
+        for r in refused {
+            self.refused(r);
+        }
+        // In name order: a log comes before its rotated names (app.log before app.log.1).
+        found.sort_by(|a, b| a.1.logical.cmp(&b.1.logical));
+        let mut seen: HashSet<FileId> = HashSet::new();
+        let mut seen_names: HashSet<String> = HashSet::new();
+        for (g, f) in found {
+            let Ok(meta) = std::fs::metadata(&f.path) else {
+                continue;
+            };
+            let id = FileId::of(&meta);
+            seen.insert(id);
+            seen_names.insert(f.logical.clone());
+            if self.settled(&f.logical, id, meta.len()) {
+                continue;
             }
-            for Found { path, logical } in m.found {
-                let file = match glob.open(&path) {
-                    Ok(f) => f,
-                    Err(OpenError::Refused(r)) => {
-                        self.refused(r);
-                        continue;
-                    }
-                    Err(OpenError::Io(_)) => continue,
-                };
-                let Ok(meta) = file.metadata() else { continue };
-                let id = FileId::of(&meta);
-                if self.active.iter().any(|a| a.t.id == id && !a.closed) {
-                    continue;
-                }
-                let Ok(fingerprint) = Fingerprint::take(&file) else {
-                    continue;
-                };
-                let generation = self.cp.next_generation(&logical);
-                tracing::info!(log = %logical, path = %path.display(), generation, "following log file");
-                self.active.push(Active::fresh(
-                    logical,
-                    generation,
-                    path,
-                    id,
-                    fingerprint,
-                    0,
-                    file,
-                ));
+            changed |= self.arrived(g, f.path, f.logical, id);
+        }
+        // Files rotated out of sight are kept a while (their copies are still recognised).
+        for h in self
+            .cp
+            .held
+            .iter_mut()
+            .filter(|h| !h.gone && !seen.contains(&h.id))
+        {
+            let there = std::fs::metadata(&h.path).is_ok_and(|m| FileId::of(&m) == h.id);
+            if !there {
+                h.gone = true;
                 changed = true;
             }
         }
+        let gone = self.cp.held.iter().filter(|h| h.gone).count();
+        if gone > GONE_KEPT {
+            let mut drop = gone - GONE_KEPT;
+            self.cp.held.retain(|h| {
+                let keep = !h.gone || drop == 0;
+                if !keep {
+                    drop -= 1;
+                }
+                keep
+            });
+        }
+        // A path that holds a rotated file names it only while it is there.
+        let before = self.cp.names.len();
+        self.cp
+            .names
+            .retain(|name, o| o.origin || seen_names.contains(name) || seen.contains(&o.id));
+        changed |= self.cp.names.len() != before;
+        self.waiting.retain(|id, _| seen.contains(id));
         changed
     }
 
@@ -450,6 +454,333 @@ impl LogShipper {
         }
     }
 
+    /// Whether `logical` still holds the file it held at the last pass (nothing to do).
+    fn settled(&self, logical: &str, id: FileId, size: u64) -> bool {
+        if self.cp.names.get(logical).is_none_or(|o| o.id != id) {
+            return false;
+        }
+        self.active.iter().any(|a| !a.closed && a.t.id == id)
+            || self
+                .cp
+                .held
+                .iter()
+                .any(|h| !h.gone && h.id == id && h.seen == size)
+    }
+
+    /// A file that is new to its path: a followed or held file under a new name (rotation), a copy
+    /// or gzip of one, or a file of its own. Returns whether the checkpoint changed.
+    fn arrived(&mut self, glob: usize, path: PathBuf, logical: String, id: FileId) -> bool {
+        // A followed file under a new name.
+        if let Some(a) = self.active.iter_mut().find(|a| !a.closed && a.t.id == id) {
+            if a.t.detached {
+                a.t.path = path;
+            }
+            let from = (a.t.logical.clone(), a.t.generation);
+            self.name(&logical, id, from);
+            return true;
+        }
+        let file = match self.cfg.globs[glob].open(&path) {
+            Ok(f) => f,
+            Err(OpenError::Refused(r)) => {
+                self.refused(r);
+                return false;
+            }
+            Err(OpenError::Io(_)) => return false,
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        if FileId::of(&meta) != id {
+            // Replaced between the walk and the open: the next pass sees the new one.
+            return false;
+        }
+        let size = meta.len();
+        // A held file (rotated and read to its end, or a copy) under a new name, or grown.
+        if let Some(hi) = self.cp.held.iter().position(|h| !h.gone && h.id == id) {
+            let h = &self.cp.held[hi];
+            if h.still_holds(&file) {
+                let from = (h.logical.clone(), h.generation);
+                if size > h.seen && !h.copy && !h.gzip {
+                    // Written to again after it was read to its end: follow it again.
+                    let h = self.cp.held.remove(hi);
+                    tracing::info!(log = %h.logical, generation = h.generation, path = %path.display(),
+                        "a rotated log file grew again; shipping the rest");
+                    self.active
+                        .push(Active::resumed(&h, path, id, Source::Plain(file), size));
+                    self.name(&logical, id, from);
+                    return true;
+                }
+                if size == self.cp.held[hi].seen {
+                    self.cp.held[hi].path = path;
+                    self.name(&logical, id, from);
+                    return true;
+                }
+            }
+            // Rewritten, or a copy that goes on growing: look at it afresh.
+            self.cp.held.remove(hi);
+        }
+        if size == 0 {
+            return false;
+        }
+        self.recognize_new(path, logical, id, file, size)
+    }
+
+    /// Decides what a file with an unknown inode holds; see [`recognize`](super::recognize).
+    fn recognize_new(
+        &mut self,
+        path: PathBuf,
+        logical: String,
+        id: FileId,
+        file: File,
+        size: u64,
+    ) -> bool {
+        let gzip = source::is_gzip(&path, &file);
+        if let Some(w) = self.waiting.get_mut(&id) {
+            if w.size != size {
+                w.size = size;
+                w.since = Instant::now();
+                return false;
+            }
+        }
+        // Where files are first seen (the path a followed file was just renamed away from), a new
+        // file is a new generation: nothing to compare, so it is recorded at once.
+        if self.cp.names.get(&logical).is_some_and(|o| o.origin) {
+            return self.start(path, logical, id, file, size);
+        }
+        let held_files: Vec<Option<File>> = self
+            .cp
+            .held
+            .iter()
+            .map(|h| {
+                if h.gone || h.gzip {
+                    return None;
+                }
+                let f = open_read(&h.path, false).ok()?;
+                let same = f.metadata().is_ok_and(|m| FileId::of(&m) == h.id);
+                (same && h.still_holds(&f)).then_some(f)
+            })
+            .collect();
+        let mut refs = Vec::new();
+        let mut candidates = Vec::new();
+        for (i, a) in self.active.iter().enumerate().rev() {
+            if !a.closed {
+                refs.push(Record::Active(i));
+                candidates.push(a.candidate());
+            }
+        }
+        for (j, h) in self.cp.held.iter().enumerate().rev() {
+            let fp = h.fingerprint;
+            let mut prefixes = vec![
+                h.held,
+                Prefix {
+                    len: fp.len,
+                    crc: fp.crc,
+                },
+            ];
+            prefixes.extend(h.ends.iter().copied());
+            refs.push(Record::Held(j));
+            candidates.push(Candidate {
+                fingerprint: h.fingerprint,
+                prefixes,
+                buffered: None,
+                intact: held_files[j].as_ref(),
+            });
+        }
+        let verdict = recognize::recognize(&file, gzip, &candidates);
+        drop(candidates);
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        let settle = match verdict {
+            Recognized::Unsure => Some(SETTLE),
+            Recognized::Unfinished => Some(GZIP_SETTLE),
+            _ => None,
+        };
+        if let Some(settle) = settle {
+            let w = self.waiting.entry(id).or_insert(Waiting {
+                size,
+                since: Instant::now(),
+            });
+            if w.since.elapsed() < settle {
+                return false;
+            }
+            if gzip && verdict == Recognized::Unfinished {
+                tracing::warn!(path = %path.display(),
+                    "a .gz log file does not decompress to its end; shipping it as it is (compressed)");
+            }
+        }
+        self.waiting.remove(&id);
+        let Recognized::Holds {
+            index,
+            held,
+            extends,
+        } = verdict
+        else {
+            // A file of its own, shipped as it is (a .gz that is not a rotated copy too).
+            return self.start(path, logical, id, file, size);
+        };
+        let (from, resumable) = match refs[index] {
+            Record::Active(i) => {
+                let a = &self.active[i];
+                ((a.t.logical.clone(), a.t.generation), None)
+            }
+            Record::Held(j) => {
+                let h = &self.cp.held[j];
+                let generation_followed = self
+                    .active
+                    .iter()
+                    .any(|a| a.t.logical == h.logical && a.t.generation == h.generation);
+                let resume = extends && !h.copy && !generation_followed;
+                ((h.logical.clone(), h.generation), resume.then_some(j))
+            }
+        };
+        if let Some(j) = resumable {
+            // It holds more of a generation than was stored from its own file: ship the rest.
+            let source = if gzip {
+                match Source::gzip(file) {
+                    Ok(Some(s)) => s,
+                    _ => return false,
+                }
+            } else {
+                Source::Plain(file)
+            };
+            let h = self.cp.held.remove(j);
+            tracing::info!(log = %h.logical, generation = h.generation, path = %path.display(),
+                "found the rest of a rotated log file in a copy; shipping it");
+            let len = source.content_len().unwrap_or(0);
+            self.active.push(Active::resumed(&h, path, id, source, len));
+            self.name(&logical, id, from);
+            return true;
+        }
+        tracing::info!(path = %path.display(), of = %from.0, generation = from.1, gzip,
+            "a copy of a followed log file; its bytes are stored once, under the original");
+        let fingerprint = if gzip {
+            head_fingerprint(&file)
+        } else {
+            Fingerprint::take(&file).ok()
+        };
+        let tail = if gzip {
+            Window::take(&file, size)
+        } else {
+            Window::take(&file, held.len)
+        };
+        let (Some(fingerprint), Ok(tail)) = (fingerprint, tail) else {
+            return false;
+        };
+        self.cp.held.push(Held {
+            logical: from.0.clone(),
+            generation: from.1,
+            path,
+            id,
+            fingerprint,
+            held,
+            tail,
+            ends: Vec::new(),
+            copy: true,
+            gzip,
+            seen: size,
+            gone: false,
+        });
+        self.name(&logical, id, from);
+        true
+    }
+
+    /// Starts a new generation of `logical`: a file of its own, read from its first byte.
+    fn start(&mut self, path: PathBuf, logical: String, id: FileId, file: File, size: u64) -> bool {
+        let fingerprint = Fingerprint::take(&file).unwrap_or(Fingerprint { len: 0, crc: 0 });
+        let generation = self.cp.next_generation(&logical);
+        tracing::info!(log = %logical, path = %path.display(), generation, "following log file");
+        self.cp.names.insert(
+            logical.clone(),
+            Occupant {
+                id,
+                generation,
+                origin: true,
+                from: logical.clone(),
+                from_generation: generation,
+            },
+        );
+        self.active.push(Active::fresh(
+            logical,
+            generation,
+            path,
+            id,
+            fingerprint,
+            size,
+            file,
+        ));
+        true
+    }
+
+    /// Records that path `logical` holds file `id`, whose bytes are those of generation `from`. A
+    /// path that holds another generation than before gets a new generation of its own: a link
+    /// to `from`, written to storage before the next chunk.
+    fn name(&mut self, logical: &str, id: FileId, from: (String, u64)) {
+        if let Some(o) = self.cp.names.get_mut(logical) {
+            if o.from == from.0 && o.from_generation == from.1 {
+                o.id = id;
+                return;
+            }
+        }
+        if from.0 == logical {
+            // Back at its own path (a copy put in place of the file): the same generation.
+            self.cp.names.insert(
+                logical.to_string(),
+                Occupant {
+                    id,
+                    generation: from.1,
+                    origin: true,
+                    from: from.0,
+                    from_generation: from.1,
+                },
+            );
+            return;
+        }
+        let generation = self.cp.next_generation(logical);
+        tracing::info!(log = %logical, generation, from = %from.0, from_generation = from.1,
+            "a rotated log file under a new name; linking it to where its bytes are stored");
+        self.cp.links.push(Link {
+            name: logical.to_string(),
+            generation,
+            from: from.0.clone(),
+            from_generation: from.1,
+        });
+        self.cp.names.insert(
+            logical.to_string(),
+            Occupant {
+                id,
+                generation,
+                origin: false,
+                from: from.0,
+                from_generation: from.1,
+            },
+        );
+    }
+
+    /// Writes the links recorded so far. Returns 0 (links carry no log bytes).
+    async fn upload_links(&mut self) -> Result<u64, ShipError> {
+        while let Some(link) = self.cp.links.first().cloned() {
+            let key = link_key(
+                &log_folder(&self.cfg.worker_prefix, &link.name),
+                link.generation,
+            );
+            let body = serde_json::to_vec(&link).unwrap_or_default();
+            match self.store.put(&key, PutPayload::from(body)).await {
+                Ok(_) => {
+                    self.cp.links.remove(0);
+                    self.stored();
+                    self.save()?;
+                }
+                Err(e) => {
+                    self.failed(&key, &e);
+                    break;
+                }
+            }
+        }
+        Ok(0)
+    }
+
     fn read_all(&mut self) -> u64 {
         (0..self.active.len()).map(|i| self.read_one(i)).sum()
     }
@@ -457,99 +788,55 @@ impl LogShipper {
     /// Reads what was appended to file `i`, up to the chunk size and the spool limit.
     fn read_one(&mut self, i: usize) -> u64 {
         let spool_used: u64 = self.active.iter().map(Active::held).sum();
-        let chunk = self.cfg.chunk_bytes;
-        let mut total = 0u64;
-        let size = match self.active[i].file.as_ref().map(File::metadata) {
-            Some(Ok(m)) => m.len(),
-            _ => return 0,
-        };
-        if size < self.active[i].read_off() {
-            self.truncated(i, size);
-            return 0;
-        }
-        let a = &mut self.active[i];
-        if size > a.t.seen_size {
-            a.t.seen_size = size;
-            self.sizes_unsaved = true;
-        }
-        let Some(file) = a.file.as_ref() else {
-            return 0;
-        };
-        let kept = a.buf.len();
-        while a.read_off() < size
-            && a.buf.len() < chunk
-            && spool_used + total < self.cfg.spool_max_bytes
-        {
-            let offset = a.read_off();
-            let want = ((size - offset) as usize)
-                .min(READ_BLOCK)
-                .min(chunk - a.buf.len());
-            let start = a.buf.len();
-            a.buf.resize(start + want, 0);
-            let n = match read_at_most(file, &mut a.buf[start..], offset) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(log = %a.t.logical, error = %e, "cannot read log file");
-                    0
+        let budget = self.cfg.spool_max_bytes.saturating_sub(spool_used);
+        let seen = self.active[i].t.seen_size;
+        match self.active[i].read_more(self.cfg.chunk_bytes, budget) {
+            Read::Bytes(n) => {
+                if self.active[i].t.seen_size > seen {
+                    self.sizes_unsaved = true;
                 }
-            };
-            a.buf.truncate(start + n);
-            if n == 0 {
-                break;
+                self.stats.bytes_read.fetch_add(n, Ordering::Relaxed);
+                n
             }
-            if a.buf_since.is_none() {
-                a.buf_since = Some(Instant::now());
-            }
-            total += n as u64;
-        }
-        // Truncated and written again past our offset since the last read: what was just read
-        // belongs to the new generation, not to the end of ours.
-        if total > 0 && !a.t.fingerprint.matches(file).unwrap_or(true) {
-            a.buf.truncate(kept);
-            if a.buf.is_empty() {
-                a.buf_since = None;
-            }
-            self.truncated(i, size);
-            return 0;
-        }
-        // Refresh a short fingerprint as the file grows, so inode reuse is caught reliably.
-        if a.t.fingerprint.is_partial() && a.t.shipped == 0 && a.t.in_flight.is_none() {
-            if let Ok(fp) = Fingerprint::take(file) {
-                a.t.fingerprint = fp;
+            Read::Truncated { size } => {
+                self.truncated(i, size);
+                0
             }
         }
-        if total == 0 {
-            a.eof_since.get_or_insert_with(Instant::now);
-        } else {
-            a.eof_since = None;
-        }
-        self.stats.bytes_read.fetch_add(total, Ordering::Relaxed);
-        total
     }
 
-    /// File `i` was truncated in place (copytruncate): it shrank below what we read, or its first
-    /// bytes changed.
+    /// File `i` was truncated in place (copytruncate): it shrank below what we read, or the bytes
+    /// before our offset changed.
     fn truncated(&mut self, i: usize, new_size: u64) {
-        let read_off = self.active[i].read_off();
+        let read = self.active[i].read_off();
+        let window = self.active[i].tail;
         let old = &self.active[i].t;
-        tracing::info!(log = %old.logical, generation = old.generation, read = read_off, now = new_size,
+        tracing::info!(log = %old.logical, generation = old.generation, read, now = new_size,
             "log file was truncated (copytruncate); starting a new generation");
         // The copy made just before the truncation starts with the same bytes: finish the old
         // generation from it, so nothing written before the truncation is lost.
-        let copy = find_copy(&old.path, &old.fingerprint, old.id, read_off);
-        let (logical, path, id) = (old.logical.clone(), old.path.clone(), old.id);
-        let file_for_new = self.active[i].file.take();
+        let copy = recognize::find_continuation(&old.path, old.fingerprint, window, Some(old.id));
+        let (logical, path, id, detached) =
+            (old.logical.clone(), old.path.clone(), old.id, old.detached);
+        let source_for_new = self.active[i].source.take();
         let a = &mut self.active[i];
         match copy {
-            Some((file, copy_path, copy_id)) => {
+            Some((source, copy_path, copy_id)) => {
                 tracing::info!(copy = %copy_path.display(), "reading the rest of the old generation from its copy");
-                a.file = Some(file);
+                a.t.gzip = source.is_gzip();
+                if a.t.gzip {
+                    a.tail = Window::default();
+                }
+                a.source = Some(source);
+                // What was seen of the truncated file may be the next generation's.
+                a.t.seen_size = read;
                 a.t.path = copy_path;
                 a.t.id = copy_id;
                 a.t.detached = true;
                 // The copy has not been read yet: an end-of-file seen on the truncated file must
                 // not retire this generation before its rest is read from the copy.
                 a.eof_since = None;
+                self.cp.held.retain(|h| h.gone || h.id != copy_id);
             }
             None => {
                 tracing::warn!(log = %logical,
@@ -557,18 +844,16 @@ impl LogShipper {
                 a.closed = true;
             }
         }
-        let Some(file) = file_for_new else { return };
-        let fingerprint = Fingerprint::take(&file).unwrap_or(Fingerprint { len: 0, crc: 0 });
-        let generation = self.cp.next_generation(&logical);
-        self.active.push(Active::fresh(
-            logical,
-            generation,
-            path,
-            id,
-            fingerprint,
-            new_size,
-            file,
-        ));
+        let Some(Source::Plain(file)) = source_for_new else {
+            return;
+        };
+        if detached {
+            // A rotated file rewritten under its new name is a file of its own there: the next
+            // pass finds it as new.
+            self.cp.names.retain(|_, o| o.id != id);
+            return;
+        }
+        self.start(path, logical, id, file, new_size);
     }
 
     /// Ships the next chunk of file `i`. Returns the bytes stored, or `None` when storage failed
@@ -576,20 +861,20 @@ impl LogShipper {
     async fn ship_one(&mut self, i: usize) -> Result<Option<u64>, ShipError> {
         if self.active[i].pending.is_none() {
             let a = &mut self.active[i];
-            let len = a.buf.len().min(self.cfg.chunk_bytes);
-            if len == 0 {
+            let Some(cut) = a.cut(self.cfg.chunk_bytes) else {
                 return Ok(Some(0));
-            }
-            let raw = a.buf.split_to(len).freeze();
-            let end = a.t.shipped + len as u64;
+            };
+            let raw = cut.raw;
             let gz = tokio::task::spawn_blocking(move || compress(&raw))
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            a.t.in_flight = Some(end);
-            a.pending = Some(Pending { end, gz });
-            if a.buf.is_empty() {
-                a.buf_since = None;
-            }
+            a.t.in_flight = Some(cut.end);
+            a.pending = Some(Pending {
+                end: cut.end,
+                gz,
+                prefix: cut.prefix,
+                tail: cut.tail,
+            });
             // Intent: recorded before the upload starts.
             self.save()?;
         }
@@ -606,13 +891,9 @@ impl LogShipper {
         let payload = PutPayload::from_bytes(p.gz.clone());
         match self.store.put(&key, payload).await {
             Ok(_) => {
-                let a = &mut self.active[i];
+                self.active[i].complete();
                 let n = name.end - name.start;
-                a.t.shipped = name.end;
-                a.t.in_flight = None;
-                a.pending = None;
-                self.failures = 0;
-                self.retry_at = None;
+                self.stored();
                 self.stats.bytes_shipped.fetch_add(n, Ordering::Relaxed);
                 self.stats.chunks_shipped.fetch_add(1, Ordering::Relaxed);
                 // Completion.
@@ -620,34 +901,52 @@ impl LogShipper {
                 Ok(Some(n))
             }
             Err(e) => {
-                self.failures += 1;
-                self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
-                let wait = self.cfg.retry.delay(self.failures, Verdict::Transient);
-                self.retry_at = Some(Instant::now() + wait);
-                let backlog: u64 = self.active.iter().map(Active::held).sum();
-                tracing::warn!(key = %key, error = %crate::storage::scrub(&e.to_string()), retry_in_ms = wait.as_millis() as u64,
-                    backlog_bytes = backlog, "log upload failed; will retry (nothing is dropped)");
+                self.failed(&key, &e);
                 Ok(None)
             }
         }
     }
 
+    /// An upload succeeded: storage works.
+    fn stored(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// An upload failed: wait before the next one.
+    fn failed(&mut self, key: &Path, e: &object_store::Error) {
+        self.failures += 1;
+        self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+        let wait = self.cfg.retry.delay(self.failures, Verdict::Transient);
+        self.retry_at = Some(Instant::now() + wait);
+        let backlog: u64 = self.active.iter().map(Active::held).sum();
+        tracing::warn!(key = %key, error = %crate::storage::scrub(&e.to_string()), retry_in_ms = wait.as_millis() as u64,
+            backlog_bytes = backlog, "log upload failed; will retry (nothing is dropped)");
+    }
+
     /// Drops generations that are fully shipped and will not grow: rotated away and quiet, or
-    /// truncated. Returns whether any were dropped.
+    /// truncated. What they hold is remembered, so the same bytes under another name are known.
+    /// Returns whether any were dropped.
     fn retire(&mut self, flush: bool) -> bool {
         let before = self.active.len();
-        self.active.retain(|a| {
+        let mut kept = Vec::with_capacity(before);
+        for a in std::mem::take(&mut self.active) {
             let done = a.held() == 0
                 && (a.closed
                     || (a.t.detached
                         && a.eof_since
                             .is_some_and(|s| flush || s.elapsed() >= RETIRE_AFTER)));
-            if done {
-                tracing::info!(log = %a.t.logical, generation = a.t.generation, bytes = a.t.shipped,
-                    "finished shipping a rotated log file");
+            if !done {
+                kept.push(a);
+                continue;
             }
-            !done
-        });
+            tracing::info!(log = %a.t.logical, generation = a.t.generation, bytes = a.t.shipped,
+                "finished shipping a rotated log file");
+            // A truncated generation's file now holds the next one: only its bytes are remembered.
+            let gone = a.closed;
+            self.cp.held.push(a.into_held(gone));
+        }
+        self.active = kept;
         self.active.len() != before
     }
 
@@ -680,63 +979,55 @@ fn record_loss(cp: &mut Checkpoint, stats: &LogStats, t: &Tracked, bytes: u64, r
     });
 }
 
-/// Reopens a tracked file after a restart: at its last path, or renamed within the same folder.
-fn reattach(t: &Tracked) -> Option<(File, PathBuf)> {
-    let try_path = |p: &FsPath| -> Option<File> {
-        let f = File::open(p).ok()?;
+/// The fingerprint of a gzip file's decompressed first bytes.
+fn head_fingerprint(file: &File) -> Option<Fingerprint> {
+    let mut head = Vec::with_capacity(FINGERPRINT_BYTES as usize);
+    source::content(file, true)
+        .ok()?
+        .take(FINGERPRINT_BYTES)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(Fingerprint::of(&head))
+}
+
+/// Reopens a tracked file after a restart: at its last path, renamed within the same folder, or
+/// (truncated or compressed while the sidecar was down) the copy beside it that holds what was
+/// stored and more.
+fn reattach(t: &Tracked, legacy: bool) -> Option<(Source, PathBuf)> {
+    let try_path = |p: &FsPath| -> Option<Source> {
+        let f = open_read(p, false).ok()?;
         let meta = f.metadata().ok()?;
-        (FileId::of(&meta) == t.id && t.fingerprint.matches(&f).ok()?).then_some(f)
+        if FileId::of(&meta) != t.id || !meta.is_file() {
+            return None;
+        }
+        if t.gzip {
+            // A gzip never changes, but its inode may be a deleted one's, reused: check content.
+            let mut stream = source::content(&f, true).ok()?;
+            let holds = identity::scan_prefixes(&mut *stream, &[t.shipped]).prefix(t.shipped)
+                == Some(t.stored());
+            drop(stream);
+            return if holds { Source::gzip(f).ok()? } else { None };
+        }
+        // Files only grow: one smaller than a size it had was truncated, whatever it holds.
+        let holds = meta.len() >= t.shipped.max(t.seen_size)
+            && t.fingerprint.matches(&f).ok()?
+            && (legacy || t.tail.matches(&f).ok()?);
+        holds.then_some(Source::Plain(f))
     };
-    if let Some(f) = try_path(&t.path) {
-        return Some((f, t.path.clone()));
+    if let Some(s) = try_path(&t.path) {
+        return Some((s, t.path.clone()));
     }
     let dir = t.path.parent()?;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let p = entry.path();
-        if let Some(f) = try_path(&p) {
-            return Some((f, p));
+        if let Some(s) = try_path(&p) {
+            return Some((s, p));
         }
     }
-    // Truncated in place while we were down (copytruncate): continue from the copy beside it.
-    let needed = t.in_flight.unwrap_or(t.shipped);
-    find_copy(
-        &t.path,
-        &t.fingerprint,
-        FileId {
-            dev: u64::MAX,
-            ino: u64::MAX,
-        },
-        needed,
-    )
-    .map(|(f, p, _)| (f, p))
-}
-
-/// Looks beside `path` for a copy of a truncated file: another file that starts with the same
-/// bytes and is at least `min_len` long.
-fn find_copy(
-    path: &FsPath,
-    fp: &Fingerprint,
-    not: FileId,
-    min_len: u64,
-) -> Option<(File, PathBuf, FileId)> {
-    let dir = path.parent()?;
-    let mut best: Option<(File, PathBuf, FileId, std::time::SystemTime)> = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = entry.path();
-        let Ok(f) = File::open(&p) else { continue };
-        let Ok(meta) = f.metadata() else { continue };
-        let id = FileId::of(&meta);
-        if id == not || !meta.is_file() || meta.len() < min_len || fp.len == 0 {
-            continue;
-        }
-        if fp.matches(&f).unwrap_or(false) {
-            let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-            if best.as_ref().is_none_or(|b| mtime > b.3) {
-                best = Some((f, p, id, mtime));
-            }
-        }
+    if legacy {
+        return None;
     }
-    best.map(|(f, p, id, _)| (f, p, id))
+    recognize::find_continuation(&t.path, t.fingerprint, t.tail, None).map(|(s, p, _)| (s, p))
 }
 
 /// Gzip at the fastest level: deterministic (no timestamp in the header), so the same bytes always
@@ -816,7 +1107,7 @@ mod tests {
         }
         assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
         let mut stored = Vec::new();
-        crate::ship::reassemble::cat(&store, &log_folder(&prefix, "app.log"), &mut stored)
+        crate::ship::reassemble::cat(&store, &log_folder(&prefix, "app.log"), None, &mut stored)
             .await
             .unwrap();
         let mut expected = old;
