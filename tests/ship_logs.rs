@@ -809,7 +809,8 @@ fn wait_followed(sc: &Sidecar, log: &RotatedLog, since: std::time::SystemTime) {
 /// with -9 and restarted between some rotations when `kills`). Each generation is seen by the
 /// sidecar once (a file written and rotated away between two of its looks is stored under the
 /// name it was first seen at); lines written after that are rotated sometimes at once, before
-/// the sidecar read them, sometimes after it caught up.
+/// the sidecar read them, sometimes after it caught up, sometimes after it finished the last
+/// rotated file.
 fn rotate_under_the_sidecar(options: &[&str], kills: bool) {
     let dir = tempfile::tempdir().unwrap();
     let sc = rotation_sidecar(dir.path());
@@ -821,7 +822,11 @@ fn rotate_under_the_sidecar(options: &[&str], kills: bool) {
         log.write_lines(rng.random_range(100..1000));
         wait_followed(&sc, &log, started);
         log.write_lines(rng.random_range(0..2500));
-        if round % 2 == 0 {
+        if round % 4 == 3 {
+            // Long enough for the sidecar to finish the last rotated file and forget its handle:
+            // its inode may then be reused by the next copy logrotate makes.
+            thread::sleep(Duration::from_millis(2500));
+        } else if round % 2 == 0 {
             thread::sleep(Duration::from_millis(400));
         }
         if kills && round % 3 == 1 {

@@ -516,8 +516,10 @@ impl LogShipper {
                     return true;
                 }
             }
-            // Rewritten, or a copy that goes on growing: look at it afresh.
-            self.cp.held.remove(hi);
+            // Its inode now holds another file (reused after the old one was deleted), or a
+            // copy goes on growing: look at the file afresh. What the record knows of the bytes
+            // stays, as for any file gone, so a gzip or copy of them is still recognised.
+            self.cp.held[hi].gone = true;
         }
         if size == 0 {
             return false;
@@ -1055,6 +1057,77 @@ mod tests {
             writeln!(out, "{tag}-{i:08} some words of a training log").unwrap();
         }
         out
+    }
+
+    /// A shipper for `dir/logs/app.log*` storing to `dir/store`.
+    fn rotation_shipper(dir: &FsPath) -> (LogShipper, Arc<dyn ObjectStore>, Path) {
+        let logs = dir.join("logs");
+        let store_dir = dir.join("store");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&store_dir).unwrap());
+        let glob = LogGlob::new(&format!("{}/app.log*", logs.display())).unwrap();
+        let prefix = Path::from("exp/worker-0");
+        let cfg = LogConfig::new(vec![glob], prefix.clone(), "test".into(), dir.join("state"));
+        (LogShipper::open(cfg, store.clone()).unwrap(), store, prefix)
+    }
+
+    #[tokio::test]
+    async fn a_held_file_whose_inode_is_reused_keeps_its_gzip_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = rotation_shipper(dir.path());
+        let logs = dir.path().join("logs");
+        let first = lines("first", 2000);
+        std::fs::write(logs.join("app.log"), &first).unwrap();
+        shipper.tick(true).await.unwrap();
+        // Rotated away and read to its end: only remembered now.
+        std::fs::rename(logs.join("app.log"), logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log"), lines("second", 10)).unwrap();
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        assert!(shipper.cp.held.iter().any(|h| h.generation == 1 && !h.gone));
+        // logrotate compresses it and removes it, then writes the next copy, which the
+        // filesystem gives the freed inode number.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&first).unwrap();
+        std::fs::write(logs.join("app.log.2.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::remove_file(logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log.1"), lines("third", 10)).unwrap();
+        let reused = FileId::of(&std::fs::metadata(logs.join("app.log.1")).unwrap());
+        for h in shipper.cp.held.iter_mut().filter(|h| h.generation == 1) {
+            h.id = reused;
+        }
+        if let Some(o) = shipper.cp.names.get_mut("app.log.1") {
+            o.id = reused;
+        }
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        let gz_name = &shipper.cp.names["app.log.2.gz"];
+        assert_eq!(
+            (
+                gz_name.origin,
+                gz_name.from.as_str(),
+                gz_name.from_generation
+            ),
+            (false, "app.log", 1),
+            "the gzip is another name of the first generation"
+        );
+        let mut stored = Vec::new();
+        crate::ship::reassemble::cat(
+            &store,
+            &log_folder(&prefix, "app.log.2.gz"),
+            None,
+            &mut stored,
+        )
+        .await
+        .unwrap();
+        assert!(
+            stored == first,
+            "logs cat of the gzip's name gives the first generation"
+        );
     }
 
     #[tokio::test]
