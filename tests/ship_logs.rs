@@ -757,7 +757,15 @@ fn assert_stored_once(sc: &Sidecar, log: &RotatedLog) {
             &format!("worker-0/logs/{name}"),
             from["generation"].as_u64(),
         );
-        assert_same_lines(&stored, &content_on_disk(&log.dir.join(&name)));
+        let on_disk = content_on_disk(&log.dir.join(&name));
+        if stored != on_disk {
+            eprintln!(
+                "{name}: logs cat of generation {} differs from the file: {listed:#?}\nsidecar said:\n{}",
+                from["generation"],
+                fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+            );
+        }
+        assert_same_lines(&stored, &on_disk);
         rotated += 1;
     }
     assert!(rotated >= 2, "too few rotated files to check");

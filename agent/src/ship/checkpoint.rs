@@ -84,7 +84,8 @@ pub struct Held {
     pub gzip: bool,
     /// The file's size (compressed, for a gzip) when it was last looked at.
     pub seen: u64,
-    /// Not seen at `path` any more; kept a while so a copy or gzip of it is still recognised.
+    /// Not seen at `path` any more, or its inode holds another file now; kept a while (what it
+    /// knows of the bytes, not its inode) so a copy or gzip of them is still recognised.
     pub gone: bool,
 }
 
@@ -127,7 +128,8 @@ pub struct Loss {
 /// How many files that are gone are still remembered (the oldest are forgotten first).
 pub const GONE_KEPT: usize = 64;
 
-/// The whole checkpoint. Invariant: at most one `Tracked` or `Held` per `FileId`.
+/// The whole checkpoint. Invariant: at most one `Tracked` or `Held` that is not `gone` per
+/// `FileId` (a gone record's inode number may be another file's by now).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub version: u32,

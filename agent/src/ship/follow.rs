@@ -6,8 +6,8 @@
 //! writer), as the bytes before the read offset no longer being the ones read there (the
 //! [`Window`]) or the first bytes no longer matching the fingerprint: checked after every read
 //! that found new bytes, before those bytes are kept. The window catches a rewrite behind a
-//! banner that every generation starts with; only a rewrite that puts the very same bytes before
-//! the old read offset goes unseen (and then those bytes are the same).
+//! banner that every generation starts with. Only a rewrite that puts the very same KiB before
+//! the old read offset goes unseen; what follows it is then taken for the old generation's end.
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -454,17 +454,22 @@ impl LogShipper {
         }
     }
 
-    /// Whether `logical` still holds the file it held at the last pass (nothing to do).
+    /// Whether `logical` still holds the file it held at the last pass (nothing to do): the same
+    /// inode, and that inode still the file of the same generation (an inode number freed by a
+    /// deleted copy is often given to the next one).
     fn settled(&self, logical: &str, id: FileId, size: u64) -> bool {
-        if self.cp.names.get(logical).is_none_or(|o| o.id != id) {
+        let Some(o) = self.cp.names.get(logical).filter(|o| o.id == id) else {
             return false;
-        }
-        self.active.iter().any(|a| !a.closed && a.t.id == id)
+        };
+        let same = |l: &str, g: u64| o.from == l && o.from_generation == g;
+        self.active
+            .iter()
+            .any(|a| !a.closed && a.t.id == id && same(&a.t.logical, a.t.generation))
             || self
                 .cp
                 .held
                 .iter()
-                .any(|h| !h.gone && h.id == id && h.seen == size)
+                .any(|h| !h.gone && h.id == id && h.seen == size && same(&h.logical, h.generation))
     }
 
     /// A file that is new to its path: a followed or held file under a new name (rotation), a copy
@@ -1128,6 +1133,51 @@ mod tests {
             stored == first,
             "logs cat of the gzip's name gives the first generation"
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_given_the_previous_copys_inode_number_is_linked_to_its_own_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = rotation_shipper(dir.path());
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        std::fs::write(&log, lines("first", 2000)).unwrap();
+        shipper.tick(true).await.unwrap();
+        std::fs::rename(&log, logs.join("app.log.1")).unwrap();
+        let second = lines("second", 2000);
+        std::fs::write(&log, &second).unwrap();
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        assert_eq!(shipper.cp.names["app.log.1"].from_generation, 1);
+        // copytruncate: the old copy is gone, the new one is made and the log truncated; the
+        // sidecar reads (and finds the truncation) before it next looks at the folder.
+        std::fs::remove_file(logs.join("app.log.1")).unwrap();
+        std::fs::copy(&log, logs.join("app.log.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        shipper.read_all();
+        // The filesystem gave the new copy the old copy's inode number.
+        let copy = FileId::of(&std::fs::metadata(logs.join("app.log.1")).unwrap());
+        shipper.cp.names.get_mut("app.log.1").unwrap().id = copy;
+        // The next pass, while the second generation is still read from its copy.
+        shipper.tick(false).await.unwrap();
+        assert_eq!(
+            shipper.cp.names["app.log.1"].from_generation, 2,
+            "app.log.1 now holds the second generation"
+        );
+        shipper.tick(true).await.unwrap();
+        let mut stored = Vec::new();
+        let folder = log_folder(&prefix, "app.log.1");
+        let newest = shipper.cp.names["app.log.1"].generation;
+        crate::ship::reassemble::cat(&store, &folder, Some(newest), &mut stored)
+            .await
+            .unwrap();
+        assert!(stored == second);
     }
 
     #[tokio::test]
