@@ -30,11 +30,16 @@ enum LogsCommand {
     Cat {
         /// <storage>/<experiment>/<worker>/logs/<path>
         url: String,
-        /// Only this generation of the path (as `logs ls --json` counts them).
+        /// Only this generation of the path (`logs ls` names a rotated name's newest).
         #[arg(long, value_name = "N")]
         generation: Option<u64>,
     },
     /// List the logs stored under an experiment (or one of its workers).
+    ///
+    /// A rotated name whose bytes are stored once under the path where the file was first seen
+    /// (a renamed file, a copytruncate copy, a compressed .gz) says in ROTATION where its newest
+    /// generation's bytes are; BYTES counts only a path's own chunks, so the column adds up to
+    /// what was written. Each PATH works as it is printed with `logs cat`.
     ///
     /// Example: periscope logs ls s3://ml-logs/jobs/exp-42
     Ls {
