@@ -64,7 +64,13 @@ fn with_env(cmd: &mut std::process::Command, env: &[(&str, String)]) {
     }
 }
 
-fn push(env: &[(&str, String)], dir: &Path, storage: &str, state: &Path, extra: &[&str]) -> Ran {
+pub(crate) fn push(
+    env: &[(&str, String)],
+    dir: &Path,
+    storage: &str,
+    state: &Path,
+    extra: &[&str],
+) -> Ran {
     let mut cmd = periscope();
     cmd.args(["artifacts", "push"])
         .arg(dir)

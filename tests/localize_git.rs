@@ -4,18 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::git::{git, GitDaemon, GitHttp, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER};
+use crate::harness::archive::sha256_hex;
+use crate::harness::git::{
+    git, GitDaemon, GitHttp, GitHttp10, Repo, Repos, Sshd, HTTP_PASSWORD, HTTP_USER,
+};
+use crate::harness::lfs::LfsServer;
+use crate::harness::localize::localize;
 use crate::harness::tls::TestCa;
-use crate::harness::{free_port, periscope, run, Ran};
-
-/// Runs `periscope localize --source SRC --dest DEST` plus `extra`.
-fn localize(dest: &Path, source: &str, extra: &[&str]) -> Ran {
-    run(periscope()
-        .args(["localize", "--dest"])
-        .arg(dest)
-        .args(["--source", source])
-        .args(extra))
-}
+use crate::harness::{free_port, periscope, run};
 
 /// The record entry for folder `into`.
 fn recorded(dest: &Path, into: &str) -> serde_json::Value {
@@ -539,7 +535,8 @@ fn git_ssl_no_verify_skips_certificate_checks_for_git_sync() {
     };
     sync("false").expect_code(4);
     sync("true").expect_code(0);
-    assert_eq!(recorded_commit(root.path(), "job"), sha);
+    // git-sync names the folder after the last element of the repository URL.
+    assert_eq!(recorded_commit(root.path(), "job.git"), sha);
 }
 
 #[test]
@@ -768,4 +765,503 @@ fn a_tree_that_writes_into_dot_git_is_refused_with_exit_5() {
         "something was published"
     );
     assert_no_staging(dest.path());
+}
+
+#[test]
+fn a_server_that_answers_http_1_0_and_closes_each_connection_works_as_with_git() {
+    let repos = Repos::new();
+    let (_repo, [_, _, third]) = three_commits(&repos);
+    let server = GitHttp10::start(&repos.base());
+    // git itself clones from it: the server is sound.
+    let scratch = tempfile::tempdir().unwrap();
+    git(
+        scratch.path(),
+        &["clone", "-q", "--depth", "1", &server.url("job"), "by-git"],
+    );
+    let dest = tempfile::tempdir().unwrap();
+    localize(
+        dest.path(),
+        &format!("{}#depth=1", server.url("job")),
+        &["--retries", "1"],
+    )
+    .expect_code(0);
+    let out = dest.path().join("job");
+    assert_eq!(recorded_commit(dest.path(), "job"), third);
+    assert_eq!(tree_state(&out), tree_state(&scratch.path().join("by-git")));
+    assert_eq!(git(&out, &["rev-list", "--count", "HEAD"]), "1");
+    // The ref list and the pack came from this server, on connections it closed.
+    let requests = server.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("POST /job.git/git-upload-pack")),
+        "{requests:?}"
+    );
+}
+
+/// Every file under `dir/.git` (and the `.git` folders of submodules) that holds `needle`, with
+/// its mode.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                pending.push(path);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    use std::os::unix::fs::PermissionsExt;
+                    found.push(format!(
+                        "{} ({:o})",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_password_in_the_url_is_nowhere_under_dot_git_with_submodules_too() {
+    let repos = Repos::new();
+    let leaf = repos.create("leaf");
+    leaf.commit(&[("leaf.txt", "leaf\n")], &[], "leaf");
+    let top = repos.create("top");
+    top.commit(&[("top.txt", "top\n")], &[], "top");
+    top.git(&["submodule", "add", "-q", "../leaf.git", "deps/leaf"]);
+    top.commit(&[], &[], "add leaf");
+    top.git(&["tag", "v1"]);
+    top.push();
+    let http = GitHttp::start(&repos.base());
+    let with_creds = http
+        .private_url("top")
+        .replace("http://", &format!("http://{HTTP_USER}:{HTTP_PASSWORD}@"));
+    for reference in ["", "#ref=v1", "#depth=0"] {
+        let dest = tempfile::tempdir().unwrap();
+        localize(dest.path(), &format!("git+{with_creds}{reference}"), &[])
+            .expect_code(0)
+            .refute_output(HTTP_PASSWORD);
+        let out = dest.path().join("top");
+        // The relative submodule on the same server was fetched with the parent's credentials.
+        assert_eq!(read(out.join("deps/leaf/leaf.txt")), "leaf\n");
+        for needle in [HTTP_PASSWORD, HTTP_USER] {
+            let found = files_holding(&out, needle);
+            assert!(found.is_empty(), "{needle} ({reference}) is in {found:?}");
+        }
+        let found = files_holding(dest.path(), HTTP_PASSWORD);
+        assert!(found.is_empty(), "password ({reference}) is in {found:?}");
+        // Yet the checkout is an ordinary clone: origin is the server, without credentials.
+        assert_eq!(
+            git(&out, &["remote", "get-url", "origin"]),
+            http.private_url("top")
+        );
+    }
+}
+
+#[test]
+fn relative_submodule_urls_under_a_file_parent_resolve_as_git_does() {
+    let repos = Repos::new();
+    let leaf = repos.create("leaf");
+    let leaf_sha = leaf.commit(&[("leaf.txt", "leaf\n")], &[], "leaf");
+    let top = repos.create("top");
+    top.commit(&[("top.txt", "top\n")], &[], "top");
+    top.git(&["submodule", "add", "-q", "../leaf.git", "deps/leaf"]);
+    top.commit(&[], &[], "add leaf");
+    let parent = format!("file://{}", repos.base().join("top.git").display());
+    // git itself checks it out.
+    let scratch = tempfile::tempdir().unwrap();
+    git(
+        scratch.path(),
+        &["clone", "-q", "--recurse-submodules", &parent, "by-git"],
+    );
+    assert_eq!(
+        read(scratch.path().join("by-git/deps/leaf/leaf.txt")),
+        "leaf\n"
+    );
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &format!("git+{parent}"), &[]).expect_code(0);
+    let out = dest.path().join("top");
+    assert_eq!(read(out.join("deps/leaf/leaf.txt")), "leaf\n");
+    assert_eq!(
+        git(&out.join("deps/leaf"), &["rev-parse", "HEAD"]),
+        leaf_sha
+    );
+    // The submodule's origin is where it came from, as in git's clone.
+    assert_eq!(
+        git(&out.join("deps/leaf"), &["remote", "get-url", "origin"]),
+        format!("file://{}", repos.base().join("leaf.git").display())
+    );
+}
+
+#[test]
+fn a_submodule_name_that_climbs_out_of_modules_exits_5_and_publishes_nothing() {
+    let repos = Repos::new();
+    let leaf = repos.create("leaf");
+    let leaf_sha = leaf.commit(&[("leaf.txt", "leaf\n")], &[], "leaf");
+    let top = repos.create("top");
+    // git refuses to make such a submodule; a hostile repository writes .gitmodules by hand.
+    top.commit(
+        &[
+            ("top.txt", "top\n"),
+            (
+                ".gitmodules",
+                "[submodule \"../../modules/evil\"]\n\tpath = evil\n\turl = ../leaf.git\n",
+            ),
+        ],
+        &[],
+        "top",
+    );
+    top.git(&[
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{leaf_sha},evil"),
+    ]);
+    top.git(&["commit", "-q", "-m", "evil submodule"]);
+    top.push();
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("top"), &[])
+        .expect_code(5)
+        .expect_output("../../modules/evil")
+        .expect_output("nothing was published");
+    assert!(!dest.path().join("top").exists());
+    assert!(!dest.path().join("modules").exists());
+    assert_no_staging(dest.path());
+}
+
+#[test]
+fn git_sync_v4_variables_with_a_password_file() {
+    let repos = Repos::new();
+    let (repo, _) = three_commits(&repos);
+    let http = GitHttp::start(&repos.base());
+    let root = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("password");
+    std::fs::write(&password_file, format!("{HTTP_PASSWORD}\n")).unwrap();
+    let ran = run(periscope()
+        .arg("localize")
+        .env("GITSYNC_REPO", http.private_url("job"))
+        // v4 names win over the v3 ones beside them.
+        .env("GIT_SYNC_REPO", http.private_url("nope"))
+        .env("GITSYNC_REF", "dev")
+        .env("GITSYNC_DEPTH", "1")
+        .env("GITSYNC_ROOT", root.path())
+        .env("GITSYNC_LINK", root.path().join("current"))
+        .env("GITSYNC_USERNAME", HTTP_USER)
+        .env("GITSYNC_PASSWORD_FILE", &password_file));
+    ran.expect_code(0).refute_output(HTTP_PASSWORD);
+    let code = root.path().join("current");
+    assert_eq!(listing(&code), ["dev.txt", "train.py"]);
+    assert_eq!(
+        recorded_commit(root.path(), "current"),
+        repo.git(&["rev-parse", "dev"])
+    );
+    assert_eq!(git(&code, &["rev-list", "--count", "HEAD"]), "1");
+}
+
+/// `ssh-keyscan -H` of the server: what a user puts in the known_hosts Secret (hashed names).
+fn keyscan_hashed(sshd: &Sshd) -> String {
+    let out = std::process::Command::new("ssh-keyscan")
+        .args([
+            "-H",
+            "-t",
+            "ed25519",
+            "-p",
+            &sshd.port.to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .expect("ssh-keyscan (openssh-client) runs");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("|1|"), "not hashed: {text}");
+    text
+}
+
+#[test]
+fn git_sync_v4_ssh_with_a_hashed_known_hosts_file() {
+    let repos = Repos::new();
+    let (_repo, [_, _, third]) = three_commits(&repos);
+    let sshd = Sshd::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let known = secrets.path().join("known_hosts");
+    std::fs::write(&known, keyscan_hashed(&sshd)).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let sync = |known: &Path| {
+        run(periscope()
+            .args(["localize", "--retries", "1"])
+            .env("GITSYNC_REPO", sshd.url(&repos.base().join("job.git")))
+            .env("GITSYNC_ROOT", root.path())
+            .env("GITSYNC_LINK", "code")
+            .env("GITSYNC_SSH", "true")
+            .env("GITSYNC_SSH_KEY_FILE", sshd.client_key())
+            .env("GITSYNC_SSH_KNOWN_HOSTS_FILE", known))
+    };
+    let ran = sync(&known);
+    assert_eq!(ran.code, Some(0), "{ran:?}\nsshd log:\n{}", sshd.log());
+    assert_eq!(recorded_commit(root.path(), "code"), third);
+    // A hashed line for another host does not vouch for this one.
+    let other = secrets.path().join("other_hosts");
+    let scanned = keyscan_hashed(&sshd);
+    let (name, rest) = scanned.split_once(' ').unwrap();
+    let (salt, _) = name.trim_start_matches("|1|").split_once('|').unwrap();
+    std::fs::write(
+        &other,
+        format!("|1|{salt}|AAAAAAAAAAAAAAAAAAAAAAAAAAA= {rest}"),
+    )
+    .unwrap();
+    let root2 = tempfile::tempdir().unwrap();
+    run(periscope()
+        .args(["localize", "--retries", "1"])
+        .env("GITSYNC_REPO", sshd.url(&repos.base().join("job.git")))
+        .env("GITSYNC_ROOT", root2.path())
+        .env("GITSYNC_SSH_KEY_FILE", sshd.client_key())
+        .env("GITSYNC_SSH_KNOWN_HOSTS_FILE", &other))
+    .expect_code(4)
+    .expect_output("not in known_hosts");
+}
+
+/// Files at git-sync's default Secret mount, `/etc/git-secret/`, removed when dropped.
+struct GitSecretMount;
+
+const GIT_SECRET: &str = "/etc/git-secret";
+const GIT_SECRET_MARK: &str = "/etc/git-secret/.made-by-periscope-tests";
+
+impl GitSecretMount {
+    fn with(files: &[(&str, &[u8])]) -> GitSecretMount {
+        let dir = Path::new(GIT_SECRET);
+        assert!(
+            !dir.exists() || Path::new(GIT_SECRET_MARK).exists(),
+            "{GIT_SECRET} exists and was not made by these tests: move it away to run this test"
+        );
+        std::fs::create_dir_all(dir).expect("create /etc/git-secret (tests run as root)");
+        std::fs::write(GIT_SECRET_MARK, "").unwrap();
+        for (name, bytes) in files {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(dir.join(name))
+                .unwrap();
+            std::io::Write::write_all(&mut f, bytes).unwrap();
+        }
+        GitSecretMount
+    }
+}
+
+impl Drop for GitSecretMount {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(GIT_SECRET);
+    }
+}
+
+#[test]
+fn submarine_ssh_mode_reads_the_key_and_known_hosts_from_etc_git_secret() {
+    let repos = Repos::new();
+    let (repo, _) = three_commits(&repos);
+    let sshd = Sshd::start();
+    // What Submarine's SSH localizer mounts: the key as `ssh`, known_hosts from `ssh-keyscan -H`.
+    let _mount = GitSecretMount::with(&[
+        ("ssh", &std::fs::read(sshd.client_key()).unwrap()),
+        ("known_hosts", keyscan_hashed(&sshd).as_bytes()),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let ran = run(periscope()
+        .arg("localize")
+        .env("GIT_SYNC_REPO", sshd.url(&repos.base().join("job.git")))
+        .env("GIT_SYNC_BRANCH", "dev")
+        .env("GIT_SYNC_ROOT", root.path())
+        .env("GIT_SYNC_DEST", "code")
+        .env("GIT_SYNC_SSH", "true"));
+    assert_eq!(ran.code, Some(0), "{ran:?}\nsshd log:\n{}", sshd.log());
+    assert_eq!(
+        recorded_commit(root.path(), "code"),
+        repo.git(&["rev-parse", "dev"])
+    );
+    assert_eq!(listing(&root.path().join("code")), ["dev.txt", "train.py"]);
+}
+
+/// Bytes no pointer or text could be mistaken for: `len` bytes from a simple generator.
+fn weights(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = u32::from(seed) | 0x9e37_0000;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Where a test repository's LFS objects go.
+enum LfsAt<'a> {
+    /// This LFS server, configured in the pushing clone only (clients derive it from the URL).
+    Server(&'a str),
+    /// This LFS server, named in the committed `.lfsconfig`.
+    LfsConfig(&'a str),
+    /// The bare repository's own `lfs/objects/`, as git-lfs pushes to a local path.
+    Local,
+}
+
+/// A repository `NAME` whose `*.bin` files are Git LFS files, committed and pushed with the real
+/// git-lfs client. Returns the repository and the LFS files' contents by path.
+fn lfs_repo(repos: &Repos, name: &str, at: LfsAt<'_>) -> (Repo, Vec<(String, Vec<u8>)>) {
+    let repo = repos.create(name);
+    repo.git(&["lfs", "install", "--local"]);
+    match at {
+        LfsAt::Server(url) => {
+            repo.git(&["config", "lfs.url", url]);
+        }
+        LfsAt::LfsConfig(url) => {
+            std::fs::write(
+                repo.work.join(".lfsconfig"),
+                format!("[lfs]\n\turl = {url}\n"),
+            )
+            .unwrap();
+        }
+        LfsAt::Local => {}
+    }
+    repo.git(&["lfs", "track", "*.bin"]);
+    let files = vec![
+        ("model/weights.bin".to_string(), weights(1, 300_000)),
+        ("data/sample.bin".to_string(), weights(2, 4_097)),
+        // The same object twice: fetched once, written to both files.
+        ("data/copy.bin".to_string(), weights(2, 4_097)),
+    ];
+    for (path, bytes) in &files {
+        let path = repo.work.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    repo.commit(&[("train.py", "print('train')\n")], &[], "weights in LFS");
+    // What the server stores is a pointer, as git-lfs wrote it.
+    let stored = git(&repo.bare, &["show", "HEAD:model/weights.bin"]);
+    assert!(stored.starts_with("version https://git-lfs"), "{stored}");
+    (repo, files)
+}
+
+fn assert_lfs_files(out: &Path, files: &[(String, Vec<u8>)]) {
+    for (path, bytes) in files {
+        let got = std::fs::read(out.join(path)).unwrap();
+        assert!(
+            got == *bytes,
+            "{path}: {} bytes, not the LFS file",
+            got.len()
+        );
+    }
+    assert_eq!(read(out.join("train.py")), "print('train')\n");
+}
+
+#[test]
+fn git_lfs_files_are_fetched_with_the_repository_credentials() {
+    let repos = Repos::new();
+    let lfs = LfsServer::start();
+    let (_repo, files) = lfs_repo(
+        &repos,
+        "job",
+        LfsAt::Server(&lfs.endpoint("private", "job")),
+    );
+    let http = GitHttp::start_with_lfs(&repos.base(), lfs.port);
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("password");
+    std::fs::write(&password_file, HTTP_PASSWORD).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let ran = localize(
+        dest.path(),
+        &format!("git+{}", http.private_url("job")),
+        &[
+            "--git-username",
+            HTTP_USER,
+            "--git-password-file",
+            password_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran.code, Some(0), "{ran:?}\ngiftless:\n{}", lfs.log());
+    let out = dest.path().join("job");
+    assert_lfs_files(&out, &files);
+    // The batch API was asked beside the repository, behind the same Basic auth.
+    assert!(http.counts.lfs.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    let record = recorded(dest.path(), "job");
+    // The record counts the files, not their pointers.
+    let attributes = std::fs::metadata(out.join(".gitattributes")).unwrap().len();
+    assert_eq!(
+        record["bytes"].as_u64().unwrap(),
+        300_000 + 2 * 4_097 + 15 + attributes
+    );
+    assert!(!out.join(".git/lfs").exists());
+}
+
+#[test]
+fn lfsconfig_names_the_lfs_server_and_a_wrong_or_missing_object_publishes_nothing() {
+    let repos = Repos::new();
+    let lfs = LfsServer::start();
+    let (_repo, files) = lfs_repo(
+        &repos,
+        "job",
+        LfsAt::LfsConfig(&lfs.endpoint("public", "job")),
+    );
+    // Over git://, the LFS server named in .lfsconfig is used.
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    let ran = localize(dest.path(), &daemon.url("job"), &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}\ngiftless:\n{}", lfs.log());
+    assert_lfs_files(&dest.path().join("job"), &files);
+
+    // Same length, other bytes: only the sha256 can tell. Exit 5, nothing published.
+    let stored = lfs.stored(&sha256_hex(&files[0].1));
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    localize(dest.path(), &daemon.url("job"), &[])
+        .expect_code(5)
+        .expect_output("model/weights.bin")
+        .expect_output("sha256");
+    assert!(!dest.path().join("job").exists());
+    assert_no_staging(dest.path());
+
+    // Gone from the server: exit 3, nothing published.
+    std::fs::remove_file(&stored).unwrap();
+    localize(dest.path(), &daemon.url("job"), &[])
+        .expect_code(3)
+        .expect_output("model/weights.bin");
+    assert!(!dest.path().join("job").exists());
+    assert_no_staging(dest.path());
+}
+
+#[test]
+fn git_lfs_without_an_http_server_is_refused_over_git_and_read_from_a_local_repository() {
+    let repos = Repos::new();
+    let (_repo, files) = lfs_repo(&repos, "job", LfsAt::Local);
+    let daemon = GitDaemon::start(&repos.base(), false);
+    let dest = tempfile::tempdir().unwrap();
+    // Pointer files are never published silently.
+    localize(dest.path(), &daemon.url("job"), &[])
+        .expect_code(2)
+        .expect_output("Git LFS")
+        .expect_output("GIT_LFS_SKIP_SMUDGE");
+    assert!(!dest.path().join("job").exists());
+    // Unless asked for, with git-lfs's own switch.
+    run(periscope()
+        .args(["localize", "--dest"])
+        .arg(dest.path())
+        .args(["--source", &daemon.url("job")])
+        .env("GIT_LFS_SKIP_SMUDGE", "1"))
+    .expect_code(0)
+    .expect_output("GIT_LFS_SKIP_SMUDGE");
+    let pointer = read(dest.path().join("job/model/weights.bin"));
+    assert!(pointer.starts_with("version https://git-lfs"), "{pointer}");
+    // A local repository keeps its objects beside it: they are read from there.
+    let dest = tempfile::tempdir().unwrap();
+    let url = format!("git+file://{}", repos.base().join("job.git").display());
+    localize(dest.path(), &url, &[]).expect_code(0);
+    assert_lfs_files(&dest.path().join("job"), &files);
 }

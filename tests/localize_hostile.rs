@@ -278,3 +278,90 @@ fn strip_applies_to_entries_and_hardlink_targets() {
     names.sort();
     assert_eq!(names, ["c.txt", "d.txt"]);
 }
+
+/// A git tree may hold an absolute symlink; a later source whose `#into=` passes through it must
+/// be refused (exit 5) instead of replacing the folder the link points to.
+#[test]
+fn a_later_source_is_never_published_through_an_earlier_sources_symlink() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = root.path().join("outside");
+    fs::create_dir_all(outside.join("victim")).unwrap();
+    fs::write(outside.join("victim/keep.txt"), "mine").unwrap();
+    let repos = crate::harness::git::Repos::new();
+    let repo = repos.create("linky");
+    std::os::unix::fs::symlink(&outside, repo.work.join("lnk")).unwrap();
+    repo.commit(&[("README", "links\n")], &[], "an absolute link");
+
+    let server = HttpServer::start();
+    server.put("/victim.tar", archive::tar(&[file("new.txt", b"theirs")]));
+    let dest = root.path().join("dest");
+    let ran = run(periscope().args(["localize", "--dest"]).arg(&dest).args([
+        "--source",
+        &format!("git+file://{}#into=r", repo.bare.display()),
+        "--source",
+        &(server.url("/victim.tar") + "#into=r/lnk/victim"),
+    ]));
+    ran.expect_code(5)
+        .expect_output("r/lnk` is a symlink")
+        .expect_output("#into=");
+    assert_eq!(
+        fs::read_to_string(outside.join("victim/keep.txt")).unwrap(),
+        "mine",
+        "the folder the link points to was replaced"
+    );
+    assert!(!outside.join("victim/new.txt").exists());
+    assert!(
+        fs::read_link(dest.join("r/lnk")).is_ok(),
+        "the git tree stays published"
+    );
+    let staging = dest.join(".periscope/staging");
+    assert_eq!(
+        fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging left behind"
+    );
+}
+
+/// GNU tar's PAX sparse members (`--sparse --format=pax`) are refused like GNU sparse ones, not
+/// published as their map of holes under a `GNUSparseFile.N/` name.
+#[test]
+fn pax_sparse_members_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let holes = fs::File::create(work.path().join("holes.bin")).unwrap();
+    holes.set_len(4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&holes, b"data after a hole", 3 << 20).unwrap();
+    drop(holes);
+    let out = std::process::Command::new("tar")
+        .current_dir(work.path())
+        .args(["--sparse", "--format=pax", "-cf", "sparse.tar", "holes.bin"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let body = fs::read(work.path().join("sparse.tar")).unwrap();
+    assert!(
+        body.windows(11).any(|w| w == b"GNU.sparse."),
+        "tar wrote no PAX sparse member"
+    );
+    let root = refused(body, "sparse.tar", "holes.bin", "sparse file");
+    assert!(!root.path().join("dest/sparse").exists());
+}
+
+/// A name no Linux filesystem can hold is hostile input (exit 5), not a local failure (exit 7).
+#[test]
+fn entry_names_longer_than_a_filesystem_holds_are_refused() {
+    let long = "n".repeat(300);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(2);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, format!("top/{long}.txt"), &b"hi"[..])
+        .unwrap();
+    let body = builder.into_inner().unwrap();
+    refused(
+        body,
+        "long.tar",
+        &format!("top/{long}.txt"),
+        "longer than 255 bytes",
+    );
+}

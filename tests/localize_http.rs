@@ -7,17 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::archive::{self, dir, file, symlink, ZipEntry};
+use crate::harness::free_port;
 use crate::harness::http_server::{Fault, HttpServer, Resource};
+use crate::harness::localize::localize;
 use crate::harness::tls::TestCa;
-use crate::harness::{free_port, periscope, run, Ran};
-
-fn localize(dest: &Path, source: &str, extra: &[&str]) -> Ran {
-    run(periscope()
-        .args(["localize", "--dest"])
-        .arg(dest)
-        .args(["--source", source])
-        .args(extra))
-}
 
 fn record(dest: &Path) -> serde_json::Value {
     let text = fs::read_to_string(dest.join(".periscope/localized.json")).unwrap();

@@ -1,6 +1,5 @@
 //! `periscope localize` from object stores: S3 (moto), Azure (Azurite) and `file://`, each a real
-//! server on 127.0.0.1 started by the harness. GCS has no emulator that works with object_store's
-//! XML API here, so only its URL parsing and configuration are tested (see the README's gaps).
+//! server on 127.0.0.1 started by the harness. GCS is in `localize_gcs.rs` (fake-gcs-server).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -408,7 +407,6 @@ fn file_urls_and_absolute_paths_are_object_sources() {
 
 #[test]
 fn gcs_urls_are_configured_from_google_application_credentials() {
-    // No GCS emulator works with object_store's XML API here: this checks configuration only.
     let dest = tempfile::tempdir().unwrap();
     let env = [(
         "GOOGLE_APPLICATION_CREDENTIALS",
@@ -497,4 +495,361 @@ fn s3_hostile_archive_key_is_refused_with_exit_5() {
         .expect_output("escape.txt");
     assert!(!dest.join("evil").exists());
     assert!(!parent.path().join("escape.txt").exists());
+}
+
+/// A local folder is checked like an archive: a symlink in it is recreated only when it stays
+/// inside; one that leads out (absolute or by `..`, to a file or a folder) or a fifo refuses the
+/// whole source with exit 5, and nothing outside the folder is copied.
+#[test]
+fn folder_sources_refuse_links_that_leave_them() {
+    use std::os::unix::fs::symlink;
+    let root = tempfile::tempdir().unwrap();
+    let secret = root.path().join("secret");
+    std::fs::create_dir_all(secret.join("keys")).unwrap();
+    std::fs::write(secret.join("shadow"), "root:$6$hash").unwrap();
+    std::fs::write(secret.join("keys/id"), "PRIVATE").unwrap();
+    type Plant<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, Plant); 4] = [
+        ("shadow", &|job| {
+            symlink(secret.join("shadow"), job.join("shadow")).unwrap()
+        }),
+        ("up", &|job| {
+            symlink("../../secret/shadow", job.join("sub/up")).unwrap()
+        }),
+        ("keys", &|job| {
+            symlink(secret.join("keys"), job.join("keys")).unwrap()
+        }),
+        ("pipe", &|job| {
+            let c = std::ffi::CString::new(job.join("pipe").to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        }),
+    ];
+    for (name, plant) in cases {
+        let job = root.path().join(format!("job-{name}"));
+        std::fs::create_dir_all(job.join("sub")).unwrap();
+        std::fs::write(job.join("train.py"), "print(1)").unwrap();
+        plant(&job);
+        let dest = root.path().join(format!("dest-{name}"));
+        // With the trailing slash, the form that has always meant "this folder".
+        localize(&[], &dest, &[&format!("{}/", job.display())], &[])
+            .expect_code(5)
+            .expect_output(&format!("{name}`"))
+            .refute_output("root:$6$hash");
+        assert!(
+            !dest.join(format!("job-{name}")).exists(),
+            "{name}: published"
+        );
+        let staging = dest.join(".periscope/staging");
+        assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+    }
+    // Links that stay inside are kept as links; modes too, without setuid.
+    let job = root.path().join("kept");
+    std::fs::create_dir_all(job.join("bin")).unwrap();
+    std::fs::write(job.join("bin/tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        job.join("bin/tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    symlink("bin/tool", job.join("latest")).unwrap();
+    let dest = root.path().join("dest-kept");
+    localize(&[], &dest, &[&format!("{}/", job.display())], &[]).expect_code(0);
+    assert_eq!(
+        std::fs::read_link(dest.join("kept/latest")).unwrap(),
+        Path::new("bin/tool")
+    );
+    let mode = std::fs::metadata(dest.join("kept/bin/tool"))
+        .unwrap()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+}
+
+/// A folder is a folder with or without the trailing slash, relative paths are taken from the
+/// working folder, and what is missing or mistyped says so.
+#[test]
+fn folder_sources_are_plain_paths() {
+    let root = tempfile::tempdir().unwrap();
+    let job = root.path().join("myjob");
+    std::fs::create_dir_all(job.join("lib")).unwrap();
+    std::fs::write(job.join("train.py"), "print('hi')").unwrap();
+    std::fs::write(job.join("lib/util.py"), "U = 1").unwrap();
+    let in_root = |dest: &str, source: &str| {
+        run(periscope()
+            .current_dir(root.path())
+            .args(["localize", "--dest", dest, "--source", source]))
+    };
+    for (i, source) in [job.to_str().unwrap(), "./myjob", "myjob/", "myjob"]
+        .into_iter()
+        .enumerate()
+    {
+        let dest = format!("dest{i}");
+        in_root(&dest, source)
+            .expect_code(0)
+            .expect_output(&format!("localized {}", job.display()));
+        assert_eq!(
+            tree(&root.path().join(&dest).join("myjob")),
+            ["lib/util.py", "train.py"],
+            "{source}"
+        );
+        let rec = record(&root.path().join(&dest));
+        assert_eq!(rec["sources"][0]["revision"]["kind"], "etags");
+    }
+    // Again: nothing changed, nothing copied; a change is seen.
+    in_root("dest1", "./myjob")
+        .expect_code(0)
+        .expect_output("unchanged");
+    std::fs::write(job.join("train.py"), "print('v2')").unwrap();
+    in_root("dest1", "./myjob")
+        .expect_code(0)
+        .expect_output("localized");
+    assert_eq!(
+        read(root.path().join("dest1/myjob/train.py")),
+        "print('v2')"
+    );
+
+    // The working folder itself, with the destination inside it: the destination is left out.
+    run(periscope().current_dir(&job).args([
+        "localize",
+        "--dest",
+        "out",
+        "--source",
+        ".#into=copy",
+    ]))
+    .expect_code(0);
+    assert_eq!(
+        tree(&job.join("out/copy")),
+        ["lib/util.py", "train.py"],
+        "the destination was copied into itself"
+    );
+
+    in_root("d", "./nope/")
+        .expect_code(3)
+        .expect_output(&format!("no such folder `{}/nope`", root.path().display()))
+        .refute_output("bucket");
+    in_root("d", "nope")
+        .expect_code(3)
+        .expect_output("no such file or folder")
+        .expect_output("https://");
+    in_root("d", "myjob/train.py/")
+        .expect_code(2)
+        .expect_output("is a file, not a folder");
+    in_root("d", "s3:/bucket/x")
+        .expect_code(2)
+        .expect_output("`s3:` looks like a URL scheme");
+    assert!(!root.path().join("d/nope").exists());
+}
+
+/// Without --dest, localize writes to /code only where that folder exists (a pod's volume); on a
+/// machine without it, it asks for --dest instead of creating /code at the filesystem root.
+#[test]
+fn no_dest_and_no_code_folder_asks_for_dest() {
+    if Path::new("/code").exists() {
+        eprintln!("skipped: /code exists on this machine, so it is the default destination");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("train.py"), "print(1)").unwrap();
+    run(periscope()
+        .env_remove("PERISCOPE_DEST")
+        .env_remove("GIT_SYNC_ROOT")
+        .args(["localize", "--source"])
+        .arg(format!("{}#into=job", src.path().display())))
+    .expect_code(2)
+    .expect_output("no --dest given, and /code")
+    .expect_output("add --dest DIR");
+    assert!(!Path::new("/code").exists(), "/code was created");
+}
+
+/// Stores list `a.txt`, `/a.txt` and `a.txt/` under one path: two such keys would be one file
+/// (downloaded twice from one of them), and a lone `a.txt/` cannot be read under the path listed.
+/// Either way the prefix is refused as unsafe (exit 5) and nothing is published.
+#[test]
+fn s3_keys_with_a_leading_or_trailing_slash_are_refused() {
+    let s3 = S3Server::start();
+    for (bucket, keys) in [
+        ("trailing", vec![("job/a.txt", "A"), ("job/a.txt/", "B")]),
+        ("leading", vec![("a.txt", "A"), ("/a.txt", "C")]),
+        (
+            "lone-trailing",
+            vec![("job/a.txt/", "B"), ("job/b.txt", "b")],
+        ),
+        ("lone-leading", vec![("/a.txt", "C"), ("b.txt", "b")]),
+    ] {
+        s3.create_bucket(bucket);
+        for (key, body) in &keys {
+            s3.put_raw(bucket, key, body.as_bytes());
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let source = format!("s3://{bucket}/#into=all");
+        localize(&s3.env(), dest.path(), &[&source], &["--retries", "1"])
+            .expect_code(5)
+            .expect_output("a.txt` is unsafe")
+            .expect_output("begins or ends with `/`");
+        assert!(!dest.path().join("all").exists(), "{bucket}: published");
+    }
+}
+
+/// A model folder holding the same weights three ways: `#include=` / `#exclude=` choose what is
+/// copied from an S3 prefix, and the patterns are recorded, so that other patterns are never
+/// taken for "unchanged".
+#[test]
+fn s3_prefix_include_and_exclude_choose_the_files_and_are_recorded() {
+    let s3 = S3Server::start();
+    s3.create_bucket("hub");
+    for (key, body) in [
+        ("bert/pytorch_model.bin", "bin"),
+        ("bert/model.safetensors", "st"),
+        ("bert/tf_model.h5", "h5"),
+        ("bert/config.json", "{}"),
+        ("bert/onnx/model.onnx", "onnx"),
+        ("bert/onnx/config.json", "{}"),
+    ] {
+        s3.put("hub", key, body.as_bytes());
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let only = "s3://hub/bert/#include=*.safetensors,*.json&exclude=onnx";
+    localize(&s3.env(), dest.path(), &[only], &[]).expect_code(0);
+    assert_eq!(
+        tree(&dest.path().join("bert")),
+        ["config.json", "model.safetensors"]
+    );
+    let rec = record(dest.path());
+    assert_eq!(
+        rec["sources"][0]["include"],
+        serde_json::json!(["*.safetensors", "*.json"])
+    );
+    assert_eq!(rec["sources"][0]["exclude"], serde_json::json!(["onnx"]));
+    assert_eq!(rec["sources"][0]["files"], 2);
+    localize(&s3.env(), dest.path(), &[only], &[])
+        .expect_code(0)
+        .expect_output("unchanged");
+    // A change to a file left out changes nothing that was copied.
+    s3.put("hub", "bert/tf_model.h5", b"h5 v2");
+    localize(&s3.env(), dest.path(), &[only], &[])
+        .expect_code(0)
+        .expect_output("unchanged");
+
+    let other = "s3://hub/bert/#exclude=*.bin,*.h5,onnx/";
+    localize(&s3.env(), dest.path(), &[other], &[])
+        .expect_code(0)
+        .expect_output("localized");
+    assert_eq!(
+        tree(&dest.path().join("bert")),
+        ["config.json", "model.safetensors"]
+    );
+    let rec = record(dest.path());
+    assert!(rec["sources"][0].get("include").is_none(), "{rec}");
+
+    localize(
+        &s3.env(),
+        dest.path(),
+        &["s3://hub/bert/#include=*.gguf"],
+        &[],
+    )
+    .expect_code(2)
+    .expect_output("patterns leave nothing")
+    .expect_output("*.gguf");
+    assert_eq!(
+        tree(&dest.path().join("bert")),
+        ["config.json", "model.safetensors"],
+        "a refused run keeps the tree"
+    );
+    localize(
+        &s3.env(),
+        dest.path(),
+        &["git+https://h.invalid/r.git#include=*.py"],
+        &[],
+    )
+    .expect_code(2)
+    .expect_output("not git");
+}
+
+/// The same patterns on a local folder and on an archive (matched after `#strip=`).
+#[test]
+fn folder_and_archive_include_and_exclude() {
+    use crate::harness::archive::{dir, file, tar_gz};
+    use crate::harness::http_server::HttpServer;
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    std::fs::create_dir_all(model.join("ckpt")).unwrap();
+    for (rel, body) in [
+        ("w.bin", "bin"),
+        ("w.safetensors", "st"),
+        ("ckpt/step-1.bin", "old"),
+        ("README.md", "hi"),
+    ] {
+        std::fs::write(model.join(rel), body).unwrap();
+    }
+    let server = HttpServer::start();
+    server.put(
+        "/model.tar.gz",
+        tar_gz(&[
+            dir("top/"),
+            dir("top/ckpt/"),
+            file("top/w.bin", b"bin"),
+            file("top/w.safetensors", b"st"),
+            file("top/ckpt/step-1.bin", b"old"),
+            file("top/README.md", b"hi"),
+        ]),
+    );
+    let dest = root.path().join("dest");
+    localize(
+        &[],
+        &dest,
+        &[
+            &format!("{}#exclude=*.bin", model.display()),
+            &(server.url("/model.tar.gz") + "#strip=1&include=*.safetensors,ckpt/&into=arch"),
+        ],
+        &[],
+    )
+    .expect_code(0);
+    assert_eq!(tree(&dest.join("model")), ["README.md", "w.safetensors"]);
+    assert_eq!(
+        tree(&dest.join("arch")),
+        ["ckpt/step-1.bin", "w.safetensors"]
+    );
+}
+
+/// Loading part of a save of model artifacts: only the files the patterns keep are fetched, and
+/// each of them is still checked against the save's manifest.
+#[test]
+fn s3_save_loaded_in_part_is_still_verified() {
+    let s3 = S3Server::start();
+    s3.create_bucket("models");
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for (rel, body) in [
+        ("model.safetensors", "safe weights"),
+        ("model.bin", "pickled weights"),
+        ("config.json", "{\"layers\":2}"),
+    ] {
+        std::fs::write(model.join(rel), body).unwrap();
+    }
+    let state = work.path().join("state");
+    crate::artifacts::push(&s3.env(), &model, "s3://models/jobs", &state, &[]).expect_code(0);
+    let save = "jobs/exp-1/worker-0/artifacts/1";
+    let source = format!("s3://models/{save}/#include=*.safetensors,*.json&into=m");
+
+    // The file left out may even be damaged: it is not loaded.
+    s3.put("models", &format!("{save}/model.bin"), b"pickled WEIGHTS");
+    let dest = work.path().join("dest");
+    localize(&s3.env(), &dest, &[&source], &[]).expect_code(0);
+    assert_eq!(tree(&dest.join("m")), ["config.json", "model.safetensors"]);
+    assert_eq!(read(dest.join("m/model.safetensors")), "safe weights");
+    assert_eq!(record(&dest)["sources"][0]["files"], 2);
+
+    // A file that is loaded and differs from the manifest refuses the whole save.
+    s3.put(
+        "models",
+        &format!("{save}/model.safetensors"),
+        b"SAFE weights",
+    );
+    let fresh = work.path().join("fresh");
+    localize(&s3.env(), &fresh, &[&source], &[])
+        .expect_code(5)
+        .expect_output("model.safetensors");
+    assert!(!fresh.join("m").exists());
 }

@@ -2,7 +2,9 @@
 //! 127.0.0.1 holding Submarine's tables: scalars written by tensorboardX, calls of the real mlflow
 //! client to the ingest endpoint and lines of a JSONL file arrive exactly once with their step,
 //! value, timestamp and NaN handling, across a 20-second outage of the database and `kill -9` of
-//! the sidecar; wrong credentials and missing tables stop the sidecar with their exit code.
+//! the sidecar; wrong credentials and missing tables stop the sidecar with their exit code; TLS in
+//! MySQL's modes; MariaDB's ed25519 authentication; values stored byte for byte, and never taken
+//! for SQL, on a server that forces another character set on every session.
 //! Rows are read back with the `mariadb` command-line client.
 
 use std::collections::BTreeMap;
@@ -17,8 +19,9 @@ use crate::harness::mariadb::{MariaDb, PASSWORD, USER};
 use crate::harness::metrics::{
     append, jsonl_writer, kill_while_writing, wait_with_timeout, MetricsSetup as Setup, COMMIT,
 };
+use crate::harness::rawhttp::{request, wait_for_port};
 use crate::harness::tls::TestCa;
-use crate::harness::{periscope, run};
+use crate::harness::{free_port, periscope, run};
 
 /// 1.7e9 s, the writers' base wall time, in milliseconds.
 const BASE_MS: i64 = 1_700_000_000_000;
@@ -310,7 +313,7 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
 }
 
 #[test]
-fn wrong_password_and_missing_tables_stop_the_sidecar_with_their_exit_code() {
+fn wrong_password_unknown_database_and_missing_tables_stop_the_sidecar_with_their_exit_code() {
     let db = MariaDb::start_with_submarine_tables();
     let s = Setup::new();
     let mut cmd = s.sidecar(EXPERIMENT);
@@ -321,6 +324,13 @@ fn wrong_password_and_missing_tables_stop_the_sidecar_with_their_exit_code() {
     assert!(stderr.contains("Access denied"), "{stderr}");
     assert!(stderr.contains("check the user and password"), "{stderr}");
     assert!(!stderr.contains("hunter2-wrong"), "{stderr}");
+
+    // A database that does not exist (the user may use it once it does).
+    db.admin("GRANT ALL ON nosuchdb.* TO 'submarine'@'%';");
+    let url = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/nosuchdb", db.port);
+    let stderr = expect_exit(&one_point_to(&url, "x"), 3);
+    assert!(stderr.contains("create the database"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
 
     // A database without Submarine's tables.
     db.admin("CREATE DATABASE bare; GRANT ALL ON bare.* TO 'submarine'@'%';");
@@ -340,24 +350,31 @@ fn wrong_password_and_missing_tables_stop_the_sidecar_with_their_exit_code() {
     ran.expect_code(2).refute_output(PASSWORD);
 }
 
+/// A sidecar run of a job that has ended, with one JSONL point of `key` (value 0.5, step 0) and
+/// `--metastore url`.
+fn one_point_to(url: &str, key: &str) -> std::process::Output {
+    let s = Setup::new();
+    append(
+        &s.path("metrics.jsonl"),
+        &jsonl_line(key, "0.5", 0, BASE_MS),
+    );
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    let mut cmd = s.sidecar(EXPERIMENT);
+    cmd.arg("--metastore").arg(url);
+    wait_with_timeout(cmd.spawn().unwrap(), Duration::from_secs(60))
+}
+
 #[test]
 fn tls_checks_the_servers_certificate_and_serves_a_user_who_requires_it() {
     let ca = TestCa::new();
     let db = MariaDb::start_with_submarine_tables_and_tls(&ca);
     // The server refuses this user anything but TLS.
     db.admin(&format!("ALTER USER '{USER}'@'%' REQUIRE SSL;"));
-    let url = |options: &str| format!("{}?{options}", db.url());
-    let sidecar = |options: &str| {
-        let s = Setup::new();
-        append(
-            &s.path("metrics.jsonl"),
-            &jsonl_line("tls/loss", "0.5", 0, BASE_MS),
-        );
-        fs::write(s.path("exit-code"), "0\n").unwrap();
-        let mut cmd = s.sidecar(EXPERIMENT);
-        cmd.arg("--metastore").arg(url(options));
-        wait_with_timeout(cmd.spawn().unwrap(), Duration::from_secs(60))
-    };
+    // The same server by a name its certificate does not hold: 127.0.0.1 as an IPv4-mapped IPv6
+    // address.
+    let other_name = db.url().replace("@127.0.0.1:", "@[::ffff:127.0.0.1]:");
+    let sidecar_to_url = |url: String| one_point_to(&url, "tls/loss");
+    let sidecar = |options: &str| sidecar_to_url(format!("{}?{options}", db.url()));
 
     // The CA checked and the name (127.0.0.1) in the certificate checked: the row arrives.
     let ca_path = ca.ca_cert.display().to_string();
@@ -365,6 +382,21 @@ fn tls_checks_the_servers_certificate_and_serves_a_user_who_requires_it() {
     let stderr = expect_exit(&out, 0);
     assert!(!stderr.contains(PASSWORD), "{stderr}");
     assert_eq!(rows(&db)["tls/loss"], [(0, BASE_MS, 0.5, false)]);
+
+    // VERIFY_CA: the chain is checked, the name is not.
+    expect_exit(&sidecar(&format!("ssl-mode=VERIFY_CA&ssl-ca={ca_path}")), 0);
+    expect_exit(
+        &sidecar_to_url(format!("{other_name}?ssl-mode=VERIFY_CA&ssl-ca={ca_path}")),
+        0,
+    );
+    // VERIFY_IDENTITY refuses a certificate that does not name the host in the URL.
+    let stderr = expect_exit(
+        &sidecar_to_url(format!(
+            "{other_name}?ssl-mode=VERIFY_IDENTITY&ssl-ca={ca_path}"
+        )),
+        4,
+    );
+    assert!(stderr.contains("not valid for name"), "{stderr}");
 
     // MySQL's default, PREFERRED: encrypted, certificate unchecked, so the user is served.
     expect_exit(&sidecar(""), 0);
@@ -401,4 +433,74 @@ fn a_server_without_tls_is_refused_when_the_url_requires_it() {
         stderr.contains("ssl-mode REQUIRED needs TLS, and the server does not offer it"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_mariadb_user_with_ed25519_authentication_is_served() {
+    let db = MariaDb::start_with_submarine_tables();
+    db.admin(
+        "INSTALL SONAME 'auth_ed25519'; \
+         CREATE USER 'ed'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('ed-s3cret'); \
+         GRANT ALL ON submarine.* TO 'ed'@'%';",
+    );
+    let url = format!("mysql://ed:ed-s3cret@127.0.0.1:{}/submarine", db.port);
+    let stderr = expect_exit(&one_point_to(&url, "ed/loss"), 0);
+    assert!(!stderr.contains("ed-s3cret"), "{stderr}");
+    assert_eq!(rows(&db)["ed/loss"], [(0, BASE_MS, 0.5, false)]);
+}
+
+/// `text`'s bytes in hex, as SQL writes a binary literal (`0x…`) and `HEX()` answers (upper case).
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02X}")).collect()
+}
+
+#[test]
+fn a_value_is_stored_byte_for_byte_and_never_run_as_sql_whatever_the_servers_charset() {
+    // Every session is gbk, whatever the client's handshake asks for. In gbk the byte after `€`'s
+    // first two (0xAC) and a backslash (0x5C) make one character: a value escaped into the SQL
+    // text would end its string at the quote that follows and run the rest as SQL.
+    let db = MariaDb::start_with_submarine_tables_and_server_args(&[
+        "--character-set-server=gbk",
+        "--skip-character-set-client-handshake",
+    ]);
+    db.sql(
+        "INSERT INTO experiment (id, experiment_spec) VALUES ('victim', '{}'); \
+         INSERT INTO param (id, `key`, value, worker_index) VALUES ('victim', 'lr', '0.1', \
+         'worker-0');",
+    );
+    // Closes the value, then adds a row that overwrites the other experiment's param.
+    let payload = format!(
+        "a€',0x77),(0x{},0x{},0,0x{})ON DUPLICATE KEY UPDATE value=CONCAT(0x70776e6564,USER())#",
+        hex("victim"),
+        hex("lr"),
+        hex("worker-0")
+    );
+    let s = Setup::new();
+    let port = free_port();
+    let mut cmd = sidecar_to(&s, &db);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+    let child = cmd.spawn().unwrap();
+    wait_for_port(port, "the sidecar's endpoint", Duration::from_secs(30));
+    let run = crate::harness::metrics::start_endpoint_run(port);
+    let body = serde_json::json!({"run_id": run, "key": "lr", "value": payload}).to_string();
+    let reply = request(
+        port,
+        "POST",
+        "/api/2.0/mlflow/runs/log-parameter",
+        &[("Content-Type", "application/json".into())],
+        body.as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    expect_exit(&wait_with_timeout(child, Duration::from_secs(120)), 0);
+
+    assert_eq!(
+        db.sql("SELECT value FROM param WHERE id = 'victim'"),
+        "0.1\n",
+        "the other experiment's param is unchanged"
+    );
+    let stored = db.sql(&format!(
+        "SELECT HEX(value) FROM param WHERE id = '{EXPERIMENT}' AND `key` = 'lr'"
+    ));
+    assert_eq!(stored.trim_end(), hex(&payload), "the value, byte for byte");
 }

@@ -184,16 +184,16 @@ fn passes_the_commands_exit_code_through() {
     assert_eq!(code, Some(127), "{stderr}");
 }
 
-/// The quickstart line of the README's "Two commands" section, run as written (with the freshly
-/// built binary in place of `cargo run --quiet --`) in a folder that holds `examples/`.
+/// The quickstart line of the README's "Quick start" section, run as written (with the freshly
+/// built binary in place of `cargo run --`) in a folder that holds `examples/`.
 #[test]
 fn the_readme_quickstart_command_works_as_written() {
     let readme = fs::read_to_string(repo().join("README.md")).unwrap();
     let line = readme
         .lines()
-        .find(|l| l.starts_with("cargo run --quiet -- run "))
-        .expect("the README has a `cargo run --quiet -- run` quickstart line");
-    let command = line.replacen("cargo run --quiet --", env!("CARGO_BIN_EXE_periscope"), 1);
+        .find(|l| l.starts_with("cargo run -- run "))
+        .expect("the README has a `cargo run -- run` quickstart line");
+    let command = line.replacen("cargo run --", env!("CARGO_BIN_EXE_periscope"), 1);
     let work = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(repo().join("examples"), work.path().join("examples")).unwrap();
     let (code, stdout, stderr) = output(
@@ -224,4 +224,81 @@ fn the_readme_quickstart_command_works_as_written() {
         record.contains(&commit),
         "the example's commit {commit} is recorded: {record}"
     );
+}
+
+/// `periscope run` with the example job and `--metastore URL`; returns the job's stdout after
+/// checking that the run succeeded.
+fn run_example_into(metastore: &str, experiment: &str, data: &Path) -> String {
+    let (code, stdout, stderr) = output(
+        periscope()
+            .args([
+                "run",
+                "--experiment-id",
+                experiment,
+                "--metastore",
+                metastore,
+            ])
+            .args(["--source", &example(), "--data-dir"])
+            .arg(data)
+            .args(["--", "python3", "train.py", "--epochs", "2"]),
+    );
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+#[test]
+fn run_sends_metrics_params_and_status_to_an_mlflow_tracking_server() {
+    let server = crate::harness::mlflow::MlflowServer::start();
+    let data = tempfile::tempdir().unwrap();
+    run_example_into(
+        &format!("mlflow+{}", server.uri()),
+        "exp-run-mlflow",
+        data.path(),
+    );
+    // The run is in the experiment named after the experiment id, as the sidecar makes it.
+    let read = server.read("exp-run-mlflow");
+    let runs = read["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{read}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "FINISHED", "{run}");
+    let metrics = run["metrics"].as_object().expect("metrics");
+    assert_eq!(metrics["epoch_loss"].as_array().unwrap().len(), 2, "{run}");
+    assert_eq!(metrics["train/loss"].as_array().unwrap().len(), 20, "{run}");
+    assert!(
+        run["params"]
+            .as_object()
+            .unwrap()
+            .contains_key("code.training-job.revision"),
+        "{run}"
+    );
+    // Nothing went into the embedded metastore instead.
+    assert!(!data.path().join("metastore.db").exists());
+}
+
+#[test]
+fn run_sends_metrics_params_and_status_to_submarines_mariadb() {
+    let db = crate::harness::mariadb::MariaDb::start_with_submarine_tables();
+    let data = tempfile::tempdir().unwrap();
+    run_example_into(&db.url(), "exp-run-maria", data.path());
+    let count = |sql: &str| db.sql(sql).trim().to_string();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM metric WHERE id = 'exp-run-maria' AND `key` = 'epoch_loss'"),
+        "2"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM metric WHERE id = 'exp-run-maria' AND `key` = 'train/loss'"),
+        "20"
+    );
+    assert_eq!(
+        count("SELECT experiment_status FROM experiment WHERE id = 'exp-run-maria'"),
+        "Succeeded"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM param WHERE id = 'exp-run-maria' \
+             AND `key` = 'code.training-job.revision'"
+        ),
+        "1"
+    );
+    assert!(!data.path().join("metastore.db").exists());
 }

@@ -263,10 +263,16 @@ fn truncated_tail_is_not_damage() {
 #[test]
 fn missing_path_and_empty_folder_are_not_found() {
     let dir = tempfile::tempdir().unwrap();
-    run(periscope()
+    let missing = run(periscope()
         .args(["tfevents", "scalars"])
-        .arg(dir.path().join("nope")))
-    .expect_code(3);
+        .arg(dir.path().join("nope")));
+    missing.expect_code(3);
+    // The hint speaks of files and folders, not of URLs, refs or object keys.
+    assert!(
+        missing.stderr.contains("no such file or folder") && !missing.stderr.contains("ref"),
+        "{}",
+        missing.stderr
+    );
     std::fs::write(dir.path().join("notes.txt"), "hi").unwrap();
     run(periscope().args(["tfevents", "scalars"]).arg(dir.path()))
         .expect_code(3)
@@ -362,4 +368,30 @@ fn tail_prints_each_scalar_once_as_files_grow_and_appear() {
     let (file, tag, step) = tail.next();
     assert!(file.starts_with("eval/events.out.tfevents."), "{file}");
     assert_eq!((tag.as_str(), step), ("acc", 7));
+}
+
+#[test]
+fn a_tag_too_long_for_a_column_is_cut_and_the_table_still_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "k".repeat(70_000);
+    let mut w = EventWriter::create(dir.path()).unwrap();
+    w.add_scalar(&long, 1, 1_700_000_000.0, ScalarValue::F32(0.5))
+        .unwrap();
+    w.add_scalar("loss", 1, 1_700_000_000.0, ScalarValue::F32(0.25))
+        .unwrap();
+    w.flush().unwrap();
+    let out = run(periscope()
+        .args(["tfevents", "scalars", "--format", "table"])
+        .arg(dir.path()));
+    out.expect_code(0);
+    let text = out.stdout;
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows.iter().any(|r| r.contains("kkk…")), "{text}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("loss") && r.ends_with("0.25")),
+        "{text}"
+    );
+    assert!(rows.iter().all(|r| r.chars().count() < 300), "{text}");
 }

@@ -37,3 +37,37 @@ pub trait Classify {
         None
     }
 }
+
+/// An error and its sources on one line, `outer: inner: innermost`, leaving out a source whose
+/// text the line already holds (many errors repeat their source in their own message).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_names_each_source_once() {
+        let io = || std::io::Error::other("disk full");
+        assert_eq!(super::chain(&Outer(io())), "outer: disk full");
+        assert_eq!(super::chain(&Repeats(io())), "outer: disk full");
+    }
+}

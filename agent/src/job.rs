@@ -30,6 +30,25 @@ impl Classify for IdentityError {
 }
 
 impl JobIdentity {
+    /// The worker's folder below a storage path: `<prefix>/<experiment>/<worker>`, where
+    /// everything this worker stores lives.
+    pub fn worker_prefix(&self, prefix: &object_store::path::Path) -> object_store::path::Path {
+        prefix
+            .clone()
+            .join(self.experiment.as_str())
+            .join(self.worker.as_str())
+    }
+
+    /// The worker's folder below a storage URL, redacted, for people: `<URL>/<experiment>/<worker>`.
+    pub fn shown_under(&self, storage: &url::Url) -> String {
+        format!(
+            "{}/{}/{}",
+            crate::redact::redact_url(storage.as_str()).trim_end_matches('/'),
+            self.experiment,
+            self.worker
+        )
+    }
+
     /// Builds the identity from flags, falling back to the environment as described above.
     pub fn resolve(
         experiment: Option<String>,
@@ -41,13 +60,7 @@ impl JobIdentity {
                 "no experiment id: --experiment-id is not given and JOB_ID is not set".into(),
             )
         })?;
-        let worker = worker.unwrap_or_else(|| {
-            worker_from(
-                env("TF_CONFIG").as_deref(),
-                env("CLUSTER_SPEC").as_deref(),
-                env("RANK").as_deref(),
-            )
-        });
+        let worker = resolve_worker(worker);
         for (what, value) in [("experiment id", &experiment), ("worker", &worker)] {
             if value.is_empty() || value.contains('/') || value == "." || value == ".." {
                 return Err(IdentityError(format!(
@@ -57,6 +70,18 @@ impl JobIdentity {
         }
         Ok(JobIdentity { experiment, worker })
     }
+}
+
+/// The worker name: `flag` when given, else derived from the environment as the module docs say.
+pub fn resolve_worker(flag: Option<String>) -> String {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    flag.unwrap_or_else(|| {
+        worker_from(
+            env("TF_CONFIG").as_deref(),
+            env("CLUSTER_SPEC").as_deref(),
+            env("RANK").as_deref(),
+        )
+    })
 }
 
 /// The worker name as the Submarine SDK derives it.

@@ -1,7 +1,8 @@
 //! The `periscope` command line: parse, configure logging, dispatch, and turn failures into a
 //! one-line message, a documented exit code and the Kubernetes termination message.
 //!
-//! Everything a command prints for people lives in `cli/`; the library never prints.
+//! Everything a command prints for people lives in `cli/`; the library never prints. Each
+//! command's flags become plain settings there, and the library assembles and runs them.
 
 mod cli;
 
@@ -34,8 +35,11 @@ use crate::cli::Failure;
 
 /// Periscope: gets code into ML training pods and ships what they produce.
 ///
-/// Run it as a pod's initContainer (`localize`), or read TensorBoard event files (`tfevents`).
-/// Every flag can also be set with the environment variable shown in its help.
+/// In a pod: `localize` as the initContainer, `exec` around the training command, `sidecar`
+/// beside it (ship logs, tf.events and metrics; save artifacts). On a VM: `run` does all three in
+/// one process. Read back what was stored with `runs`, `logs`, `metrics`, `tfevents`; save models
+/// with `artifacts`; put the binary on a shared volume with `install`. Every flag can also be set
+/// with the environment variable shown in its help.
 #[derive(Parser)]
 #[command(
     name = "periscope",
@@ -51,16 +55,20 @@ struct Cli {
     command: Command,
 }
 
+/// The help heading of the settings every command shares, shown after each command's own.
+const GLOBAL: &str = "Global options";
+
 /// Settings every command shares.
 #[derive(clap::Args)]
 struct GlobalArgs {
     /// Log line format on stderr: `text` for people, `json` for log collectors.
-    #[arg(long, global = true, env = "PERISCOPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "PERISCOPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = GLOBAL)]
     log_format: LogFormat,
     /// Log level (error, warn, info, debug, trace), or per target such as `periscope=debug,warn`.
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "PERISCOPE_LOG_LEVEL",
         default_value = "info"
     )]
@@ -70,6 +78,7 @@ struct GlobalArgs {
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "PERISCOPE_TERMINATION_LOG",
         value_name = "FILE"
     )]
@@ -88,7 +97,7 @@ enum Command {
     Localize(Box<cli::localize::LocalizeArgs>),
     /// Run the training command, capturing stdout/stderr and the exit code for the sidecar.
     Exec(cli::exec::ExecArgs),
-    /// Ship logs to object storage exactly once until the job ends, then drain (the pod's sidecar).
+    /// Ship logs, tf.events and metrics exactly once until the job ends, then drain.
     Sidecar(Box<cli::sidecar::SidecarArgs>),
     /// Save model artifacts to storage as numbered, verified saves: `push DIR`.
     Artifacts(cli::artifacts::ArtifactsArgs),
@@ -205,10 +214,15 @@ fn init_logging(global: &GlobalArgs) {
     use tracing_subscriber::util::SubscriberInitExt;
     // `Targets` reads `info` or `periscope=debug,warn` without a regex engine (which would cost the
     // static binary half a megabyte).
-    let filter: Targets = global
+    let mut filter: Targets = global
         .log_level
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    // object_store's retry lines name no host and repeat the whole error; Periscope's store client
+    // says each failed try in one short line instead. `--log-level object_store=info` shows them.
+    if !global.log_level.contains("object_store") {
+        filter = filter.with_target("object_store", LevelFilter::WARN);
+    }
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -220,6 +220,8 @@ pub struct HttpCounts {
     pub fetches: AtomicUsize,
     /// Requests refused for missing or wrong credentials.
     pub unauthorized: AtomicUsize,
+    /// Git LFS requests passed on to the LFS server (`…/info/lfs/…`).
+    pub lfs: AtomicUsize,
 }
 
 /// Git smart HTTP: `git http-backend` behind a small CGI bridge, over HTTP or HTTPS. Paths under
@@ -238,15 +240,22 @@ pub const HTTP_PASSWORD: &str = "s3cr3t-t0ken-xyzzy";
 impl GitHttp {
     /// Serves `base` over plain HTTP.
     pub fn start(base: &Path) -> GitHttp {
-        GitHttp::serve(base, None)
+        GitHttp::serve(base, None, None)
     }
 
     /// Serves `base` over HTTPS with `ca`'s leaf certificate for localhost / 127.0.0.1.
     pub fn start_tls(base: &Path, ca: &TestCa) -> GitHttp {
-        GitHttp::serve(base, Some(ca))
+        GitHttp::serve(base, Some(ca), None)
     }
 
-    fn serve(base: &Path, ca: Option<&TestCa>) -> GitHttp {
+    /// Serves `base` over plain HTTP, and passes Git LFS requests (`REPO.git/info/lfs/…`, after
+    /// the same Basic auth check under `/private/`) to the LFS server on `lfs_port`, as a hosting
+    /// service serves LFS beside its repositories.
+    pub fn start_with_lfs(base: &Path, lfs_port: u16) -> GitHttp {
+        GitHttp::serve(base, None, Some(lfs_port))
+    }
+
+    fn serve(base: &Path, ca: Option<&TestCa>, lfs: Option<u16>) -> GitHttp {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -270,11 +279,11 @@ impl GitHttp {
                     match acceptor {
                         Some(acceptor) => {
                             if let Ok(tls) = acceptor.accept(stream).await {
-                                let _ = serve_one(tls, &base, &counts).await;
+                                let _ = serve_one(tls, &base, &counts, lfs).await;
                             }
                         }
                         None => {
-                            let _ = serve_one(stream, &base, &counts).await;
+                            let _ = serve_one(stream, &base, &counts, lfs).await;
                         }
                     }
                 });
@@ -319,6 +328,7 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     base: &Path,
     counts: &HttpCounts,
+    lfs: Option<u16>,
 ) -> std::io::Result<()> {
     let mut reader = tokio::io::BufReader::new(stream);
     let mut line = String::new();
@@ -388,6 +398,29 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
         }
         None => path.to_string(),
     };
+    if let (Some(port), true) = (lfs, path_info.contains("/info/lfs/")) {
+        counts.lfs.fetch_add(1, Ordering::SeqCst);
+        // The LFS server sees the whole path (`/private/NAME.git/…` is its org and repository)
+        // and its own host, so the download links it hands out point at itself.
+        let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        for name in ["content-type", "accept"] {
+            if let Some(value) = header(name) {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        request.push_str("\r\n");
+        upstream.write_all(request.as_bytes()).await?;
+        upstream.write_all(&body).await?;
+        let mut reply = Vec::new();
+        upstream.read_to_end(&mut reply).await?;
+        stream.write_all(&reply).await?;
+        return stream.shutdown().await;
+    }
     if method == "POST" && path_info.ends_with("/git-upload-pack") {
         counts.fetches.fetch_add(1, Ordering::SeqCst);
     }
@@ -598,5 +631,68 @@ impl Sshd {
     /// sshd's log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+/// Git smart HTTP as the simplest servers answer it: `git http-backend` behind Python's
+/// `http.server` (`git_http10.py` beside this file), replying HTTP/1.0 with `Connection: close`
+/// and no Content-Length, so every reply ends when the server closes the connection.
+pub struct GitHttp10 {
+    _child: Killed,
+    pub port: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl GitHttp10 {
+    /// Serves the bare repositories in `base`.
+    pub fn start(base: &Path) -> GitHttp10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port_file = dir.path().join("port");
+        let log = dir.path().join("requests.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/harness/git_http10.py");
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(&port_file)
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("request log"))
+            .spawn()
+            .expect("cannot start python3 (tests/run installs it)");
+        let child = Killed(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let port = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the HTTP/1.0 git server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        GitHttp10 {
+            _child: child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The URL of repository `NAME.git`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}.git", self.port)
+    }
+
+    /// The requests served, one `METHOD PATH` line each.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }

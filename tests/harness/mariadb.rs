@@ -88,6 +88,11 @@ impl MariaDb {
         ])
     }
 
+    /// The same, with more `mariadbd` options (e.g. `--character-set-server=gbk`).
+    pub fn start_with_submarine_tables_and_server_args(args: &[&str]) -> MariaDb {
+        Self::start_with_args(args.iter().map(|a| a.to_string()).collect())
+    }
+
     fn start_with_args(extra_args: Vec<String>) -> MariaDb {
         let dir = tempfile::Builder::new().prefix("mdb").tempdir().unwrap();
         let status = Command::new("cp")

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use periscope::localize::record::{Entry, Record, Revision, RevisionKind};
+use periscope::localized::{Entry, Record, Revision, RevisionKind};
 
 /// The commit `record_code_revision` records, and its (redacted) repository.
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -81,6 +81,7 @@ impl MetricsSetup {
                 id: COMMIT.into(),
             },
             fingerprint: None,
+            patterns: Default::default(),
             bytes: 1,
             files: 1,
             seconds: 0.1,
@@ -221,4 +222,25 @@ pub fn run_mlflow_client_ending(port: u16, status: Option<&str>) {
         "the mlflow client failed\n{}",
         String::from_utf8_lossy(&client.stderr)
     );
+}
+
+/// Starts a run on the MLflow-compatible endpoint at 127.0.0.1:`port`, as `mlflow.start_run`
+/// does, and returns its id (the endpoint refuses run ids it did not make).
+pub fn start_endpoint_run(port: u16) -> String {
+    let reply = super::rawhttp::request(
+        port,
+        "POST",
+        "/api/2.0/mlflow/runs/create",
+        &[("Content-Type", "application/json".into())],
+        br#"{"experiment_id":"0"}"#,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = reply.body.trim();
+    // The body may come chunked: the JSON object is between the first `{` and the last `}`.
+    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    value["run"]["info"]["run_id"]
+        .as_str()
+        .expect("runs/create gives a run id")
+        .to_string()
 }

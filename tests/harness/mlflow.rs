@@ -18,11 +18,12 @@ use super::{free_port, tool};
 
 /// A tracking server. Invariant: while `process` is `Some`, it serves `port` from `db`, over
 /// HTTPS with `tls`'s leaf certificate when that is set, with runs' artifacts under
-/// `artifacts`'s root when that is set.
+/// `artifacts`'s root when that is set, else proxying them into `<dir>/artifacts` (MLflow 3's
+/// default, `mlflow-artifacts:` URIs).
 pub struct MlflowServer {
     process: Option<ServerProcess>,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     db: PathBuf,
     tls: Option<TlsFiles>,
     artifacts: Option<ArtifactStore>,
@@ -79,7 +80,7 @@ impl MlflowServer {
         let mut server = MlflowServer {
             process: None,
             port: 0,
-            _dir: dir,
+            dir,
             db,
             tls,
             artifacts,
@@ -122,13 +123,20 @@ impl MlflowServer {
             .args(["--workers", "1"])
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
             .env_remove("MLFLOW_TRACKING_URI");
-        if let Some(store) = &self.artifacts {
-            cmd.args([
-                "--default-artifact-root",
-                &store.root,
-                "--no-serve-artifacts",
-            ])
-            .envs(store.env.iter().map(|(k, v)| (k, v)));
+        match &self.artifacts {
+            Some(store) => {
+                cmd.args([
+                    "--default-artifact-root",
+                    &store.root,
+                    "--no-serve-artifacts",
+                ])
+                .envs(store.env.iter().map(|(k, v)| (k, v)));
+            }
+            // Proxied (MLflow 3's default), into the temp folder rather than the current one.
+            None => {
+                cmd.arg("--artifacts-destination")
+                    .arg(self.dir.path().join("artifacts"));
+            }
         }
         if let Some(tls) = &self.tls {
             cmd.arg("--uvicorn-opts").arg(format!(
@@ -171,8 +179,8 @@ impl MlflowServer {
 
     /// The single run of experiment `name` as the real mlflow client shows it to a user, with
     /// its artifacts (`tests/python/mlflow_artifacts.py`): `{"run_id", "artifact_uri", "tags",
-    /// "files": {path: size}}`, every artifact file listed recursively; any there are are
-    /// downloaded into `download`.
+    /// "params", "files": {path: size}}`, every artifact file listed recursively; any there are
+    /// are downloaded into `download`.
     pub fn read_artifacts(&self, name: &str, download: &std::path::Path) -> Value {
         self.client_script(
             "mlflow_artifacts.py",
@@ -180,33 +188,32 @@ impl MlflowServer {
         )
     }
 
+    /// As [`read_artifacts`](Self::read_artifacts), for the run named `run_name` of an
+    /// experiment that holds several.
+    pub fn read_run_artifacts(
+        &self,
+        name: &str,
+        run_name: &str,
+        download: &std::path::Path,
+    ) -> Value {
+        self.client_script(
+            "mlflow_artifacts.py",
+            &[name.as_ref(), download.as_os_str(), run_name.as_ref()],
+        )
+    }
+
     /// Runs a script of `tests/python` with the mlflow venv's python, as `SCRIPT URI ARGS…`, in
     /// an environment that reaches this server (and its artifact store), and parses the JSON it
     /// prints.
     fn client_script(&self, script: &str, args: &[&std::ffi::OsStr]) -> Value {
-        let mut cmd = Command::new(tool("venv-mlflow/bin/python"));
+        let mut cmd = mlflow_python(script);
         if let Some(tls) = &self.tls {
             cmd.env("MLFLOW_TRACKING_SERVER_CERT_PATH", &tls.ca);
         }
         if let Some(store) = &self.artifacts {
             cmd.envs(store.env.iter().map(|(k, v)| (k, v)));
         }
-        let out = cmd
-            .arg(super::python::script(script))
-            .arg(self.uri())
-            .args(args)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env_remove("MLFLOW_TRACKING_URI")
-            .env_remove("MLFLOW_RUN_ID")
-            .output()
-            .expect("cannot start the mlflow venv's python");
-        assert!(
-            out.status.success(),
-            "{script} failed\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{script} did not print JSON: {e}"))
+        json_of(cmd.arg(self.uri()).args(args), script)
     }
 
     /// Polls [`read`](Self::read) until `done` holds or `limit` passes; returns the last read.
@@ -220,4 +227,40 @@ impl MlflowServer {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// The mlflow venv's python running `tests/python/<script>`, with no MLflow settings inherited
+/// and MLflow's telemetry off (tests only ever contact 127.0.0.1).
+pub fn mlflow_python(script: &str) -> Command {
+    let mut cmd = Command::new(tool("venv-mlflow/bin/python"));
+    cmd.arg(super::python::script(script))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .env("DO_NOT_TRACK", "true")
+        .env_remove("MLFLOW_TRACKING_URI")
+        .env_remove("MLFLOW_RUN_ID")
+        .env_remove("MLFLOW_EXPERIMENT_NAME");
+    cmd
+}
+
+/// Runs `cmd` (a script of `tests/python`) and parses the JSON object it prints last; panics
+/// with its stderr when it fails.
+pub fn json_of(cmd: &mut Command, script: &str) -> Value {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed ({})\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{script} did not print JSON ({e}): {stdout}"))
 }

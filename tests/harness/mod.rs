@@ -9,11 +9,14 @@ use std::process::{Command, Output};
 
 pub mod archive;
 pub mod http_server;
+pub mod localize;
 pub mod proxy;
 pub mod python;
 pub mod tls;
 // Git servers (daemon, smart HTTP, sshd) for tests/localize_git.rs.
 pub mod git;
+// Git LFS (giftless) for tests/localize_git.rs.
+pub mod lfs;
 
 /// Spawns `cmd` with piped stdout and stderr, waits (at most `limit`) until the command it wraps
 /// has created `ready`, sends the child SIGTERM and returns its output.
@@ -45,11 +48,22 @@ pub fn periscope() -> Command {
     cmd.env_remove("PERISCOPE_SOURCE")
         .env_remove("PERISCOPE_DEST")
         .env_remove("GIT_SYNC_REPO")
+        .env_remove("GITSYNC_REPO")
         // A developer's MLflow settings would send the sidecar's metrics to their server.
         .env_remove("MLFLOW_TRACKING_URI")
         .env_remove("MLFLOW_RUN_ID")
         .env_remove("MLFLOW_EXPERIMENT_NAME")
         .env("PERISCOPE_TERMINATION_LOG", "/dev/null")
+        // A developer's proxy would see (or refuse) the tests' requests to 127.0.0.1; the proxy
+        // tests set their own.
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
         // Sidecars started in parallel must not fight over the default 127.0.0.1:9090; a test that
         // probes the endpoint passes its own --listen.
         .env("PERISCOPE_LISTEN", "127.0.0.1:0")
@@ -158,9 +172,12 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 pub mod azurite;
+pub mod gcs;
 pub mod mariadb;
 pub mod metrics;
 pub mod mlflow;
 pub mod process;
 pub mod rawhttp;
 pub mod s3;
+pub mod tinyproxy;
+pub mod webhook;

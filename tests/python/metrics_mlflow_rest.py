@@ -14,6 +14,7 @@ base = sys.argv[1].rstrip("/") + "/api/2.0/mlflow/"
 
 
 def call(method, path, body=None):
+    """Prints the call's status and answer; returns the answer."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method=method,
                                  headers={"Content-Type": "application/json"})
@@ -22,8 +23,9 @@ def call(method, path, body=None):
             status, text = r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         status, text = e.code, e.read().decode()
-    print(json.dumps({"call": path, "status": status, "body": json.loads(text or "{}")}), flush=True)
-    return status
+    answer = json.loads(text or "{}")
+    print(json.dumps({"call": path, "status": status, "body": answer}), flush=True)
+    return answer
 
 
 # Wait for the endpoint.
@@ -35,19 +37,20 @@ for _ in range(200):
         time.sleep(0.05)
 
 BASE = 1_700_000_000_000
-call("POST", "runs/create", {"experiment_id": "exp-i", "start_time": BASE})
-call("POST", "runs/log-metric", {"run_id": "r", "key": "m/single", "value": float("nan"), "timestamp": BASE, "step": 0})
+created = call("POST", "runs/create", {"experiment_id": "0", "start_time": BASE})
+r = created["run"]["info"]["run_id"]
+call("POST", "runs/log-metric", {"run_id": r, "key": "m/single", "value": float("nan"), "timestamp": BASE, "step": 0})
 call("POST", "runs/log-batch", {
-    "run_id": "r",
+    "run_id": r,
     "metrics": [{"key": "m/batch", "value": i * 0.5, "timestamp": BASE + i, "step": i} for i in range(990)]
     + [{"key": "m/inf", "value": float("inf"), "timestamp": BASE, "step": 1}],
     "params": [{"key": "lr", "value": "0.01"}],
     "tags": [{"key": "mlflow.runName", "value": "x"}],
 })
-call("POST", "runs/log-parameter", {"run_id": "r", "key": "batch_size", "value": "64"})
-call("POST", "runs/set-tag", {"run_id": "r", "key": "team", "value": "ml"})
+call("POST", "runs/log-parameter", {"run_id": r, "key": "batch_size", "value": "64"})
+call("POST", "runs/set-tag", {"run_id": r, "key": "team", "value": "ml"})
 call("POST", "runs/log-batch", {
-    "run_id": "r",
+    "run_id": r,
     "metrics": [{"key": "too/many", "value": 1, "timestamp": BASE + i, "step": i} for i in range(1001)],
 })
-call("POST", "runs/update", {"run_id": "r", "status": "FINISHED"})
+call("POST", "runs/update", {"run_id": r, "status": "FINISHED"})

@@ -32,10 +32,10 @@ pub mod series;
 mod wire;
 pub mod writer;
 
-pub use discover::{discover, EventFile};
+pub use discover::{discover, discover_in, EventFile, Scope, Search};
 pub use error::TfeventsError;
 pub use events::{EventItem, EventReader, Position, ReadEvent, RecordScalars, ScalarItem};
-pub use reader::{Damage, DamageKind, Next, RecordReader, RecordRef};
+pub use reader::{Damage, DamageKind, DamageSummary, Next, RecordReader, RecordRef};
 pub use scalar::{Scalar, ScalarExtractor, ScalarRef};
 pub use series::{Series, SeriesSummary};
 pub use writer::{EventWriter, ScalarValue};

@@ -91,6 +91,43 @@ impl Damage {
     }
 }
 
+/// Damage counted over many records, so a caller can report a damaged file in one line instead of
+/// one line per record. Invariant: `first` is set exactly when `count > 0`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DamageSummary {
+    pub count: u64,
+    /// The first damage counted (where it is, and what).
+    pub first: Option<Damage>,
+}
+
+impl DamageSummary {
+    /// Counts one damaged record.
+    pub fn add(&mut self, damage: Damage) {
+        self.count += 1;
+        self.first.get_or_insert(damage);
+    }
+
+    /// True when nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Returns what was counted and starts counting afresh.
+    pub fn take(&mut self) -> DamageSummary {
+        std::mem::take(self)
+    }
+}
+
+impl fmt::Display for DamageSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.count, self.first) {
+            (_, None) => write!(f, "no damaged records"),
+            (1, Some(first)) => write!(f, "1 damaged record: {first}"),
+            (n, Some(first)) => write!(f, "{n} damaged records, the first: {first}"),
+        }
+    }
+}
+
 /// One good record and where it lies in the file: `offset..end` is the whole frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {

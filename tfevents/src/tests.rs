@@ -172,6 +172,36 @@ fn flipped_data_byte_skips_that_record_only() {
 }
 
 #[test]
+fn a_damage_summary_counts_records_and_names_the_first() {
+    let (mut bytes, _) = sample_file();
+    let starts = record_starts(&bytes);
+    for &start in &starts[1..3] {
+        bytes[start + framing::HEADER_LEN] ^= 0x01;
+    }
+    let mut r = RecordReader::new(Cursor::new(bytes), 0).unwrap();
+    let mut summary = DamageSummary::default();
+    assert_eq!(summary.to_string(), "no damaged records");
+    loop {
+        match r.next_record().unwrap() {
+            Next::Skipped(d) => summary.add(d),
+            Next::Record(_) => {}
+            Next::Pending | Next::Stopped(_) => break,
+        }
+    }
+    assert_eq!(summary.count, 2);
+    assert_eq!(summary.first.map(|d| d.offset), Some(starts[1] as u64));
+    let line = summary.take().to_string();
+    assert!(
+        line.starts_with(&format!(
+            "2 damaged records, the first: record at byte {}",
+            starts[1]
+        )),
+        "{line}"
+    );
+    assert!(summary.is_empty(), "take starts afresh");
+}
+
+#[test]
 fn flipped_length_byte_stops_the_file() {
     let (mut bytes, records) = sample_file();
     let starts = record_starts(&bytes);

@@ -5,7 +5,7 @@
 //! It is an accelerator, never a second opinion. It accepts only records it can show prost
 //! decodes, and reads them exactly as prost would (the last of a repeated singular field wins,
 //! the first element of a repeated field is the first on the wire). Anything else is
-//! [`None`], "unsure", and the caller decodes that record with prost as before: file versions,
+//! [`None`], "unsure", and the caller decodes that record with prost instead: file versions,
 //! session logs, groups, a oneof or an optional message set twice, a known field with another
 //! wire type, invalid UTF-8, a varint or length prost would refuse. So damage is judged by prost
 //! alone. The tests compare the two readers on written, generated and mutated records.

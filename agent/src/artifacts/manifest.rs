@@ -14,6 +14,9 @@ use sha2::{Digest, Sha256};
 /// The manifest's object name inside a save folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The claim object of a save: created first, by the push that writes the save.
+pub const CLAIM_FILE: &str = ".claim";
+
 /// The folder below a save that holds the files whose path would take a name the save itself
 /// uses (see [`object_name`]).
 pub const ESCAPED_DIR: &str = ".periscope-user";
@@ -24,7 +27,7 @@ pub const ESCAPED_DIR: &str = ".periscope-user";
 /// name below `ESCAPED_DIR` is never a path kept as it is.
 pub fn object_name(path: &str) -> std::borrow::Cow<'_, str> {
     let first = path.split('/').next().unwrap_or_default();
-    if path == MANIFEST_FILE || path == super::saves::CLAIM_FILE || first == ESCAPED_DIR {
+    if path == MANIFEST_FILE || path == CLAIM_FILE || first == ESCAPED_DIR {
         std::borrow::Cow::Owned(format!("{ESCAPED_DIR}/{path}"))
     } else {
         std::borrow::Cow::Borrowed(path)

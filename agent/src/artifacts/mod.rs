@@ -9,19 +9,17 @@
 //! * [`saves`]: the saves already stored under a worker's `artifacts/`;
 //! * [`upload`]: one file to one object (multipart above a size), re-read if it changes meanwhile;
 //! * [`push`]: the whole push, idempotent and resumable;
+//! * [`target`]: a worker's storage location, and pushing several folders there;
 //! * [`verify`]: checking a save against its manifest when it is loaded back (`localize`);
-//! * [`record`]: what a completed save tells the metastore;
-//! * [`mirror`]: copying a save into an MLflow run's artifacts in the same object store.
 //!
 //! Stores come only from [`crate::storage`]. This module never prints and never writes into the
 //! folder it saves.
 
 pub mod manifest;
-pub mod mirror;
 pub mod push;
-pub mod record;
 pub mod saves;
 pub mod state;
+pub mod target;
 pub mod upload;
 pub mod verify;
 pub mod walk;
@@ -33,6 +31,7 @@ use crate::storage::StorageError;
 
 pub use manifest::{FileEntry, Manifest, Skipped, MANIFEST_FILE};
 pub use push::{push, PushConfig, PushOutcome};
+pub use target::{PushTuning, Target};
 
 /// The folder under a worker's prefix that holds its saves.
 pub const ARTIFACTS_DIR: &str = "artifacts";

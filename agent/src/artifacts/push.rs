@@ -125,248 +125,330 @@ pub(crate) fn under(prefix: &Path, rel: &str) -> Path {
 
 /// Pushes `dir` as described in the module docs.
 pub async fn push(dir: &FsPath, cfg: &PushConfig) -> Result<PushOutcome, ArtifactsError> {
-    let root = dir.to_path_buf();
-    let walked = tokio::task::spawn_blocking(move || walk::walk(&root))
+    let (mut push, walked) = Push::start(dir, cfg).await?;
+    let stored = saves::list(&cfg.store, cfg.service, &push.base).await?;
+    let hashed = push.pre_hash(walked.files, &stored).await?;
+    if let Some(outcome) = push.unchanged(&stored, &hashed, &walked.skipped).await? {
+        return Ok(outcome);
+    }
+    let (n, resumed) = push.claim(&stored, &hashed).await?;
+    let (entries, tally) = push.store_files(n, &hashed, &stored).await?;
+    push.write_manifest(n, Manifest::new(n, entries, walked.skipped), tally, resumed)
         .await
-        .map_err(|e| ArtifactsError::Task(e.to_string()))??;
-    let base = cfg.base();
-    let shown_base = cfg.shown_base();
-    let canonical = std::fs::canonicalize(dir).map_err(|error| ArtifactsError::Read {
-        path: dir.to_path_buf(),
-        error,
-    })?;
-    let state_path = PushState::path(&cfg.state_dir, &canonical, &shown_base);
-    let mut state = PushState::load(&state_path, &shown_base);
-    let save_state = |state: &PushState| {
-        state
-            .save(&state_path)
-            .map_err(|error| ArtifactsError::State {
-                path: state_path.clone(),
-                error,
-            })
-    };
+}
 
-    // Only a file the previous complete save may already hold (one of the same size there) is
-    // hashed before the upload decisions: its digest decides "unchanged" and server-side copies.
-    // Any other file must be sent anyway, and its digest comes from the bytes the upload reads, so
-    // a fresh push reads every byte once, not twice.
-    let stored = saves::list(&cfg.store, cfg.service, &base).await?;
-    let sizes_before: std::collections::HashSet<u64> = stored
-        .latest
-        .as_ref()
-        .map(|(_, m, _)| m.files.iter().map(|f| f.size).collect())
-        .unwrap_or_default();
-    let hashed: Vec<(LocalFile, Option<String>)> = futures::stream::iter(walked.files)
-        .map(|f| {
-            let cached = state.cached_sha(&f.rel, &f.stamp).map(str::to_string);
-            let wanted = sizes_before.contains(&f.stamp.size);
-            let attempts = cfg.attempts;
-            async move {
-                if cached.is_some() || !wanted {
-                    return Ok((f, cached));
+/// One push in progress, phase by phase. Invariant: after each phase, the state file at
+/// `state_path` says what `state` says.
+struct Push<'a> {
+    cfg: &'a PushConfig,
+    /// `<worker prefix>/artifacts`.
+    base: Path,
+    shown_base: String,
+    state_path: PathBuf,
+    state: PushState,
+}
+
+/// The walked folder's files, each with its sha256 when it was hashed before the uploads.
+type Hashes = Vec<(LocalFile, Option<String>)>;
+
+impl<'a> Push<'a> {
+    /// Walks the folder and loads the state a killed push of it left.
+    async fn start(
+        dir: &FsPath,
+        cfg: &'a PushConfig,
+    ) -> Result<(Push<'a>, walk::Walked), ArtifactsError> {
+        let root = dir.to_path_buf();
+        let walked = tokio::task::spawn_blocking(move || walk::walk(&root))
+            .await
+            .map_err(|e| ArtifactsError::Task(e.to_string()))??;
+        let shown_base = cfg.shown_base();
+        let canonical = std::fs::canonicalize(dir).map_err(|error| ArtifactsError::Read {
+            path: dir.to_path_buf(),
+            error,
+        })?;
+        let state_path = PushState::path(&cfg.state_dir, &canonical, &shown_base);
+        let state = PushState::load(&state_path, &shown_base);
+        let push = Push {
+            cfg,
+            base: cfg.base(),
+            shown_base,
+            state_path,
+            state,
+        };
+        Ok((push, walked))
+    }
+
+    fn save_state(&self) -> Result<(), ArtifactsError> {
+        write_state(&self.state, &self.state_path)
+    }
+
+    /// Hashes only the files the previous complete save may already hold (one of the same size
+    /// there): their digests decide "unchanged" and server-side copies. Any other file must be
+    /// sent anyway, and its digest comes from the bytes the upload reads, so a fresh push reads
+    /// every byte once, not twice. Sorted by path.
+    async fn pre_hash(
+        &self,
+        files: Vec<LocalFile>,
+        stored: &saves::Saves,
+    ) -> Result<Hashes, ArtifactsError> {
+        let cfg = self.cfg;
+        let sizes_before: std::collections::HashSet<u64> = stored
+            .latest
+            .as_ref()
+            .map(|(_, m, _)| m.files.iter().map(|f| f.size).collect())
+            .unwrap_or_default();
+        let mut hashed: Hashes = futures::stream::iter(files)
+            .map(|f| {
+                let cached = self.state.cached_sha(&f.rel, &f.stamp).map(str::to_string);
+                let wanted = sizes_before.contains(&f.stamp.size);
+                let attempts = cfg.attempts;
+                async move {
+                    if cached.is_some() || !wanted {
+                        return Ok((f, cached));
+                    }
+                    tokio::task::spawn_blocking(move || {
+                        let (sha, stamp) = upload::hash_stable(&f.path, attempts)?;
+                        Ok::<_, ArtifactsError>((LocalFile { stamp, ..f }, Some(sha)))
+                    })
+                    .await
+                    .map_err(|e| ArtifactsError::Task(e.to_string()))?
                 }
-                tokio::task::spawn_blocking(move || {
-                    let (sha, stamp) = upload::hash_stable(&f.path, attempts)?;
-                    Ok::<_, ArtifactsError>((LocalFile { stamp, ..f }, Some(sha)))
-                })
-                .await
-                .map_err(|e| ArtifactsError::Task(e.to_string()))?
-            }
-        })
-        .buffer_unordered(cfg.concurrency.max(1))
-        .try_collect()
-        .await?;
-    let mut hashed = hashed;
-    hashed.sort_by(|a, b| a.0.rel.cmp(&b.0.rel));
-
-    // A file without a digest has a size the latest save does not hold, so the content differs.
-    let planned: Option<Manifest> = hashed
-        .iter()
-        .map(|(f, sha)| {
-            sha.as_ref()
-                .map(|sha| FileEntry::new(f.rel.clone(), f.stamp.size, sha.clone(), None))
-        })
-        .collect::<Option<Vec<_>>>()
-        .map(|files| Manifest::new(0, files, walked.skipped.clone()));
-    if let (Some((n, latest, bytes)), Some(planned)) = (&stored.latest, &planned) {
-        if latest.content_digest() == planned.content_digest() {
-            tracing::info!(save = n, "content equals the latest save; nothing to store");
-            // Keep the digests as a cache, but no save is unfinished any more.
-            let mut kept = state.clone();
-            kept.save = None;
-            kept.claim = None;
-            forget_uploads(cfg, &mut kept).await;
-            remember(&mut kept, &hashed);
-            for k in kept.files.values_mut() {
-                k.stored = false;
-            }
-            save_state(&kept)?;
-            return Ok(PushOutcome {
-                save: *n,
-                url: format!("{shown_base}/{n}/"),
-                manifest_sha256: sha256_hex(bytes),
-                files: latest.files.len() as u64,
-                bytes: latest.bytes(),
-                skipped: latest.skipped.clone(),
-                unchanged: true,
-                resumed: false,
-                sent: 0,
-                copied: 0,
-                already_stored: 0,
-                reused_parts: 0,
-                reused_bytes: 0,
-            });
-        }
+            })
+            .buffer_unordered(cfg.concurrency.max(1))
+            .try_collect()
+            .await?;
+        hashed.sort_by(|a, b| a.0.rel.cmp(&b.0.rel));
+        Ok(hashed)
     }
 
-    // Which save: the unfinished one this push claimed before it was interrupted, if it is
-    // still the highest, else the next number no other push has claimed.
-    let highest = stored.highest.unwrap_or(0);
-    let mut resume = state
-        .save
-        .filter(|s| *s == highest && *s > 0 && !stored.is_complete(*s));
-    if let (Some(s), Some(token)) = (resume, state.claim.clone()) {
-        if !saves::claim(&cfg.store, cfg.service, &base, s, &token).await? {
-            tracing::info!(
-                save = s,
-                "the unfinished save belongs to another push; starting a new one"
-            );
-            resume = None;
+    /// When the content equals the latest complete save, records that no save is unfinished and
+    /// returns its outcome: nothing is stored. A file without a digest has a size the latest save
+    /// does not hold, so then the content differs.
+    async fn unchanged(
+        &mut self,
+        stored: &saves::Saves,
+        hashed: &Hashes,
+        skipped: &[Skipped],
+    ) -> Result<Option<PushOutcome>, ArtifactsError> {
+        let Some((n, latest, bytes)) = &stored.latest else {
+            return Ok(None);
+        };
+        let planned = hashed
+            .iter()
+            .map(|(f, sha)| {
+                sha.as_ref()
+                    .map(|sha| FileEntry::new(f.rel.clone(), f.stamp.size, sha.clone(), None))
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|files| Manifest::new(0, files, skipped.to_vec()));
+        if planned.is_none_or(|p| latest.content_digest() != p.content_digest()) {
+            return Ok(None);
         }
+        tracing::info!(save = n, "content equals the latest save; nothing to store");
+        // Keep the digests as a cache, but no save is unfinished any more.
+        self.state.save = None;
+        self.state.claim = None;
+        forget_uploads(self.cfg, &mut self.state).await;
+        remember(&mut self.state, hashed);
+        for k in self.state.files.values_mut() {
+            k.stored = false;
+        }
+        self.save_state()?;
+        Ok(Some(PushOutcome {
+            save: *n,
+            url: format!("{}/{n}/", self.shown_base),
+            manifest_sha256: sha256_hex(bytes),
+            files: latest.files.len() as u64,
+            bytes: latest.bytes(),
+            skipped: latest.skipped.clone(),
+            unchanged: true,
+            resumed: false,
+            sent: 0,
+            copied: 0,
+            already_stored: 0,
+            reused_parts: 0,
+            reused_bytes: 0,
+        }))
     }
-    let n = match resume {
-        Some(s) => s,
-        None => {
-            for k in state.files.values_mut() {
-                k.stored = false;
+
+    /// Chooses the save: the unfinished one this push claimed before it was interrupted, if it
+    /// is still the highest, else the next number no other push has claimed. Returns it and
+    /// whether it continues an interrupted push; the state names it from now on.
+    async fn claim(
+        &mut self,
+        stored: &saves::Saves,
+        hashed: &Hashes,
+    ) -> Result<(u64, bool), ArtifactsError> {
+        let cfg = self.cfg;
+        let highest = stored.highest.unwrap_or(0);
+        let mut resume = self
+            .state
+            .save
+            .filter(|s| *s == highest && *s > 0 && !stored.is_complete(*s));
+        if let (Some(s), Some(token)) = (resume, self.state.claim.clone()) {
+            if !saves::claim(&cfg.store, cfg.service, &self.base, s, &token).await? {
+                tracing::info!(
+                    save = s,
+                    "the unfinished save belongs to another push; starting a new one"
+                );
+                resume = None;
             }
-            forget_uploads(cfg, &mut state).await;
-            let (n, token) = claim_next(cfg, &base, highest).await?;
-            state.claim = Some(token);
-            n
         }
-    };
-    state.save = Some(n);
-    remember(&mut state, &hashed);
-    save_state(&state)?;
-    tracing::info!(
-        save = n,
-        resumed = resume.is_some(),
-        files = hashed.len(),
-        "pushing artifacts"
-    );
-
-    // Files the previous complete save holds, by digest: copied server-side instead of sent.
-    let previous: HashMap<&str, &FileEntry> = stored
-        .latest
-        .as_ref()
-        .map(|(_, m, _)| m.files.iter().map(|f| (f.sha256.as_str(), f)).collect())
-        .unwrap_or_default();
-    let previous_n = stored.latest.as_ref().map(|(p, _, _)| *p);
-
-    let opts = UploadOptions {
-        multipart_above: cfg.multipart_above,
-        part_size: cfg.part_size.max(1),
-        concurrency: cfg.concurrency.max(1),
-        attempts: cfg.attempts.max(1),
-    };
-    let mut entries: Vec<FileEntry> = Vec::with_capacity(hashed.len());
-    let mut tally = Tally::default();
-    let (small, large): (Vec<_>, Vec<_>) = hashed
-        .iter()
-        .partition(|(f, _)| f.stamp.size <= cfg.multipart_above);
-    // Decided before any upload starts, so the state can be updated while they run.
-    let prev = previous_n.map(|p| (p, &previous));
-    let mut batch = Batch::default();
-
-    let small_jobs: Vec<Job> = small
-        .into_iter()
-        .map(|fs| make_job(&state, fs, &base, n, prev))
-        .collect();
-    let mut results = futures::stream::iter(small_jobs)
-        .map(|j| {
-            let opts = &opts;
-            async move {
-                let how = store_one(cfg, &j, opts, None).await?;
-                Ok::<_, ArtifactsError>((j.file.rel.clone(), how))
+        let n = match resume {
+            Some(s) => s,
+            None => {
+                for k in self.state.files.values_mut() {
+                    k.stored = false;
+                }
+                forget_uploads(cfg, &mut self.state).await;
+                let (n, token) = claim_next(cfg, &self.base, highest).await?;
+                self.state.claim = Some(token);
+                n
             }
-        })
-        .buffer_unordered(cfg.concurrency.max(1));
-    while let Some(result) = results.next().await {
-        let (rel, (how, stored)) = result?;
-        tally.count(&how, &stored);
-        record_stored(&mut state, &mut entries, rel, stored);
-        if batch.due() {
-            save_state(&state)?;
-        }
+        };
+        self.state.save = Some(n);
+        remember(&mut self.state, hashed);
+        self.save_state()?;
+        tracing::info!(
+            save = n,
+            resumed = resume.is_some(),
+            files = hashed.len(),
+            "pushing artifacts"
+        );
+        Ok((n, resume.is_some()))
     }
-    drop(results);
 
-    // One large file at a time; its parts go up in parallel and are journaled as they land.
-    for fs in large {
-        let j = make_job(&state, fs, &base, n, prev);
-        let rel = j.file.rel.clone();
-        let left = state.uploads.get(&rel).cloned();
-        let how = {
+    /// Stores every file into save `n`: copied server-side when the previous complete save holds
+    /// its digest, else sent; many small files at once, then one large file at a time with its
+    /// parts in parallel, journaled as they land. Returns the manifest's entries.
+    async fn store_files(
+        &mut self,
+        n: u64,
+        hashed: &Hashes,
+        stored: &saves::Saves,
+    ) -> Result<(Vec<FileEntry>, Tally), ArtifactsError> {
+        let cfg = self.cfg;
+        let previous: HashMap<&str, &FileEntry> = stored
+            .latest
+            .as_ref()
+            .map(|(_, m, _)| m.files.iter().map(|f| (f.sha256.as_str(), f)).collect())
+            .unwrap_or_default();
+        let prev = stored.latest.as_ref().map(|(p, _, _)| (*p, &previous));
+        let opts = UploadOptions {
+            multipart_above: cfg.multipart_above,
+            part_size: cfg.part_size.max(1),
+            concurrency: cfg.concurrency.max(1),
+            attempts: cfg.attempts.max(1),
+        };
+        let mut entries: Vec<FileEntry> = Vec::with_capacity(hashed.len());
+        let mut tally = Tally::default();
+        let (small, large): (Vec<_>, Vec<_>) = hashed
+            .iter()
+            .partition(|(f, _)| f.stamp.size <= cfg.multipart_above);
+        // Decided before any upload starts, so the state can be updated while they run.
+        let small_jobs: Vec<Job> = small
+            .into_iter()
+            .map(|fs| make_job(&self.state, fs, &self.base, n, prev))
+            .collect();
+        let mut batch = Batch::default();
+        let mut results = futures::stream::iter(small_jobs)
+            .map(|j| {
+                let opts = &opts;
+                async move {
+                    let how = store_one(cfg, &j, opts, None).await?;
+                    Ok::<_, ArtifactsError>((j.file.rel.clone(), how))
+                }
+            })
+            .buffer_unordered(cfg.concurrency.max(1));
+        while let Some(result) = results.next().await {
+            let (rel, (how, stored)) = result?;
+            tally.count(&how, &stored);
+            record_stored(&mut self.state, &mut entries, rel, stored);
+            if batch.due() {
+                self.save_state()?;
+            }
+        }
+        drop(results);
+        for fs in large {
+            let j = make_job(&self.state, fs, &self.base, n, prev);
+            let rel = j.file.rel.clone();
+            let left = self.state.uploads.get(&rel).cloned();
+            let (state, state_path) = (&mut self.state, &self.state_path);
             let mut journal = |u: Option<&Unfinished>| {
                 match u {
                     Some(u) => state.uploads.insert(rel.clone(), u.clone()),
                     None => state.uploads.remove(&rel),
                 };
-                save_state(&state)
+                write_state(state, state_path)
             };
             let resumable = cfg.parts.clone().map(|parts| Resumable {
                 parts,
                 left,
                 journal: &mut journal,
             });
-            store_one(cfg, &j, &opts, resumable).await?
-        };
-        let (how, stored) = how;
-        tally.count(&how, &stored);
-        record_stored(&mut state, &mut entries, rel, stored);
-        save_state(&state)?;
+            let (how, stored) = store_one(cfg, &j, &opts, resumable).await?;
+            tally.count(&how, &stored);
+            record_stored(&mut self.state, &mut entries, rel, stored);
+            self.save_state()?;
+        }
+        self.save_state()?;
+        Ok((entries, tally))
     }
-    save_state(&state)?;
 
-    // The manifest, last: its presence is what makes the save complete.
-    let manifest = Manifest::new(n, entries, walked.skipped);
-    let bytes = manifest.to_bytes();
-    let manifest_key = base.clone().join(n.to_string()).join(MANIFEST_FILE);
-    cfg.store
-        .put(&manifest_key, PutPayload::from(bytes.clone()))
-        .await
-        .map_err(|e| StorageError::request(cfg.service, manifest_key.to_string(), &e))?;
-    state.save = None;
-    state.claim = None;
-    for k in state.files.values_mut() {
-        k.stored = false;
+    /// Writes the manifest, last: its presence is what makes the save complete.
+    async fn write_manifest(
+        mut self,
+        n: u64,
+        manifest: Manifest,
+        tally: Tally,
+        resumed: bool,
+    ) -> Result<PushOutcome, ArtifactsError> {
+        let cfg = self.cfg;
+        let bytes = manifest.to_bytes();
+        let manifest_key = self.base.clone().join(n.to_string()).join(MANIFEST_FILE);
+        cfg.store
+            .put(&manifest_key, PutPayload::from(bytes.clone()))
+            .await
+            .map_err(|e| StorageError::request(cfg.service, manifest_key.to_string(), &e))?;
+        self.state.save = None;
+        self.state.claim = None;
+        for k in self.state.files.values_mut() {
+            k.stored = false;
+        }
+        self.save_state()?;
+        tracing::info!(
+            save = n,
+            files = manifest.files.len(),
+            bytes = manifest.bytes(),
+            sent = tally.sent,
+            copied = tally.copied,
+            already_stored = tally.already,
+            reused_parts = tally.reused_parts,
+            "artifacts saved"
+        );
+        Ok(PushOutcome {
+            save: n,
+            url: format!("{}/{n}/", self.shown_base),
+            manifest_sha256: sha256_hex(&bytes),
+            files: manifest.files.len() as u64,
+            bytes: manifest.bytes(),
+            skipped: manifest.skipped,
+            unchanged: false,
+            resumed,
+            sent: tally.sent,
+            copied: tally.copied,
+            already_stored: tally.already,
+            reused_parts: tally.reused_parts,
+            reused_bytes: tally.reused_bytes,
+        })
     }
-    save_state(&state)?;
-    tracing::info!(
-        save = n,
-        files = manifest.files.len(),
-        bytes = manifest.bytes(),
-        sent = tally.sent,
-        copied = tally.copied,
-        already_stored = tally.already,
-        reused_parts = tally.reused_parts,
-        "artifacts saved"
-    );
-    Ok(PushOutcome {
-        save: n,
-        url: format!("{shown_base}/{n}/"),
-        manifest_sha256: sha256_hex(&bytes),
-        files: manifest.files.len() as u64,
-        bytes: manifest.bytes(),
-        skipped: manifest.skipped,
-        unchanged: false,
-        resumed: resume.is_some(),
-        sent: tally.sent,
-        copied: tally.copied,
-        already_stored: tally.already,
-        reused_parts: tally.reused_parts,
-        reused_bytes: tally.reused_bytes,
+}
+
+/// Writes the push state file.
+fn write_state(state: &PushState, path: &FsPath) -> Result<(), ArtifactsError> {
+    state.save(path).map_err(|error| ArtifactsError::State {
+        path: path.to_path_buf(),
+        error,
     })
 }
 

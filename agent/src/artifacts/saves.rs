@@ -12,7 +12,7 @@ use std::sync::Arc;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use super::manifest::{Manifest, MANIFEST_FILE};
+use super::manifest::{Manifest, CLAIM_FILE, MANIFEST_FILE};
 use crate::storage::{Service, StorageError};
 
 /// What is stored. Invariant: `latest`, when set, is a complete save whose number is at most
@@ -63,9 +63,6 @@ pub async fn list(
     }
     Ok(saves)
 }
-
-/// The claim object of save `n`: created first, by the push that writes the save.
-pub const CLAIM_FILE: &str = ".claim";
 
 /// Claims save `n` for the push holding `token`: `true` when the claim is ours (made now, or by
 /// this push before it was interrupted), `false` when another push claimed `n`.

@@ -11,7 +11,7 @@ use object_store::ObjectMeta;
 
 use super::manifest::{FileEntry, Manifest};
 use super::ArtifactsError;
-use crate::localize::object::copy::Digests;
+use crate::storage::download::Digests;
 
 /// One object to fetch and where it lands. Invariant: `rel` is a safe relative path.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ fn refuse(save: &str, reason: String) -> ArtifactsError {
 fn unnamed(prefix: &Path, wanted: &[Wanted], listed: &[ObjectMeta]) -> usize {
     let own = [
         prefix.clone().join(super::manifest::MANIFEST_FILE),
-        prefix.clone().join(super::saves::CLAIM_FILE),
+        prefix.clone().join(super::manifest::CLAIM_FILE),
     ];
     let named: std::collections::HashSet<&Path> = wanted.iter().map(|w| &w.meta.location).collect();
     listed

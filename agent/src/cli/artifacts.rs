@@ -1,18 +1,9 @@
-//! `periscope artifacts push DIR`, and the `--artifacts DIR` flags that `sidecar`, `run` and
-//! `exec` share: push each folder as a numbered save, and print what each push did.
+//! `periscope artifacts push DIR`: push a folder as the next numbered save, and say what it did.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use object_store::path::Path as StorePath;
-use periscope::artifacts::{self, PushConfig, PushOutcome};
-use periscope::error::ErrorClass;
-use periscope::job::JobIdentity;
-use periscope::redact::redact_url;
-use periscope::storage::{self, Service, StoreOptions};
-use url::Url;
-
-use super::size::{human, parse_size};
+use super::save_flags::{print_saves, PushTarget, PushTuning};
 use super::Failure;
 
 const AFTER_HELP: &str = "\
@@ -36,7 +27,7 @@ pub struct ArtifactsArgs {
     command: ArtifactsCommand,
 }
 
-/// The `artifacts` subcommands (only `push` today: loading back is `periscope localize`).
+/// The `artifacts` subcommands: `push` (loading a save back is `periscope localize`).
 #[derive(clap::Subcommand)]
 enum ArtifactsCommand {
     /// Upload every file under DIR as the next save (see --help for the layout).
@@ -56,227 +47,16 @@ struct PushArgs {
     tuning: PushTuning,
 }
 
-/// Where pushes go, for the commands that have no storage of their own (`artifacts push`, `exec`).
-/// Invariant: none until [`PushTarget::open`] checks the storage and identity.
-#[derive(clap::Args, Clone)]
-pub struct PushTarget {
-    /// Where artifacts are saved: s3://bucket/prefix, gs://…, az://container/prefix,
-    /// file:///path or a folder.
-    #[arg(long, env = "PERISCOPE_STORAGE", value_name = "URL")]
-    pub storage: Option<String>,
-    /// Experiment id. [default: $JOB_ID]
-    #[arg(long, env = "PERISCOPE_EXPERIMENT_ID")]
-    pub experiment_id: Option<String>,
-    /// Worker name. [default: derived from TF_CONFIG, CLUSTER_SPEC or RANK]
-    #[arg(long, env = "PERISCOPE_WORKER")]
-    pub worker: Option<String>,
-    /// Folder for the push state that lets an interrupted push continue.
-    #[arg(
-        long,
-        env = "PERISCOPE_STATE_DIR",
-        value_name = "DIR",
-        default_value = "periscope-data/state"
-    )]
-    pub state_dir: PathBuf,
-}
-
-impl PushTarget {
-    /// Resolves the identity and opens the store (checked before any work is done).
-    pub fn open(&self) -> Result<Target, Failure> {
-        let Some(storage) = &self.storage else {
-            return Err(needs_storage());
-        };
-        let identity = JobIdentity::resolve(self.experiment_id.clone(), self.worker.clone())?;
-        let url = super::storage_url::parse(storage)?;
-        Target::open(&url, &identity, &StoreOptions::default())
-    }
-}
-
-/// How artifacts go up; shared by every command that pushes them. Invariant: concurrency is
-/// 1..=256 (clap checks it); the part size is raised to 5 MiB when smaller.
-#[derive(clap::Args, Clone)]
-pub struct PushTuning {
-    /// Files (or parts of one large file) uploaded at once.
-    #[arg(long, env = "PERISCOPE_ARTIFACTS_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub artifacts_concurrency: u16,
-    /// Part size of multipart uploads, at least 5MiB; larger files use them, and at most
-    /// concurrency × part size bytes are held in memory.
-    #[arg(long, env = "PERISCOPE_ARTIFACTS_PART_SIZE", default_value = "8MiB", value_parser = parse_size)]
-    pub artifacts_part_size: u64,
-}
-
-/// `--artifacts DIR` for `sidecar`, `run` and `exec`. Invariant: none (an empty list means no
-/// artifacts; empty values from the environment are dropped by [`ArtifactsFlags::dirs`]).
-#[derive(clap::Args, Clone)]
-pub struct ArtifactsFlags {
-    /// Folder of model artifacts to save to <storage>/<experiment>/<worker>/artifacts/<n>/ when
-    /// the main command ends (repeatable; see `periscope artifacts push --help`).
-    #[arg(
-        long = "artifacts",
-        env = "PERISCOPE_ARTIFACTS",
-        value_delimiter = ' ',
-        value_name = "DIR"
-    )]
-    pub artifacts: Vec<PathBuf>,
-    #[command(flatten)]
-    pub tuning: PushTuning,
-}
-
-impl ArtifactsFlags {
-    /// The folders given (empty values dropped).
-    pub fn dirs(&self) -> Vec<PathBuf> {
-        self.artifacts
-            .iter()
-            .filter(|d| !d.as_os_str().is_empty())
-            .cloned()
-            .collect()
-    }
-}
-
 /// Runs `periscope artifacts`.
 pub async fn run(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
     match args.command {
         ArtifactsCommand::Push(p) => {
             let target = p.to.open()?;
-            push_dirs(&[p.dir], &target, &p.to.state_dir, &p.tuning).await?;
+            let saves = target
+                .push_all(&[p.dir], &p.to.state_dir, p.tuning.settings())
+                .await?;
+            print_saves(&saves);
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// A worker's storage location. Invariant: `prefix` is `<storage path>/<experiment>/<worker>`.
-pub struct Target {
-    store: std::sync::Arc<dyn object_store::ObjectStore>,
-    /// The same store's multipart interface, so a killed push continues a large file's upload.
-    parts: Option<std::sync::Arc<dyn object_store::multipart::MultipartStore>>,
-    service: Service,
-    prefix: StorePath,
-    shown: String,
-}
-
-impl Target {
-    /// Opens the store of `url` for `identity`.
-    pub fn open(
-        url: &Url,
-        identity: &JobIdentity,
-        options: &StoreOptions,
-    ) -> Result<Target, Failure> {
-        let opened = storage::open_parts(url, options)?;
-        let path = opened.path;
-        let service = Service::from_scheme(url.scheme()).unwrap_or(Service::Local);
-        Ok(Target {
-            store: opened.objects,
-            parts: opened.parts,
-            service,
-            prefix: super::sidecar::join(&path, &[&identity.experiment, &identity.worker]),
-            shown: format!(
-                "{}/{}/{}",
-                redact_url(url.as_str()).trim_end_matches('/'),
-                identity.experiment,
-                identity.worker
-            ),
-        })
-    }
-}
-
-/// Pushes each folder and prints a line per save; returns the outcomes in order.
-pub async fn push_dirs(
-    dirs: &[PathBuf],
-    target: &Target,
-    state_dir: &Path,
-    tuning: &PushTuning,
-) -> Result<Vec<PushOutcome>, Failure> {
-    // S3 refuses parts under 5 MiB (but the last one).
-    let part = usize::try_from(tuning.artifacts_part_size.max(5 << 20)).unwrap_or(usize::MAX);
-    let mut outcomes = Vec::with_capacity(dirs.len());
-    for dir in dirs {
-        let mut cfg = PushConfig::new(
-            target.store.clone(),
-            target.service,
-            target.prefix.clone(),
-            target.shown.clone(),
-            state_dir.to_path_buf(),
-        );
-        cfg.parts = target.parts.clone();
-        cfg.concurrency = usize::from(tuning.artifacts_concurrency);
-        cfg.part_size = part;
-        // One PUT up to a part's size: in-flight memory stays under concurrency × part size.
-        cfg.multipart_above = part as u64;
-        let outcome = artifacts::push(dir, &cfg).await?;
-        eprintln!("{}", describe(dir, &outcome));
-        outcomes.push(outcome);
-    }
-    Ok(outcomes)
-}
-
-/// `1,234`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The line printed for one push.
-fn describe(dir: &Path, o: &PushOutcome) -> String {
-    let what = format!(
-        "{} files, {}, manifest sha256 {}",
-        thousands(o.files),
-        human(o.bytes),
-        o.manifest_sha256
-    );
-    let mut line = if o.unchanged {
-        format!(
-            "{}: unchanged, identical to save {} ({what}) at {}",
-            dir.display(),
-            o.save,
-            o.url
-        )
-    } else {
-        format!(
-            "{}: save {}: {what} at {}; {} sent, {} copied from the previous save, {} already stored{}",
-            dir.display(),
-            o.save,
-            o.url,
-            thousands(o.sent),
-            thousands(o.copied),
-            thousands(o.already_stored),
-            if o.resumed { " (continued an interrupted push)" } else { "" }
-        )
-    };
-    if o.reused_parts > 0 {
-        line.push_str(&format!(
-            "\n  {} parts ({}) of large files were stored by the interrupted push and not sent again",
-            thousands(o.reused_parts),
-            human(o.reused_bytes)
-        ));
-    }
-    for s in &o.skipped {
-        line.push_str(&format!("\n  skipped {}: {}", s.path, s.reason));
-    }
-    line
-}
-
-/// A usage failure for a push without a storage to push to.
-fn needs_storage() -> Failure {
-    Failure::new(
-        ErrorClass::Usage,
-        "saving artifacts needs --storage (or PERISCOPE_STORAGE)",
-        Some("give the storage URL the artifacts are saved under".into()),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(super::thousands(0), "0");
-        assert_eq!(super::thousands(1001), "1,001");
-        assert_eq!(super::thousands(1_234_567), "1,234,567");
     }
 }

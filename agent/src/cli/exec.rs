@@ -35,9 +35,9 @@ pub struct ExecArgs {
     )]
     capture_dir: PathBuf,
     #[command(flatten)]
-    artifacts: super::artifacts::ArtifactsFlags,
+    artifacts: super::save_flags::ArtifactsFlags,
     #[command(flatten)]
-    to: super::artifacts::PushTarget,
+    to: super::save_flags::PushTarget,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -65,48 +65,20 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
     let code = run_command(&spec).await?;
     if let Some(target) = target {
         // After the exit-code file: a sidecar may drain meanwhile; the save is this process's.
-        super::artifacts::push_dirs(&dirs, &target, &args.to.state_dir, &args.artifacts.tuning)
+        let saves = target
+            .push_all(&dirs, &args.to.state_dir, args.artifacts.tuning.settings())
             .await?;
+        super::save_flags::print_saves(&saves);
     }
-    Ok(exit_code(code))
+    Ok(super::exit_code(code))
 }
 
-/// Runs the command with our own stdout and stderr passed through, and returns its exit code. A
-/// command that cannot start gets a shell's code (127 not found, 126 not executable), and the
-/// exit-code file is still written so a waiting sidecar learns that the job is over.
+/// Runs the command with our own stdout and stderr passed through, and returns its exit code.
+/// A command that cannot start gets a shell's code (127 not found, 126 not executable).
 pub async fn run_command(spec: &ExecSpec) -> Result<i32, Failure> {
-    let (out, err) = (own_stream(1)?, own_stream(2)?);
-    match exec::run(spec, out, err).await {
-        Ok(outcome) => Ok(outcome.code),
-        Err(e) => match e.shell_code() {
-            Some(code) => {
-                if let Err(w) = exec::write_exit_code(&spec.capture_dir, code) {
-                    tracing::warn!(error = %w, "cannot write the exit-code file");
-                }
-                eprintln!("error: {e}");
-                Ok(code)
-            }
-            None => Err(e.into()),
-        },
+    let ran = exec::run_here(spec).await?;
+    if let Some(e) = &ran.not_started {
+        eprintln!("error: {e}");
     }
-}
-
-/// An exit code as the process's own (codes above 255 wrap as a shell's would).
-pub fn exit_code(code: i32) -> ExitCode {
-    ExitCode::from((code & 0xff) as u8)
-}
-
-/// Our stdout (1) or stderr (2) as an async writer, on a duplicated descriptor.
-fn own_stream(fd: i32) -> Result<tokio::fs::File, Failure> {
-    use std::os::fd::BorrowedFd;
-    // SAFETY: descriptors 1 and 2 stay open for the life of the process; we only borrow them to dup.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let owned = borrowed.try_clone_to_owned().map_err(|e| {
-        Failure::new(
-            periscope::error::ErrorClass::Io,
-            format!("cannot duplicate output stream {fd}: {e}"),
-            None,
-        )
-    })?;
-    Ok(tokio::fs::File::from_std(std::fs::File::from(owned)))
+    Ok(ran.code)
 }

@@ -8,25 +8,23 @@ use std::process::ExitCode;
 use periscope::error::ErrorClass;
 use periscope::metrics::model::float;
 use periscope::metrics::sqlite::MetricFilter;
-use periscope::metrics::{MetastoreUrl, SqliteStore};
+use periscope::metrics::SqliteStore;
 
-use super::Failure;
+use super::{format, Failure};
 
 /// Read tracking metrics from the metastore.
 #[derive(clap::Args)]
 pub struct MetricsArgs {
-    /// The metastore: sqlite:///path/metastore.db. [default: sqlite://<state-dir>/metastore.db]
+    /// The metastore: its path or sqlite:///path/metastore.db. [default: <data-dir>/metastore.db,
+    /// what `periscope run` writes, else <state-dir>/metastore.db, the sidecar's]
     #[arg(long, global = true, env = "PERISCOPE_METASTORE", value_name = "URL")]
     metastore: Option<String>,
-    /// The sidecar's state folder, whose metastore.db is the default metastore.
-    #[arg(
-        long,
-        global = true,
-        env = "PERISCOPE_STATE_DIR",
-        value_name = "DIR",
-        default_value = "periscope-data/state"
-    )]
-    state_dir: PathBuf,
+    /// The folder `periscope run` and the sidecar use by default.
+    #[arg(long, global = true, env = "PERISCOPE_DATA_DIR", value_name = "DIR", default_value = super::data_dir::DEFAULT)]
+    data_dir: PathBuf,
+    /// The sidecar's state folder. [default: <data-dir>/state]
+    #[arg(long, global = true, env = "PERISCOPE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// One JSON object per line instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -38,7 +36,7 @@ pub struct MetricsArgs {
 enum MetricsCommand {
     /// List experiments; with an experiment id, list its series (key, worker, points, steps).
     ///
-    /// Example: periscope metrics ls --state-dir /periscope/state exp-42
+    /// Example: periscope metrics ls exp-42
     Ls {
         /// An experiment id.
         experiment: Option<String>,
@@ -64,75 +62,14 @@ enum MetricsCommand {
 }
 
 fn open(args: &MetricsArgs) -> Result<SqliteStore, Failure> {
-    let url = match &args.metastore {
-        Some(url) => MetastoreUrl::parse(url)?,
-        None => MetastoreUrl::default_for(&args.state_dir),
-    };
-    match url {
-        MetastoreUrl::Sqlite(path) => Ok(SqliteStore::open_existing(&path)?),
-        MetastoreUrl::Mlflow(server) => Err(Failure::new(
-            ErrorClass::Usage,
-            format!("`periscope metrics` reads the SQLite metastore only, not {server}"),
-            Some("read MLflow runs in the MLflow UI or with the mlflow client".into()),
-        )),
-        MetastoreUrl::MySql(url) => Err(Failure::new(
-            ErrorClass::Usage,
-            format!(
-                "`periscope metrics` reads the embedded SQLite metastore only, not {}",
-                url.shown()
-            ),
-            Some("query Submarine's metric and param tables with a MySQL client".into()),
-        )),
-    }
-}
-
-fn number(v: f64) -> String {
-    if v.is_finite() {
-        v.to_string()
-    } else {
-        float::name(v).to_string()
-    }
+    let state = args.state_dir.as_deref();
+    super::data_dir::metastore(args.metastore.as_deref(), &args.data_dir, state)
 }
 
 fn json_number(v: f64) -> serde_json::Value {
     serde_json::Number::from_f64(v)
         .map(serde_json::Value::Number)
         .unwrap_or_else(|| serde_json::Value::String(float::name(v).into()))
-}
-
-fn time(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_else(|| ms.to_string())
-}
-
-/// Prints rows as aligned columns under a header.
-pub fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |out: &mut dyn Write, cells: &[String]| -> std::io::Result<()> {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        writeln!(out, "{}", text.trim_end())
-    };
-    line(
-        out,
-        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-    )?;
-    for row in rows {
-        line(out, row)?;
-    }
-    Ok(())
 }
 
 /// Runs `periscope metrics`.
@@ -162,10 +99,11 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                         ]
                     })
                     .collect();
-                table(
+                format::table(
                     &mut out,
                     &["EXPERIMENT", "STATUS", "RUNNING", "FINISHED", "METRICS"],
                     &cells,
+                    &[],
                 )
             }
         }
@@ -191,10 +129,11 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                         ]
                     })
                     .collect();
-                table(
+                format::table(
                     &mut out,
                     &["KEY", "WORKER", "POINTS", "FIRST STEP", "LAST STEP"],
                     &cells,
+                    &[],
                 )
             }
         }
@@ -214,7 +153,7 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                     .iter()
                     .map(|p| vec![p.key.clone(), p.worker.clone(), p.value.clone()])
                     .collect();
-                table(&mut out, &["KEY", "WORKER", "VALUE"], &cells)
+                format::table(&mut out, &["KEY", "WORKER", "VALUE"], &cells, &[])
             }
         }
         MetricsCommand::Show {
@@ -248,15 +187,16 @@ pub fn run(args: MetricsArgs) -> Result<ExitCode, Failure> {
                             m.key.clone(),
                             m.worker.clone(),
                             m.step.to_string(),
-                            time(m.timestamp_ms),
-                            number(m.value),
+                            format::time(m.timestamp_ms),
+                            format::number(m.value),
                         ]
                     })
                     .collect();
-                table(
+                format::table(
                     &mut out,
                     &["KEY", "WORKER", "STEP", "TIMESTAMP", "VALUE"],
                     &cells,
+                    &[],
                 )
             }
         }

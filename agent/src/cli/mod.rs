@@ -4,7 +4,9 @@
 //! exit code and the termination message.
 
 pub mod artifacts;
+pub mod data_dir;
 pub mod exec;
+pub mod format;
 pub mod install;
 pub mod localize;
 pub mod logs;
@@ -12,9 +14,9 @@ pub mod metrics;
 pub mod progress;
 pub mod run;
 pub mod runs;
+pub mod save_flags;
+pub mod ship_flags;
 pub mod sidecar;
-pub mod sidecar_metrics;
-pub mod signals;
 pub mod size;
 pub mod storage_url;
 pub mod tfevents;
@@ -63,6 +65,11 @@ impl<E: Classify + Error> From<E> for Failure {
             hint: error.hint(),
         }
     }
+}
+
+/// An exit code as the process's own (codes above 255 wrap as a shell's would).
+pub fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from((code & 0xff) as u8)
 }
 
 /// Runs an async command on a multi-threaded runtime.

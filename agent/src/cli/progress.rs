@@ -1,46 +1,97 @@
-//! How localize progress is shown: bars on a terminal, a log line every few seconds elsewhere.
+//! How localize progress is shown: bars on a terminal, a log line every few seconds elsewhere,
+//! and the one line that says what each source became.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use periscope::localize::{ProgressEvent, ProgressSink};
+use periscope::localize::{Entry, ProgressEvent, ProgressSink};
 
 use super::size::human;
 
 /// How often a non-terminal run logs progress for a source that is still moving.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// Shows progress for every source of one run.
-pub enum Display {
+/// Shows progress for every source of one run. Invariant: with `announce`, each source that is
+/// done is said once, in a log line; without, the caller prints its own summary.
+pub struct Display {
+    view: View,
+    announce: bool,
+}
+
+enum View {
     Bars(Bars),
     Lines(Lines),
 }
 
 impl Display {
-    /// Bars when stderr is a terminal, log lines otherwise.
+    /// Bars when stderr is a terminal, log lines otherwise; each source that is done is logged
+    /// with [`summary_line`] (for commands that print no summary of their own).
     pub fn for_stderr() -> Display {
-        if std::io::stderr().is_terminal() {
-            Display::Bars(Bars {
+        let view = if std::io::stderr().is_terminal() {
+            View::Bars(Bars {
                 multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
                 bars: Mutex::new(Vec::new()),
             })
         } else {
-            Display::Lines(Lines {
+            View::Lines(Lines {
                 state: Mutex::new(Vec::new()),
             })
+        };
+        Display {
+            view,
+            announce: true,
+        }
+    }
+
+    /// As [`Display::for_stderr`], for a command that prints the summary itself.
+    pub fn without_summary() -> Display {
+        Display {
+            announce: false,
+            ..Display::for_stderr()
         }
     }
 }
 
 impl ProgressSink for Display {
     fn event(&self, source: usize, event: ProgressEvent) {
-        match self {
-            Display::Bars(b) => b.event(source, event),
-            Display::Lines(l) => l.event(source, event),
+        if let (true, ProgressEvent::Done { entry, skipped }) = (self.announce, &event) {
+            tracing::info!("{}", summary_line(entry, *skipped, None));
+        }
+        match &self.view {
+            View::Bars(b) => b.event(source, event),
+            View::Lines(l) => l.event(source, event),
         }
     }
+}
+
+/// What a source became, in one line: `localized URL -> PATH (git 3f2a9c0e1b2d, 12 files,
+/// 3.1 MiB, 0.4s)`; for a source already in place, `unchanged …` with the time it was fetched
+/// (`localized 2026-12-06 02:40:01 UTC`) rather than a duration, since nothing was fetched now.
+pub fn summary_line(entry: &Entry, skipped: bool, path: Option<&Path>) -> String {
+    let verb = if skipped { "unchanged" } else { "localized" };
+    let target = path
+        .map(|p| format!(" -> {}", p.display()))
+        .unwrap_or_default();
+    let when = if skipped {
+        let at = chrono::DateTime::parse_from_rfc3339(&entry.localized_at)
+            .map(|t| t.to_utc().format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|_| entry.localized_at.clone());
+        format!("localized {at}")
+    } else {
+        format!("{:.1}s", entry.seconds)
+    };
+    let id = &entry.revision.id;
+    format!(
+        "{verb} {}{target} ({} {}, {} files, {}, {when})",
+        entry.url,
+        entry.kind,
+        id.get(..12).unwrap_or(id),
+        entry.files,
+        human(entry.bytes),
+    )
 }
 
 /// One indicatif bar per source.
@@ -74,7 +125,7 @@ impl Bars {
                     bar.inc(n);
                 }
             }
-            ProgressEvent::Finished | ProgressEvent::Skipped => {
+            ProgressEvent::Done { .. } => {
                 if let Some(bar) = bars[source].take() {
                     bar.finish_and_clear();
                 }
@@ -148,7 +199,7 @@ impl Lines {
                     }
                 }
             }
-            ProgressEvent::Finished | ProgressEvent::Skipped => {}
+            ProgressEvent::Done { .. } => {}
         }
     }
 }

@@ -11,7 +11,7 @@ use periscope::retry::RetryPolicy;
 use periscope::ship::reassemble;
 use periscope::storage::{self, StoreOptions};
 
-use super::metrics::table;
+use super::format::{self, sparkline};
 use super::size::human;
 use super::Failure;
 
@@ -27,6 +27,9 @@ pub struct RunsArgs {
         value_name = "DIR"
     )]
     data_dir: PathBuf,
+    /// The metastore: its path or sqlite:///path/metastore.db. [default: <data-dir>/metastore.db]
+    #[arg(long, global = true, env = "PERISCOPE_METASTORE", value_name = "URL")]
+    metastore: Option<String>,
     #[command(subcommand)]
     command: RunsCommand,
 }
@@ -35,7 +38,8 @@ pub struct RunsArgs {
 enum RunsCommand {
     /// One line per run: experiment, status, start, duration, code revision.
     Ls,
-    /// One run: status, code revision, stored logs, and each metric's last value with a sparkline.
+    /// One run: status, code revision, stored logs, the MLflow runs its script made (params, tags
+    /// and stored files), and each metric's last value with a sparkline.
     ///
     /// Example: periscope runs show run-20261128-170000
     Show {
@@ -50,16 +54,22 @@ fn io(e: std::io::Error) -> Failure {
 
 /// Runs `periscope runs`.
 pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
-    let path = args.data_dir.join("metastore.db");
-    let store = SqliteStore::open_existing(&path)?;
+    let store = super::data_dir::metastore(args.metastore.as_deref(), &args.data_dir, None)?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
     match args.command {
         RunsCommand::Ls => {
             let mut rows = Vec::new();
             for e in store.experiments()? {
                 let params = store.params(&e.id)?;
-                let workers: std::collections::BTreeSet<&str> =
-                    params.iter().map(|p| p.worker.as_str()).collect();
+                // Workers that logged params, and those `run` made a folder for.
+                let folders = std::fs::read_dir(args.data_dir.join("runs").join(&e.id));
+                let mut workers: std::collections::BTreeSet<String> =
+                    params.iter().map(|p| p.worker.clone()).collect();
+                workers.extend(folders.into_iter().flatten().flatten().filter_map(|f| {
+                    f.file_type()
+                        .is_ok_and(|t| t.is_dir())
+                        .then(|| f.file_name().to_string_lossy().into_owned())
+                }));
                 rows.push(vec![
                     e.id.clone(),
                     workers.into_iter().collect::<Vec<_>>().join(","),
@@ -69,7 +79,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                     revision(&params).unwrap_or_else(|| "-".into()),
                 ]);
             }
-            table(
+            format::table(
                 &mut out,
                 &[
                     "EXPERIMENT",
@@ -80,6 +90,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                     "CODE",
                 ],
                 &rows,
+                &[],
             )
             .map_err(io)?;
         }
@@ -91,7 +102,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
             else {
                 return Err(Failure::new(
                     ErrorClass::NotFound,
-                    format!("no run `{experiment}` in {}", path.display()),
+                    format!("no run `{experiment}` in the metastore"),
                     Some("list runs with `periscope runs ls`".into()),
                 ));
             };
@@ -127,6 +138,7 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                     writeln!(out, "  {worker} save {n}: {url}").map_err(io)?;
                 }
             }
+            script_runs(&mut out, &store, &experiment, &params)?;
             let storage = args.data_dir.join("storage");
             if storage.is_dir() {
                 let url =
@@ -160,21 +172,108 @@ pub async fn run(args: RunsArgs) -> Result<ExitCode, Failure> {
                         format!("  {key}"),
                         worker.clone(),
                         values.len().to_string(),
-                        format!("{last:.6}"),
+                        format::number(last),
                         sparkline(values, 24),
                     ]
                 })
                 .collect();
-            table(
+            format::table(
                 &mut out,
                 &["  KEY", "WORKER", "POINTS", "LAST", "TREND"],
                 &rows,
+                &[],
             )
             .map_err(io)?;
         }
     }
     out.flush().map_err(io)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The MLflow runs the experiment's script made through the endpoint: one line each, then their
+/// params, tags and stored files.
+fn script_runs(
+    out: &mut impl Write,
+    store: &SqliteStore,
+    experiment: &str,
+    params: &[periscope::metrics::model::Param],
+) -> Result<(), Failure> {
+    let runs = store.script_runs(experiment)?;
+    if runs.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nmlflow runs (metrics below under their WORKER):").map_err(io)?;
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                format!("  {}", r.name),
+                r.run_id.clone(),
+                r.experiment_name.clone().unwrap_or_else(|| "-".into()),
+                r.worker_index.clone(),
+                r.status.clone(),
+                duration(r.start_time.as_deref(), r.end_time.as_deref()),
+                r.parent_run_id
+                    .as_deref()
+                    .and_then(|p| runs.iter().find(|x| x.run_id == p))
+                    .map_or_else(|| "-".into(), |p| p.name.clone()),
+            ]
+        })
+        .collect();
+    format::table(
+        out,
+        &[
+            "  NAME",
+            "RUN ID",
+            "EXPERIMENT",
+            "WORKER",
+            "STATUS",
+            "DURATION",
+            "PARENT",
+        ],
+        &rows,
+        &[],
+    )
+    .map_err(io)?;
+    for r in &runs {
+        let own: Vec<String> = params
+            .iter()
+            .filter(|p| p.worker == r.worker_index && !p.key.starts_with("mlflow."))
+            .filter(|p| !p.key.starts_with("code.") && !p.key.starts_with("artifacts."))
+            .map(|p| format!("{}={}", p.key, p.value))
+            .collect();
+        let tags: Vec<String> = store
+            .script_run_tags(experiment, &r.run_id)?
+            .into_iter()
+            .filter(|t| !t.key.starts_with("mlflow."))
+            .map(|t| format!("{}={}", t.key, t.value))
+            .collect();
+        let files = store.script_run_artifacts(experiment, &r.run_id)?;
+        writeln!(out, "\n  {} ({}):", r.name, r.run_id).map_err(io)?;
+        writeln!(out, "    params: {}", list(&own)).map_err(io)?;
+        writeln!(out, "    tags:   {}", list(&tags)).map_err(io)?;
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        writeln!(
+            out,
+            "    artifacts: {} files, {}",
+            files.len(),
+            human(bytes)
+        )
+        .map_err(io)?;
+        for f in &files {
+            writeln!(out, "      {:<40} {:>10}  {}", f.path, human(f.size), f.url).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// `a, b, c`, or `-` for none.
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// The first recorded code revision, shortened.
@@ -190,58 +289,5 @@ fn duration(start: Option<&str>, end: Option<&str>) -> String {
         (Some(s), Some(e)) if e >= s => format!("{:.1}s", (e - s) as f64 / 1000.0),
         (Some(_), None) => "running".into(),
         _ => "-".into(),
-    }
-}
-
-/// A text sparkline of at most `width` buckets (each the mean of its points); non-finite values
-/// are left out.
-pub fn sparkline(values: &[f64], width: usize) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    if finite.is_empty() || width == 0 {
-        return String::new();
-    }
-    let buckets = finite.len().min(width);
-    let means: Vec<f64> = (0..buckets)
-        .map(|b| {
-            let from = b * finite.len() / buckets;
-            let to = ((b + 1) * finite.len() / buckets).max(from + 1);
-            finite[from..to].iter().sum::<f64>() / (to - from) as f64
-        })
-        .collect();
-    let (lo, hi) = means
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
-    means
-        .iter()
-        .map(|v| {
-            let i = if hi > lo {
-                ((v - lo) / (hi - lo) * 7.0).round() as usize
-            } else {
-                3
-            };
-            BARS[i.min(7)]
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sparkline_follows_the_trend() {
-        assert_eq!(
-            sparkline(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], 8),
-            "▁▂▃▄▅▆▇█"
-        );
-        assert_eq!(sparkline(&[5.0, 5.0], 8), "▄▄");
-        assert_eq!(sparkline(&[f64::NAN], 8), "");
-        assert_eq!(
-            sparkline(&(0..100).map(f64::from).collect::<Vec<_>>(), 10)
-                .chars()
-                .count(),
-            10
-        );
     }
 }

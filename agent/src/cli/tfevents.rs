@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use clap::{Subcommand, ValueEnum};
 use periscope::error::ErrorClass;
-use periscope::tfevents::{discover, EventReader, Position, ScalarItem, TfeventsError};
+use periscope::tfevents::discover::split_segment_name;
+use periscope::tfevents::{
+    discover, Damage, DamageSummary, EventReader, Position, ScalarItem, TfeventsError,
+};
 
 use self::output::{Csv, Jsonl, ScalarSink, Table};
 use super::Failure;
@@ -29,9 +32,10 @@ enum TfeventsCommand {
     /// Print every scalar in event files, or in every event file under folders.
     ///
     /// Files are read in sorted path order and records in file order. `file` in the output is
-    /// the path relative to the given folder, or the path as given for a file. Damaged records
-    /// are reported on stderr; the exit code is 8 when any file had damage (all good scalars are
-    /// still printed), 0 otherwise.
+    /// the path relative to the given folder, or the path as given for a file; the segments of a
+    /// file mirrored by the sidecar are read in order and named as that file. Damaged records
+    /// are summarised on stderr, one line per file; the exit code is 8 when any file had damage
+    /// (all good scalars are still printed), 0 otherwise.
     Scalars(ScalarsArgs),
     /// Follow a folder (or one file) and print scalars as the job flushes them. Stop with Ctrl-C.
     Tail(TailArgs),
@@ -83,10 +87,26 @@ pub fn run(args: TfeventsArgs) -> Result<ExitCode, Failure> {
     }
 }
 
-/// An event file to read and the name it is printed under.
+/// An event file to read and the name it is printed under. Invariant: `continues` is set for a
+/// stored segment after a file's first, which is read as the rest of the file `shown` names.
 struct Target {
     path: PathBuf,
     shown: String,
+    continues: bool,
+}
+
+impl Target {
+    /// Where to start reading: a later segment starts with the tag kinds the file's records
+    /// before it declared (TF2 declares a tag's kind on its first value only).
+    fn start(&self, before: Option<(&str, Position)>) -> Position {
+        match before {
+            Some((shown, position)) if self.continues && shown == self.shown => Position {
+                offset: 0,
+                tags: position.tags,
+            },
+            _ => Position::default(),
+        }
+    }
 }
 
 /// The files under one PATH argument, sorted. A folder with no event files is an error: the user
@@ -101,6 +121,7 @@ fn targets(arg: &Path, allow_empty: bool) -> Result<Vec<Target>, TfeventsError> 
         return Ok(vec![Target {
             path: arg.to_path_buf(),
             shown: arg.display().to_string(),
+            continues: false,
         }]);
     }
     let found = discover(arg).map_err(read_err)?;
@@ -111,9 +132,20 @@ fn targets(arg: &Path, allow_empty: bool) -> Result<Vec<Target>, TfeventsError> 
     }
     Ok(found
         .into_iter()
-        .map(|f| Target {
-            shown: f.relative.display().to_string(),
-            path: f.path,
+        .map(|f| {
+            // A stored segment is named as the event file it is part of, so a mirrored tree
+            // prints as the job's folder does.
+            let name = f
+                .relative
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (file, start) = split_segment_name(&name);
+            Target {
+                shown: f.relative.with_file_name(file).display().to_string(),
+                continues: start > 0,
+                path: f.path,
+            }
         })
         .collect())
 }
@@ -130,9 +162,10 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
         Format::Table => Box::new(Table::new(stdout)),
     };
     let (mut damaged_files, mut damaged_records) = (0usize, 0u64);
+    let mut before: Option<(&str, Position)> = None;
     for target in &all {
         let mut reader =
-            EventReader::open(&target.path, Position::default()).map_err(|source| {
+            EventReader::open(&target.path, target.start(before.take())).map_err(|source| {
                 TfeventsError::Read {
                     path: target.path.clone(),
                     source,
@@ -140,7 +173,7 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
             })?;
         // A one-shot read takes the file as it is now: a bad last record is final.
         reader.records_mut().set_complete(true);
-        let mut damaged = 0u64;
+        let (mut skipped, mut stopped) = (DamageSummary::default(), None);
         loop {
             let item = reader
                 .next_scalars()
@@ -154,13 +187,9 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
                         return stdout_closed(e);
                     }
                 }
-                ScalarItem::Skipped(d) => {
-                    damaged += 1;
-                    warn(&target.shown, &d.to_string());
-                }
+                ScalarItem::Skipped(d) => skipped.add(d),
                 ScalarItem::Stopped(d) => {
-                    damaged += 1;
-                    warn(&target.shown, &d.to_string());
+                    stopped = Some(d);
                     break;
                 }
                 ScalarItem::Pending => {
@@ -178,10 +207,13 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
                 }
             }
         }
+        report_damage(&target.shown, &skipped, stopped);
+        let damaged = skipped.count + u64::from(stopped.is_some());
         if damaged > 0 {
             damaged_files += 1;
             damaged_records += damaged;
         }
+        before = Some((&target.shown, reader.position()));
     }
     if let Err(e) = sink.finish() {
         return stdout_closed(e);
@@ -197,10 +229,11 @@ fn scalars(args: ScalarsArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A reader being followed by `tail`.
+/// A file being followed by `tail`. Invariant: `reader` is opened on the first round that reads
+/// the file, after the files before it in path order were read in that round.
 struct Followed {
-    shown: String,
-    reader: EventReader,
+    target: Target,
+    reader: Option<EventReader>,
     /// Print nothing until the first Pending (for `--skip-existing`).
     quiet: bool,
     /// Warned that the file stopped; it is no longer read.
@@ -218,36 +251,45 @@ fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
     let mut first_round = true;
     loop {
         for target in targets(&args.path, true)? {
-            if followed.contains_key(&target.path) {
-                continue;
+            if !followed.contains_key(&target.path) {
+                followed.insert(
+                    target.path.clone(),
+                    Followed {
+                        target,
+                        reader: None,
+                        quiet: first_round && args.skip_existing,
+                        done: false,
+                    },
+                );
             }
-            let reader = match EventReader::open(&target.path, Position::default()) {
-                Ok(r) => r,
-                // Gone between listing and opening: the next round decides.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(TfeventsError::Read {
-                        path: target.path,
-                        source,
-                    }
-                    .into())
-                }
-            };
-            followed.insert(
-                target.path,
-                Followed {
-                    shown: target.shown,
-                    reader,
-                    quiet: first_round && args.skip_existing,
-                    done: false,
-                },
-            );
         }
         first_round = false;
-        for (path, f) in followed.iter_mut().filter(|(_, f)| !f.done) {
-            loop {
-                let item = f
-                    .reader
+        // What was read of the file before, for a segment that continues it.
+        let mut before: Option<(String, Position)> = None;
+        for (path, f) in followed.iter_mut() {
+            if f.reader.is_none() {
+                let start = f
+                    .target
+                    .start(before.as_ref().map(|(s, p)| (s.as_str(), p.clone())));
+                match EventReader::open(path, start) {
+                    Ok(r) => f.reader = Some(r),
+                    // Gone between listing and opening: the next round decides.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(TfeventsError::Read {
+                            path: path.clone(),
+                            source,
+                        }
+                        .into())
+                    }
+                }
+            }
+            let Some(reader) = f.reader.as_mut() else {
+                continue;
+            };
+            let (mut skipped, mut stopped) = (DamageSummary::default(), None);
+            while !f.done {
+                let item = reader
                     .next_scalars()
                     .map_err(|source| TfeventsError::Read {
                         path: path.clone(),
@@ -256,20 +298,22 @@ fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
                 match item {
                     ScalarItem::Event(record) => {
                         if let Some(step) = record.session_start.filter(|_| !f.quiet) {
-                            note(&f.shown, &format!("session restarted at step {step}"));
+                            note(
+                                &f.target.shown,
+                                &format!("session restarted at step {step}"),
+                            );
                         }
                         if f.quiet {
                             continue;
                         }
-                        if let Err(e) = sink.record(&f.shown, &record) {
+                        if let Err(e) = sink.record(&f.target.shown, &record) {
                             return stdout_closed(e);
                         }
                     }
-                    ScalarItem::Skipped(d) => warn(&f.shown, &d.to_string()),
+                    ScalarItem::Skipped(d) => skipped.add(d),
                     ScalarItem::Stopped(d) => {
-                        warn(&f.shown, &d.to_string());
+                        stopped = Some(d);
                         f.done = true;
-                        break;
                     }
                     ScalarItem::Pending => {
                         f.quiet = false;
@@ -277,11 +321,24 @@ fn tail(args: TailArgs) -> Result<ExitCode, Failure> {
                     }
                 }
             }
+            report_damage(&f.target.shown, &skipped, stopped);
+            before = Some((f.target.shown.clone(), reader.position()));
         }
         if let Err(e) = sink.flush() {
             return stdout_closed(e);
         }
         std::thread::sleep(interval);
+    }
+}
+
+/// One line for the records skipped in a file (or in one round of `tail`), however many, and one
+/// where reading stopped.
+fn report_damage(file: &str, skipped: &DamageSummary, stopped: Option<Damage>) {
+    if !skipped.is_empty() {
+        warn(file, &skipped.to_string());
+    }
+    if let Some(d) = stopped {
+        warn(file, &d.to_string());
     }
 }
 

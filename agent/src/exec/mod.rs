@@ -172,6 +172,65 @@ where
     Ok(outcome)
 }
 
+/// The signal a shell's exit code says ended a command (`130` → `SIGINT`), for the common ones.
+pub fn signal_of(code: i32) -> Option<&'static str> {
+    Some(match code.checked_sub(128)? {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// How a command run with [`run_here`] ended.
+#[derive(Debug)]
+pub struct Ran {
+    /// The exit code a shell would report (127 or 126 when it could not be started).
+    pub code: i32,
+    /// Why it could not be started, when it could not.
+    pub not_started: Option<ExecError>,
+}
+
+/// Runs the command with this process's own stdout and stderr passed through (see [`run`]). A
+/// command that cannot be started gets a shell's code (127 not found, 126 not executable) and
+/// the exit-code file is still written, so a waiting sidecar learns that the job is over; the
+/// reason comes back beside the code for the caller to show.
+pub async fn run_here(spec: &ExecSpec) -> Result<Ran, ExecError> {
+    let out = own_stream(1).map_err(ExecError::Wait)?;
+    let err = own_stream(2).map_err(ExecError::Wait)?;
+    match run(spec, out, err).await {
+        Ok(outcome) => Ok(Ran {
+            code: outcome.code,
+            not_started: None,
+        }),
+        Err(e) => match e.shell_code() {
+            Some(code) => {
+                if let Err(w) = write_exit_code(&spec.capture_dir, code) {
+                    tracing::warn!(error = %w, "cannot write the exit-code file");
+                }
+                Ok(Ran {
+                    code,
+                    not_started: Some(e),
+                })
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// Our stdout (1) or stderr (2) as an async writer, on a duplicated descriptor.
+fn own_stream(fd: i32) -> io::Result<tokio::fs::File> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: descriptors 1 and 2 stay open for the life of the process; we only borrow them to dup.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned()?;
+    Ok(tokio::fs::File::from_std(std::fs::File::from(owned)))
+}
+
 /// Records a code that was not produced by running the command (it could not be started), so a
 /// sidecar waiting for the file still learns that the job is over.
 pub fn write_exit_code(capture_dir: &Path, code: i32) -> io::Result<()> {

@@ -2,7 +2,9 @@
 //!
 //! In a pod, Periscope may be PID 1 of the main container: the kubelet's SIGTERM reaches only us,
 //! and the job must get it to save a checkpoint. On a terminal, Ctrl-C already reaches the whole
-//! foreground process group, so SIGINT is not forwarded a second time there.
+//! foreground process group, the command included, so SIGINT is caught (Periscope must live on to
+//! record how the command ended and drain) but not forwarded a second time. SIGHUP (the terminal
+//! closed, ssh dropped) is forwarded like SIGTERM, and never ends Periscope by itself.
 
 use std::io;
 use std::io::IsTerminal;
@@ -17,7 +19,9 @@ pub fn stdin_is_terminal() -> bool {
 }
 
 /// Waits for the child, forwarding SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2. With
-/// `to_group`, signals go to the child's process group (it leads its own).
+/// `to_group`, signals go to the child's process group (it leads its own); without it (on a
+/// terminal, where the child shares our group) SIGINT and SIGQUIT, which the terminal sends to the
+/// whole group, are caught and not sent again.
 pub async fn wait_forwarding(
     child: &mut Child,
     pid: Option<u32>,
@@ -33,17 +37,22 @@ pub async fn wait_forwarding(
     ];
     let mut streams = Vec::new();
     for (kind, number) in kinds {
-        if number == libc::SIGINT && !to_group {
-            continue;
-        }
-        streams.push((signal(kind)?, number));
+        let from_terminal = matches!(number, libc::SIGINT | libc::SIGQUIT);
+        streams.push((signal(kind)?, number, to_group || !from_terminal));
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut listeners = Vec::new();
-    for (mut stream, number) in streams {
+    for (mut stream, number, pass_on) in streams {
         let tx = tx.clone();
         listeners.push(tokio::spawn(async move {
             while stream.recv().await.is_some() {
+                if !pass_on {
+                    tracing::info!(
+                        signal = number,
+                        "the terminal's signal reached the command too; waiting for it to end"
+                    );
+                    continue;
+                }
                 if tx.send(number).is_err() {
                     break;
                 }

@@ -6,21 +6,24 @@
 //! * A fetcher ([`git`], [`http`], [`object`]) writes the source into a fresh staging folder under
 //!   `DEST/.periscope/staging/` and says which [`Revision`] it fetched. Archives go through
 //!   [`unpack`], which refuses hostile entries and enforces the size and file-count limits.
-//! * [`publish`] moves the staged tree to `DEST/<into>` in one rename, and [`record`] notes it in
-//!   `DEST/.periscope/localized.json`.
+//! * [`publish`] moves the staged tree to `DEST/<into>` in one rename (or, for [`sync`], swaps a
+//!   symlink there to it), and [`record`] notes it in `DEST/.periscope/localized.json`.
+//! * [`sync`] keeps a long-lived pod's sources current: it localizes again every period,
+//!   publishes each new revision, runs hooks, and serves `/healthz`.
 //!
 //! Before fetching, the orchestrator asks the fetcher for a cheap fingerprint of the source (a
 //! commit SHA from `ls-remote`, an ETag) and skips a source whose fingerprint matches what is
 //! already published: a restarted initContainer does nothing. Any failure removes the staging
 //! folder and leaves `DEST/<into>` as it was.
 
+pub mod filter;
 pub mod git;
 pub mod http;
 pub mod object;
 pub mod progress;
 pub mod publish;
-pub mod record;
 pub mod spec;
+pub mod sync;
 pub mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -31,12 +34,10 @@ use crate::error::{Classify, ErrorClass};
 use crate::redact::Secret;
 use crate::retry::RetryPolicy;
 
+pub use crate::localized::{Entry, Patterns, Record, Revision, RevisionKind, META_DIR};
+pub use filter::Filter;
 pub use progress::{ProgressEvent, ProgressSink, SourceProgress};
-pub use record::{Entry, Record, Revision, RevisionKind};
 pub use spec::{ArchiveFormat, SourceKind, SourceOptions, SourceSpec, Submodules};
-
-/// The hidden folder under DEST that holds Periscope's own files (record, lock, staging).
-pub const META_DIR: &str = ".periscope";
 
 /// Size limits for what a source may unpack to. Invariant: both are at least 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +136,24 @@ pub enum SourceError {
     Publish(#[from] publish::PublishError),
     #[error("sha256 mismatch: expected {expected}, got {actual}")]
     Checksum { expected: String, actual: String },
+    /// The include and exclude patterns left no file of the source.
+    #[error(
+        "the include/exclude patterns leave nothing of the source (include: {}; exclude: {})",
+        show_patterns(include),
+        show_patterns(exclude)
+    )]
+    NothingKept {
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+}
+
+fn show_patterns(patterns: &[String]) -> String {
+    if patterns.is_empty() {
+        "none".into()
+    } else {
+        patterns.join(", ")
+    }
 }
 
 impl Classify for SourceError {
@@ -146,6 +165,7 @@ impl Classify for SourceError {
             SourceError::Unpack(e) => e.class(),
             SourceError::Publish(e) => e.class(),
             SourceError::Checksum { .. } => ErrorClass::Integrity,
+            SourceError::NothingKept { .. } => ErrorClass::Usage,
         }
     }
 
@@ -158,6 +178,11 @@ impl Classify for SourceError {
             SourceError::Publish(e) => e.hint(),
             SourceError::Checksum { .. } => Some(
                 "the downloaded bytes are not the ones the #sha256= option names; check the URL and the checksum"
+                    .into(),
+            ),
+            SourceError::NothingKept { .. } => Some(
+                "a pattern without `/` matches file and folder names at any depth (*.safetensors); \
+                 one with `/` matches paths from the source's top (model/*.bin)"
                     .into(),
             ),
         }
@@ -213,6 +238,17 @@ pub struct Outcome {
     pub skipped: bool,
 }
 
+/// How a fetched tree is made `DEST/<into>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Publish {
+    /// The tree itself, renamed into place (an initContainer's one localize).
+    #[default]
+    InPlace,
+    /// A symlink to the tree kept under `DEST/.periscope/revisions/`, swapped for each new
+    /// revision, the previous one kept until the next swap ([`sync`], as git-sync does).
+    Link,
+}
+
 /// Localizes every source into `dest`, one after another, and returns what each one became.
 /// Stops at the first failure; sources published before it stay published and recorded.
 pub async fn localize(
@@ -220,6 +256,17 @@ pub async fn localize(
     dest: &Path,
     ctx: &FetchContext,
     sink: Arc<dyn ProgressSink>,
+) -> Result<Vec<Outcome>, LocalizeError> {
+    localize_as(specs, dest, ctx, sink, Publish::InPlace).await
+}
+
+/// [`localize`], publishing each new tree as `publish` says.
+pub async fn localize_as(
+    specs: &[SourceSpec],
+    dest: &Path,
+    ctx: &FetchContext,
+    sink: Arc<dyn ProgressSink>,
+    publish: Publish,
 ) -> Result<Vec<Outcome>, LocalizeError> {
     let mut seen = std::collections::HashSet::new();
     for spec in specs {
@@ -229,7 +276,7 @@ pub async fn localize(
     }
     let meta = dest.join(META_DIR);
     let staging_root = meta.join("staging");
-    std::fs::create_dir_all(&meta).map_err(|error| publish::PublishError {
+    std::fs::create_dir_all(&meta).map_err(|error| publish::PublishError::Io {
         action: "cannot create",
         path: meta.clone(),
         error,
@@ -243,16 +290,23 @@ pub async fn localize(
         progress.send(ProgressEvent::Started {
             label: spec.display.clone(),
         });
-        let outcome = localize_one(spec, dest, &staging_root, &mut record, ctx, &progress)
-            .await
-            .map_err(|error| LocalizeError::Source {
-                shown: spec.display.clone(),
-                error,
-            })?;
-        progress.send(if outcome.skipped {
-            ProgressEvent::Skipped
-        } else {
-            ProgressEvent::Finished
+        let outcome = localize_one(
+            spec,
+            dest,
+            &staging_root,
+            &mut record,
+            ctx,
+            &progress,
+            publish,
+        )
+        .await
+        .map_err(|error| LocalizeError::Source {
+            shown: spec.display.clone(),
+            error,
+        })?;
+        progress.send(ProgressEvent::Done {
+            entry: Box::new(outcome.entry.clone()),
+            skipped: outcome.skipped,
         });
         outcomes.push(outcome);
     }
@@ -266,10 +320,12 @@ async fn localize_one(
     record: &mut Record,
     ctx: &FetchContext,
     progress: &SourceProgress,
+    mode: Publish,
 ) -> Result<Outcome, SourceError> {
     let target = dest.join(&spec.into);
-    if let Some(entry) = already_published(spec, &target, record, ctx).await? {
-        tracing::info!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
+    if let Some(entry) = already_published(spec, dest, record, ctx).await? {
+        // The caller says it to people (the summary line); this is for debugging.
+        tracing::debug!(source = %spec.display, revision = %entry.revision.id, "already localized at this revision");
         return Ok(Outcome {
             entry,
             skipped: true,
@@ -278,6 +334,15 @@ async fn localize_one(
     let started = Instant::now();
     let stage = publish::new_stage(staging_root, &spec.into)?;
     let fetched = fetch(spec, &stage, ctx, progress).await;
+    let fetched = fetched.and_then(
+        |f| match spec.options.filter.is_active() && is_empty(&stage) {
+            true => Err(SourceError::NothingKept {
+                include: spec.options.filter.includes(),
+                exclude: spec.options.filter.excludes(),
+            }),
+            false => Ok(f),
+        },
+    );
     let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
@@ -285,7 +350,11 @@ async fn localize_one(
             return Err(e);
         }
     };
-    if let Err(e) = publish::publish(&stage, &target) {
+    let published = match mode {
+        Publish::InPlace => publish::publish(&stage, dest, &spec.into),
+        Publish::Link => publish::publish_link(&stage, dest, &spec.into, &fetched.revision.id),
+    };
+    if let Err(e) = published {
         publish::remove_tree(&stage)?;
         return Err(e.into());
     }
@@ -295,18 +364,21 @@ async fn localize_one(
         kind: spec.kind.name().to_string(),
         revision: fetched.revision,
         fingerprint: fetched.fingerprint,
+        patterns: spec.options.filter.patterns(),
         bytes: fetched.bytes,
         files: fetched.files,
         seconds: started.elapsed().as_secs_f64(),
         localized_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     };
     record.upsert(entry.clone());
-    record.save(dest).map_err(|error| publish::PublishError {
-        action: "cannot write",
-        path: Record::path(dest),
-        error,
-    })?;
-    tracing::info!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
+    record
+        .save(dest)
+        .map_err(|error| publish::PublishError::Io {
+            action: "cannot write",
+            path: Record::path(dest),
+            error,
+        })?;
+    tracing::debug!(source = %spec.display, into = %target.display(), revision = %entry.revision.id,
         bytes = entry.bytes, files = entry.files, "localized");
     Ok(Outcome {
         entry,
@@ -317,14 +389,15 @@ async fn localize_one(
 /// The recorded entry, when `DEST/<into>` already holds this source at its current revision.
 async fn already_published(
     spec: &SourceSpec,
-    target: &Path,
+    dest: &Path,
     record: &Record,
     ctx: &FetchContext,
 ) -> Result<Option<Entry>, SourceError> {
     let Some(entry) = record.get(&spec.into) else {
         return Ok(None);
     };
-    if entry.url != spec.display || !target.is_dir() {
+    let same_patterns = entry.patterns == spec.options.filter.patterns();
+    if entry.url != spec.display || !same_patterns || !dest.join(&spec.into).is_dir() {
         return Ok(None);
     }
     // Content named by checksum: no need to ask the server anything.
@@ -339,9 +412,14 @@ async fn already_published(
     let current = match &spec.kind {
         SourceKind::Git { url } => git::probe(url, &spec.options, ctx).await?,
         SourceKind::Http { url } => http::probe(url, &spec.options, ctx).await?,
-        SourceKind::Object { url } => object::probe(url, &spec.options, ctx).await?,
+        SourceKind::Object { url } => object::probe(url, &spec.options, dest, ctx).await?,
     };
     Ok((current.as_deref() == Some(recorded.as_str())).then(|| entry.clone()))
+}
+
+/// True when a staging folder holds nothing (or cannot be read, which publishing would report).
+fn is_empty(stage: &Path) -> bool {
+    std::fs::read_dir(stage).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 async fn fetch(

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
+use crate::localized::Entry;
+
 /// Something that happened to one source, in the order it happens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ProgressEvent {
     /// Work on the source began; `label` is the redacted URL.
     Started { label: String },
@@ -14,10 +16,9 @@ pub enum ProgressEvent {
     Total(u64),
     /// This many more bytes were transferred.
     Advanced(u64),
-    /// The source was published.
-    Finished,
-    /// The source was already in place at the same revision; nothing was fetched.
-    Skipped,
+    /// The source is in place: `entry` is what the record now says of it; `skipped` when it was
+    /// already published at this revision and nothing was fetched.
+    Done { entry: Box<Entry>, skipped: bool },
 }
 
 /// Receives progress events. Implemented by the CLI; must be cheap, since fetchers call it per

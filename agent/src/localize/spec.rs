@@ -12,6 +12,7 @@ use std::path::{Component, Path};
 
 use url::Url;
 
+use super::filter::Filter;
 use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
 
@@ -136,6 +137,8 @@ pub struct SourceOptions {
     pub format: Option<ArchiveFormat>,
     /// git: whether submodules are checked out.
     pub submodules: Submodules,
+    /// archives, folders, object prefixes and saves: which files are localized.
+    pub filter: Filter,
 }
 
 /// A source string that cannot be used, and why. Always a usage error: the command line is wrong.
@@ -156,13 +159,13 @@ impl Classify for SpecError {
     fn hint(&self) -> Option<String> {
         Some(
             "sources look like git+https://host/org/repo.git#ref=v1, https://host/job.tar.gz#sha256=HEX, \
-             s3://bucket/prefix/ or file:///path; see `periscope localize --help`"
+             s3://bucket/prefix/ or a local path (./job, /srv/job); see `periscope localize --help`"
                 .into(),
         )
     }
 }
 
-const KNOWN_OPTIONS: &str = "ref, depth, into, sha256, strip, format, submodules";
+const KNOWN_OPTIONS: &str = "ref, depth, into, sha256, strip, format, submodules, include, exclude";
 
 impl SourceSpec {
     /// Parses one `--source` value.
@@ -180,7 +183,14 @@ impl SourceSpec {
             Some((l, f)) => (l, Some(f)),
             None => (raw, None),
         };
-        let kind = classify_location(location).map_err(&fail)?;
+        let (kind, local) = classify_location(location).map_err(&fail)?;
+        // A local path is shown as the absolute path it was resolved to, so the record names it
+        // whatever the working folder of a later run.
+        let display = match (local, fragment) {
+            (Some(path), Some(f)) => format!("{path}#{f}"),
+            (Some(path), None) => path,
+            (None, _) => display.clone(),
+        };
         let (options, into) = parse_fragment(fragment.unwrap_or(""), &kind).map_err(&fail)?;
         let into = match into {
             Some(into) => into,
@@ -196,33 +206,71 @@ impl SourceSpec {
     }
 }
 
-fn classify_location(location: &str) -> Result<SourceKind, String> {
-    // scp-like git (`git@host:org/repo.git`): no scheme, a user@host, then a colon.
+/// Which kind of source `location` is; for a local path, also the absolute path it names.
+fn classify_location(location: &str) -> Result<(SourceKind, Option<String>), String> {
     if !location.contains("://") {
+        // scp-like git (`git@host:org/repo.git`): no scheme, a user@host, then a colon.
         if let Some((userhost, path)) = location.split_once(':') {
             if userhost.contains('@') && !userhost.contains('/') && !path.is_empty() {
-                return Ok(SourceKind::Git {
+                let kind = SourceKind::Git {
                     url: location.to_string(),
-                });
+                };
+                return Ok((kind, None));
             }
         }
-        if location.starts_with('/') {
-            // A trailing `/` means "every file under this folder", as for object prefixes.
-            let url = if location.ends_with('/') {
-                Url::from_directory_path(location)
-            } else {
-                Url::from_file_path(location)
-            }
-            .map_err(|()| format!("`{location}` is not a usable absolute path"))?;
-            return Ok(SourceKind::Object { url });
+        if let Some(scheme) = scheme_like(location) {
+            return Err(format!(
+                "`{scheme}:` looks like a URL scheme, but URLs need `://` (s3://bucket/prefix/, \
+                 https://host/job.tar.gz); a local path that holds a colon needs a leading `./`"
+            ));
         }
+        return local_path(location).map(|(kind, shown)| (kind, Some(shown)));
+    }
+    let url = Url::parse(location).map_err(|e| format!("not a valid URL ({e})"))?;
+    if url.scheme() == "file"
+        && url
+            .host_str()
+            .is_some_and(|h| !h.is_empty() && h != "localhost")
+    {
         return Err(
-            "not a URL: expected a scheme such as https://, git+https://, s3:// or file:///, \
-                    or an absolute path"
+            "a file:// URL takes an absolute path (file:///srv/job/); a relative path needs no \
+             scheme (./job)"
                 .into(),
         );
     }
-    let url = Url::parse(location).map_err(|e| format!("not a valid URL ({e})"))?;
+    Ok((classify_url(location, url)?, None))
+}
+
+/// The scheme a string without `://` starts with, if it looks like one (`s3:/bucket`).
+fn scheme_like(location: &str) -> Option<&str> {
+    let (head, _) = location.split_once(':')?;
+    let mut chars = head.chars();
+    let scheme = chars.next()?.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    scheme.then_some(head)
+}
+
+/// A local path, absolute or relative to the working folder: a folder (with or without a
+/// trailing `/`) or a file, which the object fetcher tells apart on disk.
+fn local_path(location: &str) -> Result<(SourceKind, String), String> {
+    let absolute = std::path::absolute(location)
+        .map_err(|e| format!("cannot resolve `{location}` from the working folder: {e}"))?;
+    // A trailing `/` says "a folder"; it is kept so that a file there is an error.
+    let url = if location.ends_with('/') {
+        Url::from_directory_path(&absolute)
+    } else {
+        Url::from_file_path(&absolute)
+    }
+    .map_err(|()| format!("`{location}` is not a usable path"))?;
+    let mut shown = absolute.to_string_lossy().into_owned();
+    if location.ends_with('/') && !shown.ends_with('/') {
+        shown.push('/');
+    }
+    Ok((SourceKind::Object { url }, shown))
+}
+
+/// Which kind of source a URL with a scheme is.
+fn classify_url(location: &str, url: Url) -> Result<SourceKind, String> {
     let scheme = url.scheme().to_ascii_lowercase();
     match scheme.as_str() {
         "git" | "ssh" => Ok(SourceKind::Git {
@@ -284,7 +332,7 @@ fn parse_fragment(
         let archive_only = |k: &str| -> Result<(), String> {
             if is_git {
                 Err(format!(
-                    "option `{k}` applies to archives and object stores, not git"
+                    "option `{k}` applies to archives, folders and object stores, not git"
                 ))
             } else {
                 Ok(())
@@ -334,6 +382,14 @@ fn parse_fragment(
                     format!("format `{value}` is not one of tar, tar.gz, tgz, zip, none")
                 })?);
             }
+            "include" => {
+                archive_only(key)?;
+                options.filter.add_include(&value)?;
+            }
+            "exclude" => {
+                archive_only(key)?;
+                options.filter.add_exclude(&value)?;
+            }
             "into" => into = Some(value),
             other => {
                 return Err(format!(
@@ -380,7 +436,7 @@ fn default_into(kind: &SourceKind) -> Result<String, String> {
         .map(percent_decode)
         .unwrap_or_default();
     let name = ArchiveFormat::strip_extension(&last).to_string();
-    if name.is_empty() {
+    if name.is_empty() || name == "." || name == ".." {
         return Err("cannot derive a folder name from the URL; add #into=NAME".into());
     }
     Ok(name)
@@ -489,6 +545,53 @@ mod tests {
     }
 
     #[test]
+    fn local_paths_with_or_without_slash_relative_or_not() {
+        let cwd = std::env::current_dir().unwrap();
+        for (raw, url_end, into) in [
+            ("./myjob", "/myjob", "myjob"),
+            ("myjob/", "/myjob/", "myjob"),
+            ("myjob", "/myjob", "myjob"),
+            ("sub/job.tar.gz#strip=1", "/sub/job.tar.gz", "job"),
+        ] {
+            let s = SourceSpec::parse(raw).unwrap();
+            let SourceKind::Object { url } = &s.kind else {
+                panic!("{raw} is not a local source");
+            };
+            let path = url.to_file_path().unwrap();
+            assert!(path.starts_with(&cwd), "{raw}: {path:?}");
+            assert!(url.as_str().ends_with(url_end), "{raw}: {url}");
+            assert_eq!(s.into, into, "{raw}");
+            assert!(
+                s.display.starts_with(cwd.to_str().unwrap()),
+                "{}",
+                s.display
+            );
+        }
+        let s = SourceSpec::parse("/srv/jobs/job").unwrap();
+        assert_eq!(
+            (s.display.as_str(), s.into.as_str()),
+            ("/srv/jobs/job", "job")
+        );
+        let s = SourceSpec::parse("/srv/jobs/job/#into=code").unwrap();
+        assert_eq!(s.display, "/srv/jobs/job/#into=code");
+    }
+
+    #[test]
+    fn include_and_exclude_accumulate() {
+        let s = SourceSpec::parse(
+            "s3://b/models/m/#include=*.safetensors,*.json&include=tokenizer*&exclude=big*",
+        )
+        .unwrap();
+        assert_eq!(
+            s.options.filter.includes(),
+            ["*.safetensors", "*.json", "tokenizer*"]
+        );
+        assert_eq!(s.options.filter.excludes(), ["big*"]);
+        assert!(SourceSpec::parse("git+https://h.test/r.git#include=*.py").is_err());
+        assert!(SourceSpec::parse("https://h.test/a.tar#include=[x").is_err());
+    }
+
+    #[test]
     fn refuses_bad_input() {
         for bad in [
             "git+https://h.test/r.git#ref=-upload-pack=evil",
@@ -501,7 +604,10 @@ mod tests {
             "https://h.test/a.tar#bogus=1",
             "https://h.test/a.tar#strip",
             "ftp://h.test/a.tar",
-            "relative/path.tar",
+            "s3:/bucket/x",
+            "https:h.test/a.tar",
+            "file://myjob/",
+            "..",
             "s3:///nobucket",
             "https://h.test/",
         ] {

@@ -8,24 +8,29 @@
 //! * Sources: [`jsonl`] (`--metrics-file`), [`scalars`] (`--tfevents` folders), [`run_info`] (code
 //!   revision params and the final status); [`checkpoint`] keeps what they read in step with the
 //!   queue.
+//! * [`intake`]: items handed in from outside (the MLflow-compatible endpoint, [`mlflow::ingest`]).
 //! * [`queue`]: the durable, bounded, segmented queue (CRC32C records, fsync before acknowledging).
-//! * Sinks: the [`Sink`] trait and `--metastore` URLs in [`sink`]; the embedded SQLite metastore
-//!   in [`sqlite`]; Submarine's MySQL/MariaDB metastore in [`mysql`]; the rows both store, in
-//!   [`submarine`]; an MLflow tracking server in [`mlflow`].
+//! * Sinks: the [`Sink`] trait in [`sink`]; the embedded SQLite metastore in [`sqlite`];
+//!   Submarine's MySQL/MariaDB metastore in [`mysql`]; the rows both store, in [`submarine`]; an
+//!   MLflow tracking server in [`mlflow`]; choosing and opening one from `--metastore` in
+//!   [`metastore`].
+//! * [`saves`]: what a completed artifacts save tells the metastore.
 //! * [`pipeline`]: ties them together and runs in the sidecar.
 //!
 //! A source never knows which sink it feeds; a sink never knows which file an item came from.
 //! This module never prints.
 
 pub mod checkpoint;
-pub mod ingest;
+pub mod intake;
 pub mod jsonl;
+pub mod metastore;
 pub mod mlflow;
 pub mod model;
 pub mod mysql;
 pub mod pipeline;
 pub mod queue;
 pub mod run_info;
+pub mod saves;
 pub mod scalars;
 pub mod sink;
 pub mod sqlite;
@@ -35,10 +40,11 @@ use std::path::PathBuf;
 
 use crate::error::{Classify, ErrorClass};
 
+pub use metastore::{MetastoreUrl, SinkContext};
 pub use model::{Item, Metric, Param, RunStatus, Tag};
 pub use pipeline::{MetricsPipeline, MetricsStats, PipelineConfig};
 pub use queue::{Queue, QueueConfig, QueueError};
-pub use sink::{MetastoreUrl, Sink, SinkContext, SinkError};
+pub use sink::{Sink, SinkError};
 pub use sqlite::SqliteStore;
 
 /// A failure of the metrics pipeline.

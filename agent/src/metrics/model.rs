@@ -50,6 +50,68 @@ pub struct ArtifactsSave {
     pub manifest_sha256: String,
 }
 
+/// An MLflow run a training script made through the endpoint
+/// ([`crate::metrics::mlflow::ingest`]), as the sinks record it; the whole record is queued again
+/// whenever it changes (its name, status or end). Invariant: `run_id` is unique within the
+/// Periscope experiment; `index` is the worker_index its metrics and params carry (the worker
+/// itself for the worker's first run, `<worker>/<n>` for its n-th); `status` is one of MLflow's
+/// run statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptRun {
+    pub run_id: String,
+    pub index: String,
+    /// The MLflow experiment's name; `None` for the default experiment, which each sink maps to
+    /// the worker's own.
+    pub experiment: Option<String>,
+    pub name: String,
+    /// The run it is nested in (`mlflow.parentRunId`).
+    pub parent: Option<String>,
+    pub user: String,
+    pub start_ms: i64,
+    pub end_ms: Option<i64>,
+    pub status: String,
+}
+
+/// A file a script logged through the endpoint, now stored in Periscope's storage. Invariant:
+/// `path` is relative and `/`-separated, below the run's artifacts, or below the logged model's
+/// when `model` is set; `folder` is the redacted URL of that stored artifacts folder, ending in
+/// `/`; `size` and `sha256` describe the stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunArtifact {
+    /// The run (a logged model's source run); `None` for a model logged outside any run.
+    pub run: Option<String>,
+    /// The worker_index of the run (see [`ScriptRun::index`]).
+    pub index: String,
+    pub model: Option<ModelRef>,
+    pub path: String,
+    pub folder: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A logged model (MLflow 3's `log_model`). Invariant: `name` is non-empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub id: String,
+    pub name: String,
+}
+
+impl RunArtifact {
+    /// The stored object's redacted URL.
+    pub fn url(&self) -> String {
+        format!("{}{}", self.folder, self.path)
+    }
+
+    /// The file's path among the run's artifacts: a model's files under the model's name, as
+    /// MLflow 2 kept them (and `runs:/<run>/<name>` still finds them).
+    pub fn run_path(&self) -> String {
+        match &self.model {
+            Some(m) => format!("{}/{}", m.name, self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
 /// The lifecycle of the experiment, in Submarine's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunStatus {
@@ -91,6 +153,28 @@ pub enum Item {
         status: RunStatus,
         at_ms: i64,
     },
+    /// A script's MLflow run was made or changed.
+    ScriptRun(ScriptRun),
+    /// Data logged to a script's run (queued after the run). Metrics and params carry the run's
+    /// worker_index as their `worker`.
+    RunData {
+        run: String,
+        metrics: Vec<Metric>,
+        params: Vec<Param>,
+        tags: Vec<Tag>,
+    },
+    /// A tag of a script's run was deleted.
+    RunTagDeleted {
+        run: String,
+        key: String,
+    },
+    /// Datasets a script's run used, as MLflow's `DatasetInput` JSON.
+    RunInputs {
+        run: String,
+        datasets: Vec<serde_json::Value>,
+    },
+    /// A file of a script's run reached storage.
+    RunArtifact(RunArtifact),
 }
 
 /// Milliseconds since the Unix epoch, now.

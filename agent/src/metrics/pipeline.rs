@@ -13,10 +13,10 @@
 //! or locked metastore never delays reading sources or answering ingest requests: only the
 //! queue's bound does (sources pause, ingest answers 503).
 //!
-//! [`run`] is the sidecar's loop for it, with the same stop and drain rules as the log shipper
-//! ([`crate::sidecar`]): on the first stop request or when the exit-code file appears, keep
-//! reading and delivering until two quiet passes with nothing queued and nothing undelivered,
-//! then record the final status and deliver it. While it runs, delivery happens on a thread of
+//! [`run`] is the sidecar's loop for it, with the stop and drain rules of every sidecar loop
+//! ([`crate::lifecycle`]): once the job is over, keep reading and delivering until the passes are
+//! quiet with nothing queued and nothing undelivered, then record the final status and deliver
+//! it. While it runs, delivery happens on a thread of
 //! its own (sinks may do blocking work, such as SQLite's, inside `write`), which `run` lends the
 //! `Delivery` to and takes it back from before returning. This module never prints.
 
@@ -30,14 +30,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::checkpoint::{SourcesCheckpoint, SourcesState};
-use super::ingest::{IngestRequest, Refusal};
+use super::intake::{IngestRequest, Refusal};
 use super::model::{now_ms, Item, RunStatus};
 use super::queue::{Queue, QueueConfig};
-use super::sink::Sink;
+use super::sink::{Sink, SinkError};
 use super::{jsonl, run_info, scalars, MetricsError};
+use crate::error::Classify;
 use crate::job::JobIdentity;
+use crate::lifecycle::{Drain, Ending, Next, Stop};
 use crate::retry::{RetryPolicy, Verdict};
-use crate::sidecar::{Ending, Lifecycle};
 
 /// The queue's folder inside the state folder.
 pub const QUEUE_DIR: &str = "metrics-queue";
@@ -51,8 +52,10 @@ pub struct PipelineConfig {
     pub metrics_files: Vec<PathBuf>,
     /// `--tfevents` folders.
     pub tfevents_roots: Vec<PathBuf>,
-    /// Where `periscope localize` put the code (its `localized.json` gives the revision params).
-    pub code_dir: Option<PathBuf>,
+    /// A folder searched for the event files a command writes of its own accord.
+    pub tfevents_search: Option<crate::tfevents::Search>,
+    /// The sources the run's code came from: their revisions become params and tags.
+    pub code: Vec<crate::localized::Entry>,
     pub queue: QueueConfig,
     /// Most items read from tf.events files into one queue record.
     pub max_items_per_read: usize,
@@ -70,7 +73,8 @@ impl PipelineConfig {
             identity,
             metrics_files: Vec::new(),
             tfevents_roots: Vec::new(),
-            code_dir: None,
+            tfevents_search: None,
+            code: Vec::new(),
             queue: QueueConfig::default(),
             max_items_per_read: 5000,
             max_file_bytes_per_read: 1 << 20,
@@ -111,12 +115,37 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 /// Most items one delivery pass hands to the sink before letting its caller look around.
 const PASS_ITEMS: u64 = 100_000;
 
-/// What the delivery side counts, read by [`MetricsPipeline::stats`] from the other side.
+/// How delivery to the metastore goes: counted and set by the delivery side, read by
+/// [`MetricsPipeline::stats`] and by the sidecar's health endpoints. Invariant: `failing` holds
+/// the last write's error exactly while that write has not been followed by a successful one.
 #[derive(Debug, Default)]
-struct DeliveryCounters {
+pub struct DeliveryStatus {
     delivered_items: AtomicU64,
     sink_failures: AtomicU64,
+    failing: Mutex<Option<String>>,
 }
+
+impl DeliveryStatus {
+    /// Why the metastore does not take writes right now, while it does not.
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Metastore writes that failed so far (each is retried).
+    pub fn failures(&self) -> u64 {
+        self.sink_failures.load(Ordering::Relaxed)
+    }
+
+    fn set_failing(&self, error: Option<String>) {
+        *self.failing.lock().unwrap_or_else(PoisonError::into_inner) = error;
+    }
+}
+
+/// How often a metastore that keeps refusing is reported again while it does.
+const REPORT_AGAIN: Duration = Duration::from_secs(60);
 
 /// The delivery side: owns the sink, reads batches from the shared queue, writes them without
 /// holding the queue's lock, then acknowledges them. Invariant: only it moves the queue's
@@ -127,7 +156,9 @@ struct Delivery {
     retry: RetryPolicy,
     failures: u32,
     retry_at: Option<Instant>,
-    counters: Arc<DeliveryCounters>,
+    counters: Arc<DeliveryStatus>,
+    /// When the current failure was last logged, and with which message.
+    reported: Option<(Instant, String)>,
 }
 
 impl Delivery {
@@ -162,20 +193,7 @@ impl Delivery {
             for group in &groups {
                 // The queue is not locked here: appends go on while the metastore is slow.
                 if let Err(e) = self.sink.write(&group.experiment, &group.items).await {
-                    if !e.transient {
-                        return Err(e.into());
-                    }
-                    self.failures += 1;
-                    self.counters.sink_failures.fetch_add(1, Ordering::Relaxed);
-                    // A server that said when it will be ready knows better than our backoff.
-                    let verdict = self
-                        .sink
-                        .retry_after()
-                        .map_or(Verdict::Transient, Verdict::RetryAfter);
-                    let wait = self.retry.delay(self.failures, verdict);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
-                        backlog = lock(&self.queue).backlog(), "metastore write failed; metrics stay queued");
-                    self.retry_at = Some(Instant::now() + wait);
+                    self.failed(&e);
                     return Ok(delivered);
                 }
                 n += group.items.len() as u64;
@@ -183,15 +201,53 @@ impl Delivery {
             lock(&self.queue).ack(batch.end)?;
             if self.failures > 0 {
                 tracing::info!("metastore writes succeed again");
+                self.counters.set_failing(None);
             }
             self.failures = 0;
             self.retry_at = None;
+            self.reported = None;
             delivered += n;
             self.counters
                 .delivered_items
                 .fetch_add(n, Ordering::Relaxed);
         }
         Ok(delivered)
+    }
+
+    /// A write failed: keeps the batch queued and schedules the next attempt after a backoff.
+    /// Whatever the failure, acknowledged metrics are never dropped: a metastore that refuses
+    /// (a revoked privilege, a dropped table) is tried again, as one that does not answer is, and
+    /// recovers when the cause is mended; meanwhile the log and the health endpoints say why.
+    fn failed(&mut self, e: &SinkError) {
+        self.failures += 1;
+        self.counters.sink_failures.fetch_add(1, Ordering::Relaxed);
+        // A server that said when it will be ready knows better than our backoff.
+        let verdict = self
+            .sink
+            .retry_after()
+            .map_or(Verdict::Transient, Verdict::RetryAfter);
+        let wait = self.retry.delay(self.failures, verdict);
+        self.retry_at = Some(Instant::now() + wait);
+        let message = e.to_string();
+        self.counters.set_failing(Some(message.clone()));
+        let repeat = self
+            .reported
+            .as_ref()
+            .is_some_and(|(at, m)| *m == message && at.elapsed() < REPORT_AGAIN);
+        if repeat {
+            tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, "metastore write failed again");
+            return;
+        }
+        self.reported = Some((Instant::now(), message));
+        let backlog = lock(&self.queue).backlog();
+        if e.transient {
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, backlog,
+                "metastore write failed; metrics stay queued");
+        } else {
+            let hint = e.hint().unwrap_or_default();
+            tracing::error!(error = %e, hint = %hint, retry_in_ms = wait.as_millis() as u64, backlog,
+                "the metastore refuses writes; metrics stay queued and are retried until it takes them");
+        }
     }
 }
 
@@ -210,7 +266,7 @@ pub struct MetricsPipeline {
     sink_name: String,
     /// Tells the delivery side that something was appended.
     appended: Arc<Notify>,
-    counters: Arc<DeliveryCounters>,
+    counters: Arc<DeliveryStatus>,
     stats: MetricsStats,
 }
 
@@ -232,7 +288,7 @@ impl MetricsPipeline {
             );
         }
         let queue = Arc::new(Mutex::new(queue));
-        let counters = Arc::new(DeliveryCounters::default());
+        let counters = Arc::new(DeliveryStatus::default());
         Ok(MetricsPipeline {
             sink_name: sink.describe(),
             delivery: Some(Delivery {
@@ -242,6 +298,7 @@ impl MetricsPipeline {
                 failures: 0,
                 retry_at: None,
                 counters: counters.clone(),
+                reported: None,
             }),
             cfg,
             queue,
@@ -270,6 +327,11 @@ impl MetricsPipeline {
         }
     }
 
+    /// How delivery goes, shared with whoever reports it (the health endpoints).
+    pub fn status(&self) -> Arc<DeliveryStatus> {
+        self.counters.clone()
+    }
+
     /// Undelivered bytes in the queue.
     pub fn backlog(&self) -> u64 {
         lock(&self.queue).backlog()
@@ -286,10 +348,11 @@ impl MetricsPipeline {
             status: RunStatus::Running,
             at_ms: now_ms(),
         }];
-        if let Some(dir) = &self.cfg.code_dir {
-            items.extend(run_info::code_params(dir, &self.cfg.identity.worker));
-            items.extend(run_info::code_tags(dir));
-        }
+        items.extend(run_info::code_params(
+            &self.cfg.code,
+            &self.cfg.identity.worker,
+        ));
+        items.extend(run_info::code_tags(&self.cfg.code));
         self.enqueue(items)
     }
 
@@ -342,6 +405,7 @@ impl MetricsPipeline {
             .max(1);
         match scalars::read(
             &self.cfg.tfevents_roots,
+            self.cfg.tfevents_search.as_ref(),
             &self.state.scalars,
             &worker,
             budget,
@@ -428,7 +492,7 @@ impl MetricsPipeline {
 /// What the delivery thread gives back: the delivery, and why it stopped (`Ok` when asked to).
 type DeliveryEnd = (Delivery, Result<(), MetricsError>);
 
-/// Runs `delivery` on a thread of its own until `stop` (or a permanent sink error), so neither a
+/// Runs `delivery` on a thread of its own until `stop` (or a queue error), so neither a
 /// sink's blocking work nor its waits delay the loop that reads sources and answers ingest.
 fn spawn_delivery(
     mut delivery: Delivery,
@@ -549,12 +613,12 @@ async fn next_ingest(ingest: &mut Option<mpsc::Receiver<IngestRequest>>) -> Inge
     std::future::pending().await
 }
 
-/// Runs the pipeline until `stop` has been signalled (or the exit-code file appeared) and the
-/// drain ended, delivering on a thread of its own meanwhile. See the module docs.
+/// Runs the pipeline until the drain ends (see [`crate::lifecycle`]), delivering on a thread of
+/// its own meanwhile. See the module docs.
 pub async fn run(
     pipeline: &mut MetricsPipeline,
-    cfg: &Lifecycle,
-    stop: watch::Receiver<u32>,
+    drain: Drain,
+    stop: Stop,
     wake: mpsc::UnboundedReceiver<()>,
     ingest: Option<mpsc::Receiver<IngestRequest>>,
 ) -> Result<Ending, MetricsError> {
@@ -562,7 +626,7 @@ pub async fn run(
     let delivery = pipeline.delivery.take().ok_or(MetricsError::DeliveryLost)?;
     let (stop_delivery, stopped) = watch::channel(false);
     let mut ended = spawn_delivery(delivery, pipeline.appended.clone(), stopped)?.fuse();
-    let ending = serve(pipeline, cfg, stop, wake, ingest, &mut ended).await;
+    let ending = serve(pipeline, drain, stop, wake, ingest, &mut ended).await;
     if ended.is_terminated() {
         return ending;
     }
@@ -575,102 +639,67 @@ pub async fn run(
 }
 
 /// [`run`]'s loop, reading sources and answering ingest while the delivery thread (`ended`
-/// resolves when it stops) empties the queue.
+/// resolves when it stops) empties the queue. Once drained, the run's final status is queued and
+/// delivered before the loop ends.
 async fn serve(
     pipeline: &mut MetricsPipeline,
-    cfg: &Lifecycle,
-    mut stop: watch::Receiver<u32>,
+    mut drain: Drain,
+    mut stop: Stop,
     mut wake: mpsc::UnboundedReceiver<()>,
     mut ingest: Option<mpsc::Receiver<IngestRequest>>,
     ended: &mut futures::future::Fuse<oneshot::Receiver<DeliveryEnd>>,
 ) -> Result<Ending, MetricsError> {
-    let mut drain_deadline: Option<Instant> = None;
-    let mut quiet_passes = 0;
-    let mut quiet_since = Instant::now();
     let mut final_status_queued = false;
     let mut waiting: Option<IngestRequest> = None;
-    // Change notifications can trigger passes microseconds apart; "nothing more is coming" needs
-    // quiet passes that also span some time.
-    let quiet_for = (cfg.poll_interval * 2).min(Duration::from_millis(400));
     loop {
-        let draining = drain_deadline.is_some();
         let read = pipeline.poll_sources()?;
         let ingested = serve_ingest(pipeline, &mut ingest, waiting.take())?;
-        if let Some(deadline) = drain_deadline {
-            if read == 0 && ingested == 0 && pipeline.backlog() == 0 {
-                if quiet_passes == 0 {
-                    quiet_since = Instant::now();
-                }
-                quiet_passes += 1;
-                if quiet_passes >= 2 && quiet_since.elapsed() >= quiet_for {
-                    if !final_status_queued {
-                        final_status_queued = true;
-                        let status = cfg
-                            .exit_when_file
-                            .as_deref()
-                            .and_then(|exit| run_info::final_status(exit, &pipeline.cfg.state_dir));
-                        if let Some(status) = status {
-                            pipeline.enqueue(vec![Item::Status {
-                                status,
-                                at_ms: now_ms(),
-                            }])?;
-                            quiet_passes = 0;
-                            continue;
-                        }
+        let idle = read == 0 && ingested == 0 && pipeline.backlog() == 0;
+        match drain.after_pass(idle, pipeline.backlog()) {
+            Next::End(Ending::Drained) => {
+                if !final_status_queued {
+                    final_status_queued = true;
+                    let status = drain
+                        .settings()
+                        .exit_when_file
+                        .as_deref()
+                        .and_then(|exit| run_info::final_status(exit, &pipeline.cfg.state_dir));
+                    if let Some(status) = status {
+                        pipeline.enqueue(vec![Item::Status {
+                            status,
+                            at_ms: now_ms(),
+                        }])?;
+                        drain.quiet_again();
+                        continue;
                     }
-                    if final_status_queued {
-                        run_info::forget_script_failure(&pipeline.cfg.state_dir);
-                    }
-                    return Ok(Ending::Drained);
                 }
-            } else {
-                quiet_passes = 0;
+                run_info::forget_script_failure(&pipeline.cfg.state_dir);
+                return Ok(Ending::Drained);
             }
-            if Instant::now() >= deadline {
-                return Ok(Ending::Incomplete {
-                    backlog: pipeline.backlog(),
-                    reason: "drain timeout",
-                });
-            }
-        } else if cfg.exit_when_file.as_ref().is_some_and(|p| p.exists()) {
-            tracing::info!("the main container has exited; draining metrics");
-            drain_deadline = Some(Instant::now() + cfg.drain_timeout);
-            continue;
+            Next::End(ending) => return Ok(ending),
+            Next::PassNow => continue,
+            Next::Continue => {}
         }
         // A read that filled its budget left more behind (a large event file, a long JSONL
         // backlog): read on at once rather than one budget per poll interval.
         let more = read as usize >= pipeline.cfg.max_items_per_read;
-        let pause = if more {
-            Duration::ZERO
-        } else if draining {
-            Duration::from_millis(100).min(cfg.poll_interval)
-        } else {
-            cfg.poll_interval
-        };
+        let pause = if more { Duration::ZERO } else { drain.pause() };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             Some(()) = wake.recv() => {
                 while wake.try_recv().is_ok() {}
             }
             req = next_ingest(&mut ingest) => waiting = Some(req),
-            // The delivery thread stops by itself only on a permanent sink error.
+            // The delivery thread stops by itself only on a queue error (the disk).
             end = &mut *ended => {
                 let (delivery, result) = end.map_err(|_| MetricsError::DeliveryLost)?;
                 pipeline.delivery = Some(delivery);
                 result?;
                 return Err(MetricsError::DeliveryLost);
             }
-            changed = stop.changed() => {
-                let requests = if changed.is_ok() { *stop.borrow() } else { 1 };
-                if requests >= 2 || changed.is_err() && draining {
-                    let backlog = pipeline.backlog();
-                    return Ok(if backlog == 0 { Ending::Drained } else {
-                        Ending::Incomplete { backlog, reason: "second stop request" }
-                    });
-                }
-                if drain_deadline.is_none() {
-                    drain_deadline = Some(Instant::now() + cfg.drain_timeout);
-                    quiet_passes = 0;
+            requests = stop.next() => {
+                if let Next::End(ending) = drain.on_stop(requests, || pipeline.backlog()) {
+                    return Ok(ending);
                 }
             }
         }
@@ -876,11 +905,12 @@ mod tests {
         cfg.retry.base = Duration::from_millis(1);
         cfg.retry.max_delay = Duration::from_millis(1);
         let mut p = MetricsPipeline::open(cfg, Box::new(SqliteStore::open(&db).unwrap())).unwrap();
-        let (handle, rx) = super::super::ingest::channel(super::super::ingest::RunIdentity {
-            experiment: "e".into(),
-            worker: "worker-0".into(),
-            start_ms: 0,
-        });
+        let (handle, rx) =
+            crate::metrics::mlflow::ingest::channel(crate::metrics::mlflow::ingest::RunIdentity {
+                experiment: "e".into(),
+                worker: "worker-0".into(),
+                start_ms: 0,
+            });
         drop(handle);
         let mut ingest = Some(rx);
         let lock = rusqlite::Connection::open(&db).unwrap();
@@ -963,15 +993,16 @@ mod tests {
         };
         let mut p = MetricsPipeline::open(cfg, Box::new(sink)).unwrap();
         let (requests, ingest) = mpsc::channel(8);
-        let (stop_tx, stop) = watch::channel(0u32);
+        let (stop_tx, stop) = Stop::channel();
         let (wake_tx, wake) = mpsc::unbounded_channel();
-        let lifecycle = Lifecycle {
+        let lifecycle = crate::lifecycle::Lifecycle {
             poll_interval: Duration::from_secs(3600),
             drain_timeout: Duration::from_secs(3600),
             exit_when_file: None,
         };
+        let drain = Drain::new(lifecycle, "metrics", Default::default());
         let task = tokio::spawn(async move {
-            let ending = run(&mut p, &lifecycle, stop, wake, Some(ingest)).await;
+            let ending = run(&mut p, drain, stop, wake, Some(ingest)).await;
             (ending, p)
         });
         let ask = |items: Vec<Item>| {
@@ -1010,7 +1041,7 @@ mod tests {
             "the write is still held"
         );
         release.send(()).unwrap();
-        stop_tx.send(1).unwrap();
+        stop_tx.request();
         let (ending, p) = task.await.unwrap();
         assert_eq!(ending.unwrap(), Ending::Drained);
         assert_eq!(p.backlog(), 0);

@@ -19,8 +19,8 @@
 //!   segment, anything but zeros after the valid records) is truncated on open, never an error: it
 //!   was never acknowledged. Truncating, rather than overwriting it later, guarantees that no
 //!   leftover of it can ever line up behind newer records and pass for one.
-//! * A sealed segment is cut to its records' length before the next one starts, so its size is
-//!   its length (as before preallocation).
+//! * A sealed segment is cut to its records' length before the next one starts, so a sealed
+//!   segment's size is its records' length, with no preallocated tail.
 //! * The size is bounded: when the undelivered backlog would pass `max_bytes`, [`Queue::append`]
 //!   refuses with [`QueueError::Full`] and the producer backs off. One batch is always accepted
 //!   into an empty queue, so an oversized batch cannot wedge a source.

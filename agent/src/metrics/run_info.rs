@@ -1,8 +1,9 @@
 //! What the metastore learns about the run itself: the code revision `periscope localize`
 //! recorded, and the final status from the main container's exit-code file.
 //!
-//! Params (Submarine's `param` table, one value per key and worker) for each localized source
-//! folder `F` in `DEST/.periscope/localized.json`:
+//! Params (Submarine's `param` table, one value per key and worker) for each source folder `F`
+//! the run's code came from (the sidecar's: every entry of `/code/.periscope/localized.json`;
+//! `periscope run`'s: exactly the sources it localized):
 //! `code.F.source` (the redacted URL), `code.F.revision` (commit SHA, archive sha256, or ETag
 //! digest) and `code.F.revision_kind` (`commit`, `sha256`, `etags`). The first git source also
 //! becomes MLflow's standard tags `mlflow.source.git.commit` and `mlflow.source.git.repoURL`
@@ -16,13 +17,12 @@ use std::path::Path;
 
 use super::model::{Item, Param, RunStatus, Tag};
 use super::MetricsError;
-use crate::localize::record::{Record, RevisionKind};
+use crate::localized::{Entry, RevisionKind};
 
-/// Params describing the code localized into `code_dir` (none when nothing was recorded).
-pub fn code_params(code_dir: &Path, worker: &str) -> Vec<Item> {
-    let record = Record::load(code_dir);
+/// Params describing the code the run came from (none for none).
+pub fn code_params(code: &[Entry], worker: &str) -> Vec<Item> {
     let mut items = Vec::new();
-    for entry in &record.sources {
+    for entry in code {
         let kind = match entry.revision.kind {
             RevisionKind::Commit => "commit",
             RevisionKind::Sha256 => "sha256",
@@ -43,12 +43,10 @@ pub fn code_params(code_dir: &Path, worker: &str) -> Vec<Item> {
     items
 }
 
-/// MLflow's source tags for the first localized source whose revision is a commit (MLflow has
-/// room for one repository); none when no git source was recorded.
-pub fn code_tags(code_dir: &Path) -> Vec<Item> {
-    let record = Record::load(code_dir);
-    let Some(entry) = record
-        .sources
+/// MLflow's source tags for the first source whose revision is a commit (MLflow has room for
+/// one repository); none when the code came from no git source.
+pub fn code_tags(code: &[Entry]) -> Vec<Item> {
+    let Some(entry) = code
         .iter()
         .find(|e| e.revision.kind == RevisionKind::Commit)
     else {
@@ -113,7 +111,7 @@ pub fn status_from_exit_file(path: &Path) -> Option<RunStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::localize::record::{Entry, Revision};
+    use crate::localized::{Record, Revision};
 
     #[test]
     fn a_script_that_failed_its_run_overrules_a_zero_exit_code_until_forgotten() {
@@ -134,7 +132,7 @@ mod tests {
     #[test]
     fn the_first_commit_becomes_mlflows_source_tags() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(code_tags(dir.path()).is_empty());
+        assert!(code_tags(&[]).is_empty());
         let mut record = Record::default();
         for (into, kind, id) in [
             ("data", RevisionKind::Sha256, "ab"),
@@ -149,6 +147,7 @@ mod tests {
                     id: id.into(),
                 },
                 fingerprint: None,
+                patterns: Default::default(),
                 bytes: 1,
                 files: 1,
                 seconds: 0.1,
@@ -157,7 +156,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join(".periscope")).unwrap();
         record.save(dir.path()).unwrap();
-        let tags = code_tags(dir.path());
+        let tags = code_tags(&Record::load(dir.path()).sources);
         assert_eq!(
             tags,
             [

@@ -14,6 +14,9 @@
 //!   as usual. So rows already in the metastore for steps ≥ S of that run disappear, as they
 //!   disappear from TensorBoard's charts.
 //!
+//! * Damaged records are skipped and reported as one line per file and pass, with their count and
+//!   the first of them, not one line per record.
+//!
 //! This module reads files and produces items; it never writes the checkpoint or the queue.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,7 +26,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Item, Metric};
-use crate::tfevents::{discover, EventItem, EventReader, Position};
+use crate::tfevents::{
+    discover_in, DamageSummary, EventItem, EventReader, Position, Scope, Search,
+};
 
 /// What the tf.events source has read. Invariant: `files[p]` is a record boundary of file `p`;
 /// `run_keys[r]` holds every key emitted for run `r` before those positions.
@@ -59,14 +64,18 @@ fn run_name(run: &Path) -> String {
 /// items to `out` and returns the new state.
 pub fn read(
     roots: &[PathBuf],
+    search: Option<&Search>,
     state: &ScalarsState,
     worker: &str,
     max_items: usize,
     out: &mut Vec<Item>,
 ) -> io::Result<ScalarsState> {
     let mut state = state.clone();
-    for root in roots {
-        let files = match discover(root) {
+    let every = Scope::default();
+    let roots =
+        (roots.iter().map(|r| (r, &every))).chain(search.into_iter().map(|s| (&s.root, &s.scope)));
+    for (root, scope) in roots {
+        let files = match discover_in(root, scope) {
             Ok(files) => files,
             // The training script has not created the folder yet.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -88,6 +97,7 @@ pub fn read(
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
+            let mut damaged = DamageSummary::default();
             while out.len() < max_items {
                 match reader.next_event()? {
                     EventItem::Event(ev) => {
@@ -115,7 +125,7 @@ pub fn read(
                     }
                     EventItem::Skipped(damage) => {
                         state.skipped += 1;
-                        tracing::warn!(file = %file.path.display(), %damage, "tf.events record skipped");
+                        damaged.add(damage);
                     }
                     EventItem::Pending => break,
                     EventItem::Stopped(damage) => {
@@ -125,6 +135,10 @@ pub fn read(
                         break;
                     }
                 }
+            }
+            if !damaged.is_empty() {
+                tracing::warn!(file = %file.path.display(), skipped = damaged.count, summary = %damaged,
+                    "tf.events records skipped; their scalars are not tracked");
             }
             state.files.insert(id, reader.position());
         }
@@ -163,6 +177,7 @@ mod tests {
         let mut out = Vec::new();
         let s1 = read(
             std::slice::from_ref(&root),
+            None,
             &ScalarsState::default(),
             "w",
             100,
@@ -179,12 +194,12 @@ mod tests {
             .unwrap();
         top.flush().unwrap();
         out.clear();
-        let s2 = read(std::slice::from_ref(&root), &s1, "w", 100, &mut out).unwrap();
+        let s2 = read(std::slice::from_ref(&root), None, &s1, "w", 100, &mut out).unwrap();
         let got = metrics(&out);
         assert_eq!(got.len(), 1);
         assert!(got[0].2.is_nan());
         out.clear();
-        read(&[root], &s2, "w", 100, &mut out).unwrap();
+        read(&[root], None, &s2, "w", 100, &mut out).unwrap();
         assert!(out.is_empty());
     }
 
@@ -202,7 +217,7 @@ mod tests {
             .unwrap();
         w.flush().unwrap();
         let mut out = Vec::new();
-        read(&[root], &ScalarsState::default(), "w", 100, &mut out).unwrap();
+        read(&[root], None, &ScalarsState::default(), "w", 100, &mut out).unwrap();
         let purge = out
             .iter()
             .position(|i| matches!(i, Item::Purge { .. }))

@@ -10,6 +10,13 @@
 //! * `timestamp` and the experiment times are `YYYY-MM-DD HH:MM:SS.mmm` in UTC (`DATETIME(3)`).
 //! * `param`: primary key (`id`, `key`, `worker_index`); the first value wins.
 //!
+//! A script's MLflow runs (made through the endpoint) also get tables of Periscope's own, since
+//! Submarine's have no place for them: `mlflow_run` (one row per run: its worker_index, names,
+//! status and times), `mlflow_tag` (its current tags), `mlflow_input` (its datasets, as MLflow's
+//! JSON) and `mlflow_artifact` (each stored file: path, size, sha256, URL). Their metrics and
+//! params are rows of the run's worker_index in `metric` and `param`, as [`super::submarine`]
+//! maps them.
+//!
 //! Writes happen in one transaction per batch with `synchronous=FULL`, so a batch acknowledged to
 //! the queue is on disk. WAL mode lets `periscope metrics` read while the sidecar writes. The work
 //! is synchronous and short (one transaction); [`Sink::write`] runs it inline.
@@ -20,7 +27,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::model::{Item, Metric, Param, RunStatus};
+use super::model::{Item, Metric, Param, RunStatus, ScriptRun, Tag};
 use super::sink::{Sink, SinkError};
 use super::submarine::{changes, Change};
 use crate::error::ErrorClass;
@@ -58,6 +65,45 @@ CREATE TABLE IF NOT EXISTS param (
     CONSTRAINT param_pk PRIMARY KEY (id, key, worker_index),
     FOREIGN KEY (id) REFERENCES experiment (id) ON UPDATE CASCADE ON DELETE CASCADE
 );
+CREATE TABLE IF NOT EXISTS mlflow_run (
+    id              VARCHAR(64) NOT NULL,
+    run_id          VARCHAR(64) NOT NULL,
+    worker_index    VARCHAR(32) NOT NULL,
+    experiment_name TEXT,
+    name            TEXT NOT NULL,
+    parent_run_id   TEXT,
+    user_id         TEXT NOT NULL,
+    status          VARCHAR(20) NOT NULL,
+    start_time      DATETIME(3),
+    end_time        DATETIME(3),
+    CONSTRAINT mlflow_run_pk PRIMARY KEY (id, run_id),
+    FOREIGN KEY (id) REFERENCES experiment (id) ON UPDATE CASCADE ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS mlflow_tag (
+    id     VARCHAR(64) NOT NULL,
+    run_id VARCHAR(64) NOT NULL,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    CONSTRAINT mlflow_tag_pk PRIMARY KEY (id, run_id, key),
+    FOREIGN KEY (id) REFERENCES experiment (id) ON UPDATE CASCADE ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS mlflow_input (
+    id      VARCHAR(64) NOT NULL,
+    run_id  VARCHAR(64) NOT NULL,
+    dataset TEXT NOT NULL,
+    CONSTRAINT mlflow_input_pk PRIMARY KEY (id, run_id, dataset),
+    FOREIGN KEY (id) REFERENCES experiment (id) ON UPDATE CASCADE ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS mlflow_artifact (
+    id     VARCHAR(64) NOT NULL,
+    run_id VARCHAR(64) NOT NULL,
+    path   TEXT NOT NULL,
+    size   INTEGER NOT NULL,
+    sha256 VARCHAR(64) NOT NULL,
+    url    TEXT NOT NULL,
+    CONSTRAINT mlflow_artifact_pk PRIMARY KEY (id, run_id, path),
+    FOREIGN KEY (id) REFERENCES experiment (id) ON UPDATE CASCADE ON DELETE CASCADE
+);
 ";
 
 pub use super::submarine::{datetime, parse_datetime};
@@ -81,6 +127,28 @@ pub struct SeriesSummary {
     pub points: u64,
     pub first_step: i64,
     pub last_step: i64,
+}
+
+/// One row of `mlflow_run`: a script's MLflow run, as `periscope runs show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScriptRunRow {
+    pub run_id: String,
+    pub worker_index: String,
+    pub experiment_name: Option<String>,
+    pub name: String,
+    pub parent_run_id: Option<String>,
+    pub status: String,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+}
+
+/// One row of `mlflow_artifact`: a stored file of a script's run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ArtifactRow {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub url: String,
 }
 
 /// Which metric rows to read.
@@ -114,6 +182,30 @@ fn sql_err(path: &Path, what: &str) -> impl FnOnce(rusqlite::Error) -> SinkError
     }
 }
 
+/// Runs `step` until it is not refused as busy or locked, for up to [`OPEN_PATIENCE`]: on open,
+/// processes that start together (two `periscope run` on one data folder) each switch the file to
+/// WAL and create the tables, and SQLite refuses one of them at once, without its busy handler,
+/// when their locks would otherwise deadlock.
+fn while_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + OPEN_PATIENCE;
+    loop {
+        match step() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long opening the metastore waits for other processes opening it at the same time.
+const OPEN_PATIENCE: Duration = Duration::from_secs(15);
+
 impl SqliteStore {
     /// Opens or creates the database at `path` (and its folder) with the schema.
     pub fn open(path: &Path) -> Result<SqliteStore, SinkError> {
@@ -127,9 +219,7 @@ impl SqliteStore {
         }
         let conn = Connection::open(path).map_err(sql_err(path, "open the database"))?;
         let store = SqliteStore::configure(conn, path)?;
-        store
-            .conn
-            .execute_batch(SCHEMA)
+        while_busy(|| store.conn.execute_batch(SCHEMA))
             .map_err(sql_err(path, "create the tables"))?;
         Ok(store)
     }
@@ -157,9 +247,11 @@ impl SqliteStore {
         // queue keeps the batch and it is retried after a backoff instead.
         conn.busy_timeout(Duration::from_secs(1))
             .map_err(sql_err(path, "set the busy timeout"))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-        )
+        while_busy(|| {
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
+        })
         .map_err(sql_err(path, "configure the database"))?;
         Ok(SqliteStore {
             conn,
@@ -252,7 +344,83 @@ impl SqliteStore {
                 }
             }
         }
+        for item in items {
+            apply_script_run(&tx, experiment, item)
+                .map_err(sql_err(&path, "record a script run"))?;
+        }
         tx.commit().map_err(sql_err(&path, "commit"))
+    }
+
+    /// The experiment's script runs, in the order they started.
+    pub fn script_runs(&self, experiment: &str) -> Result<Vec<ScriptRunRow>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT run_id, worker_index, experiment_name, name, parent_run_id, status, \
+                 start_time, end_time FROM mlflow_run WHERE id = ?1 ORDER BY start_time, run_id",
+            )
+            .map_err(sql_err(&self.path, "read script runs"))?;
+        let rows = stmt
+            .query_map([experiment], |r| {
+                Ok(ScriptRunRow {
+                    run_id: r.get(0)?,
+                    worker_index: r.get(1)?,
+                    experiment_name: r.get(2)?,
+                    name: r.get(3)?,
+                    parent_run_id: r.get(4)?,
+                    status: r.get(5)?,
+                    start_time: r.get(6)?,
+                    end_time: r.get(7)?,
+                })
+            })
+            .map_err(sql_err(&self.path, "read script runs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "read script runs"))
+    }
+
+    /// A script run's tags, by key.
+    pub fn script_run_tags(&self, experiment: &str, run_id: &str) -> Result<Vec<Tag>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM mlflow_tag WHERE id = ?1 AND run_id = ?2 ORDER BY key")
+            .map_err(sql_err(&self.path, "read run tags"))?;
+        let rows = stmt
+            .query_map([experiment, run_id], |r| {
+                Ok(Tag {
+                    key: r.get(0)?,
+                    value: r.get(1)?,
+                })
+            })
+            .map_err(sql_err(&self.path, "read run tags"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "read run tags"))
+    }
+
+    /// A script run's stored files, by path.
+    pub fn script_run_artifacts(
+        &self,
+        experiment: &str,
+        run_id: &str,
+    ) -> Result<Vec<ArtifactRow>, SinkError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT path, size, sha256, url FROM mlflow_artifact WHERE id = ?1 AND run_id = ?2 \
+                 ORDER BY path",
+            )
+            .map_err(sql_err(&self.path, "read run artifacts"))?;
+        let rows = stmt
+            .query_map([experiment, run_id], |r| {
+                Ok(ArtifactRow {
+                    path: r.get(0)?,
+                    size: r.get::<_, i64>(1)?.max(0) as u64,
+                    sha256: r.get(2)?,
+                    url: r.get(3)?,
+                })
+            })
+            .map_err(sql_err(&self.path, "read run artifacts"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql_err(&self.path, "read run artifacts"))
     }
 
     /// Every experiment, by id, with its number of metric rows.
@@ -371,6 +539,83 @@ impl SqliteStore {
         rows.collect::<Result<_, _>>()
             .map_err(sql_err(&self.path, "read params"))
     }
+}
+
+/// Records an item of a script's run in Periscope's own tables (nothing for other items). Every
+/// statement is idempotent: a redelivered batch leaves the same rows.
+fn apply_script_run(
+    tx: &rusqlite::Transaction<'_>,
+    experiment: &str,
+    item: &Item,
+) -> rusqlite::Result<()> {
+    match item {
+        Item::ScriptRun(run) => upsert_run(tx, experiment, run),
+        Item::RunData { run, tags, .. } => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO mlflow_tag (id, run_id, key, value) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for t in tags {
+                stmt.execute(params![experiment, run, t.key, t.value])?;
+            }
+            Ok(())
+        }
+        Item::RunTagDeleted { run, key } => tx
+            .execute(
+                "DELETE FROM mlflow_tag WHERE id = ?1 AND run_id = ?2 AND key = ?3",
+                params![experiment, run, key],
+            )
+            .map(drop),
+        Item::RunInputs { run, datasets } => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO mlflow_input (id, run_id, dataset) VALUES (?1, ?2, ?3)",
+            )?;
+            for d in datasets {
+                stmt.execute(params![experiment, run, d.to_string()])?;
+            }
+            Ok(())
+        }
+        Item::RunArtifact(file) => tx
+            .execute(
+                "INSERT OR REPLACE INTO mlflow_artifact (id, run_id, path, size, sha256, url) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    experiment,
+                    file.run.as_deref().unwrap_or_default(),
+                    file.run_path(),
+                    i64::try_from(file.size).unwrap_or(i64::MAX),
+                    file.sha256,
+                    file.url()
+                ],
+            )
+            .map(drop),
+        _ => Ok(()),
+    }
+}
+
+fn upsert_run(
+    tx: &rusqlite::Transaction<'_>,
+    experiment: &str,
+    run: &ScriptRun,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO mlflow_run (id, run_id, worker_index, experiment_name, name, parent_run_id, \
+         user_id, status, start_time, end_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (id, run_id) DO UPDATE SET name = excluded.name, status = excluded.status, \
+         end_time = excluded.end_time",
+        params![
+            experiment,
+            run.run_id,
+            run.index,
+            run.experiment,
+            run.name,
+            run.parent,
+            run.user,
+            run.status,
+            datetime(run.start_ms),
+            run.end_ms.and_then(datetime)
+        ],
+    )
+    .map(drop)
 }
 
 impl Sink for SqliteStore {

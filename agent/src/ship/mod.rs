@@ -1,9 +1,10 @@
-//! Shipping what a job writes to durable storage: log files (and, next, tf.events files).
+//! Shipping what a job writes to durable storage: log files and TensorBoard event files.
 //!
 //! Data flows one way: **file → reader → chunk → sink**. [`discover`] expands the `--logs` globs;
 //! [`identity`] tells files apart across renames; [`logs`] follows files and uploads compressed
 //! chunks whose [`key`]s say which bytes they hold; [`checkpoint`] makes that exactly-once across
-//! crashes; [`reassemble`] reads it all back for `periscope logs cat`.
+//! crashes; [`reassemble`] reads it all back for `periscope logs cat`. [`tfevents_mirror`] copies
+//! event files so `tensorboard --logdir` works on the stored tree.
 //!
 //! The reader never knows which store it feeds, and the store never knows which file a chunk came
 //! from beyond the key.

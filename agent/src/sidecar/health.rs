@@ -1,7 +1,8 @@
 //! `/healthz`, `/readyz` and Prometheus `/metrics` for the sidecar.
 //!
 //! Liveness means the shipping loop still completes passes (a stuck loop is restarted by the
-//! kubelet); readiness means the first pass finished. `/metrics` is the Prometheus text format
+//! kubelet); readiness means the first pass finished and the metastore takes writes (while it does
+//! not, `/readyz` says why; metrics stay queued). `/metrics` is the Prometheus text format
 //! written by hand: a few counters do not need a metrics library. This module only reads the
 //! counters the pipelines keep; it never changes them.
 
@@ -15,6 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use crate::lifecycle::DrainFlag;
+use crate::metrics::pipeline::DeliveryStatus;
 use crate::ship::LogStats;
 
 /// State the HTTP endpoints read. Invariant: `last_pass_ms` only grows.
@@ -24,8 +27,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Unix time in milliseconds of the end of the last pass.
     pub last_pass_ms: AtomicU64,
-    /// The sidecar is draining.
-    pub draining: AtomicBool,
+    /// Set once any loop of the sidecar drains.
+    pub draining: DrainFlag,
     /// Bytes read but not yet stored, over all pipelines.
     pub backlog_bytes: AtomicU64,
 }
@@ -48,6 +51,8 @@ impl Health {
 pub struct Observed {
     pub health: Arc<Health>,
     pub logs: Option<Arc<LogStats>>,
+    /// How delivery to the metastore goes.
+    pub metastore: Option<Arc<DeliveryStatus>>,
     /// A loop that has not finished a pass for this long is reported as not live.
     pub stall_after: Duration,
 }
@@ -79,10 +84,16 @@ async fn healthz(o: Observed) -> impl IntoResponse {
 }
 
 async fn readyz(o: Observed) -> impl IntoResponse {
-    if o.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    if !o.health.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
+    }
+    match o.metastore.as_ref().and_then(|m| m.failing()) {
+        // Metrics stay queued meanwhile; saying why is what lets someone mend it.
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the metastore does not take writes (metrics stay queued): {error}\n"),
+        ),
+        None => (StatusCode::OK, "ready\n".to_string()),
     }
 }
 
@@ -104,8 +115,22 @@ async fn metrics(o: Observed) -> impl IntoResponse {
         "periscope_draining",
         "gauge",
         "1 while the sidecar drains after a stop request.",
-        u64::from(o.health.draining.load(Ordering::Relaxed)),
+        u64::from(o.health.draining.is_set()),
     );
+    if let Some(m) = &o.metastore {
+        metric(
+            "periscope_metastore_failing",
+            "gauge",
+            "1 while the metastore does not take writes (metrics stay queued).",
+            u64::from(m.failing().is_some()),
+        );
+        metric(
+            "periscope_metastore_write_failures_total",
+            "counter",
+            "Failed metastore writes (each is retried).",
+            m.failures(),
+        );
+    }
     if let Some(s) = &o.logs {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         metric(

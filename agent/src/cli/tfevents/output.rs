@@ -10,6 +10,9 @@ use std::io::{self, Write};
 use periscope::tfevents::{RecordScalars, ScalarRef, SeriesSummary};
 use serde::Serialize;
 
+use crate::cli::format::number as number_text;
+use crate::cli::format::{table, Align::*};
+
 /// Where scalars go. Invariant: `finish` is called once, after the last `record`.
 pub trait ScalarSink {
     /// Takes one record's scalars, in order.
@@ -47,15 +50,6 @@ fn non_finite_name(v: f64) -> Option<&'static str> {
         Some("-Infinity")
     } else {
         None
-    }
-}
-
-/// A number as text, as JSON would print it (names for non-finite values).
-pub fn number_text(v: f64) -> String {
-    match non_finite_name(v) {
-        Some(name) => name.to_owned(),
-        // Serialising a finite f64 cannot fail.
-        None => serde_json::to_string(&v).unwrap_or_else(|_| v.to_string()),
     }
 }
 
@@ -240,42 +234,27 @@ impl<W: Write> ScalarSink for Table<W> {
             self.rows
                 .insert(std::mem::take(&mut self.current_run), current);
         }
-        let mut cells: Vec<[String; 6]> = vec![header.map(str::to_owned)];
-        for (run, tag, s) in self
+        let rows: Vec<Vec<String>> = self
             .rows
             .iter()
             .flat_map(|(run, tags)| tags.iter().map(move |(tag, s)| (run, tag, s)))
-        {
-            cells.push([
-                run.clone(),
-                tag.to_owned(),
-                s.count.to_string(),
-                s.first_step.to_string(),
-                s.last_step.to_string(),
-                number_text(s.last_value),
-            ]);
-        }
-        let mut widths = [0usize; 6];
-        for row in &cells {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        for row in &cells {
-            let mut line = String::new();
-            for (i, (c, w)) in row.iter().zip(widths).enumerate() {
-                // Text columns align left, numbers right, as people scan them.
-                if i < 2 {
-                    line.push_str(&format!("{c:<w$}"));
-                } else {
-                    line.push_str(&format!("{c:>w$}"));
-                }
-                if i < 5 {
-                    line.push_str("  ");
-                }
-            }
-            writeln!(self.out, "{}", line.trim_end())?;
-        }
+            .map(|(run, tag, s)| {
+                vec![
+                    run.clone(),
+                    tag.to_owned(),
+                    s.count.to_string(),
+                    s.first_step.to_string(),
+                    s.last_step.to_string(),
+                    number_text(s.last_value),
+                ]
+            })
+            .collect();
+        table(
+            &mut self.out,
+            &header,
+            &rows,
+            &[Left, Left, Right, Right, Right, Right],
+        )?;
         self.out.flush()
     }
 

@@ -1,101 +1,20 @@
-//! Credentials and server identity: the callbacks libgit2 calls while it talks to a server, and the
-//! process-wide TLS settings.
+//! Credentials and server identity: the callbacks libgit2 calls while it talks to a server (SSH
+//! host keys, SSH credentials), from the run's [`Session`], and libgit2's process-wide settings.
 //!
-//! A [`Session`] is built once per run from the flags (the password file is read here, so a rotated
-//! Secret is picked up by the next run). The callbacks hand libgit2 each credential at most once
+//! The callbacks hand libgit2 each credential at most once
 //! per kind: libgit2 asks again when a server refuses, and answering again would loop. What a
 //! callback refused is remembered, so the failure is reported as what really happened (an unknown
 //! host key, refused credentials) rather than libgit2's generic message.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use git2::{CertificateCheckStatus, Cred, CredentialType, RemoteCallbacks};
 
 use super::error::GitError;
 use super::known_hosts::{self, HostKeyStatus};
+use super::session::Session;
 use crate::localize::{FetchContext, SourceProgress};
-use crate::redact::Secret;
-
-/// Everything the callbacks need, resolved from flags and files. Invariant: `password` came from
-/// `--git-password-file` when one was given.
-#[derive(Debug, Clone)]
-pub struct Session {
-    username: Option<String>,
-    password: Option<Secret>,
-    ssh_key: Option<PathBuf>,
-    known_hosts: Vec<PathBuf>,
-    allow_unknown_host_keys: bool,
-    insecure_tls: bool,
-}
-
-impl Session {
-    /// Reads the password file, if any, and settles which known_hosts files apply.
-    pub fn from_ctx(ctx: &FetchContext) -> Result<Session, GitError> {
-        let auth = &ctx.git;
-        let password = match &auth.password_file {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|error| GitError::PasswordFile {
-                        path: path.clone(),
-                        error,
-                    })?;
-                // A Secret file written by `echo` ends with a newline that is not part of it.
-                Some(Secret::new(text.trim_end_matches(['\n', '\r'])))
-            }
-            None => auth.password.clone(),
-        };
-        let known_hosts = match &auth.known_hosts_file {
-            Some(file) => vec![file.clone()],
-            None => {
-                // Like ssh: the user's file, then the system's.
-                let mut files = Vec::new();
-                if let Some(home) = std::env::var_os("HOME") {
-                    files.push(Path::new(&home).join(".ssh/known_hosts"));
-                }
-                files.push(PathBuf::from("/etc/ssh/ssh_known_hosts"));
-                files
-            }
-        };
-        Ok(Session {
-            username: auth.username.clone(),
-            password,
-            ssh_key: auth.ssh_key_file.clone(),
-            known_hosts,
-            allow_unknown_host_keys: auth.allow_unknown_host_keys,
-            insecure_tls: ctx.tls.insecure,
-        })
-    }
-
-    /// The strings that must never appear in an error: the password and any URL credentials.
-    pub fn secrets(&self, url: &str) -> Vec<String> {
-        let mut secrets: Vec<String> = self
-            .password
-            .iter()
-            .map(|p| p.expose().to_string())
-            .collect();
-        if let Ok(parsed) = url::Url::parse(url) {
-            if let Some(p) = parsed.password() {
-                secrets.push(p.to_string());
-                secrets.push(percent_decode(p));
-            }
-            if parsed.scheme().contains("http") && !parsed.username().is_empty() {
-                // A bare user name in an https URL is usually a token.
-                secrets.push(parsed.username().to_string());
-            }
-        }
-        secrets
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
 
 /// The host and port a URL connects to, for host-key lookups (scp-like `user@host:path` is ssh on
 /// port 22).
@@ -131,6 +50,7 @@ impl Attempt {
     /// if one did, else `e` sorted and scrubbed of `secrets`.
     pub fn error(&self, e: &git2::Error, secrets: &[String]) -> GitError {
         self.take_refusal()
+            .or_else(super::http::take_failure)
             .unwrap_or_else(|| super::error::from_git2(e, secrets))
     }
 
@@ -153,15 +73,7 @@ pub fn callbacks<'a>(
         credentials(session, attempt, user_from_url, allowed)
     });
     cb.certificate_check(move |cert, host| {
-        if cert.as_x509().is_some() {
-            // TLS: OpenSSL already verified the chain against the system roots and --ca-file;
-            // only GIT_SSL_NO_VERIFY overrides its verdict.
-            return Ok(if session.insecure_tls {
-                CertificateCheckStatus::CertificateOk
-            } else {
-                CertificateCheckStatus::CertificatePassthrough
-            });
-        }
+        // TLS is verified by the HTTP client (http.rs); only SSH host keys reach this callback.
         let Some(hostkey) = cert.as_hostkey() else {
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         };
@@ -286,12 +198,13 @@ fn default_ssh_key() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Applies the process-wide libgit2 settings a fetch needs: timeouts and extra CA certificates.
+/// Applies the process-wide libgit2 settings a fetch needs: timeouts, and no second hash check.
 ///
 /// libgit2 keeps these in globals. Periscope localizes sources one at a time, and every caller
-/// passes the same flags, so setting them before each fetch is consistent.
+/// passes the same flags, so setting them before each fetch is consistent. TLS settings
+/// (`--ca-file`, `GIT_SSL_NO_VERIFY`) belong to the HTTP client of [`super::http`], which carries
+/// git over http(s).
 pub fn configure_libgit2(ctx: &FetchContext) -> Result<(), GitError> {
-    static LOADED_CAS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
     let ms = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: libgit2 reads these integers when it opens a connection; no connection is open in
     // this process while a localize run configures them (sources are fetched one at a time).
@@ -304,25 +217,6 @@ pub fn configure_libgit2(ctx: &FetchContext) -> Result<(), GitError> {
     // Every object was hashed by the indexer as it arrived, so checking the hash again on each
     // read during checkout only repeats that work (about a tenth of the checkout time).
     git2::opts::strict_hash_verification(false);
-    if let Some(ca) = &ctx.tls.ca_file {
-        let fail = |detail: String| GitError::CaFile {
-            path: ca.clone(),
-            detail,
-        };
-        let text = std::fs::read_to_string(ca).map_err(|e| fail(e.to_string()))?;
-        if !text.contains("-----BEGIN CERTIFICATE-----") {
-            return Err(fail("no PEM certificate in it".into()));
-        }
-        let mut loaded = LOADED_CAS.lock().unwrap_or_else(|p| p.into_inner());
-        let loaded = loaded.get_or_insert_with(HashSet::new);
-        if !loaded.contains(ca) {
-            // SAFETY: as above; OpenSSL adds the file's certificates to libgit2's trust store,
-            // beside the system roots.
-            unsafe { git2::opts::set_ssl_cert_file(ca.as_path()) }
-                .map_err(|e| fail(e.message().to_string()))?;
-            loaded.insert(ca.clone());
-        }
-    }
     Ok(())
 }
 
@@ -344,7 +238,7 @@ mod tests {
 
     #[test]
     fn secrets_include_url_credentials() {
-        let session = Session::from_ctx(&FetchContext::default()).unwrap();
+        let session = Session::from_ctx(&FetchContext::default(), "https://h.test/r.git").unwrap();
         let s = session.secrets("https://tok%40en:pa%2Fss@h.test/r.git");
         assert!(s.contains(&"pa/ss".to_string()), "{s:?}");
         assert!(s.contains(&"tok%40en".to_string()), "{s:?}");

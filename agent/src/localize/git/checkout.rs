@@ -299,24 +299,42 @@ fn index_entry(entry: &Entry) -> IndexEntry {
         Kind::Symlink => FileMode::Link,
         Kind::Gitlink => FileMode::Commit,
     };
-    // The index stores 32-bit fields and truncates, as git does; a submodule keeps no stat data.
+    // A submodule keeps no stat data.
     let stat = entry.written.get().filter(|_| entry.kind != Kind::Gitlink);
-    let time = |secs: i64, nanos: i64| IndexTime::new(secs as i32, nanos as u32);
-    IndexEntry {
-        ctime: stat.map_or(time(0, 0), |m| time(m.ctime(), m.ctime_nsec())),
-        mtime: stat.map_or(time(0, 0), |m| time(m.mtime(), m.mtime_nsec())),
-        dev: stat.map_or(0, |m| m.dev() as u32),
-        ino: stat.map_or(0, |m| m.ino() as u32),
+    let time = IndexTime::new(0, 0);
+    let mut index_entry = IndexEntry {
+        ctime: time,
+        mtime: time,
+        dev: 0,
+        ino: 0,
         mode: u32::from(mode),
-        uid: stat.map_or(0, MetadataExt::uid),
-        gid: stat.map_or(0, MetadataExt::gid),
-        file_size: stat.map_or(0, |m| m.size() as u32),
+        uid: 0,
+        gid: 0,
+        file_size: 0,
         id: entry.id,
         // libgit2 sets the name-length bits itself.
         flags: 0,
         flags_extended: 0,
         path: entry.path.clone(),
+    };
+    if let Some(meta) = stat {
+        restat(&mut index_entry, meta);
     }
+    index_entry
+}
+
+/// Records in `entry` the stat data of the file as written (`meta`), which `git status` compares
+/// to tell the file unchanged without reading it. The index stores 32-bit fields and truncates,
+/// as git does.
+pub(super) fn restat(entry: &mut IndexEntry, meta: &std::fs::Metadata) {
+    let time = |secs: i64, nanos: i64| IndexTime::new(secs as i32, nanos as u32);
+    entry.ctime = time(meta.ctime(), meta.ctime_nsec());
+    entry.mtime = time(meta.mtime(), meta.mtime_nsec());
+    entry.dev = meta.dev() as u32;
+    entry.ino = meta.ino() as u32;
+    entry.uid = meta.uid();
+    entry.gid = meta.gid();
+    entry.file_size = meta.size() as u32;
 }
 
 /// Whether a tree entry's name is one the fast path may write as is. Anything git might refuse, or

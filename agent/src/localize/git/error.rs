@@ -31,6 +31,11 @@ pub enum GitError {
     Certificate { detail: String },
     #[error("cannot reach the server ({detail})")]
     Unreachable { detail: String },
+    /// The server's host name (or the proxy's) did not resolve.
+    #[error("cannot resolve host `{host}`")]
+    Resolve { host: String },
+    #[error(transparent)]
+    Proxy(#[from] crate::net::proxy::ProxyError),
     #[error("the git server failed ({detail})")]
     Remote { detail: String },
     #[error("cannot read the git password file `{}`: {error}", path.display())]
@@ -43,12 +48,20 @@ pub enum GitError {
     CaFile { path: PathBuf, detail: String },
     #[error("submodule URL `{url}` is refused: {reason}")]
     SubmoduleUrl { url: String, reason: String },
+    #[error("submodule name `{name}` is refused: it could lead outside .git/modules")]
+    SubmoduleName { name: String },
     #[error("submodule `{path}`: {error}")]
     Submodule {
         path: String,
         #[source]
         error: Box<GitError>,
     },
+    #[error("Git LFS files cannot be fetched: {reason}")]
+    LfsUnsupported { reason: String },
+    #[error("Git LFS object for `{path}` is missing: {detail}")]
+    LfsMissing { path: String, detail: String },
+    #[error("Git LFS object for `{path}` is wrong: {detail}")]
+    LfsObject { path: String, detail: String },
     #[error("the commit holds a path git refuses to write ({detail})")]
     UnsafePath { detail: String },
     #[error("the checkout has {what}, over the limit of {limit}")]
@@ -65,14 +78,22 @@ impl Classify for GitError {
             GitError::UnknownRef { .. }
             | GitError::EmptyRepository
             | GitError::CommitMissing { .. }
+            | GitError::LfsMissing { .. }
             | GitError::RepoNotFound { .. } => ErrorClass::NotFound,
             GitError::AuthRefused { .. }
             | GitError::UnknownHostKey { .. }
             | GitError::ChangedHostKey { .. }
             | GitError::Certificate { .. } => ErrorClass::Auth,
-            GitError::Unreachable { .. } | GitError::Remote { .. } => ErrorClass::Network,
-            GitError::PasswordFile { .. } | GitError::CaFile { .. } => ErrorClass::Usage,
+            GitError::Unreachable { .. } | GitError::Resolve { .. } | GitError::Remote { .. } => {
+                ErrorClass::Network
+            }
+            GitError::PasswordFile { .. }
+            | GitError::CaFile { .. }
+            | GitError::Proxy(_)
+            | GitError::LfsUnsupported { .. } => ErrorClass::Usage,
             GitError::SubmoduleUrl { .. }
+            | GitError::SubmoduleName { .. }
+            | GitError::LfsObject { .. }
             | GitError::UnsafePath { .. }
             | GitError::TooLarge { .. } => ErrorClass::Integrity,
             GitError::Submodule { error, .. } => error.class(),
@@ -107,11 +128,29 @@ impl Classify for GitError {
             GitError::Certificate { .. } => {
                 "pass the server's CA certificate with --ca-file (GIT_SSL_NO_VERIFY=true skips the check)"
             }
+            GitError::Resolve { .. } => crate::localize::http::RESOLVE_HINT,
+            GitError::Proxy(_) => crate::localize::http::PROXY_HINT,
             GitError::PasswordFile { .. } => "check --git-password-file",
             GitError::CaFile { .. } => "check --ca-file: it must be a readable PEM file",
             GitError::SubmoduleUrl { .. } => {
                 "the repository's .gitmodules points somewhere Periscope will not fetch from; \
                  use #submodules=none to skip submodules"
+            }
+            GitError::LfsUnsupported { .. } => {
+                "fetch the repository over https (or name an https LFS server in its .lfsconfig), \
+                 or set GIT_LFS_SKIP_SMUDGE=1 to check out the pointer files instead"
+            }
+            GitError::LfsMissing { .. } => {
+                "push the LFS objects to the server (git lfs push --all), or set \
+                 GIT_LFS_SKIP_SMUDGE=1 to check out the pointer files instead"
+            }
+            GitError::LfsObject { .. } => {
+                "the LFS server sent bytes that are not the file the commit names; nothing was \
+                 published"
+            }
+            GitError::SubmoduleName { .. } => {
+                "the repository's .gitmodules names a submodule git refuses too (a hostile \
+                 repository?); nothing was published"
             }
             GitError::UnsafePath { .. } => {
                 "the repository was made to write outside its checkout or into its .git folder \
@@ -137,16 +176,31 @@ impl GitError {
     /// Whether another try may succeed: only failures of the network or the server.
     pub(super) fn verdict(&self) -> Verdict {
         match self {
-            GitError::Unreachable { .. } | GitError::Remote { .. } => Verdict::Transient,
+            GitError::Unreachable { .. } | GitError::Resolve { .. } | GitError::Remote { .. } => {
+                Verdict::Transient
+            }
             GitError::Submodule { error, .. } => error.verdict(),
             _ => Verdict::Permanent,
+        }
+    }
+
+    /// The host that did not resolve, when that is the failure (also inside a submodule).
+    pub(super) fn unresolved_host(&self) -> Option<&str> {
+        match self {
+            GitError::Resolve { host } => Some(host),
+            GitError::Submodule { error, .. } => error.unresolved_host(),
+            _ => None,
         }
     }
 
     /// Whether this failure says the server refused *us* (credentials, identity), as opposed to
     /// refusing the request: a different request to the same server would be refused too.
     pub(super) fn is_refusal(&self) -> bool {
-        matches!(self.class(), ErrorClass::Auth) || matches!(self, GitError::Unreachable { .. })
+        matches!(self.class(), ErrorClass::Auth)
+            || matches!(
+                self,
+                GitError::Unreachable { .. } | GitError::Resolve { .. }
+            )
     }
 }
 
@@ -180,6 +234,14 @@ pub(super) fn from_git2(e: &git2::Error, secrets: &[String]) -> GitError {
         "no such file or directory",
     ]) {
         return GitError::RepoNotFound { detail };
+    }
+    // libgit2's own transports (ssh, git://): "failed to resolve address for HOST: …".
+    if let Some(rest) = detail.strip_prefix("failed to resolve address for ") {
+        if let Some((host, _)) = rest.split_once(':') {
+            return GitError::Resolve {
+                host: host.to_string(),
+            };
+        }
     }
     if has(&[
         "failed to connect",
@@ -229,5 +291,16 @@ mod tests {
             "unexpected http status code: 404",
         );
         assert_eq!(from_git2(&e, &[]).class(), ErrorClass::NotFound);
+        let e = git2::Error::new(
+            git2::ErrorCode::GenericError,
+            git2::ErrorClass::Net,
+            "failed to resolve address for no-such-host.test: Name or service not known",
+        );
+        let sorted = from_git2(&e, &[]);
+        assert_eq!(
+            sorted.to_string(),
+            "cannot resolve host `no-such-host.test`"
+        );
+        assert_eq!(sorted.verdict(), Verdict::Transient);
     }
 }

@@ -4,17 +4,20 @@
 //! The ref is resolved from the refs the server advertises when the connection opens; then, on
 //! the same connection, only that ref is fetched, to the asked depth. A commit no advertised ref
 //! points at is asked for by SHA (servers that allow it answer at the same depth); if the server
-//! refuses, the whole history is fetched and the commit looked up in it. Everything is written
-//! inside the repository's folder, nowhere else.
+//! refuses, the whole history is fetched and the commit looked up in it. Git LFS files are then
+//! fetched in place of their pointers. Everything is written inside the repository's folder,
+//! nowhere else.
 
 use std::path::Path;
 
 use git2::{AutotagOption, Direction, FetchOptions, Oid, Remote, Repository};
 
-use super::auth::{callbacks, Attempt, Session};
+use super::auth::{callbacks, Attempt};
 use super::checkout::{checkout, WANT_REF};
 use super::error::{from_git2, GitError};
-use super::remote::{Advertised, Resolved, Target};
+use super::lfs;
+use super::remote::{is_local, Advertised, Resolved, Target};
+use super::session::Session;
 use crate::localize::SourceProgress;
 
 /// How one repository (the main one or a submodule) is fetched.
@@ -23,6 +26,8 @@ pub struct FetchPlan<'a> {
     pub depth: u32,
     pub session: &'a Session,
     pub progress: &'a SourceProgress,
+    /// What Git LFS objects may add up to (`--max-bytes`).
+    pub max_bytes: u64,
 }
 
 impl FetchPlan<'_> {
@@ -51,6 +56,7 @@ impl FetchPlan<'_> {
         tracing::debug!(%commit, "fetched");
         checkout(repo, commit, &resolved.target)?;
         tracing::debug!(%commit, "checked out");
+        lfs::smudge(repo, self.url, self.session, self.progress, self.max_bytes)?;
         Ok(Resolved { commit, ..resolved })
     }
 
@@ -133,11 +139,6 @@ impl FetchPlan<'_> {
             .fetch(refspecs, Some(&mut options), None)
             .map_err(fail)
     }
-}
-
-/// Whether `url` names a repository on this machine (libgit2's local transport).
-pub fn is_local(url: &str) -> bool {
-    url.starts_with("file:") || url.starts_with('/') || url.starts_with('.')
 }
 
 /// Records `origin` (credentials removed) and the branch's upstream, so `git log`, `git status`

@@ -5,20 +5,27 @@
 //! * [`fetch`] gets the commit's objects on the connection that listed the refs; [`checkout`]
 //!   writes its tree, on several threads; [`submodule`] does the same for every submodule,
 //!   recursively.
+//! * [`http`] carries git's smart HTTP protocol for libgit2 through reqwest (replies that end when
+//!   the server closes, the shared TLS settings, credentials only for the source's own server).
+//! * [`lfs`] fetches the Git LFS files of each checkout in place of their pointer files.
 //! * [`auth`] answers libgit2's questions: credentials, SSH host keys ([`known_hosts`]), TLS.
 //! * [`error`] sorts libgit2's failures into what the user must fix.
 //!
 //! libgit2 blocks, so every network step runs on a blocking thread, and every step that can fail
 //! for network reasons is retried through the [`RetryPolicy`](crate::retry::RetryPolicy). This
 //! module writes only inside the staging folder it is given, and never into any error or log a
-//! credential or a URL that was not redacted.
+//! credential or a URL that was not redacted. libgit2 is only ever given URLs without a password
+//! (nor, over http(s), a user name), so nothing it writes under `.git` can hold one.
 
 mod auth;
 mod checkout;
 mod error;
 mod fetch;
-mod known_hosts;
+mod http;
+pub mod known_hosts;
+mod lfs;
 mod remote;
+mod session;
 mod submodule;
 
 use std::path::{Path, PathBuf};
@@ -31,8 +38,8 @@ use super::{
     Submodules,
 };
 use crate::redact::redact_url;
-use auth::Session;
 use fetch::FetchPlan;
+use session::Session;
 
 /// The commit the source's ref points at now, without fetching objects. A full SHA names itself,
 /// so no server is asked.
@@ -45,10 +52,11 @@ pub async fn probe(
         return Ok(Some(sha.to_string()));
     }
     auth::configure_libgit2(ctx)?;
-    let session = Arc::new(Session::from_ctx(ctx)?);
-    let owned = url.to_string();
+    let session = Arc::new(Session::from_ctx(ctx, url)?);
+    let owned = fetch::stored_url(url);
     let reference = opts.reference.clone();
     let resolved = retrying(ctx, url, move || {
+        let _scope = http::Scope::enter(&session)?;
         remote::ls_remote(&owned, reference.as_deref(), &session)
     })
     .await?;
@@ -65,13 +73,14 @@ pub async fn fetch(
 ) -> Result<Fetched, SourceError> {
     auth::configure_libgit2(ctx)?;
     let job = Arc::new(Job {
-        session: Session::from_ctx(ctx)?,
-        url: url.to_string(),
+        session: Session::from_ctx(ctx, url)?,
+        url: fetch::stored_url(url),
         reference: opts.reference.clone(),
         depth: opts.depth.unwrap_or(1),
         submodules: opts.submodules,
         stage: stage.to_path_buf(),
         progress: progress.clone(),
+        max_bytes: ctx.limits.max_bytes,
     });
     let commit = {
         let job = job.clone();
@@ -107,7 +116,9 @@ pub async fn fetch(
     })
 }
 
-/// One git source to fetch. Invariant: `stage` is the source's own staging folder.
+/// One git source to fetch. Invariant: `stage` is the source's own staging folder; `url` holds no
+/// password (and over http(s) no user name): credentials live in `session` only, so libgit2 never
+/// writes them into `.git` (config, reflogs).
 struct Job {
     session: Session,
     url: String,
@@ -116,11 +127,13 @@ struct Job {
     submodules: Submodules,
     stage: PathBuf,
     progress: SourceProgress,
+    max_bytes: u64,
 }
 
 impl Job {
     /// One try from an empty stage: resolve, fetch, check out, submodules. Returns the commit SHA.
     fn attempt(&self) -> Result<String, GitError> {
+        let _scope = http::Scope::enter(&self.session)?;
         empty_dir(&self.stage)?;
         let repo = fetch::init(&self.stage)?;
         let plan = FetchPlan {
@@ -128,18 +141,12 @@ impl Job {
             depth: self.depth,
             session: &self.session,
             progress: &self.progress,
+            max_bytes: self.max_bytes,
         };
         let resolved = plan.run(&repo, self.reference.as_deref())?;
-        fetch::add_origin(&repo, &fetch::stored_url(&self.url), &resolved.target)?;
+        fetch::add_origin(&repo, &self.url, &resolved.target)?;
         if self.submodules == Submodules::Recursive {
-            submodule::update_all(
-                &repo,
-                &self.url,
-                self.depth,
-                &self.session,
-                &self.progress,
-                0,
-            )?;
+            submodule::update_all(&repo, &plan, 0)?;
         }
         Ok(resolved.commit.to_string())
     }
@@ -153,6 +160,7 @@ async fn retrying<T: Send + 'static>(
 ) -> Result<T, GitError> {
     let step = Arc::new(step);
     let shown = redact_url(url);
+    let attempts = ctx.retry.attempts;
     ctx.retry
         .run(
             |_| {
@@ -164,9 +172,10 @@ async fn retrying<T: Send + 'static>(
                 }
             },
             GitError::verdict,
-            |e, attempt, wait| {
-                tracing::warn!(source = %shown, attempt, wait_ms = wait.as_millis() as u64,
-                    error = %e, "git fetch failed; retrying");
+            |e, attempt, wait| match e.unresolved_host() {
+                Some(host) => crate::net::warn_unresolved(host, attempt, attempts, Some(wait)),
+                None => tracing::warn!(source = %shown, attempt, wait_ms = wait.as_millis() as u64,
+                    error = %e, "git fetch failed; retrying"),
             },
         )
         .await

@@ -7,8 +7,9 @@
 
 use git2::{Direction, Oid, Remote, RemoteConnection};
 
-use super::auth::{callbacks, Attempt, Session};
+use super::auth::{callbacks, Attempt};
 use super::error::GitError;
+use super::session::Session;
 
 /// What the user asked for, as found on the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +161,11 @@ fn resolve(
     found.ok_or_else(|| GitError::UnknownRef {
         reference: reference.to_string(),
     })
+}
+
+/// Whether `url` names a repository on this machine (libgit2's local transport).
+pub fn is_local(url: &str) -> bool {
+    url.starts_with("file:") || url.starts_with('/') || url.starts_with('.')
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
-//! Building the HTTP client for archive downloads: rustls, extra CAs from `--ca-file`, timeouts.
+//! Building the HTTP client for archive downloads: rustls, extra CAs from `--ca-file`, timeouts,
+//! and the proxy rule every client follows.
 //!
-//! This module owns the TLS and timeout settings of archive downloads, and reading a PEM CA
-//! bundle for every reqwest client ([`ca_certs`]); it never sends a request.
+//! This module owns the TLS and timeout settings of archive downloads; it never sends a request.
 
-use reqwest::{Certificate, Client};
+use reqwest::Client;
 
 use super::HttpError;
 use crate::localize::FetchContext;
@@ -12,14 +12,14 @@ use crate::localize::FetchContext;
 /// otherwise; `--ca-file` adds to the system roots rather than replacing them, so a private CA
 /// and public servers work in the same run.
 pub(super) fn build(ctx: &FetchContext) -> Result<Client, HttpError> {
-    crate::tls::ensure_provider();
+    crate::net::tls::ensure_provider();
     let mut builder = Client::builder()
         .connect_timeout(ctx.connect_timeout)
         // Applies per read: a stalled body fails after this much silence and is resumed.
         .read_timeout(ctx.idle_timeout)
         .user_agent(concat!("periscope/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &ctx.tls.ca_file {
-        let certs = ca_certs(path).map_err(|detail| HttpError::CaFile {
+        let certs = crate::net::ca::certs(path).map_err(|detail| HttpError::CaFile {
             path: path.clone(),
             detail,
         })?;
@@ -29,18 +29,8 @@ pub(super) fn build(ctx: &FetchContext) -> Result<Client, HttpError> {
         tracing::warn!("TLS certificate verification is off (GIT_SSL_NO_VERIFY)");
         builder = builder.danger_accept_invalid_certs(true);
     }
+    let builder = crate::net::proxy::Proxies::from_env()?.apply(builder);
     builder.build().map_err(|e| HttpError::Client {
-        detail: super::chain(&e),
+        detail: crate::net::reqwest_text(&e),
     })
-}
-
-/// The certificates of the PEM bundle at `path`, for `ClientBuilder::tls_certs_merge`. The error
-/// says why (unreadable, malformed, no certificate in it) without the path, which callers add.
-pub(crate) fn ca_certs(path: &std::path::Path) -> Result<Vec<Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
-    let certs = Certificate::from_pem_bundle(&pem).map_err(|e| super::chain(&e))?;
-    if certs.is_empty() {
-        return Err("no PEM certificate in it".into());
-    }
-    Ok(certs)
 }

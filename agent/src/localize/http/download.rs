@@ -100,9 +100,12 @@ pub(super) async fn run(
             .run(
                 |_| attempt(client, url, ctx.idle_timeout, &state, tx, progress),
                 HttpError::verdict,
-                |e, n, wait| {
-                    tracing::warn!(url = %shown, attempt = n, error = %e, wait_ms = wait.as_millis() as u64,
-                        "download failed; retrying");
+                |e, n, wait| match e {
+                    HttpError::Resolve { host } => {
+                        crate::net::warn_unresolved(host, n, ctx.retry.attempts, Some(wait))
+                    }
+                    _ => tracing::warn!(url = %shown, attempt = n, error = %e,
+                        wait_ms = wait.as_millis() as u64, "download failed; retrying"),
                 },
             )
             .await;

@@ -7,7 +7,7 @@
 //! outcomes to error classes (404 → not found, 401/403 → auth, 429/5xx/timeouts → retried, then
 //! network) and never prints or shows an unredacted URL.
 
-pub(crate) mod client;
+mod client;
 mod download;
 
 use std::io;
@@ -21,6 +21,7 @@ use super::{
     FetchContext, Fetched, Revision, RevisionKind, SourceError, SourceOptions, SourceProgress,
 };
 use crate::error::{Classify, ErrorClass};
+use crate::net::reqwest_text;
 use crate::retry::Verdict;
 
 /// An HTTP failure. Invariant: no variant holds a URL or credentials (the caller shows the
@@ -38,6 +39,11 @@ pub enum HttpError {
     },
     #[error("cannot connect: {detail}")]
     Connect { detail: String },
+    /// The server's host name (or the proxy's) did not resolve.
+    #[error("cannot resolve host `{host}`")]
+    Resolve { host: String },
+    #[error(transparent)]
+    Proxy(#[from] crate::net::proxy::ProxyError),
     #[error("the download broke off: {detail}")]
     Body { detail: String },
     #[error("no data for {seconds}s; the connection was given up")]
@@ -61,27 +67,39 @@ impl HttpError {
                 Some(d) => Verdict::RetryAfter(*d),
                 None => Verdict::Transient,
             },
-            HttpError::Connect { .. } | HttpError::Body { .. } | HttpError::Stalled { .. } => {
-                Verdict::Transient
-            }
+            HttpError::Connect { .. }
+            | HttpError::Resolve { .. }
+            | HttpError::Body { .. }
+            | HttpError::Stalled { .. } => Verdict::Transient,
             _ => Verdict::Permanent,
         }
     }
 
     fn from_send(e: reqwest::Error) -> HttpError {
+        if crate::net::is_dns_failure(&e) {
+            if let Some(host) = e.url().and_then(|u| host_to_resolve(u.as_str())) {
+                return HttpError::Resolve { host };
+            }
+        }
         if e.is_timeout() {
             HttpError::Connect {
-                detail: format!("timed out ({})", chain(&e)),
+                detail: format!("timed out ({})", reqwest_text(&e)),
             }
         } else if e.is_connect() || e.is_request() {
-            HttpError::Connect { detail: chain(&e) }
+            HttpError::Connect {
+                detail: reqwest_text(&e),
+            }
         } else {
-            HttpError::Body { detail: chain(&e) }
+            HttpError::Body {
+                detail: reqwest_text(&e),
+            }
         }
     }
 
     fn from_body(e: &reqwest::Error) -> HttpError {
-        HttpError::Body { detail: chain(e) }
+        HttpError::Body {
+            detail: reqwest_text(e),
+        }
     }
 
     fn tls_related(&self) -> bool {
@@ -92,13 +110,16 @@ impl HttpError {
 impl Classify for HttpError {
     fn class(&self) -> ErrorClass {
         match self {
-            HttpError::CaFile { .. } | HttpError::Client { .. } => ErrorClass::Usage,
+            HttpError::CaFile { .. } | HttpError::Client { .. } | HttpError::Proxy(_) => {
+                ErrorClass::Usage
+            }
             HttpError::Status { status, .. } => match status {
                 404 | 410 => ErrorClass::NotFound,
                 401 | 403 | 407 => ErrorClass::Auth,
                 _ => ErrorClass::Network,
             },
             HttpError::Connect { .. }
+            | HttpError::Resolve { .. }
             | HttpError::Body { .. }
             | HttpError::Stalled { .. }
             | HttpError::Changed => ErrorClass::Network,
@@ -114,14 +135,20 @@ impl Classify for HttpError {
             HttpError::Status {
                 status: 404 | 410, ..
             } => Some("check the URL; the server has no file there".into()),
+            HttpError::Status { status: 407, .. } => Some(
+                "the proxy asks for credentials: put them in the proxy URL \
+                 (http://user:password@proxy:port)"
+                    .into(),
+            ),
             HttpError::Status {
-                status: 401 | 403 | 407,
-                ..
+                status: 401 | 403, ..
             } => Some(
                 "the server refused the credentials: check the user and token in the URL, or that \
                  a presigned URL has not expired"
                     .into(),
             ),
+            HttpError::Resolve { .. } => Some(RESOLVE_HINT.into()),
+            HttpError::Proxy(_) => Some(PROXY_HINT.into()),
             HttpError::Changed => Some(
                 "the file was replaced during the download; run again, or pin it with #sha256="
                     .into(),
@@ -134,26 +161,26 @@ impl Classify for HttpError {
     }
 }
 
-/// An error and its sources on one line, without the URL reqwest likes to add.
-pub(crate) fn chain(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p: &String| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    // `without_url` on a clone is not possible; strip any URL text reqwest put in the top level.
-    parts
-        .into_iter()
-        .map(|p| match p.find(" for url (") {
-            Some(i) => p[..i].to_string(),
-            None => p,
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
+/// The HTTP client of a localize run (TLS settings, timeouts, the proxy rule), for other
+/// requests of the run than archive downloads (sync webhooks).
+pub fn client(ctx: &FetchContext) -> Result<reqwest::Client, HttpError> {
+    client::build(ctx)
+}
+
+/// What to do about a host that did not resolve.
+pub(crate) const RESOLVE_HINT: &str =
+    "check the host name in the URL (a typo?), and that this machine's DNS answers for it";
+
+/// What to do about a proxy setting that cannot be used.
+pub(crate) const PROXY_HINT: &str =
+    "set http_proxy / https_proxy to an http:// proxy URL (http://host:port), or unset them";
+
+/// The host a request to `url` resolves first: the proxy's when the proxy rule sends it through
+/// one.
+fn host_to_resolve(url: &str) -> Option<String> {
+    crate::net::proxy::Proxies::from_env()
+        .unwrap_or_else(|_| crate::net::proxy::Proxies::none())
+        .host_to_resolve(url)
 }
 
 /// The last path segment of the URL, decoded: the file name used for format guessing and for

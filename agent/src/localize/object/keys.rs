@@ -4,12 +4,13 @@
 //! a listing into a plan of relative file paths and folders, and refuses the whole listing when any
 //! key could land outside the stage or collides with another. It never touches the disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use object_store::path::Path;
 use object_store::ObjectMeta;
 
 use super::ObjectError;
+use crate::localize::Filter;
 
 /// One object to copy. Invariant: `rel` is non-empty, relative, and made only of normal
 /// components (no `.`, `..`, empty parts or NUL), so `stage.join(rel)` stays inside the stage.
@@ -41,6 +42,18 @@ impl Plan {
     }
 }
 
+/// Why two listed objects with the same path are refused. Stores list a key that begins or ends
+/// with `/` under the path without it, so `a.txt` and `/a.txt` (or `a.txt/`) look alike and a
+/// download by path reads one of them twice.
+pub const ALIASED: &str = "two keys name this same path (one of them begins or ends with `/`, \
+                           which no file path can tell apart)";
+
+/// Why a listed object that cannot be read under its listed path is refused: its key most likely
+/// begins or ends with `/`, which the listing dropped (or it was deleted while copying).
+pub const UNREADABLE: &str = "it was listed but is not found under that name: its key begins or \
+                              ends with `/`, which no file path can hold, or it was deleted \
+                              while copying";
+
 /// Checks one path segment. object_store's own `Path` already refuses `.`, `..` and control
 /// characters when it parses a listing; this is checked again here because the stage's safety must
 /// not rest on another crate's parser.
@@ -60,12 +73,38 @@ fn check_part(key: &str, part: &str) -> Result<(), ObjectError> {
     })
 }
 
-/// Plans the copy of `objects` listed under `prefix`.
+/// The path below the prefix an object lands at, when it is below it (`None` for the prefix's
+/// own marker and for what the store listed elsewhere, which [`plan`] refuses).
+pub fn rel(prefix: &Path, meta: &ObjectMeta) -> Option<String> {
+    let parts: Vec<_> = meta.location.prefix_match(prefix)?.collect();
+    (!parts.is_empty()).then(|| {
+        parts
+            .iter()
+            .map(|p| p.as_ref())
+            .collect::<Vec<_>>()
+            .join("/")
+    })
+}
+
+/// The listed objects whose path `filter` keeps, with any object [`plan`] has to judge (the
+/// prefix's marker, anything listed outside it): what the fingerprint of a prefix covers.
+pub fn kept<'a>(
+    prefix: &'a Path,
+    objects: &'a [ObjectMeta],
+    filter: &'a Filter,
+) -> impl Iterator<Item = &'a ObjectMeta> + 'a {
+    objects
+        .iter()
+        .filter(move |m| rel(prefix, m).is_none_or(|rel| filter.keeps(&rel)))
+}
+
+/// Plans the copy of `objects` listed under `prefix`, writing only what `filter` keeps (every key
+/// is checked all the same).
 ///
 /// Zero-byte objects whose key is a folder of other objects (the "folder markers" consoles create)
 /// and the marker of the prefix itself are skipped; a non-empty object that is also a folder is
 /// refused, since no tree can hold both.
-pub fn plan(prefix: &Path, objects: Vec<ObjectMeta>) -> Result<Plan, ObjectError> {
+pub fn plan(prefix: &Path, objects: Vec<ObjectMeta>, filter: &Filter) -> Result<Plan, ObjectError> {
     let mut files = Vec::with_capacity(objects.len());
     for meta in objects {
         let key = meta.location.as_ref().to_string();
@@ -96,15 +135,9 @@ pub fn plan(prefix: &Path, objects: Vec<ObjectMeta>) -> Result<Plan, ObjectError
             rel: parts.join("/"),
         });
     }
-    let mut dirs = BTreeSet::new();
-    for f in &files {
-        let mut at = 0;
-        while let Some(i) = f.rel[at..].find('/') {
-            dirs.insert(f.rel[..at + i].to_string());
-            at += i + 1;
-        }
-    }
+    let mut dirs = folders_of(&files);
     let mut kept = Vec::with_capacity(files.len());
+    let mut seen = HashSet::with_capacity(files.len());
     for f in files {
         if dirs.contains(&f.rel) {
             if f.meta.size == 0 {
@@ -115,7 +148,17 @@ pub fn plan(prefix: &Path, objects: Vec<ObjectMeta>) -> Result<Plan, ObjectError
                 reason: "it is both an object and a folder of other objects".into(),
             });
         }
+        if !seen.insert(f.rel.clone()) {
+            return Err(ObjectError::UnsafeKey {
+                key: f.meta.location.to_string(),
+                reason: ALIASED.into(),
+            });
+        }
         kept.push(f);
+    }
+    if filter.is_active() {
+        kept.retain(|f| filter.keeps(&f.rel));
+        dirs = folders_of(&kept);
     }
     kept.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(Plan {
@@ -123,6 +166,19 @@ pub fn plan(prefix: &Path, objects: Vec<ObjectMeta>) -> Result<Plan, ObjectError
         // BTreeSet order puts `a` before `a/b`: parents first.
         dirs: dirs.into_iter().collect(),
     })
+}
+
+/// Every folder the files are in.
+fn folders_of(files: &[Planned]) -> BTreeSet<String> {
+    let mut dirs = BTreeSet::new();
+    for f in files {
+        let mut at = 0;
+        while let Some(i) = f.rel[at..].find('/') {
+            dirs.insert(f.rel[..at + i].to_string());
+            at += i + 1;
+        }
+    }
+    dirs
 }
 
 #[cfg(test)]
@@ -149,6 +205,7 @@ mod tests {
                 meta("jobs/j1/a", 0),
                 meta("jobs/j1/top.py", 5),
             ],
+            &Filter::default(),
         )
         .unwrap();
         let rels: Vec<_> = p.files.iter().map(|f| f.rel.as_str()).collect();
@@ -159,11 +216,59 @@ mod tests {
 
     #[test]
     fn refuses_a_file_that_is_also_a_folder() {
-        let err = plan(&Path::ROOT, vec![meta("a", 4), meta("a/b", 1)]).unwrap_err();
+        let err = plan(
+            &Path::ROOT,
+            vec![meta("a", 4), meta("a/b", 1)],
+            &Filter::default(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("both an object and a folder"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn filters_choose_files_after_every_key_is_checked() {
+        let mut f = Filter::default();
+        f.add_include("*.safetensors").unwrap();
+        let objects = vec![
+            meta("m/a/w.safetensors", 3),
+            meta("m/a/w.bin", 3),
+            meta("m/b/w.h5", 3),
+        ];
+        let p = plan(&Path::from("m"), objects.clone(), &f).unwrap();
+        let rels: Vec<_> = p.files.iter().map(|f| f.rel.as_str()).collect();
+        assert_eq!(
+            (rels, p.dirs),
+            (vec!["a/w.safetensors"], vec!["a".to_string()])
+        );
+        assert_eq!(kept(&Path::from("m"), &objects, &f).count(), 1);
+        // A key left out is still checked.
+        let mut hostile = objects;
+        hostile.push(meta("m/x.bin", 1));
+        hostile.push(meta("m/x.bin/y", 1));
+        assert!(plan(&Path::from("m"), hostile, &f).is_err());
+    }
+
+    #[test]
+    fn refuses_keys_that_alias_one_path() {
+        // `a.txt` and `/a.txt` (or `a.txt/`) are listed with the same path.
+        let err = plan(
+            &Path::ROOT,
+            vec![meta("a.txt", 1), meta("a.txt", 2)],
+            &Filter::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("begins or ends with `/`"), "{err}");
+        // Two folder markers of one folder are still just markers.
+        let p = plan(
+            &Path::ROOT,
+            vec![meta("d", 0), meta("d", 0), meta("d/x", 1)],
+            &Filter::default(),
+        )
+        .unwrap();
+        assert_eq!(p.files.len(), 1);
     }
 
     #[test]

@@ -1,8 +1,12 @@
-//! Object store sources: `s3://`, `gs://`, `az://` and `file://` (or an absolute path).
+//! Object store sources: `s3://`, `gs://`, `az://` and `file://` (or a local path).
+//!
+//! On the local filesystem a folder (with or without a trailing `/`) is not listed as a store
+//! would list it: it is walked and copied through the archive guard ([`unpack::folder`]), so a
+//! symlink in it is recreated only when it stays inside, never read through.
 //!
 //! A URL whose path ends in `/` (or names a whole bucket) is a prefix: every object under it is
 //! copied, keys becoming paths below the stage ([`keys`]), many at once and large ones in ranges
-//! ([`copy`], cut where [`split`] says it pays). Any other URL names one object: an archive (by
+//! ([`crate::storage::download`]). Any other URL names one object: an archive (by
 //! extension or `#format=`) is streamed into the unpacker ([`archive`]); anything else is stored
 //! as is under its own name.
 //!
@@ -12,10 +16,8 @@
 //! the stage it is given and never prints.
 
 mod archive;
-pub(crate) mod copy;
 mod fingerprint;
 mod keys;
-mod split;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -24,17 +26,18 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
+use super::unpack::{self, UnpackError, UnpackOptions};
 use super::{
-    ArchiveFormat, FetchContext, Fetched, Revision, RevisionKind, SourceError, SourceOptions,
-    SourceProgress,
+    publish, ArchiveFormat, FetchContext, Fetched, Filter, Revision, RevisionKind, SourceError,
+    SourceOptions, SourceProgress,
 };
 use crate::artifacts::{self, Manifest, MANIFEST_FILE};
 use crate::error::{Classify, ErrorClass};
 use crate::redact::redact_url;
+use crate::storage::download::{self, DownloadError};
 use crate::storage::{self, Service, StorageError, StoreOptions};
 
 pub use fingerprint::fingerprint;
-pub use split::{MIN_PART_SIZE, SPLIT_ABOVE};
 
 /// An object store source that failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +58,9 @@ pub enum ObjectError {
     /// A prefix with nothing under it: most likely a typo.
     #[error("no objects under `{shown}`")]
     EmptyPrefix { shown: String },
-    /// A body ended before the size the store announced.
-    #[error("object `{key}` ended after {got} of {expected} bytes")]
-    ShortBody {
-        key: String,
-        expected: u64,
-        got: u64,
-    },
+    /// Downloading an object failed.
+    #[error(transparent)]
+    Download(#[from] DownloadError),
     /// A save of model artifacts that fails its manifest (or cannot be read).
     #[error(transparent)]
     Artifacts(#[from] crate::artifacts::ArtifactsError),
@@ -72,6 +71,27 @@ pub enum ObjectError {
         #[source]
         error: std::io::Error,
     },
+    /// A local path that does not exist.
+    #[error("no such {} `{}`", if *folder { "folder" } else { "file or folder" }, path.display())]
+    NoSuchPath { path: PathBuf, folder: bool },
+    /// A local path written as a folder (with a trailing `/`) that is a file.
+    #[error("`{}` is a file, not a folder", path.display())]
+    NotAFolder { path: PathBuf },
+    /// A local path that cannot be inspected (permissions, say).
+    #[error("cannot read `{}`: {error}", path.display())]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+/// Maps an IO error on a stage file.
+fn write_error(path: &FsPath) -> impl Fn(std::io::Error) -> ObjectError + '_ {
+    move |error| ObjectError::Write {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 impl Classify for ObjectError {
@@ -80,9 +100,11 @@ impl Classify for ObjectError {
             ObjectError::Storage(e) => e.class(),
             ObjectError::UnsafeKey { .. } | ObjectError::OverLimit { .. } => ErrorClass::Integrity,
             ObjectError::EmptyPrefix { .. } => ErrorClass::NotFound,
-            ObjectError::ShortBody { .. } => ErrorClass::Network,
+            ObjectError::Download(e) => e.class(),
             ObjectError::Artifacts(e) => e.class(),
-            ObjectError::Write { .. } => ErrorClass::Io,
+            ObjectError::Write { .. } | ObjectError::Inspect { .. } => ErrorClass::Io,
+            ObjectError::NoSuchPath { .. } => ErrorClass::NotFound,
+            ObjectError::NotAFolder { .. } => ErrorClass::Usage,
         }
     }
 
@@ -101,13 +123,20 @@ impl Classify for ObjectError {
                 "check the bucket and prefix; to fetch a single object, drop the trailing `/`"
                     .into(),
             ),
-            ObjectError::ShortBody { .. } => {
-                Some("the object may have changed while it was copied; run again".into())
-            }
+            ObjectError::Download(e) => e.hint(),
             ObjectError::Artifacts(e) => e.hint(),
             ObjectError::Write { .. } => {
                 Some("check that the destination is writable and has free space".into())
             }
+            ObjectError::NoSuchPath { .. } => Some(
+                "check the path (a relative path is taken from the working folder); URLs need a \
+                 scheme such as https://, git+https:// or s3://"
+                    .into(),
+            ),
+            ObjectError::NotAFolder { .. } => {
+                Some("drop the trailing `/` to copy the file (an archive is unpacked)".into())
+            }
+            ObjectError::Inspect { .. } => Some("check the file permissions".into()),
         }
     }
 }
@@ -190,18 +219,47 @@ impl Located {
     /// Downloads `files` with the source's concurrency; returns the bytes written.
     async fn download(
         &self,
-        files: &[copy::Download],
+        files: &[download::Download],
         ctx: &FetchContext,
         progress: &SourceProgress,
-    ) -> Result<copy::Downloaded, ObjectError> {
-        copy::download_all(
+    ) -> Result<download::Downloaded, ObjectError> {
+        let progress = |bytes| progress.advance(bytes);
+        Ok(download::download_all(
             self.store.clone(),
             self.service,
             files,
             ctx.concurrency,
-            progress,
+            &progress,
         )
-        .await
+        .await?)
+    }
+
+    /// On the local filesystem, what the location is on disk: `Some(folder)` for a folder (copied
+    /// through the archive guard, or loaded as a save), `None` for a file. Always `None` for
+    /// other stores. A missing path is an error that names it.
+    fn local_folder(&self) -> Result<Option<PathBuf>, ObjectError> {
+        if self.service != Service::Local {
+            return Ok(None);
+        }
+        // The local store's paths are relative to the filesystem root.
+        let path = FsPath::new("/").join(self.path.as_ref());
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(Some(path)),
+            Ok(_) if self.is_prefix => Err(ObjectError::NotAFolder { path }),
+            Ok(_) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Err(ObjectError::NoSuchPath {
+                    path,
+                    folder: self.is_prefix,
+                })
+            }
+            Err(error) => Err(ObjectError::Inspect { path, error }),
+        }
     }
 
     async fn head(&self) -> Result<ObjectMeta, ObjectError> {
@@ -222,18 +280,26 @@ fn archive_format(path: &Path, opts: &SourceOptions) -> Option<ArchiveFormat> {
     }
 }
 
-/// A digest of the ETags of what would be copied, without copying it.
+/// A digest of the ETags of what would be copied, without copying it. `dest` is the destination
+/// folder, left out when it lies inside a local folder source.
 pub async fn probe(
     url: &url::Url,
-    _opts: &SourceOptions,
+    opts: &SourceOptions,
+    dest: &FsPath,
     ctx: &FetchContext,
 ) -> Result<Option<String>, SourceError> {
     let at = locate(url, ctx)?.resolve_latest().await?;
-    let digest = if at.is_prefix {
+    let folder = at.local_folder()?;
+    if let Some(dir) = folder.clone().filter(|dir| !is_local_save(dir)) {
+        let dest = dest.to_path_buf();
+        let digest = blocking(move || unpack::folder::fingerprint(&dir, Some(&dest))).await?;
+        return Ok(Some(digest));
+    }
+    let digest = if at.is_prefix || folder.is_some() {
         let objects = at.list().await?;
         // Keys are checked here too, so a hostile key is refused even when nothing else changed.
-        keys::plan(&at.path, objects.clone())?;
-        fingerprint(&objects)
+        keys::plan(&at.path, objects.clone(), &opts.filter)?;
+        fingerprint(keys::kept(&at.path, &objects, &opts.filter))
     } else {
         fingerprint([&at.head().await?])
     };
@@ -249,8 +315,11 @@ pub async fn fetch(
     progress: &SourceProgress,
 ) -> Result<Fetched, SourceError> {
     let at = locate(url, ctx)?.resolve_latest().await?;
+    if let Some(dir) = at.local_folder()? {
+        return fetch_folder(&at, dir, opts, stage, ctx, progress).await;
+    }
     if at.is_prefix {
-        return Ok(fetch_prefix(&at, stage, ctx, progress).await?);
+        return Ok(fetch_prefix(&at, opts, stage, ctx, progress).await?);
     }
     let meta = at.head().await?;
     let digest = fingerprint([&meta]);
@@ -271,33 +340,39 @@ pub async fn fetch(
 
 async fn fetch_prefix(
     at: &Located,
+    opts: &SourceOptions,
     stage: &FsPath,
     ctx: &FetchContext,
     progress: &SourceProgress,
 ) -> Result<Fetched, ObjectError> {
     let objects = at.list().await?;
-    let digest = fingerprint(&objects);
+    let digest = fingerprint(keys::kept(&at.path, &objects, &opts.filter));
     if let Some(manifest) = artifacts_manifest(at, &objects).await? {
-        return fetch_save(at, stage, ctx, progress, &objects, manifest, digest).await;
+        let listed = (&objects[..], manifest);
+        return fetch_save(at, &opts.filter, stage, ctx, progress, listed, digest).await;
     }
-    let plan = keys::plan(&at.path, objects)?;
+    let plan = keys::plan(&at.path, objects, &opts.filter)?;
     check_limits(plan.bytes(), plan.entries(), ctx)?;
     progress.set_total(plan.bytes());
     for dir in &plan.dirs {
         let path = stage.join(dir);
-        std::fs::create_dir(&path).map_err(copy::write_error(&path))?;
+        std::fs::create_dir(&path).map_err(write_error(&path))?;
     }
-    let downloads: Vec<copy::Download> = plan
+    let downloads: Vec<download::Download> = plan
         .files
         .iter()
-        .map(|f| copy::Download {
+        .map(|f| download::Download {
             meta: f.meta.clone(),
             path: stage.join(&f.rel),
-            hashing: copy::Hashing::None,
+            hashing: download::Hashing::None,
         })
         .collect();
     tracing::info!(source = %at.shown, objects = downloads.len(), bytes = plan.bytes(), "copying prefix");
-    let bytes = at.download(&downloads, ctx, progress).await?.bytes;
+    let bytes = at
+        .download(&downloads, ctx, progress)
+        .await
+        .map_err(listed_but_missing)?
+        .bytes;
     Ok(Fetched {
         revision: Revision {
             kind: RevisionKind::Etags,
@@ -307,6 +382,83 @@ async fn fetch_prefix(
         bytes,
         files: plan.entries(),
     })
+}
+
+/// A local folder: a save of model artifacts is loaded as from any store (once it is known to
+/// hold only files and folders); any other folder is copied through the archive guard, with the
+/// same rules and limits as an archive.
+async fn fetch_folder(
+    at: &Located,
+    dir: PathBuf,
+    opts: &SourceOptions,
+    stage: &FsPath,
+    ctx: &FetchContext,
+    progress: &SourceProgress,
+) -> Result<Fetched, SourceError> {
+    if is_local_save(&dir) {
+        let checked = dir.clone();
+        blocking(move || unpack::folder::check_plain(&checked)).await?;
+        return Ok(fetch_prefix(at, opts, stage, ctx, progress).await?);
+    }
+    let unpack_opts = UnpackOptions::new(String::new(), opts, ctx.limits);
+    let (dest, skip) = (
+        stage.to_path_buf(),
+        publish::dest_of_stage(stage).map(FsPath::to_path_buf),
+    );
+    let progress = progress.clone();
+    tracing::info!(source = %at.shown, "copying a folder");
+    let copied = blocking(move || {
+        unpack::folder::copy_folder(&dir, &dest, skip.as_deref(), &unpack_opts, &progress)
+    })
+    .await?;
+    Ok(Fetched {
+        revision: Revision {
+            kind: RevisionKind::Etags,
+            id: copied.fingerprint.clone(),
+        },
+        fingerprint: Some(copied.fingerprint),
+        bytes: copied.bytes,
+        files: copied.files,
+    })
+}
+
+/// True when a local folder is a save of model artifacts (it holds a manifest file).
+fn is_local_save(dir: &FsPath) -> bool {
+    std::fs::symlink_metadata(dir.join(MANIFEST_FILE)).is_ok_and(|m| m.is_file())
+}
+
+/// Runs filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, UnpackError> + Send + 'static,
+) -> Result<T, UnpackError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| UnpackError::Io {
+            action: "filesystem task failed for",
+            path: PathBuf::new(),
+            error: std::io::Error::other(e.to_string()),
+        })?
+}
+
+/// A listed object that the store says is not there was listed under a path that is not its key
+/// (or was deleted meanwhile): the listing cannot be trusted, so the source is refused.
+fn listed_but_missing(error: ObjectError) -> ObjectError {
+    match error {
+        ObjectError::Storage(StorageError::Request {
+            class: ErrorClass::NotFound,
+            what,
+            ..
+        })
+        | ObjectError::Download(DownloadError::Storage(StorageError::Request {
+            class: ErrorClass::NotFound,
+            what,
+            ..
+        })) => ObjectError::UnsafeKey {
+            key: what,
+            reason: keys::UNREADABLE.into(),
+        },
+        other => other,
+    }
 }
 
 /// The manifest of a save of model artifacts, when the prefix is one: it holds a
@@ -337,30 +489,34 @@ async fn artifacts_manifest(
 /// any difference refuses the whole source.
 async fn fetch_save(
     at: &Located,
+    filter: &Filter,
     stage: &FsPath,
     ctx: &FetchContext,
     progress: &SourceProgress,
-    objects: &[ObjectMeta],
-    (manifest, manifest_sha): (Manifest, String),
+    (objects, (manifest, manifest_sha)): (&[ObjectMeta], (Manifest, String)),
     digest: String,
 ) -> Result<Fetched, ObjectError> {
-    let wanted = artifacts::verify::plan(&at.shown, &at.path, &manifest, objects)?;
-    check_limits(manifest.bytes(), wanted.len() as u64, ctx)?;
-    progress.set_total(manifest.bytes());
-    let downloads: Vec<copy::Download> = wanted
+    let mut wanted = artifacts::verify::plan(&at.shown, &at.path, &manifest, objects)?;
+    // Only what the patterns keep is loaded, and each of those is checked against the manifest.
+    wanted.retain(|w| filter.keeps(&w.entry.path));
+    let bytes: u64 = wanted.iter().map(|w| w.entry.size).sum();
+    let files = wanted.len() as u64;
+    check_limits(bytes, files, ctx)?;
+    progress.set_total(bytes);
+    let downloads: Vec<download::Download> = wanted
         .iter()
-        .map(|w| copy::Download {
+        .map(|w| download::Download {
             meta: w.meta.clone(),
             path: artifacts::verify::stage_path(stage, &w.entry),
             hashing: match w.entry.parts() {
-                Some(parts) => copy::Hashing::Parts(parts.size),
-                None => copy::Hashing::Whole,
+                Some(parts) => download::Hashing::Parts(parts.size),
+                None => download::Hashing::Whole,
             },
         })
         .collect();
     for d in &downloads {
         if let Some(parent) = d.path.parent() {
-            std::fs::create_dir_all(parent).map_err(copy::write_error(parent))?;
+            std::fs::create_dir_all(parent).map_err(write_error(parent))?;
         }
     }
     tracing::info!(source = %at.shown, save = manifest.save, files = wanted.len(), "copying an artifacts save");
@@ -377,7 +533,7 @@ async fn fetch_save(
         },
         fingerprint: Some(digest),
         bytes,
-        files: manifest.files.len() as u64,
+        files,
     })
 }
 
@@ -394,14 +550,26 @@ async fn fetch_single(
     check_limits(meta.size, 1, ctx)?;
     // `locate` found a file name: a URL without one is a prefix.
     let name = at.path.filename().unwrap_or("object").to_string();
+    if !opts.filter.keeps(&name) {
+        // Nothing to copy: the caller reports that the patterns leave nothing.
+        return Ok(Fetched {
+            revision: Revision {
+                kind: RevisionKind::Etags,
+                id: digest.clone(),
+            },
+            fingerprint: Some(digest),
+            bytes: 0,
+            files: 0,
+        });
+    }
     let path = stage.join(&name);
     progress.set_total(meta.size);
-    let download = copy::Download {
+    let download = download::Download {
         meta,
         path,
         hashing: match opts.sha256 {
-            Some(_) => copy::Hashing::Whole,
-            None => copy::Hashing::None,
+            Some(_) => download::Hashing::Whole,
+            None => download::Hashing::None,
         },
     };
     let done = at
@@ -412,7 +580,7 @@ async fn fetch_single(
         Some(expected) => {
             // Hashed as it streamed in, unless it came in ranges.
             let actual = match done.digests.first() {
-                Some(copy::Digests::Whole(digest)) => *digest,
+                Some(download::Digests::Whole(digest)) => *digest,
                 _ => sha256_file(&download.path)?,
             };
             if actual != expected {
@@ -459,8 +627,8 @@ fn check_limits(bytes: u64, entries: u64, ctx: &FetchContext) -> Result<(), Obje
 
 fn sha256_file(path: &FsPath) -> Result<[u8; 32], ObjectError> {
     use sha2::{Digest, Sha256};
-    let mut file = std::fs::File::open(path).map_err(copy::write_error(path))?;
+    let mut file = std::fs::File::open(path).map_err(write_error(path))?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(copy::write_error(path))?;
+    std::io::copy(&mut file, &mut hasher).map_err(write_error(path))?;
     Ok(hasher.finalize().into())
 }

@@ -13,6 +13,9 @@
 //! * A later entry under a symlinked folder is refused, whether the link points inside or out.
 //! * Hardlinks are kept when they point at a regular file already unpacked in this tree (a hard
 //!   link inside the staging folder can reach nothing else); any other hardlink is refused.
+//! * With `#include=` / `#exclude=`, an entry left out is still checked like any other, then not
+//!   written; folders are then made only for what they hold, and a hardlink to a file left out
+//!   is left out too (with a warning).
 //! * Setuid, setgid and sticky bits are dropped; folders always keep owner `rwx` so the tree can
 //!   be replaced and removed later. Owners and groups from the archive are ignored.
 
@@ -25,10 +28,16 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::UnpackError;
-use crate::localize::Limits;
+use crate::localize::{Filter, Limits};
 
 /// Copy buffer size: large enough that syscalls do not dominate on fast disks.
 const BUF: usize = 256 * 1024;
+
+/// The longest file name Linux filesystems store (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// The longest path or symlink target the kernel resolves (`PATH_MAX`).
+pub(super) const PATH_MAX: usize = 4096;
 
 /// An archive entry path that passed the checks: relative, only normal components, with the
 /// `strip` leading components already removed. Invariant: not empty.
@@ -70,6 +79,7 @@ pub(super) struct Tree<'a> {
     root: &'a Path,
     strip: usize,
     limits: Limits,
+    filter: Filter,
     bytes: u64,
     files: u64,
     dir_modes: Vec<(PathBuf, u32)>,
@@ -82,11 +92,23 @@ impl<'a> Tree<'a> {
             root,
             strip,
             limits,
+            filter: Filter::default(),
             bytes: 0,
             files: 0,
             dir_modes: Vec::new(),
             links: Vec::new(),
         }
+    }
+
+    /// The same tree, writing only the entries `filter` keeps.
+    pub(super) fn filtered(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Whether an entry that passed the checks is written.
+    fn keeps(&self, rel: &Clean) -> bool {
+        self.filter.keeps(&rel.path().to_string_lossy())
     }
 
     pub(super) fn bytes(&self) -> u64 {
@@ -116,8 +138,20 @@ impl<'a> Tree<'a> {
                         "the path contains `..` and could climb out of the destination",
                     ))
                 }
+                _ if part.len() > NAME_MAX => {
+                    return Err(unsafe_entry(
+                        raw,
+                        format!("a path component is longer than {NAME_MAX} bytes, which no Linux filesystem holds"),
+                    ))
+                }
                 _ => parts.push(part),
             }
+        }
+        if raw.len() > PATH_MAX {
+            return Err(unsafe_entry(
+                raw,
+                format!("the path is longer than {PATH_MAX} bytes"),
+            ));
         }
         if parts.len() <= self.strip {
             return Ok(None);
@@ -225,6 +259,11 @@ impl<'a> Tree<'a> {
     /// Creates a folder entry; its mode is applied at the end so a read-only folder can still be
     /// filled.
     pub(super) fn dir(&mut self, rel: &Clean, raw: &[u8], mode: u32) -> Result<(), UnpackError> {
+        if self.filter.is_active() {
+            // Made only if something kept lands in it; its mode is applied then.
+            self.dir_modes.push((self.root.join(rel.path()), mode));
+            return Ok(());
+        }
         self.count_entry()?;
         let full = self.parent_ready(rel, raw)?;
         match fs::symlink_metadata(&full) {
@@ -261,6 +300,9 @@ impl<'a> Tree<'a> {
         declared: u64,
         content: &mut dyn Read,
     ) -> Result<(), UnpackError> {
+        if !self.keeps(rel) {
+            return Ok(());
+        }
         self.count_entry()?;
         if self.bytes.saturating_add(declared) > self.limits.max_bytes {
             return Err(UnpackError::TooBig {
@@ -299,9 +341,17 @@ impl<'a> Tree<'a> {
         raw: &[u8],
         target: &[u8],
     ) -> Result<(), UnpackError> {
-        self.count_entry()?;
+        if self.keeps(rel) {
+            self.count_entry()?;
+        }
         if target.is_empty() {
             return Err(unsafe_entry(raw, "the symlink has an empty target"));
+        }
+        if target.len() > PATH_MAX {
+            return Err(unsafe_entry(
+                raw,
+                format!("the symlink target is longer than {PATH_MAX} bytes"),
+            ));
         }
         if target[0] == b'/' {
             return Err(unsafe_entry(
@@ -321,6 +371,9 @@ impl<'a> Tree<'a> {
                 ),
             )
         })?;
+        if !self.keeps(rel) {
+            return Ok(());
+        }
         let full = self.parent_ready(rel, raw)?;
         self.clear_for_file(&full, raw)?;
         std::os::unix::fs::symlink(OsStr::from_bytes(target), &full)
@@ -340,7 +393,9 @@ impl<'a> Tree<'a> {
         raw: &[u8],
         target: &[u8],
     ) -> Result<(), UnpackError> {
-        self.count_entry()?;
+        if self.keeps(rel) {
+            self.count_entry()?;
+        }
         let outside = || {
             unsafe_entry(
                 raw,
@@ -355,6 +410,14 @@ impl<'a> Tree<'a> {
             .clean(target)
             .map_err(|_| outside())?
             .ok_or_else(outside)?;
+        if !self.keeps(rel) {
+            return Ok(());
+        }
+        if !self.keeps(&target_rel) {
+            tracing::warn!(entry = %shown(raw), target = %shown(target),
+                "left out: a hardlink to a file the include/exclude patterns leave out");
+            return Ok(());
+        }
         let mut at = self.root.to_path_buf();
         for part in target_rel.path().components() {
             at.push(part);
@@ -397,6 +460,11 @@ impl<'a> Tree<'a> {
         self.dir_modes
             .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         for (path, mode) in &self.dir_modes {
+            // A folder entry left unmade by the patterns has nothing to set.
+            let made = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+            if !made {
+                continue;
+            }
             let mode = (mode & 0o777) | 0o700;
             fs::set_permissions(path, fs::Permissions::from_mode(mode))
                 .map_err(io_err("cannot set the mode of", path))?;
@@ -482,7 +550,16 @@ mod tests {
             Path::new("a/b.txt")
         );
         assert_eq!(t.clean(b"top/").unwrap(), None);
-        for bad in [&b"/etc/passwd"[..], b"a/../../x", b"..", b""] {
+        let long_part = [b'x'; 256];
+        let long_path = b"ab/".repeat(1400);
+        for bad in [
+            &b"/etc/passwd"[..],
+            b"a/../../x",
+            b"..",
+            b"",
+            &long_part,
+            &long_path,
+        ] {
             assert!(
                 matches!(t.clean(bad), Err(UnpackError::Unsafe { .. })),
                 "{bad:?}"

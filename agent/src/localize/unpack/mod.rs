@@ -7,11 +7,14 @@
 //! blocking reader (for example `tokio_util::io::SyncIoBridge`). To check `#sha256=`, wrap the
 //! reader in a [`HashingReader`] and pass `&mut` to it.
 //!
+//! A local folder goes through the same guard, entry by entry ([`folder`]).
+//!
 //! Every entry goes through [`guard`], which refuses the whole archive at the first entry that
 //! could write outside the folder, is a device or fifo, or passes a limit; see its docs for the
 //! exact rules. This module never publishes: on error the caller removes the staging folder.
 
 mod detect;
+pub mod folder;
 mod guard;
 mod hash;
 mod tar;
@@ -23,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub use detect::{from_magic, from_option_or_name, SNIFF_LEN};
 pub use hash::{Digest, HashingReader};
 
-use super::{ArchiveFormat, Limits, SourceOptions, SourceProgress};
+use super::{ArchiveFormat, Filter, Limits, SourceOptions, SourceProgress};
 use crate::error::{Classify, ErrorClass};
 
 /// How to unpack one source. Invariant: `limits` are at least 1 each (see [`Limits`]).
@@ -36,6 +39,8 @@ pub struct UnpackOptions {
     /// The source's file name (`job.tar.gz`): the format is guessed from its extension when not
     /// given, and `format=none` stores the file under this name.
     pub file_name: String,
+    /// Which entries are written (`#include=`, `#exclude=`); every entry is checked regardless.
+    pub filter: Filter,
 }
 
 impl UnpackOptions {
@@ -45,6 +50,7 @@ impl UnpackOptions {
             strip: source.strip,
             limits,
             file_name: file_name.into(),
+            filter: source.filter.clone(),
         }
     }
 }
@@ -65,8 +71,9 @@ pub struct UnpackStats {
 /// An archive that was refused or could not be unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    /// An entry that could write outside the destination, or of a kind never unpacked.
-    #[error("refused archive entry `{entry}`: {reason}")]
+    /// An entry (of an archive or a folder) that could write or reveal anything outside the
+    /// destination, or of a kind never unpacked.
+    #[error("refused `{entry}`: {reason}")]
     Unsafe { entry: String, reason: String },
     /// The archive unpacks to more than a limit allows.
     #[error("the archive unpacks to more than {limit} {what}, the limit")]
@@ -115,8 +122,9 @@ impl Classify for UnpackError {
     fn hint(&self) -> Option<String> {
         match self {
             UnpackError::Unsafe { .. } => Some(
-                "the archive was refused as a whole and nothing was published; rebuild it without \
-                 absolute paths, `..`, links leaving the tree, devices or fifos"
+                "the source was refused as a whole and nothing was published; it may hold no \
+                 absolute paths, `..`, links leaving it, devices, fifos, sockets, sparse files or \
+                 names longer than a filesystem holds"
                     .into(),
             ),
             UnpackError::TooBig { what, .. } => Some(format!(
@@ -146,12 +154,7 @@ pub fn unpack(
     opts: &UnpackOptions,
     progress: &SourceProgress,
 ) -> Result<UnpackStats, UnpackError> {
-    let mut input = Input {
-        inner: reader,
-        read: 0,
-        failure: None,
-        progress,
-    };
+    let mut input = Input::new(reader, progress);
     let result = unpack_input(&mut input, format, dest, opts);
     match (result, input.failure.take()) {
         // Whatever the archive code made of it, a failing input is a read failure, not damage.
@@ -182,7 +185,7 @@ fn unpack_input<R: Read>(
         }
     };
     let mut stream = io::Cursor::new(head).chain(&mut *input);
-    let mut tree = guard::Tree::new(dest, opts.strip, opts.limits);
+    let mut tree = guard::Tree::new(dest, opts.strip, opts.limits).filtered(opts.filter.clone());
     match format {
         ArchiveFormat::Tar => tar::unpack(&mut stream, &mut tree)?,
         ArchiveFormat::TarGz => tar::unpack_gz(&mut stream, &mut tree)?,
@@ -237,11 +240,23 @@ fn plain_name(name: &str) -> String {
 
 /// The input as the archive code sees it: counts bytes, reports progress, and remembers whether
 /// the underlying reader failed. Invariant: `read` is the number of bytes returned.
-struct Input<'p, R> {
+pub(super) struct Input<'p, R> {
     inner: R,
     read: u64,
-    failure: Option<io::Error>,
+    /// The first real error of `inner`, which the archive code only sees a copy of.
+    pub(super) failure: Option<io::Error>,
     progress: &'p SourceProgress,
+}
+
+impl<'p, R> Input<'p, R> {
+    pub(super) fn new(inner: R, progress: &'p SourceProgress) -> Self {
+        Input {
+            inner,
+            read: 0,
+            failure: None,
+            progress,
+        }
+    }
 }
 
 impl<R: Read> Read for Input<'_, R> {

@@ -1,8 +1,8 @@
 //! Tar and tar.gz: streamed entry by entry into the [`Tree`], never buffered whole.
 //!
 //! This module maps tar entry types onto the guard's few operations and refuses every type the
-//! guard has no operation for (devices, fifos, sparse files, anything unknown). It must never
-//! write to disk itself.
+//! guard has no operation for (devices, fifos, sparse files in the GNU or the PAX format,
+//! anything unknown). It must never write to disk itself.
 
 use std::io::{self, Read};
 
@@ -46,6 +46,14 @@ pub(super) fn unpack(reader: impl Read, tree: &mut Tree<'_>) -> Result<(), Unpac
                 }
             }
             EntryType::Regular | EntryType::Continuous => {
+                // PAX sparse members carry a map of holes before their data; unpacked as a plain
+                // file they would be written as that map under a made-up `GNUSparseFile.N/` name.
+                if let Some(name) = pax_sparse_name(&mut entry)? {
+                    return Err(UnpackError::Unsafe {
+                        entry: shown(name.as_deref().unwrap_or(&raw)),
+                        reason: "it is a sparse file, which is never unpacked".into(),
+                    });
+                }
                 if let Some(rel) = tree.clean(&raw)? {
                     let size = entry.size();
                     tree.file(&rel, &raw, mode, mtime, size, &mut entry)?;
@@ -70,6 +78,28 @@ pub(super) fn unpack(reader: impl Read, tree: &mut Tree<'_>) -> Result<(), Unpac
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(UnpackError::from_read)?;
     Ok(())
+}
+
+/// `Some` when the entry's own PAX header describes a sparse file (any `GNU.sparse.*` key: the
+/// 0.0, 0.1 and 1.0 formats GNU tar writes with `--sparse --format=pax`), holding the file's real
+/// name when the header gives it (`GNU.sparse.name`).
+fn pax_sparse_name<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<Option<Option<Vec<u8>>>, UnpackError> {
+    let Some(extensions) = entry.pax_extensions().map_err(UnpackError::from_read)? else {
+        return Ok(None);
+    };
+    let (mut sparse, mut name) = (false, None);
+    for extension in extensions {
+        let extension = extension.map_err(UnpackError::from_read)?;
+        if extension.key_bytes().starts_with(b"GNU.sparse.") {
+            sparse = true;
+            if extension.key_bytes() == b"GNU.sparse.name" {
+                name = Some(extension.value_bytes().to_vec());
+            }
+        }
+    }
+    Ok(sparse.then_some(name))
 }
 
 /// Unpacks a gzip-compressed tar stream; every gzip trailer (length and CRC) is checked too.

@@ -50,6 +50,7 @@ fn run(
         strip,
         limits: Limits::default(),
         file_name: name.into(),
+        filter: Default::default(),
     };
     let r = unpack(data, format, &dest, &opts, &SourceProgress::none());
     (root, r)

@@ -15,52 +15,28 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::artifacts::record::mlflow_tag;
-use crate::metrics::model::{float, ArtifactsSave, Item, RunStatus, Tag};
-
-/// MLflow's limits for one `runs/log-batch` (`mlflow/utils/validation.py`).
-pub const MAX_METRICS: usize = 1000;
-pub const MAX_PARAMS: usize = 100;
-pub const MAX_TAGS: usize = 100;
-pub const MAX_ENTITIES: usize = 1000;
-pub const MAX_REQUEST_BYTES: usize = 1_000_000;
-/// Longest param value, tag value and key MLflow stores (in characters).
-pub const MAX_PARAM_VALUE: usize = 6000;
-pub const MAX_TAG_VALUE: usize = 8000;
-pub const MAX_KEY: usize = 250;
+use super::api::path_is_unique;
+pub use super::api::{
+    KeyValue, Metric, MAX_ENTITIES, MAX_KEY, MAX_METRICS, MAX_PARAMS, MAX_PARAM_VALUE,
+    MAX_REQUEST_BYTES, MAX_TAGS, MAX_TAG_VALUE,
+};
+use crate::metrics::model::{ArtifactsSave, Item, RunArtifact, RunStatus, ScriptRun, Tag};
+use crate::metrics::saves::mlflow_tag;
 
 /// Bytes kept free for `{"run_id":"…","metrics":[],"params":[],"tags":[]}` around the items
 /// (MLflow run ids are 32 hex characters; this leaves room for long ones).
 const ENVELOPE_BYTES: usize = 512;
 
-/// One metric point as `runs/log-batch` takes it; non-finite values as MLflow's JSON strings.
-/// Invariant: `key` is a name MLflow accepts ([`mlflow_key`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MetricOut {
-    pub key: String,
-    #[serde(with = "float")]
-    pub value: f64,
-    pub timestamp: i64,
-    pub step: i64,
-}
-
-/// A param or tag as MLflow's REST API writes it. Invariant (when built here): `key` is a name
-/// MLflow accepts and `value` is no longer than MLflow keeps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct KeyValue {
-    pub key: String,
-    pub value: String,
-}
-
 /// The body of one `runs/log-batch`. Invariant: within every limit above once wrapped with a
 /// run id, param keys are unique, tag keys are unique.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogBatch {
-    pub metrics: Vec<MetricOut>,
+    /// The script run (the endpoint's run id) it belongs to; `None`: the worker's run.
+    pub run: Option<String>,
+    pub metrics: Vec<Metric>,
     pub params: Vec<KeyValue>,
     pub tags: Vec<KeyValue>,
     /// Encoded size of the items, commas included.
-    #[serde(skip)]
     bytes: usize,
 }
 
@@ -84,18 +60,11 @@ impl LogBatch {
 
     /// The request body for `run_id`.
     pub fn body(&self, run_id: &str) -> Result<Vec<u8>, serde_json::Error> {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            run_id: &'a str,
-            metrics: &'a [MetricOut],
-            params: &'a [KeyValue],
-            tags: &'a [KeyValue],
-        }
-        serde_json::to_vec(&Body {
-            run_id,
-            metrics: &self.metrics,
-            params: &self.params,
-            tags: &self.tags,
+        serde_json::to_vec(&super::api::LogBatch {
+            run_id: run_id.into(),
+            metrics: self.metrics.as_slice().into(),
+            params: self.params.as_slice().into(),
+            tags: self.tags.as_slice().into(),
         })
     }
 }
@@ -111,6 +80,20 @@ pub enum Call {
     },
     /// Put the save's files into the run's artifacts, where the run's artifact store allows it.
     Artifacts(ArtifactsSave),
+    /// Create a script's run (or find the one made before), or update it.
+    ScriptRun(ScriptRun),
+    /// `runs/delete-tag` on a script's run.
+    DeleteTag {
+        run: String,
+        key: String,
+    },
+    /// `runs/log-inputs` on a script's run.
+    Inputs {
+        run: String,
+        datasets: Vec<serde_json::Value>,
+    },
+    /// Put a script run's stored file into the run's artifacts on the server.
+    RunArtifact(RunArtifact),
 }
 
 /// MLflow's run status and end time for a Periscope status.
@@ -158,17 +141,6 @@ pub fn mlflow_key(key: &str) -> String {
     out.chars().take(MAX_KEY).collect()
 }
 
-/// MLflow's `path_not_unique`, negated: `posixpath.normpath(name) == name` and it neither is `.`
-/// nor starts with `..` or `/`.
-fn path_is_unique(name: &str) -> bool {
-    !(name.is_empty()
-        || name.starts_with('/')
-        || name.starts_with("..")
-        || name.ends_with('/')
-        || name.contains("//")
-        || name.split('/').any(|p| p == "." || p == ".."))
-}
-
 fn cut(value: &str, max: usize) -> String {
     value.chars().take(max).collect()
 }
@@ -182,60 +154,30 @@ pub struct Planner {
 
 impl Planner {
     /// The calls that apply `items`, in order: items between two status changes become as few
-    /// `runs/log-batch` calls as the limits allow (params in calls of their own), and each status
-    /// change becomes a `runs/update` after them. Artifacts copies come last: their tags are
-    /// logged first, so the run names every save even when its copy cannot be made.
+    /// `runs/log-batch` calls as the limits allow (params in calls of their own, one run per
+    /// call), and each status change or script run change becomes its own call after them.
+    /// Artifacts copies come last: their tags are logged first, so the run names every save even
+    /// when its copy cannot be made.
     pub fn plan(&mut self, items: &[Item]) -> Vec<Call> {
-        let mut calls = Vec::new();
-        let mut copies = Vec::new();
-        let mut params = LogBatch::default();
-        let mut data = LogBatch::default();
-        let flush = |calls: &mut Vec<Call>, batch: &mut LogBatch| {
-            if !batch.is_empty() {
-                calls.push(Call::Log(std::mem::take(batch)));
-            }
-        };
+        let mut out = Plan::default();
         for item in items {
             match item {
                 Item::Metric(m) => {
-                    let out = MetricOut {
-                        key: self.key(&m.key),
-                        value: m.value,
-                        timestamp: m.timestamp_ms,
-                        step: m.step,
-                    };
-                    let size = encoded_len(&out);
-                    if !fits(&data, size) || data.metrics.len() >= MAX_METRICS {
-                        flush(&mut calls, &mut data);
-                    }
-                    data.bytes += size;
-                    data.metrics.push(out);
+                    out.target(None);
+                    self.metric(m, &mut out);
                 }
                 Item::Param(p) => {
-                    let kv = KeyValue {
-                        key: self.key(&p.key),
-                        value: cut(&p.value, MAX_PARAM_VALUE),
-                    };
-                    if let Some(first) = params.params.iter().find(|q| q.key == kv.key) {
-                        // MLflow refuses a batch with a key twice; params are immutable, so
-                        // the first value is the one that counts.
-                        if first.value != kv.value {
-                            tracing::warn!(key = %kv.key,
-                                "a param was given two values; MLflow keeps the first");
-                        }
-                        continue;
-                    }
-                    let size = encoded_len(&kv);
-                    if !fits(&params, size) || params.params.len() >= MAX_PARAMS {
-                        flush(&mut calls, &mut params);
-                    }
-                    params.bytes += size;
-                    params.params.push(kv);
+                    out.target(None);
+                    self.param(p, &mut out);
                 }
-                Item::Tag(t) => self.tag(t, &mut data, &mut calls),
+                Item::Tag(t) => {
+                    out.target(None);
+                    self.tag(t, &mut out);
+                }
                 Item::Artifacts(save) => {
-                    self.tag(&mlflow_tag(save), &mut data, &mut calls);
-                    copies.push(Call::Artifacts(save.clone()));
+                    out.target(None);
+                    self.tag(&mlflow_tag(save), &mut out);
+                    out.copies.push(Call::Artifacts(save.clone()));
                 }
                 Item::Purge {
                     keys, from_step, ..
@@ -254,36 +196,108 @@ impl Planner {
                     }
                 }
                 Item::Status { status, at_ms } => {
-                    flush(&mut calls, &mut params);
-                    flush(&mut calls, &mut data);
-                    calls.push(mlflow_status(*status, *at_ms));
+                    out.flush_all();
+                    out.calls.push(mlflow_status(*status, *at_ms));
                 }
+                Item::ScriptRun(run) => {
+                    out.flush_all();
+                    out.calls.push(Call::ScriptRun(run.clone()));
+                }
+                Item::RunData {
+                    run,
+                    metrics,
+                    params,
+                    tags,
+                } => {
+                    out.target(Some(run));
+                    for p in params {
+                        self.param(p, &mut out);
+                    }
+                    for t in tags {
+                        self.tag(t, &mut out);
+                    }
+                    for m in metrics {
+                        self.metric(m, &mut out);
+                    }
+                }
+                Item::RunTagDeleted { run, key } => {
+                    out.flush_all();
+                    out.calls.push(Call::DeleteTag {
+                        run: run.clone(),
+                        key: key.clone(),
+                    });
+                }
+                Item::RunInputs { run, datasets } => {
+                    out.flush_all();
+                    out.calls.push(Call::Inputs {
+                        run: run.clone(),
+                        datasets: datasets.clone(),
+                    });
+                }
+                Item::RunArtifact(file) => out.copies.push(Call::RunArtifact(file.clone())),
             }
         }
-        flush(&mut calls, &mut params);
-        flush(&mut calls, &mut data);
-        calls.extend(copies);
-        calls
+        out.flush_all();
+        out.calls.extend(out.copies);
+        out.calls
     }
 
-    /// Adds a tag to `data`, flushing it into `calls` first when it is full.
-    fn tag(&mut self, tag: &Tag, data: &mut LogBatch, calls: &mut Vec<Call>) {
+    fn metric(&mut self, m: &crate::metrics::model::Metric, out: &mut Plan) {
+        let point = Metric {
+            key: self.key(&m.key),
+            value: m.value,
+            timestamp: Some(m.timestamp_ms),
+            step: Some(m.step),
+        };
+        let size = encoded_len(&point);
+        if !fits(&out.data, size) || out.data.metrics.len() >= MAX_METRICS {
+            out.flush_data();
+        }
+        out.data.bytes += size;
+        out.data.metrics.push(point);
+    }
+
+    fn param(&mut self, p: &crate::metrics::model::Param, out: &mut Plan) {
+        let kv = KeyValue {
+            key: self.key(&p.key),
+            value: cut(&p.value, MAX_PARAM_VALUE),
+        };
+        if let Some(first) = out.params.params.iter().find(|q| q.key == kv.key) {
+            // MLflow refuses a batch with a key twice; params are immutable, so the first value
+            // is the one that counts.
+            if first.value != kv.value {
+                tracing::warn!(key = %kv.key,
+                    "a param was given two values; MLflow keeps the first");
+            }
+            return;
+        }
+        let size = encoded_len(&kv);
+        if !fits(&out.params, size) || out.params.params.len() >= MAX_PARAMS {
+            out.flush_params();
+        }
+        out.params.bytes += size;
+        out.params.params.push(kv);
+    }
+
+    /// Adds a tag to the data batch, flushing it first when it is full.
+    fn tag(&mut self, tag: &Tag, out: &mut Plan) {
         let kv = KeyValue {
             key: self.key(&tag.key),
             value: cut(&tag.value, MAX_TAG_VALUE),
         };
         let size = encoded_len(&kv);
+        let data = &mut out.data;
         if let Some(i) = data.tags.iter().position(|q| q.key == kv.key) {
             // A later value replaces an earlier one, and MLflow wants one key per batch: the
             // earlier value need not be sent at all.
             let earlier = data.tags.remove(i);
             data.bytes -= encoded_len(&earlier);
         }
-        if (!fits(data, size) || data.tags.len() >= MAX_TAGS) && !data.is_empty() {
-            calls.push(Call::Log(std::mem::take(data)));
+        if !fits(data, size) || data.tags.len() >= MAX_TAGS {
+            out.flush_data();
         }
-        data.bytes += size;
-        data.tags.push(kv);
+        out.data.bytes += size;
+        out.data.tags.push(kv);
     }
 
     /// The MLflow name for `key`, warning once per key that had to change.
@@ -293,6 +307,48 @@ impl Planner {
             tracing::warn!(key, mlflow_key = %name, "key renamed to a name MLflow accepts");
         }
         name
+    }
+}
+
+/// A plan being made. Invariant: `params` and `data` hold items of run `run` only (`None`: the
+/// worker's run); `calls` and then `copies` are in the order they must be made.
+#[derive(Default)]
+struct Plan {
+    calls: Vec<Call>,
+    copies: Vec<Call>,
+    params: LogBatch,
+    data: LogBatch,
+    run: Option<String>,
+}
+
+impl Plan {
+    /// Makes `run` the run of the next items, flushing what was gathered for another.
+    fn target(&mut self, run: Option<&str>) {
+        if self.run.as_deref() != run {
+            self.flush_all();
+            self.run = run.map(str::to_string);
+        }
+    }
+
+    fn flush_params(&mut self) {
+        if !self.params.is_empty() {
+            let mut batch = std::mem::take(&mut self.params);
+            batch.run = self.run.clone();
+            self.calls.push(Call::Log(batch));
+        }
+    }
+
+    fn flush_data(&mut self) {
+        if !self.data.is_empty() {
+            let mut batch = std::mem::take(&mut self.data);
+            batch.run = self.run.clone();
+            self.calls.push(Call::Log(batch));
+        }
+    }
+
+    fn flush_all(&mut self) {
+        self.flush_params();
+        self.flush_data();
     }
 }
 
@@ -343,7 +399,7 @@ mod tests {
             .iter()
             .filter_map(|c| match c {
                 Call::Log(b) => Some(b),
-                Call::Status { .. } | Call::Artifacts(_) => None,
+                _ => None,
             })
             .collect()
     }
@@ -383,7 +439,7 @@ mod tests {
         // Metrics keep their order.
         let steps: Vec<i64> = batches
             .iter()
-            .flat_map(|b| b.metrics.iter().map(|m| m.step))
+            .flat_map(|b| b.metrics.iter().filter_map(|m| m.step))
             .collect();
         assert_eq!(steps, (0..2500).collect::<Vec<_>>());
     }

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::MlflowUrl;
 use crate::error::ErrorClass;
-use crate::localize::http::{chain, client::ca_certs};
 use crate::metrics::sink::SinkError;
+use crate::net::{ca, reqwest_text};
 use crate::redact::Secret;
 
 /// How the sidecar proves who it is to the tracking server (MLflow's standard variables).
@@ -160,13 +160,13 @@ pub struct ApiClient {
 impl ApiClient {
     /// Builds the client: rustls with the system roots plus the optional CA bundle.
     pub fn new(server: &MlflowUrl, transport: &Transport) -> Result<ApiClient, ApiError> {
-        crate::tls::ensure_provider();
+        crate::net::tls::ensure_provider();
         let mut builder = Client::builder()
             .connect_timeout(transport.connect_timeout)
             .timeout(transport.timeout)
             .user_agent(concat!("periscope/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &transport.ca_file {
-            let certs = ca_certs(path).map_err(|detail| ApiError::Setup {
+            let certs = ca::certs(path).map_err(|detail| ApiError::Setup {
                 detail: format!(
                     "MLFLOW_TRACKING_SERVER_CERT_PATH {}: {detail}",
                     path.display()
@@ -180,9 +180,9 @@ impl ApiClient {
             );
             builder = builder.danger_accept_invalid_certs(true);
         }
-        let http = builder
-            .build()
-            .map_err(|e| ApiError::Setup { detail: chain(&e) })?;
+        let http = builder.build().map_err(|e| ApiError::Setup {
+            detail: reqwest_text(&e),
+        })?;
         Ok(ApiClient {
             http,
             auth: transport.auth.clone(),
@@ -234,6 +234,41 @@ impl ApiClient {
         self.send(call, request).await
     }
 
+    /// `PUT` `len` bytes streamed from `body` into the server's artifact proxy, at
+    /// `<server>/api/2.0/mlflow-artifacts/artifacts/<segments…>`; the call may take `timeout`
+    /// (large files take longer than an API call).
+    pub async fn put_artifact(
+        &self,
+        segments: &[&str],
+        body: reqwest::Body,
+        len: u64,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        const CALL: &str = "mlflow-artifacts upload";
+        let mut url = self
+            .api
+            .join("../mlflow-artifacts/artifacts/")
+            .map_err(|e| ApiError::Setup {
+                detail: format!("cannot form the URL of {CALL}: {e}"),
+            })?;
+        url.path_segments_mut()
+            .map_err(|()| ApiError::Setup {
+                detail: format!("cannot form the URL of {CALL}"),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        let request = self
+            .http
+            .put(url)
+            .timeout(timeout)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .body(body);
+        self.send::<serde_json::Value>(CALL, request)
+            .await
+            .map(drop)
+    }
+
     fn url(&self, call: &'static str) -> Result<url::Url, ApiError> {
         self.api.join(call).map_err(|e| ApiError::Setup {
             detail: format!("cannot form the URL of {call}: {e}"),
@@ -258,7 +293,7 @@ impl ApiClient {
         let unreachable = |e: reqwest::Error| ApiError::Unreachable {
             server: self.shown.clone(),
             call,
-            detail: chain(&e),
+            detail: reqwest_text(&e),
         };
         let response = self.authorize(request).send().await.map_err(unreachable)?;
         let status = response.status();
@@ -294,14 +329,7 @@ fn status_error(
     body: &[u8],
     retry_after: Option<Duration>,
 ) -> ApiError {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        #[serde(default)]
-        error_code: String,
-        #[serde(default)]
-        message: String,
-    }
-    let (code, message) = match serde_json::from_slice::<Body>(body) {
+    let (code, message) = match serde_json::from_slice::<super::api::ErrorBody>(body) {
         Ok(b) => (b.error_code, b.message),
         Err(_) => {
             let text = String::from_utf8_lossy(body);

@@ -1,21 +1,30 @@
-//! The MLflow metastore: delivers queued items to an MLflow tracking server over its REST API.
+//! MLflow: its REST API ([`api`]), spoken by both the local ingest endpoint that training scripts
+//! log to ([`ingest`]) and the metastore that delivers queued items to an MLflow tracking server.
 //!
-//! Chosen by `--metastore mlflow+http(s)://HOST:PORT[/prefix]`, or by `MLFLOW_TRACKING_URI`
-//! (`http(s)://…`) when no `--metastore` is given. A file per idea:
+//! The metastore is chosen by `--metastore mlflow+http(s)://HOST:PORT[/prefix]`, or by
+//! `MLFLOW_TRACKING_URI` (`http(s)://…`) when no `--metastore` is given. A file per idea:
 //!
 //! * [`client`]: the reqwest client (credentials, private CA), calls and their failures.
 //! * [`batch`]: items → `runs/log-batch` requests within MLflow's limits, and status updates.
 //! * [`run`]: finding or creating the experiment and this worker's run, found again after a
 //!   restart.
+//! * [`mirror`]: copying an artifacts save into the run's artifacts, where they share a bucket.
+//! * [`script_run`]: the server run of each run a script made through the endpoint.
+//! * [`run_artifacts`]: a script run's stored files into its server run's artifacts.
 //! * [`sink`]: the [`Sink`](super::Sink) that ties them together.
 //!
 //! Settings come from MLflow's standard variables ([`MlflowSettings::from_env`]). This module
 //! never prints, never logs a credential, and never retries by itself: a transient failure goes
 //! back to the pipeline, whose queue keeps the items and whose one retry policy decides when.
 
+pub mod api;
 pub mod batch;
 pub mod client;
+pub mod ingest;
+pub mod mirror;
 pub mod run;
+pub mod run_artifacts;
+pub mod script_run;
 pub mod sink;
 
 use std::fmt;

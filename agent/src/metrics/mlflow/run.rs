@@ -18,6 +18,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::api::{Run, RunAnswer, RunInfo};
+
 use super::client::{ApiClient, ApiError};
 use crate::error::ErrorClass;
 use crate::metrics::model::now_ms;
@@ -52,29 +54,6 @@ pub struct Target<'a> {
     /// `MLFLOW_RUN_ID`.
     pub attach: Option<&'a str>,
     pub state_dir: &'a Path,
-}
-
-/// The part of MLflow's `RunInfo` read here.
-#[derive(Deserialize)]
-struct RunInfo {
-    run_id: String,
-    #[serde(default)]
-    lifecycle_stage: String,
-    /// Where the run's artifacts live (`s3://…`, `mlflow-artifacts:/…`, a path).
-    #[serde(default)]
-    artifact_uri: String,
-}
-
-/// MLflow's `Run`, its info only.
-#[derive(Deserialize)]
-struct RunOnly {
-    info: RunInfo,
-}
-
-/// The answer of `runs/get` and `runs/create`.
-#[derive(Deserialize)]
-struct RunAnswer {
-    run: RunOnly,
 }
 
 /// Finds or creates the run for `target` and returns its id. Every failure is an [`ApiError`]
@@ -147,7 +126,7 @@ async fn get_run(client: &ApiClient, run_id: &str) -> Result<RunInfo, ApiError> 
 }
 
 /// The id of the experiment called `name`, created when there is none.
-async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkError> {
+pub async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkError> {
     #[derive(Deserialize)]
     struct Experiment {
         experiment_id: String,
@@ -207,7 +186,7 @@ async fn experiment_id(client: &ApiClient, name: &str) -> Result<String, SinkErr
 }
 
 /// A filter-string literal: MLflow's parser takes either quote; use the one the value lacks.
-fn literal(value: &str) -> Option<String> {
+pub fn literal(value: &str) -> Option<String> {
     if !value.contains('\'') {
         Some(format!("'{value}'"))
     } else if !value.contains('"') {
@@ -226,7 +205,7 @@ async fn search(
     #[derive(Deserialize)]
     struct Found {
         #[serde(default)]
-        runs: Vec<RunOnly>,
+        runs: Vec<Run>,
     }
     let (Some(experiment), Some(worker)) = (literal(target.experiment), literal(target.worker))
     else {

@@ -21,14 +21,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
-use serde_json::json;
 
-use super::batch::{Call, KeyValue, LogBatch, Planner};
+use super::api::{RunAnswer, UpdateRun};
+use super::batch::{Call, LogBatch, Planner};
 use super::client::{ApiClient, ApiError};
+use super::mirror;
 use super::run::{self, Target};
+use super::run_artifacts::{self, Sources};
+use super::script_run::{Owner, ScriptRuns};
 use super::MlflowSettings;
-use crate::artifacts::mirror;
 use crate::error::{Classify, ErrorClass};
 use crate::metrics::model::{ArtifactsSave, Item};
 use crate::metrics::sink::{Sink, SinkError};
@@ -48,6 +49,10 @@ pub struct MlflowSink {
     planner: Planner,
     /// The `Retry-After` of the last failed call, for [`Sink::retry_after`].
     retry_after: Option<Duration>,
+    /// The server runs of the scripts' runs (loaded when the first one comes).
+    script_runs: Option<ScriptRuns>,
+    /// Where the scripts' stored files are read from.
+    sources: Sources,
 }
 
 impl MlflowSink {
@@ -62,7 +67,45 @@ impl MlflowSink {
             artifact_uris: HashMap::new(),
             planner: Planner::default(),
             retry_after: None,
+            script_runs: None,
+            sources: Sources::default(),
         })
+    }
+
+    fn script_runs(&mut self) -> &mut ScriptRuns {
+        let (dir, server) = (&self.settings.state_dir, self.client.shown());
+        self.script_runs
+            .get_or_insert_with(|| ScriptRuns::load(dir, server))
+    }
+
+    /// The server id of a call's run: the worker's (`None`) or a script's.
+    async fn target(&mut self, experiment: &str, run: Option<&str>) -> Result<String, SinkError> {
+        match run {
+            None => self.run_id(experiment).await,
+            Some(local) => {
+                let client = self.client.clone();
+                self.script_runs().server_id(&client, local).await
+            }
+        }
+    }
+
+    /// A script run's batch with its `mlflow.parentRunId` tag naming the parent's server run.
+    async fn with_server_parent(
+        &mut self,
+        batch: &LogBatch,
+    ) -> Result<Option<LogBatch>, SinkError> {
+        let Some(parent) = batch.tags.iter().find(|t| t.key == "mlflow.parentRunId") else {
+            return Ok(None);
+        };
+        let client = self.client.clone();
+        let server = self.script_runs().server_id(&client, &parent.value).await?;
+        let mut out = batch.clone();
+        for t in &mut out.tags {
+            if t.key == "mlflow.parentRunId" {
+                t.value = server.clone();
+            }
+        }
+        Ok(Some(out))
     }
 
     /// The run items of `experiment` go to, found or created once per sidecar.
@@ -89,25 +132,80 @@ impl MlflowSink {
 
     async fn apply(&mut self, experiment: &str, items: &[Item]) -> Result<(), SinkError> {
         self.retry_after = None;
-        let run_id = self.run_id(experiment).await?;
         for call in self.planner.plan(items) {
             let result = match &call {
-                Call::Log(batch) if !batch.params.is_empty() => {
-                    self.log_params(&run_id, batch).await
-                }
-                Call::Log(batch) => self.log(&run_id, batch).await,
-                Call::Status { status, end_time } => {
-                    let mut body = json!({ "run_id": run_id, "status": status });
-                    if let Some(end) = end_time {
-                        body["end_time"] = json!(end);
+                Call::Log(batch) => {
+                    let run_id = self.target(experiment, batch.run.as_deref()).await?;
+                    let rewritten = match batch.run {
+                        Some(_) => self.with_server_parent(batch).await?,
+                        None => None,
+                    };
+                    let batch = rewritten.as_ref().unwrap_or(batch);
+                    if batch.params.is_empty() {
+                        self.log(&run_id, batch).await
+                    } else {
+                        self.log_params(&run_id, batch).await
                     }
+                }
+                Call::Status { status, end_time } => {
+                    let run_id = self.run_id(experiment).await?;
+                    let body = UpdateRun {
+                        run_id: Some(run_id),
+                        status: Some(status.to_string()),
+                        end_time: *end_time,
+                        ..UpdateRun::default()
+                    };
                     self.client
                         .post_json::<serde_json::Value>("runs/update", &body)
                         .await
                         .map(drop)
                 }
                 Call::Artifacts(save) => {
+                    let run_id = self.run_id(experiment).await?;
                     self.artifacts(&run_id, save).await?;
+                    continue;
+                }
+                Call::ScriptRun(run) => {
+                    let client = self.client.clone();
+                    let default = self
+                        .settings
+                        .experiment_name
+                        .clone()
+                        .unwrap_or_else(|| experiment.to_string());
+                    let worker = self.settings.worker.clone();
+                    let owner = Owner {
+                        default_experiment: &default,
+                        experiment,
+                        worker: &worker,
+                    };
+                    self.script_runs().apply(&client, run, owner).await?;
+                    continue;
+                }
+                Call::DeleteTag { run, key } => {
+                    let run_id = self.target(experiment, Some(run)).await?;
+                    let body = serde_json::json!({ "run_id": run_id, "key": key });
+                    match self
+                        .client
+                        .post_json::<serde_json::Value>("runs/delete-tag", &body)
+                        .await
+                    {
+                        // Deleted by an earlier delivery of the same batch.
+                        Err(e) if e.code() == Some("RESOURCE_DOES_NOT_EXIST") => Ok(()),
+                        other => other.map(drop),
+                    }
+                }
+                Call::Inputs { run, datasets } => {
+                    let run_id = self.target(experiment, Some(run)).await?;
+                    let body = serde_json::json!({ "run_id": run_id, "datasets": datasets });
+                    self.client
+                        .post_json::<serde_json::Value>("runs/log-inputs", &body)
+                        .await
+                        .map(drop)
+                }
+                Call::RunArtifact(file) => {
+                    let run_id = self.target(experiment, file.run.as_deref()).await?;
+                    let uri = self.artifact_uri(&run_id).await?;
+                    run_artifacts::deliver(&self.client, &uri, file, &mut self.sources).await?;
                     continue;
                 }
             };
@@ -119,23 +217,26 @@ impl MlflowSink {
         Ok(())
     }
 
+    /// The run's `artifact_uri`, asked for once.
+    async fn artifact_uri(&mut self, run_id: &str) -> Result<String, SinkError> {
+        if let Some(uri) = self.artifact_uris.get(run_id) {
+            return Ok(uri.clone());
+        }
+        let uri = run::artifact_uri(&self.client, run_id).await.map_err(|e| {
+            self.retry_after = e.retry_after();
+            SinkError::from(e)
+        })?;
+        self.artifact_uris.insert(run_id.to_string(), uri.clone());
+        Ok(uri)
+    }
+
     /// Copies a save into the run's artifacts when they are in the save's bucket (see
     /// [`mirror`]); otherwise the save's tag, logged before, is its record. A copy that may work
     /// later (the store did not answer) fails the batch, so the queue delivers it again; any
     /// other failure is warned about and leaves the tag as the record, so that one save the
     /// copy cannot be made of never stops the queue.
     async fn artifacts(&mut self, run_id: &str, save: &ArtifactsSave) -> Result<(), SinkError> {
-        let uri = match self.artifact_uris.get(run_id) {
-            Some(uri) => uri.clone(),
-            None => {
-                let uri = run::artifact_uri(&self.client, run_id).await.map_err(|e| {
-                    self.retry_after = e.retry_after();
-                    SinkError::from(e)
-                })?;
-                self.artifact_uris.insert(run_id.to_string(), uri.clone());
-                uri
-            }
-        };
+        let uri = self.artifact_uri(run_id).await?;
         let target = match mirror::plan(&save.url, &uri, &save.worker, save.save) {
             Ok(target) => target,
             Err(why) => {
@@ -211,21 +312,7 @@ impl MlflowSink {
 
     /// The run's params as the server has them.
     async fn params(&self, run_id: &str) -> Result<HashMap<String, String>, ApiError> {
-        #[derive(Deserialize, Default)]
-        struct Data {
-            #[serde(default)]
-            params: Vec<KeyValue>,
-        }
-        #[derive(Deserialize)]
-        struct Run {
-            #[serde(default)]
-            data: Data,
-        }
-        #[derive(Deserialize)]
-        struct Answer {
-            run: Run,
-        }
-        let answer: Answer = self.client.get("runs/get", &[("run_id", run_id)]).await?;
+        let answer: RunAnswer = self.client.get("runs/get", &[("run_id", run_id)]).await?;
         Ok(answer
             .run
             .data
