@@ -596,8 +596,10 @@ impl LogShipper {
         let verdict = recognize::recognize(&file, gzip, &candidates);
         drop(candidates);
         let verdict = match verdict {
+            // A file truncated while it was compared: this pass reads the truncation, the next
+            // one looks at the new file again.
+            Ok(Recognized::Again) | Err(_) => return false,
             Ok(v) => v,
-            Err(_) => return false,
         };
         let settle = match verdict {
             Recognized::Unsure => Some(SETTLE),

@@ -78,6 +78,9 @@ pub enum Verdict {
     Unsure,
     /// A gzip file that does not decompress to its end yet (being written): ask again later.
     Unfinished,
+    /// A candidate's own file was truncated while it was compared (`copytruncate` right after the
+    /// copy was made): ask again at the next pass, once the shipper has seen the truncation.
+    Again,
 }
 
 /// Tells whether `file` (a gzip when `gzip`) holds one of `candidates`. Only asked for a file at a
@@ -127,7 +130,7 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
         offsets.push(len);
     }
     let scanned = scan_prefixes(&mut *source::content(file, gzip)?, &offsets);
-    let mut unsure = false;
+    let (mut unsure, mut again) = (false, false);
     for &i in &alive {
         match judge(&candidates[i], &scanned, gzip)? {
             Judged::Yes { held, extends } => {
@@ -138,10 +141,13 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
                 })
             }
             Judged::Unsure => unsure = true,
+            Judged::Again => again = true,
             Judged::No => {}
         }
     }
-    Ok(if gzip && scanned.broken {
+    Ok(if again {
+        Verdict::Again
+    } else if gzip && scanned.broken {
         Verdict::Unfinished
     } else if unsure {
         Verdict::Unsure
@@ -161,6 +167,8 @@ enum Judged {
     /// A short prefix of the candidate: a copy being written, or a new file with the same first
     /// bytes; only time tells.
     Unsure,
+    /// The candidate's own file was truncated while it was compared.
+    Again,
 }
 
 /// Whether the file scanned holds candidate `c`.
@@ -178,6 +186,21 @@ fn judge(c: &Candidate, x: &Scanned, gzip: bool) -> io::Result<Judged> {
         .max()
         .unwrap_or(0);
     let fits = |len: u64| x_len.is_none_or(|n| len <= n);
+    // Files only grow: the candidate's own file, now shorter than it was when this began or than
+    // what was read of it, was truncated meanwhile, and comparing with it tells nothing. A copy
+    // made just before (copytruncate) is judged again once the shipper has seen the truncation.
+    let no_or_again = || -> io::Result<Judged> {
+        let Some(f) = c.intact else {
+            return Ok(Judged::No);
+        };
+        let now = f.metadata()?.len();
+        let read = c.known_lengths().into_iter().max().unwrap_or(0);
+        Ok(if now < intact_len.unwrap_or(0) || now < read {
+            Judged::Again
+        } else {
+            Judged::No
+        })
+    };
     // Compare at every length known on both sides; one difference settles it.
     let mut verified = 0u64;
     for len in c.known_lengths().into_iter().filter(|&l| fits(l)) {
@@ -203,14 +226,14 @@ fn judge(c: &Candidate, x: &Scanned, gzip: bool) -> io::Result<Judged> {
                 let theirs = scan_prefixes(&mut FileAt { file, pos: 0 }, &[n]);
                 match theirs.prefix(n) {
                     Some(p) if p.crc == f.crc => verified = n,
-                    _ => return Ok(Judged::No),
+                    _ => return no_or_again(),
                 }
             }
         }
     } else if c.intact.is_some() {
         // Longer than the candidate's own file, which is intact: not a copy of it (copies are
-        // made from it, so they are never longer).
-        return Ok(Judged::No);
+        // made from it, so they are never longer), unless it was truncated meanwhile.
+        return no_or_again();
     }
     if verified == 0 {
         return Ok(Judged::No);
@@ -420,6 +443,43 @@ mod tests {
                 extends: false
             },
             "more than a KiB of it where copies appear: taken for a copy being written"
+        );
+    }
+
+    #[test]
+    fn a_copy_whose_original_is_truncated_while_it_is_compared_is_asked_about_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = lines("a", 5000);
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, &a).unwrap();
+        let orig = File::open(&log).unwrap();
+        // The shipper has stored 8 KiB of the log and holds 8 KiB more in memory; the log is
+        // intact when the candidate is made.
+        let stored = Prefix::default().then(&a[..8192]);
+        let cand = Candidate {
+            fingerprint: Fingerprint::of(&a),
+            prefixes: vec![stored],
+            buffered: Some((stored, &a[8192..16384])),
+            intact: Some(&orig),
+        };
+        // copytruncate: the whole log copied, then the log truncated, before the copy is judged.
+        let copy = dir.path().join("app.log.1");
+        std::fs::write(&copy, &a).unwrap();
+        let cands = [cand];
+        let other = dir.path().join("other.log");
+        let mut longer = a.clone();
+        longer.extend_from_slice(b"more than the log ever held\n");
+        std::fs::write(&other, &longer).unwrap();
+        assert_eq!(
+            recognize(&File::open(&other).unwrap(), false, &cands).unwrap(),
+            Verdict::Unknown,
+            "longer than the intact log: not a copy of it"
+        );
+        std::fs::write(&log, b"").unwrap(); // truncated in place, same inode
+        assert_eq!(
+            recognize(&File::open(&copy).unwrap(), false, &cands).unwrap(),
+            Verdict::Again,
+            "the copy is not a file of its own: asked about again once the truncation is seen"
         );
     }
 
