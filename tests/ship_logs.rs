@@ -935,6 +935,50 @@ fn generations_sharing_a_banner_are_told_apart_across_kill9_and_copytruncate() {
     assert_stored_once(&sc, &log);
 }
 
+/// The sidecar starts where logrotate already left rotated files: those are files of their own
+/// (first seen at their rotated names), yet the copies logrotate later makes at the same names
+/// hold the log's bytes, and are stored once, as links.
+#[test]
+fn copies_made_at_names_first_seen_as_files_of_their_own_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = rotation_sidecar(dir.path());
+    let mut log = RotatedLog::new(dir.path(), &["rotate 3", "copytruncate"], None);
+    for _ in 0..2 {
+        log.write_lines(1000);
+        log.rotate();
+    }
+    let before_start = log.written.len();
+    let started = std::time::SystemTime::now();
+    let mut child = sc.spawn();
+    for _ in 0..6 {
+        log.write_lines(2000);
+        wait_followed(&sc, &log, started);
+        log.rotate();
+    }
+    log.write_lines(500);
+    thread::sleep(Duration::from_millis(500));
+    kill_and_drain(&sc, &mut child);
+    let listed = logs_ls_json(&sc.storage);
+    let total: u64 = listed.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(
+        total,
+        log.written.len() as u64,
+        "bytes stored under all names vs bytes written: {listed:#?}\nsidecar said:\n{}",
+        fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+    );
+    let stored = logs_cat_path(&sc.storage, &[], "worker-0/logs/app.log", None);
+    assert_same_lines(&stored, &log.written[before_start..]);
+    for name in ["app.log.1", "app.log.2", "app.log.3"] {
+        let l = listed
+            .iter()
+            .find(|l| l["path"] == format!("worker-0/logs/{name}"))
+            .unwrap_or_else(|| panic!("{name} is not listed: {listed:#?}"));
+        let newest = l["rotated_from"]["generation"].as_u64();
+        let stored = logs_cat_path(&sc.storage, &[], &format!("worker-0/logs/{name}"), newest);
+        assert_same_lines(&stored, &content_on_disk(&log.dir.join(name)));
+    }
+}
+
 #[test]
 fn a_log_symlink_that_leaves_the_log_folder_is_not_shipped() {
     let dir = tempfile::tempdir().unwrap();

@@ -549,9 +549,22 @@ impl LogShipper {
                 return false;
             }
         }
-        // Where files are first seen (the path a followed file was just renamed away from), a new
-        // file is a new generation: nothing to compare, so it is recorded at once.
-        if self.cp.names.get(&logical).is_some_and(|o| o.origin) {
+        // Where files are first seen, a new file is never taken for a copy of that path's own
+        // generations (a new log often starts with the banner the last one started with), but it
+        // may be a copy of another path's: a rotated name the sidecar first saw as a file of its
+        // own (it was there before the sidecar started) gets copies of the log later.
+        let own = self
+            .cp
+            .names
+            .get(&logical)
+            .is_some_and(|o| o.origin)
+            .then(|| logical.clone());
+        let other = |l: &str| own.as_deref() != Some(l);
+        if !self.active.iter().any(|a| !a.closed && other(&a.t.logical))
+            && !self.cp.held.iter().any(|h| other(&h.logical))
+            && own.is_some()
+        {
+            // Nothing to compare it with.
             return self.start(path, logical, id, file, size);
         }
         let held_files: Vec<Option<File>> = self
@@ -570,12 +583,15 @@ impl LogShipper {
         let mut refs = Vec::new();
         let mut candidates = Vec::new();
         for (i, a) in self.active.iter().enumerate().rev() {
-            if !a.closed {
+            if !a.closed && other(&a.t.logical) {
                 refs.push(Record::Active(i));
                 candidates.push(a.candidate());
             }
         }
         for (j, h) in self.cp.held.iter().enumerate().rev() {
+            if !other(&h.logical) {
+                continue;
+            }
             let fp = h.fingerprint;
             let mut prefixes = vec![
                 h.held,
