@@ -979,6 +979,37 @@ fn copies_made_at_names_first_seen_as_files_of_their_own_are_stored_once() {
     }
 }
 
+/// A log name given with a leading `/` (copied from a path), as a second argument, or without
+/// the worker and `logs/`, is found; a name that is not stored gets the names that are.
+#[test]
+fn logs_cat_finds_a_name_given_with_a_slash_or_says_which_names_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("app.log"), "step 1 loss 0.5\n").unwrap();
+    fs::write(logs.join("app.log.1"), "step 0 loss 0.9\n").unwrap();
+    let sc = folder_sidecar(dir.path(), &format!("{}/app.log*", logs.display()));
+    let mut child = sc.spawn();
+    thread::sleep(Duration::from_millis(1500));
+    kill_and_drain(&sc, &mut child);
+    let exp = format!("{}/exp-1", sc.storage);
+    for args in [
+        vec![exp.clone(), "/app.log".into()],
+        vec![format!("{exp}/"), "worker-0/logs/app.log".into()],
+        vec![format!("{exp}/worker-0/logs//app.log")],
+        vec![format!("{exp}/app.log")],
+        vec![format!("{exp}/worker-0"), "/app.log".into()],
+    ] {
+        let ran = run(periscope().args(["logs", "cat"]).args(&args));
+        ran.expect_code(0);
+        assert_eq!(ran.stdout, "step 1 loss 0.5\n", "{args:?}");
+    }
+    run(periscope().args(["logs", "cat", &exp, "/app.log.2"]))
+        .expect_code(3)
+        .expect_output("no stored log is named `app.log.2`")
+        .expect_output("worker-0/logs/app.log, worker-0/logs/app.log.1");
+}
+
 #[test]
 fn a_log_symlink_that_leaves_the_log_folder_is_not_shipped() {
     let dir = tempfile::tempdir().unwrap();

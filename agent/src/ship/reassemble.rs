@@ -26,6 +26,10 @@ use crate::error::{Classify, ErrorClass};
 pub enum ReadBackError {
     #[error("no log chunks under `{0}`")]
     NotFound(String),
+    #[error("no stored log is named `{name}`; stored there: {}", list_names(.known))]
+    NoSuchName { name: String, known: Vec<String> },
+    #[error("`{name}` names {} stored logs: {}", .known.len(), list_names(.known))]
+    Ambiguous { name: String, known: Vec<String> },
     #[error("cannot list or read `{what}`: {error}")]
     Store {
         what: String,
@@ -43,7 +47,8 @@ pub enum ReadBackError {
 impl Classify for ReadBackError {
     fn class(&self) -> ErrorClass {
         match self {
-            ReadBackError::NotFound(_) => ErrorClass::NotFound,
+            ReadBackError::NotFound(_) | ReadBackError::NoSuchName { .. } => ErrorClass::NotFound,
+            ReadBackError::Ambiguous { .. } => ErrorClass::Usage,
             ReadBackError::Store { error, .. } => match error {
                 object_store::Error::NotFound { .. } => ErrorClass::NotFound,
                 object_store::Error::PermissionDenied { .. }
@@ -60,9 +65,71 @@ impl Classify for ReadBackError {
             ReadBackError::NotFound(_) => {
                 Some("list what is stored with `periscope logs ls <URL>/<experiment>`".into())
             }
+            ReadBackError::NoSuchName { .. } | ReadBackError::Ambiguous { .. } => Some(
+                "give a path as `periscope logs ls <URL>/<experiment>` prints it, after the experiment's URL"
+                    .into(),
+            ),
             _ => None,
         }
     }
+}
+
+/// At most this many names are listed in an error.
+const NAMES_SHOWN: usize = 10;
+
+fn list_names(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    let mut out = names[..names.len().min(NAMES_SHOWN)].join(", ");
+    if names.len() > NAMES_SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
+    }
+    out
+}
+
+/// How many folders up from a name that is not stored `cat` looks for logs whose path ends with
+/// it (from `<experiment>/app.log` or `<experiment>/worker-0/app.log` up to the experiment).
+const LEVELS_UP: usize = 3;
+
+/// The stored log a path names when it is not a log folder itself: a path that leaves out the
+/// worker or `logs/` (`<experiment>/app.log`), given in the prefix listed above it. The first
+/// prefix above it that holds logs decides: the one log whose path ends with the rest, or an
+/// error that says which names exist there.
+async fn resolve(store: &Arc<dyn ObjectStore>, folder: &Path) -> Result<Path, ReadBackError> {
+    let parts: Vec<String> = folder.parts().map(|p| p.as_ref().to_string()).collect();
+    for up in 1..=LEVELS_UP.min(parts.len().saturating_sub(1)) {
+        let prefix = Path::from_iter(
+            parts[..parts.len() - up]
+                .iter()
+                .map(|p| PathPart::from(p.as_str())),
+        );
+        let logs = ls(store, &prefix).await?;
+        if logs.is_empty() {
+            continue;
+        }
+        let name = parts[parts.len() - up..]
+            .iter()
+            .map(|p| printable(p))
+            .collect::<Vec<_>>()
+            .join("/");
+        let matching: Vec<&StoredLog> = logs
+            .iter()
+            .filter(|l| l.path == name || l.path.ends_with(&format!("/{name}")))
+            .collect();
+        return match matching.as_slice() {
+            [one] => Ok(one.folder.clone()),
+            [] => Err(ReadBackError::NoSuchName {
+                name,
+                known: logs.into_iter().map(|l| l.path).collect(),
+            }),
+            many => Err(ReadBackError::Ambiguous {
+                name,
+                known: many.iter().map(|l| l.path.clone()).collect(),
+            }),
+        };
+    }
+    Err(ReadBackError::NotFound(folder.to_string()))
 }
 
 /// Bytes missing between two chunks of one generation.
@@ -199,7 +266,10 @@ pub async fn cat(
     only: Option<u64>,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<CatReport, ReadBackError> {
-    let (folder, entries) = find(store, folder).await?;
+    let (folder, entries) = match find(store, folder).await {
+        Err(ReadBackError::NotFound(_)) => find(store, &resolve(store, folder).await?).await?,
+        found => found?,
+    };
     let mut report = CatReport::default();
     let mut chunks: Vec<(u64, super::key::ChunkName, Path)> = Vec::new();
     for (entry, key) in entries {
@@ -293,6 +363,9 @@ pub struct StoredLog {
     /// How many generations are links (rotated names of files stored under another path).
     pub rotated_generations: u64,
     pub rotated_from: Option<RotatedFrom>,
+    /// The log's folder in the store.
+    #[serde(skip)]
+    pub folder: Path,
 }
 
 /// One key part as `ls` prints it: unescaped, but with what a URL path cannot carry as it is
@@ -366,6 +439,7 @@ pub async fn ls(
                     last_modified: String::new(),
                     rotated_generations: 0,
                     rotated_from: None,
+                    folder: Path::parse(parts[..parts.len() - 2].join("/")).unwrap_or_default(),
                 },
                 Default::default(),
                 None,
