@@ -1010,6 +1010,143 @@ fn logs_cat_finds_a_name_given_with_a_slash_or_says_which_names_exist() {
         .expect_output("worker-0/logs/app.log, worker-0/logs/app.log.1");
 }
 
+/// Unmounts a filesystem mounted for a test when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The port a sidecar started with `--listen 127.0.0.1:0` serves its probes on, from its log.
+fn probe_port(sc: &Sidecar) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let said = fs::read_to_string(sc.stderr_log()).unwrap_or_default();
+        let port = said
+            .lines()
+            .filter(|l| l.contains("serving /healthz"))
+            .filter_map(|l| l.rsplit_once("addr=127.0.0.1:"))
+            .filter_map(|(_, p)| p.trim().parse().ok())
+            .next_back();
+        if let Some(port) = port {
+            return port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never served its probes:\n{said}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The state folder fills up while logs are written: the sidecar keeps running, says once that
+/// it cannot save its checkpoint (and in /readyz and /metrics), and once space returns stores
+/// every line once, also what was written meanwhile.
+#[test]
+fn a_full_state_folder_makes_log_uploads_wait_until_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = folder_sidecar(
+        dir.path(),
+        &format!("{}/app.log", dir.path().join("logs").display()),
+    );
+    fs::create_dir_all(&sc.state).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&sc.state)
+        .status()
+        .expect("cannot run mount");
+    assert!(
+        mounted.success(),
+        "this test mounts a 48 MiB tmpfs as the state folder: run it as root"
+    );
+    let _mounted = Mounted(sc.state.clone());
+    let mut log = RotatedLog::new(dir.path(), &["copytruncate"], None);
+    log.write_lines(1000);
+    let mut child = sc.spawn();
+    let port = probe_port(&sc);
+    let get = |path: &str| crate::harness::rawhttp::request(port, "GET", path, &[], b"");
+    let shipped = |n: usize| {
+        get("/metrics")
+            .body
+            .contains(&format!("periscope_log_bytes_shipped_total {n}\n"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !shipped(log.written.len()) {
+        assert!(
+            Instant::now() < deadline,
+            "the first lines were never shipped"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Fill the state folder.
+    let filler = sc.state.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    log.write_lines(3000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = get("/readyz");
+        if ready.status == 503 {
+            assert!(
+                ready.body.contains("cannot save the log checkpoint"),
+                "{}",
+                ready.body
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never said the checkpoint cannot be saved"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = get("/metrics").body;
+    assert!(
+        metrics.contains("periscope_log_checkpoint_failing 1"),
+        "{metrics}"
+    );
+    log.write_lines(2000);
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the sidecar exited on a full state folder"
+    );
+    // Space returns.
+    fs::remove_file(&filler).unwrap();
+    log.write_lines(500);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get("/readyz").status != 200 || !shipped(log.written.len()) {
+        assert!(
+            Instant::now() < deadline,
+            "log uploads never resumed: {}",
+            get("/metrics").body
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(get("/metrics")
+        .body
+        .contains("periscope_log_checkpoint_failing 0"));
+    kill_and_drain(&sc, &mut child);
+    let said = fs::read_to_string(sc.stderr_log()).unwrap();
+    assert_eq!(
+        said.matches("cannot save the log checkpoint").count(),
+        1,
+        "said once:\n{said}"
+    );
+    assert!(said.contains("log uploads resume"), "{said}");
+    assert_same_lines(&logs_cat(&sc.storage, &[]), &log.written);
+    let total: u64 = logs_ls_json(&sc.storage)
+        .iter()
+        .map(|l| l["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, log.written.len() as u64, "nothing stored twice");
+}
+
 #[test]
 fn a_log_symlink_that_leaves_the_log_folder_is_not_shipped() {
     let dir = tempfile::tempdir().unwrap();

@@ -99,10 +99,32 @@ pub struct LogStats {
     pub backlog_bytes: AtomicU64,
     /// Age in milliseconds of the oldest byte read but not yet stored (0 when none).
     pub oldest_unshipped_ms: AtomicU64,
+    /// Failed checkpoint writes (a full or read-only `--state-dir`).
+    pub checkpoint_failures: AtomicU64,
+    /// Why the checkpoint cannot be written, while it cannot (uploads wait meanwhile).
+    pub checkpoint_error: std::sync::Mutex<Option<String>>,
 }
 
-/// A failure that stops the shipper: only local problems (the state folder). Storage failures are
-/// retried, never returned.
+impl LogStats {
+    /// Why the checkpoint cannot be written now, if it cannot.
+    pub fn checkpoint_failing(&self) -> Option<String> {
+        self.checkpoint_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_checkpoint_error(&self, error: Option<String>) {
+        *self
+            .checkpoint_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+}
+
+/// A failure that stops the shipper: the state folder cannot be created or its checkpoint read at
+/// start. Storage failures, and checkpoint writes that fail (a full disk), are retried, never
+/// returned.
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error("cannot write the checkpoint in `{}`: {error}", dir.display())]
@@ -156,6 +178,12 @@ pub struct LogShipper {
     /// When the checkpoint was last written, and whether sizes seen since then are unrecorded.
     saved_at: Instant,
     sizes_unsaved: bool,
+    /// The last checkpoint write failed: the checkpoint on disk is behind. Nothing is uploaded
+    /// until a write succeeds (each upload's intent must be on disk first); retried after
+    /// `save_retry_at`.
+    unsaved: bool,
+    save_failures: u32,
+    save_retry_at: Option<Instant>,
     /// Paths already reported as not shipped (each is said once).
     warned: HashSet<PathBuf>,
     waiting: HashMap<FileId, Waiting>,
@@ -268,10 +296,13 @@ impl LogShipper {
             retry_at: None,
             saved_at: Instant::now(),
             sizes_unsaved: false,
+            unsaved: false,
+            save_failures: 0,
+            save_retry_at: None,
             warned: HashSet::new(),
             waiting: HashMap::new(),
         };
-        shipper.save()?;
+        shipper.save();
         Ok(shipper)
     }
 
@@ -292,11 +323,11 @@ impl LogShipper {
         let mut dirty = false;
         if self.scan() {
             // Names and links are recorded before anything is uploaded for them.
-            self.save()?;
+            self.save();
         }
         report.bytes_read = self.read_all();
         let now = Instant::now();
-        let storage_ready = self.retry_at.is_none_or(|t| now >= t);
+        let storage_ready = self.retry_at.is_none_or(|t| now >= t) && self.saved_or_retried();
         if storage_ready {
             report.bytes_shipped += self.upload_links().await?;
         }
@@ -325,7 +356,7 @@ impl LogShipper {
                         }
                         None => break,
                     }
-                    if self.retry_at.is_some() {
+                    if self.retry_at.is_some() || self.unsaved {
                         break;
                     }
                     // Read more of this file if the buffer was capped, so a big backlog keeps moving.
@@ -333,7 +364,7 @@ impl LogShipper {
                         report.bytes_read += self.read_one(i);
                     }
                 }
-                if self.retry_at.is_some() {
+                if self.retry_at.is_some() || self.unsaved {
                     break;
                 }
             }
@@ -344,8 +375,8 @@ impl LogShipper {
         if self.sizes_unsaved && self.saved_at.elapsed() >= SIZE_SAVE_EVERY {
             dirty = true;
         }
-        if dirty {
-            self.save()?;
+        if dirty || (self.unsaved && self.saved_or_retried()) {
+            self.save();
         }
         report.backlog = self.active.iter().map(Active::held).sum();
         report.storage_down = self.retry_at.is_some();
@@ -795,7 +826,9 @@ impl LogShipper {
                 Ok(_) => {
                     self.cp.links.remove(0);
                     self.stored();
-                    self.save()?;
+                    if !self.save() {
+                        break;
+                    }
                 }
                 Err(e) => {
                     self.failed(&key, &e);
@@ -900,8 +933,10 @@ impl LogShipper {
                 prefix: cut.prefix,
                 tail: cut.tail,
             });
-            // Intent: recorded before the upload starts.
-            self.save()?;
+            // Intent: recorded before the upload starts (the chunk waits in memory until it is).
+            if !self.save() {
+                return Ok(None);
+            }
         }
         let a = &self.active[i];
         let Some(p) = a.pending.as_ref() else {
@@ -921,8 +956,8 @@ impl LogShipper {
                 self.stored();
                 self.stats.bytes_shipped.fetch_add(n, Ordering::Relaxed);
                 self.stats.chunks_shipped.fetch_add(1, Ordering::Relaxed);
-                // Completion.
-                self.save()?;
+                // Completion (when it cannot be recorded, a restart uploads the same key again).
+                self.save();
                 Ok(Some(n))
             }
             Err(e) => {
@@ -975,7 +1010,52 @@ impl LogShipper {
         self.active.len() != before
     }
 
-    fn save(&mut self) -> Result<(), ShipError> {
+    /// Whether the checkpoint on disk is up to date: it was, or a retry that is due now worked.
+    fn saved_or_retried(&mut self) -> bool {
+        if !self.unsaved {
+            return true;
+        }
+        if self.save_retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        self.save()
+    }
+
+    /// Writes the checkpoint. A failure (a full disk) is said once, counted, and retried with
+    /// the backoff; meanwhile nothing is uploaded and reading goes on as during a storage outage.
+    /// Returns whether it was written.
+    fn save(&mut self) -> bool {
+        match self.write_checkpoint() {
+            Ok(()) => {
+                if self.unsaved {
+                    tracing::info!(state_dir = %self.cfg.state_dir.display(),
+                        "the log checkpoint is saved again; log uploads resume");
+                    self.stats.set_checkpoint_error(None);
+                }
+                self.unsaved = false;
+                self.save_failures = 0;
+                self.save_retry_at = None;
+                true
+            }
+            Err(e) => {
+                self.save_failures += 1;
+                self.stats
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let wait = self.cfg.retry.delay(self.save_failures, Verdict::Transient);
+                self.save_retry_at = Some(Instant::now() + wait);
+                if !self.unsaved {
+                    tracing::warn!(error = %e,
+                        "cannot save the log checkpoint; log uploads wait until it can be saved (reading goes on, nothing is dropped)");
+                    self.stats.set_checkpoint_error(Some(e.to_string()));
+                }
+                self.unsaved = true;
+                false
+            }
+        }
+    }
+
+    fn write_checkpoint(&mut self) -> Result<(), ShipError> {
         self.saved_at = Instant::now();
         self.sizes_unsaved = false;
         self.cp.files = self
