@@ -581,16 +581,22 @@ impl LogShipper {
             }
         }
         // Where files are first seen, a new file is never taken for a copy of that path's own
-        // generations (a new log often starts with the banner the last one started with), but it
-        // may be a copy of another path's: a rotated name the sidecar first saw as a file of its
-        // own (it was there before the sidecar started) gets copies of the log later.
+        // generations (a new log often starts with the banner the last one started with), nor of
+        // another log's (two logs may share a banner); but it may be a copy of the log it is a
+        // rotated name of (its file name starts with the log's): a rotated name the sidecar first
+        // saw as a file of its own (it was there before the sidecar started) gets copies later.
         let own = self
             .cp
             .names
             .get(&logical)
             .is_some_and(|o| o.origin)
             .then(|| logical.clone());
-        let other = |l: &str| own.as_deref() != Some(l);
+        let file_name = |l: &str| l.rsplit('/').next().unwrap_or(l).to_string();
+        let this_name = file_name(&logical);
+        let other = |l: &str| match own.as_deref() {
+            None => true,
+            Some(own) => own != l && this_name.starts_with(&file_name(l)),
+        };
         if !self.active.iter().any(|a| !a.closed && other(&a.t.logical))
             && !self.cp.held.iter().any(|h| other(&h.logical))
             && own.is_some()
@@ -1164,16 +1170,49 @@ mod tests {
 
     /// A shipper for `dir/logs/app.log*` storing to `dir/store`.
     fn rotation_shipper(dir: &FsPath) -> (LogShipper, Arc<dyn ObjectStore>, Path) {
+        glob_shipper(dir, "app.log*", 8 << 20)
+    }
+
+    /// A shipper for `dir/logs/<pattern>` storing to `dir/store` in chunks of `chunk_bytes`.
+    fn glob_shipper(
+        dir: &FsPath,
+        pattern: &str,
+        chunk_bytes: usize,
+    ) -> (LogShipper, Arc<dyn ObjectStore>, Path) {
         let logs = dir.join("logs");
         let store_dir = dir.join("store");
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::create_dir_all(&store_dir).unwrap();
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&store_dir).unwrap());
-        let glob = LogGlob::new(&format!("{}/app.log*", logs.display())).unwrap();
+        let glob = LogGlob::new(&format!("{}/{pattern}", logs.display())).unwrap();
         let prefix = Path::from("exp/worker-0");
-        let cfg = LogConfig::new(vec![glob], prefix.clone(), "test".into(), dir.join("state"));
+        let mut cfg = LogConfig::new(vec![glob], prefix.clone(), "test".into(), dir.join("state"));
+        cfg.chunk_bytes = chunk_bytes;
         (LogShipper::open(cfg, store.clone()).unwrap(), store, prefix)
+    }
+
+    #[tokio::test]
+    async fn a_new_log_holding_only_the_banner_of_another_log_is_a_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, _, _) = glob_shipper(dir.path(), "*.log", 8 << 20);
+        let logs = dir.path().join("logs");
+        let banner = vec![b'='; 4096];
+        let with_banner = |tag: &str, n: usize| [banner.clone(), lines(tag, n)].concat();
+        std::fs::write(logs.join("worker.log"), with_banner("worker", 2000)).unwrap();
+        std::fs::write(logs.join("app.log"), with_banner("app", 10)).unwrap();
+        shipper.tick(true).await.unwrap();
+        // app.log is rotated out of the glob; the new one holds only the banner so far.
+        std::fs::rename(logs.join("app.log"), logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log"), &banner).unwrap();
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        let o = &shipper.cp.names["app.log"];
+        assert!(
+            o.origin && o.from == "app.log" && o.generation == 2,
+            "a new generation of app.log, not a copy of worker.log: {o:?}"
+        );
     }
 
     #[tokio::test]
@@ -1281,22 +1320,8 @@ mod tests {
     #[tokio::test]
     async fn a_copytruncate_the_reader_lags_behind_is_caught_by_the_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = glob_shipper(dir.path(), "*.log", 64 << 10);
         let logs = dir.path().join("logs");
-        let store_dir = dir.path().join("store");
-        std::fs::create_dir_all(&logs).unwrap();
-        std::fs::create_dir_all(&store_dir).unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&store_dir).unwrap());
-        let glob = LogGlob::new(&format!("{}/*.log", logs.display())).unwrap();
-        let prefix = Path::from("exp/worker-0");
-        let mut cfg = LogConfig::new(
-            vec![glob],
-            prefix.clone(),
-            "test".into(),
-            dir.path().join("state"),
-        );
-        cfg.chunk_bytes = 64 << 10;
-        let mut shipper = LogShipper::open(cfg, store.clone()).unwrap();
 
         let log = logs.join("app.log");
         let old = lines("old", 8000); // about 390 KB
