@@ -1,16 +1,32 @@
-//! Which files the `--logs` globs match, and the path each is stored under.
+//! Which files the `--logs` globs match, the path each is stored under, and which matches are
+//! refused.
 //!
 //! A glob's base is the folder before its first wildcard (`/var/log/job/**/*.log` → `/var/log/job`);
 //! a matched file is stored under its path relative to that base, so two workers' layouts look the
 //! same in storage whatever their mount points are.
+//!
+//! The folders a glob walks are written by the training container, so what they hold is not
+//! trusted: a symlink is followed only when it resolves to a regular file inside the base folder (a
+//! link to `/etc/shadow` is refused, as `artifacts push` refuses it), folder symlinks are never
+//! followed, FIFOs, sockets and devices are never opened, and a name that is not UTF-8 (which no
+//! object key can hold) is refused. [`LogGlob::open`] checks again, on the opened handle, that the
+//! file is a regular file inside the base, so a link swapped in after the walk gains nothing.
 
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
-/// One `--logs` pattern. Invariant: `base` is a prefix of every path the pattern matches.
+/// One `--logs` pattern. Invariant: `base` is a prefix of every path the pattern matches, and
+/// `rest` is the pattern's part below `base` (its `/`-separated components).
 #[derive(Debug, Clone)]
 pub struct LogGlob {
     pub pattern: String,
     pub base: PathBuf,
+    rest: Vec<glob::Pattern>,
+    rest_text: Vec<String>,
+    whole_rest: glob::Pattern,
 }
 
 /// A bad `--logs` pattern.
@@ -21,57 +37,236 @@ pub struct GlobError {
     pub reason: String,
 }
 
+/// A file the pattern matches, with the path it is stored under (relative, `/`-separated, UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub path: PathBuf,
+    pub logical: String,
+}
+
+/// A path the pattern matches that is not shipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub path: PathBuf,
+    pub reason: &'static str,
+}
+
+/// Why a symlink is refused.
+pub const LEAVES_BASE: &str =
+    "a symlink that leaves the glob's base folder is not followed (its target is not shipped)";
+/// Why a name is refused.
+pub const NOT_UTF8: &str =
+    "the file name is not UTF-8, which no storage key can hold; rename the file to ship it";
+
+/// What one walk found.
+#[derive(Debug, Default)]
+pub struct Matches {
+    pub found: Vec<Found>,
+    pub refused: Vec<Refusal>,
+}
+
+/// Why a matched file could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Gone or unreadable (a file can vanish between the walk and the open).
+    Io(io::Error),
+    Refused(Refusal),
+}
+
+const MATCH: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
 impl LogGlob {
     /// Parses a pattern; it must be absolute or is taken relative to the current folder.
     pub fn new(pattern: &str) -> Result<LogGlob, GlobError> {
-        glob::Pattern::new(pattern).map_err(|e| GlobError {
+        let bad = |reason: String| GlobError {
             pattern: pattern.to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        glob::Pattern::new(pattern).map_err(|e| bad(e.to_string()))?;
         let mut base = PathBuf::new();
-        let path = Path::new(pattern);
-        let components: Vec<Component> = path.components().collect();
+        let components: Vec<Component> = Path::new(pattern).components().collect();
+        let mut rest_text = Vec::new();
         for (i, c) in components.iter().enumerate() {
             let text = c.as_os_str().to_string_lossy();
             let wild = text.contains(['*', '?', '[']);
-            if wild {
-                break;
-            }
-            if i == components.len() - 1 {
-                // A plain file name: its folder is the base.
-                break;
+            if wild || i == components.len() - 1 || !rest_text.is_empty() {
+                // From the first wildcard on (or a plain file name), the rest is matched.
+                rest_text.push(text.into_owned());
+                continue;
             }
             base.push(c.as_os_str());
         }
         if base.as_os_str().is_empty() {
             base.push(".");
         }
+        if rest_text.iter().any(|c| c == "..") {
+            return Err(bad(
+                "`..` after the first wildcard would leave the base folder".into(),
+            ));
+        }
+        let rest = rest_text
+            .iter()
+            .map(|c| glob::Pattern::new(c).map_err(|e| bad(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let whole_rest =
+            glob::Pattern::new(&rest_text.join("/")).map_err(|e| bad(e.to_string()))?;
         Ok(LogGlob {
             pattern: pattern.to_string(),
             base,
+            rest,
+            rest_text,
+            whole_rest,
         })
     }
 
-    /// The regular files the pattern matches now, with their stored relative paths.
-    pub fn matches(&self) -> Vec<(PathBuf, String)> {
-        let Ok(paths) = glob::glob(&self.pattern) else {
-            return Vec::new();
-        };
-        paths
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .filter_map(|p| {
-                let rel = p.strip_prefix(&self.base).ok()?;
-                let rel = rel.to_string_lossy().replace('\\', "/");
-                (!rel.is_empty()).then_some((p, rel))
-            })
-            .collect()
+    /// Walks the base folder: the regular files the pattern matches now, and what it refused.
+    pub fn matches(&self) -> Matches {
+        let mut out = Matches::default();
+        if let Ok(canonical) = fs::canonicalize(&self.base) {
+            self.walk(&self.base, "", true, 0, &canonical, &mut out);
+        }
+        out
     }
+
+    /// Opens a matched file for reading, after checking on the open handle that it is a regular
+    /// file inside the base folder (never blocking on a FIFO).
+    pub fn open(&self, path: &Path) -> Result<File, OpenError> {
+        let canonical_base = fs::canonicalize(&self.base).map_err(OpenError::Io)?;
+        let file = open_read(path, true).map_err(OpenError::Io)?;
+        let meta = file.metadata().map_err(OpenError::Io)?;
+        if !meta.is_file() {
+            return Err(OpenError::Io(io::Error::other("not a regular file")));
+        }
+        let real = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .or_else(|_| fs::canonicalize(path))
+            .map_err(OpenError::Io)?;
+        if !real.starts_with(&canonical_base) {
+            return Err(OpenError::Refused(Refusal {
+                path: path.to_path_buf(),
+                reason: LEAVES_BASE,
+            }));
+        }
+        Ok(file)
+    }
+
+    /// Walks `dir` (whose path relative to the base is `rel`, ending in `/` unless empty) against
+    /// the pattern's components from `depth` on. `utf8` is false below a folder whose name is not.
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        utf8: bool,
+        depth: usize,
+        canonical_base: &Path,
+        out: &mut Matches,
+    ) {
+        let Some(component) = self.rest.get(depth) else {
+            return;
+        };
+        let recursive = self.rest_text[depth] == "**";
+        let last = depth + 1 == self.rest.len();
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let (text, name_utf8) = match name.to_str() {
+                Some(t) => (t.to_string(), utf8),
+                None => (name.to_string_lossy().into_owned(), false),
+            };
+            let path = entry.path();
+            let child_rel = format!("{rel}{text}");
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if recursive {
+                    self.walk(
+                        &path,
+                        &format!("{child_rel}/"),
+                        name_utf8,
+                        depth,
+                        canonical_base,
+                        out,
+                    );
+                } else if !last && component.matches_with(&text, MATCH) {
+                    self.walk(
+                        &path,
+                        &format!("{child_rel}/"),
+                        name_utf8,
+                        depth + 1,
+                        canonical_base,
+                        out,
+                    );
+                }
+                continue;
+            }
+            let wanted = if recursive {
+                // The walk matched the components above; the whole pattern checks the rest.
+                self.whole_rest.matches_with(&child_rel, MATCH)
+            } else {
+                last && component.matches_with(&text, MATCH)
+            };
+            if kind.is_symlink() {
+                // Resolve it: only a regular file inside the base is followed.
+                match fs::canonicalize(&path) {
+                    Ok(target) if !target.starts_with(canonical_base) => {
+                        if wanted || target.is_dir() && (recursive || !last) {
+                            out.refused.push(Refusal {
+                                path,
+                                reason: LEAVES_BASE,
+                            });
+                        }
+                        continue;
+                    }
+                    Ok(target) if target.is_file() => {}
+                    _ => continue,
+                }
+            } else if !kind.is_file() {
+                continue;
+            }
+            if !wanted {
+                continue;
+            }
+            if !name_utf8 {
+                out.refused.push(Refusal {
+                    path,
+                    reason: NOT_UTF8,
+                });
+                continue;
+            }
+            // Relative, `/`-separated and made of the walk's own entries (never `.` or `..`).
+            out.found.push(Found {
+                path,
+                logical: child_rel,
+            });
+        }
+    }
+}
+
+/// Opens `path` for reading without ever blocking (a FIFO swapped in opens at once and is then
+/// refused as not a regular file) and, unless `follow`, without following a symlink.
+pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | nofollow)
+        .open(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(g: &LogGlob) -> Vec<String> {
+        let mut m: Vec<String> = g.matches().found.into_iter().map(|f| f.logical).collect();
+        m.sort();
+        m
+    }
 
     #[test]
     fn base_is_the_folder_before_the_first_wildcard() {
@@ -85,6 +280,7 @@ mod tests {
         );
         assert_eq!(LogGlob::new("*.log").unwrap().base, Path::new("."));
         assert!(LogGlob::new("/x/[").is_err());
+        assert!(LogGlob::new("/x/*/../y").is_err());
     }
 
     #[test]
@@ -93,8 +289,61 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         std::fs::write(dir.path().join("a/b/x.log"), "1").unwrap();
         std::fs::write(dir.path().join("a/y.txt"), "2").unwrap();
+        std::fs::write(dir.path().join("top.log"), "3").unwrap();
         let g = LogGlob::new(&format!("{}/**/*.log", dir.path().display())).unwrap();
-        let m: Vec<String> = g.matches().into_iter().map(|(_, r)| r).collect();
-        assert_eq!(m, vec!["a/b/x.log".to_string()]);
+        assert_eq!(
+            names(&g),
+            vec!["a/b/x.log".to_string(), "top.log".to_string()]
+        );
+        let g = LogGlob::new(&format!("{}/*/b/*.log", dir.path().display())).unwrap();
+        assert_eq!(names(&g), vec!["a/b/x.log".to_string()]);
+        let g = LogGlob::new(&format!("{}/top.log", dir.path().display())).unwrap();
+        assert_eq!(names(&g), vec!["top.log".to_string()]);
+    }
+
+    #[test]
+    fn symlinks_out_of_the_base_and_non_utf8_names_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        let outside = dir.path().join("secret");
+        std::fs::create_dir_all(logs.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("key"), "secret").unwrap();
+        std::fs::write(logs.join("real.log"), "ok").unwrap();
+        std::os::unix::fs::symlink(outside.join("key"), logs.join("shadow.log")).unwrap();
+        std::os::unix::fs::symlink(logs.join("real.log"), logs.join("alias.log")).unwrap();
+        std::os::unix::fs::symlink(&outside, logs.join("out")).unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"bad-\xff.log");
+        std::fs::write(logs.join(bad), "x").unwrap();
+        let g = LogGlob::new(&format!("{}/**/*.log", logs.display())).unwrap();
+        let m = g.matches();
+        let mut found: Vec<&str> = m.found.iter().map(|f| f.logical.as_str()).collect();
+        found.sort();
+        assert_eq!(found, vec!["alias.log", "real.log"]);
+        let mut refused: Vec<(String, &str)> = m
+            .refused
+            .iter()
+            .map(|r| {
+                (
+                    r.path.file_name().unwrap().to_string_lossy().into_owned(),
+                    r.reason,
+                )
+            })
+            .collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            vec![
+                ("bad-\u{fffd}.log".to_string(), NOT_UTF8),
+                ("out".to_string(), LEAVES_BASE),
+                ("shadow.log".to_string(), LEAVES_BASE),
+            ]
+        );
+        assert!(matches!(
+            g.open(&logs.join("shadow.log")),
+            Err(OpenError::Refused(_))
+        ));
+        assert!(g.open(&logs.join("alias.log")).is_ok());
     }
 }

@@ -1,4 +1,5 @@
-//! Following log files and shipping them as compressed chunks, exactly once.
+//! Following log files and shipping them as compressed chunks, exactly once, whatever names
+//! rotation gives them.
 //!
 //! Each followed file is held open, so a file that is renamed away (rotation) or deleted is still
 //! read to its end through its handle. Bytes read are buffered per file and cut into a chunk when
@@ -8,32 +9,45 @@
 //! [`key`](super::key)), so a crash at any moment leads to the same object being written again,
 //! never to a gap or a duplicate.
 //!
-//! Truncation of a followed file (copytruncate rotation) starts a new generation of that path. The
-//! bytes written between our last read and the truncation are recovered from the copy when the
-//! copy sits beside the file (it starts with the same bytes); otherwise they are reported lost.
-//! A truncation is seen either as the file being shorter than what was read, or, when the writer
-//! has already written more than that again (a reader that lags behind a fast writer), as the
-//! file's first bytes no longer matching its fingerprint: checked after every read that found new
-//! bytes, before those bytes are kept.
+//! A file's bytes are stored once, under the path where it was first seen. When a glob also
+//! matches rotated names, the same bytes show up again: the renamed file (same inode), the copy
+//! `copytruncate` made, the gzip `compress` made. Each pass looks at every matched path: a path
+//! that holds the file it held before costs a `stat`; a path with a new file is checked against
+//! what is followed and what was shipped ([`recognize`](super::recognize)); a file that holds
+//! stored bytes gets a link there instead of chunks (see [`key`](super::key)); any other file is
+//! a new generation of its path. A file that held bytes already stored is remembered (by inode,
+//! size, first and last bytes and the CRC of what it holds) while it is in sight, so a later
+//! rename or compression of it is recognised too, also after a restart.
+//!
+//! Truncation of a followed file (copytruncate) starts a new generation of that path (see
+//! [`follow`](super::follow)). The bytes written between our last read and the truncation are read
+//! from the copy beside the file (plain or gzip, found by content); otherwise they are reported
+//! lost. A generation whose file was truncated or compressed away while the sidecar was down is
+//! continued from that copy on restart.
 //!
 //! When storage fails, reading goes on until `spool_max_bytes` are buffered in memory (the files
 //! themselves hold the rest), and uploads are retried with the one backoff policy, forever: the
 //! sidecar never drops data on its own. This module never prints.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::Read as _;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::checkpoint::{Checkpoint, Loss, Tracked};
-use super::discover::LogGlob;
-use super::identity::{read_at_most, FileId, Fingerprint};
-use super::key::{chunk_key, log_folder, ChunkName};
+use super::checkpoint::{Checkpoint, Held, Loss, Occupant, Tracked, GONE_KEPT};
+use super::discover::{open_read, LogGlob, OpenError, Refusal};
+use super::follow::{Active, Pending, Read};
+use super::identity::{self, FileId, Fingerprint, Prefix, Window, FINGERPRINT_BYTES};
+use super::key::{chunk_key, link_key, log_folder, ChunkName, Link};
+use super::recognize::{self, Candidate, Verdict as Recognized};
+use super::source::{self, Source};
 use crate::error::{Classify, ErrorClass};
 use crate::retry::{RetryPolicy, Verdict};
 
@@ -85,10 +99,32 @@ pub struct LogStats {
     pub backlog_bytes: AtomicU64,
     /// Age in milliseconds of the oldest byte read but not yet stored (0 when none).
     pub oldest_unshipped_ms: AtomicU64,
+    /// Failed checkpoint writes (a full or read-only `--state-dir`).
+    pub checkpoint_failures: AtomicU64,
+    /// Why the checkpoint cannot be written, while it cannot (uploads wait meanwhile).
+    pub checkpoint_error: std::sync::Mutex<Option<String>>,
 }
 
-/// A failure that stops the shipper: only local problems (the state folder). Storage failures are
-/// retried, never returned.
+impl LogStats {
+    /// Why the checkpoint cannot be written now, if it cannot.
+    pub fn checkpoint_failing(&self) -> Option<String> {
+        self.checkpoint_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_checkpoint_error(&self, error: Option<String>) {
+        *self
+            .checkpoint_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+}
+
+/// A failure that stops the shipper: the state folder cannot be created or its checkpoint read at
+/// start. Storage failures, and checkpoint writes that fail (a full disk), are retried, never
+/// returned.
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error("cannot write the checkpoint in `{}`: {error}", dir.display())]
@@ -105,75 +141,6 @@ impl Classify for ShipError {
     }
 }
 
-/// A chunk whose intent is recorded and whose upload has not completed.
-struct Pending {
-    end: u64,
-    gz: Bytes,
-}
-
-/// One followed generation. Invariant: `t.in_flight == pending.as_ref().map(|p| p.end)` once the
-/// chunk was compressed; `buf` holds the bytes `[t.in_flight.unwrap_or(t.shipped), read_off)`.
-struct Active {
-    t: Tracked,
-    file: Option<File>,
-    pending: Option<Pending>,
-    buf: BytesMut,
-    buf_since: Option<Instant>,
-    /// When reading last found no new bytes (for retiring detached files).
-    eof_since: Option<Instant>,
-    /// Set for a generation that was truncated under us; it only ships what it still holds.
-    closed: bool,
-}
-
-impl Active {
-    /// A new generation of a log path, followed from its first byte.
-    fn fresh(
-        logical: String,
-        generation: u64,
-        path: PathBuf,
-        id: FileId,
-        fingerprint: Fingerprint,
-        seen_size: u64,
-        file: File,
-    ) -> Active {
-        Active::following(
-            Tracked {
-                logical,
-                generation,
-                path,
-                id,
-                fingerprint,
-                shipped: 0,
-                in_flight: None,
-                seen_size,
-                detached: false,
-            },
-            file,
-        )
-    }
-
-    /// Follows `t` through its open `file`, with nothing read or buffered yet.
-    fn following(t: Tracked, file: File) -> Active {
-        Active {
-            t,
-            file: Some(file),
-            pending: None,
-            buf: BytesMut::new(),
-            buf_since: None,
-            eof_since: None,
-            closed: false,
-        }
-    }
-
-    fn read_off(&self) -> u64 {
-        self.t.in_flight.unwrap_or(self.t.shipped) + self.buf.len() as u64
-    }
-
-    fn held(&self) -> u64 {
-        self.read_off() - self.t.shipped
-    }
-}
-
 /// What one pass of the shipper did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -183,6 +150,20 @@ pub struct TickReport {
     pub backlog: u64,
     /// Whether storage is currently failing.
     pub storage_down: bool,
+}
+
+/// A new file whose nature is not settled yet: a short prefix of a followed file, or a gzip that
+/// does not decompress to its end (both usually still being written).
+struct Waiting {
+    size: u64,
+    since: Instant,
+}
+
+/// Which record a candidate came from.
+#[derive(Clone, Copy)]
+enum Record {
+    Active(usize),
+    Held(usize),
 }
 
 /// Follows the globs and ships their files. See the module docs.
@@ -197,6 +178,15 @@ pub struct LogShipper {
     /// When the checkpoint was last written, and whether sizes seen since then are unrecorded.
     saved_at: Instant,
     sizes_unsaved: bool,
+    /// The last checkpoint write failed: the checkpoint on disk is behind. Nothing is uploaded
+    /// until a write succeeds (each upload's intent must be on disk first); retried after
+    /// `save_retry_at`.
+    unsaved: bool,
+    save_failures: u32,
+    save_retry_at: Option<Instant>,
+    /// Paths already reported as not shipped (each is said once).
+    warned: HashSet<PathBuf>,
+    waiting: HashMap<FileId, Waiting>,
 }
 
 /// How often growth that was read but not yet shipped is recorded, so a loss after a crash can be
@@ -206,10 +196,18 @@ const SIZE_SAVE_EVERY: Duration = Duration::from_secs(1);
 /// How long a file that was rotated away or deleted is still read after it stopped growing:
 /// writers often flush a last burst before reopening.
 const RETIRE_AFTER: Duration = Duration::from_secs(2);
-const READ_BLOCK: usize = 1 << 20;
+
+/// How long a new file that is a short prefix of a followed one must stay the same before it is
+/// taken for a file of its own (a copy being written grows meanwhile).
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// How long a `.gz` that does not decompress to its end may stay the same before it is shipped
+/// as it is (compressed).
+const GZIP_SETTLE: Duration = Duration::from_secs(30);
 
 impl LogShipper {
-    /// Loads the checkpoint and reattaches to the files it names (following renames by inode).
+    /// Loads the checkpoint and reattaches to the files it names (following renames by inode, and
+    /// truncations or compressions made while the sidecar was down to the copy that holds the rest).
     pub fn open(cfg: LogConfig, store: Arc<dyn ObjectStore>) -> Result<LogShipper, ShipError> {
         let cp_err = |error| ShipError::Checkpoint {
             dir: cfg.state_dir.clone(),
@@ -217,66 +215,76 @@ impl LogShipper {
         };
         std::fs::create_dir_all(&cfg.state_dir).map_err(cp_err)?;
         let mut cp = Checkpoint::load(&cfg.state_dir, &cfg.destination).map_err(cp_err)?;
+        // Older checkpoints hold no CRC of what was stored: take it from the file when it is found.
+        let legacy = cp.version < 2;
+        cp.version = 2;
         let stats = Arc::new(LogStats::default());
         let mut active = Vec::new();
         for t in std::mem::take(&mut cp.files) {
-            match reattach(&t) {
-                Some((file, path)) => {
-                    let mut t = t;
-                    if let Ok(meta) = file.metadata() {
-                        t.id = FileId::of(&meta);
-                    }
-                    if path != t.path {
-                        tracing::info!(log = %t.logical, from = %t.path.display(), to = %path.display(),
-                            "followed a rotated log file");
-                        t.path = path;
-                        t.detached = true;
-                    }
-                    let mut a = Active::following(t, file);
-                    // An upload was in flight at the crash: redo exactly that range, same key.
-                    if let Some(end) = a.t.in_flight {
-                        let len = (end - a.t.shipped) as usize;
-                        let mut raw = vec![0u8; len];
-                        let readable = a
-                            .file
-                            .as_ref()
-                            .and_then(|f| read_at_most(f, &mut raw, a.t.shipped).ok())
-                            .is_some_and(|n| n == len);
-                        if readable {
-                            a.pending = Some(Pending {
-                                end,
-                                gz: compress(&raw),
-                            });
-                        } else {
-                            record_loss(
-                                &mut cp,
-                                &stats,
-                                &a.t,
-                                end - a.t.shipped,
-                                "in-flight bytes no longer readable after restart",
-                            );
-                            a.t.shipped = end;
-                            a.t.in_flight = None;
-                        }
-                    }
-                    active.push(a);
+            let Some((source, path)) = reattach(&t, legacy) else {
+                let unshipped = t
+                    .seen_size
+                    .max(t.in_flight.unwrap_or(0))
+                    .saturating_sub(t.shipped);
+                if unshipped > 0 {
+                    record_loss(
+                        &mut cp,
+                        &stats,
+                        &t,
+                        unshipped,
+                        "file disappeared while the sidecar was down",
+                    );
                 }
-                None => {
-                    let unshipped = t
-                        .seen_size
-                        .max(t.in_flight.unwrap_or(0))
-                        .saturating_sub(t.shipped);
-                    if unshipped > 0 {
-                        record_loss(
-                            &mut cp,
-                            &stats,
-                            &t,
-                            unshipped,
-                            "file disappeared while the sidecar was down",
-                        );
-                    }
+                continue;
+            };
+            let mut t = t;
+            if let Ok(id) = source.id() {
+                t.id = id;
+            }
+            t.gzip = source.is_gzip();
+            if path != t.path {
+                tracing::info!(log = %t.logical, generation = t.generation, from = %t.path.display(), to = %path.display(),
+                    "followed a rotated log file");
+                t.path = path;
+                t.detached = true;
+            }
+            let mut a = Active::following(t, source);
+            if legacy {
+                a.adopt_legacy();
+            }
+            // An upload was in flight at the crash: redo exactly that range, same key.
+            if let Some(end) = a.t.in_flight {
+                let len = (end - a.t.shipped) as usize;
+                let mut raw = vec![0u8; len];
+                let shipped = a.t.shipped;
+                let readable = a
+                    .source
+                    .as_mut()
+                    .and_then(|s| s.read_at(&mut raw, shipped).ok())
+                    .is_some_and(|n| n == len);
+                if readable {
+                    let prefix = a.t.stored().then(&raw);
+                    let tail = Window::of_bytes(end, &raw);
+                    a.tail = tail;
+                    a.pending = Some(Pending {
+                        end,
+                        gz: compress(&raw),
+                        prefix,
+                        tail,
+                    });
+                } else {
+                    record_loss(
+                        &mut cp,
+                        &stats,
+                        &a.t,
+                        end - a.t.shipped,
+                        "in-flight bytes no longer readable after restart",
+                    );
+                    a.t.shipped = end;
+                    a.t.in_flight = None;
                 }
             }
+            active.push(a);
         }
         let mut shipper = LogShipper {
             cfg,
@@ -288,8 +296,13 @@ impl LogShipper {
             retry_at: None,
             saved_at: Instant::now(),
             sizes_unsaved: false,
+            unsaved: false,
+            save_failures: 0,
+            save_retry_at: None,
+            warned: HashSet::new(),
+            waiting: HashMap::new(),
         };
-        shipper.save()?;
+        shipper.save();
         Ok(shipper)
     }
 
@@ -307,11 +320,18 @@ impl LogShipper {
     /// `flush`, every buffered byte is due (draining).
     pub async fn tick(&mut self, flush: bool) -> Result<TickReport, ShipError> {
         let mut report = TickReport::default();
-        let mut dirty = self.scan();
+        let mut dirty = false;
+        if self.scan() {
+            // Names and links are recorded before anything is uploaded for them.
+            self.save();
+        }
         report.bytes_read = self.read_all();
         let now = Instant::now();
-        let storage_ready = self.retry_at.is_none_or(|t| now >= t);
+        let storage_ready = self.retry_at.is_none_or(|t| now >= t) && self.saved_or_retried();
         if storage_ready {
+            report.bytes_shipped += self.upload_links().await?;
+        }
+        if storage_ready && self.retry_at.is_none() {
             for i in 0..self.active.len() {
                 loop {
                     let due = {
@@ -336,7 +356,7 @@ impl LogShipper {
                         }
                         None => break,
                     }
-                    if self.retry_at.is_some() {
+                    if self.retry_at.is_some() || self.unsaved {
                         break;
                     }
                     // Read more of this file if the buffer was capped, so a big backlog keeps moving.
@@ -344,7 +364,7 @@ impl LogShipper {
                         report.bytes_read += self.read_one(i);
                     }
                 }
-                if self.retry_at.is_some() {
+                if self.retry_at.is_some() || self.unsaved {
                     break;
                 }
             }
@@ -355,8 +375,8 @@ impl LogShipper {
         if self.sizes_unsaved && self.saved_at.elapsed() >= SIZE_SAVE_EVERY {
             dirty = true;
         }
-        if dirty {
-            self.save()?;
+        if dirty || (self.unsaved && self.saved_or_retried()) {
+            self.save();
         }
         report.backlog = self.active.iter().map(Active::held).sum();
         report.storage_down = self.retry_at.is_some();
@@ -376,12 +396,12 @@ impl LogShipper {
         Ok(report)
     }
 
-    /// Whether anything read is not yet stored.
+    /// Whether anything read, or any link recorded, is not yet stored.
     pub fn has_backlog(&self) -> bool {
-        self.active.iter().any(|a| a.held() > 0)
+        self.active.iter().any(|a| a.held() > 0) || !self.cp.links.is_empty()
     }
 
-    /// Finds files the globs match that are not followed yet, and followed files that left their
+    /// Finds files the globs match that are new to their path, and followed files that left their
     /// path. Returns whether the checkpoint must be saved.
     fn scan(&mut self) -> bool {
         let mut changed = false;
@@ -399,35 +419,430 @@ impl LogShipper {
                 changed = true;
             }
         }
-        let globs = self.cfg.globs.clone();
-        for glob in &globs {
-            for (path, logical) in glob.matches() {
-                let Ok(file) = File::open(&path) else {
-                    continue;
-                };
-                let Ok(meta) = file.metadata() else { continue };
-                let id = FileId::of(&meta);
-                if self.active.iter().any(|a| a.t.id == id && !a.closed) {
-                    continue;
-                }
-                let Ok(fingerprint) = Fingerprint::take(&file) else {
-                    continue;
-                };
-                let generation = self.cp.next_generation(&logical);
-                tracing::info!(log = %logical, path = %path.display(), generation, "following log file");
-                self.active.push(Active::fresh(
-                    logical,
-                    generation,
-                    path,
-                    id,
-                    fingerprint,
-                    0,
-                    file,
-                ));
+        let (mut found, mut refused) = (Vec::new(), Vec::new());
+        for (g, glob) in self.cfg.globs.iter().enumerate() {
+            let m = glob.matches();
+            refused.extend(m.refused);
+            found.extend(m.found.into_iter().map(|f| (g, f)));
+        }
+        for r in refused {
+            self.refused(r);
+        }
+        // In name order: a log comes before its rotated names (app.log before app.log.1).
+        found.sort_by(|a, b| a.1.logical.cmp(&b.1.logical));
+        let mut seen: HashSet<FileId> = HashSet::new();
+        let mut seen_names: HashSet<String> = HashSet::new();
+        for (g, f) in found {
+            let Ok(meta) = std::fs::metadata(&f.path) else {
+                continue;
+            };
+            let id = FileId::of(&meta);
+            seen.insert(id);
+            seen_names.insert(f.logical.clone());
+            if self.settled(&f.logical, id, meta.len()) {
+                continue;
+            }
+            changed |= self.arrived(g, f.path, f.logical, id);
+        }
+        // Files rotated out of sight are kept a while (their copies are still recognised).
+        for h in self
+            .cp
+            .held
+            .iter_mut()
+            .filter(|h| !h.gone && !seen.contains(&h.id))
+        {
+            let there = std::fs::metadata(&h.path).is_ok_and(|m| FileId::of(&m) == h.id);
+            if !there {
+                h.gone = true;
                 changed = true;
             }
         }
+        let gone = self.cp.held.iter().filter(|h| h.gone).count();
+        if gone > GONE_KEPT {
+            let mut drop = gone - GONE_KEPT;
+            self.cp.held.retain(|h| {
+                let keep = !h.gone || drop == 0;
+                if !keep {
+                    drop -= 1;
+                }
+                keep
+            });
+        }
+        // A path that holds a rotated file names it only while it is there.
+        let before = self.cp.names.len();
+        self.cp
+            .names
+            .retain(|name, o| o.origin || seen_names.contains(name) || seen.contains(&o.id));
+        changed |= self.cp.names.len() != before;
+        self.waiting.retain(|id, _| seen.contains(id));
         changed
+    }
+
+    /// Says once per path why a matched file is not shipped.
+    fn refused(&mut self, r: Refusal) {
+        if self.warned.insert(r.path.clone()) {
+            tracing::warn!(path = %r.path.display(), reason = r.reason, "log file not shipped");
+        }
+    }
+
+    /// Whether `logical` still holds the file it held at the last pass (nothing to do): the same
+    /// inode, and that inode still the file of the same generation (an inode number freed by a
+    /// deleted copy is often given to the next one).
+    fn settled(&self, logical: &str, id: FileId, size: u64) -> bool {
+        let Some(o) = self.cp.names.get(logical).filter(|o| o.id == id) else {
+            return false;
+        };
+        let same = |l: &str, g: u64| o.from == l && o.from_generation == g;
+        self.active
+            .iter()
+            .any(|a| !a.closed && a.t.id == id && same(&a.t.logical, a.t.generation))
+            || self
+                .cp
+                .held
+                .iter()
+                .any(|h| !h.gone && h.id == id && h.seen == size && same(&h.logical, h.generation))
+    }
+
+    /// A file that is new to its path: a followed or held file under a new name (rotation), a copy
+    /// or gzip of one, or a file of its own. Returns whether the checkpoint changed.
+    fn arrived(&mut self, glob: usize, path: PathBuf, logical: String, id: FileId) -> bool {
+        // A followed file under a new name.
+        if let Some(a) = self.active.iter_mut().find(|a| !a.closed && a.t.id == id) {
+            if a.t.detached {
+                a.t.path = path;
+            }
+            let from = (a.t.logical.clone(), a.t.generation);
+            self.name(&logical, id, from);
+            return true;
+        }
+        let file = match self.cfg.globs[glob].open(&path) {
+            Ok(f) => f,
+            Err(OpenError::Refused(r)) => {
+                self.refused(r);
+                return false;
+            }
+            Err(OpenError::Io(_)) => return false,
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        if FileId::of(&meta) != id {
+            // Replaced between the walk and the open: the next pass sees the new one.
+            return false;
+        }
+        let size = meta.len();
+        // A held file (rotated and read to its end, or a copy) under a new name, or grown.
+        if let Some(hi) = self.cp.held.iter().position(|h| !h.gone && h.id == id) {
+            let h = &self.cp.held[hi];
+            if h.still_holds(&file) {
+                let from = (h.logical.clone(), h.generation);
+                if size > h.seen && !h.copy && !h.gzip {
+                    // Written to again after it was read to its end: follow it again.
+                    let h = self.cp.held.remove(hi);
+                    tracing::info!(log = %h.logical, generation = h.generation, path = %path.display(),
+                        "a rotated log file grew again; shipping the rest");
+                    self.active
+                        .push(Active::resumed(&h, path, id, Source::Plain(file), size));
+                    self.name(&logical, id, from);
+                    return true;
+                }
+                if size == self.cp.held[hi].seen {
+                    self.cp.held[hi].path = path;
+                    self.name(&logical, id, from);
+                    return true;
+                }
+            }
+            // Its inode now holds another file (reused after the old one was deleted), or a
+            // copy goes on growing: look at the file afresh. What the record knows of the bytes
+            // stays, as for any file gone, so a gzip or copy of them is still recognised.
+            self.cp.held[hi].gone = true;
+        }
+        if size == 0 {
+            return false;
+        }
+        self.recognize_new(path, logical, id, file, size)
+    }
+
+    /// Decides what a file with an unknown inode holds; see [`recognize`](super::recognize).
+    fn recognize_new(
+        &mut self,
+        path: PathBuf,
+        logical: String,
+        id: FileId,
+        file: File,
+        size: u64,
+    ) -> bool {
+        let gzip = source::is_gzip(&path, &file);
+        if let Some(w) = self.waiting.get_mut(&id) {
+            if w.size != size {
+                w.size = size;
+                w.since = Instant::now();
+                return false;
+            }
+        }
+        // Where files are first seen, a new file is never taken for a copy of that path's own
+        // generations (a new log often starts with the banner the last one started with), nor of
+        // another log's (two logs may share a banner); but it may be a copy of the log it is a
+        // rotated name of (its file name starts with the log's): a rotated name the sidecar first
+        // saw as a file of its own (it was there before the sidecar started) gets copies later.
+        let own = self
+            .cp
+            .names
+            .get(&logical)
+            .is_some_and(|o| o.origin)
+            .then(|| logical.clone());
+        let file_name = |l: &str| l.rsplit('/').next().unwrap_or(l).to_string();
+        let this_name = file_name(&logical);
+        let other = |l: &str| match own.as_deref() {
+            None => true,
+            Some(own) => own != l && this_name.starts_with(&file_name(l)),
+        };
+        if !self.active.iter().any(|a| !a.closed && other(&a.t.logical))
+            && !self.cp.held.iter().any(|h| other(&h.logical))
+            && own.is_some()
+        {
+            // Nothing to compare it with.
+            return self.start(path, logical, id, file, size);
+        }
+        let held_files: Vec<Option<File>> = self
+            .cp
+            .held
+            .iter()
+            .map(|h| {
+                if h.gone || h.gzip {
+                    return None;
+                }
+                let f = open_read(&h.path, false).ok()?;
+                let same = f.metadata().is_ok_and(|m| FileId::of(&m) == h.id);
+                (same && h.still_holds(&f)).then_some(f)
+            })
+            .collect();
+        let mut refs = Vec::new();
+        let mut candidates = Vec::new();
+        for (i, a) in self.active.iter().enumerate().rev() {
+            if !a.closed && other(&a.t.logical) {
+                refs.push(Record::Active(i));
+                candidates.push(a.candidate());
+            }
+        }
+        for (j, h) in self.cp.held.iter().enumerate().rev() {
+            if !other(&h.logical) {
+                continue;
+            }
+            let fp = h.fingerprint;
+            let mut prefixes = vec![
+                h.held,
+                Prefix {
+                    len: fp.len,
+                    crc: fp.crc,
+                },
+            ];
+            prefixes.extend(h.ends.iter().copied());
+            refs.push(Record::Held(j));
+            candidates.push(Candidate {
+                fingerprint: h.fingerprint,
+                prefixes,
+                buffered: None,
+                intact: held_files[j].as_ref(),
+            });
+        }
+        let verdict = recognize::recognize(&file, gzip, &candidates);
+        drop(candidates);
+        let verdict = match verdict {
+            // A file truncated while it was compared: this pass reads the truncation, the next
+            // one looks at the new file again.
+            Ok(Recognized::Again) | Err(_) => return false,
+            Ok(v) => v,
+        };
+        let settle = match verdict {
+            Recognized::Unsure => Some(SETTLE),
+            Recognized::Unfinished => Some(GZIP_SETTLE),
+            _ => None,
+        };
+        if let Some(settle) = settle {
+            let w = self.waiting.entry(id).or_insert(Waiting {
+                size,
+                since: Instant::now(),
+            });
+            if w.since.elapsed() < settle {
+                return false;
+            }
+            if gzip && verdict == Recognized::Unfinished {
+                tracing::warn!(path = %path.display(),
+                    "a .gz log file does not decompress to its end; shipping it as it is (compressed)");
+            }
+        }
+        self.waiting.remove(&id);
+        let Recognized::Holds {
+            index,
+            held,
+            extends,
+        } = verdict
+        else {
+            // A file of its own, shipped as it is (a .gz that is not a rotated copy too).
+            return self.start(path, logical, id, file, size);
+        };
+        let (from, resumable) = match refs[index] {
+            Record::Active(i) => {
+                let a = &self.active[i];
+                ((a.t.logical.clone(), a.t.generation), None)
+            }
+            Record::Held(j) => {
+                let h = &self.cp.held[j];
+                let generation_followed = self
+                    .active
+                    .iter()
+                    .any(|a| a.t.logical == h.logical && a.t.generation == h.generation);
+                let resume = extends && !h.copy && !generation_followed;
+                ((h.logical.clone(), h.generation), resume.then_some(j))
+            }
+        };
+        if let Some(j) = resumable {
+            // It holds more of a generation than was stored from its own file: ship the rest.
+            let source = if gzip {
+                match Source::gzip(file) {
+                    Ok(Some(s)) => s,
+                    _ => return false,
+                }
+            } else {
+                Source::Plain(file)
+            };
+            let h = self.cp.held.remove(j);
+            tracing::info!(log = %h.logical, generation = h.generation, path = %path.display(),
+                "found the rest of a rotated log file in a copy; shipping it");
+            let len = source.content_len().unwrap_or(0);
+            self.active.push(Active::resumed(&h, path, id, source, len));
+            self.name(&logical, id, from);
+            return true;
+        }
+        tracing::info!(path = %path.display(), of = %from.0, generation = from.1, gzip,
+            "a copy of a followed log file; its bytes are stored once, under the original");
+        let fingerprint = if gzip {
+            head_fingerprint(&file)
+        } else {
+            Fingerprint::take(&file).ok()
+        };
+        let tail = if gzip {
+            Window::take(&file, size)
+        } else {
+            Window::take(&file, held.len)
+        };
+        let (Some(fingerprint), Ok(tail)) = (fingerprint, tail) else {
+            return false;
+        };
+        self.cp.held.push(Held {
+            logical: from.0.clone(),
+            generation: from.1,
+            path,
+            id,
+            fingerprint,
+            held,
+            tail,
+            ends: Vec::new(),
+            copy: true,
+            gzip,
+            seen: size,
+            gone: false,
+        });
+        self.name(&logical, id, from);
+        true
+    }
+
+    /// Starts a new generation of `logical`: a file of its own, read from its first byte.
+    fn start(&mut self, path: PathBuf, logical: String, id: FileId, file: File, size: u64) -> bool {
+        let fingerprint = Fingerprint::take(&file).unwrap_or(Fingerprint { len: 0, crc: 0 });
+        let generation = self.cp.next_generation(&logical);
+        tracing::info!(log = %logical, path = %path.display(), generation, "following log file");
+        self.cp.names.insert(
+            logical.clone(),
+            Occupant {
+                id,
+                generation,
+                origin: true,
+                from: logical.clone(),
+                from_generation: generation,
+            },
+        );
+        self.active.push(Active::fresh(
+            logical,
+            generation,
+            path,
+            id,
+            fingerprint,
+            size,
+            file,
+        ));
+        true
+    }
+
+    /// Records that path `logical` holds file `id`, whose bytes are those of generation `from`. A
+    /// path that holds another generation than before gets a new generation of its own: a link
+    /// to `from`, written to storage before the next chunk.
+    fn name(&mut self, logical: &str, id: FileId, from: (String, u64)) {
+        if let Some(o) = self.cp.names.get_mut(logical) {
+            if o.from == from.0 && o.from_generation == from.1 {
+                o.id = id;
+                return;
+            }
+        }
+        if from.0 == logical {
+            // Back at its own path (a copy put in place of the file): the same generation.
+            self.cp.names.insert(
+                logical.to_string(),
+                Occupant {
+                    id,
+                    generation: from.1,
+                    origin: true,
+                    from: from.0,
+                    from_generation: from.1,
+                },
+            );
+            return;
+        }
+        let generation = self.cp.next_generation(logical);
+        tracing::info!(log = %logical, generation, from = %from.0, from_generation = from.1,
+            "a rotated log file under a new name; linking it to where its bytes are stored");
+        self.cp.links.push(Link {
+            name: logical.to_string(),
+            generation,
+            from: from.0.clone(),
+            from_generation: from.1,
+        });
+        self.cp.names.insert(
+            logical.to_string(),
+            Occupant {
+                id,
+                generation,
+                origin: false,
+                from: from.0,
+                from_generation: from.1,
+            },
+        );
+    }
+
+    /// Writes the links recorded so far. Returns 0 (links carry no log bytes).
+    async fn upload_links(&mut self) -> Result<u64, ShipError> {
+        while let Some(link) = self.cp.links.first().cloned() {
+            let key = link_key(
+                &log_folder(&self.cfg.worker_prefix, &link.name),
+                link.generation,
+            );
+            let body = serde_json::to_vec(&link).unwrap_or_default();
+            match self.store.put(&key, PutPayload::from(body)).await {
+                Ok(_) => {
+                    self.cp.links.remove(0);
+                    self.stored();
+                    if !self.save() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.failed(&key, &e);
+                    break;
+                }
+            }
+        }
+        Ok(0)
     }
 
     fn read_all(&mut self) -> u64 {
@@ -437,99 +852,55 @@ impl LogShipper {
     /// Reads what was appended to file `i`, up to the chunk size and the spool limit.
     fn read_one(&mut self, i: usize) -> u64 {
         let spool_used: u64 = self.active.iter().map(Active::held).sum();
-        let chunk = self.cfg.chunk_bytes;
-        let mut total = 0u64;
-        let size = match self.active[i].file.as_ref().map(File::metadata) {
-            Some(Ok(m)) => m.len(),
-            _ => return 0,
-        };
-        if size < self.active[i].read_off() {
-            self.truncated(i, size);
-            return 0;
-        }
-        let a = &mut self.active[i];
-        if size > a.t.seen_size {
-            a.t.seen_size = size;
-            self.sizes_unsaved = true;
-        }
-        let Some(file) = a.file.as_ref() else {
-            return 0;
-        };
-        let kept = a.buf.len();
-        while a.read_off() < size
-            && a.buf.len() < chunk
-            && spool_used + total < self.cfg.spool_max_bytes
-        {
-            let offset = a.read_off();
-            let want = ((size - offset) as usize)
-                .min(READ_BLOCK)
-                .min(chunk - a.buf.len());
-            let start = a.buf.len();
-            a.buf.resize(start + want, 0);
-            let n = match read_at_most(file, &mut a.buf[start..], offset) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(log = %a.t.logical, error = %e, "cannot read log file");
-                    0
+        let budget = self.cfg.spool_max_bytes.saturating_sub(spool_used);
+        let seen = self.active[i].t.seen_size;
+        match self.active[i].read_more(self.cfg.chunk_bytes, budget) {
+            Read::Bytes(n) => {
+                if self.active[i].t.seen_size > seen {
+                    self.sizes_unsaved = true;
                 }
-            };
-            a.buf.truncate(start + n);
-            if n == 0 {
-                break;
+                self.stats.bytes_read.fetch_add(n, Ordering::Relaxed);
+                n
             }
-            if a.buf_since.is_none() {
-                a.buf_since = Some(Instant::now());
-            }
-            total += n as u64;
-        }
-        // Truncated and written again past our offset since the last read: what was just read
-        // belongs to the new generation, not to the end of ours.
-        if total > 0 && !a.t.fingerprint.matches(file).unwrap_or(true) {
-            a.buf.truncate(kept);
-            if a.buf.is_empty() {
-                a.buf_since = None;
-            }
-            self.truncated(i, size);
-            return 0;
-        }
-        // Refresh a short fingerprint as the file grows, so inode reuse is caught reliably.
-        if a.t.fingerprint.is_partial() && a.t.shipped == 0 && a.t.in_flight.is_none() {
-            if let Ok(fp) = Fingerprint::take(file) {
-                a.t.fingerprint = fp;
+            Read::Truncated { size } => {
+                self.truncated(i, size);
+                0
             }
         }
-        if total == 0 {
-            a.eof_since.get_or_insert_with(Instant::now);
-        } else {
-            a.eof_since = None;
-        }
-        self.stats.bytes_read.fetch_add(total, Ordering::Relaxed);
-        total
     }
 
-    /// File `i` was truncated in place (copytruncate): it shrank below what we read, or its first
-    /// bytes changed.
+    /// File `i` was truncated in place (copytruncate): it shrank below what we read, or the bytes
+    /// before our offset changed.
     fn truncated(&mut self, i: usize, new_size: u64) {
-        let read_off = self.active[i].read_off();
+        let read = self.active[i].read_off();
+        let window = self.active[i].tail;
         let old = &self.active[i].t;
-        tracing::info!(log = %old.logical, generation = old.generation, read = read_off, now = new_size,
+        tracing::info!(log = %old.logical, generation = old.generation, read, now = new_size,
             "log file was truncated (copytruncate); starting a new generation");
         // The copy made just before the truncation starts with the same bytes: finish the old
         // generation from it, so nothing written before the truncation is lost.
-        let copy = find_copy(&old.path, &old.fingerprint, old.id, read_off);
-        let (logical, path, id) = (old.logical.clone(), old.path.clone(), old.id);
-        let file_for_new = self.active[i].file.take();
+        let copy = recognize::find_continuation(&old.path, old.fingerprint, window, Some(old.id));
+        let (logical, path, id, detached) =
+            (old.logical.clone(), old.path.clone(), old.id, old.detached);
+        let source_for_new = self.active[i].source.take();
         let a = &mut self.active[i];
         match copy {
-            Some((file, copy_path, copy_id)) => {
+            Some((source, copy_path, copy_id)) => {
                 tracing::info!(copy = %copy_path.display(), "reading the rest of the old generation from its copy");
-                a.file = Some(file);
+                a.t.gzip = source.is_gzip();
+                if a.t.gzip {
+                    a.tail = Window::default();
+                }
+                a.source = Some(source);
+                // What was seen of the truncated file may be the next generation's.
+                a.t.seen_size = read;
                 a.t.path = copy_path;
                 a.t.id = copy_id;
                 a.t.detached = true;
                 // The copy has not been read yet: an end-of-file seen on the truncated file must
                 // not retire this generation before its rest is read from the copy.
                 a.eof_since = None;
+                self.cp.held.retain(|h| h.gone || h.id != copy_id);
             }
             None => {
                 tracing::warn!(log = %logical,
@@ -537,18 +908,16 @@ impl LogShipper {
                 a.closed = true;
             }
         }
-        let Some(file) = file_for_new else { return };
-        let fingerprint = Fingerprint::take(&file).unwrap_or(Fingerprint { len: 0, crc: 0 });
-        let generation = self.cp.next_generation(&logical);
-        self.active.push(Active::fresh(
-            logical,
-            generation,
-            path,
-            id,
-            fingerprint,
-            new_size,
-            file,
-        ));
+        let Some(Source::Plain(file)) = source_for_new else {
+            return;
+        };
+        if detached {
+            // A rotated file rewritten under its new name is a file of its own there: the next
+            // pass finds it as new.
+            self.cp.names.retain(|_, o| o.id != id);
+            return;
+        }
+        self.start(path, logical, id, file, new_size);
     }
 
     /// Ships the next chunk of file `i`. Returns the bytes stored, or `None` when storage failed
@@ -556,22 +925,24 @@ impl LogShipper {
     async fn ship_one(&mut self, i: usize) -> Result<Option<u64>, ShipError> {
         if self.active[i].pending.is_none() {
             let a = &mut self.active[i];
-            let len = a.buf.len().min(self.cfg.chunk_bytes);
-            if len == 0 {
+            let Some(cut) = a.cut(self.cfg.chunk_bytes) else {
                 return Ok(Some(0));
-            }
-            let raw = a.buf.split_to(len).freeze();
-            let end = a.t.shipped + len as u64;
+            };
+            let raw = cut.raw;
             let gz = tokio::task::spawn_blocking(move || compress(&raw))
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            a.t.in_flight = Some(end);
-            a.pending = Some(Pending { end, gz });
-            if a.buf.is_empty() {
-                a.buf_since = None;
+            a.t.in_flight = Some(cut.end);
+            a.pending = Some(Pending {
+                end: cut.end,
+                gz,
+                prefix: cut.prefix,
+                tail: cut.tail,
+            });
+            // Intent: recorded before the upload starts (the chunk waits in memory until it is).
+            if !self.save() {
+                return Ok(None);
             }
-            // Intent: recorded before the upload starts.
-            self.save()?;
         }
         let a = &self.active[i];
         let Some(p) = a.pending.as_ref() else {
@@ -586,52 +957,111 @@ impl LogShipper {
         let payload = PutPayload::from_bytes(p.gz.clone());
         match self.store.put(&key, payload).await {
             Ok(_) => {
-                let a = &mut self.active[i];
+                self.active[i].complete();
                 let n = name.end - name.start;
-                a.t.shipped = name.end;
-                a.t.in_flight = None;
-                a.pending = None;
-                self.failures = 0;
-                self.retry_at = None;
+                self.stored();
                 self.stats.bytes_shipped.fetch_add(n, Ordering::Relaxed);
                 self.stats.chunks_shipped.fetch_add(1, Ordering::Relaxed);
-                // Completion.
-                self.save()?;
+                // Completion (when it cannot be recorded, a restart uploads the same key again).
+                self.save();
                 Ok(Some(n))
             }
             Err(e) => {
-                self.failures += 1;
-                self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
-                let wait = self.cfg.retry.delay(self.failures, Verdict::Transient);
-                self.retry_at = Some(Instant::now() + wait);
-                let backlog: u64 = self.active.iter().map(Active::held).sum();
-                tracing::warn!(key = %key, error = %crate::storage::scrub(&e.to_string()), retry_in_ms = wait.as_millis() as u64,
-                    backlog_bytes = backlog, "log upload failed; will retry (nothing is dropped)");
+                self.failed(&key, &e);
                 Ok(None)
             }
         }
     }
 
+    /// An upload succeeded: storage works.
+    fn stored(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// An upload failed: wait before the next one.
+    fn failed(&mut self, key: &Path, e: &object_store::Error) {
+        self.failures += 1;
+        self.stats.upload_failures.fetch_add(1, Ordering::Relaxed);
+        let wait = self.cfg.retry.delay(self.failures, Verdict::Transient);
+        self.retry_at = Some(Instant::now() + wait);
+        let backlog: u64 = self.active.iter().map(Active::held).sum();
+        tracing::warn!(key = %key, error = %crate::storage::scrub(&e.to_string()), retry_in_ms = wait.as_millis() as u64,
+            backlog_bytes = backlog, "log upload failed; will retry (nothing is dropped)");
+    }
+
     /// Drops generations that are fully shipped and will not grow: rotated away and quiet, or
-    /// truncated. Returns whether any were dropped.
+    /// truncated. What they hold is remembered, so the same bytes under another name are known.
+    /// Returns whether any were dropped.
     fn retire(&mut self, flush: bool) -> bool {
         let before = self.active.len();
-        self.active.retain(|a| {
+        let mut kept = Vec::with_capacity(before);
+        for a in std::mem::take(&mut self.active) {
             let done = a.held() == 0
                 && (a.closed
                     || (a.t.detached
                         && a.eof_since
                             .is_some_and(|s| flush || s.elapsed() >= RETIRE_AFTER)));
-            if done {
-                tracing::info!(log = %a.t.logical, generation = a.t.generation, bytes = a.t.shipped,
-                    "finished shipping a rotated log file");
+            if !done {
+                kept.push(a);
+                continue;
             }
-            !done
-        });
+            tracing::info!(log = %a.t.logical, generation = a.t.generation, bytes = a.t.shipped,
+                "finished shipping a rotated log file");
+            // A truncated generation's file now holds the next one: only its bytes are remembered.
+            let gone = a.closed;
+            self.cp.held.push(a.into_held(gone));
+        }
+        self.active = kept;
         self.active.len() != before
     }
 
-    fn save(&mut self) -> Result<(), ShipError> {
+    /// Whether the checkpoint on disk is up to date: it was, or a retry that is due now worked.
+    fn saved_or_retried(&mut self) -> bool {
+        if !self.unsaved {
+            return true;
+        }
+        if self.save_retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        self.save()
+    }
+
+    /// Writes the checkpoint. A failure (a full disk) is said once, counted, and retried with
+    /// the backoff; meanwhile nothing is uploaded and reading goes on as during a storage outage.
+    /// Returns whether it was written.
+    fn save(&mut self) -> bool {
+        match self.write_checkpoint() {
+            Ok(()) => {
+                if self.unsaved {
+                    tracing::info!(state_dir = %self.cfg.state_dir.display(),
+                        "the log checkpoint is saved again; log uploads resume");
+                    self.stats.set_checkpoint_error(None);
+                }
+                self.unsaved = false;
+                self.save_failures = 0;
+                self.save_retry_at = None;
+                true
+            }
+            Err(e) => {
+                self.save_failures += 1;
+                self.stats
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                let wait = self.cfg.retry.delay(self.save_failures, Verdict::Transient);
+                self.save_retry_at = Some(Instant::now() + wait);
+                if !self.unsaved {
+                    tracing::warn!(error = %e,
+                        "cannot save the log checkpoint; log uploads wait until it can be saved (reading goes on, nothing is dropped)");
+                    self.stats.set_checkpoint_error(Some(e.to_string()));
+                }
+                self.unsaved = true;
+                false
+            }
+        }
+    }
+
+    fn write_checkpoint(&mut self) -> Result<(), ShipError> {
         self.saved_at = Instant::now();
         self.sizes_unsaved = false;
         self.cp.files = self
@@ -660,63 +1090,55 @@ fn record_loss(cp: &mut Checkpoint, stats: &LogStats, t: &Tracked, bytes: u64, r
     });
 }
 
-/// Reopens a tracked file after a restart: at its last path, or renamed within the same folder.
-fn reattach(t: &Tracked) -> Option<(File, PathBuf)> {
-    let try_path = |p: &FsPath| -> Option<File> {
-        let f = File::open(p).ok()?;
+/// The fingerprint of a gzip file's decompressed first bytes.
+fn head_fingerprint(file: &File) -> Option<Fingerprint> {
+    let mut head = Vec::with_capacity(FINGERPRINT_BYTES as usize);
+    source::content(file, true)
+        .ok()?
+        .take(FINGERPRINT_BYTES)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(Fingerprint::of(&head))
+}
+
+/// Reopens a tracked file after a restart: at its last path, renamed within the same folder, or
+/// (truncated or compressed while the sidecar was down) the copy beside it that holds what was
+/// stored and more.
+fn reattach(t: &Tracked, legacy: bool) -> Option<(Source, PathBuf)> {
+    let try_path = |p: &FsPath| -> Option<Source> {
+        let f = open_read(p, false).ok()?;
         let meta = f.metadata().ok()?;
-        (FileId::of(&meta) == t.id && t.fingerprint.matches(&f).ok()?).then_some(f)
+        if FileId::of(&meta) != t.id || !meta.is_file() {
+            return None;
+        }
+        if t.gzip {
+            // A gzip never changes, but its inode may be a deleted one's, reused: check content.
+            let mut stream = source::content(&f, true).ok()?;
+            let holds = identity::scan_prefixes(&mut *stream, &[t.shipped]).prefix(t.shipped)
+                == Some(t.stored());
+            drop(stream);
+            return if holds { Source::gzip(f).ok()? } else { None };
+        }
+        // Files only grow: one smaller than a size it had was truncated, whatever it holds.
+        let holds = meta.len() >= t.shipped.max(t.seen_size)
+            && t.fingerprint.matches(&f).ok()?
+            && (legacy || t.tail.matches(&f).ok()?);
+        holds.then_some(Source::Plain(f))
     };
-    if let Some(f) = try_path(&t.path) {
-        return Some((f, t.path.clone()));
+    if let Some(s) = try_path(&t.path) {
+        return Some((s, t.path.clone()));
     }
     let dir = t.path.parent()?;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let p = entry.path();
-        if let Some(f) = try_path(&p) {
-            return Some((f, p));
+        if let Some(s) = try_path(&p) {
+            return Some((s, p));
         }
     }
-    // Truncated in place while we were down (copytruncate): continue from the copy beside it.
-    let needed = t.in_flight.unwrap_or(t.shipped);
-    find_copy(
-        &t.path,
-        &t.fingerprint,
-        FileId {
-            dev: u64::MAX,
-            ino: u64::MAX,
-        },
-        needed,
-    )
-    .map(|(f, p, _)| (f, p))
-}
-
-/// Looks beside `path` for a copy of a truncated file: another file that starts with the same
-/// bytes and is at least `min_len` long.
-fn find_copy(
-    path: &FsPath,
-    fp: &Fingerprint,
-    not: FileId,
-    min_len: u64,
-) -> Option<(File, PathBuf, FileId)> {
-    let dir = path.parent()?;
-    let mut best: Option<(File, PathBuf, FileId, std::time::SystemTime)> = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let p = entry.path();
-        let Ok(f) = File::open(&p) else { continue };
-        let Ok(meta) = f.metadata() else { continue };
-        let id = FileId::of(&meta);
-        if id == not || !meta.is_file() || meta.len() < min_len || fp.len == 0 {
-            continue;
-        }
-        if fp.matches(&f).unwrap_or(false) {
-            let mtime = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-            if best.as_ref().is_none_or(|b| mtime > b.3) {
-                best = Some((f, p, id, mtime));
-            }
-        }
+    if legacy {
+        return None;
     }
-    best.map(|(f, p, id, _)| (f, p, id))
+    recognize::find_continuation(&t.path, t.fingerprint, t.tail, None).map(|(s, p, _)| (s, p))
 }
 
 /// Gzip at the fastest level: deterministic (no timestamp in the header), so the same bytes always
@@ -746,25 +1168,160 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn a_copytruncate_the_reader_lags_behind_is_caught_by_the_fingerprint() {
-        let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().join("logs");
-        let store_dir = dir.path().join("store");
+    /// A shipper for `dir/logs/app.log*` storing to `dir/store`.
+    fn rotation_shipper(dir: &FsPath) -> (LogShipper, Arc<dyn ObjectStore>, Path) {
+        glob_shipper(dir, "app.log*", 8 << 20)
+    }
+
+    /// A shipper for `dir/logs/<pattern>` storing to `dir/store` in chunks of `chunk_bytes`.
+    fn glob_shipper(
+        dir: &FsPath,
+        pattern: &str,
+        chunk_bytes: usize,
+    ) -> (LogShipper, Arc<dyn ObjectStore>, Path) {
+        let logs = dir.join("logs");
+        let store_dir = dir.join("store");
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::create_dir_all(&store_dir).unwrap();
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&store_dir).unwrap());
-        let glob = LogGlob::new(&format!("{}/*.log", logs.display())).unwrap();
+        let glob = LogGlob::new(&format!("{}/{pattern}", logs.display())).unwrap();
         let prefix = Path::from("exp/worker-0");
-        let mut cfg = LogConfig::new(
-            vec![glob],
-            prefix.clone(),
-            "test".into(),
-            dir.path().join("state"),
+        let mut cfg = LogConfig::new(vec![glob], prefix.clone(), "test".into(), dir.join("state"));
+        cfg.chunk_bytes = chunk_bytes;
+        (LogShipper::open(cfg, store.clone()).unwrap(), store, prefix)
+    }
+
+    #[tokio::test]
+    async fn a_new_log_holding_only_the_banner_of_another_log_is_a_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, _, _) = glob_shipper(dir.path(), "*.log", 8 << 20);
+        let logs = dir.path().join("logs");
+        let banner = vec![b'='; 4096];
+        let with_banner = |tag: &str, n: usize| [banner.clone(), lines(tag, n)].concat();
+        std::fs::write(logs.join("worker.log"), with_banner("worker", 2000)).unwrap();
+        std::fs::write(logs.join("app.log"), with_banner("app", 10)).unwrap();
+        shipper.tick(true).await.unwrap();
+        // app.log is rotated out of the glob; the new one holds only the banner so far.
+        std::fs::rename(logs.join("app.log"), logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log"), &banner).unwrap();
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        let o = &shipper.cp.names["app.log"];
+        assert!(
+            o.origin && o.from == "app.log" && o.generation == 2,
+            "a new generation of app.log, not a copy of worker.log: {o:?}"
         );
-        cfg.chunk_bytes = 64 << 10;
-        let mut shipper = LogShipper::open(cfg, store.clone()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_held_file_whose_inode_is_reused_keeps_its_gzip_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = rotation_shipper(dir.path());
+        let logs = dir.path().join("logs");
+        let first = lines("first", 2000);
+        std::fs::write(logs.join("app.log"), &first).unwrap();
+        shipper.tick(true).await.unwrap();
+        // Rotated away and read to its end: only remembered now.
+        std::fs::rename(logs.join("app.log"), logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log"), lines("second", 10)).unwrap();
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        assert!(shipper.cp.held.iter().any(|h| h.generation == 1 && !h.gone));
+        // logrotate compresses it and removes it, then writes the next copy, which the
+        // filesystem gives the freed inode number.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&first).unwrap();
+        std::fs::write(logs.join("app.log.2.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::remove_file(logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log.1"), lines("third", 10)).unwrap();
+        let reused = FileId::of(&std::fs::metadata(logs.join("app.log.1")).unwrap());
+        for h in shipper.cp.held.iter_mut().filter(|h| h.generation == 1) {
+            h.id = reused;
+        }
+        if let Some(o) = shipper.cp.names.get_mut("app.log.1") {
+            o.id = reused;
+        }
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        let gz_name = &shipper.cp.names["app.log.2.gz"];
+        assert_eq!(
+            (
+                gz_name.origin,
+                gz_name.from.as_str(),
+                gz_name.from_generation
+            ),
+            (false, "app.log", 1),
+            "the gzip is another name of the first generation"
+        );
+        let mut stored = Vec::new();
+        crate::ship::reassemble::cat(
+            &store,
+            &log_folder(&prefix, "app.log.2.gz"),
+            None,
+            &mut stored,
+        )
+        .await
+        .unwrap();
+        assert!(
+            stored == first,
+            "logs cat of the gzip's name gives the first generation"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copy_given_the_previous_copys_inode_number_is_linked_to_its_own_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = rotation_shipper(dir.path());
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        std::fs::write(&log, lines("first", 2000)).unwrap();
+        shipper.tick(true).await.unwrap();
+        std::fs::rename(&log, logs.join("app.log.1")).unwrap();
+        let second = lines("second", 2000);
+        std::fs::write(&log, &second).unwrap();
+        for _ in 0..3 {
+            shipper.tick(true).await.unwrap();
+        }
+        assert_eq!(shipper.cp.names["app.log.1"].from_generation, 1);
+        // copytruncate: the old copy is gone, the new one is made and the log truncated; the
+        // sidecar reads (and finds the truncation) before it next looks at the folder.
+        std::fs::remove_file(logs.join("app.log.1")).unwrap();
+        std::fs::copy(&log, logs.join("app.log.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        shipper.read_all();
+        // The filesystem gave the new copy the old copy's inode number.
+        let copy = FileId::of(&std::fs::metadata(logs.join("app.log.1")).unwrap());
+        shipper.cp.names.get_mut("app.log.1").unwrap().id = copy;
+        // The next pass, while the second generation is still read from its copy.
+        shipper.tick(false).await.unwrap();
+        assert_eq!(
+            shipper.cp.names["app.log.1"].from_generation, 2,
+            "app.log.1 now holds the second generation"
+        );
+        shipper.tick(true).await.unwrap();
+        let mut stored = Vec::new();
+        let folder = log_folder(&prefix, "app.log.1");
+        let newest = shipper.cp.names["app.log.1"].generation;
+        crate::ship::reassemble::cat(&store, &folder, Some(newest), &mut stored)
+            .await
+            .unwrap();
+        assert!(stored == second);
+    }
+
+    #[tokio::test]
+    async fn a_copytruncate_the_reader_lags_behind_is_caught_by_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = glob_shipper(dir.path(), "*.log", 64 << 10);
+        let logs = dir.path().join("logs");
 
         let log = logs.join("app.log");
         let old = lines("old", 8000); // about 390 KB
@@ -796,7 +1353,7 @@ mod tests {
         }
         assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
         let mut stored = Vec::new();
-        crate::ship::reassemble::cat(&store, &log_folder(&prefix, "app.log"), &mut stored)
+        crate::ship::reassemble::cat(&store, &log_folder(&prefix, "app.log"), None, &mut stored)
             .await
             .unwrap();
         let mut expected = old;

@@ -11,10 +11,13 @@
 
 pub mod checkpoint;
 pub mod discover;
+pub mod follow;
 pub mod identity;
 pub mod key;
 pub mod logs;
 pub mod reassemble;
+pub mod recognize;
+pub mod source;
 pub mod tfevents_mirror;
 
 pub use discover::LogGlob;

@@ -320,8 +320,8 @@ fn unread_bytes(settings: &Settings) -> impl Fn() -> u64 + Send + 'static {
     let tfevents = settings.tfevents.clone();
     move || {
         let logs: u64 = (globs.iter())
-            .flat_map(|g| g.matches())
-            .filter_map(|(path, _)| std::fs::metadata(path).ok())
+            .flat_map(|g| g.matches().found)
+            .filter_map(|found| std::fs::metadata(found.path).ok())
             .map(|m| m.len())
             .sum();
         logs + tfevents.iter().map(|d| folder_bytes(d)).sum::<u64>()

@@ -87,8 +87,16 @@ async fn readyz(o: Observed) -> impl IntoResponse {
     if !o.health.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
     }
+    // Data waits meanwhile, nothing is dropped; saying why is what lets someone mend it.
+    if let Some(error) = o.logs.as_ref().and_then(|l| l.checkpoint_failing()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "cannot save the log checkpoint in the state folder (log uploads wait): {error}\n"
+            ),
+        );
+    }
     match o.metastore.as_ref().and_then(|m| m.failing()) {
-        // Metrics stay queued meanwhile; saying why is what lets someone mend it.
         Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the metastore does not take writes (metrics stay queued): {error}\n"),
@@ -162,6 +170,18 @@ async fn metrics(o: Observed) -> impl IntoResponse {
             "counter",
             "Log bytes that could not be shipped.",
             get(&s.bytes_lost),
+        );
+        metric(
+            "periscope_log_checkpoint_failing",
+            "gauge",
+            "1 while the log checkpoint cannot be saved (log uploads wait).",
+            u64::from(s.checkpoint_failing().is_some()),
+        );
+        metric(
+            "periscope_log_checkpoint_failures_total",
+            "counter",
+            "Failed log checkpoint writes (retried).",
+            get(&s.checkpoint_failures),
         );
         let oldest = get(&s.oldest_unshipped_ms) as f64 / 1000.0;
         let _ = writeln!(
