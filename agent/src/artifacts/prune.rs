@@ -101,28 +101,8 @@ async fn delete_save(
         .buffer_unordered(8)
         .try_collect::<Vec<()>>()
         .await?;
-    remove_empty_folders(service, prefix);
+    crate::storage::remove_empty_folders(service, prefix);
     Ok(())
-}
-
-/// On the local filesystem, deleting objects leaves their folders: removes those under `prefix`
-/// that are empty now (a folder that holds anything stays), so a deleted save leaves no number.
-pub(crate) fn remove_empty_folders(service: Service, prefix: &Path) {
-    fn remove(dir: &std::path::Path) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove(&entry.path());
-                }
-            }
-        }
-        // Fails, as it should, when something is left in the folder.
-        let _ = std::fs::remove_dir(dir);
-    }
-    if service == Service::Local {
-        // The local store's keys are paths from the filesystem root.
-        remove(&std::path::Path::new("/").join(prefix.as_ref()));
-    }
 }
 
 #[cfg(test)]

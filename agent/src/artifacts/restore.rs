@@ -257,7 +257,7 @@ impl<'a> Lease<'a> {
             tracing::debug!(key = %self.key, error = %e, "cannot remove a read lease; it goes stale");
         }
         let leases = self.from.base.clone().join(LEASES_DIR);
-        super::prune::remove_empty_folders(self.from.service, &leases);
+        crate::storage::remove_empty_folders(self.from.service, &leases);
     }
 }
 

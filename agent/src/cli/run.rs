@@ -68,7 +68,7 @@ pub struct RunArgs {
     )]
     mlflow_listen: std::net::SocketAddr,
     #[command(flatten)]
-    ship: super::save_flags::ShipRestoreFlags,
+    ship: super::ship_flags::ShipRestoreFlags,
     /// The command and its arguments, after `--`.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,

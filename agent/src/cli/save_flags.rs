@@ -172,15 +172,6 @@ pub struct RestoreFlag {
     pub restore: Option<PathBuf>,
 }
 
-/// `run`'s shipping flags (those `sidecar` has too) and `--restore` (which `sidecar` has not).
-#[derive(clap::Args)]
-pub struct ShipRestoreFlags {
-    #[command(flatten)]
-    pub ship: super::ship_flags::ShipFlags,
-    #[command(flatten)]
-    pub restore: RestoreFlag,
-}
-
 impl ArtifactsFlags {
     /// The folders given (empty values dropped).
     pub fn dirs(&self) -> Vec<PathBuf> {

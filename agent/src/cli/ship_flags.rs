@@ -184,3 +184,12 @@ impl ShipFlags {
             .collect()
     }
 }
+
+/// `run`'s shipping flags (those `sidecar` has too) and `--restore` (which `sidecar` has not).
+#[derive(clap::Args)]
+pub struct ShipRestoreFlags {
+    #[command(flatten)]
+    pub ship: ShipFlags,
+    #[command(flatten)]
+    pub restore: super::save_flags::RestoreFlag,
+}

@@ -28,4 +28,4 @@ pub use open::{
     locate, open, open_parts, open_parts_with_env, open_with_env, retry_config, Opened,
     StoreOptions,
 };
-pub use service::Service;
+pub use service::{remove_empty_folders, Service};
