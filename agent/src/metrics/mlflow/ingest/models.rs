@@ -210,12 +210,11 @@ pub async fn search(s: Shared, r: Req) -> Response {
                         .map(|m| r.full_model(m))
                         .collect::<Result<Vec<_>, _>>()
                 })
-                .await?
-                .into_iter()
-                .filter(|m| search::matches(m, &clauses))
-                .collect::<Vec<_>>();
+                .await?;
+            // Logged models take no order_by: the registry's order stands.
+            let token = req.page_token.as_deref();
             let (models, next_page_token) =
-                search::page(found, req.page_token.as_deref(), max).map_err(invalid)?;
+                search::select(found, &clauses, &[], token, max).map_err(invalid)?;
             Ok(ok(&LoggedModelsPage {
                 models,
                 next_page_token,

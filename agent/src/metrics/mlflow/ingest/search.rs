@@ -530,6 +530,23 @@ pub fn compare(a: &impl Searchable, b: &impl Searchable, orders: &[Order]) -> Or
     Ordering::Equal
 }
 
+/// What a search answers: the `items` that match `clauses`, sorted by `orders` (none keeps their
+/// order), and the page of them that `page_token` and `max_results` select, as [`page`] does.
+pub fn select<T: Searchable>(
+    items: Vec<T>,
+    clauses: &[Clause],
+    orders: &[Order],
+    page_token: Option<&str>,
+    max_results: usize,
+) -> Result<(Vec<T>, Option<String>), String> {
+    let mut found: Vec<T> = items
+        .into_iter()
+        .filter(|item| matches(item, clauses))
+        .collect();
+    found.sort_by(|a, b| compare(a, b, orders));
+    page(found, page_token, max_results)
+}
+
 /// The page of `items` that `page_token` (an offset written by this function, or none) and
 /// `max_results` select, and the token of the next page, if there is one.
 pub fn page<T>(

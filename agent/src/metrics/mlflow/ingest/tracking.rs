@@ -210,15 +210,11 @@ pub async fn experiments_search(s: Shared, r: Req) -> Response {
             });
             let max = max_results(req.max_results)?;
             let active = shows_active(req.view_type.as_deref())?;
-            let mut found: Vec<api::Experiment> = s
-                .registry(|r| r.experiments())
-                .await?
-                .into_iter()
-                .filter(|e| active && search::matches(e, &clauses))
-                .collect();
-            found.sort_by(|a, b| search::compare(a, b, &orders));
+            let mut found: Vec<api::Experiment> = s.registry(|r| r.experiments()).await?;
+            found.retain(|_| active);
+            let token = req.page_token.as_deref();
             let (experiments, next_page_token) =
-                search::page(found, req.page_token.as_deref(), max).map_err(invalid)?;
+                search::select(found, &clauses, &orders, token, max).map_err(invalid)?;
             Ok(ok(&ExperimentsPage {
                 experiments,
                 next_page_token,
@@ -801,13 +797,11 @@ pub async fn runs_search(s: Shared, r: Req) -> Response {
                         .map(|record| r.full_run(record))
                         .collect::<Result<Vec<_>, _>>()
                 })
-                .await?
-                .into_iter()
-                .filter(|run| active && search::matches(run, &clauses))
-                .collect();
-            runs.sort_by(|a, b| search::compare(a, b, &orders));
+                .await?;
+            runs.retain(|_| active);
+            let token = req.page_token.as_deref();
             let (runs, next_page_token) =
-                search::page(runs, req.page_token.as_deref(), max).map_err(invalid)?;
+                search::select(runs, &clauses, &orders, token, max).map_err(invalid)?;
             Ok(ok(&RunsPage {
                 runs,
                 next_page_token,
