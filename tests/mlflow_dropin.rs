@@ -455,13 +455,14 @@ fn bad_input_is_refused_with_mlflows_errors_and_nothing_is_half_stored() {
     job.finish(child);
 
     // Nothing half-stored: the spool is empty, storage holds the small file only (beside the
-    // worker folder's claim).
+    // worker folder's claim and lease).
     job.assert_spool_empty();
     let stored = files_below(&job.path("store"));
     assert_eq!(
         stored,
         [
             "exp-bad/worker-0/claim.json".to_string(),
+            "exp-bad/worker-0/lease.json".to_string(),
             format!("exp-bad/worker-0/mlflow/{run_id}/artifacts/small.txt")
         ],
         "only the file that fitted was stored"

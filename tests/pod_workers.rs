@@ -194,6 +194,163 @@ fn a_pod_that_would_write_another_pods_worker_folder_is_refused() {
     assert_eq!(log.stdout, "pod a\npod a again\n");
 }
 
+/// A pod still training: its sidecar runs in the background (no exit-code file yet), with a
+/// lease of `lease` seconds, until its first line is stored.
+fn start_training(pod: &Pod, store: &Path, name: &str, lease: &str) -> std::process::Child {
+    std::fs::remove_file(pod.path("logs/exit-code")).unwrap();
+    let child = pod
+        .sidecar(store)
+        .env("POD_NAME", name)
+        .args(["--worker", "worker-0", "--claim-lease", lease])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stored_log(store, "worker-0").code != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stored nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child
+}
+
+/// `pod`'s sidecar, named `name`, as worker-0, run to its end.
+fn as_worker_0(pod: &Pod, store: &Path, name: &str) -> Ran {
+    run(pod
+        .sidecar(store)
+        .env("POD_NAME", name)
+        .args(["--worker", "worker-0"]))
+}
+
+/// The generations stored for worker-0's `train.log`.
+fn generations(store: &Path) -> Vec<String> {
+    let folder = store.join(EXPERIMENT).join("worker-0/logs/train.log");
+    let mut found: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_pod_that_replaces_a_killed_one_takes_its_folder_over_once_the_lease_lapses() {
+    let store = tempfile::tempdir().unwrap();
+    let a = Pod::new("pod a");
+    let mut first = start_training(&a, store.path(), "training-a", "1");
+    // The node is lost: no drain, no release. The Job controller starts a replacement pod.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let b = Pod::new("pod b");
+    let ran = as_worker_0(&b, store.path(), "training-b");
+    ran.expect_code(0)
+        .expect_output("waiting up to 1 s for its lease")
+        .expect_output("took the worker's folder over");
+    // The replacement's log is a new generation beside the first pod's: nothing overwritten.
+    assert_eq!(
+        stored_log(store.path(), "worker-0").stdout,
+        "pod a\npod b\n"
+    );
+    assert_eq!(generations(store.path()), ["g000001", "g000002"]);
+    assert!(store
+        .path()
+        .join(EXPERIMENT)
+        .join("worker-0/claim-2.json")
+        .exists());
+}
+
+#[test]
+fn a_failed_pods_replacement_takes_over_at_once_and_a_finished_worker_is_never_taken() {
+    let store = tempfile::tempdir().unwrap();
+    let a = Pod::new("pod a");
+    std::fs::write(a.path("logs/exit-code"), "3\n").unwrap();
+    as_worker_0(&a, store.path(), "training-a")
+        .expect_code(0)
+        .expect_output("released the worker's folder");
+    // Its job failed and everything was stored: the next attempt need not wait.
+    let b = Pod::new("pod b");
+    let ran = as_worker_0(&b, store.path(), "training-b");
+    ran.expect_code(0)
+        .expect_output("took the worker's folder over");
+    assert!(!ran.stderr.contains("waiting up to"), "{}", ran.stderr);
+    assert_eq!(
+        stored_log(store.path(), "worker-0").stdout,
+        "pod a\npod b\n"
+    );
+
+    // Attempt 2 succeeded: the worker is done, and a third pod is refused.
+    let c = Pod::new("pod c");
+    let refused = as_worker_0(&c, store.path(), "training-c");
+    refused
+        .expect_code(9)
+        .expect_output("held by pod `training-b`")
+        .expect_output("whose job succeeded")
+        .expect_output("its own experiment id");
+    assert_eq!(
+        stored_log(store.path(), "worker-0").stdout,
+        "pod a\npod b\n"
+    );
+}
+
+#[test]
+fn a_second_pod_under_a_running_pods_worker_name_is_refused_and_the_first_goes_on() {
+    let store = tempfile::tempdir().unwrap();
+    let a = Pod::new("pod a");
+    let first = start_training(&a, store.path(), "training-a", "1");
+    let b = Pod::new("pod b");
+    let refused = as_worker_0(&b, store.path(), "training-b");
+    refused
+        .expect_code(9)
+        .expect_output("held by pod `training-a`")
+        .expect_output("still running")
+        .expect_output("--worker");
+    // Pod a never noticed: it goes on and drains when its command ends.
+    crate::harness::metrics::append(&a.path("logs/train.log"), "pod a goes on\n");
+    std::fs::write(a.path("logs/exit-code"), "0\n").unwrap();
+    let out = crate::harness::metrics::wait_with_timeout(first, std::time::Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stored_log(store.path(), "worker-0").stdout,
+        "pod a\npod a goes on\n"
+    );
+    assert_eq!(generations(store.path()), ["g000001"]);
+}
+
+#[test]
+fn a_pod_cut_off_longer_than_its_lease_finds_it_was_taken_over_and_stops() {
+    let store = tempfile::tempdir().unwrap();
+    let a = Pod::new("pod a");
+    let first = start_training(&a, store.path(), "training-a", "1");
+    // The process is frozen (a node under memory pressure, a paused VM) past its lease.
+    // SAFETY: signalling the sidecar this test started, by its pid.
+    unsafe { libc::kill(first.id() as i32, libc::SIGSTOP) };
+    let b = Pod::new("pod b");
+    as_worker_0(&b, store.path(), "training-b")
+        .expect_code(0)
+        .expect_output("took the worker's folder over");
+    // SAFETY: as above.
+    unsafe { libc::kill(first.id() as i32, libc::SIGCONT) };
+    let out = crate::harness::metrics::wait_with_timeout(first, std::time::Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(
+        stderr.contains("was taken over by pod `training-b` (attempt 2)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stored_log(store.path(), "worker-0").stdout,
+        "pod a\npod b\n"
+    );
+}
+
 #[test]
 fn a_sidecar_names_its_worker_from_labels_exec_or_the_hostname() {
     let store = tempfile::tempdir().unwrap();

@@ -183,6 +183,8 @@ fn train_run(store: &Store, data: &Path, steps: u32, pid_file: &Path, resume: bo
         .arg("--restore")
         .arg(&ckpt)
         .args(["--artifacts-every", "300ms"])
+        // Output stored within 0.2 s; the worker's folder taken over 1 s after a lost machine.
+        .args(["--chunk-age", "0.2", "--claim-lease", "1"])
         .args(resume.then_some("--resume"))
         .args(["--", "python3"])
         .arg(&script)
@@ -224,11 +226,20 @@ fn kill_whole_run(child: &mut Child, pid_file: &Path) {
     child.wait().unwrap();
 }
 
-/// A run killed mid-training (a spot VM lost with its local scratch: the checkpoints are gone,
-/// the data folder's disk survives), then started again with `--resume` and `--restore`, resumes
-/// from the step of the last complete save; the large file that never changed was uploaded once
-/// across every save. On a new machine (a fresh data folder) the worker's folder in storage is
-/// still the first machine's: that start is refused (exit 9) before the command runs.
+/// What `logs cat` prints of the run's stdout, as stored.
+fn stored_stdout(store: &Store) -> String {
+    let url = format!("{}/{EXPERIMENT}/worker-0/logs/stdout.log", store.url());
+    let mut cmd = periscope();
+    cmd.args(["logs", "cat", &url]);
+    with_env(&mut cmd, &store.env());
+    run(&mut cmd).stdout
+}
+
+/// A run killed mid-training (a spot VM lost with its disk), started again on a new machine
+/// (a fresh data folder) with `--restore`: it takes the worker's folder over once the lost
+/// run's lease lapses, resumes from the step of the last complete save, and stores its output
+/// beside the first run's; the large file that never changed was uploaded once across every
+/// save. The first machine, back afterwards, finds the worker finished and is refused (exit 9).
 fn killed_run_resumes_from_its_last_save(store: &Store) {
     let work = tempfile::tempdir().unwrap();
     let pid_file = work.path().join("train.pid");
@@ -244,6 +255,14 @@ fn killed_run_resumes_from_its_last_save(store: &Store) {
     .spawn()
     .unwrap();
     wait_for_saves(store, 3, &mut first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stored_stdout(store).contains("starting at step 0\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the first run's output was not stored"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     kill_whole_run(&mut first, &pid_file);
 
     let saves = store.complete_saves();
@@ -258,32 +277,15 @@ fn killed_run_resumes_from_its_last_save(store: &Store) {
         saves.len()
     );
 
-    // A new machine would overwrite what vm-1 stored: refused, naming the holder.
-    let elsewhere = run(&mut train_run(
+    let ran = run(&mut train_run(
         store,
         &work.path().join("vm-2"),
         12,
         &pid_file,
         false,
     ));
-    elsewhere.expect_code(9);
-    assert!(
-        elsewhere.stderr.contains("is held by"),
-        "{}",
-        elsewhere.stderr
-    );
-    assert!(!elsewhere.stdout.contains("starting at step"));
-
-    // The same machine, its checkpoints gone: restored from storage.
-    std::fs::remove_dir_all(work.path().join("vm-1/ckpt")).unwrap();
-    let ran = run(&mut train_run(
-        store,
-        &work.path().join("vm-1"),
-        12,
-        &pid_file,
-        true,
-    ));
     ran.expect_code(0)
+        .expect_output("took the worker's folder over")
         .expect_output(&format!("restored save {last} (2 files"))
         .expect_output(&format!("starting at step {step}\n"))
         .expect_output(&format!("ended at step {}\n", step + 12));
@@ -295,6 +297,29 @@ fn killed_run_resumes_from_its_last_save(store: &Store) {
         "{}",
         ran.stderr
     );
+    // Both machines' output is stored, the lost run's first.
+    let stdout = stored_stdout(store);
+    let resumed = format!("starting at step {step}\n");
+    let (Some(a), Some(b)) = (stdout.find("starting at step 0\n"), stdout.find(&resumed)) else {
+        panic!("{stdout}");
+    };
+    assert!(a < b, "{stdout}");
+
+    // The first machine comes back: the worker has finished on vm-2, so it is refused.
+    let back = run(&mut train_run(
+        store,
+        &work.path().join("vm-1"),
+        12,
+        &pid_file,
+        true,
+    ));
+    back.expect_code(9);
+    assert!(
+        back.stderr.contains("whose job succeeded"),
+        "{}",
+        back.stderr
+    );
+    assert!(!back.stdout.contains("starting at step"));
 }
 
 #[test]

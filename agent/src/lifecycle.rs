@@ -269,10 +269,33 @@ impl Drain {
     /// only when the loop must end.
     pub fn on_stop(&mut self, requests: u32, backlog: impl FnOnce() -> u64) -> Next {
         if requests >= 2 {
+            // Ending now is the drain's end too: whoever waits for the drain stops waiting.
+            self.flag.set();
             return Next::End(Ending::cut(backlog(), "second stop request"));
         }
         self.begin("stop requested");
         Next::PassNow
+    }
+}
+
+/// Between two tries of work that must come before a loop's first pass (a claim, a listing):
+/// waits `pause`, following `drain`'s rules on stop requests and the exit-code file.
+/// `Some(ending)`: the drain ended meanwhile, with `unread()` bytes not stored.
+pub async fn wait_to_retry(
+    drain: &mut Drain,
+    stop: &mut Stop,
+    pause: Duration,
+    unread: impl Fn() -> u64,
+) -> Option<Ending> {
+    if let Next::End(ending) = drain.after_pass(false, unread()) {
+        return Some(ending);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => None,
+        requests = stop.next() => match drain.on_stop(requests, &unread) {
+            Next::End(ending) => Some(ending),
+            _ => None,
+        },
     }
 }
 

@@ -105,6 +105,8 @@ impl DataDir {
         sidecar.metrics.default_sqlite = Some(self.metastore());
         sidecar.lifecycle.exit_when_file = Some(run_dir.join(exec::EXIT_CODE_FILE));
         sidecar.state_dir = self.state(&sidecar.identity);
+        // A command at a terminal starts only once its output has a place to go.
+        sidecar.claim_first = true;
         Ok(RunSettings {
             sources,
             dest,

@@ -186,24 +186,20 @@ pub struct Saver {
 
 impl Saver {
     /// Saves while `over` is pending, then the final save within its deadline on `clock`, as the
-    /// module docs say; nothing at all until `claimed` resolves (the worker's folder is this
-    /// process's to write), and nothing if `over` comes first. Fails only when the final save
-    /// fails.
+    /// module docs say; nothing at all until `claimed` resolves (`true`: the worker's folder is
+    /// this process's to write, also if the job ended meanwhile; `false`: it never will be, and
+    /// nothing is saved). Fails only when the final save fails.
     pub async fn run(
         self,
-        claimed: impl Future<Output = ()>,
+        claimed: impl Future<Output = bool>,
         over: impl Future<Output = ()>,
         clock: SignalClock,
     ) -> Result<SavesReport, ArtifactsError> {
         let mut report = SavesReport::default();
         let mut over = std::pin::pin!(over);
-        tokio::select! {
-            biased;
-            () = claimed => {}
-            () = &mut over => {
-                tracing::warn!("no save taken: the worker's folder in storage was never claimed");
-                return Ok(report);
-            }
+        if !claimed.await {
+            tracing::warn!("no save taken: the worker's folder in storage was never claimed");
+            return Ok(report);
         }
         let left = self
             .dirs
@@ -265,7 +261,7 @@ impl Saver {
     /// uploading a large checkpoint never delays the loops of the runtime that started it.
     pub fn spawn(
         self,
-        claimed: impl Future<Output = ()> + Send + 'static,
+        claimed: impl Future<Output = bool> + Send + 'static,
         over: impl Future<Output = ()> + Send + 'static,
         clock: SignalClock,
     ) -> std::io::Result<SaverTask> {
@@ -432,7 +428,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         let report = saver
-            .run(std::future::ready(()), over, SignalClock::never())
+            .run(std::future::ready(true), over, SignalClock::never())
             .await
             .unwrap();
         // Ticks before the file existed made no save; the first one after it made save 1, and

@@ -118,7 +118,7 @@ pub async fn run(args: ExecArgs) -> Result<ExitCode, Failure> {
     let (ended, over) = tokio::sync::oneshot::channel::<()>();
     let task = saver
         .spawn(
-            std::future::ready(()),
+            std::future::ready(true),
             async move {
                 let _ = over.await;
             },

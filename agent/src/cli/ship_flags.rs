@@ -50,6 +50,11 @@ pub struct ShipFlags {
     /// Seconds between checks of the files when no change notification arrives.
     #[arg(long, env = "PERISCOPE_POLL_INTERVAL", default_value_t = 1.0)]
     pub poll_interval: f64,
+    /// Seconds the worker's folder stays this sidecar's without a renewal (renewed every third of
+    /// it). A pod that replaces one SIGKILLed or lost with its node takes the folder over once
+    /// this long has passed without one; one that ended failed or stopped, at once.
+    #[arg(long, env = "PERISCOPE_CLAIM_LEASE", default_value_t = 30.0)]
+    pub claim_lease: f64,
     /// Metastore for tracking metrics: sqlite:///path/metastore.db (embedded); Submarine's
     /// MySQL/MariaDB as mysql://user:password@host:3306/db or mysql+pymysql://… (TLS with
     /// ?ssl-mode=REQUIRED, VERIFY_CA or VERIFY_IDENTITY and ssl-ca=FILE); or an MLflow tracking
@@ -142,6 +147,7 @@ impl ShipFlags {
             idle_timeout: seconds("mlflow-idle-timeout", self.mlflow_idle_timeout)?,
             max_connections: usize::from(self.mlflow_max_connections),
         };
+        let claim_lease = seconds("claim-lease", self.claim_lease)?;
         Ok(Settings {
             identity: identity()?,
             storage,
@@ -165,6 +171,8 @@ impl ShipFlags {
             push: self.artifacts.tuning.settings(),
             saves: self.artifacts.schedule.settings(poll_interval),
             late_delivery: drain_timeout,
+            claim_lease,
+            claim_first: false,
         })
     }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::{FileId, Fingerprint, Prefix, Window};
 use super::key::Link;
+use super::stored::relative_key;
 use crate::fsutil::write_atomic;
 
 /// The checkpoint's file name inside the state folder.
@@ -146,6 +147,13 @@ pub struct Checkpoint {
     /// Links recorded and not yet known to be stored.
     #[serde(default)]
     pub links: Vec<Link>,
+    /// The highest generation earlier attempts of the worker stored, per log path (by
+    /// [`relative_key`]): new generations are numbered after them.
+    #[serde(default)]
+    pub stored_before: std::collections::BTreeMap<String, u64>,
+    /// The attempt whose earlier attempts' generations are in `stored_before` (0: none looked for).
+    #[serde(default)]
+    pub listed_attempt: u32,
 }
 
 impl Checkpoint {
@@ -181,9 +189,11 @@ impl Checkpoint {
     }
 
     /// Hands out the next generation number for a logical path.
+    /// Earlier attempts' generations of that path come first.
     pub fn next_generation(&mut self, logical: &str) -> u64 {
+        let before = (self.stored_before.get(&relative_key(logical)).copied()).unwrap_or(0);
         let g = self.generations.entry(logical.to_string()).or_insert(0);
-        *g += 1;
+        *g = (*g).max(before) + 1;
         *g
     }
 }

@@ -306,6 +306,29 @@ impl LogShipper {
         Ok(shipper)
     }
 
+    /// Before the first pass of attempt `attempt` of the worker: learns, once per attempt from
+    /// the second on, the generations earlier attempts stored, so that new ones are numbered
+    /// after them ([`stored`](super::stored)). Listing fails only when storage does: try again.
+    pub async fn continue_stored(&mut self, attempt: u32) -> Result<(), object_store::Error> {
+        if attempt < 2 || self.cp.listed_attempt >= attempt {
+            return Ok(());
+        }
+        let found = super::stored::stored_generations(&self.store, &self.cfg.worker_prefix).await?;
+        tracing::info!(
+            attempt,
+            paths = found.len(),
+            "numbering this attempt's log generations after those earlier attempts stored"
+        );
+        for (path, generation) in found {
+            let g = self.cp.stored_before.entry(path).or_insert(0);
+            *g = generation.max(*g);
+        }
+        self.cp.listed_attempt = attempt;
+        // A failed save holds uploads back until it succeeds; the numbering is right meanwhile.
+        self.save();
+        Ok(())
+    }
+
     /// The shared counters.
     pub fn stats(&self) -> Arc<LogStats> {
         self.stats.clone()

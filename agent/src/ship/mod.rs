@@ -3,7 +3,8 @@
 //! Data flows one way: **file → reader → chunk → sink**. [`discover`] expands the `--logs` globs;
 //! [`identity`] tells files apart across renames; [`logs`] follows files and uploads compressed
 //! chunks whose [`key`]s say which bytes they hold; [`checkpoint`] makes that exactly-once across
-//! crashes; [`reassemble`] reads it all back for `periscope logs cat`. [`tfevents_mirror`] copies
+//! crashes; [`stored`] numbers a later attempt's generations after an earlier attempt's;
+//! [`reassemble`] reads it all back for `periscope logs cat`. [`tfevents_mirror`] copies
 //! event files so `tensorboard --logdir` works on the stored tree.
 //!
 //! The reader never knows which store it feeds, and the store never knows which file a chunk came
@@ -18,6 +19,7 @@ pub mod logs;
 pub mod reassemble;
 pub mod recognize;
 pub mod source;
+pub mod stored;
 pub mod tfevents_mirror;
 
 pub use discover::LogGlob;

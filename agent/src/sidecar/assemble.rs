@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::claim::{Claim, ClaimGate};
+use super::claim::{Claim, ClaimError, ClaimGate, JobEnd, Lease, LeaseTask, WATCH_PAUSE};
 use super::error::SidecarError;
 use super::health;
 use super::metrics::{self, MetricsTask};
@@ -56,6 +56,8 @@ pub struct Sidecar {
     metrics: MetricsTask,
     drained: DrainFlag,
     saver: Option<SaverTask>,
+    /// The lease on the worker's folder, renewed from the claim on.
+    lease: LeaseTask,
     settings: Settings,
     probes: SocketAddr,
     mlflow: SocketAddr,
@@ -95,18 +97,36 @@ impl Sidecar {
                 whoever reaches this address can log metrics and end the run; keep it on 127.0.0.1");
         }
         let (service, _) = storage::locate(&settings.storage)?;
-        let claim = Claim {
+        let claim = Claim::new(
+            store.clone(),
+            service,
+            worker_prefix.clone(),
+            stored_at.clone(),
+            settings.state_dir.clone(),
+            settings.claim_lease,
+        );
+        // Another pod's folder stops the sidecar now; unreachable storage, or a holder whose
+        // lease is being watched, only delays shipping.
+        let mut first = claim.try_once().await;
+        if let (true, Err(e @ ClaimError::Waiting { .. })) = (settings.claim_first, &first) {
+            tracing::info!(folder = %stored_at, "{e}; the command starts once it is settled");
+        }
+        while let (true, Err(ClaimError::Waiting { .. })) = (settings.claim_first, &first) {
+            tokio::time::sleep(WATCH_PAUSE).await;
+            first = claim.try_once().await;
+        }
+        let (pending, claimed) = match first {
+            Ok(c) => (None, ClaimGate::opened(c.attempt)),
+            Err(e) if e.is_transient() => (Some(claim), ClaimGate::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let lease = Lease {
             store: store.clone(),
             service,
             worker_prefix: worker_prefix.clone(),
             folder: stored_at.clone(),
-            state_dir: settings.state_dir.clone(),
-        };
-        // Another pod's folder stops the sidecar now; unreachable storage only delays shipping.
-        let (pending, claimed) = match claim.try_once().await {
-            Ok(_) => (None, ClaimGate::opened()),
-            Err(e) if e.is_transient() => (Some(claim), ClaimGate::default()),
-            Err(e) => return Err(e.into()),
+            pod: super::claim::Holder::here(String::new(), 0).pod,
+            lapse: settings.claim_lease,
         };
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.
         let saver = match settings.artifacts.is_empty() {
@@ -163,6 +183,7 @@ impl Sidecar {
         });
         let endpoint = Endpoint::open(handle, &settings.state_dir, &settings.storage)?;
         let (refused, metrics_stop) = follow(&stop);
+        let (lost, shipping_stop) = follow(&stop);
         let metrics = metrics::spawn(
             &settings,
             Drain::new(settings.lifecycle.clone(), "metrics", drained.clone()),
@@ -188,22 +209,41 @@ impl Sidecar {
         );
         let unread = unread_bytes(&settings);
         let saves_gate = claimed.clone();
+        let lease = lease.spawn(claimed.clone(), {
+            let (refused, lost) = (refused.clone(), lost.clone());
+            // Taken over: every loop ends now, storing nothing more.
+            move || {
+                refused.at_least(2);
+                lost.at_least(2);
+            }
+        });
         let shipping = tokio::spawn(async move {
             // The watcher must live as long as the loop that reads its notifications.
             let (_watcher, wake) = super::watch::watch_folders(&folders);
-            let mut stop = stop;
+            let mut stop = shipping_stop;
             if let Some(claim) = pending {
-                match claim.wait(&mut drain, &mut stop, unread).await {
-                    Ok(None) => claimed.open(),
-                    Ok(Some(ending)) => return (Ok(ending), pipelines),
+                match claim.wait(&mut drain, &mut stop, &unread).await {
+                    Ok(Ok(c)) => claimed.open(c.attempt),
+                    Ok(Err(ending)) => {
+                        claimed.give_up();
+                        return (Ok(ending), pipelines);
+                    }
                     Err(e) => {
                         // Another pod's folder: nothing of this one is delivered, at once,
                         // and whoever waits for the drain (the endpoint's uploads) stops waiting.
+                        claimed.give_up();
                         refused.at_least(2);
                         let _ = drain.on_stop(1, || 0);
                         return (Err(e.into()), pipelines);
                     }
                 }
+            }
+            // Invariant: the gate is open here (claimed at start, or just now).
+            let attempt = claimed.attempt().unwrap_or(1);
+            let listed =
+                shipping::continue_stored(&mut pipelines, attempt, &mut drain, &mut stop, &unread);
+            if let Some(ending) = listed.await {
+                return (Ok(ending), pipelines);
             }
             let ending = shipping::run(&mut pipelines, drain, stop, wake).await;
             (ending.map_err(SidecarError::from), pipelines)
@@ -217,11 +257,7 @@ impl Sidecar {
                 let over = async move { over.wait().await };
                 // Saves go into the worker's folder: only once it is this pod's.
                 let gate = saves_gate;
-                let claimed = async move {
-                    while !gate.is_open() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                };
+                let claimed = async move { gate.settled().await.is_some() };
                 let clock = SignalClock::start().map_err(thread)?;
                 Some(saver.spawn(claimed, over, clock).map_err(thread)?)
             }
@@ -234,6 +270,7 @@ impl Sidecar {
             metrics,
             drained,
             saver,
+            lease,
             settings,
             probes,
             mlflow,
@@ -281,6 +318,15 @@ impl Sidecar {
         let deliver = metrics == Ending::Drained;
         metrics::deliver_late(&mut pipeline, items, deliver, settings.late_delivery).await?;
         late.done();
+        // Everything read is stored: say how the job ended, so a replacement need not wait for
+        // the lease to lapse. Otherwise the lease lapses, and a restart of this pod (same state
+        // folder) may still continue first.
+        let all_stored = shipping == Ending::Drained
+            && metrics == Ending::Drained
+            && saving.cut.is_none()
+            && pipeline.backlog() == 0;
+        let end = all_stored.then(|| job_end(settings));
+        self.lease.finish(end).await?;
         let log_bytes = pipelines.logs.as_ref().map_or(0, |l| {
             l.stats()
                 .bytes_shipped
@@ -340,4 +386,16 @@ fn folder_bytes(dir: &std::path::Path) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+/// How the job ended, from its exit-code file (and the run's status the script may have set).
+fn job_end(settings: &Settings) -> JobEnd {
+    use crate::metrics::model::RunStatus;
+    let exit = settings.lifecycle.exit_when_file.as_deref();
+    let status = exit.and_then(|f| crate::metrics::run_info::final_status(f, &settings.state_dir));
+    match status {
+        Some(RunStatus::Succeeded) => JobEnd::Succeeded,
+        Some(RunStatus::Failed) => JobEnd::Failed,
+        Some(RunStatus::Running) | None => JobEnd::Stopped,
+    }
 }

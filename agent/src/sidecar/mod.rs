@@ -8,7 +8,8 @@
 //! * [`health`]: `/healthz`, `/readyz` and `/metrics`;
 //! * [`serve`]: the listeners of the probes and of the MLflow-compatible endpoint, each with its
 //!   own timeouts and connection limit;
-//! * [`claim`]: the claim on the worker's folder in storage, so two pods never write one;
+//! * [`claim`]: the claim on the worker's folder in storage and its lease, so two pods never
+//!   write one at once, and a pod that replaces a stopped or lost one takes it over;
 //! * [`watch`]: change notifications that wake the loops;
 //! * [`error`]: why a sidecar could not start or finish.
 //!

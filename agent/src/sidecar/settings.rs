@@ -58,6 +58,11 @@ pub struct Settings {
     /// How long the metastore records of the saves may take once the metrics drained; what is
     /// left stays queued for the next start.
     pub late_delivery: Duration,
+    /// How long the claim on the worker's folder lasts without a renewal ([`super::claim`]).
+    pub claim_lease: Duration,
+    /// Whether [`super::Sidecar::start`] returns only once a holder's lease is settled (the
+    /// folder claimed or refused) rather than going on to watch it in the background.
+    pub claim_first: bool,
 }
 
 /// Where tracking metrics come from and which metastore receives them. Invariant: none; an empty

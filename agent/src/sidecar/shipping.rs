@@ -5,10 +5,11 @@
 //! [`ship`](crate::ship)).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::lifecycle::{Drain, Ending, Next, Stop};
+use crate::lifecycle::{wait_to_retry, Drain, Ending, Next, Stop};
 use crate::ship::{LogShipper, ShipError, TfeventsMirror};
 
 /// Everything the sidecar ships, ticked together by [`run`]. Each part is optional.
@@ -91,5 +92,33 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Before the first pass of a later attempt of the worker: the log shipper learns what earlier
+/// attempts stored ([`LogShipper::continue_stored`]), trying until storage answers and following
+/// `drain`'s rules meanwhile. `Some(ending)`: the drain ended first, with `unread()` bytes not
+/// stored.
+pub async fn continue_stored(
+    pipelines: &mut Pipelines,
+    attempt: u32,
+    drain: &mut Drain,
+    stop: &mut Stop,
+    unread: impl Fn() -> u64,
+) -> Option<Ending> {
+    let logs = pipelines.logs.as_mut()?;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match logs.continue_stored(attempt).await {
+            Ok(()) => return None,
+            Err(e) => {
+                tracing::warn!(error = %crate::storage::scrub(&e.to_string()), retry_s = pause.as_secs_f64(),
+                "cannot list the logs earlier attempts stored; nothing is stored until it can")
+            }
+        }
+        if let Some(ending) = wait_to_retry(drain, stop, pause, &unread).await {
+            return Some(ending);
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
