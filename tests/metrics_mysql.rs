@@ -4,7 +4,8 @@
 //! value, timestamp and NaN handling, across a 20-second outage of the database and `kill -9` of
 //! the sidecar; wrong credentials and missing tables stop the sidecar with their exit code; TLS in
 //! MySQL's modes; MariaDB's ed25519 authentication; values stored byte for byte, and never taken
-//! for SQL, on a server that forces another character set on every session.
+//! for SQL, on a server that forces another character set on every session; a worker that
+//! failed fails the experiment although another succeeds after it.
 //! Rows are read back with the `mariadb` command-line client.
 
 use std::collections::BTreeMap;
@@ -310,6 +311,44 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         "Failed",
         "exit code 1 means the job failed"
     );
+}
+
+#[test]
+fn a_worker_that_fails_first_keeps_the_experiment_failed_when_another_succeeds_after() {
+    let db = MariaDb::start_with_submarine_tables();
+    let workers = [Setup::new(), Setup::new()];
+    let sidecars: Vec<_> = workers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.record_code_revision();
+            let mut cmd = s.sidecar_as(EXPERIMENT, &format!("worker-{i}"));
+            cmd.arg("--metastore").arg(db.url());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    // Both started: each one's code params, queued after its Running, are stored.
+    wait_until(Duration::from_secs(60), "both workers' start", || {
+        db.sql(&format!(
+            "SELECT COUNT(DISTINCT worker_index) FROM param WHERE id = '{EXPERIMENT}'"
+        ))
+        .trim()
+            == "2"
+    });
+    assert_eq!(experiment(&db)[0], "Running");
+    let [worker0, worker1]: [_; 2] = sidecars.try_into().unwrap();
+
+    // Worker 1's training exits 3: its sidecar stores Failed before it ends.
+    fs::write(workers[1].path("exit-code"), "3\n").unwrap();
+    expect_exit(&wait_with_timeout(worker1, Duration::from_secs(120)), 0);
+    let failed = experiment(&db);
+    assert_eq!(failed[0], "Failed", "{failed:?}");
+    assert!(parse_datetime(&failed[2]).is_some(), "{failed:?}");
+
+    // Worker 0's training then exits 0: the experiment stays Failed, from worker 1's end.
+    fs::write(workers[0].path("exit-code"), "0\n").unwrap();
+    expect_exit(&wait_with_timeout(worker0, Duration::from_secs(120)), 0);
+    assert_eq!(experiment(&db), failed);
 }
 
 #[test]

@@ -1,22 +1,32 @@
-//! Two worker pods of the Indexed Job, run by a real container engine: `podman kube play` runs
-//! the pod template that `manifests/overlays/indexed-workers-classic` renders (podman 4.3 runs no
-//! native sidecars, so the classic-sidecar variant), with Periscope's real image (built and
-//! checked by `images/check`) in every Periscope container, against moto (S3) and MariaDB on
-//! this machine.
+//! Two worker pods of the Indexed Job, run at the same time by a real container engine:
+//! `podman kube play` starts both pods of the pod template that
+//! `manifests/overlays/indexed-workers-classic` renders (podman 4.3 runs no native sidecars, so
+//! the classic-sidecar variant), with Periscope's real image (built and checked by
+//! `images/check`) in every Periscope container, against moto (S3) and MariaDB on this machine.
 //!
 //! What the test changes in the template, as the Job controller or this machine requires: each
 //! pod gets its name, `JOB_COMPLETION_INDEX` in every container (the Job controller sets it) and
-//! host networking (to reach the servers on 127.0.0.1), so the sidecar's ports are moved to free
+//! host networking (to reach the servers on 127.0.0.1), so the sidecars' ports are moved to free
 //! ones; the images are local (the training image is busybox, standing in for python, running
 //! `sh train.sh` from the localized code); `spec.nodeName`, which podman does not fill in, and
-//! the ConfigMap and Secrets become plain env (the
-//! source and storage point at moto, the metastore at MariaDB); the git Secret volume and the
-//! resource limits are left out (no git source; cgroup limits need a delegated cgroup here).
+//! the ConfigMap and Secrets become plain env (the source and storage point at moto, the
+//! metastore at MariaDB); the git Secret volume and the resource limits are left out (no git
+//! source; cgroup limits need a delegated cgroup here); each pod's emptyDir volumes get names of
+//! their own (podman makes an emptyDir a named volume, which every pod naming it would share). The
+//! training containers also mount a host folder (a hostPath volume) where each says it started.
+//!
+//! The pods overlap, and the test fails if they ran one after the other: each training script
+//! waits (60 s at most, else it exits 7) until the other worker's has started, and podman's
+//! record of the two training containers' start and end times must overlap. Worker 1 then exits
+//! 3 at once; worker 0 exits 0 only once worker 1's sidecar has ended (its probes port closes
+//! after it stored the failure), so worker 0's success is the last status the metastore gets, and
+//! the experiment must still end Failed.
 //!
 //! Checked: the code was localized into `/code` (the command ran from it); each worker's logs,
-//! tf.events and metric rows are stored apart; the exit code becomes the run's status; every
-//! container ends (the sidecar's drain completes and it exits 0).
+//! tf.events and metric rows are stored apart; a failed worker fails the experiment; every
+//! container ends (each sidecar's drain completes and it exits 0).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -156,8 +166,44 @@ fn rendered_job() -> Value {
     job
 }
 
-/// Pod `index` of the Job, changed as the module docs say.
-fn pod(job: &Value, index: u32, env: &[(String, String)]) -> (String, Value) {
+/// A sidecar's ports on the host network.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    probes: u16,
+    mlflow: u16,
+}
+
+/// Distinct free ports for `n` pods' sidecars.
+fn ports(n: usize) -> Vec<Ports> {
+    let mut taken = std::collections::BTreeSet::new();
+    let mut free = || loop {
+        let port = free_port();
+        if taken.insert(port) {
+            return port;
+        }
+    };
+    (0..n)
+        .map(|_| Ports {
+            probes: free(),
+            mlflow: free(),
+        })
+        .collect()
+}
+
+/// The host folder the training containers mount.
+const RENDEZVOUS: &str = "/rendezvous";
+
+/// Pod `index` of the Job, changed as the module docs say; its sidecar listens on `own`, and
+/// its training container gets the other worker's probes port as `PEER_PROBES` and the host
+/// folder `rendezvous` at [`RENDEZVOUS`].
+fn pod(
+    job: &Value,
+    index: u32,
+    env: &[(String, String)],
+    own: Ports,
+    peer: Ports,
+    rendezvous: &Path,
+) -> (String, Value) {
     assert_eq!(job["spec"]["completionMode"], "Indexed");
     assert!(job["spec"]["completions"].as_u64().unwrap() >= 2);
     let job_name = job["metadata"]["name"].as_str().unwrap();
@@ -166,7 +212,16 @@ fn pod(job: &Value, index: u32, env: &[(String, String)]) -> (String, Value) {
     spec["hostNetwork"] = json!(true);
     let volumes = spec["volumes"].as_array_mut().unwrap();
     volumes.retain(|v| v.get("secret").is_none());
-    let (probes, mlflow) = (free_port(), free_port());
+    // podman makes an emptyDir a named volume of the same name, which two pods would share.
+    let mut renamed = std::collections::BTreeMap::new();
+    for v in volumes.iter_mut().filter(|v| v.get("emptyDir").is_some()) {
+        let own = format!("{name}-{}", v["name"].as_str().unwrap());
+        renamed.insert(v["name"].as_str().unwrap().to_string(), own.clone());
+        v["name"] = json!(own);
+    }
+    volumes.push(json!({"name": "rendezvous", "hostPath": {
+        "path": rendezvous.to_str().unwrap(), "type": "Directory"}}));
+    let Ports { probes, mlflow } = own;
     let mut env: Vec<Value> = env
         .iter()
         .map(|(k, v)| json!({"name": k, "value": v}))
@@ -181,6 +236,11 @@ fn pod(job: &Value, index: u32, env: &[(String, String)]) -> (String, Value) {
             c.as_object_mut().unwrap().remove("envFrom");
             let mounts = c["volumeMounts"].as_array_mut().unwrap();
             mounts.retain(|m| m["name"] != "git");
+            for m in mounts.iter_mut() {
+                if let Some(own) = renamed.get(m["name"].as_str().unwrap()) {
+                    m["name"] = json!(own);
+                }
+            }
             let mut own: Vec<Value> = Vec::new();
             for e in c["env"].as_array().cloned().unwrap_or_default() {
                 if e["valueFrom"].get("secretKeyRef").is_some() {
@@ -206,12 +266,16 @@ fn pod(job: &Value, index: u32, env: &[(String, String)]) -> (String, Value) {
                 .flatten()
                 .map(|a| a.as_str().unwrap().to_string())
                 .collect();
+            // The probes' and the endpoint's addresses, whichever host the manifest names: the
+            // pods share the host's network.
             let mut mapped = Vec::new();
             for a in args {
-                mapped.push(match a.as_str() {
-                    "0.0.0.0:9090" => format!("127.0.0.1:{probes}"),
-                    "127.0.0.1:5000" => format!("127.0.0.1:{mlflow}"),
-                    _ => a,
+                mapped.push(if a.ends_with(":9090") {
+                    format!("127.0.0.1:{probes}")
+                } else if a.ends_with(":5000") {
+                    format!("127.0.0.1:{mlflow}")
+                } else {
+                    a
                 });
             }
             if !mapped.is_empty() {
@@ -223,6 +287,14 @@ fn pod(job: &Value, index: u32, env: &[(String, String)]) -> (String, Value) {
                 let dashes = command.iter().position(|a| a == "--").unwrap();
                 command.truncate(dashes + 1);
                 command.extend([json!("sh"), json!("train.sh")]);
+                c["volumeMounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "rendezvous", "mountPath": RENDEZVOUS}));
+                c["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "PEER_PROBES", "value": peer.probes.to_string()}));
             }
         }
     }
@@ -262,24 +334,50 @@ impl Drop for Played {
     }
 }
 
-/// Plays a pod and waits until every container ended; returns each container's exit code and
-/// logs.
-fn play(work: &Path, name: &str, pod: &Value) -> (Played, Vec<(String, i64, String)>) {
-    let file = work.join(format!("{name}.yaml"));
-    std::fs::write(&file, serde_yaml::to_string(pod).unwrap()).unwrap();
-    let _ = podman(&["pod", "rm", "-f", name]);
+/// How a container ended: its name, exit code, logs, and when it ran (ns since the epoch).
+struct Ended {
+    container: String,
+    code: i64,
+    logs: String,
+    ran: std::ops::Range<i64>,
+}
+
+/// Plays `pods` with one `podman kube play` and waits until every container of each ended;
+/// returns how each pod's containers ended.
+fn play(work: &Path, pods: &[(String, Value)]) -> (Vec<Played>, Vec<Vec<Ended>>) {
+    let file = work.join("pods.yaml");
+    let mut yaml = String::new();
+    for (_, pod) in pods {
+        yaml.push_str("---\n");
+        yaml.push_str(&serde_yaml::to_string(pod).unwrap());
+    }
+    std::fs::write(&file, yaml).unwrap();
+    // What an earlier run that was killed may have left: its pods and their emptyDir volumes.
+    for (name, pod) in pods {
+        let _ = podman(&["pod", "rm", "-f", name]);
+        for v in pod["spec"]["volumes"].as_array().unwrap() {
+            if v.get("emptyDir").is_some() {
+                let _ = podman(&["volume", "rm", "-f", v["name"].as_str().unwrap()]);
+            }
+        }
+    }
     let out = podman(&["kube", "play", file.to_str().unwrap()]);
-    let played = Played(name.to_string());
+    let played: Vec<Played> = pods.iter().map(|(n, _)| Played(n.clone())).collect();
     assert!(
         out.status.success(),
         "podman kube play: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let containers: Vec<String> = pod["spec"]["containers"]
-        .as_array()
-        .unwrap()
+    let containers: Vec<Vec<String>> = pods
         .iter()
-        .map(|c| format!("{name}-{}", c["name"].as_str().unwrap()))
+        .map(|(name, pod)| {
+            pod["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| format!("{name}-{}", c["name"].as_str().unwrap()))
+                .collect()
+        })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     let state = |c: &str| {
@@ -287,7 +385,8 @@ fn play(work: &Path, name: &str, pod: &Value) -> (Played, Vec<(String, i64, Stri
             "inspect",
             c,
             "--format",
-            "{{.State.Status}} {{.State.ExitCode}}",
+            "{{.State.Status}} {{.State.ExitCode}} {{.State.StartedAt.UnixNano}} \
+             {{.State.FinishedAt.UnixNano}}",
         ]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
@@ -299,21 +398,32 @@ fn play(work: &Path, name: &str, pod: &Value) -> (Played, Vec<(String, i64, Stri
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    while !containers.iter().all(|c| state(c).starts_with("exited")) {
+    let all = containers.concat();
+    while !all.iter().all(|c| state(c).starts_with("exited")) {
         if Instant::now() > deadline {
-            let all: Vec<String> = containers
+            let said: Vec<String> = all
                 .iter()
                 .map(|c| format!("{c}: {}\n{}", state(c), logs(c)))
                 .collect();
-            panic!("pod {name} did not end:\n{}", all.join("\n"));
+            panic!("the pods did not end:\n{}", said.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let ended = containers
         .iter()
-        .map(|c| {
-            let code = state(c).split(' ').nth(1).unwrap().parse().unwrap();
-            (c.clone(), code, logs(c))
+        .map(|pod| {
+            pod.iter()
+                .map(|c| {
+                    let state = state(c);
+                    let field = |n: usize| state.split(' ').nth(n).unwrap().parse().unwrap();
+                    Ended {
+                        container: c.clone(),
+                        code: field(1),
+                        logs: logs(c),
+                        ran: field(2)..field(3),
+                    }
+                })
+                .collect()
         })
         .collect();
     (played, ended)
@@ -339,6 +449,28 @@ for try in $(seq 100); do
 done
 post runs/log-metric \"{\\\"run_id\\\":\\\"$run\\\",\\\"key\\\":\\\"posted\\\",\\\"value\\\":$i,\\\"timestamp\\\":1700000000000,\\\"step\\\":$i}\" >/dev/null
 echo
+# Both workers run at once: each says it started (its sidecar answers) in the folder both pods
+# mount, and waits, 60 s at most, until the other has.
+peer=$((1 - i))
+touch /rendezvous/started-$i
+for try in $(seq 600); do
+  [ -e /rendezvous/started-$peer ] && break
+  sleep 0.1
+done
+[ -e /rendezvous/started-$peer ] || { echo \"worker $peer did not start within 60 s\" >&2; exit 7; }
+echo \"worker $i saw worker $peer start\"
+# Worker 1 fails at once. Worker 0 succeeds once worker 1's sidecar has ended (its probes port
+# closes once it stored the failure), 120 s at most, so its success comes last.
+if [ $i = 0 ]; then
+  for try in $(seq 1200); do
+    wget -q -O /dev/null \"http://127.0.0.1:$PEER_PROBES/metrics\" 2>/dev/null || break
+    sleep 0.1
+  done
+  if wget -q -O /dev/null \"http://127.0.0.1:$PEER_PROBES/metrics\" 2>/dev/null; then
+    echo \"worker $peer's sidecar did not end within 120 s\" >&2
+    exit 8
+  fi
+fi
 exit $((i * 3))
 ";
     s3.put(BUCKET, "code/train.sh", train.as_bytes());
@@ -406,31 +538,57 @@ fn two_indexed_job_pods_run_by_podman_store_their_work_apart() {
         .trim()
         .to_string()
     };
-    // One pod after the other: the experiment's status is the last worker's (see Known gaps).
-    for index in 0..2u32 {
-        let (name, pod) = pod(&job, index, &env);
-        let (_played, ended) = play(work.path(), &name, &pod);
-        let all: String = ended
+    // Both pods at once, with a host folder both training containers mount (writable by the
+    // pods' non-root user).
+    let rendezvous = work.path().join("rendezvous");
+    std::fs::create_dir(&rendezvous).unwrap();
+    std::fs::set_permissions(&rendezvous, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ports = ports(2);
+    let pods: Vec<(String, Value)> = (0..2u32)
+        .map(|i| {
+            let (own, peer) = (ports[i as usize], ports[1 - i as usize]);
+            pod(&job, i, &env, own, peer, &rendezvous)
+        })
+        .collect();
+    let (_played, ended) = play(work.path(), &pods);
+    let all: String = ended
+        .iter()
+        .flatten()
+        .map(|e| format!("--- {} exited {}\n{}\n", e.container, e.code, e.logs))
+        .collect();
+    let ran = |index: usize, container: &str| {
+        let e = ended[index]
             .iter()
-            .map(|(c, code, logs)| format!("--- {c} exited {code}\n{logs}\n"))
-            .collect();
-        for (container, code, logs) in &ended {
-            let expected = if container.ends_with("-training") {
-                i64::from(index * 3)
+            .find(|e| e.container.ends_with(container));
+        e.unwrap().ran.clone()
+    };
+    for (index, pod) in ended.iter().enumerate() {
+        for e in pod {
+            let expected = if e.container.ends_with("-training") {
+                index as i64 * 3
             } else {
                 0
             };
-            assert_eq!(*code, expected, "{container}\n{all}");
-            if container.ends_with("-periscope-sidecar") {
+            assert_eq!(e.code, expected, "{}\n{all}", e.container);
+            if e.container.ends_with("-periscope-sidecar") {
                 assert!(
-                    logs.contains(&format!("worker-{index}")) && logs.contains("drained"),
+                    e.logs.contains(&format!("worker-{index}")) && e.logs.contains("drained"),
                     "{all}"
                 );
             }
         }
-        let expected = if index == 0 { "Succeeded" } else { "Failed" };
-        assert_eq!(status(), expected, "{all}");
     }
+    // As podman recorded them: each training container started before the other ended, and
+    // worker 0's ended after worker 1's sidecar (which stored Failed before it ended).
+    let (w0, w1) = (ran(0, "-training"), ran(1, "-training"));
+    assert!(
+        w0.start < w1.end && w1.start < w0.end,
+        "the training containers did not overlap: {w0:?} and {w1:?}\n{all}"
+    );
+    let w1_sidecar = ran(1, "-periscope-sidecar");
+    assert!(w1_sidecar.end < w0.end, "{w1_sidecar:?} {w0:?}\n{all}");
+    // Worker 0's success came last, and the experiment stays Failed.
+    assert_eq!(status(), "Failed", "{all}");
 
     // Each worker's logs, read back from S3 with the real binary.
     let cat = |worker: &str, log: &str| {
@@ -443,7 +601,8 @@ fn two_indexed_job_pods_run_by_podman_store_their_work_apart() {
         let worker = format!("worker-{i}");
         let stdout = cat(&worker, "stdout.log");
         assert!(
-            stdout.starts_with(&format!("worker {i} trains in /code/training-job\n")),
+            stdout.starts_with(&format!("worker {i} trains in /code/training-job\n"))
+                && stdout.contains(&format!("worker {i} saw worker {} start\n", 1 - i)),
             "{stdout}"
         );
         assert_eq!(cat(&worker, "stderr.log"), format!("worker {i} warns\n"));

@@ -42,13 +42,18 @@ impl MetricsSetup {
     /// stopping when `exit-code` appears, with no metastore setting inherited (the test adds
     /// its own) and stderr piped.
     pub fn sidecar(&self, experiment: &str) -> Command {
+        self.sidecar_as(experiment, "worker-0")
+    }
+
+    /// The same for `worker`.
+    pub fn sidecar_as(&self, experiment: &str, worker: &str) -> Command {
         let mut cmd = super::periscope();
         cmd.arg("sidecar")
             .arg("--storage")
             .arg(format!("file://{}", self.path("store").display()))
             .arg("--state-dir")
             .arg(self.path("state"))
-            .args(["--experiment-id", experiment, "--worker", "worker-0"])
+            .args(["--experiment-id", experiment, "--worker", worker])
             .arg("--metrics-file")
             .arg(self.path("metrics.jsonl"))
             .arg("--tfevents")

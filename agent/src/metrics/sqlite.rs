@@ -9,6 +9,10 @@
 //!   as they are (SQLite's REAL holds them).
 //! * `timestamp` and the experiment times are `YYYY-MM-DD HH:MM:SS.mmm` in UTC (`DATETIME(3)`).
 //! * `param`: primary key (`id`, `key`, `worker_index`); the first value wins.
+//! * `experiment_status` is the experiment's, which all its workers share: `Running` replaces
+//!   any status (a worker starts, or a failed one runs again), a final status sets
+//!   `finished_time`, and `Succeeded` never replaces `Failed`, so a failed worker fails the
+//!   experiment whichever worker ends last.
 //!
 //! A script's MLflow runs (made through the endpoint) also get tables of Periscope's own, since
 //! Submarine's have no place for them: `mlflow_run` (one row per run: its worker_index, names,
@@ -323,23 +327,8 @@ impl SqliteStore {
                         }
                     }
                     Change::Status { status, at } => {
-                        let sql = match status {
-                            RunStatus::Running => {
-                                "UPDATE experiment SET experiment_status = 'Running', \
-                                 running_time = COALESCE(running_time, ?2), finished_time = NULL, \
-                                 update_time = ?2 WHERE id = ?1"
-                            }
-                            RunStatus::Succeeded | RunStatus::Failed => {
-                                "UPDATE experiment SET experiment_status = ?3, \
-                                 finished_time = ?2, update_time = ?2 WHERE id = ?1"
-                            }
-                        };
-                        if matches!(status, RunStatus::Running) {
-                            tx.execute(sql, params![experiment, at])
-                        } else {
-                            tx.execute(sql, params![experiment, at, status.as_submarine()])
-                        }
-                        .map_err(sql_err(&path, "update the experiment status"))?;
+                        set_status(&tx, experiment, status, &at)
+                            .map_err(sql_err(&path, "update the experiment status"))?;
                     }
                 }
             }
@@ -539,6 +528,34 @@ impl SqliteStore {
         rows.collect::<Result<_, _>>()
             .map_err(sql_err(&self.path, "read params"))
     }
+}
+
+/// Sets the experiment's status to `status` at `at`. The experiment is every worker's:
+/// `Running` (a worker starting, or a failed one restarted) replaces any status; a final status
+/// sets `finished_time`, but `Succeeded` never replaces `Failed`, so a failed worker fails the
+/// experiment whichever worker ends last. Each statement leaves the same row when run again.
+fn set_status(
+    tx: &rusqlite::Transaction<'_>,
+    experiment: &str,
+    status: RunStatus,
+    at: &str,
+) -> rusqlite::Result<()> {
+    let sql = match status {
+        RunStatus::Running => {
+            "UPDATE experiment SET experiment_status = 'Running', \
+             running_time = COALESCE(running_time, ?2), finished_time = NULL, update_time = ?2 \
+             WHERE id = ?1"
+        }
+        RunStatus::Failed => {
+            "UPDATE experiment SET experiment_status = 'Failed', finished_time = ?2, \
+             update_time = ?2 WHERE id = ?1"
+        }
+        RunStatus::Succeeded => {
+            "UPDATE experiment SET experiment_status = 'Succeeded', finished_time = ?2, \
+             update_time = ?2 WHERE id = ?1 AND experiment_status IS NOT 'Failed'"
+        }
+    };
+    tx.execute(sql, params![experiment, at]).map(drop)
 }
 
 /// Records an item of a script's run in Periscope's own tables (nothing for other items). Every
@@ -746,5 +763,51 @@ mod tests {
         let e = &store.experiments().unwrap()[0];
         assert_eq!(e.status.as_deref(), Some("Failed"));
         assert_eq!(e.finished_time.as_deref(), Some("1970-01-01 00:00:05.000"));
+    }
+
+    /// The experiment's status, running_time and finished_time after each status (at whole
+    /// seconds), one batch each, in this order, in a fresh store.
+    fn after(statuses: &[(RunStatus, u32)]) -> [Option<String>; 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("m.db")).unwrap();
+        for &(status, seconds) in statuses {
+            let at_ms = i64::from(seconds) * 1000;
+            store.apply("e", &[Item::Status { status, at_ms }]).unwrap();
+        }
+        let e = store.experiments().unwrap().remove(0);
+        [e.status, e.running_time, e.finished_time]
+    }
+
+    /// What [`after`] returns: `status`, run at 1 s, finished at `finished` s.
+    fn row(status: &str, finished: Option<u32>) -> [Option<String>; 3] {
+        let at = |s: u32| Some(format!("1970-01-01 00:00:{s:02}.000"));
+        [Some(status.into()), at(1), finished.and_then(at)]
+    }
+
+    #[test]
+    fn a_failed_worker_fails_the_experiment_whichever_worker_ends_last() {
+        use RunStatus::{Failed, Running, Succeeded};
+        // Worker 1 fails first, worker 0 succeeds after (its batch delivered twice): the
+        // failure's time stays.
+        let statuses = [
+            (Running, 1),
+            (Running, 2),
+            (Failed, 5),
+            (Succeeded, 7),
+            (Succeeded, 7),
+        ];
+        assert_eq!(after(&statuses), row("Failed", Some(5)));
+        // Worker 0 succeeds first, worker 1 fails after (its batch delivered twice).
+        let statuses = [(Running, 1), (Succeeded, 5), (Failed, 7), (Failed, 7)];
+        assert_eq!(after(&statuses), row("Failed", Some(7)));
+    }
+
+    #[test]
+    fn a_failed_worker_that_runs_again_and_succeeds_ends_the_experiment_succeeded() {
+        use RunStatus::{Failed, Running, Succeeded};
+        let again = [(Running, 1), (Failed, 5), (Running, 6)];
+        assert_eq!(after(&again), row("Running", None));
+        let succeeded = [(Running, 1), (Failed, 5), (Running, 6), (Succeeded, 9)];
+        assert_eq!(after(&succeeded), row("Succeeded", Some(9)));
     }
 }

@@ -78,7 +78,8 @@ pub enum Change<'a> {
         from_step: i64,
     },
     /// Set `experiment_status`; `Running` also sets `running_time` once and clears
-    /// `finished_time`, a final status sets `finished_time`.
+    /// `finished_time`, a final status sets `finished_time`. `Succeeded` never replaces `Failed`
+    /// (the experiment is every worker's: a failed worker fails it).
     Status { status: RunStatus, at: String },
 }
 

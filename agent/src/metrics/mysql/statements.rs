@@ -5,7 +5,8 @@
 //! Each batch becomes: the experiment row (created when missing, never changed beyond its status
 //! and times), then multi-row inserts that skip rows whose primary key exists (`ON DUPLICATE KEY
 //! UPDATE id = id`: the first value wins, so a redelivered batch adds nothing), purges and status
-//! updates, in queue order. The mapping from items to rows is [`crate::metrics::submarine`]'s,
+//! updates, in queue order. A worker's `Succeeded` never replaces another's `Failed` (see
+//! [`status_update`]). The mapping from items to rows is [`crate::metrics::submarine`]'s,
 //! shared with the SQLite metastore.
 //!
 //! MySQL's `FLOAT` cannot hold ±Infinity: they are stored as ±3.402823466e38 (`FLOAT`'s largest
@@ -116,26 +117,39 @@ pub fn statements(experiment: &str, items: &[Item], now: &str) -> Vec<Statement>
             Change::Status { status, at } => {
                 metrics.flush(&mut out);
                 params.flush(&mut out);
-                out.push(match status {
-                    RunStatus::Running => Statement {
-                        sql: "UPDATE experiment SET experiment_status = ?, running_time = \
-                              COALESCE(running_time, ?), finished_time = NULL WHERE id = ?"
-                            .into(),
-                        params: vec![status.as_submarine().into(), at.into(), id.clone()],
-                    },
-                    RunStatus::Succeeded | RunStatus::Failed => Statement {
-                        sql: "UPDATE experiment SET experiment_status = ?, finished_time = ? \
-                              WHERE id = ?"
-                            .into(),
-                        params: vec![status.as_submarine().into(), at.into(), id.clone()],
-                    },
-                });
+                out.push(status_update(status, at, &id));
             }
         }
     }
     metrics.flush(&mut out);
     params.flush(&mut out);
     out
+}
+
+/// The statement that sets the experiment's status to `status` at `at`. The experiment is every
+/// worker's: `Running` (a worker starts, or a failed one runs again) replaces any status; a final
+/// status sets `finished_time`, but `Succeeded` never replaces `Failed`, so a failed worker fails
+/// the experiment whichever worker ends last. Each statement leaves the same row when run again.
+fn status_update(status: RunStatus, at: String, id: &Value) -> Statement {
+    let mut params = vec![status.as_submarine().into(), at.into(), id.clone()];
+    let sql = match status {
+        RunStatus::Running => {
+            "UPDATE experiment SET experiment_status = ?, running_time = COALESCE(running_time, ?), \
+             finished_time = NULL WHERE id = ?"
+        }
+        RunStatus::Failed => {
+            "UPDATE experiment SET experiment_status = ?, finished_time = ? WHERE id = ?"
+        }
+        RunStatus::Succeeded => {
+            params.push(RunStatus::Failed.as_submarine().into());
+            "UPDATE experiment SET experiment_status = ?, finished_time = ? WHERE id = ? \
+             AND NOT (experiment_status <=> ?)"
+        }
+    };
+    Statement {
+        sql: sql.into(),
+        params,
+    }
 }
 
 /// A multi-row `INSERT … ON DUPLICATE KEY UPDATE id = id` being built. Invariant: `params` holds
@@ -296,6 +310,26 @@ mod tests {
                 st.sql
             );
         }
+    }
+
+    #[test]
+    fn only_succeeded_keeps_a_failed_status() {
+        let at = |status| Item::Status {
+            status,
+            at_ms: 5000,
+        };
+        let items = [
+            at(RunStatus::Running),
+            at(RunStatus::Failed),
+            at(RunStatus::Succeeded),
+        ];
+        let got = statements("e", &items, "2026-01-01 00:00:00.000");
+        let time = s("1970-01-01 00:00:05.000");
+        assert!(!got[1].sql.contains("<=>") && !got[2].sql.contains("<=>"));
+        assert!(got[3]
+            .sql
+            .ends_with("WHERE id = ? AND NOT (experiment_status <=> ?)"));
+        assert_eq!(got[3].params, [s("Succeeded"), time, s("e"), s("Failed")]);
     }
 
     #[test]
