@@ -4,7 +4,9 @@ one MLflow server and one S3 server (moto). See bench/fleet/README.md for what i
 Usage (from bench/fleet/run): bench.py PERISCOPE MOTO_SERVER MLFLOW DDL WORK
 Environment: FLEET_SIZES (default "10 50 100 200"), FLEET_SECONDS (load per size, default 30),
 FLEET_BACKENDS (default "mariadb mlflow"), FLEET_MLFLOW_SIZES (default "10 50"), FLEET_OUTAGE_N
-(sidecars in the outage run, default 50; 0 skips it), FLEET_OUTAGE_SECONDS (default 60).
+(sidecars in the outage run, default 50; 0 skips it), FLEET_OUTAGE_SECONDS (default 60),
+FLEET_CATCHUP_SECONDS (how long the metastore may take to show every metric after the load, and
+the sidecars' drain timeout; default 600).
 """
 import http.client
 import json
@@ -26,6 +28,7 @@ BACKENDS = os.environ.get("FLEET_BACKENDS", "mariadb mlflow").split()
 MLFLOW_SIZES = [int(n) for n in os.environ.get("FLEET_MLFLOW_SIZES", "10 50").split()]
 OUTAGE_N = int(os.environ.get("FLEET_OUTAGE_N", "50"))
 OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "60"))
+CATCHUP_SECONDS = float(os.environ.get("FLEET_CATCHUP_SECONDS", "600"))
 PER_BATCH = 100          # metrics per log-batch: one batch per sidecar per second = 100 metrics/s
 LOG_BYTES = 10 * 1024    # log bytes per sidecar per second
 TICK = os.sysconf("SC_CLK_TCK")
@@ -69,7 +72,7 @@ class Sidecar:
              "--state-dir", os.path.join(self.dir, "state"), "--code-dir", os.path.join(self.dir, "code"),
              "--exit-when-file", os.path.join(self.dir, "exit-code"),
              "--listen", "127.0.0.1:0", "--mlflow-listen", f"127.0.0.1:{self.port}",
-             "--drain-timeout", "600", "--log-level", "warn"],
+             "--drain-timeout", str(CATCHUP_SECONDS), "--log-level", "warn"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
         self.conn = None
         self.run_id = None     # the endpoint's run, started as mlflow.start_run does
@@ -264,7 +267,7 @@ def fleet_run(backend, n, metastore, env, db=None, mlflow=None, outage=0.0):
     sent = sum(s.sent for s in fleet) * PER_BATCH
     # Wait for every acknowledged metric to be visible (the queues drain), at most 10 minutes.
     stop_at = time.monotonic()
-    while visible.rows < sent and time.monotonic() - stop_at < 600:
+    while visible.rows < sent and time.monotonic() - stop_at < CATCHUP_SECONDS:
         time.sleep(0.25)
     caught_up = time.monotonic()
     for s in fleet:
