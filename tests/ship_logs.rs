@@ -638,7 +638,12 @@ fn folder_sidecar(root: &Path, glob: &str) -> Sidecar {
 
 /// The sidecar for a glob that matches `app.log` and every rotated name of it.
 fn rotation_sidecar(root: &Path) -> Sidecar {
-    folder_sidecar(root, &format!("{}/app.log*", root.join("logs").display()))
+    logs_sidecar(root, "app.log*")
+}
+
+/// A [`folder_sidecar`] for `pattern` in the folder `root/logs`.
+fn logs_sidecar(root: &Path, pattern: &str) -> Sidecar {
+    folder_sidecar(root, &format!("{}/{pattern}", root.join("logs").display()))
 }
 
 /// Compares what `logs cat` gave with what was written, line by line, naming lines lost and
@@ -897,6 +902,14 @@ fn logrotate_with_kill9_between_rotations_stores_every_line_once() {
     rotate_under_the_sidecar(&["rotate 5", "copytruncate", "compress"], true);
 }
 
+/// A 4 KiB banner (longer than the fingerprint) an application writes first in every file.
+fn long_banner() -> Vec<u8> {
+    let mut banner = b"=== training job: model resnet50, 8 GPUs, config ".to_vec();
+    banner.extend(std::iter::repeat_n(b'=', 4096 - banner.len() - 1));
+    banner.push(b'\n');
+    banner
+}
+
 /// Every generation starts with the same 4 KiB banner (longer than the fingerprint). While the
 /// sidecar is down, copytruncate rotates the log and the application writes more than was read
 /// before: the file keeps its inode, its size and its first KiB. Only its bytes past the banner
@@ -905,13 +918,10 @@ fn logrotate_with_kill9_between_rotations_stores_every_line_once() {
 fn generations_sharing_a_banner_are_told_apart_across_kill9_and_copytruncate() {
     let dir = tempfile::tempdir().unwrap();
     let sc = rotation_sidecar(dir.path());
-    let mut banner = b"=== training job: model resnet50, 8 GPUs, config ".to_vec();
-    banner.extend(std::iter::repeat_n(b'=', 4096 - banner.len() - 1));
-    banner.push(b'\n');
     let mut log = RotatedLog::new(
         dir.path(),
         &["rotate 3", "copytruncate", "compress"],
-        Some(banner),
+        Some(long_banner()),
     );
     let mut child = sc.spawn();
     log.write_lines(2000);
@@ -988,6 +998,45 @@ fn logrotate_extension_names_first_seen_at_start_are_stored_once() {
     );
 }
 
+/// At start, `app.log` holds only the banner its rotated copy `app.1.log` (which sorts before it)
+/// starts with: it is the log, not a copy of `app.1.log` being written.
+#[test]
+fn a_log_holding_only_its_banner_at_start_is_not_taken_for_a_copy_of_its_rotated_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = logs_sidecar(dir.path(), "app*.log*");
+    let options = [
+        "rotate 3",
+        "copytruncate",
+        "compress",
+        "delaycompress",
+        "extension .log",
+    ];
+    let mut log = RotatedLog::new(dir.path(), &options, Some(long_banner()));
+    for _ in 0..2 {
+        log.write_lines(1000);
+        log.rotate();
+    }
+    let rotated = fs::read(log.dir.join("app.1.log")).unwrap();
+    let since = log.written.len() - long_banner().len();
+    let mut child = sc.spawn();
+    // Long enough for the sidecar to see the log holding only its banner.
+    thread::sleep(Duration::from_millis(500));
+    log.write_lines(2000);
+    thread::sleep(Duration::from_millis(500));
+    let drain = kill_and_drain(&sc, &mut child);
+    for (name, written) in [("app.log", &log.written[since..]), ("app.1.log", &rotated)] {
+        let stored = logs_cat_path(&sc.storage, &[], &format!("worker-0/logs/{name}"), None);
+        if stored != *written {
+            eprintln!(
+                "{name}: {:#?}\nsidecar said:\n{}\n{drain}",
+                logs_ls_json(&sc.storage),
+                fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+            );
+        }
+        assert_same_lines(&stored, written);
+    }
+}
+
 /// Rotates `app.log` twice with `options` before the sidecar (storing what `glob`, in the logs
 /// folder, matches) starts, then six times under it. Every line written since the start is in
 /// `logs cat …/app.log` once, the bytes stored under all names add up to the bytes written, and
@@ -995,10 +1044,7 @@ fn logrotate_extension_names_first_seen_at_start_are_stored_once() {
 /// byte for byte, the newest generation of its name.
 fn rotations_before_and_under_the_sidecar(options: &[&str], glob: &str, rotated: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let sc = folder_sidecar(
-        dir.path(),
-        &format!("{}/{glob}", dir.path().join("logs").display()),
-    );
+    let sc = logs_sidecar(dir.path(), glob);
     let mut log = RotatedLog::new(dir.path(), options, None);
     for _ in 0..2 {
         log.write_lines(1000);
@@ -1134,10 +1180,7 @@ fn probe_port(sc: &Sidecar) -> u16 {
 #[test]
 fn a_full_state_folder_makes_log_uploads_wait_until_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let sc = folder_sidecar(
-        dir.path(),
-        &format!("{}/app.log", dir.path().join("logs").display()),
-    );
+    let sc = logs_sidecar(dir.path(), "app.log");
     fs::create_dir_all(&sc.state).unwrap();
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])

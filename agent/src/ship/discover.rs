@@ -13,8 +13,9 @@
 //! file is a regular file inside the base, so a link swapped in after the walk gains nothing.
 //!
 //! A glob may match a log's rotated names too: [`is_rotated_name`] tells which names rotation
-//! gives a log.
+//! gives a log, and [`sort_logs_first`] puts a log before them.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -260,6 +261,26 @@ pub fn is_rotated_name(name: &str, log: &str) -> bool {
     name.starts_with(log) || extension_form_logs(name).any(|l| l == log)
 }
 
+/// Sorts matched files so that a log comes before its rotated names: by name (`app.log` before
+/// `app.log.1`), except that a name in `extension` form of another name matched in its folder
+/// (`app.1.log`, which sorts before `app.log`) comes after every other name.
+pub fn sort_logs_first<T>(found: &mut [T], logical: impl Fn(&T) -> &str) {
+    let all: HashSet<String> = found.iter().map(|f| logical(f).to_string()).collect();
+    found.sort_by_cached_key(|f| {
+        let path = logical(f);
+        let (folder, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let rotated = extension_form_logs(name).any(|l| {
+            let log = if folder.is_empty() {
+                l
+            } else {
+                format!("{folder}/{l}")
+            };
+            all.contains(&log)
+        });
+        (rotated, path.to_string())
+    });
+}
+
 /// The log names whose rotated name `name` may be in logrotate's `extension` form: `<stem>`, then
 /// a marker (`.`, `-` or `_`, then digits and those separators: a number or a date), then the
 /// log's extension, maybe followed by a compression's. `app.2.log.gz` gives `app.log` and
@@ -370,6 +391,36 @@ mod tests {
         ] {
             assert!(!is_rotated_name(name, log), "{name} of {log}");
         }
+    }
+
+    #[test]
+    fn a_log_sorts_before_its_rotated_names() {
+        let mut found = vec![
+            "app.2.log.gz",
+            "a/app.1.log",
+            "app.1.log",
+            "app.log.1",
+            "a/app.log",
+            "app.log",
+            "app-20261206.log",
+            "b.1.log",
+            "app.2026.txt",
+        ];
+        sort_logs_first(&mut found, |f| f);
+        assert_eq!(
+            found,
+            vec![
+                "a/app.log",
+                "app.2026.txt",
+                "app.log",
+                "app.log.1",
+                "b.1.log",
+                "a/app.1.log",
+                "app-20261206.log",
+                "app.1.log",
+                "app.2.log.gz",
+            ]
+        );
     }
 
     #[test]

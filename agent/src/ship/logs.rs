@@ -451,8 +451,8 @@ impl LogShipper {
         for r in refused {
             self.refused(r);
         }
-        // In name order: a log comes before its rotated names (app.log before app.log.1).
-        found.sort_by(|a, b| a.1.logical.cmp(&b.1.logical));
+        // A log comes before its rotated names (app.log before app.log.1 and app.1.log).
+        discover::sort_logs_first(&mut found, |f| &f.1.logical);
         let mut seen: HashSet<FileId> = HashSet::new();
         let mut seen_names: HashSet<String> = HashSet::new();
         for (g, f) in found {
