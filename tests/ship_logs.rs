@@ -518,6 +518,8 @@ struct RotatedLog {
     conf: PathBuf,
     state: PathBuf,
     reopen: bool,
+    /// `dateext` with seconds in `dateformat`: rotations are a second apart, so names differ.
+    dated: bool,
     banner: Option<Vec<u8>>,
     file: File,
     written: Vec<u8>,
@@ -554,6 +556,7 @@ impl RotatedLog {
             conf,
             state: root.join("logrotate.state"),
             reopen: !options.contains(&"copytruncate"),
+            dated: options.contains(&"dateext"),
             banner,
             file,
             written: Vec::new(),
@@ -585,6 +588,9 @@ impl RotatedLog {
 
     /// `logrotate -f -s STATE CONF`, as cron would run it; then the application carries on.
     fn rotate(&mut self) {
+        if self.dated {
+            thread::sleep(Duration::from_millis(1100));
+        }
         let out = Command::new(logrotate_bin())
             .args(["-f", "-s"])
             .arg(&self.state)
@@ -632,7 +638,12 @@ fn folder_sidecar(root: &Path, glob: &str) -> Sidecar {
 
 /// The sidecar for a glob that matches `app.log` and every rotated name of it.
 fn rotation_sidecar(root: &Path) -> Sidecar {
-    folder_sidecar(root, &format!("{}/app.log*", root.join("logs").display()))
+    logs_sidecar(root, "app.log*")
+}
+
+/// A [`folder_sidecar`] for `pattern` in the folder `root/logs`.
+fn logs_sidecar(root: &Path, pattern: &str) -> Sidecar {
+    folder_sidecar(root, &format!("{}/{pattern}", root.join("logs").display()))
 }
 
 /// Compares what `logs cat` gave with what was written, line by line, naming lines lost and
@@ -891,6 +902,14 @@ fn logrotate_with_kill9_between_rotations_stores_every_line_once() {
     rotate_under_the_sidecar(&["rotate 5", "copytruncate", "compress"], true);
 }
 
+/// A 4 KiB banner (longer than the fingerprint) an application writes first in every file.
+fn long_banner() -> Vec<u8> {
+    let mut banner = b"=== training job: model resnet50, 8 GPUs, config ".to_vec();
+    banner.extend(std::iter::repeat_n(b'=', 4096 - banner.len() - 1));
+    banner.push(b'\n');
+    banner
+}
+
 /// Every generation starts with the same 4 KiB banner (longer than the fingerprint). While the
 /// sidecar is down, copytruncate rotates the log and the application writes more than was read
 /// before: the file keeps its inode, its size and its first KiB. Only its bytes past the banner
@@ -899,13 +918,10 @@ fn logrotate_with_kill9_between_rotations_stores_every_line_once() {
 fn generations_sharing_a_banner_are_told_apart_across_kill9_and_copytruncate() {
     let dir = tempfile::tempdir().unwrap();
     let sc = rotation_sidecar(dir.path());
-    let mut banner = b"=== training job: model resnet50, 8 GPUs, config ".to_vec();
-    banner.extend(std::iter::repeat_n(b'=', 4096 - banner.len() - 1));
-    banner.push(b'\n');
     let mut log = RotatedLog::new(
         dir.path(),
         &["rotate 3", "copytruncate", "compress"],
-        Some(banner),
+        Some(long_banner()),
     );
     let mut child = sc.spawn();
     log.write_lines(2000);
@@ -940,14 +956,110 @@ fn generations_sharing_a_banner_are_told_apart_across_kill9_and_copytruncate() {
 /// hold the log's bytes, and are stored once, as links.
 #[test]
 fn copies_made_at_names_first_seen_as_files_of_their_own_are_stored_once() {
+    rotations_before_and_under_the_sidecar(
+        &["rotate 3", "copytruncate"],
+        "app.log*",
+        &["app.log.1", "app.log.2", "app.log.3"],
+    );
+}
+
+/// logrotate's `extension .log` puts the number before the extension (`app.1.log`, compressed
+/// `app.1.log.gz`): those are rotated names of `app.log` too, also where the sidecar first saw
+/// them as files of their own, whether logrotate renames and compresses the log or copies it.
+#[test]
+fn logrotate_extension_names_first_seen_at_start_are_stored_once() {
+    rotations_before_and_under_the_sidecar(
+        &["rotate 3", "create", "compress", "extension .log"],
+        "app*.log*",
+        &["app.1.log.gz", "app.2.log.gz", "app.3.log.gz"],
+    );
+    rotations_before_and_under_the_sidecar(
+        &[
+            "rotate 3",
+            "copytruncate",
+            "compress",
+            "delaycompress",
+            "extension .log",
+        ],
+        "app*.log*",
+        &["app.1.log", "app.2.log.gz", "app.3.log.gz"],
+    );
+    rotations_before_and_under_the_sidecar(
+        &[
+            "rotate 3",
+            "create",
+            "compress",
+            "extension .log",
+            "dateext",
+            "dateformat -%Y%m%d-%s",
+        ],
+        "app*.log*",
+        &["app-*.log.gz"; 3],
+    );
+}
+
+/// At start, `app.log` holds only the banner its rotated copy `app.1.log` (which sorts before it)
+/// starts with: it is the log, not a copy of `app.1.log` being written.
+#[test]
+fn a_log_holding_only_its_banner_at_start_is_not_taken_for_a_copy_of_its_rotated_name() {
     let dir = tempfile::tempdir().unwrap();
-    let sc = rotation_sidecar(dir.path());
-    let mut log = RotatedLog::new(dir.path(), &["rotate 3", "copytruncate"], None);
+    let sc = logs_sidecar(dir.path(), "app*.log*");
+    let options = [
+        "rotate 3",
+        "copytruncate",
+        "compress",
+        "delaycompress",
+        "extension .log",
+    ];
+    let mut log = RotatedLog::new(dir.path(), &options, Some(long_banner()));
     for _ in 0..2 {
         log.write_lines(1000);
         log.rotate();
     }
-    let before_start = log.written.len();
+    let rotated = fs::read(log.dir.join("app.1.log")).unwrap();
+    let since = log.written.len() - long_banner().len();
+    let mut child = sc.spawn();
+    // Long enough for the sidecar to see the log holding only its banner.
+    thread::sleep(Duration::from_millis(500));
+    log.write_lines(2000);
+    thread::sleep(Duration::from_millis(500));
+    let drain = kill_and_drain(&sc, &mut child);
+    for (name, written) in [("app.log", &log.written[since..]), ("app.1.log", &rotated)] {
+        let stored = logs_cat_path(&sc.storage, &[], &format!("worker-0/logs/{name}"), None);
+        if stored != *written {
+            eprintln!(
+                "{name}: {:#?}\nsidecar said:\n{}\n{drain}",
+                logs_ls_json(&sc.storage),
+                fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+            );
+        }
+        assert_same_lines(&stored, written);
+    }
+}
+
+/// Rotates `app.log` twice with `options` before the sidecar (storing what `glob`, in the logs
+/// folder, matches) starts, then six times under it. Every line written since the start is in
+/// `logs cat …/app.log` once, the bytes stored under all names add up to the bytes written, and
+/// each rotated file on disk at the end (their names, sorted, match the patterns `rotated`) is,
+/// byte for byte, the newest generation of its name.
+fn rotations_before_and_under_the_sidecar(options: &[&str], glob: &str, rotated: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = logs_sidecar(dir.path(), glob);
+    let mut log = RotatedLog::new(dir.path(), options, None);
+    for _ in 0..2 {
+        log.write_lines(1000);
+        log.rotate();
+    }
+    // What `app.log` holds at start (maybe a banner) is stored under it; the rotated files there
+    // at start are files of their own, stored as they are (a `.gz` compressed).
+    let before_start =
+        log.written.len() - fs::metadata(log.dir.join("app.log")).unwrap().len() as usize;
+    let there_at_start: u64 = fs::read_dir(&log.dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "app.log")
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
     let started = std::time::SystemTime::now();
     let mut child = sc.spawn();
     for _ in 0..6 {
@@ -957,22 +1069,43 @@ fn copies_made_at_names_first_seen_as_files_of_their_own_are_stored_once() {
     }
     log.write_lines(500);
     thread::sleep(Duration::from_millis(500));
-    kill_and_drain(&sc, &mut child);
+    let drain = kill_and_drain(&sc, &mut child);
     let listed = logs_ls_json(&sc.storage);
     let total: u64 = listed.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
     assert_eq!(
         total,
-        log.written.len() as u64,
-        "bytes stored under all names vs bytes written: {listed:#?}\nsidecar said:\n{}",
+        there_at_start + (log.written.len() - before_start) as u64,
+        "bytes stored under all names vs bytes there at start and written since: {listed:#?}\nsidecar said:\n{}\n{drain}",
         fs::read_to_string(sc.stderr_log()).unwrap_or_default()
     );
     let stored = logs_cat_path(&sc.storage, &[], "worker-0/logs/app.log", None);
+    if stored != log.written[before_start..] {
+        eprintln!(
+            "stored: {listed:#?}\nsidecar said:\n{}\n{drain}",
+            fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+        );
+    }
     assert_same_lines(&stored, &log.written[before_start..]);
-    for name in ["app.log.1", "app.log.2", "app.log.3"] {
+    let mut on_disk: Vec<String> = fs::read_dir(&log.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "app.log")
+        .collect();
+    on_disk.sort();
+    assert!(
+        on_disk.len() == rotated.len()
+            && on_disk
+                .iter()
+                .zip(rotated)
+                .all(|(n, p)| glob::Pattern::new(p).unwrap().matches(n)),
+        "the rotated names logrotate left: {on_disk:?}, expected {rotated:?}"
+    );
+    for name in &on_disk {
         let l = listed
             .iter()
             .find(|l| l["path"] == format!("worker-0/logs/{name}"))
             .unwrap_or_else(|| panic!("{name} is not listed: {listed:#?}"));
+        assert_eq!(l["rotated_from"]["path"], "app.log", "{name}: {l:#}");
         let newest = l["rotated_from"]["generation"].as_u64();
         let stored = logs_cat_path(&sc.storage, &[], &format!("worker-0/logs/{name}"), newest);
         assert_same_lines(&stored, &content_on_disk(&log.dir.join(name)));
@@ -1047,10 +1180,7 @@ fn probe_port(sc: &Sidecar) -> u16 {
 #[test]
 fn a_full_state_folder_makes_log_uploads_wait_until_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let sc = folder_sidecar(
-        dir.path(),
-        &format!("{}/app.log", dir.path().join("logs").display()),
-    );
+    let sc = logs_sidecar(dir.path(), "app.log");
     fs::create_dir_all(&sc.state).unwrap();
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])

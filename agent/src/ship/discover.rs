@@ -11,7 +11,11 @@
 //! followed, FIFOs, sockets and devices are never opened, and a name that is not UTF-8 (which no
 //! object key can hold) is refused. [`LogGlob::open`] checks again, on the opened handle, that the
 //! file is a regular file inside the base, so a link swapped in after the walk gains nothing.
+//!
+//! A glob may match a log's rotated names too: [`is_rotated_name`] tells which names rotation
+//! gives a log, and [`sort_logs_first`] puts a log before them.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -248,6 +252,61 @@ impl LogGlob {
     }
 }
 
+/// Whether file name `name` (no folder) may be a name rotation gave the log named `log`: one that
+/// starts with it (`app.log.1`, `app.log-20261206.gz`; also `app.log` itself, moved to another
+/// folder by logrotate's `olddir`), or logrotate's `extension` form, where the number or date
+/// comes before the log's extension and compression's after it (`app.1.log`, `app.2.log.gz`,
+/// `app-20261206.log`).
+pub fn is_rotated_name(name: &str, log: &str) -> bool {
+    name.starts_with(log) || extension_form_logs(name).any(|l| l == log)
+}
+
+/// Sorts matched files so that a log comes before its rotated names: by name (`app.log` before
+/// `app.log.1`), except that a name in `extension` form of another name matched in its folder
+/// (`app.1.log`, which sorts before `app.log`) comes after every other name.
+pub fn sort_logs_first<T>(found: &mut [T], logical: impl Fn(&T) -> &str) {
+    let all: HashSet<String> = found.iter().map(|f| logical(f).to_string()).collect();
+    found.sort_by_cached_key(|f| {
+        let path = logical(f);
+        let (folder, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let rotated = extension_form_logs(name).any(|l| {
+            let log = if folder.is_empty() {
+                l
+            } else {
+                format!("{folder}/{l}")
+            };
+            all.contains(&log)
+        });
+        (rotated, path.to_string())
+    });
+}
+
+/// The log names whose rotated name `name` may be in logrotate's `extension` form: `<stem>`, then
+/// a marker (`.`, `-` or `_`, then digits and those separators: a number or a date), then the
+/// log's extension, maybe followed by a compression's. `app.2.log.gz` gives `app.log` and
+/// `app.log.gz`.
+fn extension_form_logs(name: &str) -> impl Iterator<Item = String> + '_ {
+    let marker_byte = |b: &u8| b.is_ascii_digit() || b"._-".contains(b);
+    name.match_indices(['.', '-', '_'])
+        .filter(|(i, _)| *i > 0)
+        .flat_map(move |(i, _)| {
+            let (stem, rest) = name.split_at(i);
+            let longest = rest.bytes().take_while(marker_byte).count();
+            (1..=longest).flat_map(move |j| {
+                let (marker, after) = rest.split_at(j);
+                let valid = marker.bytes().any(|b| b.is_ascii_digit()) && after.starts_with('.');
+                // The log's extension: up to the next `.` (a compression's), or to the end.
+                let ends = after
+                    .match_indices('.')
+                    .skip(1)
+                    .map(|(k, _)| k)
+                    .chain([after.len()]);
+                ends.filter(move |_| valid)
+                    .map(move |k| format!("{stem}{}", &after[..k]))
+            })
+        })
+}
+
 /// Opens `path` for reading without ever blocking (a FIFO swapped in opens at once and is then
 /// refused as not a regular file) and, unless `follow`, without following a symlink.
 pub fn open_read(path: &Path, follow: bool) -> io::Result<File> {
@@ -299,6 +358,69 @@ mod tests {
         assert_eq!(names(&g), vec!["a/b/x.log".to_string()]);
         let g = LogGlob::new(&format!("{}/top.log", dir.path().display())).unwrap();
         assert_eq!(names(&g), vec!["top.log".to_string()]);
+    }
+
+    #[test]
+    fn logrotate_names_are_rotated_names_of_their_log() {
+        for name in [
+            "app.log.1",
+            "app.log.2.gz",
+            "app.log-20261206",
+            "app.log-20261206.gz",
+            "app.1.log",
+            "app.12.log.gz",
+            "app.2.log.zst",
+            "app-20261206.log",
+            "app-20261206.log.gz",
+            "app-2026-12-06_13.log.xz",
+            "app_1.log",
+        ] {
+            assert!(is_rotated_name(name, "app.log"), "{name}");
+        }
+        assert!(is_rotated_name("train.stdout.3.log", "train.stdout.log"));
+        assert!(is_rotated_name("train.3.stdout.log.gz", "train.stdout.log"));
+        assert!(is_rotated_name("my-app.1.log", "my-app.log"));
+        for (name, log) in [
+            ("app.log", "app.1.log"),
+            ("apps.1.log", "app.log"),
+            ("app.x.log", "app.log"),
+            ("app.1.logs", "app.log"),
+            ("app.1.txt", "app.log"),
+            ("app.1", "app.log"),
+            ("other.1.log", "app.log"),
+        ] {
+            assert!(!is_rotated_name(name, log), "{name} of {log}");
+        }
+    }
+
+    #[test]
+    fn a_log_sorts_before_its_rotated_names() {
+        let mut found = vec![
+            "app.2.log.gz",
+            "a/app.1.log",
+            "app.1.log",
+            "app.log.1",
+            "a/app.log",
+            "app.log",
+            "app-20261206.log",
+            "b.1.log",
+            "app.2026.txt",
+        ];
+        sort_logs_first(&mut found, |f| f);
+        assert_eq!(
+            found,
+            vec![
+                "a/app.log",
+                "app.2026.txt",
+                "app.log",
+                "app.log.1",
+                "b.1.log",
+                "a/app.1.log",
+                "app-20261206.log",
+                "app.1.log",
+                "app.2.log.gz",
+            ]
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::checkpoint::{Checkpoint, Held, Loss, Occupant, Tracked, GONE_KEPT};
-use super::discover::{open_read, LogGlob, OpenError, Refusal};
+use super::discover::{self, open_read, LogGlob, OpenError, Refusal};
 use super::follow::{Active, Pending, Read};
 use super::identity::{self, FileId, Fingerprint, Prefix, Window, FINGERPRINT_BYTES};
 use super::key::{chunk_key, link_key, log_folder, ChunkName, Link};
@@ -451,8 +451,8 @@ impl LogShipper {
         for r in refused {
             self.refused(r);
         }
-        // In name order: a log comes before its rotated names (app.log before app.log.1).
-        found.sort_by(|a, b| a.1.logical.cmp(&b.1.logical));
+        // A log comes before its rotated names (app.log before app.log.1 and app.1.log).
+        discover::sort_logs_first(&mut found, |f| &f.1.logical);
         let mut seen: HashSet<FileId> = HashSet::new();
         let mut seen_names: HashSet<String> = HashSet::new();
         for (g, f) in found {
@@ -606,8 +606,9 @@ impl LogShipper {
         // Where files are first seen, a new file is never taken for a copy of that path's own
         // generations (a new log often starts with the banner the last one started with), nor of
         // another log's (two logs may share a banner); but it may be a copy of the log it is a
-        // rotated name of (its file name starts with the log's): a rotated name the sidecar first
-        // saw as a file of its own (it was there before the sidecar started) gets copies later.
+        // rotated name of (`app.log.1`, `app.1.log.gz` of `app.log`): a rotated name the sidecar
+        // first saw as a file of its own (it was there before the sidecar started) gets copies
+        // later.
         let own = self
             .cp
             .names
@@ -618,7 +619,7 @@ impl LogShipper {
         let this_name = file_name(&logical);
         let other = |l: &str| match own.as_deref() {
             None => true,
-            Some(own) => own != l && this_name.starts_with(&file_name(l)),
+            Some(own) => own != l && discover::is_rotated_name(&this_name, &file_name(l)),
         };
         if !self.active.iter().any(|a| !a.closed && other(&a.t.logical))
             && !self.cp.held.iter().any(|h| other(&h.logical))
