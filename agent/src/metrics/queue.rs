@@ -825,4 +825,29 @@ mod tests {
         let expected: Vec<String> = (0..13).map(|i| format!("record {i}")).collect();
         assert_eq!(got, expected);
     }
+
+    #[test]
+    fn an_ack_whose_position_cannot_be_written_is_taken_and_a_restart_delivers_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        q.append(&payloads(0..10)).unwrap();
+        let first = q.read(1 << 20).unwrap();
+        assert_eq!(first.records.len(), 10);
+        // A folder where the position goes: writing it fails, as on a full disk.
+        let blocker = dir.path().join(DELIVERED_FILE);
+        fs::create_dir_all(blocker.join("x")).unwrap();
+        assert!(q.ack(first.end).is_err());
+        // Taken all the same: reading goes on after it, and sealed segments are gone.
+        assert_eq!(q.delivered(), first.end);
+        assert!(q.read(1 << 20).unwrap().records.is_empty());
+        assert_eq!(q.segment_count(), 1);
+        q.append(&payloads(10..12)).unwrap();
+        drop(q);
+        fs::remove_dir_all(&blocker).unwrap();
+        // The restart begins at the oldest segment left: some records again, none lost.
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        let again = drain(&mut q);
+        assert!(again.ends_with(&["record 10".to_string(), "record 11".to_string()]));
+        assert!(again.len() < 12, "{again:?}");
+    }
 }
