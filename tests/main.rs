@@ -31,6 +31,7 @@ mod run_cmd;
 mod run_sources;
 mod run_ux;
 mod saves_checkpoints;
+mod ship_full_state;
 mod ship_logs;
 mod ship_tfevents;
 mod sidecar_endpoints;

@@ -1144,7 +1144,7 @@ fn logs_cat_finds_a_name_given_with_a_slash_or_says_which_names_exist() {
 }
 
 /// Unmounts a filesystem mounted for a test when dropped.
-struct Mounted(PathBuf);
+pub(crate) struct Mounted(pub(crate) PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {

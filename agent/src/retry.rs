@@ -97,6 +97,69 @@ impl RetryPolicy {
     }
 }
 
+/// An episode of failures of one write that is retried until it works (a checkpoint or queue
+/// record in a full state folder): when to try again, and what the health endpoints report while
+/// it lasts. Shared between its owner, which calls [`Outage::failed`] and [`Outage::succeeded`],
+/// and readers. Invariant: `failing` is `Some` exactly while the last attempt failed, and
+/// `retry_at` is set only then.
+#[derive(Debug, Default)]
+pub struct Outage {
+    state: std::sync::Mutex<OutageState>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct OutageState {
+    failing: Option<String>,
+    streak: u32,
+    retry_at: Option<std::time::Instant>,
+}
+
+impl Outage {
+    fn state(&self) -> std::sync::MutexGuard<'_, OutageState> {
+        // The state is plain data, valid whatever a panicking holder did.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a failed attempt and schedules the next after `policy`'s backoff. Returns true
+    /// when it starts an episode (say so once).
+    pub fn failed(&self, policy: &RetryPolicy, error: &str) -> bool {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut s = self.state();
+        s.streak = s.streak.saturating_add(1);
+        s.retry_at = Some(std::time::Instant::now() + policy.delay(s.streak, Verdict::Transient));
+        s.failing.replace(error.to_owned()).is_none()
+    }
+
+    /// Records a successful attempt. Returns true when it ends an episode (say so once).
+    pub fn succeeded(&self) -> bool {
+        let mut s = self.state();
+        s.streak = 0;
+        s.retry_at = None;
+        s.failing.take().is_some()
+    }
+
+    /// Whether an attempt may be made now: no episode, or its backoff has passed.
+    pub fn due(&self) -> bool {
+        self.state()
+            .retry_at
+            .is_none_or(|t| std::time::Instant::now() >= t)
+    }
+
+    /// Why the write fails, while it does.
+    pub fn failing(&self) -> Option<String> {
+        self.state().failing.clone()
+    }
+
+    /// Failed attempts since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Parses an HTTP `Retry-After` value given in seconds. (The HTTP-date form is rare from the
 /// servers we talk to and is treated as absent, which falls back to our own backoff.)
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
@@ -127,6 +190,23 @@ mod tests {
             p.delay(1, Verdict::RetryAfter(Duration::from_millis(500)))
                 >= Duration::from_millis(500)
         );
+    }
+
+    #[test]
+    fn an_outage_is_said_once_when_it_starts_and_once_when_it_ends() {
+        let o = Outage::default();
+        let p = RetryPolicy {
+            base: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        assert!(o.due() && o.failing().is_none());
+        assert!(o.failed(&p, "no space"));
+        assert!(!o.failed(&p, "no space"));
+        assert_eq!(o.failing().as_deref(), Some("no space"));
+        assert_eq!(o.failures(), 2);
+        assert!(o.succeeded());
+        assert!(!o.succeeded());
+        assert!(o.due() && o.failing().is_none());
     }
 
     #[tokio::test]

@@ -249,3 +249,17 @@ pub fn start_endpoint_run(port: u16) -> String {
         .expect("runs/create gives a run id")
         .to_string()
 }
+
+/// Logs metric `key` (value 1, timestamp 1) at `step` to run `run` on the MLflow-compatible
+/// endpoint at `port`.
+pub fn log_metric(port: u16, run: &str, key: &str, step: i64) -> super::rawhttp::Response {
+    let body =
+        format!(r#"{{"run_id":"{run}","key":"{key}","value":1,"timestamp":1,"step":{step}}}"#);
+    super::rawhttp::request(
+        port,
+        "POST",
+        "/api/2.0/mlflow/runs/log-metric",
+        &[("Content-Type", "application/json".into())],
+        body.as_bytes(),
+    )
+}

@@ -8,7 +8,8 @@ use super::model::Item;
 /// Why the pipeline did not take a request's items.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// The queue is full: try again later.
+    /// The queue cannot take more now (full, or its state folder cannot be written): try again
+    /// later.
     Full,
     /// Storing failed (disk); the message holds no secret.
     Failed(String),

@@ -3,9 +3,11 @@
 //! [`MetricsPipeline::poll_sources`] reads what the sources have that is new, and appends it to
 //! the queue as one record (so a batch is queued whole or not at all), keeping the sources'
 //! checkpoint in step (see [`checkpoint`](super::checkpoint)). When the queue is full the sources
-//! are simply not read: they pause, and nothing is dropped. [`MetricsPipeline::deliver`] hands
-//! queued items to the sink in order and acknowledges them; a failing sink is retried with
-//! [`RetryPolicy`] backoff, forever, while the queue keeps everything.
+//! are simply not read: they pause, and nothing is dropped. So they do while the state folder
+//! cannot be written (a full disk): the write is retried with the backoff, ingest requests are
+//! refused as when the queue is full (MLflow clients retry), and delivery goes on.
+//! [`MetricsPipeline::deliver`] hands queued items to the sink in order and acknowledges them; a
+//! failing sink is retried with [`RetryPolicy`] backoff, forever, while the queue keeps everything.
 //!
 //! The two sides share only the queue, behind a mutex held for one append, read or ack, never
 //! across a sink write. The reading side owns the sources, their checkpoint and the queue's end;
@@ -32,13 +34,13 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use super::checkpoint::{SourcesCheckpoint, SourcesState};
 use super::intake::{IngestRequest, Refusal};
 use super::model::{now_ms, Item, RunStatus};
-use super::queue::{Queue, QueueConfig};
+use super::queue::{Queue, QueueConfig, QueueError};
 use super::sink::{Sink, SinkError};
 use super::{jsonl, run_info, scalars, MetricsError};
 use crate::error::Classify;
 use crate::job::JobIdentity;
 use crate::lifecycle::{Drain, Ending, Next, Stop};
-use crate::retry::{RetryPolicy, Verdict};
+use crate::retry::{Outage, RetryPolicy, Verdict};
 
 /// The queue's folder inside the state folder.
 pub const QUEUE_DIR: &str = "metrics-queue";
@@ -98,7 +100,7 @@ struct Entry {
 pub struct MetricsStats {
     pub queued_items: u64,
     pub delivered_items: u64,
-    /// True while the sources are paused because the queue is full.
+    /// True while the sources are paused because the queue is full or cannot be written.
     pub paused: bool,
     pub sink_failures: u64,
 }
@@ -116,13 +118,17 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 const PASS_ITEMS: u64 = 100_000;
 
 /// How delivery to the metastore goes: counted and set by the delivery side, read by
-/// [`MetricsPipeline::stats`] and by the sidecar's health endpoints. Invariant: `failing` holds
-/// the last write's error exactly while that write has not been followed by a successful one.
+/// [`MetricsPipeline::stats`] and by the sidecar's health endpoints; with it, how writes to the
+/// queue go (set by the reading side). Invariant: `failing` holds the last write's error exactly
+/// while that write has not been followed by a successful one.
 #[derive(Debug, Default)]
 pub struct DeliveryStatus {
     delivered_items: AtomicU64,
     sink_failures: AtomicU64,
     failing: Mutex<Option<String>>,
+    /// Appends to the queue (and the sources' checkpoint) that fail for want of a writable state
+    /// folder, while they do.
+    pub queue_writes: Outage,
 }
 
 impl DeliveryStatus {
@@ -159,6 +165,8 @@ struct Delivery {
     counters: Arc<DeliveryStatus>,
     /// When the current failure was last logged, and with which message.
     reported: Option<(Instant, String)>,
+    /// The delivered position could not be written at the last ack (it is taken anyway).
+    position_unsaved: bool,
 }
 
 impl Delivery {
@@ -198,7 +206,8 @@ impl Delivery {
                 }
                 n += group.items.len() as u64;
             }
-            lock(&self.queue).ack(batch.end)?;
+            let acked = lock(&self.queue).ack(batch.end);
+            self.position_saved(acked);
             if self.failures > 0 {
                 tracing::info!("metastore writes succeed again");
                 self.counters.set_failing(None);
@@ -212,6 +221,24 @@ impl Delivery {
                 .fetch_add(n, Ordering::Relaxed);
         }
         Ok(delivered)
+    }
+
+    /// Says once when the delivered position starts failing to be written (a full state folder)
+    /// and once when it is written again. Delivery goes on meanwhile: the sink stored the records.
+    fn position_saved(&mut self, acked: Result<(), QueueError>) {
+        match acked {
+            Ok(()) if self.position_unsaved => {
+                tracing::info!("the metrics queue's delivered position is written again");
+                self.position_unsaved = false;
+            }
+            Ok(()) => {}
+            Err(e) if !self.position_unsaved => {
+                tracing::warn!(error = %e,
+                    "cannot write the metrics queue's delivered position; delivery goes on (after a crash meanwhile, some metrics are delivered again)");
+                self.position_unsaved = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// A write failed: keeps the batch queued and schedules the next attempt after a backoff.
@@ -268,6 +295,9 @@ pub struct MetricsPipeline {
     appended: Arc<Notify>,
     counters: Arc<DeliveryStatus>,
     stats: MetricsStats,
+    /// Items from no source that wait for the queue to take them (the run's start, queued
+    /// before anything the sources give). Nobody was told they are stored.
+    held: Vec<Item>,
 }
 
 impl MetricsPipeline {
@@ -299,6 +329,7 @@ impl MetricsPipeline {
                 retry_at: None,
                 counters: counters.clone(),
                 reported: None,
+                position_unsaved: false,
             }),
             cfg,
             queue,
@@ -310,6 +341,7 @@ impl MetricsPipeline {
             appended: Arc::new(Notify::new()),
             counters,
             stats: MetricsStats::default(),
+            held: Vec::new(),
         })
     }
 
@@ -342,7 +374,8 @@ impl MetricsPipeline {
         self.state.jsonl.values().map(|s| s.bad_lines).sum()
     }
 
-    /// Queues the start of the run: status Running, the code revision params and tags.
+    /// Queues the start of the run: status Running, the code revision params and tags. While the
+    /// queue cannot take them, they wait in memory, ahead of the sources.
     pub fn start(&mut self) -> Result<(), MetricsError> {
         let mut items = vec![Item::Status {
             status: RunStatus::Running,
@@ -353,19 +386,81 @@ impl MetricsPipeline {
             &self.cfg.identity.worker,
         ));
         items.extend(run_info::code_tags(&self.cfg.code));
-        self.enqueue(items)
+        self.held = items;
+        self.queue_held().map(|_| ())
     }
 
-    /// Queues items that come from no source (status, params). Refused when the queue is full.
+    /// Queues the held items, if any. Returns whether none are left.
+    fn queue_held(&mut self) -> Result<bool, MetricsError> {
+        if self.held.is_empty() {
+            return Ok(true);
+        }
+        let state = self.state.clone();
+        let items = std::mem::take(&mut self.held);
+        if self.append(items.clone(), state)? {
+            return Ok(true);
+        }
+        self.held = items;
+        Ok(false)
+    }
+
+    /// Queues items that come from no source (status, params). Refused with
+    /// [`QueueError::Full`] when the queue is full or the state folder cannot be written.
     pub fn enqueue(&mut self, items: Vec<Item>) -> Result<(), MetricsError> {
         let state = self.state.clone();
         if self.append(items, state)? {
             Ok(())
         } else {
-            Err(MetricsError::Queue(super::queue::QueueError::Full {
-                backlog: self.backlog(),
-                max: self.cfg.queue.max_bytes,
-            }))
+            Err(self.full())
+        }
+    }
+
+    /// Queues what an ingest request carries; the run's failure, when it says so, is marked
+    /// first (once the script hears "stored", a restart must still know).
+    fn ingest(&mut self, items: Vec<Item>, script_failed: bool) -> Result<(), MetricsError> {
+        if script_failed {
+            if let Err(e) = run_info::remember_script_failure(&self.cfg.state_dir) {
+                self.write_failed(e)?;
+                return Err(self.full());
+            }
+        }
+        self.enqueue(items)
+    }
+
+    /// The refusal of an append the queue cannot take now.
+    fn full(&self) -> MetricsError {
+        MetricsError::Queue(QueueError::Full {
+            backlog: self.backlog(),
+            max: self.cfg.queue.max_bytes,
+        })
+    }
+
+    /// A write to the state folder failed: when it is one (a full or read-only disk), the
+    /// sources pause and it is retried after the backoff, said once per episode; anything else
+    /// is returned.
+    fn write_failed(&mut self, e: MetricsError) -> Result<(), MetricsError> {
+        if !matches!(
+            e,
+            MetricsError::Checkpoint { .. } | MetricsError::Queue(QueueError::Io { .. })
+        ) {
+            return Err(e);
+        }
+        self.stats.paused = true;
+        if self
+            .counters
+            .queue_writes
+            .failed(&self.cfg.retry, &e.to_string())
+        {
+            tracing::warn!(error = %e,
+                "cannot write the metrics queue in the state folder; sources wait and ingest requests are refused until it can (delivery goes on, nothing is dropped)");
+        }
+        Ok(())
+    }
+
+    /// A write to the state folder worked: ends an episode of failures, saying so.
+    fn write_worked(&mut self) {
+        if self.counters.queue_writes.succeeded() {
+            tracing::info!("the metrics queue takes writes again; sources resume");
         }
     }
 
@@ -379,6 +474,10 @@ impl MetricsPipeline {
                     "metrics queue full; sources paused until the metastore catches up"
                 );
             }
+            self.stats.paused = true;
+            return Ok(0);
+        }
+        if !self.counters.queue_writes.due() || !self.queue_held()? {
             self.stats.paused = true;
             return Ok(0);
         }
@@ -416,14 +515,22 @@ impl MetricsPipeline {
         }
         if items.is_empty() {
             if next != self.state {
-                self.checkpoint
-                    .commit(&next)
-                    .map_err(|source| MetricsError::Checkpoint {
-                        path: self.checkpoint.path().to_path_buf(),
-                        source,
-                    })?;
-                self.state = next;
-                self.checkpoint_settled = true;
+                let committed =
+                    self.checkpoint
+                        .commit(&next)
+                        .map_err(|source| MetricsError::Checkpoint {
+                            path: self.checkpoint.path().to_path_buf(),
+                            source,
+                        });
+                match committed {
+                    Ok(()) => {
+                        self.write_worked();
+                        self.state = next;
+                        self.checkpoint_settled = true;
+                    }
+                    // The sources are read again from `state` after the backoff.
+                    Err(e) => self.write_failed(e)?,
+                }
             }
             return Ok(0);
         }
@@ -432,7 +539,7 @@ impl MetricsPipeline {
     }
 
     /// Appends `items` as one record and moves the sources to `next`, crash-safely. Returns false
-    /// when the queue is full (nothing changed).
+    /// when the queue is full or the state folder cannot be written (nothing changed).
     fn append(&mut self, items: Vec<Item>, next: SourcesState) -> Result<bool, MetricsError> {
         let n = items.len() as u64;
         let entry = Entry {
@@ -445,7 +552,7 @@ impl MetricsPipeline {
         // Held for the whole append (a check, an intent and one fsync'd record), not longer: the
         // delivery side only waits that long to read or acknowledge.
         let mut queue = lock(&self.queue);
-        if queue.would_refuse(size) {
+        if queue.would_refuse(size) || !self.counters.queue_writes.due() {
             self.stats.paused = true;
             return Ok(false);
         }
@@ -453,6 +560,7 @@ impl MetricsPipeline {
             path: self.checkpoint.path().to_path_buf(),
             source,
         };
+        let mut written = Ok(());
         // An append that moves the sources writes its intent first, so a stale intent can never
         // be satisfied by some other record. An append that leaves them where they are (ingest
         // requests, status, params) needs none once the checkpoint is settled: whatever the
@@ -461,12 +569,20 @@ impl MetricsPipeline {
         if !(self.checkpoint_settled && next == self.state) {
             // Until the record is in the queue, the file on disk waits for it.
             self.checkpoint_settled = false;
-            self.checkpoint
+            written = self
+                .checkpoint
                 .intend(&self.state, &next, queue.end() + size)
-                .map_err(cp_err)?;
+                .map_err(cp_err);
         }
-        queue.append(&payload)?;
+        if written.is_ok() {
+            written = queue.append(&payload).map_err(MetricsError::from);
+        }
         drop(queue);
+        if let Err(e) = written {
+            self.write_failed(e)?;
+            return Ok(false);
+        }
+        self.write_worked();
         self.checkpoint_settled = true;
         self.appended.notify_one();
         // No separate commit: the intent on disk already says `next` is valid now that the
@@ -595,16 +711,10 @@ fn serve_ingest(
                 }
             )
         });
-        // The mark first: once the script hears "stored", a restart must still know.
-        let result = if script_failed {
-            run_info::remember_script_failure(&pipeline.cfg.state_dir)
-                .and_then(|()| pipeline.enqueue(items))
-        } else {
-            pipeline.enqueue(items)
-        };
+        let result = pipeline.ingest(items, script_failed);
         let answer = match &result {
             Ok(()) => Ok(()),
-            Err(MetricsError::Queue(super::queue::QueueError::Full { .. })) => Err(Refusal::Full),
+            Err(MetricsError::Queue(QueueError::Full { .. })) => Err(Refusal::Full),
             Err(e) => Err(Refusal::Failed(e.to_string())),
         };
         for req in group {
@@ -613,7 +723,7 @@ fn serve_ingest(
         }
         match result {
             Ok(()) => taken += n,
-            Err(MetricsError::Queue(super::queue::QueueError::Full { .. })) => return Ok(taken),
+            Err(MetricsError::Queue(QueueError::Full { .. })) => return Ok(taken),
             Err(e) => return Err(e),
         }
     }
@@ -670,7 +780,8 @@ async fn serve(
     loop {
         let read = pipeline.poll_sources()?;
         let ingested = serve_ingest(pipeline, &mut ingest, waiting.take())?;
-        let idle = read == 0 && ingested == 0 && pipeline.backlog() == 0;
+        let idle =
+            read == 0 && ingested == 0 && pipeline.backlog() == 0 && pipeline.held.is_empty();
         match drain.after_pass(idle, pipeline.backlog()) {
             Next::End(Ending::Drained) => {
                 if !final_status_queued {
@@ -681,16 +792,27 @@ async fn serve(
                         .as_deref()
                         .and_then(|exit| run_info::final_status(exit, &pipeline.cfg.state_dir));
                     if let Some(status) = status {
-                        pipeline.enqueue(vec![Item::Status {
+                        let item = Item::Status {
                             status,
                             at_ms: now_ms(),
-                        }])?;
-                        drain.quiet_again();
-                        continue;
+                        };
+                        match pipeline.enqueue(vec![item]) {
+                            Ok(()) => {
+                                drain.quiet_again();
+                                continue;
+                            }
+                            // Tried again after the pause (a full queue or state folder).
+                            Err(MetricsError::Queue(QueueError::Full { .. })) => {
+                                final_status_queued = false;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
-                run_info::forget_script_failure(&pipeline.cfg.state_dir);
-                return Ok(Ending::Drained);
+                if final_status_queued {
+                    run_info::forget_script_failure(&pipeline.cfg.state_dir);
+                    return Ok(Ending::Drained);
+                }
             }
             Next::End(ending) => return Ok(ending),
             Next::PassNow => continue,
@@ -866,6 +988,55 @@ mod tests {
             .unwrap();
         let steps: Vec<i64> = rows.iter().map(|m| m.step).collect();
         assert_eq!(steps, (0..40).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_state_folder_pauses_sources_refuses_ingest_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let db = dir.path().join("metastore.db");
+        let file = dir.path().join("m.jsonl");
+        let mut cfg = PipelineConfig::new(state_dir.clone(), identity());
+        cfg.metrics_files = vec![file.clone()];
+        cfg.retry = RetryPolicy {
+            base: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        };
+        let mut p = MetricsPipeline::open(cfg, Box::new(SqliteStore::open(&db).unwrap())).unwrap();
+        let mut f = std::fs::File::create(&file).unwrap();
+        let line = |i: i64| format!(r#"{{"key":"f","value":{i},"step":{i},"timestamp":{i}}}"#);
+        writeln!(f, "{}", line(0)).unwrap();
+        assert_eq!(p.poll_sources().unwrap(), 1);
+        // A folder where the sources' checkpoint goes: writing it fails, as on a full disk.
+        let blocker = state_dir.join(super::super::checkpoint::CHECKPOINT_FILE);
+        std::fs::remove_file(&blocker).unwrap();
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        writeln!(f, "{}", line(1)).unwrap();
+        assert_eq!(p.poll_sources().unwrap(), 0);
+        assert!(p.stats().paused);
+        assert!(p.status().queue_writes.failing().is_some());
+        // Ingest is refused as when the queue is full (the endpoint answers 503, clients retry).
+        assert!(matches!(
+            p.enqueue(vec![metric(10)]),
+            Err(MetricsError::Queue(QueueError::Full { .. }))
+        ));
+        // Delivery goes on meanwhile.
+        assert_eq!(p.deliver().await.unwrap(), 1);
+        std::fs::remove_dir_all(&blocker).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(p.poll_sources().unwrap(), 1);
+        assert!(!p.stats().paused);
+        assert!(p.status().queue_writes.failing().is_none());
+        p.enqueue(vec![metric(10)]).unwrap();
+        assert_eq!(p.deliver().await.unwrap(), 2);
+        let rows = SqliteStore::open(&db)
+            .unwrap()
+            .metrics("e", &MetricFilter::default())
+            .unwrap();
+        let mut steps: Vec<i64> = rows.iter().map(|m| m.step).collect();
+        steps.sort();
+        assert_eq!(steps, [0, 1, 10]);
     }
 
     /// A metastore that is busy and says for how long.

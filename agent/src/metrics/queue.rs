@@ -19,8 +19,14 @@
 //!   segment, anything but zeros after the valid records) is truncated on open, never an error: it
 //!   was never acknowledged. Truncating, rather than overwriting it later, guarantees that no
 //!   leftover of it can ever line up behind newer records and pass for one.
+//!   When the disk has no room for the zeros (a full state folder), the segment is used as it is
+//!   and grows with each append: slower, never wrong.
 //! * A sealed segment is cut to its records' length before the next one starts, so a sealed
 //!   segment's size is its records' length, with no preallocated tail.
+//! * An append that fails (a full disk) leaves nothing of itself and changes nothing: the producer
+//!   tries again later. An acknowledgement whose position cannot be written is still taken (the
+//!   sink stored those records); the next one writes it, and after a crash before that the records
+//!   are delivered again.
 //! * The size is bounded: when the undelivered backlog would pass `max_bytes`, [`Queue::append`]
 //!   refuses with [`QueueError::Full`] and the producer backs off. One batch is always accepted
 //!   into an empty queue, so an oversized batch cannot wedge a source.
@@ -153,7 +159,21 @@ fn preallocate(file: &File, from: u64, to: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Creates segment `path`, preallocated to `bytes`, and makes its name durable in `dir`.
+/// Preallocates `from..to` of `file` if the disk has room; otherwise cuts what was written back to
+/// `from`, so appends grow the file instead (see the module docs).
+fn preallocate_if_room(file: &File, from: u64, to: u64, path: &Path) -> Result<(), QueueError> {
+    if let Err(e) = preallocate(file, from, to) {
+        tracing::debug!(segment = %path.display(), error = %e,
+            "cannot preallocate a metrics queue segment; it grows with each append");
+        file.set_len(from)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("cut a segment's zeros", path))?;
+    }
+    Ok(())
+}
+
+/// Creates segment `path`, preallocated to `bytes` when the disk has room, and makes its name
+/// durable in `dir`.
 fn create_segment(dir: &Path, path: &Path, bytes: u64) -> Result<File, QueueError> {
     let file = OpenOptions::new()
         .read(true)
@@ -162,7 +182,7 @@ fn create_segment(dir: &Path, path: &Path, bytes: u64) -> Result<File, QueueErro
         .truncate(true)
         .open(path)
         .map_err(io_err("create a segment", path))?;
-    preallocate(&file, 0, bytes).map_err(io_err("preallocate a segment", path))?;
+    preallocate_if_room(&file, 0, bytes, path)?;
     sync_dir(dir).map_err(io_err("sync the folder", dir))?;
     Ok(file)
 }
@@ -267,8 +287,7 @@ impl Queue {
         // records end at `valid` either way, and appends overwrite the zeros in place. A segment
         // that was cut, or written before segments were preallocated, gets its zeros now.
         if size < cfg.segment_bytes {
-            preallocate(&active, size, cfg.segment_bytes)
-                .map_err(io_err("preallocate a segment", &last_path))?;
+            preallocate_if_room(&active, size, cfg.segment_bytes, &last_path)?;
         }
         if valid != last_len {
             segments.insert(last_start, valid);
@@ -436,20 +455,24 @@ impl Queue {
     }
 
     /// Records that everything before `position` is stored by the sink, and deletes segments that
-    /// hold nothing else.
+    /// hold nothing else. The position is taken even when writing it fails (the error says so):
+    /// reading goes on after it, the next ack writes it, and a restart before that delivers those
+    /// records again, from the oldest segment left.
     pub fn ack(&mut self, position: u64) -> Result<(), QueueError> {
         if position <= self.delivered {
             return Ok(());
         }
         let position = position.min(self.end());
+        self.delivered = position;
+        // Deleting first frees room for the position's file on a full disk; a restart that finds
+        // an older position begins at the oldest segment left (see `open`).
+        self.delete_delivered_segments()?;
         let path = self.dir.join(DELIVERED_FILE);
         let json = serde_json::to_vec(&Delivered {
             delivered: position,
         })
         .map_err(|e| io_err("encode the delivered position", &path)(io::Error::other(e)))?;
-        write_atomic(&path, &json).map_err(io_err("record the delivered position", &path))?;
-        self.delivered = position;
-        self.delete_delivered_segments()
+        write_atomic(&path, &json).map_err(io_err("record the delivered position", &path))
     }
 
     fn delete_delivered_segments(&mut self) -> Result<(), QueueError> {
@@ -801,5 +824,30 @@ mod tests {
         let got = drain(&mut q);
         let expected: Vec<String> = (0..13).map(|i| format!("record {i}")).collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn an_ack_whose_position_cannot_be_written_is_taken_and_a_restart_delivers_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        q.append(&payloads(0..10)).unwrap();
+        let first = q.read(1 << 20).unwrap();
+        assert_eq!(first.records.len(), 10);
+        // A folder where the position goes: writing it fails, as on a full disk.
+        let blocker = dir.path().join(DELIVERED_FILE);
+        fs::create_dir_all(blocker.join("x")).unwrap();
+        assert!(q.ack(first.end).is_err());
+        // Taken all the same: reading goes on after it, and sealed segments are gone.
+        assert_eq!(q.delivered(), first.end);
+        assert!(q.read(1 << 20).unwrap().records.is_empty());
+        assert_eq!(q.segment_count(), 1);
+        q.append(&payloads(10..12)).unwrap();
+        drop(q);
+        fs::remove_dir_all(&blocker).unwrap();
+        // The restart begins at the oldest segment left: some records again, none lost.
+        let mut q = Queue::open(dir.path(), cfg(1 << 20, 64)).unwrap();
+        let again = drain(&mut q);
+        assert!(again.ends_with(&["record 10".to_string(), "record 11".to_string()]));
+        assert!(again.len() < 12, "{again:?}");
     }
 }

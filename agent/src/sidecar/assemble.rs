@@ -195,6 +195,10 @@ impl Sidecar {
         let observed = health::Observed {
             health: pipelines.health.clone(),
             logs: pipelines.logs.as_ref().map(LogShipper::stats),
+            tfevents: pipelines
+                .tfevents
+                .as_ref()
+                .map(TfeventsMirror::checkpoint_outage),
             metastore: Some(metrics.status()),
             stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
         };

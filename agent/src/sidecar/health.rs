@@ -18,6 +18,7 @@ use axum::Router;
 
 use crate::lifecycle::DrainFlag;
 use crate::metrics::pipeline::DeliveryStatus;
+use crate::retry::Outage;
 use crate::ship::LogStats;
 
 /// State the HTTP endpoints read. Invariant: `last_pass_ms` only grows.
@@ -51,6 +52,8 @@ impl Health {
 pub struct Observed {
     pub health: Arc<Health>,
     pub logs: Option<Arc<LogStats>>,
+    /// Writes of the tf.events mirror's checkpoint, when event files are mirrored.
+    pub tfevents: Option<Arc<Outage>>,
     /// How delivery to the metastore goes.
     pub metastore: Option<Arc<DeliveryStatus>>,
     /// A loop that has not finished a pass for this long is reported as not live.
@@ -96,6 +99,18 @@ async fn readyz(o: Observed) -> impl IntoResponse {
             ),
         );
     }
+    if let Some(error) = o.tfevents.as_ref().and_then(|t| t.failing()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot save the tf.events checkpoint in the state folder (event file uploads wait): {error}\n"),
+        );
+    }
+    if let Some(error) = o.metastore.as_ref().and_then(|m| m.queue_writes.failing()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot write the metrics queue in the state folder (metrics sources wait, ingest answers 503): {error}\n"),
+        );
+    }
     match o.metastore.as_ref().and_then(|m| m.failing()) {
         Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -137,6 +152,32 @@ async fn metrics(o: Observed) -> impl IntoResponse {
             "counter",
             "Failed metastore writes (each is retried).",
             m.failures(),
+        );
+        metric(
+            "periscope_metrics_queue_write_failing",
+            "gauge",
+            "1 while the metrics queue cannot be written in the state folder (sources wait).",
+            u64::from(m.queue_writes.failing().is_some()),
+        );
+        metric(
+            "periscope_metrics_queue_write_failures_total",
+            "counter",
+            "Failed metrics queue writes (retried).",
+            m.queue_writes.failures(),
+        );
+    }
+    if let Some(t) = &o.tfevents {
+        metric(
+            "periscope_tfevents_checkpoint_failing",
+            "gauge",
+            "1 while the tf.events checkpoint cannot be saved (event file uploads wait).",
+            u64::from(t.failing().is_some()),
+        );
+        metric(
+            "periscope_tfevents_checkpoint_failures_total",
+            "counter",
+            "Failed tf.events checkpoint writes (retried).",
+            t.failures(),
         );
     }
     if let Some(s) = &o.logs {

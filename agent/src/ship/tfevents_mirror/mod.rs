@@ -7,7 +7,9 @@
 //! which reads every event file of a run folder in name order, reads the file's records in order.
 //! Every upload ends at a record boundary, so the stored copy is never torn; [`upload`] streams a
 //! segment from the file with bounded memory. After every upload the checkpoint ([`state`]) is
-//! written atomically, so a restart sends again at most the segment it was uploading.
+//! written atomically, and no upload starts before it is: so a restart sends again at most the
+//! segment it was uploading. A checkpoint that cannot be written (a full state folder) is retried
+//! with the backoff while uploads wait; reading goes on, nothing is dropped.
 //!
 //! This module never parses events (that is [`tfevents`](crate::tfevents)) and never prints.
 
@@ -31,7 +33,7 @@ use self::plan::{next_upload, uploaded, Limits, Upload};
 use self::state::MirrorState;
 use self::upload::{UploadError, Uploader};
 use super::logs::ShipError;
-use crate::retry::{RetryPolicy, Verdict};
+use crate::retry::{Outage, RetryPolicy, Verdict};
 use crate::tfevents::discover::{self, split_segment_name, Scope, Search};
 
 pub use self::layout::TFEVENTS_DIR;
@@ -86,7 +88,7 @@ struct Mirrored {
 
 /// Mirrors event files. See the module docs. Invariant: `files` holds every file discovered so
 /// far, keyed by its stored name; `saved` is what the checkpoint on disk says, plus the files not
-/// seen yet in this run.
+/// seen yet in this run, unless `unsaved` is failing, and then no upload starts.
 pub struct TfeventsMirror {
     cfg: MirrorConfig,
     limits: Limits,
@@ -96,6 +98,9 @@ pub struct TfeventsMirror {
     files: BTreeMap<String, Mirrored>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// Checkpoint writes that fail, while they do (the files' states after the last upload are
+    /// then only in memory).
+    unsaved: Arc<Outage>,
     totals: MirrorReport,
 }
 
@@ -133,10 +138,16 @@ impl TfeventsMirror {
             files: BTreeMap::new(),
             failures: 0,
             retry_at: None,
+            unsaved: Arc::default(),
             totals: MirrorReport::default(),
         };
         mirror.discover();
         Ok(mirror)
+    }
+
+    /// Checkpoint writes that fail, for the health endpoints.
+    pub fn checkpoint_outage(&self) -> Arc<Outage> {
+        self.unsaved.clone()
     }
 
     /// How many event files are mirrored.
@@ -176,7 +187,9 @@ impl TfeventsMirror {
             }
         }
         let now = Instant::now();
-        if self.retry_at.is_none_or(|t| now >= t) {
+        // An upload starts only once the checkpoint on disk says what is stored so far.
+        let saved = self.unsaved.failing().is_none() || (self.unsaved.due() && self.save());
+        if saved && self.retry_at.is_none_or(|t| now >= t) {
             let names: Vec<String> = self.files.keys().cloned().collect();
             'files: for name in names {
                 loop {
@@ -184,7 +197,9 @@ impl TfeventsMirror {
                         Ok(Some(bytes)) => {
                             report.uploads += u64::from(bytes > 0);
                             report.bytes += bytes;
-                            self.save()?;
+                            if !self.save() {
+                                break 'files;
+                            }
                         }
                         Ok(None) => break,
                         // The file changed under us: the next pass looks at it again.
@@ -301,18 +316,34 @@ impl TfeventsMirror {
         }
     }
 
-    fn save(&mut self) -> Result<(), ShipError> {
+    /// Writes the checkpoint. A failure (a full state folder) is said once, counted, and retried
+    /// with the backoff; meanwhile nothing is uploaded. Returns whether it was written.
+    fn save(&mut self) -> bool {
         for (name, m) in &self.files {
             self.saved
                 .files
                 .insert(name.clone(), m.follower.state.clone());
         }
-        self.saved
-            .save(&self.cfg.state_dir)
-            .map_err(|error| ShipError::Checkpoint {
-                dir: self.cfg.state_dir.clone(),
-                error,
-            })
+        match self.saved.save(&self.cfg.state_dir) {
+            Ok(()) => {
+                if self.unsaved.succeeded() {
+                    tracing::info!(state_dir = %self.cfg.state_dir.display(),
+                        "the tf.events checkpoint is saved again; event file uploads resume");
+                }
+                true
+            }
+            Err(e) => {
+                let error = ShipError::Checkpoint {
+                    dir: self.cfg.state_dir.clone(),
+                    error: e,
+                };
+                if self.unsaved.failed(&self.cfg.retry, &error.to_string()) {
+                    tracing::warn!(%error,
+                        "cannot save the tf.events checkpoint; event file uploads wait until it can be saved (nothing is dropped)");
+                }
+                false
+            }
+        }
     }
 }
 

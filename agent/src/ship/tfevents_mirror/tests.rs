@@ -178,3 +178,47 @@ async fn two_folders_holding_the_same_file_name_are_stored_apart() {
         std::fs::read(b.join(&name)).unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_checkpoint_that_cannot_be_written_holds_uploads_back_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tb");
+    let state = dir.path().join("st");
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    // A folder where the checkpoint goes: writing it fails, as on a full disk.
+    let blocker = state.join(MIRROR_FILE);
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let store = Arc::new(InMemory::new());
+    let cfg = MirrorConfig {
+        retry: RetryPolicy {
+            base: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        },
+        ..config(vec![root.clone()], &state)
+    };
+    let mut mirror = TfeventsMirror::open(cfg, store.clone()).unwrap();
+    let outage = mirror.checkpoint_outage();
+    let mut w = EventWriter::create(&root.join("run")).unwrap();
+    let name = format!("run/{}", file_name(&w));
+    write_steps(&mut w, 0..20);
+    assert_eq!(mirror.tick(true).await.unwrap().uploads, 1);
+    assert!(outage.failing().is_some());
+    // The checkpoint on disk does not name that upload: nothing more is sent until it does.
+    for round in 1..5 {
+        write_steps(&mut w, round * 20..(round + 1) * 20);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(mirror.tick(true).await.unwrap().uploads, 0);
+    }
+    assert!(mirror.has_backlog());
+    std::fs::remove_dir_all(&blocker).unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    assert!(mirror.tick(true).await.unwrap().uploads > 0);
+    assert!(outage.failing().is_none());
+    assert_eq!(outage.failures(), 5);
+    assert_eq!(
+        joined(&store, &name).await,
+        std::fs::read(w.path()).unwrap()
+    );
+    assert!(!mirror.has_backlog());
+}

@@ -144,7 +144,8 @@ impl Req {
 type Job = Box<dyn FnOnce(&mut Registry) -> Result<Box<dyn Any + Send>, RegistryError> + Send>;
 
 impl State {
-    /// Runs `f` on the registry off the async threads; a failure is MLflow's internal error.
+    /// Runs `f` on the registry off the async threads; a failure is MLflow's internal error, but
+    /// a full disk is MLflow's retryable 503 (clients try again, as when the queue is full).
     pub async fn registry<T, F>(self: &Arc<Self>, f: F) -> Result<T, Fail>
     where
         F: FnOnce(&mut Registry) -> Result<T, RegistryError> + Send + 'static,
@@ -172,6 +173,7 @@ impl State {
         .await;
         match done {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.full => Err(unavailable()),
             Ok(Err(e)) => Err(internal(e.to_string())),
             Err(e) => Err(internal(format!("a registry task failed: {e}"))),
         }

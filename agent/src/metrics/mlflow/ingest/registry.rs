@@ -119,6 +119,17 @@ CREATE TABLE IF NOT EXISTS model_param (
 pub struct RegistryError {
     pub path: String,
     pub message: String,
+    /// The disk had no room (a full state folder): the same request may work later.
+    pub full: bool,
+}
+
+/// A failure of the registry's database at `path`.
+fn db_error(path: &Path, e: rusqlite::Error) -> RegistryError {
+    RegistryError {
+        path: path.display().to_string(),
+        full: e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+        message: e.to_string(),
+    }
 }
 
 /// A run's own record. Invariant: as the `run` table holds it.
@@ -184,13 +195,11 @@ pub fn new_id() -> String {
 impl Registry {
     /// Opens or creates the registry at `path` for `worker`.
     pub fn open(path: &Path, worker: &str) -> Result<Registry, RegistryError> {
-        let err = |e: rusqlite::Error| RegistryError {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
+        let err = |e| db_error(path, e);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| RegistryError {
                 path: path.display().to_string(),
+                full: e.kind() == std::io::ErrorKind::StorageFull,
                 message: format!("cannot create its folder: {e}"),
             })?;
         }
@@ -215,10 +224,7 @@ impl Registry {
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
-        move |e| RegistryError {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
+        move |e| db_error(&self.path, e)
     }
 
     // ---- experiments ----
@@ -289,10 +295,10 @@ impl Registry {
         tags: &[KeyValue],
         now_ms: i64,
     ) -> Result<Option<String>, RegistryError> {
-        let tx = self.conn.transaction().map_err(|e| RegistryError {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| db_error(&self.path, e))?;
         let result = (|| -> rusqlite::Result<_> {
             let taken: Option<String> = tx
                 .query_row(
@@ -899,10 +905,7 @@ impl Registry {
 }
 
 fn self_err(path: &Path) -> impl Fn(rusqlite::Error) -> RegistryError + '_ {
-    move |e| RegistryError {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
+    move |e| db_error(path, e)
 }
 
 /// True when point `a` (step, timestamp, value) comes after `b` as MLflow picks a metric's latest
@@ -972,6 +975,14 @@ pub fn run_info(record: &RunRecord) -> RunInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_failures() {
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let path = Path::new("registry.db");
+        assert!(db_error(path, failure(rusqlite::ffi::SQLITE_FULL)).full);
+        assert!(!db_error(path, failure(rusqlite::ffi::SQLITE_CORRUPT)).full);
+    }
 
     fn metric(key: &str, value: f64, ts: i64, step: i64) -> Metric {
         Metric {
