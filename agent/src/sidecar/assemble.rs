@@ -125,7 +125,7 @@ impl Sidecar {
             service,
             worker_prefix: worker_prefix.clone(),
             folder: stored_at.clone(),
-            pod: super::claim::Holder::here(String::new(), 0).pod,
+            pod: super::claim::pod_name(),
             lapse: settings.claim_lease,
         };
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.

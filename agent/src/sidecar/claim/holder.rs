@@ -35,12 +35,9 @@ fn first_attempt() -> u32 {
 impl Holder {
     /// This process's pod, with `token`, as attempt `attempt`.
     pub fn here(token: String, attempt: u32) -> Holder {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Holder {
             token,
-            pod: env("POD_NAME")
-                .or_else(crate::job::hostname)
-                .unwrap_or_else(|| "unknown".into()),
+            pod: pod_name(),
             pod_uid: env("POD_UID"),
             node: env("NODE_NAME"),
             since: now(),
@@ -82,6 +79,22 @@ impl Holder {
         }
         text
     }
+}
+
+/// This process's pod as people name it, in messages about a claim it did not make.
+pub fn describe_here() -> String {
+    Holder::here(String::new(), 1).describe()
+}
+
+/// This process's pod name: `POD_NAME` (the downward API), else the machine's hostname.
+pub fn pod_name() -> String {
+    env("POD_NAME")
+        .or_else(crate::job::hostname)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// Now, as claims and leases write times (RFC 3339, UTC, seconds).

@@ -48,7 +48,7 @@ use crate::storage::{Service, StorageError};
 
 pub use self::error::ClaimError;
 pub use self::gate::{ClaimGate, GatedSink};
-pub use self::holder::Holder;
+pub use self::holder::{pod_name, Holder};
 pub use self::lease::{JobEnd, Lease, LeaseTask};
 pub use self::names::CLAIM_FILE;
 
@@ -150,7 +150,7 @@ impl Claim {
         }
         // Only reached if claims keep appearing under our feet: someone else is taking over.
         let (_, holder) = (self.latest().await?).unwrap_or((1, Holder::unknown(1)));
-        Err(self.held(&holder, &token))
+        Err(self.held(&holder))
     }
 
     /// Tries until the claim is made, pausing longer each time storage cannot be reached, and
@@ -243,15 +243,13 @@ impl Claim {
         let lease = lease::read(&self.store, self.service, &self.worker_prefix).await?;
         // A lease of an earlier attempt says nothing of this holder: it never renewed one.
         let lease = lease.filter(|l| l.attempt == attempt);
-        let token = holder::token(&self.state_dir)?;
         match lease.as_ref().and_then(|l| l.ended) {
             Some(JobEnd::Succeeded) => {
-                let here = Holder::here(token, attempt + 1);
                 return Err(ClaimError::Finished {
                     folder: self.folder.clone(),
                     holder: holder.describe(),
                     since: holder.since.clone(),
-                    here: here.describe(),
+                    here: holder::describe_here(),
                 });
             }
             Some(JobEnd::Failed | JobEnd::Stopped) => return Ok(()),
@@ -264,7 +262,7 @@ impl Claim {
         // A poisoned lock only means another look panicked; what it saw is still usable.
         let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
         match watched.as_ref() {
-            Some(w) if w.attempt == attempt && w.beat != beat => Err(self.held(holder, &token)),
+            Some(w) if w.attempt == attempt && w.beat != beat => Err(self.held(holder)),
             Some(w) if w.attempt == attempt && w.since.elapsed() >= lapse => {
                 tracing::info!(folder = %self.folder, holder = %holder.describe(), lapse_s = lapse.as_secs_f64(),
                     "the holder's lease lapsed");
@@ -282,12 +280,12 @@ impl Claim {
         }
     }
 
-    fn held(&self, holder: &Holder, token: &str) -> ClaimError {
+    fn held(&self, holder: &Holder) -> ClaimError {
         ClaimError::Held {
             folder: self.folder.clone(),
             holder: holder.describe(),
             since: holder.since.clone(),
-            here: Holder::here(token.to_string(), holder.attempt + 1).describe(),
+            here: holder::describe_here(),
         }
     }
 
