@@ -1112,6 +1112,101 @@ fn rotations_before_and_under_the_sidecar(options: &[&str], glob: &str, rotated:
     }
 }
 
+/// Every generation starts with the same 4 KiB banner. The sidecar has read only the banner of
+/// the newest generation when it is paused (SIGSTOP, as a starved or swapped-out process is);
+/// meanwhile the application writes past the banner and real logrotate rotates with
+/// `copytruncate` once, then (the second time) twice, and the application writes on. Each time
+/// the log keeps its inode, its first KiB and the bytes before the sidecar's read offset; only
+/// the copies tell what happened. Every line is stored once, in order, under `app.log`, and each
+/// rotated name is its own generation.
+#[test]
+fn banner_generations_rotated_while_the_sidecar_was_paused_are_stored_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = rotation_sidecar(dir.path());
+    let banner = long_banner();
+    let mut log = RotatedLog::new(
+        dir.path(),
+        &["rotate 4", "copytruncate", "compress", "delaycompress"],
+        Some(banner.clone()),
+    );
+    let mut child = sc.spawn();
+    let mut generation = 1;
+    for rotations in [1, 2] {
+        shipped(&sc, generation, banner.len() as u64);
+        pause(&child);
+        for _ in 0..rotations {
+            log.write_lines(2000);
+            log.rotate();
+        }
+        log.write_lines(1500);
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        generation += rotations;
+        // Once the new generation is read to its end, a plain rotation starts the next one with
+        // its banner.
+        shipped(
+            &sc,
+            generation,
+            fs::metadata(log.dir.join("app.log")).unwrap().len(),
+        );
+        log.rotate();
+        generation += 1;
+    }
+    log.write_lines(500);
+    kill_and_drain(&sc, &mut child);
+    assert_stored_once(&sc, &log);
+}
+
+/// Stops `child` (SIGSTOP) and waits until the kernel says it is stopped.
+fn pause(child: &Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The state is the field after the command name in parentheses.
+    while !fs::read_to_string(&stat)
+        .unwrap_or_default()
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T'))
+    {
+        assert!(Instant::now() < deadline, "the sidecar did not stop");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The sidecar's checkpoint entry of `app.log` (at its own path) of `generation`, once there is
+/// one that satisfies `ok`; fails after 30 s.
+fn wait_generation(sc: &Sidecar, generation: u64, ok: impl Fn(&serde_json::Value) -> bool) {
+    let file = sc.state.join("logs-checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cp: serde_json::Value =
+            serde_json::from_slice(&fs::read(&file).unwrap_or_default()).unwrap_or_default();
+        let found = cp["files"].as_array().is_some_and(|files| {
+            files.iter().any(|f| {
+                f["logical"] == "app.log"
+                    && f["generation"].as_u64() == Some(generation)
+                    && f["detached"] == false
+                    && ok(f)
+            })
+        });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation} of app.log never got there: {cp:#}\n{}",
+            fs::read_to_string(sc.stderr_log()).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the sidecar has stored the first `bytes` of `generation` of `app.log`.
+fn shipped(sc: &Sidecar, generation: u64, bytes: u64) {
+    wait_generation(sc, generation, |f| f["shipped"].as_u64() == Some(bytes));
+}
+
 /// A log name given with a leading `/` (copied from a path), as a second argument, or without
 /// the worker and `logs/`, is found; a name that is not stored gets the names that are.
 #[test]

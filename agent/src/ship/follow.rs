@@ -6,8 +6,9 @@
 //! writer), as the bytes before the read offset no longer being the ones read there (the
 //! [`Window`]) or the first bytes no longer matching the fingerprint: checked after every read
 //! that found new bytes, before those bytes are kept. The window catches a rewrite behind a
-//! banner that every generation starts with. Only a rewrite that puts the very same KiB before
-//! the old read offset goes unseen; what follows it is then taken for the old generation's end.
+//! banner that every generation starts with. A rewrite that puts the very same KiB before the old
+//! read offset (only the banner was read) is not seen here; the copy rotation made shows it (see
+//! [`recognize`](super::recognize)), and the bytes read meanwhile are read again from the copy.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ pub struct Active {
     /// Set for a generation that was truncated under us; it only ships what it still holds.
     pub closed: bool,
     pub tail: Window,
+    /// The shipper's scan in which this generation began to be followed (0: before the first,
+    /// from the checkpoint).
+    pub since_scan: u64,
 }
 
 impl Active {
@@ -110,6 +114,7 @@ impl Active {
             eof_since: None,
             closed: false,
             tail,
+            since_scan: 0,
         }
     }
 
@@ -199,6 +204,10 @@ impl Active {
             prefixes,
             buffered: Some((self.base(), &self.buf[..])),
             intact: self.intact(),
+            live: match self.source.as_ref() {
+                Some(Source::Plain(f)) if !self.closed => Some(f),
+                _ => None,
+            },
         }
     }
 

@@ -20,9 +20,10 @@
 //! rename or compression of it is recognised too, also after a restart.
 //!
 //! Truncation of a followed file (copytruncate) starts a new generation of that path (see
-//! [`follow`](super::follow)). The bytes written between our last read and the truncation are read
-//! from the copy beside the file (plain or gzip, found by content); otherwise they are reported
-//! lost. A generation whose file was truncated or compressed away while the sidecar was down is
+//! [`follow`](super::follow) and [`rewritten`]). The bytes written between our last read and the
+//! truncation are read from the copy beside the file (plain or gzip, found by content); otherwise
+//! they are reported lost. Generations written and rotated away between two passes are stored
+//! as generations of the log, in the order their copies were made. A generation whose file was truncated or compressed away while the sidecar was down is
 //! continued from that copy on restart.
 //!
 //! When storage fails, reading goes on until `spool_max_bytes` are buffered in memory (the files
@@ -35,7 +36,7 @@ use std::io::Read as _;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -50,6 +51,9 @@ use super::recognize::{self, Candidate, Verdict as Recognized};
 use super::source::{self, Source};
 use crate::error::{Classify, ErrorClass};
 use crate::retry::{RetryPolicy, Verdict};
+
+mod rewritten;
+use rewritten::Before;
 
 /// How the log shipper behaves. Invariant: `chunk_bytes > 0`, `spool_max_bytes >= chunk_bytes`.
 #[derive(Debug, Clone)]
@@ -187,6 +191,11 @@ pub struct LogShipper {
     /// Paths already reported as not shipped (each is said once).
     warned: HashSet<PathBuf>,
     waiting: HashMap<FileId, Waiting>,
+    /// Files this scan found to hold more of a followed generation than its own file does now;
+    /// settled at the end of the scan.
+    before: Vec<Before>,
+    /// How many scans were made (the current one's number, during a scan).
+    scans: u64,
 }
 
 /// How often growth that was read but not yet shipped is recorded, so a loss after a crash can be
@@ -301,6 +310,8 @@ impl LogShipper {
             save_retry_at: None,
             warned: HashSet::new(),
             waiting: HashMap::new(),
+            before: Vec::new(),
+            scans: 0,
         };
         shipper.save();
         Ok(shipper)
@@ -427,6 +438,7 @@ impl LogShipper {
     /// Finds files the globs match that are new to their path, and followed files that left their
     /// path. Returns whether the checkpoint must be saved.
     fn scan(&mut self) -> bool {
+        self.scans += 1;
         let mut changed = false;
         for a in &mut self.active {
             if a.t.detached || a.closed {
@@ -467,6 +479,8 @@ impl LogShipper {
             }
             changed |= self.arrived(g, f.path, f.logical, id);
         }
+        changed |= self.settle_before();
+        changed |= self.rewritten_behind_copies();
         // Files rotated out of sight are kept a while (their copies are still recognised).
         for h in self
             .cp
@@ -646,7 +660,17 @@ impl LogShipper {
         for (i, a) in self.active.iter().enumerate().rev() {
             if !a.closed && other(&a.t.logical) {
                 refs.push(Record::Active(i));
-                candidates.push(a.candidate());
+                let mut c = a.candidate();
+                // A copy its own file no longer holds is looked for only where rotation puts
+                // copies of it (elsewhere it may be another file that starts the same way), and
+                // only once the generation was followed before this scan (a copy found with it
+                // may be of an earlier generation).
+                if !discover::is_rotated_name(&this_name, &file_name(&a.t.logical))
+                    || a.since_scan == self.scans
+                {
+                    c.live = None;
+                }
+                candidates.push(c);
             }
         }
         for (j, h) in self.cp.held.iter().enumerate().rev() {
@@ -668,6 +692,7 @@ impl LogShipper {
                 prefixes,
                 buffered: None,
                 intact: held_files[j].as_ref(),
+                live: None,
             });
         }
         let verdict = recognize::recognize(&file, gzip, &candidates);
@@ -678,6 +703,24 @@ impl LogShipper {
             Ok(Recognized::Again) | Err(_) => return false,
             Ok(v) => v,
         };
+        if let Recognized::Before { index } = verdict {
+            if let Record::Active(i) = refs[index] {
+                let a = &self.active[i];
+                self.before.push(Before {
+                    of: (a.t.logical.clone(), a.t.generation),
+                    made: file
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                    path,
+                    logical,
+                    id,
+                    file,
+                    gzip,
+                });
+            }
+            return false;
+        }
         let settle = match verdict {
             Recognized::Unsure => Some(SETTLE),
             Recognized::Unfinished => Some(GZIP_SETTLE),
@@ -787,15 +830,9 @@ impl LogShipper {
                 from_generation: generation,
             },
         );
-        self.active.push(Active::fresh(
-            logical,
-            generation,
-            path,
-            id,
-            fingerprint,
-            size,
-            file,
-        ));
+        let mut a = Active::fresh(logical, generation, path, id, fingerprint, size, file);
+        a.since_scan = self.scans;
+        self.active.push(a);
         true
     }
 
@@ -886,62 +923,11 @@ impl LogShipper {
                 self.stats.bytes_read.fetch_add(n, Ordering::Relaxed);
                 n
             }
-            Read::Truncated { size } => {
-                self.truncated(i, size);
+            Read::Truncated { .. } => {
+                self.truncated(i);
                 0
             }
         }
-    }
-
-    /// File `i` was truncated in place (copytruncate): it shrank below what we read, or the bytes
-    /// before our offset changed.
-    fn truncated(&mut self, i: usize, new_size: u64) {
-        let read = self.active[i].read_off();
-        let window = self.active[i].tail;
-        let old = &self.active[i].t;
-        tracing::info!(log = %old.logical, generation = old.generation, read, now = new_size,
-            "log file was truncated (copytruncate); starting a new generation");
-        // The copy made just before the truncation starts with the same bytes: finish the old
-        // generation from it, so nothing written before the truncation is lost.
-        let copy = recognize::find_continuation(&old.path, old.fingerprint, window, Some(old.id));
-        let (logical, path, id, detached) =
-            (old.logical.clone(), old.path.clone(), old.id, old.detached);
-        let source_for_new = self.active[i].source.take();
-        let a = &mut self.active[i];
-        match copy {
-            Some((source, copy_path, copy_id)) => {
-                tracing::info!(copy = %copy_path.display(), "reading the rest of the old generation from its copy");
-                a.t.gzip = source.is_gzip();
-                if a.t.gzip {
-                    a.tail = Window::default();
-                }
-                a.source = Some(source);
-                // What was seen of the truncated file may be the next generation's.
-                a.t.seen_size = read;
-                a.t.path = copy_path;
-                a.t.id = copy_id;
-                a.t.detached = true;
-                // The copy has not been read yet: an end-of-file seen on the truncated file must
-                // not retire this generation before its rest is read from the copy.
-                a.eof_since = None;
-                self.cp.held.retain(|h| h.gone || h.id != copy_id);
-            }
-            None => {
-                tracing::warn!(log = %logical,
-                    "no copy of the truncated file was found beside it; bytes written between the last read and the truncation may be lost");
-                a.closed = true;
-            }
-        }
-        let Some(Source::Plain(file)) = source_for_new else {
-            return;
-        };
-        if detached {
-            // A rotated file rewritten under its new name is a file of its own there: the next
-            // pass finds it as new.
-            self.cp.names.retain(|_, o| o.id != id);
-            return;
-        }
-        self.start(path, logical, id, file, new_size);
     }
 
     /// Ships the next chunk of file `i`. Returns the bytes stored, or `None` when storage failed
@@ -1341,6 +1327,169 @@ mod tests {
         assert!(stored == second);
     }
 
+    /// What `logs cat` gives for `name`, all generations.
+    async fn cat(store: &Arc<dyn ObjectStore>, prefix: &Path, name: &str) -> Vec<u8> {
+        let mut stored = Vec::new();
+        crate::ship::reassemble::cat(store, &log_folder(prefix, name), None, &mut stored)
+            .await
+            .unwrap();
+        stored
+    }
+
+    /// Ticks (draining) until nothing is read or held for a few passes.
+    async fn until_idle(shipper: &mut LogShipper) {
+        let mut idle = 0;
+        for _ in 0..200 {
+            let report = shipper.tick(true).await.unwrap();
+            idle = if report.bytes_read == 0 && report.backlog == 0 {
+                idle + 1
+            } else {
+                0
+            };
+            if idle == 5 {
+                return;
+            }
+        }
+        panic!("the shipper never went idle");
+    }
+
+    /// A shipper for `dir/logs/app.log*` that has stored `app.log`, which holds only a 4 KiB
+    /// banner so far; and the banner.
+    async fn banner_stored(dir: &FsPath) -> (LogShipper, Arc<dyn ObjectStore>, Path, Vec<u8>) {
+        let (mut shipper, store, prefix) = rotation_shipper(dir);
+        let banner = [vec![b'='; 4095], b"\n".to_vec()].concat();
+        std::fs::write(dir.join("logs/app.log"), &banner).unwrap();
+        shipper.tick(true).await.unwrap();
+        assert_eq!(shipper.active[0].t.shipped, banner.len() as u64);
+        (shipper, store, prefix, banner)
+    }
+
+    /// copytruncate as logrotate does it: the copy (its mtime the copy's time), then the
+    /// truncation; the writer then starts again with `next`.
+    fn copytruncate(log: &FsPath, copy: &FsPath, made: std::time::SystemTime, next: &[u8]) {
+        std::fs::copy(log, copy).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(copy).unwrap();
+        f.set_modified(made).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(log).unwrap();
+        f.set_len(0).unwrap();
+        f.write_all(next).unwrap();
+    }
+
+    /// Every generation starts with the same 4 KiB banner. The sidecar has read only the banner
+    /// of a generation when the writer goes on and copytruncate rotates it (once, or twice with
+    /// the first copy renamed), and the next generation is written past that offset before the
+    /// sidecar looks again: the log file keeps its inode, its first KiB and the bytes before the
+    /// read offset. The copies tell: they hold what was stored and more, which the log no longer
+    /// holds. With `read_first`, the shipper reads the rewritten log (taking the next
+    /// generation's bytes for this one's) before it looks at the folder again, as when the
+    /// rotation comes between a pass's look and its read.
+    async fn banner_rotations_between_two_passes(rotations: usize, read_first: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path()).await;
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(60);
+        let mut expected = banner.clone();
+        let mut generations = Vec::new();
+        for r in 0..=rotations {
+            let body = lines(&format!("gen{r}"), 3000 + 500 * r);
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .unwrap()
+                .write_all(&body)
+                .unwrap();
+            expected.extend_from_slice(&body);
+            generations.push([banner.clone(), body].concat());
+            if r == rotations {
+                break;
+            }
+            // logrotate's `rotate N`: the older copy moves up a number first.
+            if logs.join("app.log.1").exists() {
+                std::fs::rename(logs.join("app.log.1"), logs.join("app.log.2")).unwrap();
+            }
+            let made = t0 + Duration::from_secs(10 * (r as u64 + 1));
+            copytruncate(&log, &logs.join("app.log.1"), made, &banner);
+            expected.extend_from_slice(&banner);
+        }
+        if read_first {
+            assert!(shipper.read_all() > 0);
+        }
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let stored = cat(&store, &prefix, "app.log").await;
+        assert!(
+            stored == expected,
+            "stored {} bytes under app.log, expected {}; first difference at {:?}; names: {:#?}",
+            stored.len(),
+            expected.len(),
+            stored.iter().zip(&expected).position(|(a, b)| a != b),
+            shipper.cp.names
+        );
+        // Each copy is a name of its own generation, not a file of its own.
+        for (n, g) in (1..=rotations).zip(generations.iter().rev().skip(1)) {
+            let name = format!("app.log.{n}");
+            let o = &shipper.cp.names[&name];
+            assert!(!o.origin && o.from == "app.log", "{name}: {o:?}");
+            let mut held = Vec::new();
+            let folder = log_folder(&prefix, &name);
+            crate::ship::reassemble::cat(&store, &folder, Some(o.generation), &mut held)
+                .await
+                .unwrap();
+            assert!(&held == g, "{name} holds another generation");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_copytruncate_after_only_the_banner_was_read_continues_from_the_copy() {
+        banner_rotations_between_two_passes(1, false).await;
+    }
+
+    #[tokio::test]
+    async fn a_copytruncate_read_through_before_the_copy_is_seen_is_read_again_from_the_copy() {
+        banner_rotations_between_two_passes(1, true).await;
+    }
+
+    #[tokio::test]
+    async fn two_copytruncates_after_only_the_banner_was_read_store_each_generation_in_order() {
+        banner_rotations_between_two_passes(2, false).await;
+    }
+
+    /// As above, but the shipper looks at the folder between the copy and the truncation: the
+    /// copy is recorded as holding more than was read while the log still holds it too; once the
+    /// log is truncated and written again past the banner, the copy's last bytes are no longer
+    /// where it ends in the log.
+    #[tokio::test]
+    async fn a_copy_seen_before_the_truncation_holds_the_rest_once_the_log_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path()).await;
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        let first = lines("first", 3000);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(&first)
+            .unwrap();
+        std::fs::copy(&log, logs.join("app.log.1")).unwrap();
+        assert!(shipper.scan());
+        assert!(
+            shipper.cp.held.iter().any(|h| h.copy && h.generation == 1),
+            "the copy is recorded as one of the first generation"
+        );
+        let second = lines("second", 4000);
+        let mut f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        f.write_all(&[banner.clone(), second.clone()].concat())
+            .unwrap();
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let expected = [banner.clone(), first, banner, second].concat();
+        assert!(cat(&store, &prefix, "app.log").await == expected);
+    }
+
     #[tokio::test]
     async fn a_copytruncate_the_reader_lags_behind_is_caught_by_the_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
@@ -1363,23 +1512,9 @@ mod tests {
         f.write_all(&new).unwrap();
         drop(f);
 
-        let mut idle = 0;
-        for _ in 0..200 {
-            let report = shipper.tick(true).await.unwrap();
-            idle = if report.bytes_read == 0 && report.backlog == 0 {
-                idle + 1
-            } else {
-                0
-            };
-            if idle == 5 {
-                break;
-            }
-        }
+        until_idle(&mut shipper).await;
         assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
-        let mut stored = Vec::new();
-        crate::ship::reassemble::cat(&store, &log_folder(&prefix, "app.log"), None, &mut stored)
-            .await
-            .unwrap();
+        let stored = cat(&store, &prefix, "app.log").await;
         let mut expected = old;
         expected.extend_from_slice(&new);
         assert!(

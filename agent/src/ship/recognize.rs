@@ -8,6 +8,14 @@
 //! (or, when the candidate's own file is still intact, of the bytes it holds), so generations
 //! that share a banner longer than the fingerprint are still told apart.
 //!
+//! A copy can also prove that the file it was made from was truncated and written again since:
+//! files only grow, so a copy of a followed file that holds everything stored of its generation
+//! and more, but is not a prefix of that file any more, was made before the file was rewritten
+//! ([`Verdict::Before`]). This is what tells generations apart when each starts with the same
+//! banner and only the banner was read: the file keeps its first bytes and the bytes before the
+//! read offset, and only the copies differ. It is asked only where rotation puts copies of that
+//! log, and only for generations followed before the file appeared.
+//!
 //! Ambiguity is resolved towards storing bytes: a plain file that is only a short prefix of a
 //! candidate (no more than [`FINGERPRINT_BYTES`], e.g. a new log holding only its banner so far)
 //! is [`Verdict::Unsure`] until it stops growing, then a file of its own; a file longer than
@@ -36,6 +44,9 @@ pub struct Candidate<'a> {
     pub buffered: Option<(Prefix, &'a [u8])>,
     /// A plain file whose content is the candidate's, checked intact by the caller.
     pub intact: Option<&'a File>,
+    /// The plain file the candidate is being read from, whatever it holds now (it may have been
+    /// truncated and written again since it was read). `None` for a candidate no longer read.
+    pub live: Option<&'a File>,
 }
 
 impl Candidate<'_> {
@@ -81,6 +92,12 @@ pub enum Verdict {
     /// A candidate's own file was truncated while it was compared (`copytruncate` right after the
     /// copy was made): ask again at the next pass, once the shipper has seen the truncation.
     Again,
+    /// It holds every byte stored of candidate `index` and more, which the file the candidate is
+    /// read from no longer holds: a copy made before that file was truncated and written again
+    /// (files only grow, so a copy of the same generation would be a prefix of it). It holds
+    /// the rest of the candidate's generation (from where it is stored: bytes read since may be
+    /// the later generation's), or a later generation that was never read.
+    Before { index: usize },
 }
 
 /// Tells whether `file` (a gzip when `gzip`) holds one of `candidates`. Only asked for a file at a
@@ -122,7 +139,7 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
     for &i in &alive {
         let c = &candidates[i];
         offsets.extend(c.known_lengths());
-        if let Some(f) = c.intact {
+        for f in c.intact.iter().chain(c.live.iter()) {
             offsets.push(f.metadata()?.len());
         }
     }
@@ -130,7 +147,9 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
         offsets.push(len);
     }
     let scanned = scan_prefixes(&mut *source::content(file, gzip)?, &offsets);
-    let (mut unsure, mut again) = (false, false);
+    // A file that holds a known generation's bytes is that generation's; only one that holds
+    // none can be a copy made before a followed file was rewritten.
+    let (mut unsure, mut again, mut before) = (false, false, None);
     for &i in &alive {
         match judge(&candidates[i], &scanned, gzip)? {
             Judged::Yes { held, extends } => {
@@ -140,6 +159,7 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
                     extends,
                 })
             }
+            Judged::Before => before = before.or(Some(i)),
             Judged::Unsure => unsure = true,
             Judged::Again => again = true,
             Judged::No => {}
@@ -147,6 +167,8 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
     }
     Ok(if again {
         Verdict::Again
+    } else if let Some(index) = before {
+        Verdict::Before { index }
     } else if gzip && scanned.broken {
         Verdict::Unfinished
     } else if unsure {
@@ -169,6 +191,8 @@ enum Judged {
     Unsure,
     /// The candidate's own file was truncated while it was compared.
     Again,
+    /// Holds all that is stored of the candidate and more, which its file no longer holds.
+    Before,
 }
 
 /// Whether the file scanned holds candidate `c`.
@@ -201,6 +225,18 @@ fn judge(c: &Candidate, x: &Scanned, gzip: bool) -> io::Result<Judged> {
             Judged::No
         })
     };
+    // Everything stored of it and more, which its file no longer holds: a copy made before that
+    // file was truncated and written again. (The bytes read and not stored yet may be the later
+    // generation's, read from the rewritten file; the copy holds the generation's own.)
+    if let (Some(live), Some((base, _))) = (c.live, c.buffered) {
+        let holds_stored = (c.prefixes.iter().filter(|p| p.len <= base.len))
+            .chain([&base])
+            .all(|p| x.prefix(p.len).is_some_and(|t| t.crc == p.crc));
+        let more = x_len.is_none_or(|n| n > base.len);
+        if holds_stored && more && !x.broken && !holds(live, x)? {
+            return Ok(Judged::Before);
+        }
+    }
     // Compare at every length known on both sides; one difference settles it.
     let mut verified = 0u64;
     for len in c.known_lengths().into_iter().filter(|&l| fits(l)) {
@@ -256,6 +292,19 @@ fn judge(c: &Candidate, x: &Scanned, gzip: bool) -> io::Result<Judged> {
         _ if verified == known => yes(true),
         _ => Judged::No,
     })
+}
+
+/// Whether `live` starts with all of the scanned stream (which must have been scanned to its end,
+/// else it is longer than every offset compared, `live`'s length among them).
+fn holds(live: &File, x: &Scanned) -> io::Result<bool> {
+    let Some(end) = x.end else {
+        return Ok(false);
+    };
+    if live.metadata()?.len() < end.len {
+        return Ok(false);
+    }
+    let theirs = scan_prefixes(&mut FileAt { file: live, pos: 0 }, &[end.len]);
+    Ok(theirs.prefix(end.len) == Some(end))
 }
 
 /// Whether a gzip file stops before its end (being written, or damaged).
@@ -371,6 +420,7 @@ mod tests {
             prefixes: vec![Prefix::default().then(data)],
             buffered: None,
             intact: None,
+            live: None,
         }
     }
 
@@ -461,6 +511,7 @@ mod tests {
             prefixes: vec![stored],
             buffered: Some((stored, &a[8192..16384])),
             intact: Some(&orig),
+            live: None,
         };
         // copytruncate: the whole log copied, then the log truncated, before the copy is judged.
         let copy = dir.path().join("app.log.1");

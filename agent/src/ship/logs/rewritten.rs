@@ -1,0 +1,260 @@
+//! A followed file truncated and written again under the shipper (`copytruncate`): where the rest
+//! of its generation is, and which generations were written and rotated away in between.
+//!
+//! The shipper sees a truncation in three ways. Reading finds the file shorter than what was read,
+//! or other bytes before the read offset ([`follow`](crate::ship::follow)); the rest of the
+//! generation is then in the copy beside it that holds those bytes
+//! ([`find_continuation`](recognize::find_continuation)). But when every generation starts with
+//! the same banner and only the banner was read, the file looks unchanged; then the copies tell.
+//! A copy holds what its file held when it was made, and a file only grows, so a copy the file no
+//! longer holds (it arrived holding more than was read, [`Recognized::Before`]; or it was recorded
+//! earlier, holding more than was read, and the file now has other bytes where the copy ends)
+//! proves the file was truncated after the copy was made. Several such copies (rotated twice
+//! before the shipper looked again) are ordered by their modification times, which `copytruncate`
+//! sets when it writes the copy and `compress` keeps: the oldest holds the rest of the generation,
+//! each later one a generation of the log nobody read under its name, stored as one now, in order,
+//! before the file's own new generation.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::{head_fingerprint, LogShipper};
+use crate::ship::checkpoint::Tracked;
+use crate::ship::follow::Active;
+use crate::ship::identity::{FileId, Fingerprint, Window};
+use crate::ship::recognize;
+use crate::ship::source::Source;
+
+/// A new file at a rotated name of a followed generation's log that holds every byte read of it
+/// and more, which the generation's own file no longer holds (see
+/// [`Recognized::Before`](recognize::Verdict::Before)). Settled once every new file of a scan was
+/// looked at.
+pub(super) struct Before {
+    /// The followed generation: its log name and number.
+    pub of: (String, u64),
+    pub path: PathBuf,
+    /// The name the file is matched under.
+    pub logical: String,
+    pub id: FileId,
+    pub file: File,
+    pub gzip: bool,
+    /// Its modification time: when it was copied.
+    pub made: SystemTime,
+}
+
+/// A file that holds a generation (or the rest of one) and is read from its first byte or from
+/// where the generation stands. Invariant: `source` reads `path`, whose inode is `id`.
+struct Copy {
+    source: Source,
+    path: PathBuf,
+    id: FileId,
+}
+
+impl LogShipper {
+    /// Settles the files found by this scan to hold more than was read of a followed generation.
+    /// Returns whether anything changed.
+    pub(super) fn settle_before(&mut self) -> bool {
+        let mut found = std::mem::take(&mut self.before);
+        found.sort_by_key(|b| b.made);
+        let mut changed = false;
+        while let Some(of) = found.first().map(|b| b.of.clone()) {
+            let (these, rest): (Vec<Before>, Vec<Before>) =
+                found.into_iter().partition(|b| b.of == of);
+            found = rest;
+            let Some(i) = self.followed(&of) else {
+                continue;
+            };
+            let mut copies = Vec::new();
+            for b in these {
+                let source = if b.gzip {
+                    match Source::gzip(b.file) {
+                        Ok(Some(s)) => s,
+                        _ => continue,
+                    }
+                } else {
+                    Source::Plain(b.file)
+                };
+                copies.push((
+                    Copy {
+                        source,
+                        path: b.path,
+                        id: b.id,
+                    },
+                    b.logical,
+                ));
+            }
+            let mut copies = copies.into_iter();
+            let Some((rest, name)) = copies.next() else {
+                continue;
+            };
+            self.name(&name, rest.id, of.clone());
+            self.split(i, Some(rest), copies.collect(), true);
+            changed = true;
+        }
+        changed
+    }
+
+    /// Looks, for every followed generation, at the copies recorded as holding more of it than
+    /// was read: one whose last bytes its file no longer holds where the copy ends proves the file
+    /// was truncated and written again since. Returns whether anything changed.
+    pub(super) fn rewritten_behind_copies(&mut self) -> bool {
+        let mut found = None;
+        'files: for (i, a) in self.active.iter().enumerate() {
+            let Some(Source::Plain(live)) = a.source.as_ref() else {
+                continue;
+            };
+            if a.closed {
+                continue;
+            }
+            let stored = a.base().len;
+            for (j, h) in self.cp.held.iter().enumerate() {
+                let ahead = h.copy
+                    && !h.gone
+                    && !h.gzip
+                    && h.logical == a.t.logical
+                    && h.generation == a.t.generation
+                    && h.held.len > stored;
+                if !ahead {
+                    continue;
+                }
+                let len = live.metadata().map(|m| m.len()).unwrap_or(0);
+                if len < h.held.len || !h.tail.matches(live).unwrap_or(true) {
+                    found = Some((i, j));
+                    break 'files;
+                }
+            }
+        }
+        let Some((i, j)) = found else {
+            return false;
+        };
+        let h = &self.cp.held[j];
+        let file = crate::ship::discover::open_read(&h.path, false)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| FileId::of(&m) == h.id));
+        let Some(file) = file else {
+            // Gone meanwhile: the next scan marks it.
+            return false;
+        };
+        let copy = Copy {
+            source: Source::Plain(file),
+            path: h.path.clone(),
+            id: h.id,
+        };
+        self.split(i, Some(copy), Vec::new(), true);
+        true
+    }
+
+    /// File `i` was truncated in place (copytruncate): it shrank below what we read, or the bytes
+    /// before our offset changed.
+    pub(super) fn truncated(&mut self, i: usize) {
+        let a = &self.active[i];
+        // The copy made just before the truncation starts with the same bytes: finish the old
+        // generation from it, so nothing written before the truncation is lost.
+        let copy = recognize::find_continuation(&a.t.path, a.t.fingerprint, a.tail, Some(a.t.id))
+            .map(|(source, path, id)| Copy { source, path, id });
+        self.split(i, copy, Vec::new(), false);
+    }
+
+    /// Generation `i`'s file now holds a later generation: `rest` holds the rest of generation
+    /// `i`, `missed` (oldest first) generations of the same log nobody read, each with the name
+    /// it is matched under; the file itself is followed as the newest. With `reread`, what was
+    /// read of generation `i` and not stored is read again from `rest` (it may have been read
+    /// from the file after it was rewritten).
+    fn split(&mut self, i: usize, rest: Option<Copy>, missed: Vec<(Copy, String)>, reread: bool) {
+        if reread && rest.is_some() {
+            let a = &mut self.active[i];
+            a.buf.clear();
+            a.buf_since = None;
+            a.tail = a.pending.as_ref().map_or(a.t.tail, |p| p.tail);
+        }
+        let read = self.active[i].read_off();
+        let old = &self.active[i].t;
+        let now = self.active[i]
+            .source
+            .as_ref()
+            .and_then(|s| s.content_len().ok())
+            .unwrap_or(0);
+        tracing::info!(log = %old.logical, generation = old.generation, read, now,
+            "log file was truncated (copytruncate); starting a new generation");
+        let (logical, path, id, detached) =
+            (old.logical.clone(), old.path.clone(), old.id, old.detached);
+        let source_for_new = self.active[i].source.take();
+        let a = &mut self.active[i];
+        match rest {
+            Some(copy) => {
+                tracing::info!(copy = %copy.path.display(), "reading the rest of the old generation from its copy");
+                a.t.gzip = copy.source.is_gzip();
+                if a.t.gzip {
+                    a.tail = Window::default();
+                }
+                a.source = Some(copy.source);
+                // What was seen of the truncated file may be the next generation's.
+                a.t.seen_size = read;
+                a.t.path = copy.path;
+                a.t.id = copy.id;
+                a.t.detached = true;
+                // The copy has not been read yet: an end-of-file seen on the truncated file must
+                // not retire this generation before its rest is read from the copy.
+                a.eof_since = None;
+                self.cp.held.retain(|h| h.gone || h.id != copy.id);
+            }
+            None => {
+                tracing::warn!(log = %logical,
+                    "no copy of the truncated file was found beside it; bytes written between the last read and the truncation may be lost");
+                a.closed = true;
+            }
+        }
+        for (copy, name) in missed {
+            self.follow_missed(&logical, copy, &name);
+        }
+        let Some(Source::Plain(file)) = source_for_new else {
+            return;
+        };
+        if detached {
+            // A rotated file rewritten under its new name is a file of its own there: the next
+            // pass finds it as new.
+            self.cp.names.retain(|_, o| o.id != id);
+            return;
+        }
+        self.start(path, logical, id, file, now);
+    }
+
+    /// Follows `copy`, a generation of `log` that was written and rotated away between two looks,
+    /// as the next generation of `log`, and records that `name` holds it.
+    fn follow_missed(&mut self, log: &str, copy: Copy, name: &str) {
+        let generation = self.cp.next_generation(log);
+        tracing::info!(log, generation, path = %copy.path.display(),
+            "a rotated copy holds a generation never read under the log's name; shipping it as that generation");
+        let fingerprint = match &copy.source {
+            Source::Plain(f) => Fingerprint::take(f).ok(),
+            s => head_fingerprint(s.file()),
+        };
+        let seen_size = copy.source.content_len().unwrap_or(0);
+        let gzip = copy.source.is_gzip();
+        let t = Tracked {
+            logical: log.to_string(),
+            generation,
+            path: copy.path,
+            id: copy.id,
+            fingerprint: fingerprint.unwrap_or(Fingerprint { len: 0, crc: 0 }),
+            shipped: 0,
+            in_flight: None,
+            seen_size,
+            detached: true,
+            crc: 0,
+            tail: Window::default(),
+            ends: Vec::new(),
+            gzip,
+        };
+        self.active.push(Active::following(t, copy.source));
+        self.name(name, copy.id, (log.to_string(), generation));
+    }
+
+    /// The followed (not closed) generation `of`.
+    fn followed(&self, of: &(String, u64)) -> Option<usize> {
+        self.active
+            .iter()
+            .position(|a| !a.closed && a.t.logical == of.0 && a.t.generation == of.1)
+    }
+}
