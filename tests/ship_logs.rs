@@ -963,6 +963,19 @@ fn copies_made_at_names_first_seen_as_files_of_their_own_are_stored_once() {
     );
 }
 
+/// As above with a 4 KiB banner at the top of every file: the sidecar's look at the log is
+/// satisfied by any generation (they share their first KiB), so rotations often come within
+/// milliseconds, before the sidecar has read past the banner of the generation between them.
+#[test]
+fn copytruncate_rotations_of_logs_sharing_a_banner_are_stored_once_in_order() {
+    rotations_of(
+        &["rotate 3", "copytruncate", "compress", "delaycompress"],
+        "app.log*",
+        &["app.log.1", "app.log.2.gz", "app.log.3.gz"],
+        Some(long_banner()),
+    );
+}
+
 /// logrotate's `extension .log` puts the number before the extension (`app.1.log`, compressed
 /// `app.1.log.gz`): those are rotated names of `app.log` too, also where the sidecar first saw
 /// them as files of their own, whether logrotate renames and compresses the log or copies it.
@@ -1043,9 +1056,14 @@ fn a_log_holding_only_its_banner_at_start_is_not_taken_for_a_copy_of_its_rotated
 /// each rotated file on disk at the end (their names, sorted, match the patterns `rotated`) is,
 /// byte for byte, the newest generation of its name.
 fn rotations_before_and_under_the_sidecar(options: &[&str], glob: &str, rotated: &[&str]) {
+    rotations_of(options, glob, rotated, None);
+}
+
+/// [`rotations_before_and_under_the_sidecar`], each file starting with `banner`.
+fn rotations_of(options: &[&str], glob: &str, rotated: &[&str], banner: Option<Vec<u8>>) {
     let dir = tempfile::tempdir().unwrap();
     let sc = logs_sidecar(dir.path(), glob);
-    let mut log = RotatedLog::new(dir.path(), options, None);
+    let mut log = RotatedLog::new(dir.path(), options, banner);
     for _ in 0..2 {
         log.write_lines(1000);
         log.rotate();
