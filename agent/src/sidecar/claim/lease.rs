@@ -6,7 +6,9 @@
 //! if the beat changes while it watches, gone if it does not change for the holder's own
 //! `lapses_after_s`. Before each renewal the holder looks for the next attempt's claim: finding
 //! one (it was cut off from storage for longer than its lapse time, and was taken over), it
-//! stops the sidecar's loops and ends with [`ClaimError::TakenOver`].
+//! stops the sidecar's loops and ends with [`ClaimError::TakenOver`]. At each renewal, and at the
+//! end, the holder also writes its claim's token to the state folder if that folder had no room
+//! for it so far ([`Token::keep`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::error::ClaimError;
 use super::gate::ClaimGate;
-use super::holder::{now, Holder};
+use super::holder::{now, Holder, Token};
 use super::names::{claim_key, lease_key};
 use crate::storage::{Service, StorageError};
 
@@ -77,6 +79,8 @@ pub struct Lease {
     pub folder: String,
     pub pod: String,
     pub lapse: Duration,
+    /// The claim's token, written to the state folder at a renewal if it could not be at start.
+    pub token: Option<Arc<Token>>,
 }
 
 /// A running lease. [`LeaseTask::finish`] ends it.
@@ -121,6 +125,9 @@ impl Lease {
                     attempt: by.attempt,
                 });
             }
+            if let Some(token) = &self.token {
+                token.keep();
+            }
             match self.write(attempt, None).await {
                 Ok(()) if failing => {
                     failing = false;
@@ -137,6 +144,10 @@ impl Lease {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 end = &mut ended => {
+                    // A last try, so a restart on this state folder continues the claim.
+                    if let Some(token) = &self.token {
+                        token.keep();
+                    }
                     if let Ok(Some(end)) = end {
                         self.release(attempt, end).await;
                     }
