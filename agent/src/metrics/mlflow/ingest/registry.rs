@@ -186,6 +186,47 @@ pub struct Registry {
     worker: String,
 }
 
+/// The registry, or where to open it once the state folder has room. Invariant: `registry` is
+/// `None` only after opening it failed for want of room (see [`RegistryError::full`]).
+pub struct Slot {
+    registry: Option<Registry>,
+    path: PathBuf,
+    worker: String,
+}
+
+impl Slot {
+    /// Opens the registry at `path` for `worker`; a folder with no room leaves it to be opened
+    /// at its first use (said once), so the endpoint serves meanwhile (its calls answer MLflow's
+    /// retryable 503).
+    pub fn open(path: &Path, worker: &str) -> Result<Slot, RegistryError> {
+        let registry = match Registry::open(path, worker) {
+            Ok(registry) => Some(registry),
+            Err(e) if e.full => {
+                tracing::warn!(error = %e, "the state folder has no room for the MLflow-compatible \
+                    endpoint's run registry; its calls answer 503 (clients retry) until there is room");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Slot {
+            registry,
+            path: path.to_path_buf(),
+            worker: worker.to_string(),
+        })
+    }
+
+    /// The registry, opened now if it was not yet (said once, when it opens).
+    pub fn get(&mut self) -> Result<&mut Registry, RegistryError> {
+        if let Some(registry) = self.registry.take() {
+            return Ok(self.registry.insert(registry));
+        }
+        let registry = Registry::open(&self.path, &self.worker)?;
+        tracing::info!(path = %self.path.display(),
+            "the MLflow-compatible endpoint's run registry is open; its calls are answered");
+        Ok(self.registry.insert(registry))
+    }
+}
+
 /// Random ids: 32 lowercase hex digits, as MLflow's run ids.
 pub fn new_id() -> String {
     let bytes: [u8; 16] = rand::random();
