@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::error::ClaimError;
+use crate::fsutil::no_room;
 
 /// The file in the state folder that keeps this sidecar's token across restarts.
 const TOKEN_FILE: &str = "worker-claim-token";
@@ -142,7 +143,8 @@ impl Token {
         };
         match token.write() {
             Ok(()) => token.kept.store(true, Ordering::Release),
-            Err(e) if no_room(&e) => {
+            // Room may be made later; a read-only folder may be remounted.
+            Err(e) if no_room(&e) || e.kind() == ErrorKind::ReadOnlyFilesystem => {
                 tracing::warn!(path = %path.display(), error = %e,
                     "the state folder has no room for the worker claim's token; it is kept in memory \
                      and written once there is room: until then, a restart of this sidecar is taken \
@@ -176,13 +178,4 @@ impl Token {
         }
         crate::fsutil::write_atomic(&self.path, self.value.as_bytes())
     }
-}
-
-/// Whether a write failed for want of room in the folder (full, over quota, or read-only), which
-/// may pass, rather than for a setting that is wrong.
-fn no_room(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::ReadOnlyFilesystem
-    )
 }
