@@ -93,11 +93,16 @@ fn fill(path: &std::path::Path) {
         .status();
 }
 
-/// Mounts a 48 MiB tmpfs at `state` (unmounted when dropped).
-fn tmpfs(state: &std::path::Path) -> Mounted {
+/// Mounts a 48 MiB tmpfs at `state` (unmounted when dropped), with at most `inodes` files and
+/// folders when given.
+fn tmpfs(state: &std::path::Path, inodes: Option<u32>) -> Mounted {
     fs::create_dir_all(state).unwrap();
+    let mut options = "size=48m".to_string();
+    if let Some(n) = inodes {
+        options.push_str(&format!(",nr_inodes={n}"));
+    }
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
         .arg(state)
         .status()
         .expect("cannot run mount");
@@ -116,7 +121,7 @@ fn tmpfs(state: &std::path::Path) -> Mounted {
 fn full_state_folder(restart: bool) {
     let setup = MetricsSetup::new();
     let state = setup.path("state");
-    let _mounted = tmpfs(&state);
+    let _mounted = tmpfs(&state, None);
     // The metastore lives outside the state folder, so delivery can go on while it is full.
     let db = format!("sqlite://{}", setup.path("metastore.db").display());
     let (probes, mlflow) = (free_port(), free_port());
@@ -238,12 +243,34 @@ fn a_sidecar_restarted_on_a_full_state_folder_waits_too() {
     full_state_folder(true);
 }
 
-/// Mounts a 48 MiB tmpfs at `state` and fills it: a state folder already full when Periscope
-/// first starts on it. Returns the mount (unmounted when dropped) and the file that fills it.
-fn full_tmpfs(state: &std::path::Path) -> (Mounted, std::path::PathBuf) {
-    let mounted = tmpfs(state);
+/// How full a state folder is.
+#[derive(Clone, Copy)]
+enum Full {
+    /// No byte is left; files and folders can still be made (a tmpfs).
+    Bytes,
+    /// No byte and no file or folder can be made either (like a full ext4 or XFS disk, where a
+    /// new folder needs a block).
+    BytesAndFiles,
+}
+
+/// Mounts a 48 MiB tmpfs at `state` and fills it as `full` says: a state folder already full when
+/// Periscope first starts on it. Returns the mount (unmounted when dropped) and the folder whose
+/// removal frees the space.
+fn full_tmpfs(state: &std::path::Path, full: Full) -> (Mounted, std::path::PathBuf) {
+    let mounted = tmpfs(state, matches!(full, Full::BytesAndFiles).then_some(64));
     let filler = state.join("filler");
-    fill(&filler);
+    fs::create_dir(&filler).unwrap();
+    fill(&filler.join("bytes"));
+    if let Full::BytesAndFiles = full {
+        let mut n = 0;
+        while fs::File::create(filler.join(n.to_string())).is_ok() {
+            n += 1;
+        }
+        assert!(
+            fs::create_dir(state.join("probe")).is_err(),
+            "a folder can still be made"
+        );
+    }
     assert!(
         fs::write(state.join("probe"), "x").is_err(),
         "the state folder is not full"
@@ -270,11 +297,10 @@ fn claim_token(path: &std::path::Path) -> String {
 /// is claimed with a token kept in memory. Once space is freed, the token is written to the
 /// state folder (the one in the claim), and every log line, event and metric written meanwhile is
 /// stored once.
-#[test]
-fn a_sidecar_first_started_on_a_full_state_folder_waits_and_then_stores_everything_once() {
+fn first_start_on_a_full_state_folder(full: Full) {
     let setup = MetricsSetup::new();
     let state = setup.path("state");
-    let (_mounted, filler) = full_tmpfs(&state);
+    let (_mounted, filler) = full_tmpfs(&state, full);
     let db = format!("sqlite://{}", setup.path("metastore.db").display());
     let (probes, mlflow) = (free_port(), free_port());
     let tb = setup.path("tb");
@@ -336,7 +362,7 @@ fn a_sidecar_first_started_on_a_full_state_folder_waits_and_then_stores_everythi
     assert!(!state.join("worker-claim-token").exists());
 
     // Space is freed.
-    fs::remove_file(&filler).unwrap();
+    fs::remove_dir_all(&filler).unwrap();
     write_events(&mut events, 200, 100);
     write_metrics(&setup, 200, 100);
     append(&logs.join("app.log"), &log_lines(200, 100));
@@ -375,6 +401,16 @@ fn a_sidecar_first_started_on_a_full_state_folder_waits_and_then_stores_everythi
     assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
 }
 
+#[test]
+fn a_sidecar_first_started_on_a_full_state_folder_waits_and_then_stores_everything_once() {
+    first_start_on_a_full_state_folder(Full::Bytes);
+}
+
+#[test]
+fn a_sidecar_first_started_where_no_file_or_folder_can_be_made_waits_too() {
+    first_start_on_a_full_state_folder(Full::BytesAndFiles);
+}
+
 /// `periscope run -- CMD` on a state folder that is already full runs CMD at once (its output
 /// goes to its own folder, outside the state folder), and once space is freed stores all of
 /// its output, once.
@@ -382,7 +418,7 @@ fn a_sidecar_first_started_on_a_full_state_folder_waits_and_then_stores_everythi
 fn run_on_a_full_state_folder_runs_the_command_and_stores_its_output_once_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_mounted, filler) = full_tmpfs(&data.join("state"));
+    let (_mounted, filler) = full_tmpfs(&data.join("state"), Full::Bytes);
     let go = dir.path().join("go");
     let run_dir = data.join("runs").join(EXPERIMENT).join("worker-0");
     // Each half prints 100 lines and logs 100 points of `jsonl/x` to the run's metrics file.
@@ -425,7 +461,7 @@ fn run_on_a_full_state_folder_runs_the_command_and_stores_its_output_once_space_
         thread::sleep(Duration::from_millis(100));
     }
     thread::sleep(Duration::from_secs(1));
-    fs::remove_file(&filler).unwrap();
+    fs::remove_dir_all(&filler).unwrap();
     fs::write(&go, "").unwrap();
     let mut child = child;
     let out = wait_with_timeout(child.0.take().unwrap(), Duration::from_secs(90));
