@@ -155,6 +155,11 @@ impl Token {
         Ok(token)
     }
 
+    /// Whether the state folder keeps the token (a restart of this sidecar continues its claim).
+    pub fn is_kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
+    }
+
     /// Writes the token to the state folder if it is not kept there yet (said once, when it
     /// is); returns whether it is kept.
     pub fn keep(&self) -> bool {

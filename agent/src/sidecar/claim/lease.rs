@@ -6,9 +6,9 @@
 //! if the beat changes while it watches, gone if it does not change for the holder's own
 //! `lapses_after_s`. Before each renewal the holder looks for the next attempt's claim: finding
 //! one (it was cut off from storage for longer than its lapse time, and was taken over), it
-//! stops the sidecar's loops and ends with [`ClaimError::TakenOver`]. At each renewal, and at the
-//! end, the holder also writes its claim's token to the state folder if that folder had no room
-//! for it so far ([`Token::keep`]).
+//! stops the sidecar's loops and ends with [`ClaimError::TakenOver`]. From the claim on, while
+//! the state folder has had no room for the claim's token, the lease tries to write it every
+//! [`KEEP_PAUSE`], and once more at the end ([`Token::keep`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,9 @@ use super::gate::ClaimGate;
 use super::holder::{now, Holder, Token};
 use super::names::{claim_key, lease_key};
 use crate::storage::{Service, StorageError};
+
+/// The pause between two tries to write a claim's token that the state folder had no room for.
+const KEEP_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the holder's job ended, as its lease says once it finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +82,8 @@ pub struct Lease {
     pub folder: String,
     pub pod: String,
     pub lapse: Duration,
-    /// The claim's token, written to the state folder at a renewal if it could not be at start.
+    /// The claim's token, written to the state folder once there is room if there was none at
+    /// start.
     pub token: Option<Arc<Token>>,
 }
 
@@ -114,6 +118,14 @@ impl Lease {
             },
             _ = &mut ended => return Ok(()),
         };
+        if let Some(token) = self.token.clone() {
+            // Kept as soon as there is room: until then a restart of this sidecar is a newcomer.
+            tokio::spawn(async move {
+                while !token.keep() {
+                    tokio::time::sleep(KEEP_PAUSE).await;
+                }
+            });
+        }
         let every = (self.lapse / 3).max(Duration::from_millis(100));
         let mut failing = false;
         loop {
@@ -124,9 +136,6 @@ impl Lease {
                     by: by.describe(),
                     attempt: by.attempt,
                 });
-            }
-            if let Some(token) = &self.token {
-                token.keep();
             }
             match self.write(attempt, None).await {
                 Ok(()) if failing => {

@@ -7,9 +7,9 @@
 //! a random token kept in the state folder. A later start with the same state folder (a
 //! restarted sidecar container: the folder is an emptyDir of the pod, or `run --resume`) holds
 //! the same token and continues. A state folder with no room for the token (full, or read-only)
-//! does not hold the sidecar up: the token is kept in memory and the lease writes it at a later
-//! renewal ([`Token`]); until then a restart of this sidecar is a newcomer, which takes the
-//! folder over once this sidecar's lease lapses.
+//! does not hold the sidecar up: the token is kept in memory and the lease writes it once there
+//! is room ([`Token`], [`lease`]); until then a restart of this sidecar is a newcomer, which
+//! takes the folder over once this sidecar's lease lapses.
 //!
 //! A start with another state folder finds the folder held. While it runs, the holder renews a
 //! [`lease`]; when it ends having stored everything, the lease says how its job ended. The
