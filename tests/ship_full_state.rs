@@ -293,10 +293,11 @@ fn claim_token(path: &std::path::Path) -> String {
 }
 
 /// A sidecar first started on a state folder that is already full (with nothing of an earlier
-/// start in it) keeps running: the probes answer, `/readyz` says 503 and why, the worker's folder
-/// is claimed with a token kept in memory. Once space is freed, the token is written to the
-/// state folder (the one in the claim), and every log line, event and metric written meanwhile is
-/// stored once.
+/// start in it) keeps running: the probes answer, `/readyz` says 503 and why, `/metrics` says the
+/// claim's token is not kept, the MLflow endpoint answers 503, and the worker's folder is claimed
+/// with the token in memory. Once space is freed, the token is written to the state folder (the
+/// one in the claim, so a restart continues the claim), and every log line, event and metric
+/// written meanwhile is stored once.
 fn first_start_on_a_full_state_folder(full: Full) {
     let setup = MetricsSetup::new();
     let state = setup.path("state");
@@ -310,19 +311,18 @@ fn first_start_on_a_full_state_folder(full: Full) {
     write_events(&mut events, 0, 100);
     write_metrics(&setup, 0, 100);
     append(&logs.join("app.log"), &log_lines(0, 100));
+    let sidecar = || {
+        let mut cmd = setup.sidecar(EXPERIMENT);
+        cmd.args(["--metastore", &db])
+            .args(["--tfevents-interval", "0.2"])
+            .arg("--logs")
+            .arg(format!("{}/*.log", logs.display()))
+            .args(["--listen", &format!("127.0.0.1:{probes}")])
+            .args(["--mlflow-listen", &format!("127.0.0.1:{mlflow}")]);
+        cmd
+    };
     let log = fs::File::create(setup.path("sidecar.log")).unwrap();
-    let child = setup
-        .sidecar(EXPERIMENT)
-        .args(["--metastore", &db])
-        .args(["--tfevents-interval", "0.2"])
-        .arg("--logs")
-        .arg(format!("{}/*.log", logs.display()))
-        .args(["--listen", &format!("127.0.0.1:{probes}")])
-        .args(["--mlflow-listen", &format!("127.0.0.1:{mlflow}")])
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut child = Running(Some(child));
+    let mut child = Running(Some(sidecar().stderr(log).spawn().unwrap()));
     let said = || fs::read_to_string(setup.path("sidecar.log")).unwrap_or_default();
     // Both listeners answer, and the sidecar has not exited meanwhile.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -350,6 +350,11 @@ fn first_start_on_a_full_state_folder(full: Full) {
     let ready = get("/readyz");
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(ready.body.contains("state folder"), "{}", ready.body);
+    let metrics = get("/metrics").body;
+    assert!(
+        metrics.contains("\nperiscope_claim_token_unkept 1\n"),
+        "{metrics}"
+    );
     // The MLflow-compatible endpoint cannot keep its runs yet: clients are told to retry.
     let create = request(
         mlflow,
@@ -367,7 +372,11 @@ fn first_start_on_a_full_state_folder(full: Full) {
     write_metrics(&setup, 200, 100);
     append(&logs.join("app.log"), &log_lines(200, 100));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while get("/readyz").status != 200 || !state.join("worker-claim-token").is_file() {
+    while get("/readyz").status != 200
+        || !get("/metrics")
+            .body
+            .contains("\nperiscope_claim_token_unkept 0\n")
+    {
         assert!(Instant::now() < deadline, "never resumed:\n{}", said());
         thread::sleep(Duration::from_millis(100));
     }
@@ -382,6 +391,13 @@ fn first_start_on_a_full_state_folder(full: Full) {
     // The token the state folder keeps now is the one the claim holds: a restart continues it.
     let kept = fs::read_to_string(state.join("worker-claim-token")).unwrap();
     assert_eq!(kept.trim(), claim_token(&worker.join("claim.json")));
+    let again = wait_with_timeout(sidecar().spawn().unwrap(), Duration::from_secs(60));
+    let said_again = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(0), "{said_again}");
+    assert!(
+        said_again.contains("continuing the worker's folder this state folder claimed"),
+        "{said_again}"
+    );
     for said_once in [
         "no room for the worker claim's token",
         "token is kept in the state folder now",
@@ -449,7 +465,7 @@ fn run_on_a_full_state_folder_runs_the_command_and_stores_its_output_once_space_
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let child = Running(Some(child));
+    let mut child = Running(Some(child));
     let deadline = Instant::now() + Duration::from_secs(30);
     let printed = || fs::read_to_string(run_dir.join("stdout.log")).unwrap_or_default();
     while printed() != log_lines(0, 100) {
@@ -463,7 +479,6 @@ fn run_on_a_full_state_folder_runs_the_command_and_stores_its_output_once_space_
     thread::sleep(Duration::from_secs(1));
     fs::remove_dir_all(&filler).unwrap();
     fs::write(&go, "").unwrap();
-    let mut child = child;
     let out = wait_with_timeout(child.0.take().unwrap(), Duration::from_secs(90));
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(0), "{said}");
@@ -471,6 +486,8 @@ fn run_on_a_full_state_folder_runs_the_command_and_stores_its_output_once_space_
         said.contains("no room for the worker claim's token"),
         "{said}"
     );
+    let state = data.join("state").join(EXPERIMENT).join("worker-0");
+    assert!(state.join("worker-claim-token").is_file(), "{said}");
     let stored = run(periscope().args(["logs", "cat"]).arg(
         data.join("storage")
             .join(EXPERIMENT)
