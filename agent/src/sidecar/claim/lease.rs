@@ -87,6 +87,15 @@ pub struct Lease {
     pub token: Option<Arc<Token>>,
 }
 
+/// A task that ends when this is dropped (the lease's token keeper ends with the lease).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A running lease. [`LeaseTask::finish`] ends it.
 pub struct LeaseTask {
     end: oneshot::Sender<Option<JobEnd>>,
@@ -118,14 +127,14 @@ impl Lease {
             },
             _ = &mut ended => return Ok(()),
         };
-        if let Some(token) = self.token.clone() {
-            // Kept as soon as there is room: until then a restart of this sidecar is a newcomer.
-            tokio::spawn(async move {
+        // Kept as soon as there is room: until then a restart of this sidecar is a newcomer.
+        let _keeper = self.token.clone().map(|token| {
+            AbortOnDrop(tokio::spawn(async move {
                 while !token.keep() {
                     tokio::time::sleep(KEEP_PAUSE).await;
                 }
-            });
-        }
+            }))
+        });
         let every = (self.lapse / 3).max(Duration::from_millis(100));
         let mut failing = false;
         loop {
