@@ -116,8 +116,8 @@ pub struct Token {
 
 impl Token {
     /// The state folder's token: the one it keeps, or a new one it is asked to keep. A folder
-    /// with no room for it (full, over quota, read-only) leaves the new token in memory, said
-    /// once: the claim works all the same, and [`Token::keep`] tries again later.
+    /// with no room for it (full, or over quota) leaves the new token in memory, said once: the
+    /// claim works all the same, and [`Token::keep`] tries again later.
     pub fn load(state_dir: &Path) -> Result<Token, ClaimError> {
         let path = state_dir.join(TOKEN_FILE);
         let failed = |source| ClaimError::Token {
@@ -143,8 +143,9 @@ impl Token {
         };
         match token.write() {
             Ok(()) => token.kept.store(true, Ordering::Release),
-            // Room may be made later; a read-only folder may be remounted.
-            Err(e) if no_room(&e) || e.kind() == ErrorKind::ReadOnlyFilesystem => {
+            // Room may be made later. A read-only folder is not waited for: nothing else of the
+            // sidecar could write there either, so it stops before claiming anything.
+            Err(e) if no_room(&e) => {
                 tracing::warn!(path = %path.display(), error = %e,
                     "the state folder has no room for the worker claim's token; it is kept in memory \
                      and written once there is room: until then, a restart of this sidecar is taken \

@@ -6,7 +6,7 @@
 //! (`POD_NAME` from the downward API, else the hostname; `POD_UID` and `NODE_NAME` when set) and
 //! a random token kept in the state folder. A later start with the same state folder (a
 //! restarted sidecar container: the folder is an emptyDir of the pod, or `run --resume`) holds
-//! the same token and continues. A state folder with no room for the token (full, or read-only)
+//! the same token and continues. A state folder with no room for the token (full, or over quota)
 //! does not hold the sidecar up: the token is kept in memory and the lease writes it once there
 //! is room ([`Token`], [`lease`]); until then a restart of this sidecar is a newcomer, which
 //! takes the folder over once this sidecar's lease lapses.
