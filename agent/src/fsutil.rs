@@ -36,6 +36,43 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Whether a write failed for want of room on the disk (full, or over quota): it may work once
+/// room is made, unlike a wrong setting.
+pub fn no_room(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    Ok(room(path)?.0)
+}
+
+/// Whether the filesystem holding `path` has no room left to write a file: under 1 MiB free for
+/// an unprivileged writer, or no free inode. For errors that do not say why (SQLite's "unable to
+/// open database file").
+pub fn out_of_room(path: &Path) -> bool {
+    room(path).is_ok_and(|(bytes, inodes)| bytes < (1 << 20) || inodes == Some(0))
+}
+
+/// Free bytes, and free inodes (`None` where the filesystem does not count them), for an
+/// unprivileged writer on the filesystem holding `path`.
+fn room(path: &Path) -> io::Result<(u64, Option<u64>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bytes = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    let inodes = (st.f_files > 0).then_some(st.f_favail as u64);
+    Ok((bytes, inodes))
+}
+
 /// Fsyncs a folder, so that renames and new entries in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

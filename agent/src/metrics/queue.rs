@@ -21,6 +21,9 @@
 //!   leftover of it can ever line up behind newer records and pass for one.
 //!   When the disk has no room for the zeros (a full state folder), the segment is used as it is
 //!   and grows with each append: slower, never wrong.
+//!   When there is no room even for the queue's folder (a state folder already full at the first
+//!   start), the queue opens empty and its first append makes the folder and the segment; until
+//!   that works, appends fail as on any full disk and the producer tries again later.
 //! * A sealed segment is cut to its records' length before the next one starts, so a sealed
 //!   segment's size is its records' length, with no preallocated tail.
 //! * An append that fails (a full disk) leaves nothing of itself and changes nothing: the producer
@@ -42,7 +45,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Classify, ErrorClass};
-use crate::fsutil::{sync_dir, write_atomic};
+use crate::fsutil::{no_room, sync_dir, write_atomic};
 
 const HEADER: u64 = 8;
 /// A record longer than this is damage, not data (the pipeline writes batches far smaller).
@@ -126,13 +129,14 @@ struct Delivered {
 /// The open queue. Invariants: `segments` maps each segment's first position to its length (the
 /// bytes of its records) and is never empty; the last segment is the one appended to, through
 /// `active`, and holds only zeros after its length; every other segment's file is exactly its
-/// length long; `delivered <= end`.
+/// length long; `delivered <= end`. `active` is `None` only while the queue is empty and its
+/// folder could not be made for want of room (see [`Queue::open`]): the first append makes it.
 #[derive(Debug)]
 pub struct Queue {
     dir: PathBuf,
     cfg: QueueConfig,
     segments: BTreeMap<u64, u64>,
-    active: File,
+    active: Option<File>,
     delivered: u64,
 }
 
@@ -227,7 +231,23 @@ impl Queue {
     /// Opens (or creates) the queue in `dir`, truncating a torn tail and deleting segments that
     /// were wholly delivered.
     pub fn open(dir: &Path, cfg: QueueConfig) -> Result<Queue, QueueError> {
-        fs::create_dir_all(dir).map_err(io_err("create the folder", dir))?;
+        match fs::create_dir_all(dir) {
+            Ok(()) => {}
+            // Never made, and no room to make it (a state folder already full at the first
+            // start): an empty queue, whose first segment is made by the first append.
+            Err(e) if no_room(&e) && !dir.exists() => {
+                tracing::debug!(dir = %dir.display(), error = %e,
+                    "no room to make the metrics queue's folder; the first append makes it");
+                return Ok(Queue {
+                    dir: dir.to_path_buf(),
+                    cfg,
+                    segments: BTreeMap::from([(0, 0)]),
+                    active: None,
+                    delivered: 0,
+                });
+            }
+            Err(e) => return Err(io_err("create the folder", dir)(e)),
+        }
         let mut segments = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(io_err("list the folder", dir))? {
             let entry = entry.map_err(io_err("list the folder", dir))?;
@@ -299,7 +319,7 @@ impl Queue {
             dir: dir.to_path_buf(),
             cfg,
             segments,
-            active,
+            active: Some(active),
             delivered,
         };
         queue.delete_delivered_segments()?;
@@ -366,14 +386,22 @@ impl Queue {
                 io_err("find a segment", &self.dir)(io::Error::other("no segment"))
             })?;
         let path = self.dir.join(segment_name(start));
+        let active = match self.active.take() {
+            Some(active) => self.active.insert(active),
+            // The first append to a queue whose folder could not be made at open (it is empty).
+            None => {
+                fs::create_dir_all(&self.dir).map_err(io_err("create the folder", &self.dir))?;
+                let made = create_segment(&self.dir, &path, self.cfg.segment_bytes)?;
+                self.active.insert(made)
+            }
+        };
         // At the records' end, over the preallocated zeros (past them, the file grows).
-        let written = self
-            .active
+        let written = active
             .write_all_at(&buf, len)
-            .and_then(|()| self.active.sync_data());
+            .and_then(|()| active.sync_data());
         if let Err(e) = written {
             // Leave no half batch behind (disk full): what is not acknowledged must not stay.
-            let _ = self.active.set_len(len);
+            let _ = active.set_len(len);
             return Err(io_err("append records", &path)(e));
         }
         self.segments.insert(start, len + size);
@@ -393,13 +421,15 @@ impl Queue {
         // Seal the segment: cut its unused preallocated zeros, durably before the next segment
         // exists, so that every segment but the last is exactly as long as its records.
         let sealed = self.dir.join(segment_name(start));
-        self.active
-            .set_len(len)
-            .and_then(|()| self.active.sync_all())
-            .map_err(io_err("seal a segment", &sealed))?;
+        if let Some(active) = &self.active {
+            active
+                .set_len(len)
+                .and_then(|()| active.sync_all())
+                .map_err(io_err("seal a segment", &sealed))?;
+        }
         let path = self.dir.join(segment_name(end));
         let file = create_segment(&self.dir, &path, self.cfg.segment_bytes)?;
-        self.active = file;
+        self.active = Some(file);
         self.segments.insert(end, 0);
         self.delete_delivered_segments()
     }

@@ -115,6 +115,7 @@ impl Sidecar {
             tokio::time::sleep(WATCH_PAUSE).await;
             first = claim.try_once().await;
         }
+        let claim_token = claim.token();
         let (pending, claimed) = match first {
             Ok(c) => (None, ClaimGate::opened(c.attempt)),
             Err(e) if e.is_transient() => (Some(claim), ClaimGate::default()),
@@ -127,6 +128,7 @@ impl Sidecar {
             folder: stored_at.clone(),
             pod: super::claim::pod_name(),
             lapse: settings.claim_lease,
+            token: claim_token.clone(),
         };
         // Checked before the job runs, so a misconfigured pod fails at once rather than after.
         let saver = match settings.artifacts.is_empty() {
@@ -200,6 +202,7 @@ impl Sidecar {
                 .as_ref()
                 .map(TfeventsMirror::checkpoint_outage),
             metastore: Some(metrics.status()),
+            claim_token: claim_token.clone(),
             stall_after: (settings.lifecycle.poll_interval * 10).max(Duration::from_secs(60)),
         };
         let probes = probes.serve(health::router(observed));

@@ -16,6 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use super::claim::Token;
 use crate::lifecycle::DrainFlag;
 use crate::metrics::pipeline::DeliveryStatus;
 use crate::retry::Outage;
@@ -56,6 +57,8 @@ pub struct Observed {
     pub tfevents: Option<Arc<Outage>>,
     /// How delivery to the metastore goes.
     pub metastore: Option<Arc<DeliveryStatus>>,
+    /// The worker claim's token, which the state folder may have had no room for.
+    pub claim_token: Option<Arc<Token>>,
     /// A loop that has not finished a pass for this long is reported as not live.
     pub stall_after: Duration,
 }
@@ -140,6 +143,15 @@ async fn metrics(o: Observed) -> impl IntoResponse {
         "1 while the sidecar drains after a stop request.",
         u64::from(o.health.draining.is_set()),
     );
+    if let Some(t) = &o.claim_token {
+        metric(
+            "periscope_claim_token_unkept",
+            "gauge",
+            "1 while the state folder has had no room for the worker claim's token (a restart \
+             of this sidecar would be taken for another pod).",
+            u64::from(!t.is_kept()),
+        );
+    }
     if let Some(m) = &o.metastore {
         metric(
             "periscope_metastore_failing",

@@ -120,10 +120,18 @@ impl TfeventsMirror {
         cfg: MirrorConfig,
         store: Arc<dyn ObjectStore>,
     ) -> Result<TfeventsMirror, ShipError> {
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|error| ShipError::Checkpoint {
-            dir: cfg.state_dir.clone(),
-            error,
-        })?;
+        match std::fs::create_dir_all(&cfg.state_dir) {
+            Ok(()) => {}
+            // No room to make it (a disk already full): the first checkpoint save makes it, and
+            // uploads wait for that save as they do when the folder fills later.
+            Err(error) if crate::fsutil::no_room(&error) => {}
+            Err(error) => {
+                return Err(ShipError::Checkpoint {
+                    dir: cfg.state_dir.clone(),
+                    error,
+                })
+            }
+        }
         let saved = MirrorState::load(&cfg.state_dir, cfg.worker_prefix.as_ref());
         let mut all_roots = cfg.roots.clone();
         all_roots.extend(cfg.search.iter().map(|s| s.root.clone()));

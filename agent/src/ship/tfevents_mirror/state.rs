@@ -96,9 +96,11 @@ impl MirrorState {
         }
     }
 
-    /// Writes the checkpoint atomically and durably.
+    /// Writes the checkpoint atomically and durably (making the state folder if it is not there
+    /// yet: there was no room for it at start).
     pub fn save(&self, state_dir: &FsPath) -> std::io::Result<()> {
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(state_dir)?;
         write_atomic(&state_dir.join(MIRROR_FILE), &json)
     }
 }

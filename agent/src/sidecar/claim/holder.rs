@@ -1,11 +1,14 @@
 //! Who holds a worker's folder: the body of a claim object, and the token that makes a state
 //! folder its holder.
 
-use std::path::Path;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::ClaimError;
+use crate::fsutil::no_room;
 
 /// The file in the state folder that keeps this sidecar's token across restarts.
 const TOKEN_FILE: &str = "worker-claim-token";
@@ -102,21 +105,83 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The state folder's token, made the first time.
-pub fn token(state_dir: &Path) -> Result<String, ClaimError> {
-    let path = state_dir.join(TOKEN_FILE);
-    let failed = |source| ClaimError::Token {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(failed(e)),
+/// This state folder's token, and whether the folder keeps it. Invariant: `value` never
+/// changes; once `kept` is true, `path` holds `value`.
+#[derive(Debug)]
+pub struct Token {
+    pub value: String,
+    path: PathBuf,
+    kept: AtomicBool,
+}
+
+impl Token {
+    /// The state folder's token: the one it keeps, or a new one it is asked to keep. A folder
+    /// with no room for it (full, or over quota) leaves the new token in memory, said once: the
+    /// claim works all the same, and [`Token::keep`] tries again later.
+    pub fn load(state_dir: &Path) -> Result<Token, ClaimError> {
+        let path = state_dir.join(TOKEN_FILE);
+        let failed = |source| ClaimError::Token {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => {
+                return Ok(Token {
+                    value: t.trim().to_string(),
+                    path,
+                    kept: AtomicBool::new(true),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(e)),
+        }
+        let token = Token {
+            value: hex::encode(rand::random::<[u8; 16]>()),
+            path: path.clone(),
+            kept: AtomicBool::new(false),
+        };
+        match token.write() {
+            Ok(()) => token.kept.store(true, Ordering::Release),
+            // Room may be made later. A read-only folder is not waited for: nothing else of the
+            // sidecar could write there either, so it stops before claiming anything.
+            Err(e) if no_room(&e) => {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "the state folder has no room for the worker claim's token; it is kept in memory \
+                     and written once there is room: until then, a restart of this sidecar is taken \
+                     for another pod, which takes the worker's folder over once this one's lease lapses")
+            }
+            Err(e) => return Err(failed(e)),
+        }
+        Ok(token)
     }
-    let token = hex::encode(rand::random::<[u8; 16]>());
-    std::fs::create_dir_all(state_dir).map_err(failed)?;
-    crate::fsutil::write_atomic(&path, token.as_bytes()).map_err(failed)?;
-    Ok(token)
+
+    /// Whether the state folder keeps the token (a restart of this sidecar continues its claim).
+    pub fn is_kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
+    }
+
+    /// Writes the token to the state folder if it is not kept there yet (said once, when it
+    /// is); returns whether it is kept.
+    pub fn keep(&self) -> bool {
+        if self.kept.load(Ordering::Acquire) {
+            return true;
+        }
+        match self.write() {
+            Ok(()) => {
+                self.kept.store(true, Ordering::Release);
+                tracing::info!(path = %self.path.display(),
+                    "the worker claim's token is kept in the state folder now; a restart of this sidecar continues its claim");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn write(&self) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::fsutil::write_atomic(&self.path, self.value.as_bytes())
+    }
 }

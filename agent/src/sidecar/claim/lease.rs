@@ -6,7 +6,9 @@
 //! if the beat changes while it watches, gone if it does not change for the holder's own
 //! `lapses_after_s`. Before each renewal the holder looks for the next attempt's claim: finding
 //! one (it was cut off from storage for longer than its lapse time, and was taken over), it
-//! stops the sidecar's loops and ends with [`ClaimError::TakenOver`].
+//! stops the sidecar's loops and ends with [`ClaimError::TakenOver`]. From the claim on, while
+//! the state folder has had no room for the claim's token, the lease tries to write it every
+//! [`KEEP_PAUSE`], and once more at the end ([`Token::keep`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +21,12 @@ use tokio::task::JoinHandle;
 
 use super::error::ClaimError;
 use super::gate::ClaimGate;
-use super::holder::{now, Holder};
+use super::holder::{now, Holder, Token};
 use super::names::{claim_key, lease_key};
 use crate::storage::{Service, StorageError};
+
+/// The pause between two tries to write a claim's token that the state folder had no room for.
+const KEEP_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the holder's job ended, as its lease says once it finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +82,18 @@ pub struct Lease {
     pub folder: String,
     pub pod: String,
     pub lapse: Duration,
+    /// The claim's token, written to the state folder once there is room if there was none at
+    /// start.
+    pub token: Option<Arc<Token>>,
+}
+
+/// A task that ends when this is dropped (the lease's token keeper ends with the lease).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A running lease. [`LeaseTask::finish`] ends it.
@@ -110,6 +127,14 @@ impl Lease {
             },
             _ = &mut ended => return Ok(()),
         };
+        // Kept as soon as there is room: until then a restart of this sidecar is a newcomer.
+        let _keeper = self.token.clone().map(|token| {
+            AbortOnDrop(tokio::spawn(async move {
+                while !token.keep() {
+                    tokio::time::sleep(KEEP_PAUSE).await;
+                }
+            }))
+        });
         let every = (self.lapse / 3).max(Duration::from_millis(100));
         let mut failing = false;
         loop {
@@ -137,6 +162,10 @@ impl Lease {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 end = &mut ended => {
+                    // A last try, so a restart on this state folder continues the claim.
+                    if let Some(token) = &self.token {
+                        token.keep();
+                    }
                     if let Ok(Some(end)) = end {
                         self.release(attempt, end).await;
                     }

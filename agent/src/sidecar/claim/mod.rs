@@ -6,7 +6,10 @@
 //! (`POD_NAME` from the downward API, else the hostname; `POD_UID` and `NODE_NAME` when set) and
 //! a random token kept in the state folder. A later start with the same state folder (a
 //! restarted sidecar container: the folder is an emptyDir of the pod, or `run --resume`) holds
-//! the same token and continues.
+//! the same token and continues. A state folder with no room for the token (full, or over quota)
+//! does not hold the sidecar up: the token is kept in memory and the lease writes it once there
+//! is room ([`Token`], [`lease`]); until then a restart of this sidecar is a newcomer, which
+//! takes the folder over once this sidecar's lease lapses.
 //!
 //! A start with another state folder finds the folder held. While it runs, the holder renews a
 //! [`lease`]; when it ends having stored everything, the lease says how its job ended. The
@@ -48,7 +51,7 @@ use crate::storage::{Service, StorageError};
 
 pub use self::error::ClaimError;
 pub use self::gate::{ClaimGate, GatedSink};
-pub use self::holder::{pod_name, Holder};
+pub use self::holder::{pod_name, Holder, Token};
 pub use self::lease::{JobEnd, Lease, LeaseTask};
 pub use self::names::CLAIM_FILE;
 
@@ -81,6 +84,8 @@ pub struct Claim {
     /// How long a holder without a lease of its own (it never renewed one) is given.
     pub lapse: Duration,
     watched: std::sync::Mutex<Option<Watched>>,
+    /// The state folder's token, once the first look made or read it.
+    token: std::sync::OnceLock<Arc<Token>>,
 }
 
 /// The holder's lease as a newcomer last saw it. Invariant: `since` is when this `beat` of
@@ -115,13 +120,30 @@ impl Claim {
             state_dir,
             lapse,
             watched: Default::default(),
+            token: Default::default(),
         }
+    }
+
+    /// The state folder's token, once a look at the claim made or read it: the lease keeps
+    /// trying to write it while the folder has no room ([`Token::keep`]).
+    pub fn token(&self) -> Option<Arc<Token>> {
+        self.token.get().cloned()
+    }
+
+    /// The token, read or made at the first look and the same at every later one (whether or
+    /// not the state folder could keep it), so a claim made with it is recognised again.
+    fn look_token(&self) -> Result<String, ClaimError> {
+        if let Some(token) = self.token.get() {
+            return Ok(token.value.clone());
+        }
+        let loaded = Arc::new(Token::load(&self.state_dir)?);
+        Ok(self.token.get_or_init(|| loaded).value.clone())
     }
 
     /// Claims the folder for the sidecar whose state folder is `state_dir`, as far as one look
     /// can decide ([`ClaimError::Waiting`]: look again).
     pub async fn try_once(&self) -> Result<Claimed, ClaimError> {
-        let token = holder::token(&self.state_dir)?;
+        let token = self.look_token()?;
         // Two newcomers racing for one attempt: the loser looks again, and finds the winner.
         for _ in 0..3 {
             let Some((attempt, holder)) = self.latest().await? else {
@@ -322,6 +344,7 @@ mod tests {
             folder: "worker-0".into(),
             pod: "a".into(),
             lapse: Duration::from_millis(300),
+            token: None,
         }
     }
 

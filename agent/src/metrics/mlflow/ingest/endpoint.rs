@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::super::api::ErrorBody;
-use super::registry::{Registry, RegistryError};
+use super::registry::{Registry, RegistryError, Slot};
 use super::spool::Spool;
 use crate::metrics::intake::{IngestRequest, Refusal};
 use crate::metrics::model::{float, Item};
@@ -107,7 +107,8 @@ pub struct Storage {
 /// folder and belong to `handle`'s worker.
 pub struct State {
     pub handle: IngestHandle,
-    pub registry: Mutex<Registry>,
+    /// Opened at the first call that finds room, if the state folder had none at start.
+    pub registry: Mutex<Slot>,
     pub spool: Spool,
     pub storage: Storage,
     /// Wakes the uploader when the spool got a file.
@@ -168,7 +169,7 @@ impl State {
                 .registry
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            job(&mut registry)
+            job(registry.get()?)
         })
         .await;
         match done {

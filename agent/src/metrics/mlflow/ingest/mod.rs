@@ -44,7 +44,7 @@ pub use endpoint::{channel, IngestHandle, NotQueued, RunIdentity, RETRY_AFTER};
 pub use uploader::Late;
 
 use endpoint::{Shared, Storage};
-use registry::{Registry, RegistryError};
+use registry::{RegistryError, Slot};
 use spool::{Spool, SpoolError};
 use uploader::Uploads;
 
@@ -106,7 +106,7 @@ impl Endpoint {
             experiment: handle.identity().experiment.clone(),
             worker: handle.identity().worker.clone(),
         };
-        let registry = Registry::open(&state_dir.join(REGISTRY_FILE), &identity.worker)?;
+        let registry = Slot::open(&state_dir.join(REGISTRY_FILE), &identity.worker)?;
         let spool = Spool::open(&state_dir.join(SPOOL_DIR))?;
         let options = StoreOptions {
             // The uploader retries for as long as the sidecar runs; a short inner retry keeps

@@ -186,6 +186,57 @@ pub struct Registry {
     worker: String,
 }
 
+/// The registry, or where to open it once the state folder has room. Invariant: `registry` is
+/// `None` only after opening it failed for want of room (see [`RegistryError::full`]).
+pub struct Slot {
+    registry: Option<Registry>,
+    path: PathBuf,
+    worker: String,
+}
+
+impl Slot {
+    /// Opens the registry at `path` for `worker`; a folder with no room leaves it to be opened
+    /// at its first use (said once), so the endpoint serves meanwhile (its calls answer MLflow's
+    /// retryable 503).
+    pub fn open(path: &Path, worker: &str) -> Result<Slot, RegistryError> {
+        let registry = match open_or_full(path, worker) {
+            Ok(registry) => Some(registry),
+            Err(e) if e.full => {
+                tracing::warn!(error = %e, "the state folder has no room for the MLflow-compatible \
+                    endpoint's run registry; its calls answer 503 (clients retry) until there is room");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Slot {
+            registry,
+            path: path.to_path_buf(),
+            worker: worker.to_string(),
+        })
+    }
+
+    /// The registry, opened now if it was not yet (said once, when it opens).
+    pub fn get(&mut self) -> Result<&mut Registry, RegistryError> {
+        if let Some(registry) = self.registry.take() {
+            return Ok(self.registry.insert(registry));
+        }
+        let registry = open_or_full(&self.path, &self.worker)?;
+        tracing::info!(path = %self.path.display(),
+            "the MLflow-compatible endpoint's run registry is open; its calls are answered");
+        Ok(self.registry.insert(registry))
+    }
+}
+
+/// Opens the registry; a failure while its disk has no room left is [`RegistryError::full`]
+/// whatever SQLite says (it cannot tell a full disk from others when it cannot open a file).
+fn open_or_full(path: &Path, worker: &str) -> Result<Registry, RegistryError> {
+    Registry::open(path, worker).map_err(|mut e| {
+        let folder = path.parent().unwrap_or(Path::new("."));
+        e.full |= crate::fsutil::out_of_room(folder);
+        e
+    })
+}
+
 /// Random ids: 32 lowercase hex digits, as MLflow's run ids.
 pub fn new_id() -> String {
     let bytes: [u8; 16] = rand::random();
@@ -199,10 +250,20 @@ impl Registry {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| RegistryError {
                 path: path.display().to_string(),
-                full: e.kind() == std::io::ErrorKind::StorageFull,
+                full: crate::fsutil::no_room(&e),
                 message: format!("cannot create its folder: {e}"),
             })?;
         }
+        // Made here first: on a disk with no room SQLite only says it cannot open the file.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| RegistryError {
+                path: path.display().to_string(),
+                full: crate::fsutil::no_room(&e),
+                message: format!("cannot create it: {e}"),
+            })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;

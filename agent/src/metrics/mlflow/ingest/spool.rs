@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -109,6 +109,17 @@ pub enum SpoolError {
     Upload(String),
 }
 
+/// The spool's folders under its root.
+const FOLDERS: [&str; 3] = ["incoming", "uploads", "pending"];
+
+fn make_folders(root: &Path) -> Result<(), SpoolError> {
+    for sub in FOLDERS {
+        let dir = root.join(sub);
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    }
+    Ok(())
+}
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> SpoolError + 'a {
     move |error| {
         if error.raw_os_error() == Some(libc::ENOSPC) {
@@ -154,6 +165,8 @@ pub struct Spool {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
+    /// Whether the folders below `root` exist (they could not be made at open without room).
+    made: AtomicBool,
     next: AtomicU64,
     index: Mutex<Index>,
     /// Held while a multipart upload's `parts.json` is written: parts arrive in parallel, and
@@ -180,9 +193,16 @@ impl Drop for Incoming {
 impl Spool {
     /// Opens the spool under `root`, removing what was never committed.
     pub fn open(root: &Path) -> Result<Spool, SpoolError> {
-        for sub in ["incoming", "uploads", "pending"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        if let Err(e) = make_folders(root) {
+            // Never made (a state folder with no room at the first start): it holds nothing, and
+            // is made when the first file comes.
+            let never_made = FOLDERS.iter().all(|sub| !root.join(sub).exists());
+            if !(matches!(e, SpoolError::DiskFull { .. }) && never_made) {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "the state folder has no room for the MLflow-compatible \
+                endpoint's artifact spool; artifact uploads are refused until there is room");
+            return Ok(Spool::new(root, Index::default(), 1, false));
         }
         let incoming = root.join("incoming");
         for e in std::fs::read_dir(&incoming).map_err(io("read", &incoming))? {
@@ -271,14 +291,28 @@ impl Spool {
                 "artifacts received before a restart will be stored"
             );
         }
-        Ok(Spool {
+        Ok(Spool::new(root, index, next, true))
+    }
+
+    fn new(root: &Path, index: Index, next: u64, made: bool) -> Spool {
+        Spool {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
+                made: AtomicBool::new(made),
                 next: AtomicU64::new(next),
                 index: Mutex::new(index),
                 saving: tokio::sync::Mutex::new(()),
             }),
-        })
+        }
+    }
+
+    /// Makes the spool's folders if opening could not (see [`Spool::open`]).
+    fn made(&self) -> Result<(), SpoolError> {
+        if !self.inner.made.load(Ordering::Acquire) {
+            make_folders(&self.inner.root)?;
+            self.inner.made.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn index(&self) -> MutexGuard<'_, Index> {
@@ -310,7 +344,7 @@ impl Spool {
 
     /// Free bytes on the spool's filesystem.
     pub fn free_space(&self) -> u64 {
-        free_space(&self.inner.root).unwrap_or(u64::MAX)
+        crate::fsutil::free_space(&self.inner.root).unwrap_or(u64::MAX)
     }
 
     /// Refuses `need` more bytes when they would leave less than [`RESERVE`] free.
@@ -324,6 +358,7 @@ impl Spool {
 
     /// Starts receiving a file.
     pub fn receive(&self) -> Result<Incoming, SpoolError> {
+        self.made()?;
         let path = self
             .inner
             .root
@@ -506,6 +541,7 @@ impl Spool {
 
     /// Starts a multipart upload of `num_parts` parts; returns its id.
     pub fn create_upload(&self, target: Target, num_parts: u64) -> Result<String, SpoolError> {
+        self.made()?;
         let id = super::registry::new_id();
         let dir = self.upload_dir(&id);
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
@@ -788,19 +824,6 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
     while let Some(Ok(_)) = body.next().await {}
-}
-
-/// Free bytes for an unprivileged writer on the filesystem holding `path`.
-fn free_space(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path we own.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 #[cfg(test)]
