@@ -432,9 +432,19 @@ fn a_sidecar_first_started_where_no_file_or_folder_can_be_made_waits_too() {
 /// its output, once.
 #[test]
 fn run_on_a_full_state_folder_runs_the_command_and_stores_its_output_once_space_is_freed() {
+    run_on_a_full_state_folder(Full::Bytes);
+}
+
+/// As above where the state folder cannot even be made (a full ext4 or XFS disk).
+#[test]
+fn run_where_its_state_folder_cannot_be_made_runs_the_command_and_stores_its_output_later() {
+    run_on_a_full_state_folder(Full::BytesAndFiles);
+}
+
+fn run_on_a_full_state_folder(full: Full) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (_mounted, filler) = full_tmpfs(&data.join("state"), Full::Bytes);
+    let (_mounted, filler) = full_tmpfs(&data.join("state"), full);
     let go = dir.path().join("go");
     let run_dir = data.join("runs").join(EXPERIMENT).join("worker-0");
     // Each half prints 100 lines and logs 100 points of `jsonl/x` to the run's metrics file.

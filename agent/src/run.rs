@@ -322,10 +322,14 @@ pub async fn run(
         &settings.tensorboard,
         &settings.sidecar.state_dir,
     ] {
-        std::fs::create_dir_all(dir).map_err(|source| RunError::Folder {
-            path: dir.clone(),
-            source,
-        })?;
+        match std::fs::create_dir_all(dir) {
+            // The sidecar waits for room in its state folder and makes it then.
+            Err(e) if crate::fsutil::no_room(&e) && dir == &settings.sidecar.state_dir => {}
+            result => result.map_err(|source| RunError::Folder {
+                path: dir.clone(),
+                source,
+            })?,
+        }
     }
     // The exit-code file is how the sidecar's loops learn that the command ended and how; one
     // left by an earlier run of this experiment must go first.

@@ -182,10 +182,18 @@ impl Checkpoint {
         }
     }
 
-    /// Writes the checkpoint atomically and durably.
+    /// Writes the checkpoint atomically and durably, making the state folder if it is not there
+    /// (a disk that had no room for it at start).
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        write_atomic(&state_dir.join(CHECKPOINT_FILE), &json)
+        let path = state_dir.join(CHECKPOINT_FILE);
+        match write_atomic(&path, &json) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(state_dir)?;
+                write_atomic(&path, &json)
+            }
+            done => done,
+        }
     }
 
     /// Hands out the next generation number for a logical path.

@@ -222,7 +222,11 @@ impl LogShipper {
             dir: cfg.state_dir.clone(),
             error,
         };
-        std::fs::create_dir_all(&cfg.state_dir).map_err(cp_err)?;
+        // A disk with no room for the folder is waited for: the checkpoint's first write makes it.
+        match std::fs::create_dir_all(&cfg.state_dir) {
+            Err(e) if !crate::fsutil::no_room(&e) => return Err(cp_err(e)),
+            _ => {}
+        }
         let mut cp = Checkpoint::load(&cfg.state_dir, &cfg.destination).map_err(cp_err)?;
         // Older checkpoints hold no CRC of what was stored: take it from the file when it is found.
         let legacy = cp.version < 2;
