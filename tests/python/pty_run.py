@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import select
+import signal
 import sys
 import time
 
@@ -21,6 +22,11 @@ command = sys.argv[sys.argv.index("--") + 1:]
 
 pid, fd = pty.fork()
 if pid == 0:
+    # A shell gives a foreground command the default SIGINT and SIGQUIT, whatever it inherited
+    # (a background job of a non-interactive shell, such as a CI runner's, ignores both, and an
+    # ignored SIGINT would stay ignored in the job: Python then raises no KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     os.execvp(command[0], command)
 
 shown = b""
