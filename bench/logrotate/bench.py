@@ -14,8 +14,12 @@ seconds and started again after RESTART_DELAY. At the end the sidecar drains, an
 - each rotated file still on disk (decompressed for a .gz) against `logs cat` of its name's newest
   generation.
 
+With --banner BYTES, every file starts with the same banner line of that size (written again after
+each rotation, as an application that prints its configuration first would): generations then share
+their first bytes.
+
 Usage: python3 bench.py --bin PATH --work DIR [--seconds 600] [--rate-mib 2] [--rotate-every 20]
-       [--kill-every 45] [--options "copytruncate,compress,delaycompress,rotate 5"]
+       [--kill-every 45] [--options "copytruncate,compress,delaycompress,rotate 5"] [--banner 4096]
 """
 
 import argparse
@@ -36,13 +40,19 @@ def logrotate_bin():
 class App:
     """The application: numbered lines at a steady rate, rotated by logrotate."""
 
-    def __init__(self, logs, conf, state, reopen):
+    def __init__(self, logs, conf, state, reopen, banner):
         self.path = os.path.join(logs, "app.log")
-        self.conf, self.state, self.reopen = conf, state, reopen
+        self.conf, self.state, self.reopen, self.banner = conf, state, reopen, banner
         self.f = open(self.path, "ab", buffering=0)
         self.seq = 0
         self.bytes = 0
         self.rotations = 0
+        self.write_banner()
+
+    def write_banner(self):
+        if self.banner:
+            self.f.write(self.banner)
+            self.bytes += len(self.banner)
 
     def write(self, n):
         lines = []
@@ -61,6 +71,7 @@ class App:
         if self.reopen:
             self.f.close()
             self.f = open(self.path, "ab", buffering=0)
+        self.write_banner()
 
 
 class Sidecar:
@@ -112,7 +123,12 @@ def main():
     ap.add_argument("--kill-every", type=float, default=45)
     ap.add_argument("--restart-delay", type=float, default=0.5)
     ap.add_argument("--options", default="copytruncate,compress,delaycompress,rotate 5")
+    ap.add_argument("--banner", type=int, default=0, help="bytes of the banner every file starts with")
     a = ap.parse_args()
+    banner = b""
+    if a.banner > 0:
+        head = b"=== training job: model resnet50, 8 GPUs, config "
+        banner = head + b"=" * max(0, a.banner - len(head) - 1) + b"\n"
 
     logs = os.path.join(a.work, "logs")
     os.makedirs(logs)
@@ -120,7 +136,7 @@ def main():
     conf = os.path.join(a.work, "logrotate.conf")
     with open(conf, "w") as f:
         f.write("%s/app.log {\n    missingok\n%s}\n" % (logs, "".join("    %s\n" % o for o in options)))
-    app = App(logs, conf, os.path.join(a.work, "logrotate.state"), "copytruncate" not in options)
+    app = App(logs, conf, os.path.join(a.work, "logrotate.state"), "copytruncate" not in options, banner)
     sidecar = Sidecar(a.bin, a.work)
     sidecar.start()
 
@@ -153,7 +169,11 @@ def main():
     cat = subprocess.Popen([a.bin, "logs", "cat", sidecar.storage + "/bench/worker-0/logs/app.log"],
                            stdout=subprocess.PIPE, env=dict(os.environ, PERISCOPE_TERMINATION_LOG="/dev/null"))
     pattern = re.compile(rb"^seq=(\d{12}) ")
+    banners = 0
     for line in cat.stdout:
+        if banner and line == banner:
+            banners += 1
+            continue
         m = pattern.match(line)
         seq = int(m.group(1)) if m else -1
         if 0 <= seq < app.seq:
@@ -162,6 +182,9 @@ def main():
             extra += 1
     cat.wait()
     lost = counts.count(0)
+    # One banner at the top of each generation written: the first file and one per rotation.
+    if banner:
+        extra += abs(banners - (app.rotations + 1))
     doubled = sum(1 for c in counts if c > 1) + extra
 
     mismatched = []
@@ -184,8 +207,8 @@ def main():
     with open(os.path.join(a.work, "sidecar.log"), "rb") as f:
         said = f.read().decode(errors="replace")
     reported_lost = len(re.findall(r"log bytes lost", said))
-    print("run: %.0f s at %.1f MiB/s, logrotate {%s} every %.0f s, kill -9 every %s" % (
-        a.seconds, a.rate_mib, ", ".join(options), a.rotate_every,
+    print("run: %.0f s at %.1f MiB/s, logrotate {%s} every %.0f s, banner %d B, kill -9 every %s" % (
+        a.seconds, a.rate_mib, ", ".join(options), a.rotate_every, len(banner),
         "%.0f s (restart after %.1f s)" % (a.kill_every, a.restart_delay) if a.kill_every > 0 else "never"))
     print("rotations %d, kills %d, sidecar exit %s, names stored %d" % (app.rotations, sidecar.kills, code, len(listed)))
     print("bytes written %d, bytes stored %d (%d compressed): stored/written = %.4f" % (
