@@ -770,13 +770,8 @@ impl LogShipper {
         };
         if let Some(j) = resumable {
             // It holds more of a generation than was stored from its own file: ship the rest.
-            let source = if gzip {
-                match Source::gzip(file) {
-                    Ok(Some(s)) => s,
-                    _ => return false,
-                }
-            } else {
-                Source::Plain(file)
+            let Some(source) = Source::of(file, gzip) else {
+                return false;
             };
             let h = self.cp.held.remove(j);
             tracing::info!(log = %h.logical, generation = h.generation, path = %path.display(),

@@ -352,13 +352,8 @@ pub fn find_continuation(
         if !holds {
             continue;
         }
-        let source = if gzip {
-            match Source::gzip(file) {
-                Ok(Some(s)) => s,
-                _ => continue,
-            }
-        } else {
-            Source::Plain(file)
+        let Some(source) = Source::of(file, gzip) else {
+            continue;
         };
         best = Some((source, p, id, mtime));
     }

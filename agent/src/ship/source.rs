@@ -49,6 +49,16 @@ pub enum Source {
 }
 
 impl Source {
+    /// The source of `file`'s content: the file itself, or (`gzip`) its decompressed stream when
+    /// it holds a complete gzip stream ([`Source::gzip`]).
+    pub fn of(file: File, gzip: bool) -> Option<Source> {
+        if gzip {
+            Source::gzip(file).ok().flatten()
+        } else {
+            Some(Source::Plain(file))
+        }
+    }
+
     /// A gzip source, if `file` holds a complete gzip stream (its length is measured by reading it
     /// once, checking its CRC).
     pub fn gzip(file: File) -> io::Result<Option<Source>> {

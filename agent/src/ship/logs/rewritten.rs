@@ -67,13 +67,8 @@ impl LogShipper {
             };
             let mut copies = Vec::new();
             for b in these {
-                let source = if b.gzip {
-                    match Source::gzip(b.file) {
-                        Ok(Some(s)) => s,
-                        _ => continue,
-                    }
-                } else {
-                    Source::Plain(b.file)
+                let Some(source) = Source::of(b.file, b.gzip) else {
+                    continue;
                 };
                 copies.push((
                     Copy {
@@ -118,6 +113,7 @@ impl LogShipper {
                 if !ahead {
                     continue;
                 }
+                // Asked only for a copy ahead of what is stored: no stat on a pass without one.
                 let len = live.metadata().map(|m| m.len()).unwrap_or(0);
                 if len < h.held.len || !h.tail.matches(live).unwrap_or(true) {
                     found = Some((i, j));
