@@ -261,6 +261,19 @@ pub fn is_rotated_name(name: &str, log: &str) -> bool {
     name.starts_with(log) || extension_form_logs(name).any(|l| l == log)
 }
 
+/// Whether a file first seen under name `name` may hold what was stored under name `other`
+/// (no folders): `other` is the log `name` is a rotated name of, or another rotated name of one
+/// of `logs` that `name` is a rotated name of too (rotation moves `app.log.1` to `app.log.2.gz`).
+/// The log behind them must be one of `logs` and not `name` itself.
+pub fn rotated_together<'a>(
+    name: &str,
+    other: &str,
+    mut logs: impl Iterator<Item = &'a str>,
+) -> bool {
+    is_rotated_name(name, other)
+        || logs.any(|log| log != name && is_rotated_name(name, log) && is_rotated_name(other, log))
+}
+
 /// Sorts matched files so that a log comes before its rotated names: by name (`app.log` before
 /// `app.log.1`), except that a name in `extension` form of another name matched in its folder
 /// (`app.1.log`, which sorts before `app.log`) comes after every other name.
@@ -390,6 +403,32 @@ mod tests {
             ("other.1.log", "app.log"),
         ] {
             assert!(!is_rotated_name(name, log), "{name} of {log}");
+        }
+    }
+
+    #[test]
+    fn rotated_names_of_one_log_are_rotated_together_and_a_log_is_not_its_own_rotation() {
+        let logs = ["app.log", "app.log.1", "app.log.2.gz", "worker.log"];
+        for (name, other) in [
+            ("app.log.2.gz", "app.log.1"),
+            ("app.log.1", "app.log.2.gz"),
+            ("app.log.1", "app.log"),
+            ("app.2.log.gz", "app.1.log"),
+        ] {
+            assert!(
+                rotated_together(name, other, logs.into_iter().chain(["app.log"])),
+                "{name} with {other}"
+            );
+        }
+        for (name, other) in [
+            ("app.log", "app.log.1"),
+            ("app.log.1", "worker.log"),
+            ("app.log.1", "worker.log.1"),
+        ] {
+            assert!(
+                !rotated_together(name, other, logs.into_iter()),
+                "{name} with {other}"
+            );
         }
     }
 

@@ -624,7 +624,8 @@ impl LogShipper {
         // Where files are first seen, a new file is never taken for a copy of that path's own
         // generations (a new log often starts with the banner the last one started with), nor of
         // another log's (two logs may share a banner); but it may be a copy of the log it is a
-        // rotated name of (`app.log.1`, `app.1.log.gz` of `app.log`): a rotated name the sidecar
+        // rotated name of (`app.log.1`, `app.1.log.gz` of `app.log`), or of another rotated name
+        // of that log (`app.log.1` compressed to `app.log.2.gz`): a rotated name the sidecar
         // first saw as a file of its own (it was there before the sidecar started) gets copies
         // later.
         let own = self
@@ -635,9 +636,17 @@ impl LogShipper {
             .then(|| logical.clone());
         let file_name = |l: &str| l.rsplit('/').next().unwrap_or(l).to_string();
         let this_name = file_name(&logical);
+        let logs: Vec<String> = self.cp.names.keys().map(|l| file_name(l)).collect();
         let other = |l: &str| match own.as_deref() {
             None => true,
-            Some(own) => own != l && discover::is_rotated_name(&this_name, &file_name(l)),
+            Some(own) => {
+                own != l
+                    && discover::rotated_together(
+                        &this_name,
+                        &file_name(l),
+                        logs.iter().map(String::as_str),
+                    )
+            }
         };
         if !self.active.iter().any(|a| !a.closed && other(&a.t.logical))
             && !self.cp.held.iter().any(|h| other(&h.logical))
@@ -1241,9 +1250,7 @@ mod tests {
         assert!(shipper.cp.held.iter().any(|h| h.generation == 1 && !h.gone));
         // logrotate compresses it and removes it, then writes the next copy, which the
         // filesystem gives the freed inode number.
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&first).unwrap();
-        std::fs::write(logs.join("app.log.2.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::write(logs.join("app.log.2.gz"), compress(&first)).unwrap();
         std::fs::remove_file(logs.join("app.log.1")).unwrap();
         std::fs::write(logs.join("app.log.1"), lines("third", 10)).unwrap();
         let reused = FileId::of(&std::fs::metadata(logs.join("app.log.1")).unwrap());
@@ -1335,6 +1342,30 @@ mod tests {
         stored
     }
 
+    /// Appends `bytes` to the file at `path`, as a writer does.
+    fn append(path: &FsPath, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    /// Fails, saying where they differ and what the shipper named, unless `stored` (what
+    /// `app.log` holds in storage) is `expected`.
+    #[track_caller]
+    fn assert_stored(stored: &[u8], expected: &[u8], shipper: &LogShipper) {
+        assert!(
+            stored == expected,
+            "stored {} bytes under app.log, expected {}; first difference at {:?}; names: {:#?}",
+            stored.len(),
+            expected.len(),
+            stored.iter().zip(expected).position(|(a, b)| a != b),
+            shipper.cp.names
+        );
+    }
+
     /// Ticks (draining) until nothing is read or held for a few passes.
     async fn until_idle(shipper: &mut LogShipper) {
         let mut idle = 0;
@@ -1393,12 +1424,7 @@ mod tests {
         let mut generations = Vec::new();
         for r in 0..=rotations {
             let body = lines(&format!("gen{r}"), 3000 + 500 * r);
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&log)
-                .unwrap()
-                .write_all(&body)
-                .unwrap();
+            append(&log, &body);
             expected.extend_from_slice(&body);
             generations.push([banner.clone(), body].concat());
             if r == rotations {
@@ -1418,14 +1444,7 @@ mod tests {
         until_idle(&mut shipper).await;
         assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
         let stored = cat(&store, &prefix, "app.log").await;
-        assert!(
-            stored == expected,
-            "stored {} bytes under app.log, expected {}; first difference at {:?}; names: {:#?}",
-            stored.len(),
-            expected.len(),
-            stored.iter().zip(&expected).position(|(a, b)| a != b),
-            shipper.cp.names
-        );
+        assert_stored(&stored, &expected, &shipper);
         // Each copy is a name of its own generation, not a file of its own.
         for (n, g) in (1..=rotations).zip(generations.iter().rev().skip(1)) {
             let name = format!("app.log.{n}");
@@ -1455,6 +1474,38 @@ mod tests {
         banner_rotations_between_two_passes(2, false).await;
     }
 
+    /// The shipper has read only the banner when copytruncate rotates and the writer goes on
+    /// past it; it looks again while logrotate compresses the copy (`delaycompress`, at the next
+    /// rotation): the copy and its gzip are both there, made at different times. They hold one
+    /// generation, not two.
+    #[tokio::test]
+    async fn a_copy_and_its_gzip_seen_together_after_only_the_banner_was_read_are_one_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path()).await;
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        let first = lines("first", 3000);
+        append(&log, &first);
+        let made = std::time::SystemTime::now() - Duration::from_secs(30);
+        copytruncate(&log, &logs.join("app.log.1"), made, &banner);
+        let second = lines("second", 2000);
+        append(&log, &second);
+        let copy = std::fs::read(logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log.1.gz"), compress(&copy)).unwrap();
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let expected = [banner.clone(), first.clone(), banner.clone(), second].concat();
+        let stored = cat(&store, &prefix, "app.log").await;
+        assert_stored(&stored, &expected, &shipper);
+        for name in ["app.log.1", "app.log.1.gz"] {
+            let o = &shipper.cp.names[name];
+            assert!(
+                !o.origin && o.from == "app.log" && o.from_generation == 1,
+                "{name}: {o:?}"
+            );
+        }
+    }
+
     /// As above, but the shipper looks at the folder between the copy and the truncation: the
     /// copy is recorded as holding more than was read while the log still holds it too; once the
     /// log is truncated and written again past the banner, the copy's last bytes are no longer
@@ -1466,12 +1517,7 @@ mod tests {
         let logs = dir.path().join("logs");
         let log = logs.join("app.log");
         let first = lines("first", 3000);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap()
-            .write_all(&first)
-            .unwrap();
+        append(&log, &first);
         std::fs::copy(&log, logs.join("app.log.1")).unwrap();
         assert!(shipper.scan());
         assert!(
@@ -1487,6 +1533,83 @@ mod tests {
         assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
         let expected = [banner.clone(), first, banner, second].concat();
         assert!(cat(&store, &prefix, "app.log").await == expected);
+    }
+
+    /// The sidecar starts beside files logrotate (`rotate 3`, `copytruncate`, `compress`,
+    /// `delaycompress`) made before it: `app.log` holds only its banner, `app.log.1` the last
+    /// generation and `app.log.2.gz` the one before, each stored as a file of its own. At the
+    /// next rotation `app.log.1` is compressed to `app.log.2.gz`, a new inode whose content
+    /// starts with the banner as every generation does: it is that file under a new name, not
+    /// the rest of `app.log`'s generation (which starts the same way and was truncated), and
+    /// nothing is stored twice. With `read_first`, the first pass has read the three files;
+    /// without, it has only found them.
+    async fn rotation_of_files_there_at_start(read_first: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = rotation_shipper(dir.path());
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        let banner = [vec![b'='; 4095], b"\n".to_vec()].concat();
+        let earlier = [banner.clone(), lines("earlier", 1000)].concat();
+        let last = [banner.clone(), lines("last", 1000)].concat();
+        std::fs::write(&log, &banner).unwrap();
+        std::fs::write(logs.join("app.log.1"), &last).unwrap();
+        // A gzip there at start is stored as it is, compressed.
+        let earlier_gz = compress(&earlier).to_vec();
+        std::fs::write(logs.join("app.log.2.gz"), &earlier_gz).unwrap();
+        if read_first {
+            shipper.tick(true).await.unwrap();
+        } else {
+            assert!(shipper.scan());
+        }
+        let first = lines("first", 3000);
+        append(&log, &first);
+        std::fs::rename(logs.join("app.log.2.gz"), logs.join("app.log.3.gz")).unwrap();
+        std::fs::write(logs.join("app.log.2.gz"), compress(&last)).unwrap();
+        std::fs::remove_file(logs.join("app.log.1")).unwrap();
+        let made = std::time::SystemTime::now() - Duration::from_secs(1);
+        copytruncate(&log, &logs.join("app.log.1"), made, &banner);
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let stored = cat(&store, &prefix, "app.log").await;
+        let expected = [banner.clone(), first.clone(), banner.clone()].concat();
+        assert_stored(&stored, &expected, &shipper);
+        // Each rotated name holds, at its newest generation, what is on disk there now.
+        for (name, content) in [
+            ("app.log.1", [banner.clone(), first].concat()),
+            ("app.log.2.gz", last.clone()),
+            ("app.log.3.gz", earlier_gz.clone()),
+        ] {
+            let o = &shipper.cp.names[name];
+            let mut held = Vec::new();
+            let folder = log_folder(&prefix, name);
+            crate::ship::reassemble::cat(&store, &folder, Some(o.generation), &mut held)
+                .await
+                .unwrap();
+            assert!(
+                held == content,
+                "{name} holds {} bytes, not the {} on disk: {o:?}",
+                held.len(),
+                content.len()
+            );
+        }
+        // Every byte once: what was there at start under its own names, app.log's since.
+        let listed = crate::ship::reassemble::ls(&store, &prefix).await.unwrap();
+        let total: u64 = listed.iter().map(|l| l.bytes).sum();
+        assert_eq!(
+            total as usize,
+            earlier_gz.len() + last.len() + expected.len(),
+            "{listed:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_there_at_start_compressed_at_the_next_rotation_keeps_its_bytes() {
+        rotation_of_files_there_at_start(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_file_found_at_start_and_compressed_before_it_was_read_keeps_its_bytes() {
+        rotation_of_files_there_at_start(false).await;
     }
 
     #[tokio::test]

@@ -148,16 +148,29 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
     }
     let scanned = scan_prefixes(&mut *source::content(file, gzip)?, &offsets);
     // A file that holds a known generation's bytes is that generation's; only one that holds
-    // none can be a copy made before a followed file was rewritten.
+    // none can be a copy made before a followed file was rewritten. Where several hold, the one
+    // most of whose bytes were compared wins: generations that share a banner all "hold" a file
+    // as far as only their banner is known.
     let (mut unsure, mut again, mut before) = (false, false, None);
+    let mut best: Option<Verdict> = None;
     for &i in &alive {
         match judge(&candidates[i], &scanned, gzip)? {
             Judged::Yes { held, extends } => {
-                return Ok(Verdict::Holds {
-                    index: i,
-                    held,
-                    extends,
-                })
+                let better = match best {
+                    Some(Verdict::Holds {
+                        held: b,
+                        extends: e,
+                        ..
+                    }) => (held.len, !extends) > (b.len, !e),
+                    _ => true,
+                };
+                if better {
+                    best = Some(Verdict::Holds {
+                        index: i,
+                        held,
+                        extends,
+                    });
+                }
             }
             Judged::Before => before = before.or(Some(i)),
             Judged::Unsure => unsure = true,
@@ -165,7 +178,9 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
             Judged::No => {}
         }
     }
-    Ok(if again {
+    Ok(if let Some(holds) = best {
+        holds
+    } else if again {
         Verdict::Again
     } else if let Some(index) = before {
         Verdict::Before { index }
@@ -459,6 +474,32 @@ mod tests {
         assert_eq!(
             recognize(&File::open(&p).unwrap(), true, &cands).unwrap(),
             Verdict::Unfinished
+        );
+    }
+
+    #[test]
+    fn of_two_generations_sharing_a_banner_the_one_compared_furthest_holds_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (lines("a", 500), lines("b", 500));
+        // Only the first KiB of `a` is known (its file was truncated since); all of `b` is.
+        let only_banner = Candidate {
+            fingerprint: Fingerprint::of(&a),
+            prefixes: vec![Prefix::default().then(&a[..FINGERPRINT_BYTES as usize])],
+            buffered: None,
+            intact: None,
+            live: None,
+        };
+        let cands = [only_banner, whole(&b)];
+        let p = dir.path().join("app.log.2.gz");
+        std::fs::write(&p, gz(&b)).unwrap();
+        assert_eq!(
+            recognize(&File::open(&p).unwrap(), true, &cands).unwrap(),
+            Verdict::Holds {
+                index: 1,
+                held: Prefix::default().then(&b),
+                extends: false
+            },
+            "all of b's bytes, not a's banner and more"
         );
     }
 

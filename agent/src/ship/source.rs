@@ -36,6 +36,24 @@ pub fn content(file: &File, gzip: bool) -> io::Result<Box<dyn Read + '_>> {
     }
 }
 
+/// Whether the contents of two files (each decompressed when it is gzip) agree on every byte
+/// both hold: one is a prefix of the other, as a copy and the gzip of that copy are.
+pub fn agree(a: (&File, bool), b: (&File, bool)) -> io::Result<bool> {
+    const BLOCK: usize = 64 << 10;
+    let (mut x, mut y) = (content(a.0, a.1)?, content(b.0, b.1)?);
+    let (mut bx, mut by) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    loop {
+        let (n, m) = (read_full(&mut *x, &mut bx)?, read_full(&mut *y, &mut by)?);
+        let both = n.min(m);
+        if bx[..both] != by[..both] {
+            return Ok(false);
+        }
+        if both < BLOCK {
+            return Ok(true);
+        }
+    }
+}
+
 /// An open file whose content is read at offsets. Invariant: for `Gzip`, `len` is the length of
 /// the complete, checked decompressed stream (a gzip source never grows).
 pub enum Source {
@@ -162,6 +180,23 @@ mod tests {
         );
         assert_eq!(buf, data[100..1100]);
         assert_eq!(src.read_at(&mut buf, data.len() as u64 - 10).unwrap(), 10);
+
+        let copy = dir.path().join("app.log.1");
+        std::fs::write(&copy, &data[..700_000]).unwrap();
+        let copy = File::open(&copy).unwrap();
+        let gz_file = File::open(&path).unwrap();
+        assert!(agree((&copy, false), (&gz_file, true)).unwrap());
+        assert!(agree((&gz_file, true), (&copy, false)).unwrap());
+        let other = dir.path().join("other");
+        let mut changed = data[..900_000].to_vec();
+        changed[800_000] ^= 1;
+        std::fs::write(&other, &changed).unwrap();
+        let other = File::open(&other).unwrap();
+        assert!(
+            agree((&copy, false), (&other, false)).unwrap(),
+            "differs past the copy's end"
+        );
+        assert!(!agree((&gz_file, true), (&other, false)).unwrap());
 
         std::fs::write(&path, &gz[..gz.len() / 2]).unwrap();
         assert!(Source::gzip(File::open(&path).unwrap()).unwrap().is_none());

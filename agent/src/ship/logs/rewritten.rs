@@ -13,7 +13,8 @@
 //! before the shipper looked again) are ordered by their modification times, which `copytruncate`
 //! sets when it writes the copy and `compress` keeps: the oldest holds the rest of the generation,
 //! each later one a generation of the log nobody read under its name, stored as one now, in order,
-//! before the file's own new generation.
+//! before the file's own new generation. Copies that agree on every byte both hold (a copy and the
+//! gzip `compress` is making of it) are one generation under several names.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use crate::ship::checkpoint::Tracked;
 use crate::ship::follow::Active;
 use crate::ship::identity::{FileId, Fingerprint, Window};
 use crate::ship::recognize;
-use crate::ship::source::Source;
+use crate::ship::source::{self, Source};
 
 /// A new file at a rotated name of a followed generation's log that holds every byte read of it
 /// and more, which the generation's own file no longer holds (see
@@ -65,25 +66,41 @@ impl LogShipper {
             let Some(i) = self.followed(&of) else {
                 continue;
             };
-            let mut copies = Vec::new();
+            // Files that agree on every byte both hold are one generation under several names
+            // (a copy and its gzip, both there while logrotate compresses).
+            let mut generations: Vec<(Before, Vec<Before>)> = Vec::new();
             for b in these {
+                let same = generations.iter_mut().find(|(g, _)| {
+                    source::agree((&g.file, g.gzip), (&b.file, b.gzip)).unwrap_or(false)
+                });
+                match same {
+                    Some((_, also)) => also.push(b),
+                    None => generations.push((b, Vec::new())),
+                }
+            }
+            let mut copies = Vec::new();
+            for (b, also) in generations {
                 let Some(source) = Source::of(b.file, b.gzip) else {
                     continue;
                 };
+                let mut names = vec![(b.logical, b.id)];
+                names.extend(also.into_iter().map(|a| (a.logical, a.id)));
                 copies.push((
                     Copy {
                         source,
                         path: b.path,
                         id: b.id,
                     },
-                    b.logical,
+                    names,
                 ));
             }
             let mut copies = copies.into_iter();
-            let Some((rest, name)) = copies.next() else {
+            let Some((rest, names)) = copies.next() else {
                 continue;
             };
-            self.name(&name, rest.id, of.clone());
+            for (name, id) in names {
+                self.name(&name, id, of.clone());
+            }
             self.split(i, Some(rest), copies.collect(), true);
             changed = true;
         }
@@ -153,11 +170,17 @@ impl LogShipper {
     }
 
     /// Generation `i`'s file now holds a later generation: `rest` holds the rest of generation
-    /// `i`, `missed` (oldest first) generations of the same log nobody read, each with the name
-    /// it is matched under; the file itself is followed as the newest. With `reread`, what was
+    /// `i`, `missed` (oldest first) generations of the same log nobody read, each with the names
+    /// it is matched under and the files found there; the file itself is followed as the newest. With `reread`, what was
     /// read of generation `i` and not stored is read again from `rest` (it may have been read
     /// from the file after it was rewritten).
-    fn split(&mut self, i: usize, rest: Option<Copy>, missed: Vec<(Copy, String)>, reread: bool) {
+    fn split(
+        &mut self,
+        i: usize,
+        rest: Option<Copy>,
+        missed: Vec<(Copy, Vec<(String, FileId)>)>,
+        reread: bool,
+    ) {
         if reread && rest.is_some() {
             let a = &mut self.active[i];
             a.buf.clear();
@@ -201,8 +224,8 @@ impl LogShipper {
                 a.closed = true;
             }
         }
-        for (copy, name) in missed {
-            self.follow_missed(&logical, copy, &name);
+        for (copy, names) in missed {
+            self.follow_missed(&logical, copy, names);
         }
         let Some(Source::Plain(file)) = source_for_new else {
             return;
@@ -217,8 +240,9 @@ impl LogShipper {
     }
 
     /// Follows `copy`, a generation of `log` that was written and rotated away between two looks,
-    /// as the next generation of `log`, and records that `name` holds it.
-    fn follow_missed(&mut self, log: &str, copy: Copy, name: &str) {
+    /// as the next generation of `log`, and records that each of `names` (with the file found
+    /// there) holds it.
+    fn follow_missed(&mut self, log: &str, copy: Copy, names: Vec<(String, FileId)>) {
         let generation = self.cp.next_generation(log);
         tracing::info!(log, generation, path = %copy.path.display(),
             "a rotated copy holds a generation never read under the log's name; shipping it as that generation");
@@ -244,7 +268,9 @@ impl LogShipper {
             gzip,
         };
         self.active.push(Active::following(t, copy.source));
-        self.name(name, copy.id, (log.to_string(), generation));
+        for (name, id) in names {
+            self.name(&name, id, (log.to_string(), generation));
+        }
     }
 
     /// The followed (not closed) generation `of`.
