@@ -511,3 +511,51 @@ fn run_on_a_full_state_folder(full: Full) {
     let doubled: Vec<_> = points.iter().filter(|(_, n)| **n != 1).collect();
     assert!(doubled.is_empty(), "stored more than once: {doubled:?}");
 }
+
+/// `periscope exec --artifacts` on a state folder that stays full: the command runs, and its
+/// final save is stored whole and verified (the push state, which only lets a stopped push
+/// continue, cannot be written, and the log says so), so the model is not lost; it restores
+/// byte for byte.
+#[test]
+fn exec_on_a_full_state_folder_still_saves_the_artifacts_when_the_command_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (_mounted, _filler) = full_tmpfs(&state, Full::Bytes);
+    let (model, store) = (dir.path().join("model"), dir.path().join("store"));
+    let weights: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(dir.path().join("weights"), &weights).unwrap();
+    let script = format!(
+        "mkdir -p {model} && cp {src} {model}/weights.bin && echo trained",
+        model = model.display(),
+        src = dir.path().join("weights").display()
+    );
+    let out = run(periscope()
+        .arg("exec")
+        .arg("--capture-dir")
+        .arg(dir.path().join("capture"))
+        .arg("--artifacts")
+        .arg(&model)
+        .arg("--storage")
+        .arg(&store)
+        .args(["--experiment-id", EXPERIMENT, "--worker", "worker-0"])
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--", "sh", "-c", &script]));
+    out.expect_code(0);
+    assert!(out.stdout.contains("trained"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("cannot write the push state; the push goes on"),
+        "{}",
+        out.stderr
+    );
+    let back = dir.path().join("back");
+    run(periscope()
+        .args(["artifacts", "restore"])
+        .arg(&back)
+        .arg("--storage")
+        .arg(&store)
+        .args(["--experiment-id", EXPERIMENT, "--worker", "worker-0"]))
+    .expect_code(0);
+    assert!(fs::read(back.join("weights.bin")).unwrap() == weights);
+}

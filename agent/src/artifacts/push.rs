@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,8 @@ struct Push<'a> {
     shown_base: String,
     state_path: PathBuf,
     state: PushState,
+    /// The last write of the state file failed (see [`write_state`]).
+    unkept: AtomicBool,
 }
 
 /// The walked folder's files, each with its sha256 when it was hashed before the uploads.
@@ -169,12 +172,13 @@ impl<'a> Push<'a> {
             shown_base,
             state_path,
             state,
+            unkept: AtomicBool::new(false),
         };
         Ok((push, walked))
     }
 
-    fn save_state(&self) -> Result<(), ArtifactsError> {
-        write_state(&self.state, &self.state_path)
+    fn save_state(&self) {
+        write_state(&self.state, &self.state_path, &self.unkept);
     }
 
     /// Hashes only the files the previous complete save may already hold (one of the same size
@@ -248,7 +252,7 @@ impl<'a> Push<'a> {
         for k in self.state.files.values_mut() {
             k.stored = false;
         }
-        self.save_state()?;
+        self.save_state();
         Ok(Some(PushOutcome {
             save: *n,
             url: format!("{}/{n}/", self.shown_base),
@@ -303,7 +307,7 @@ impl<'a> Push<'a> {
         };
         self.state.save = Some(n);
         remember(&mut self.state, hashed);
-        self.save_state()?;
+        self.save_state();
         tracing::info!(
             save = n,
             resumed = resume.is_some(),
@@ -360,7 +364,7 @@ impl<'a> Push<'a> {
             tally.count(&how, &stored);
             record_stored(&mut self.state, &mut entries, rel, stored);
             if batch.due() {
-                self.save_state()?;
+                self.save_state();
             }
         }
         drop(results);
@@ -368,13 +372,14 @@ impl<'a> Push<'a> {
             let j = make_job(&self.state, fs, &self.base, n, prev);
             let rel = j.file.rel.clone();
             let left = self.state.uploads.get(&rel).cloned();
-            let (state, state_path) = (&mut self.state, &self.state_path);
+            let (state, state_path, unkept) = (&mut self.state, &self.state_path, &self.unkept);
             let mut journal = |u: Option<&Unfinished>| {
                 match u {
                     Some(u) => state.uploads.insert(rel.clone(), u.clone()),
                     None => state.uploads.remove(&rel),
                 };
-                write_state(state, state_path)
+                write_state(state, state_path, unkept);
+                Ok(())
             };
             let resumable = cfg.parts.clone().map(|parts| Resumable {
                 parts,
@@ -384,9 +389,9 @@ impl<'a> Push<'a> {
             let (how, stored) = store_one(cfg, &j, &opts, resumable).await?;
             tally.count(&how, &stored);
             record_stored(&mut self.state, &mut entries, rel, stored);
-            self.save_state()?;
+            self.save_state();
         }
-        self.save_state()?;
+        self.save_state();
         Ok((entries, tally))
     }
 
@@ -410,7 +415,7 @@ impl<'a> Push<'a> {
         for k in self.state.files.values_mut() {
             k.stored = false;
         }
-        self.save_state()?;
+        self.save_state();
         tracing::info!(
             save = n,
             files = manifest.files.len(),
@@ -462,12 +467,24 @@ pub fn unfinished(dir: &FsPath, cfg: &PushConfig) -> Option<(u64, usize)> {
     Some((state.save?, stored))
 }
 
-/// Writes the push state file.
-fn write_state(state: &PushState, path: &FsPath) -> Result<(), ArtifactsError> {
-    state.save(path).map_err(|error| ArtifactsError::State {
-        path: path.to_path_buf(),
-        error,
-    })
+/// Writes the push state file. A push goes on when it cannot (a full or read-only state folder):
+/// the file only lets a killed push continue the same save, and the save is what must not be
+/// lost. `unkept` holds whether the last write failed, so that a failure is reported once, and a
+/// write that works again is reported too.
+fn write_state(state: &PushState, path: &FsPath, unkept: &AtomicBool) {
+    match state.save(path) {
+        Ok(()) => {
+            if unkept.swap(false, Ordering::Relaxed) {
+                tracing::info!(path = %path.display(), "the push state is written again");
+            }
+        }
+        Err(error) => {
+            if !unkept.swap(true, Ordering::Relaxed) {
+                tracing::warn!(path = %path.display(), %error,
+                    "cannot write the push state; the push goes on, but if it is stopped before it ends the next push makes a new save (free space in --state-dir)");
+            }
+        }
+    }
 }
 
 /// Claims the first save number above `highest` (as listed a moment ago) that no other push has
