@@ -87,7 +87,8 @@ class Sidecar:
                 "--logs", os.path.join(self.work, "logs", "app.log*"),
                 "--state-dir", os.path.join(self.work, "state"),
                 "--experiment-id", "bench", "--worker", "worker-0",
-                "--listen", "127.0.0.1:0", "--poll-interval", "0.5",
+                "--listen", "127.0.0.1:0", "--mlflow-listen", "127.0.0.1:0",
+                "--poll-interval", "0.5",
                 "--exit-when-file", os.path.join(self.work, "exit-code"),
                 "--drain-timeout", "120"]
 

@@ -94,8 +94,8 @@ pub enum SpoolError {
          (and keeps {RESERVE} for the metrics queue)"
     )]
     NoSpace { need: u64, free: u64 },
-    #[error("the state folder's disk filled up while receiving the artifact ({})", path.display())]
-    DiskFull { path: PathBuf },
+    #[error("the state folder's disk is full: cannot {what} {}", path.display())]
+    DiskFull { what: &'static str, path: PathBuf },
     #[error("cannot {what} in the artifact spool {}: {error}", path.display())]
     Io {
         what: &'static str,
@@ -124,6 +124,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Spoo
     move |error| {
         if error.raw_os_error() == Some(libc::ENOSPC) {
             SpoolError::DiskFull {
+                what,
                 path: path.to_path_buf(),
             }
         } else {
