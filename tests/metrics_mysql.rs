@@ -71,11 +71,11 @@ fn count(db: &MariaDb) -> usize {
     .unwrap()
 }
 
-/// The experiment row: status, running_time, finished_time, experiment_spec.
+/// The experiment row: status, running_time, finished_time, experiment_spec, update_time.
 fn experiment(db: &MariaDb) -> Vec<String> {
     db.sql(&format!(
-        "SELECT experiment_status, running_time, finished_time, experiment_spec FROM experiment \
-         WHERE id = '{EXPERIMENT}'"
+        "SELECT experiment_status, running_time, finished_time, experiment_spec, update_time \
+         FROM experiment WHERE id = '{EXPERIMENT}'"
     ))
     .trim_end()
     .split('\t')
@@ -201,6 +201,10 @@ fn tensorboardx_mlflow_client_and_jsonl_metrics_arrive_once_with_params_and_stat
     let running = parse_datetime(&e[1]).expect("running_time");
     let finished = parse_datetime(&e[2]).expect("finished_time");
     assert!(running <= finished, "{e:?}");
+    // The final status is the experiment's last update (Submarine's `update_time` column keeps
+    // whole seconds).
+    let updated = parse_datetime(&e[4]).expect("update_time");
+    assert!((updated - finished).abs() < 1000, "update_time: {e:?}");
 }
 
 #[test]

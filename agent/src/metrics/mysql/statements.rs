@@ -131,19 +131,25 @@ pub fn statements(experiment: &str, items: &[Item], now: &str) -> Vec<Statement>
 /// status sets `finished_time`, but `Succeeded` never replaces `Failed`, so a failed worker fails
 /// the experiment whichever worker ends last. Each statement leaves the same row when run again.
 fn status_update(status: RunStatus, at: String, id: &Value) -> Statement {
-    let mut params = vec![status.as_submarine().into(), at.into(), id.clone()];
+    let mut params = vec![
+        status.as_submarine().into(),
+        at.clone().into(),
+        at.into(),
+        id.clone(),
+    ];
     let sql = match status {
         RunStatus::Running => {
             "UPDATE experiment SET experiment_status = ?, running_time = COALESCE(running_time, ?), \
-             finished_time = NULL WHERE id = ?"
+             finished_time = NULL, update_time = ? WHERE id = ?"
         }
         RunStatus::Failed => {
-            "UPDATE experiment SET experiment_status = ?, finished_time = ? WHERE id = ?"
+            "UPDATE experiment SET experiment_status = ?, finished_time = ?, update_time = ? \
+             WHERE id = ?"
         }
         RunStatus::Succeeded => {
             params.push(RunStatus::Failed.as_submarine().into());
-            "UPDATE experiment SET experiment_status = ?, finished_time = ? WHERE id = ? \
-             AND NOT (experiment_status <=> ?)"
+            "UPDATE experiment SET experiment_status = ?, finished_time = ?, update_time = ? \
+             WHERE id = ? AND NOT (experiment_status <=> ?)"
         }
     };
     Statement {
@@ -300,7 +306,12 @@ mod tests {
         assert_eq!(got[4].params, row("loss", 2.0, 1, 1, 0));
         assert_eq!(
             got[5].params,
-            [s("Failed"), s("1970-01-01 00:00:05.000"), s("e'1")]
+            [
+                s("Failed"),
+                s("1970-01-01 00:00:05.000"),
+                s("1970-01-01 00:00:05.000"),
+                s("e'1")
+            ]
         );
         for st in &got {
             assert_eq!(st.sql.matches('?').count(), st.params.len(), "{}", st.sql);
@@ -329,7 +340,10 @@ mod tests {
         assert!(got[3]
             .sql
             .ends_with("WHERE id = ? AND NOT (experiment_status <=> ?)"));
-        assert_eq!(got[3].params, [s("Succeeded"), time, s("e"), s("Failed")]);
+        assert_eq!(
+            got[3].params,
+            [s("Succeeded"), time.clone(), time, s("e"), s("Failed")]
+        );
     }
 
     #[test]
