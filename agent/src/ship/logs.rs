@@ -1156,7 +1156,9 @@ fn reattach(t: &Tracked, legacy: bool) -> Option<(Source, PathBuf)> {
     if legacy {
         return None;
     }
-    recognize::find_continuation(&t.path, t.fingerprint, t.tail, None).map(|(s, p, _)| (s, p))
+    // The file itself, wherever it is, no longer holds the generation (it was truncated, or it
+    // is gone): the rest is in a copy, though the file may start the same way (a banner).
+    recognize::find_continuation(&t.path, t.fingerprint, t.tail, Some(t.id)).map(|(s, p, _)| (s, p))
 }
 
 /// Gzip at the fastest level: deterministic (no timestamp in the header), so the same bytes always
@@ -1383,10 +1385,13 @@ mod tests {
         panic!("the shipper never went idle");
     }
 
-    /// A shipper for `dir/logs/app.log*` that has stored `app.log`, which holds only a 4 KiB
+    /// A shipper for `dir/logs/<pattern>` that has stored `app.log`, which holds only a 4 KiB
     /// banner so far; and the banner.
-    async fn banner_stored(dir: &FsPath) -> (LogShipper, Arc<dyn ObjectStore>, Path, Vec<u8>) {
-        let (mut shipper, store, prefix) = rotation_shipper(dir);
+    async fn banner_stored(
+        dir: &FsPath,
+        pattern: &str,
+    ) -> (LogShipper, Arc<dyn ObjectStore>, Path, Vec<u8>) {
+        let (mut shipper, store, prefix) = glob_shipper(dir, pattern, 8 << 20);
         let banner = [vec![b'='; 4095], b"\n".to_vec()].concat();
         std::fs::write(dir.join("logs/app.log"), &banner).unwrap();
         shipper.tick(true).await.unwrap();
@@ -1415,7 +1420,7 @@ mod tests {
     /// rotation comes between a pass's look and its read.
     async fn banner_rotations_between_two_passes(rotations: usize, read_first: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let (mut shipper, store, prefix, banner) = banner_stored(dir.path()).await;
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log*").await;
         let logs = dir.path().join("logs");
         let log = logs.join("app.log");
 
@@ -1481,7 +1486,7 @@ mod tests {
     #[tokio::test]
     async fn a_copy_and_its_gzip_seen_together_after_only_the_banner_was_read_are_one_generation() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut shipper, store, prefix, banner) = banner_stored(dir.path()).await;
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log*").await;
         let logs = dir.path().join("logs");
         let log = logs.join("app.log");
         let first = lines("first", 3000);
@@ -1506,6 +1511,33 @@ mod tests {
         }
     }
 
+    /// The sidecar (`--logs app.log`, no rotated names) has stored only the banner of a
+    /// generation and read more when it is killed; while it is down, copytruncate rotates and the
+    /// writer starts the next generation, shorter so far than what was read. At restart the log
+    /// itself, truncated, is not where the rest of the generation is, though it starts with the
+    /// same banner: the copy beside it is.
+    #[tokio::test]
+    async fn a_restart_after_copytruncate_reads_the_rest_from_the_copy_not_the_truncated_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log").await;
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        let first = lines("first", 3000);
+        append(&log, &first);
+        assert!(shipper.read_all() > 0);
+        assert!(shipper.save());
+        drop(shipper); // kill -9: what was read and not stored is read again
+        let made = std::time::SystemTime::now() - Duration::from_secs(1);
+        copytruncate(&log, &logs.join("app.log.1"), made, &banner);
+        let second = lines("second", 500);
+        append(&log, &second);
+        let (mut shipper, _, _) = glob_shipper(dir.path(), "app.log", 8 << 20);
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let expected = [banner.clone(), first, banner, second].concat();
+        assert_stored(&cat(&store, &prefix, "app.log").await, &expected, &shipper);
+    }
+
     /// As above, but the shipper looks at the folder between the copy and the truncation: the
     /// copy is recorded as holding more than was read while the log still holds it too; once the
     /// log is truncated and written again past the banner, the copy's last bytes are no longer
@@ -1513,7 +1545,7 @@ mod tests {
     #[tokio::test]
     async fn a_copy_seen_before_the_truncation_holds_the_rest_once_the_log_is_written_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut shipper, store, prefix, banner) = banner_stored(dir.path()).await;
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log*").await;
         let logs = dir.path().join("logs");
         let log = logs.join("app.log");
         let first = lines("first", 3000);
