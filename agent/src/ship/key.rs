@@ -70,6 +70,16 @@ impl Entry {
         ChunkName::parse(generation_segment, file_segment).map(Entry::Chunk)
     }
 
+    /// The entry a listed object names, with the parts of its key between the first `depth`
+    /// (the listed prefix) and the entry's own two: the log's folder relative to the prefix.
+    /// `None` for an object that is not a chunk or a link.
+    pub fn listed(location: &Path, depth: usize) -> Option<(Vec<String>, Entry)> {
+        let parts: Vec<String> = location.parts().map(|p| p.as_ref().to_string()).collect();
+        let rel = parts.get(depth..).filter(|r| r.len() >= 3)?;
+        let entry = Entry::parse(&rel[rel.len() - 2], &rel[rel.len() - 1])?;
+        Some((rel[..rel.len() - 2].to_vec(), entry))
+    }
+
     pub fn generation(&self) -> u64 {
         match self {
             Entry::Chunk(c) => c.generation,

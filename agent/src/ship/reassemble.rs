@@ -414,16 +414,15 @@ pub async fn ls(
     );
     let mut logs: BTreeMap<String, Seen> = BTreeMap::new();
     for m in metas {
-        let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
-        let rel = &parts[depth.min(parts.len())..];
-        if rel.len() < 3 || !rel.iter().any(|p| p == LOGS_DIR) {
-            continue;
-        }
-        let Some(entry) = Entry::parse(&rel[rel.len() - 2], &rel[rel.len() - 1]) else {
+        let Some((log, entry)) = Entry::listed(&m.location, depth) else {
             continue;
         };
-        let key_path = rel[..rel.len() - 2].join("/");
-        let path = rel[..rel.len() - 2]
+        if !log.iter().any(|p| p == LOGS_DIR) {
+            continue;
+        }
+        let parts: Vec<String> = m.location.parts().map(|p| p.as_ref().to_string()).collect();
+        let key_path = log.join("/");
+        let path = log
             .iter()
             .map(|p| printable(p))
             .collect::<Vec<_>>()

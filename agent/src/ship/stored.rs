@@ -31,16 +31,10 @@ pub async fn stored_generations(
     };
     let mut highest = BTreeMap::new();
     for meta in listed {
-        let parts: Vec<String> = (meta.location.parts())
-            .map(|p| p.as_ref().to_string())
-            .collect();
-        let Some(rel) = parts.get(depth..).filter(|r| r.len() >= 3) else {
+        let Some((log, entry)) = Entry::listed(&meta.location, depth) else {
             continue;
         };
-        let Some(entry) = Entry::parse(&rel[rel.len() - 2], &rel[rel.len() - 1]) else {
-            continue;
-        };
-        let g = highest.entry(rel[..rel.len() - 2].join("/")).or_insert(0);
+        let g = highest.entry(log.join("/")).or_insert(0);
         *g = entry.generation().max(*g);
     }
     Ok(highest)
