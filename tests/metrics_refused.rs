@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::mariadb::{MariaDb, DATABASE, USER};
-use crate::harness::metrics::{wait_with_timeout, MetricsSetup};
+use crate::harness::metrics::{log_metric, wait_with_timeout, MetricsSetup};
 use crate::harness::rawhttp::request;
 
 /// Polls `f` until it is true; panics after `limit` with `what`.
@@ -16,23 +16,6 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Logs one metric of `run` through the sidecar's MLflow-compatible endpoint; returns the status.
-fn log_metric(port: u16, run: &str, key: &str, step: i64) -> u16 {
-    let body = format!(
-        r#"{{"run_id":"{run}","key":"{key}","value":{step},"timestamp":{},"step":{step}}}"#,
-        1_700_000_000_000 + step
-    );
-    let headers = [("Content-Type", "application/json".to_string())];
-    request(
-        port,
-        "POST",
-        "/api/2.0/mlflow/runs/log-metric",
-        &headers,
-        body.as_bytes(),
-    )
-    .status
 }
 
 fn rows(db: &MariaDb, key: &str) -> usize {
@@ -77,7 +60,7 @@ fn a_metastore_that_refuses_writes_is_retried_reported_and_loses_nothing_once_me
         std::net::TcpStream::connect(("127.0.0.1", probes)).is_ok() && get("/readyz").status == 200
     });
     let run = crate::harness::metrics::start_endpoint_run(port);
-    assert_eq!(log_metric(port, &run, "before", 1), 200);
+    assert_eq!(log_metric(port, &run, "before", 1).status, 200);
     wait_until(Duration::from_secs(60), "the first metric", || {
         rows(&db, "before") == 1
     });
@@ -85,7 +68,7 @@ fn a_metastore_that_refuses_writes_is_retried_reported_and_loses_nothing_once_me
     db.admin(&format!("REVOKE INSERT ON {DATABASE}.* FROM '{USER}'@'%'"));
     kill_connections(&db);
     // Acknowledged: it is on the sidecar's disk, whatever the metastore thinks.
-    assert_eq!(log_metric(port, &run, "while-refused", 2), 200);
+    assert_eq!(log_metric(port, &run, "while-refused", 2).status, 200);
     wait_until(Duration::from_secs(60), "/readyz to say why", || {
         let r = get("/readyz");
         r.status == 503 && r.body.contains("metastore") && r.body.contains("INSERT")
@@ -96,7 +79,7 @@ fn a_metastore_that_refuses_writes_is_retried_reported_and_loses_nothing_once_me
         "{metrics}"
     );
     // The endpoint still takes metrics meanwhile.
-    assert_eq!(log_metric(port, &run, "while-refused", 3), 200);
+    assert_eq!(log_metric(port, &run, "while-refused", 3).status, 200);
 
     db.admin(&format!("GRANT INSERT ON {DATABASE}.* TO '{USER}'@'%'"));
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -111,7 +94,7 @@ fn a_metastore_that_refuses_writes_is_retried_reported_and_loses_nothing_once_me
         }
         thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(log_metric(port, &run, "after", 4), 200);
+    assert_eq!(log_metric(port, &run, "after", 4).status, 200);
     wait_until(Duration::from_secs(60), "the metric logged after", || {
         rows(&db, "after") == 1
     });

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::metrics::{append, start_endpoint_run, wait_with_timeout};
+use crate::harness::metrics::{append, log_metric, start_endpoint_run, wait_with_timeout};
 use crate::harness::rawhttp::{request, wait_for_port};
 use crate::harness::{free_port, periscope, run};
 
@@ -41,20 +41,6 @@ fn sidecar(dir: &Path, probes: u16, mlflow: u16) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
-}
-
-/// Logs metric `key` to run `run` on the endpoint at `port`; returns the status.
-fn log_metric(port: u16, run: &str, key: &str) -> u16 {
-    let body = format!(r#"{{"run_id":"{run}","key":"{key}","value":1,"timestamp":1,"step":0}}"#);
-    let json = [("Content-Type", "application/json".to_string())];
-    request(
-        port,
-        "POST",
-        "/api/2.0/mlflow/runs/log-metric",
-        &json,
-        body.as_bytes(),
-    )
-    .status
 }
 
 fn end(dir: &Path, child: Child) -> String {
@@ -92,10 +78,10 @@ fn the_mlflow_endpoint_and_the_probes_listen_apart() {
     wait_for_port(mlflow, "the MLflow endpoint", Duration::from_secs(30));
     wait_for_port(probes, "the probes", Duration::from_secs(30));
     let run_id = start_endpoint_run(mlflow);
-    assert_eq!(log_metric(mlflow, &run_id, "loss"), 200);
+    assert_eq!(log_metric(mlflow, &run_id, "loss", 0).status, 200);
     assert_eq!(request(probes, "GET", "/healthz", &[], b"").status, 200);
     // Whoever reaches the probes (the pod IP) cannot log metrics or end the run.
-    assert_eq!(log_metric(probes, &run_id, "loss"), 404);
+    assert_eq!(log_metric(probes, &run_id, "loss", 0).status, 404);
     assert_eq!(request(mlflow, "GET", "/healthz", &[], b"").status, 404);
     end(dir.path(), child);
 
@@ -154,7 +140,7 @@ fn slow_or_idle_clients_are_cut_off_by_the_endpoints_timeouts() {
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // The endpoint still serves well-behaved clients.
-    assert_eq!(log_metric(mlflow, &run_id, "after"), 200);
+    assert_eq!(log_metric(mlflow, &run_id, "after", 0).status, 200);
     end(dir.path(), child);
     let db = dir.path().join("state/metastore.db");
     let keys = run(periscope()

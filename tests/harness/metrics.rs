@@ -250,11 +250,13 @@ pub fn start_endpoint_run(port: u16) -> String {
         .to_string()
 }
 
-/// Logs metric `key` (value 1, timestamp 1) at `step` to run `run` on the MLflow-compatible
-/// endpoint at `port`.
+/// Logs metric `key` at `step` (its value the step, its timestamp a millisecond per step) to run
+/// `run` on the MLflow-compatible endpoint at `port`.
 pub fn log_metric(port: u16, run: &str, key: &str, step: i64) -> super::rawhttp::Response {
-    let body =
-        format!(r#"{{"run_id":"{run}","key":"{key}","value":1,"timestamp":1,"step":{step}}}"#);
+    let body = format!(
+        r#"{{"run_id":"{run}","key":"{key}","value":{step},"timestamp":{},"step":{step}}}"#,
+        1_700_000_000_000 + step
+    );
     super::rawhttp::request(
         port,
         "POST",
