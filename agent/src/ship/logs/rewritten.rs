@@ -171,9 +171,9 @@ impl LogShipper {
 
     /// Generation `i`'s file now holds a later generation: `rest` holds the rest of generation
     /// `i`, `missed` (oldest first) generations of the same log nobody read, each with the names
-    /// it is matched under and the files found there; the file itself is followed as the newest. With `reread`, what was
-    /// read of generation `i` and not stored is read again from `rest` (it may have been read
-    /// from the file after it was rewritten).
+    /// it is matched under and the files found there; the file itself is followed as the newest.
+    /// With `reread`, what was read of generation `i` and not stored is read again from `rest`
+    /// (it may have been read from the file after it was rewritten).
     fn split(
         &mut self,
         i: usize,
