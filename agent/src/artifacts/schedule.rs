@@ -328,13 +328,16 @@ impl Saver {
         self.dirs.iter().filter(|d| has_file(d)).cloned().collect()
     }
 
-    /// One save of `dirs` (every folder when `None`), taken again while files change or vanish
-    /// under it; then the older saves are pruned. New saves go into `report.during`.
+    /// One save of `dirs` (every folder when `None`: the final save), taken again while files
+    /// change or vanish under it; then the older saves are pruned, after a new save or the final
+    /// one (a save the job's end cut short may have stored its manifest and not pruned yet). New
+    /// saves go into `report.during`.
     async fn save(
         &self,
         report: &mut SavesReport,
         dirs: Option<&[PathBuf]>,
     ) -> Result<(), ArtifactsError> {
+        let last = dirs.is_none();
         let dirs = dirs.unwrap_or(&self.dirs);
         let mut take = 1;
         let outcomes = loop {
@@ -352,7 +355,7 @@ impl Saver {
         };
         let new = outcomes.iter().any(|(_, o)| !o.unchanged);
         report.during.extend(outcomes);
-        if let (true, Some(keep)) = (new, self.schedule.keep) {
+        if let (true, Some(keep)) = (new || last, self.schedule.keep) {
             match self.target.prune(keep).await {
                 Ok(pruned) => report.pruned.extend(pruned),
                 Err(e) => {
