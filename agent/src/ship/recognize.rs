@@ -152,24 +152,13 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
     // most of whose bytes were compared wins: generations that share a banner all "hold" a file
     // as far as only their banner is known.
     let (mut unsure, mut again, mut before) = (false, false, None);
-    let mut best: Option<Verdict> = None;
+    let mut best: Option<(usize, Prefix, bool)> = None;
+    let rank = |held: Prefix, extends: bool| (held.len, !extends);
     for &i in &alive {
         match judge(&candidates[i], &scanned, gzip)? {
             Judged::Yes { held, extends } => {
-                let better = match best {
-                    Some(Verdict::Holds {
-                        held: b,
-                        extends: e,
-                        ..
-                    }) => (held.len, !extends) > (b.len, !e),
-                    _ => true,
-                };
-                if better {
-                    best = Some(Verdict::Holds {
-                        index: i,
-                        held,
-                        extends,
-                    });
+                if best.is_none_or(|(_, h, e)| rank(held, extends) > rank(h, e)) {
+                    best = Some((i, held, extends));
                 }
             }
             Judged::Before => before = before.or(Some(i)),
@@ -178,8 +167,12 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
             Judged::No => {}
         }
     }
-    Ok(if let Some(holds) = best {
-        holds
+    Ok(if let Some((index, held, extends)) = best {
+        Verdict::Holds {
+            index,
+            held,
+            extends,
+        }
     } else if again {
         Verdict::Again
     } else if let Some(index) = before {
