@@ -5,7 +5,9 @@
 //! the sidecar; wrong credentials and missing tables stop the sidecar with their exit code; TLS in
 //! MySQL's modes; MariaDB's ed25519 authentication; values stored byte for byte, and never taken
 //! for SQL, on a server that forces another character set on every session; a worker that
-//! failed fails the experiment although another succeeds after it.
+//! failed fails the experiment although another succeeds after it; metrics are stored while
+//! another session holds the experiment row (as every other worker's inserts do), and after the
+//! experiment was deleted.
 //! Rows are read back with the `mariadb` command-line client.
 
 use std::collections::BTreeMap;
@@ -585,6 +587,49 @@ fn an_idle_sidecar_holds_no_connection_and_writes_again_when_metrics_come() {
     wait_until(Duration::from_secs(60), "the second point", || {
         count(&db) == 2
     });
+    fs::write(s.path("exit-code"), "0\n").unwrap();
+    expect_exit(&wait_with_timeout(child, Duration::from_secs(60)), 0);
+    assert_eq!(experiment(&db)[0], "Succeeded");
+}
+
+#[test]
+fn a_workers_metrics_wait_for_no_lock_on_the_experiment_row_and_outlive_its_deletion() {
+    let db = MariaDb::start_with_submarine_tables();
+    let s = Setup::new();
+    let jsonl = s.path("metrics.jsonl");
+    let child = sidecar_to(&s, &db).spawn().unwrap();
+    append(&jsonl, &jsonl_line("loss", "1.5", 1, BASE_MS));
+    wait_until(Duration::from_secs(60), "the first point", || {
+        count(&db) == 1
+    });
+
+    // Another session reads the experiment in a transaction with a shared lock, as another
+    // worker's metric insert does (its foreign key). Writing the experiment row would wait for
+    // it (and, after the 10 s lock wait, fail and be retried, while the lock is held); the
+    // metrics are stored meanwhile.
+    let reader = db.hold(&format!(
+        "START TRANSACTION; SELECT experiment_status FROM experiment WHERE id = '{EXPERIMENT}' \
+         LOCK IN SHARE MODE"
+    ));
+    append(&jsonl, &jsonl_line("loss", "0.5", 2, BASE_MS + 1));
+    wait_until(
+        Duration::from_secs(30),
+        "the second point while the experiment row is read",
+        || count(&db) == 2,
+    );
+    drop(reader);
+
+    // The experiment deleted meanwhile (its metrics with it: Submarine's foreign keys cascade):
+    // the next point writes the row again, and is stored.
+    db.sql(&format!("DELETE FROM experiment WHERE id = '{EXPERIMENT}'"));
+    assert_eq!(count(&db), 0);
+    append(&jsonl, &jsonl_line("loss", "0.25", 3, BASE_MS + 2));
+    wait_until(
+        Duration::from_secs(60),
+        "the point after the deletion",
+        || count(&db) == 1,
+    );
+    assert_eq!(rows(&db)["loss"], [(3, BASE_MS + 2, 0.25, false)]);
     fs::write(s.path("exit-code"), "0\n").unwrap();
     expect_exit(&wait_with_timeout(child, Duration::from_secs(60)), 0);
     assert_eq!(experiment(&db)[0], "Succeeded");

@@ -7,8 +7,9 @@
 //! `metric` and `param` tables (Submarine's DDL, `submarine.sql`). [`MariaDb::stop`] and
 //! [`MariaDb::start`] restart it on the same port and data; dropping the handle kills it.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -205,6 +206,38 @@ impl MariaDb {
             .unwrap_or_else(|e| panic!("{sql}\nfailed: {e}"))
     }
 
+    /// Opens a root session in the database and runs `sql` in it (a transaction that takes
+    /// locks, say); returns once it has run. The session stays open, its transaction with it,
+    /// until the handle is dropped, which commits.
+    pub fn hold(&self, sql: &str) -> Held {
+        let mut client = Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "--batch",
+                "--skip-column-names",
+                "--unbuffered",
+                "-uroot",
+            ])
+            .arg(format!("--socket={}", self.socket().display()))
+            .arg(DATABASE)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot run the mariadb client");
+        let mut stdin = client.stdin.take().expect("piped");
+        writeln!(stdin, "{sql};\nSELECT 'held';").expect("the mariadb client's input");
+        let stdout = client.stdout.take().expect("piped");
+        let ran = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line == "held");
+        assert!(ran, "{sql}\ndid not run");
+        Held {
+            client,
+            stdin: Some(stdin),
+        }
+    }
+
     /// Runs SQL in the database with the real `mariadb` client over TCP, as the Submarine user;
     /// returns the rows, tab-separated, one per line (NULL as `NULL`).
     pub fn sql(&self, sql: &str) -> String {
@@ -229,5 +262,21 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A session of [`MariaDb::hold`]; dropping it commits and ends the session.
+pub struct Held {
+    client: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "COMMIT;");
+            // Closing the input ends the client, and its session.
+        }
+        let _ = self.client.wait();
     }
 }

@@ -4,7 +4,8 @@
 //! [`url`] reads the URL and the TLS it asks for, [`connection`] opens a connection as it says,
 //! [`statements`] turns a batch into prepared statements with every value bound as a parameter,
 //! and [`errors`] sorts failures into transient and permanent. [`MySqlSink`] applies each batch
-//! in one transaction on a connection it keeps between batches. This module never prints
+//! in one transaction on a connection it keeps between batches, and leaves the experiment row
+//! out once a transaction has seen it (workers would wait for each other's lock on it). This module never prints
 //! (tracing only) and never shows the password: the URL is kept redacted for messages.
 
 pub mod connection;
@@ -33,16 +34,22 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A sink into Submarine's MySQL tables. Invariant: `conn`, when present, is authenticated, set
-/// up by [`connection::connect`] and outside any transaction.
+/// up by [`connection::connect`] and outside any transaction; `row_seen` names the experiment
+/// whose row existed when the last transaction committed, and is `None` after a failure.
 pub struct MySqlSink {
     url: MySqlUrl,
     conn: Option<Conn>,
+    row_seen: Option<String>,
 }
 
 impl MySqlSink {
     /// A sink for `url`; it connects on first use and again after a failure.
     pub fn new(url: MySqlUrl) -> MySqlSink {
-        MySqlSink { url, conn: None }
+        MySqlSink {
+            url,
+            conn: None,
+            row_seen: None,
+        }
     }
 
     fn error(&self, e: &Failure, what: &str) -> SinkError {
@@ -58,12 +65,17 @@ impl MySqlSink {
         Ok(conn)
     }
 
-    /// Applies `items` for `experiment` in one transaction, connecting first when needed.
+    /// Applies `items` for `experiment` in one transaction, connecting first when needed. The
+    /// experiment row is written only until a transaction has committed with it: a fleet of
+    /// workers writing it in every batch would queue behind its lock. Any failure writes it
+    /// again next time (it may be what failed: the row was deleted meanwhile).
     pub async fn apply(&mut self, experiment: &str, items: &[Item]) -> Result<(), SinkError> {
         let now = datetime(super::model::now_ms()).unwrap_or_default();
-        let statements = statements(experiment, items, &now);
+        let with_row = self.row_seen.as_deref() != Some(experiment);
+        let statements = statements(experiment, items, &now, with_row);
+        self.row_seen = None;
         let reused = self.conn.is_some();
-        match self.transaction(&statements).await {
+        let applied = match self.transaction(&statements).await {
             // A connection kept from an earlier batch may have been closed by the server
             // meanwhile (`wait_timeout`, a restart): one immediate try on a fresh one.
             Err(e) if reused && e.transient && self.conn.is_none() => {
@@ -71,7 +83,11 @@ impl MySqlSink {
                 self.transaction(&statements).await
             }
             other => other,
+        };
+        if applied.is_ok() {
+            self.row_seen = Some(experiment.to_string());
         }
+        applied
     }
 
     /// Runs `statements` between `START TRANSACTION` and `COMMIT`. After a failure another try on
