@@ -35,25 +35,55 @@ const SESSION_SETUP: &str = "SET NAMES utf8mb4, @@SESSION.sql_mode = 'NO_ENGINE_
 /// it fails with another error. The `.invalid` top-level domain names no real host.
 const ANY_NAME: &str = "NotValidForName.invalid";
 
-/// Connects to `url`, authenticates and sets the session up, all within `timeout`.
-pub async fn connect(url: &MySqlUrl, timeout: Duration) -> Result<Conn, Failure> {
-    let ssl = ssl_opts(&url.tls)?;
-    let plain_fallback = url.tls == TlsMode::Preferred;
+/// What the server offered the last `PREFERRED` connection. A client that asks a server without
+/// TLS for it learns so from the server's greeting and connects again in plain: the server counts
+/// one aborted connect for every real one. Remembering the answer spares that for the connections
+/// after the first, until a connection fails or is lost (a server restarted with TLS is asked
+/// again). `PREFERRED` protects nothing against a server that says it has no TLS anyway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Offered {
+    /// No connection has said yet, or the last one used TLS.
+    #[default]
+    Unknown,
+    /// The last connection's server offered no TLS.
+    NoTls,
+}
+
+/// Connects to `url`, authenticates and sets the session up, all within `timeout`. `offered`
+/// is what the server offered last time, and is updated.
+pub async fn connect(
+    url: &MySqlUrl,
+    timeout: Duration,
+    offered: &mut Offered,
+) -> Result<Conn, Failure> {
+    let preferred = url.tls == TlsMode::Preferred;
+    let ssl = match *offered {
+        Offered::NoTls if preferred => None,
+        _ => ssl_opts(&url.tls)?,
+    };
+    let plain_fallback = preferred && ssl.is_some();
     let attempt = async {
+        let mut no_tls = ssl.is_none() && preferred;
         let mut conn = match Conn::new(options(url, ssl)).await.map_err(Failure::from) {
             Err(e) if plain_fallback && e.is_tls_unavailable() => {
                 tracing::debug!(metastore = %url.shown(),
                     "the server offers no TLS; connecting without (ssl-mode PREFERRED)");
+                no_tls = true;
                 Conn::new(options(url, None)).await?
             }
             other => other?,
         };
         conn.query_drop(SESSION_SETUP).await?;
-        Ok(conn)
+        Ok((conn, no_tls))
     };
-    tokio::time::timeout(timeout, attempt)
+    let connected = tokio::time::timeout(timeout, attempt)
         .await
-        .unwrap_or(Err(Failure::Timeout(timeout)))
+        .unwrap_or(Err(Failure::Timeout(timeout)));
+    *offered = match connected {
+        Ok((_, true)) => Offered::NoTls,
+        _ => Offered::Unknown,
+    };
+    connected.map(|(conn, _)| conn)
 }
 
 /// The client's options for `url`, with `ssl` as the TLS to ask for.

@@ -40,6 +40,7 @@ pub struct MySqlSink {
     url: MySqlUrl,
     conn: Option<Conn>,
     row_seen: Option<String>,
+    offered: connection::Offered,
 }
 
 impl MySqlSink {
@@ -49,6 +50,7 @@ impl MySqlSink {
             url,
             conn: None,
             row_seen: None,
+            offered: connection::Offered::default(),
         }
     }
 
@@ -57,8 +59,8 @@ impl MySqlSink {
         classify(e, &self.url.tls, &context)
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Conn, SinkError> {
-        let conn = connection::connect(&self.url, timeout)
+    async fn connect(&mut self, timeout: Duration) -> Result<Conn, SinkError> {
+        let conn = connection::connect(&self.url, timeout, &mut self.offered)
             .await
             .map_err(|e| self.error(&e, "connect"))?;
         tracing::debug!(metastore = %self.url.shown(), "connected to the MySQL metastore");
@@ -113,6 +115,9 @@ impl MySqlSink {
                         .is_ok();
                 if keep {
                     self.conn = Some(conn);
+                } else {
+                    // The next connection asks for TLS again: the server may have restarted.
+                    self.offered = connection::Offered::Unknown;
                 }
                 Err(error)
             }
