@@ -31,6 +31,7 @@ OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "60"))
 CATCHUP_SECONDS = float(os.environ.get("FLEET_CATCHUP_SECONDS", "600"))
 PER_BATCH = 100          # metrics per log-batch: one batch per sidecar per second = 100 metrics/s
 LOG_BYTES = 10 * 1024    # log bytes per sidecar per second
+LOAD_THREADS = 16
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -39,6 +40,13 @@ def pct(values, p):
         return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+class MetastoreMariaDb(servers.MariaDb):
+    """MariaDB with its own InnoDB sizes (a 128 MiB buffer pool), as a metastore server runs, not
+    the tests' small ones: a fleet writes a million rows in minutes."""
+    ARGS = [a for a in servers.MariaDb.ARGS
+            if not a.startswith(("--innodb-buffer-pool-size", "--innodb-log-file-size"))]
 
 
 class S3:
@@ -60,25 +68,32 @@ class S3:
 class Sidecar:
     def __init__(self, run, i, metastore, env):
         self.worker = f"w{i:03d}"
+        self.run, self.metastore, self.env = run, metastore, env
         self.dir = os.path.join(WORK, run, self.worker)
         os.makedirs(os.path.join(self.dir, "logs"))
-        self.port = servers.free_port()
         self.log = open(os.path.join(self.dir, "logs", "train.log"), "ab")
-        err = open(os.path.join(self.dir, "sidecar.err"), "ab")
-        self.proc = subprocess.Popen(
-            [PERISCOPE, "sidecar", "--storage", "s3://fleet/runs", "--experiment-id", run,
-             "--worker", self.worker, "--metastore", metastore,
-             "--logs", os.path.join(self.dir, "logs", "*.log"),
-             "--state-dir", os.path.join(self.dir, "state"), "--code-dir", os.path.join(self.dir, "code"),
-             "--exit-when-file", os.path.join(self.dir, "exit-code"),
-             "--listen", "127.0.0.1:0", "--mlflow-listen", f"127.0.0.1:{self.port}",
-             "--drain-timeout", str(CATCHUP_SECONDS), "--log-level", "warn"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        self.starts = 0
+        self.start()
         self.conn = None
         self.run_id = None     # the endpoint's run, started as mlflow.start_run does
         self.sent = 0          # batches acknowledged
         self.sent_at = {}      # batch -> monotonic send time
         self.visible_at = {}   # batch -> monotonic time its last point was seen
+
+    def start(self):
+        """Starts the sidecar on a port that was free a moment ago."""
+        self.starts += 1
+        self.port = servers.free_port()
+        err = open(os.path.join(self.dir, "sidecar.err"), "ab")
+        self.proc = subprocess.Popen(
+            [PERISCOPE, "sidecar", "--storage", "s3://fleet/runs", "--experiment-id", self.run,
+             "--worker", self.worker, "--metastore", self.metastore,
+             "--logs", os.path.join(self.dir, "logs", "*.log"),
+             "--state-dir", os.path.join(self.dir, "state"), "--code-dir", os.path.join(self.dir, "code"),
+             "--exit-when-file", os.path.join(self.dir, "exit-code"),
+             "--listen", "127.0.0.1:0", "--mlflow-listen", f"127.0.0.1:{self.port}",
+             "--drain-timeout", str(CATCHUP_SECONDS), "--log-level", "warn"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=self.env)
 
     def ready(self):
         if self.run_id is None and servers.port_open(self.port):
@@ -134,7 +149,7 @@ class Sidecar:
 
 class Load:
     """Every second: one batch of 100 metrics to each sidecar's endpoint and 10 KiB to its log,
-    spread over 4 threads."""
+    spread over 16 threads (with fewer, 200 sidecars' answers take longer than a second)."""
 
     def __init__(self, fleet):
         self.fleet, self.stop, self.threads, self.batch = fleet, threading.Event(), [], 0
@@ -142,8 +157,8 @@ class Load:
 
     def start(self):
         line = (b"x" * 99 + b"\n") * (LOG_BYTES // 100)
-        for k in range(4):
-            part = self.fleet[k::4]
+        for k in range(LOAD_THREADS):
+            part = self.fleet[k::LOAD_THREADS]
             t = threading.Thread(target=self._run, args=(part, line), daemon=True)
             t.start()
             self.threads.append(t)
@@ -204,18 +219,39 @@ class Visible:
         self.thread.join()
 
 
-def mariadb_probe(db, run):
+def mariadb_probe(db, run, ts_base):
+    """Each worker's last step stored, read from the rows past the slowest worker's (an index
+    range: the primary key is (id, key, timestamp, worker), and a point's timestamp is ts_base +
+    its step), so a look costs the new rows, not the million already there. A worker's batches
+    commit whole and in order, so its last step + 1 is its row count."""
     session = db.session()
+    last = {}
 
     def query():
-        rows = session.rows(f"SELECT worker_index, MAX(step), COUNT(*) FROM metric WHERE id = '{run}' "
-                            "GROUP BY worker_index")
-        return None if rows is None else [(w, int(m), int(c)) for w, m, c in rows]
+        frontier = ts_base + (min(last.values()) if len(last) == len(fleet_workers) else 0)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(frontier // 1000)) + f".{frontier % 1000:03d}"
+        rows = session.rows(f"SELECT worker_index, MAX(step) FROM metric WHERE id = '{run}' AND `key` = 'm' "
+                            f"AND `timestamp` >= '{when}' GROUP BY worker_index")
+        if rows is None:
+            return None
+        for w, m in rows:
+            last[w] = max(last.get(w, -1), int(m))
+        return [(w, m, m + 1) for w, m in last.items()]
 
     def conns():
         rows = session.rows("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
         return None if not rows else int(rows[0][1])
-    return query, conns, session
+
+    def stored():
+        rows = session.rows(f"SELECT COUNT(*) FROM metric WHERE id = '{run}'")
+        return None if not rows else int(rows[0][0])
+    fleet_workers = set()
+    return query, conns, session, stored, fleet_workers
+
+
+def status(session, name):
+    rows = session.rows(f"SHOW GLOBAL STATUS LIKE '{name}'")
+    return int(rows[0][1]) if rows else 0
 
 
 def mlflow_probe(server, run):
@@ -234,18 +270,40 @@ def mlflow_probe(server, run):
 def fleet_run(backend, n, metastore, env, db=None, mlflow=None, outage=0.0):
     run = f"fleet-{backend}-{n}" + ("-outage" if outage else "")
     fleet = [Sidecar(run, i, metastore, env) for i in range(n)]
+    try:
+        return measure(run, n, fleet, backend, db, mlflow, outage)
+    finally:
+        # A failed run leaves no sidecar behind to load the next one.
+        for s in fleet:
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()
+
+
+def measure(run, n, fleet, backend, db, mlflow, outage):
     deadline = time.time() + 120
     while not all(s.ready() for s in fleet):
+        gone = next((s for s in fleet if s.proc.poll() is not None), None)
+        if gone:
+            err = open(os.path.join(gone.dir, "sidecar.err")).read()[-2000:]
+            # Another process took the free port before the sidecar bound it: another port.
+            if "Address in use" in err and gone.starts < 3:
+                gone.start()
+                continue
+            raise SystemExit(f"{run}: sidecar {gone.worker} exited with {gone.proc.returncode}:\n{err}")
         if time.time() > deadline:
             raise SystemExit(f"{run}: sidecars did not start (see {WORK}/{run}/*/sidecar.err)")
         time.sleep(0.2)
+    load = Load(fleet)
+    stored = None
     if backend == "mariadb":
-        query, conns, session = mariadb_probe(db, run)
+        query, conns, session, stored, workers = mariadb_probe(db, run, load.ts_base)
+        workers.update(s.worker for s in fleet)
         session.rows("FLUSH STATUS")
+        refused0 = status(session, "Connection_errors_max_connections")
     else:
         query, conns = mlflow_probe(mlflow, run)
     visible = Visible(fleet, query, conns)
-    load = Load(fleet)
     cpu0, t0 = sum(s.cpu_ticks() for s in fleet), time.monotonic()
     load.start()
     outage_report = None
@@ -274,11 +332,13 @@ def fleet_run(backend, n, metastore, env, db=None, mlflow=None, outage=0.0):
         open(os.path.join(s.dir, "exit-code"), "w").write("0\n")
     codes = [s.proc.wait(timeout=900) for s in fleet]
     visible.end()
+    # Every row, doubled ones included (the probe counts each worker's steps).
+    total = stored() if stored else visible.rows
     lat = [s.visible_at[b] - s.sent_at[b] for s in fleet for b in s.visible_at]
     steady = [(t, r) for t, r in visible.samples if t0 + 5 <= t <= t1]
     rate = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]) if len(steady) > 1 else 0
     out = {"run": run, "n": n, "offered": n * PER_BATCH, "delivered_per_s": rate, "sent": sent,
-           "stored": visible.rows, "p50": pct(lat, 50), "p99": pct(lat, 99),
+           "stored": total, "p50": pct(lat, 50), "p99": pct(lat, 99),
            "peak_conns": visible.peak_conns, "rss_med_mib": statistics.median(rss) / 1024,
            "rss_max_mib": max(rss) / 1024, "cpu_cores": (cpu1 - cpu0) / TICK / (t1 - t0),
            "catch_up_s": caught_up - stop_at, "exit_codes": sorted(set(codes))}
@@ -291,7 +351,9 @@ def fleet_run(backend, n, metastore, env, db=None, mlflow=None, outage=0.0):
         out["status_after_up"] = after
     if backend == "mariadb":
         out["max_used_connections"] = session.rows("SHOW GLOBAL STATUS LIKE 'Max_used_connections'")
-        session.rows("SELECT 1")
+        # Connection attempts the server refused as full (its counters start again at a restart).
+        out["refused_connects"] = status(session, "Connection_errors_max_connections") - (
+            0 if outage else refused0)
     print(json.dumps(out), flush=True)
     return out
 
@@ -303,7 +365,7 @@ def main():
     results = []
     db = mlflow = None
     if "mariadb" in BACKENDS:
-        db = servers.MariaDb(os.path.join(WORK, "mariadb"), DDL)
+        db = MetastoreMariaDb(os.path.join(WORK, "mariadb"), DDL)
         print(f"mariadb on {db.port}, max_connections 151", flush=True)
         for n in SIZES:
             results.append(fleet_run("mariadb", n, db.url(), env, db=db))
@@ -314,11 +376,11 @@ def main():
         for n in MLFLOW_SIZES:
             results.append(fleet_run("mlflow", n, f"mlflow+http://127.0.0.1:{mlflow.port}", env, mlflow=mlflow))
     print("\n| run | sidecars | offered metrics/s | delivered rows/s | p50 / p99 flush-to-visible | "
-          "peak connections | RSS median / max | sidecars' CPU | caught up after load | lost | doubled |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "peak connections | refused connects | RSS median / max | sidecars' CPU | caught up after load | lost | doubled |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['run']} | {r['n']} | {r['offered']} | {r['delivered_per_s']:.0f} | "
-              f"{r['p50']:.2f} / {r['p99']:.2f} s | {r['peak_conns'] or '-'} | "
+              f"{r['p50']:.2f} / {r['p99']:.2f} s | {r['peak_conns'] or '-'} | {r.get('refused_connects', '-')} | "
               f"{r['rss_med_mib']:.1f} / {r['rss_max_mib']:.1f} MiB | {r['cpu_cores']:.2f} cores | "
               f"{r['catch_up_s']:.1f} s | {r['sent'] - min(r['sent'], r['stored'])} | "
               f"{max(0, r['stored'] - r['sent'])} |")
