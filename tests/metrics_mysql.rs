@@ -6,8 +6,8 @@
 //! MySQL's modes; MariaDB's ed25519 authentication; values stored byte for byte, and never taken
 //! for SQL, on a server that forces another character set on every session; a worker that
 //! failed fails the experiment although another succeeds after it; metrics are stored while
-//! another session holds the experiment row (as every other worker's inserts do), and after the
-//! experiment was deleted.
+//! another session holds the experiment row (as every other worker's inserts do), after an
+//! outage too, and after the experiment was deleted.
 //! Rows are read back with the `mariadb` command-line client.
 
 use std::collections::BTreeMap;
@@ -600,7 +600,7 @@ fn an_idle_sidecar_holds_no_connection_and_writes_again_when_metrics_come() {
 
 #[test]
 fn a_workers_metrics_wait_for_no_lock_on_the_experiment_row_and_outlive_its_deletion() {
-    let db = MariaDb::start_with_submarine_tables();
+    let mut db = MariaDb::start_with_submarine_tables();
     let s = Setup::new();
     let jsonl = s.path("metrics.jsonl");
     let child = sidecar_to(&s, &db).spawn().unwrap();
@@ -625,17 +625,35 @@ fn a_workers_metrics_wait_for_no_lock_on_the_experiment_row_and_outlive_its_dele
     );
     drop(reader);
 
+    // MariaDB away and back: what was queued meanwhile is stored while another session reads the
+    // experiment row (an outage says nothing about the row, so it is not written again).
+    db.stop();
+    append(&jsonl, &jsonl_line("loss", "0.75", 3, BASE_MS + 2));
+    // Time for the sidecar to read the line and fail to store it.
+    thread::sleep(Duration::from_secs(3));
+    db.start();
+    let reader = db.hold(&format!(
+        "START TRANSACTION; SELECT experiment_status FROM experiment WHERE id = '{EXPERIMENT}' \
+         LOCK IN SHARE MODE"
+    ));
+    wait_until(
+        Duration::from_secs(60),
+        "the point from the outage while the experiment row is read",
+        || count(&db) == 3,
+    );
+    drop(reader);
+
     // The experiment deleted meanwhile (its metrics with it: Submarine's foreign keys cascade):
     // the next point writes the row again, and is stored.
     db.sql(&format!("DELETE FROM experiment WHERE id = '{EXPERIMENT}'"));
     assert_eq!(count(&db), 0);
-    append(&jsonl, &jsonl_line("loss", "0.25", 3, BASE_MS + 2));
+    append(&jsonl, &jsonl_line("loss", "0.25", 4, BASE_MS + 3));
     wait_until(
         Duration::from_secs(60),
         "the point after the deletion",
         || count(&db) == 1,
     );
-    assert_eq!(rows(&db)["loss"], [(3, BASE_MS + 2, 0.25, false)]);
+    assert_eq!(rows(&db)["loss"], [(4, BASE_MS + 3, 0.25, false)]);
     fs::write(s.path("exit-code"), "0\n").unwrap();
     expect_exit(&wait_with_timeout(child, Duration::from_secs(60)), 0);
     assert_eq!(experiment(&db)[0], "Succeeded");

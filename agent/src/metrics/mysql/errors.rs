@@ -37,6 +37,11 @@ impl Failure {
         !matches!(self, Failure::Client(mysql_async::Error::Server(_)))
     }
 
+    /// Whether a row's parent is missing (a metric or param row whose experiment row is gone).
+    pub fn is_missing_row(&self) -> bool {
+        matches!(self, Failure::Client(mysql_async::Error::Server(s)) if s.code == 1452)
+    }
+
     /// Whether the server has no TLS to offer (what `PREFERRED` connects in plain after).
     pub fn is_tls_unavailable(&self) -> bool {
         matches!(

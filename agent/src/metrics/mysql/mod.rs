@@ -4,8 +4,8 @@
 //! [`url`] reads the URL and the TLS it asks for, [`connection`] opens a connection as it says,
 //! [`statements`] turns a batch into prepared statements with every value bound as a parameter,
 //! and [`errors`] sorts failures into transient and permanent. [`MySqlSink`] applies each batch
-//! in one transaction on a connection it keeps between batches, and leaves the experiment row
-//! out once a transaction has seen it (workers would wait for each other's lock on it). This module never prints
+//! in one transaction on a connection it keeps between batches; it writes the experiment row
+//! apart, and only while it may be missing (workers would wait for each other's lock on it). This module never prints
 //! (tracing only) and never shows the password: the URL is kept redacted for messages.
 
 pub mod connection;
@@ -35,7 +35,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A sink into Submarine's MySQL tables. Invariant: `conn`, when present, is authenticated, set
 /// up by [`connection::connect`] and outside any transaction; `row_seen` names the experiment
-/// whose row existed when the last transaction committed, and is `None` after a failure.
+/// whose row existed when a transaction last committed, and is `None` once a write found it
+/// missing.
 pub struct MySqlSink {
     url: MySqlUrl,
     conn: Option<Conn>,
@@ -68,21 +69,23 @@ impl MySqlSink {
     }
 
     /// Applies `items` for `experiment` in one transaction, connecting first when needed. The
-    /// experiment row is written only until a transaction has committed with it: a fleet of
-    /// workers writing it in every batch would queue behind its lock. Any failure writes it
-    /// again next time (it may be what failed: the row was deleted meanwhile).
+    /// experiment row is made sure of first, in a statement of its own, when this sink has not
+    /// seen it yet, when the row was found missing, and before a status change (an update of a
+    /// missing row changes nothing); a fleet of workers doing so in every batch would queue
+    /// behind its lock.
     pub async fn apply(&mut self, experiment: &str, items: &[Item]) -> Result<(), SinkError> {
         let now = datetime(super::model::now_ms()).unwrap_or_default();
-        let with_row = self.row_seen.as_deref() != Some(experiment);
-        let statements = statements(experiment, items, &now, with_row);
-        self.row_seen = None;
+        let sets_status = items.iter().any(|i| matches!(i, Item::Status { .. }));
+        let row = (sets_status || self.row_seen.as_deref() != Some(experiment))
+            .then(|| statements::experiment_row(experiment, &now));
+        let statements = statements(experiment, items, &now);
         let reused = self.conn.is_some();
-        let applied = match self.transaction(&statements).await {
+        let applied = match self.transaction(row.as_ref(), &statements).await {
             // A connection kept from an earlier batch may have been closed by the server
             // meanwhile (`wait_timeout`, a restart): one immediate try on a fresh one.
             Err(e) if reused && e.transient && self.conn.is_none() => {
                 tracing::debug!(error = %e, "the kept MySQL connection failed; reconnecting");
-                self.transaction(&statements).await
+                self.transaction(row.as_ref(), &statements).await
             }
             other => other,
         };
@@ -92,21 +95,29 @@ impl MySqlSink {
         applied
     }
 
-    /// Runs `statements` as one transaction. After a failure another try on
-    /// the same connection may cure (a lock wait, a deadlock) it is rolled back and kept; after any
-    /// other (a refusal such as a revoked privilege, an I/O error, a timeout) it is dropped, so the
-    /// next try connects again and sees mended grants.
-    async fn transaction(&mut self, statements: &[Statement]) -> Result<(), SinkError> {
+    /// Runs `row` (see [`apply`](Self::apply)), then `statements` as one transaction. After a
+    /// failure another try on the same connection may cure (a lock wait, a deadlock) it is rolled
+    /// back and kept; after any other (a refusal such as a revoked privilege, an I/O error, a
+    /// timeout) it is dropped, so the next try connects again and sees mended grants. A missing
+    /// experiment row makes the next batch write it again.
+    async fn transaction(
+        &mut self,
+        row: Option<&Statement>,
+        statements: &[Statement],
+    ) -> Result<(), SinkError> {
         let mut conn = match self.conn.take() {
             Some(c) => c,
             None => self.connect(QUERY_TIMEOUT).await?,
         };
-        match run(&mut conn, statements).await {
+        match run(&mut conn, row, statements).await {
             Ok(()) => {
                 self.conn = Some(conn);
                 Ok(())
             }
             Err(e) => {
+                if e.is_missing_row() {
+                    self.row_seen = None;
+                }
                 let error = self.error(&e, "write a batch");
                 let keep = !e.breaks_connection()
                     && error.transient
@@ -125,23 +136,38 @@ impl MySqlSink {
     }
 }
 
-/// `statements` in one transaction on `conn`, each within [`QUERY_TIMEOUT`]. A single statement
-/// is a transaction of its own (the session is in autocommit): a worker's usual batch, one
-/// multi-row insert, then takes two round trips fewer.
-async fn run(conn: &mut Conn, statements: &[Statement]) -> Result<(), Failure> {
-    if let [st] = statements {
-        return timed(
-            QUERY_TIMEOUT,
-            conn.exec_drop(st.sql.as_str(), st.params.clone()),
-        )
-        .await;
+/// `row` in a transaction of its own, so that it locks the experiment row only while it runs,
+/// then `statements` in one transaction on `conn`, each within [`QUERY_TIMEOUT`]. A single
+/// statement is a transaction of its own (the session is in autocommit): a worker's usual batch,
+/// one multi-row insert, then takes two round trips fewer.
+async fn run(
+    conn: &mut Conn,
+    row: Option<&Statement>,
+    statements: &[Statement],
+) -> Result<(), Failure> {
+    if let Some(row) = row {
+        exec(conn, row).await?;
     }
-    timed(QUERY_TIMEOUT, conn.query_drop("START TRANSACTION")).await?;
-    for st in statements {
-        let params = st.params.clone();
-        timed(QUERY_TIMEOUT, conn.exec_drop(st.sql.as_str(), params)).await?;
+    match statements {
+        [] => Ok(()),
+        [st] => exec(conn, st).await,
+        _ => {
+            timed(QUERY_TIMEOUT, conn.query_drop("START TRANSACTION")).await?;
+            for st in statements {
+                exec(conn, st).await?;
+            }
+            timed(QUERY_TIMEOUT, conn.query_drop("COMMIT")).await
+        }
     }
-    timed(QUERY_TIMEOUT, conn.query_drop("COMMIT")).await
+}
+
+/// `st` on `conn`, within [`QUERY_TIMEOUT`].
+async fn exec(conn: &mut Conn, st: &Statement) -> Result<(), Failure> {
+    timed(
+        QUERY_TIMEOUT,
+        conn.exec_drop(st.sql.as_str(), st.params.clone()),
+    )
+    .await
 }
 
 /// `op` within `limit`.

@@ -3,7 +3,7 @@
 //! no value can change a statement whatever the connection's character set or `sql_mode`.
 //!
 //! Each batch becomes: the experiment row (created when missing, never changed beyond its status
-//! and times; left out when the caller knows it exists, see [`statements`]), then multi-row inserts that skip rows whose primary key exists (`ON DUPLICATE KEY
+//! and times; in a statement of its own, see [`experiment_row`]), then multi-row inserts that skip rows whose primary key exists (`ON DUPLICATE KEY
 //! UPDATE id = id`: the first value wins, so a redelivered batch adds nothing), purges and status
 //! updates, in queue order. A worker's `Succeeded` never replaces another's `Failed` (see
 //! [`status_update`]). The mapping from items to rows is [`crate::metrics::submarine`]'s,
@@ -42,30 +42,32 @@ pub struct Statement {
     pub params: Vec<Value>,
 }
 
-/// The statements (without the transaction around them) that apply `items` for `experiment`;
-/// `now` (a `DATETIME(3)` text) is the experiment row's creation time. Consecutive metrics and
-/// params are batched into multi-row inserts of at most [`MAX_ROWS`] rows; a purge or a status
-/// change flushes them first, to keep queue order.
-///
-/// The experiment row's insert comes first when `with_row` is set or the batch changes the
-/// status (an update of a missing row would change nothing). It locks the row until the
-/// transaction ends, so every worker's batch would wait for every other's: a caller that saw the
-/// row exist leaves it out, and the metric and param rows then only read it (their foreign key),
-/// which workers do side by side. Without the row they fail (server error 1452), and the caller
-/// puts it back.
-pub fn statements(experiment: &str, items: &[Item], now: &str, with_row: bool) -> Vec<Statement> {
+/// The statement that creates `experiment`'s row when it is missing, and leaves an existing one
+/// as it is; `now` (a `DATETIME(3)` text) is its creation time. It locks the row while its
+/// transaction lasts, and every worker's metric and param rows read the row (their foreign key),
+/// so it should run in a transaction of its own, and only when the row may be missing.
+pub fn experiment_row(experiment: &str, now: &str) -> Statement {
+    Statement {
+        sql: "INSERT INTO experiment (id, experiment_spec, create_time, update_time, \
+              experiment_status, accepted_time) VALUES (?, '{}', ?, ?, 'Accepted', ?)"
+            .to_string()
+            + KEEP_EXISTING,
+        params: vec![
+            text(experiment, 64, "experiment id"),
+            now.into(),
+            now.into(),
+            now.into(),
+        ],
+    }
+}
+
+/// The statements (without the transaction around them) that apply `items` for `experiment`,
+/// whose row exists ([`experiment_row`]). `now` is used for a status whose time is out of range.
+/// Consecutive metrics and params are batched into multi-row inserts of at most [`MAX_ROWS`]
+/// rows; a purge or a status change flushes them first, to keep queue order.
+pub fn statements(experiment: &str, items: &[Item], now: &str) -> Vec<Statement> {
     let id = text(experiment, 64, "experiment id");
     let mut out = Vec::new();
-    let sets_status = items.iter().any(|i| matches!(i, Item::Status { .. }));
-    if with_row || sets_status {
-        out.push(Statement {
-            sql: "INSERT INTO experiment (id, experiment_spec, create_time, update_time, \
-                  experiment_status, accepted_time) VALUES (?, '{}', ?, ?, 'Accepted', ?)"
-                .to_string()
-                + KEEP_EXISTING,
-            params: vec![id.clone(), now.into(), now.into(), now.into()],
-        });
-    }
     let mut metrics = Insert::new(METRIC_INSERT, METRIC_ROW);
     let mut params = Insert::new(PARAM_INSERT, PARAM_ROW);
     for change in changes(items, now) {
@@ -281,12 +283,10 @@ mod tests {
             },
         ];
         let now = "2026-01-01 00:00:00.000";
-        let got = statements("e'1", &items, now, true);
-        assert_eq!(got.len(), 6, "{got:#?}");
-        assert!(got[0].sql.starts_with("INSERT INTO experiment"));
-        assert_eq!(got[0].params, [s("e'1"), s(now), s(now), s(now)]);
+        let got = statements("e'1", &items, now);
+        assert_eq!(got.len(), 5, "{got:#?}");
         assert_eq!(
-            got[1].sql,
+            got[0].sql,
             format!("{METRIC_INSERT}{METRIC_ROW}, {METRIC_ROW}, {METRIC_ROW}{KEEP_EXISTING}")
         );
         let ts = |ms| s(&format!("2023-11-14 22:13:20.00{ms}"));
@@ -299,24 +299,24 @@ mod tests {
         let mut want = row("loss", 0.5, 0, 0, 0);
         want.extend(row("loss", 0.0, 1, 1, 1));
         want.extend(row("it's", -f64::from(f32::MAX), 2, 2, 0));
-        assert_eq!(got[1].params, want);
+        assert_eq!(got[0].params, want);
         // The value is a parameter, byte for byte; the SQL text holds placeholders only.
         assert_eq!(
-            got[2].sql,
+            got[1].sql,
             format!("{PARAM_INSERT}{PARAM_ROW}{KEEP_EXISTING}")
         );
         assert_eq!(
-            got[2].params,
+            got[1].params,
             [s("e'1"), s("lr"), s("a€',0x77)#\\"), s("worker-0")]
         );
-        assert!(got[3].sql.starts_with("DELETE FROM metric") && got[3].sql.ends_with("IN (?)"));
+        assert!(got[2].sql.starts_with("DELETE FROM metric") && got[2].sql.ends_with("IN (?)"));
         assert_eq!(
-            got[3].params,
+            got[2].params,
             [s("e'1"), s("worker-0"), Value::Int(1), s("loss")]
         );
-        assert_eq!(got[4].params, row("loss", 2.0, 1, 1, 0));
+        assert_eq!(got[3].params, row("loss", 2.0, 1, 1, 0));
         assert_eq!(
-            got[5].params,
+            got[4].params,
             [
                 s("Failed"),
                 s("1970-01-01 00:00:05.000"),
@@ -345,14 +345,14 @@ mod tests {
             at(RunStatus::Failed),
             at(RunStatus::Succeeded),
         ];
-        let got = statements("e", &items, "2026-01-01 00:00:00.000", true);
+        let got = statements("e", &items, "2026-01-01 00:00:00.000");
         let time = s("1970-01-01 00:00:05.000");
-        assert!(!got[1].sql.contains("<=>") && !got[2].sql.contains("<=>"));
-        assert!(got[3]
+        assert!(!got[0].sql.contains("<=>") && !got[1].sql.contains("<=>"));
+        assert!(got[2]
             .sql
             .ends_with("WHERE id = ? AND NOT (experiment_status <=> ?)"));
         assert_eq!(
-            got[3].params,
+            got[2].params,
             [s("Succeeded"), time.clone(), time, s("e"), s("Failed")]
         );
     }
@@ -362,8 +362,8 @@ mod tests {
         let long = "é".repeat(300);
         assert_eq!(text(&long, 190, "x"), s(&"é".repeat(190)));
         let items: Vec<Item> = (0..2500).map(|i| metric(&long, i, 1.0)).collect();
-        let got = statements("e", &items, "2026-01-01 00:00:00.000", true);
-        let rows: Vec<usize> = got[1..].iter().map(|st| st.params.len() / 7).collect();
+        let got = statements("e", &items, "2026-01-01 00:00:00.000");
+        let rows: Vec<usize> = got.iter().map(|st| st.params.len() / 7).collect();
         assert_eq!(rows, [1000, 1000, 500]);
         let keys: Vec<String> = (0..1500).map(|i| i.to_string()).collect();
         let purge = [Item::Purge {
@@ -371,27 +371,18 @@ mod tests {
             worker: "w".into(),
             from_step: 0,
         }];
-        let got = statements("e", &purge, "2026-01-01 00:00:00.000", true);
-        let lens: Vec<usize> = got[1..].iter().map(|st| st.params.len()).collect();
+        let got = statements("e", &purge, "2026-01-01 00:00:00.000");
+        let lens: Vec<usize> = got.iter().map(|st| st.params.len()).collect();
         assert_eq!(lens, [1003, 503]);
     }
 
     #[test]
-    fn the_experiment_row_is_left_out_only_when_known_and_no_status_changes() {
-        let now = "2026-01-01 00:00:00.000";
-        let metrics = [metric("loss", 0, 0.5)];
-        let got = statements("e", &metrics, now, false);
-        assert_eq!(got.len(), 1);
-        assert!(got[0].sql.starts_with("INSERT INTO metric"), "{got:#?}");
-        let ending = [
-            metric("loss", 1, 0.25),
-            Item::Status {
-                status: RunStatus::Succeeded,
-                at_ms: 5000,
-            },
-        ];
-        let got = statements("e", &ending, now, false);
-        assert!(got[0].sql.starts_with("INSERT INTO experiment"), "{got:#?}");
-        assert!(got[2].sql.starts_with("UPDATE experiment"));
+    fn the_experiment_row_is_created_when_missing_and_never_changed() {
+        let row = experiment_row("e'1", "2026-01-01 00:00:00.000");
+        assert!(row.sql.starts_with("INSERT INTO experiment"));
+        assert!(row.sql.ends_with(KEEP_EXISTING));
+        let now = s("2026-01-01 00:00:00.000");
+        assert_eq!(row.params, [s("e'1"), now.clone(), now.clone(), now]);
+        assert!(!row.sql.contains("e'1"));
     }
 }
