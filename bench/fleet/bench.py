@@ -3,10 +3,10 @@ one MLflow server and one S3 server (moto). See bench/fleet/README.md for what i
 
 Usage (from bench/fleet/run): bench.py PERISCOPE MOTO_SERVER MLFLOW DDL WORK
 Environment: FLEET_SIZES (default "10 50 100 200"), FLEET_SECONDS (load per size, default 30),
-FLEET_BACKENDS (default "mariadb mlflow"), FLEET_MLFLOW_SIZES (default "10 50"), FLEET_OUTAGE_N
-(sidecars in the outage run, default 50; 0 skips it), FLEET_OUTAGE_SECONDS (default 60),
+FLEET_BACKENDS (default "mariadb mlflow"), FLEET_MLFLOW_SIZES (default "10 20"), FLEET_OUTAGE_N
+(sidecars in the outage run, default 200; 0 skips it), FLEET_OUTAGE_SECONDS (default 60),
 FLEET_CATCHUP_SECONDS (how long the metastore may take to show every metric after the load, and
-the sidecars' drain timeout; default 600).
+the sidecars' drain timeout; default 120).
 """
 import http.client
 import json
@@ -25,10 +25,10 @@ PERISCOPE, MOTO, MLFLOW, DDL, WORK = sys.argv[1:6]
 SIZES = [int(n) for n in os.environ.get("FLEET_SIZES", "10 50 100 200").split()]
 SECONDS = float(os.environ.get("FLEET_SECONDS", "30"))
 BACKENDS = os.environ.get("FLEET_BACKENDS", "mariadb mlflow").split()
-MLFLOW_SIZES = [int(n) for n in os.environ.get("FLEET_MLFLOW_SIZES", "10 50").split()]
-OUTAGE_N = int(os.environ.get("FLEET_OUTAGE_N", "50"))
+MLFLOW_SIZES = [int(n) for n in os.environ.get("FLEET_MLFLOW_SIZES", "10 20").split()]
+OUTAGE_N = int(os.environ.get("FLEET_OUTAGE_N", "200"))
 OUTAGE_SECONDS = float(os.environ.get("FLEET_OUTAGE_SECONDS", "60"))
-CATCHUP_SECONDS = float(os.environ.get("FLEET_CATCHUP_SECONDS", "600"))
+CATCHUP_SECONDS = float(os.environ.get("FLEET_CATCHUP_SECONDS", "120"))
 PER_BATCH = 100          # metrics per log-batch: one batch per sidecar per second = 100 metrics/s
 LOG_BYTES = 10 * 1024    # log bytes per sidecar per second
 LOAD_THREADS = 16
@@ -224,7 +224,7 @@ def mariadb_probe(db, run, ts_base):
     range: the primary key is (id, key, timestamp, worker), and a point's timestamp is ts_base +
     its step), so a look costs the new rows, not the million already there. A worker's batches
     commit whole and in order, so its last step + 1 is its row count."""
-    session = db.session()
+    session = db.session()  # the probe thread's own: a session answers one thread at a time
     last = {}
 
     def query():
@@ -242,11 +242,8 @@ def mariadb_probe(db, run, ts_base):
         rows = session.rows("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
         return None if not rows else int(rows[0][1])
 
-    def stored():
-        rows = session.rows(f"SELECT COUNT(*) FROM metric WHERE id = '{run}'")
-        return None if not rows else int(rows[0][0])
     fleet_workers = set()
-    return query, conns, session, stored, fleet_workers
+    return query, conns, fleet_workers
 
 
 def status(session, name):
@@ -297,8 +294,13 @@ def measure(run, n, fleet, backend, db, mlflow, outage):
     load = Load(fleet)
     stored = None
     if backend == "mariadb":
-        query, conns, session, stored, workers = mariadb_probe(db, run, load.ts_base)
+        query, conns, workers = mariadb_probe(db, run, load.ts_base)
         workers.update(s.worker for s in fleet)
+        session = db.session()
+
+        def stored():
+            rows = session.rows(f"SELECT COUNT(*) FROM metric WHERE id = '{run}'")
+            return None if not rows else int(rows[0][0])
         session.rows("FLUSH STATUS")
         refused0 = status(session, "Connection_errors_max_connections")
     else:
