@@ -613,10 +613,11 @@ fn a_workers_metrics_wait_for_no_lock_on_the_experiment_row_and_outlive_its_dele
     // worker's metric insert does (its foreign key). Writing the experiment row would wait for
     // it (and, after the 10 s lock wait, fail and be retried, while the lock is held); the
     // metrics are stored meanwhile.
-    let reader = db.hold(&format!(
+    let share_lock = format!(
         "START TRANSACTION; SELECT experiment_status FROM experiment WHERE id = '{EXPERIMENT}' \
          LOCK IN SHARE MODE"
-    ));
+    );
+    let reader = db.hold(&share_lock);
     append(&jsonl, &jsonl_line("loss", "0.5", 2, BASE_MS + 1));
     wait_until(
         Duration::from_secs(30),
@@ -632,10 +633,7 @@ fn a_workers_metrics_wait_for_no_lock_on_the_experiment_row_and_outlive_its_dele
     // Time for the sidecar to read the line and fail to store it.
     thread::sleep(Duration::from_secs(3));
     db.start();
-    let reader = db.hold(&format!(
-        "START TRANSACTION; SELECT experiment_status FROM experiment WHERE id = '{EXPERIMENT}' \
-         LOCK IN SHARE MODE"
-    ));
+    let reader = db.hold(&share_lock);
     wait_until(
         Duration::from_secs(60),
         "the point from the outage while the experiment row is read",

@@ -219,7 +219,7 @@ class Visible:
         self.thread.join()
 
 
-def mariadb_probe(db, run, ts_base):
+def mariadb_probe(db, run, ts_base, workers):
     """Each worker's last step stored, read from the rows past the slowest worker's (an index
     range: the primary key is (id, key, timestamp, worker), and a point's timestamp is ts_base +
     its step), so a look costs the new rows, not the million already there. A worker's batches
@@ -228,7 +228,7 @@ def mariadb_probe(db, run, ts_base):
     last = {}
 
     def query():
-        frontier = ts_base + (min(last.values()) if len(last) == len(fleet_workers) else 0)
+        frontier = ts_base + (min(last.values()) if len(last) == len(workers) else 0)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(frontier // 1000)) + f".{frontier % 1000:03d}"
         rows = session.rows(f"SELECT worker_index, MAX(step) FROM metric WHERE id = '{run}' AND `key` = 'm' "
                             f"AND `timestamp` >= '{when}' GROUP BY worker_index")
@@ -241,9 +241,7 @@ def mariadb_probe(db, run, ts_base):
     def conns():
         rows = session.rows("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
         return None if not rows else int(rows[0][1])
-
-    fleet_workers = set()
-    return query, conns, fleet_workers
+    return query, conns
 
 
 def status(session, name):
@@ -292,15 +290,9 @@ def measure(run, n, fleet, backend, db, mlflow, outage):
             raise SystemExit(f"{run}: sidecars did not start (see {WORK}/{run}/*/sidecar.err)")
         time.sleep(0.2)
     load = Load(fleet)
-    stored = None
     if backend == "mariadb":
-        query, conns, workers = mariadb_probe(db, run, load.ts_base)
-        workers.update(s.worker for s in fleet)
-        session = db.session()
-
-        def stored():
-            rows = session.rows(f"SELECT COUNT(*) FROM metric WHERE id = '{run}'")
-            return None if not rows else int(rows[0][0])
+        query, conns = mariadb_probe(db, run, load.ts_base, [s.worker for s in fleet])
+        session = db.session()  # this thread's
         session.rows("FLUSH STATUS")
         refused0 = status(session, "Connection_errors_max_connections")
     else:
@@ -334,8 +326,10 @@ def measure(run, n, fleet, backend, db, mlflow, outage):
         open(os.path.join(s.dir, "exit-code"), "w").write("0\n")
     codes = [s.proc.wait(timeout=900) for s in fleet]
     visible.end()
-    # Every row, doubled ones included (the probe counts each worker's steps).
-    total = stored() if stored else visible.rows
+    # Every row, doubled ones included (the MariaDB probe counts each worker's steps).
+    total = visible.rows
+    if backend == "mariadb":
+        total = int(session.rows(f"SELECT COUNT(*) FROM metric WHERE id = '{run}'")[0][0])
     lat = [s.visible_at[b] - s.sent_at[b] for s in fleet for b in s.visible_at]
     steady = [(t, r) for t, r in visible.samples if t0 + 5 <= t <= t1]
     rate = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]) if len(steady) > 1 else 0

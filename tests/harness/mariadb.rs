@@ -186,10 +186,17 @@ impl MariaDb {
         self.url_with("mysql", PASSWORD)
     }
 
+    /// The `mariadb` client, as root over the server's socket.
+    fn root_client(&self) -> Command {
+        let mut cmd = Command::new("mariadb");
+        cmd.args(["--no-defaults", "--batch", "--skip-column-names", "-uroot"])
+            .arg(format!("--socket={}", self.socket().display()));
+        cmd
+    }
+
     fn try_admin(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("mariadb")
-            .args(["--no-defaults", "--batch", "--skip-column-names", "-uroot"])
-            .arg(format!("--socket={}", self.socket().display()))
+        let out = self
+            .root_client()
             .args(["-e", sql])
             .output()
             .map_err(|e| e.to_string())?;
@@ -210,16 +217,9 @@ impl MariaDb {
     /// locks, say); returns once it has run. The session stays open, its transaction with it,
     /// until the handle is dropped, which commits.
     pub fn hold(&self, sql: &str) -> Held {
-        let mut client = Command::new("mariadb")
-            .args([
-                "--no-defaults",
-                "--batch",
-                "--skip-column-names",
-                "--unbuffered",
-                "-uroot",
-            ])
-            .arg(format!("--socket={}", self.socket().display()))
-            .arg(DATABASE)
+        let mut client = self
+            .root_client()
+            .args(["--unbuffered", DATABASE])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -5,8 +5,9 @@
 //! [`statements`] turns a batch into prepared statements with every value bound as a parameter,
 //! and [`errors`] sorts failures into transient and permanent. [`MySqlSink`] applies each batch
 //! in one transaction on a connection it keeps between batches; it writes the experiment row
-//! apart, and only while it may be missing (workers would wait for each other's lock on it). This module never prints
-//! (tracing only) and never shows the password: the URL is kept redacted for messages.
+//! apart, and only while it may be missing (workers would wait for each other's lock on it).
+//! This module never prints (tracing only) and never shows the password: the URL is kept
+//! redacted for messages.
 
 pub mod connection;
 pub mod errors;

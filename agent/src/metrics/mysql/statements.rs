@@ -2,10 +2,10 @@
 //! every value bound as a parameter of a prepared statement, never written into the SQL text, so
 //! no value can change a statement whatever the connection's character set or `sql_mode`.
 //!
-//! Each batch becomes: the experiment row (created when missing, never changed beyond its status
-//! and times; in a statement of its own, see [`experiment_row`]), then multi-row inserts that skip rows whose primary key exists (`ON DUPLICATE KEY
-//! UPDATE id = id`: the first value wins, so a redelivered batch adds nothing), purges and status
-//! updates, in queue order. A worker's `Succeeded` never replaces another's `Failed` (see
+//! The experiment row is created when missing and never changed beyond its status and times, in
+//! a statement of its own ([`experiment_row`]). A batch becomes multi-row inserts that skip rows
+//! whose primary key exists (`ON DUPLICATE KEY UPDATE id = id`: the first value wins, so a
+//! redelivered batch adds nothing), purges and status updates, in queue order. A worker's `Succeeded` never replaces another's `Failed` (see
 //! [`status_update`]). The mapping from items to rows is [`crate::metrics::submarine`]'s,
 //! shared with the SQLite metastore.
 //!
