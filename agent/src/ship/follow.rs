@@ -187,6 +187,22 @@ impl Active {
         .then_some(f)
     }
 
+    /// Whether the file at the log's path, which this generation is read from, no longer holds
+    /// what was read of it: it is shorter than the read offset, or has other first bytes or other
+    /// bytes before that offset (truncated and written again, as `copytruncate` leaves it).
+    pub fn rewritten(&self) -> bool {
+        let Some(Source::Plain(f)) = self.source.as_ref() else {
+            return false;
+        };
+        if self.closed || self.t.detached {
+            return false;
+        }
+        let differs = |m: std::io::Result<bool>| m.is_ok_and(|same| !same);
+        f.metadata().is_ok_and(|m| m.len() < self.read_off())
+            || differs(self.t.fingerprint.matches(f))
+            || differs(self.tail.matches(f))
+    }
+
     /// What is known of this generation's content, to recognise a copy of it.
     pub fn candidate(&self) -> Candidate<'_> {
         // The fingerprint is a prefix too: a generation's first bytes never change.
@@ -208,6 +224,7 @@ impl Active {
                 Some(Source::Plain(f)) if !self.closed => Some(f),
                 _ => None,
             },
+            rewritten: self.rewritten(),
         }
     }
 

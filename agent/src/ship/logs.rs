@@ -706,6 +706,7 @@ impl LogShipper {
                 buffered: None,
                 intact: held_files[j].as_ref(),
                 live: None,
+                rewritten: false,
             });
         }
         let verdict = recognize::recognize(&file, gzip, &candidates);
@@ -716,11 +717,12 @@ impl LogShipper {
             Ok(Recognized::Again) | Err(_) => return false,
             Ok(v) => v,
         };
-        if let Recognized::Before { index } = verdict {
+        if let Recognized::Before { index } | Recognized::Later { index } = verdict {
             if let Record::Active(i) = refs[index] {
                 let a = &self.active[i];
                 self.before.push(Before {
                     of: (a.t.logical.clone(), a.t.generation),
+                    holds_stored: matches!(verdict, Recognized::Before { .. }),
                     made: file
                         .metadata()
                         .and_then(|m| m.modified())
@@ -1565,6 +1567,112 @@ mod tests {
         assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
         let expected = [banner.clone(), first, banner, second].concat();
         assert!(cat(&store, &prefix, "app.log").await == expected);
+    }
+
+    /// The shipper has stored a whole generation when copytruncate rotates twice before it
+    /// looks again (it was busy, or starved of CPU): the first copy is renamed `app.log.2`, the
+    /// second, `app.log.1`, holds a generation nobody read under the log's name, and the log
+    /// holds a third. The second copy holds none of the stored bytes (with `banner`, none past
+    /// the banner every generation starts with): it is the log's generation between the two,
+    /// stored as such, not a file of its own.
+    async fn a_whole_generation_rotated_away_between_two_passes(banner: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix) = rotation_shipper(dir.path());
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        let banner = if banner {
+            [vec![b'='; 4095], b"\n".to_vec()].concat()
+        } else {
+            Vec::new()
+        };
+        let first = [banner.clone(), lines("first", 3000)].concat();
+        std::fs::write(&log, &first).unwrap();
+        until_idle(&mut shipper).await;
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(60);
+        copytruncate(&log, &logs.join("app.log.1"), t0, &banner);
+        let second = lines("second", 2500);
+        append(&log, &second);
+        std::fs::rename(logs.join("app.log.1"), logs.join("app.log.2")).unwrap();
+        let t1 = t0 + Duration::from_secs(10);
+        copytruncate(&log, &logs.join("app.log.1"), t1, &banner);
+        let third = lines("third", 500);
+        append(&log, &third);
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let second = [banner.clone(), second].concat();
+        let expected = [first.clone(), second.clone(), banner, third].concat();
+        assert_stored(&cat(&store, &prefix, "app.log").await, &expected, &shipper);
+        for (name, generation) in [("app.log.2", 1), ("app.log.1", 2)] {
+            let o = &shipper.cp.names[name];
+            assert!(
+                !o.origin && o.from == "app.log" && o.from_generation == generation,
+                "{name}: {o:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_generation_rotated_away_unread_is_stored_as_the_logs_not_as_a_file_of_its_own() {
+        a_whole_generation_rotated_away_between_two_passes(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_generation_rotated_away_unread_behind_a_shared_banner_is_stored_as_the_logs() {
+        a_whole_generation_rotated_away_between_two_passes(true).await;
+    }
+
+    /// Only the banner is stored; the shipper sees the copy of the generation while the log
+    /// still holds it (so records it as holding that generation), then copytruncate finishes and
+    /// rotates once more before the next pass. The newer copy also holds the stored banner and
+    /// more, which the log no longer holds, but the rest of the generation is in the older copy,
+    /// seen earlier: the newer one is the generation after it.
+    #[tokio::test]
+    async fn a_copy_seen_before_its_truncation_holds_the_rest_when_another_rotation_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log*").await;
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        let first = lines("first", 3000);
+        append(&log, &first);
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::copy(&log, logs.join("app.log.1")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(logs.join("app.log.1"))
+            .unwrap()
+            .set_modified(t0)
+            .unwrap();
+        assert!(shipper.scan());
+        assert!(
+            shipper.cp.held.iter().any(|h| h.copy && h.generation == 1),
+            "the copy is recorded as one of the first generation"
+        );
+        let mut f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        f.write_all(&banner).unwrap();
+        let second = lines("second", 2500);
+        append(&log, &second);
+        std::fs::rename(logs.join("app.log.1"), logs.join("app.log.2")).unwrap();
+        copytruncate(
+            &log,
+            &logs.join("app.log.1"),
+            t0 + Duration::from_secs(10),
+            &banner,
+        );
+        let third = lines("third", 500);
+        append(&log, &third);
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let expected = [
+            banner.clone(),
+            first,
+            banner.clone(),
+            second,
+            banner.clone(),
+            third,
+        ]
+        .concat();
+        assert_stored(&cat(&store, &prefix, "app.log").await, &expected, &shipper);
     }
 
     /// The sidecar starts beside files logrotate (`rotate 3`, `copytruncate`, `compress`,

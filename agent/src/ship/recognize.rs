@@ -14,7 +14,10 @@
 //! ([`Verdict::Before`]). This is what tells generations apart when each starts with the same
 //! banner and only the banner was read: the file keeps its first bytes and the bytes before the
 //! read offset, and only the copies differ. It is asked only where rotation puts copies of that
-//! log, and only for generations followed before the file appeared.
+//! log, and only for generations followed before the file appeared. A copy there that holds no
+//! known generation, while the log's file no longer holds what was read of it, is a generation
+//! of that log written and rotated away between two looks ([`Verdict::Later`]), not a file of
+//! its own.
 //!
 //! Ambiguity is resolved towards storing bytes: a plain file that is only a short prefix of a
 //! candidate (no more than [`FINGERPRINT_BYTES`], e.g. a new log holding only its banner so far)
@@ -47,6 +50,10 @@ pub struct Candidate<'a> {
     /// The plain file the candidate is being read from, whatever it holds now (it may have been
     /// truncated and written again since it was read). `None` for a candidate no longer read.
     pub live: Option<&'a File>,
+    /// `live` no longer holds what was read of the candidate (it was truncated, and maybe
+    /// written again): a copy it does not hold either, which holds no known generation, is one
+    /// written and rotated away since ([`Verdict::Later`]).
+    pub rewritten: bool,
 }
 
 impl Candidate<'_> {
@@ -98,6 +105,10 @@ pub enum Verdict {
     /// the rest of the candidate's generation (from where it is stored: bytes read since may be
     /// the later generation's), or a later generation that was never read.
     Before { index: usize },
+    /// It holds no known generation, and candidate `index`'s own file, truncated since it was
+    /// read, does not hold it either: a generation of the candidate's log written and rotated
+    /// away between two looks, which nobody read.
+    Later { index: usize },
 }
 
 /// Tells whether `file` (a gzip when `gzip`) holds one of `candidates`. Only asked for a file at a
@@ -128,7 +139,11 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
         })
         .map(|(i, _)| i)
         .collect();
-    if alive.is_empty() {
+    let later = candidates
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| c.live.filter(|_| c.rewritten).map(|live| (i, live)));
+    if alive.is_empty() && later.is_none() {
         return Ok(if gzip && broken_gzip(file)? {
             Verdict::Unfinished
         } else {
@@ -136,6 +151,9 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
         });
     }
     let mut offsets = Vec::new();
+    if let Some((_, live)) = later {
+        offsets.push(live.metadata()?.len());
+    }
     for &i in &alive {
         let c = &candidates[i];
         offsets.extend(c.known_lengths());
@@ -179,6 +197,16 @@ pub fn recognize(file: &File, gzip: bool, candidates: &[Candidate]) -> io::Resul
         Verdict::Before { index }
     } else if gzip && scanned.broken {
         Verdict::Unfinished
+    } else if let Some((index, live)) = later {
+        // A copy of what the log holds now (the generation after the candidate, not followed
+        // yet): asked again once reading has seen the truncation.
+        if holds(live, &scanned)? {
+            Verdict::Again
+        } else if gzip && broken_gzip(file)? {
+            Verdict::Unfinished
+        } else {
+            Verdict::Later { index }
+        }
     } else if unsure {
         Verdict::Unsure
     } else {
@@ -424,6 +452,7 @@ mod tests {
             buffered: None,
             intact: None,
             live: None,
+            rewritten: false,
         }
     }
 
@@ -481,6 +510,7 @@ mod tests {
             buffered: None,
             intact: None,
             live: None,
+            rewritten: false,
         };
         let cands = [only_banner, whole(&b)];
         let p = dir.path().join("app.log.2.gz");
@@ -541,6 +571,7 @@ mod tests {
             buffered: Some((stored, &a[8192..16384])),
             intact: Some(&orig),
             live: None,
+            rewritten: false,
         };
         // copytruncate: the whole log copied, then the log truncated, before the copy is judged.
         let copy = dir.path().join("app.log.1");

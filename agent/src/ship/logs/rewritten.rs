@@ -7,14 +7,20 @@
 //! ([`find_continuation`](recognize::find_continuation)). But when every generation starts with
 //! the same banner and only the banner was read, the file looks unchanged; then the copies tell.
 //! A copy holds what its file held when it was made, and a file only grows, so a copy the file no
-//! longer holds (it arrived holding more than was read, [`Recognized::Before`]; or it was recorded
-//! earlier, holding more than was read, and the file now has other bytes where the copy ends)
-//! proves the file was truncated after the copy was made. Several such copies (rotated twice
-//! before the shipper looked again) are ordered by their modification times, which `copytruncate`
-//! sets when it writes the copy and `compress` keeps: the oldest holds the rest of the generation,
-//! each later one a generation of the log nobody read under its name, stored as one now, in order,
-//! before the file's own new generation. Copies that agree on every byte both hold (a copy and the
-//! gzip `compress` is making of it) are one generation under several names.
+//! longer holds (it arrived holding more than was read,
+//! [`Before`](recognize::Verdict::Before); or it was recorded earlier, holding more than was read,
+//! and the file now has other bytes where the copy ends) proves the file was truncated after the
+//! copy was made. So does a copy that holds no known generation at all, at a rotated name of a log
+//! whose file no longer holds what was read of it ([`Later`](recognize::Verdict::Later)): a
+//! generation written and rotated away while the shipper did not look.
+//! Several such copies (rotated twice before the shipper looked again) are ordered by their
+//! modification times, which `copytruncate` sets when it writes the copy and `compress` keeps.
+//! The rest of the generation is in the copy recorded earlier as holding more of it (seen while
+//! the file still held it), else in the oldest copy that holds what is stored of it, else in the
+//! copy beside the file that holds its last bytes read; every other copy holds a generation of
+//! the log nobody read under its name, stored as one now, in order, before the file's own new
+//! generation. Copies that agree on every byte both hold (a copy and the gzip `compress` is
+//! making of it) are one generation under several names.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -42,6 +48,17 @@ pub(super) struct Before {
     pub gzip: bool,
     /// Its modification time: when it was copied.
     pub made: SystemTime,
+    /// It holds every byte stored of the generation (and maybe its rest); else it holds a later
+    /// generation ([`Later`](recognize::Verdict::Later)).
+    pub holds_stored: bool,
+}
+
+/// The names a file found under `logical` (inode `id`) and the files that agree with it are
+/// matched under.
+fn names(logical: String, id: FileId, also: Vec<Before>) -> Vec<(String, FileId)> {
+    std::iter::once((logical, id))
+        .chain(also.into_iter().map(|a| (a.logical, a.id)))
+        .collect()
 }
 
 /// A file that holds a generation (or the rest of one) and is read from its first byte or from
@@ -53,8 +70,8 @@ struct Copy {
 }
 
 impl LogShipper {
-    /// Settles the files found by this scan to hold more than was read of a followed generation.
-    /// Returns whether anything changed.
+    /// Settles the files found by this scan to hold more than was read of a followed generation,
+    /// or a later generation of its log. Returns whether anything changed.
     pub(super) fn settle_before(&mut self) -> bool {
         let mut found = std::mem::take(&mut self.before);
         found.sort_by_key(|b| b.made);
@@ -67,7 +84,7 @@ impl LogShipper {
                 continue;
             };
             // Files that agree on every byte both hold are one generation under several names
-            // (a copy and its gzip, both there while logrotate compresses).
+            // (a copy and its gzip, both there while logrotate compresses). Oldest first.
             let mut generations: Vec<(Before, Vec<Before>)> = Vec::new();
             for b in these {
                 let same = generations.iter_mut().find(|(g, _)| {
@@ -78,33 +95,69 @@ impl LogShipper {
                     None => generations.push((b, Vec::new())),
                 }
             }
-            let mut copies = Vec::new();
+            let ids: Vec<FileId> = generations
+                .iter()
+                .flat_map(|(b, also)| std::iter::once(b.id).chain(also.iter().map(|a| a.id)))
+                .collect();
+            // The rest of the generation is in the copy seen while the log still held it, made
+            // before any copy found now; else in the oldest copy found now that holds what is
+            // stored of it; else in the copy beside the log that holds its last bytes read.
+            // Every other copy found now holds a later generation.
+            let mut rest = self.copy_ahead(i);
+            if rest.is_none() {
+                if let Some(k) = generations.iter().position(|(b, _)| b.holds_stored) {
+                    let (b, also) = generations.remove(k);
+                    for (name, id) in names(b.logical, b.id, also) {
+                        self.name(&name, id, of.clone());
+                    }
+                    rest = Source::of(b.file, b.gzip).map(|source| Copy {
+                        source,
+                        path: b.path,
+                        id: b.id,
+                    });
+                }
+            }
+            if rest.is_none() {
+                rest = self.continuation(i).filter(|c| !ids.contains(&c.id));
+            }
+            let mut missed = Vec::new();
             for (b, also) in generations {
                 let Some(source) = Source::of(b.file, b.gzip) else {
                     continue;
                 };
-                let mut names = vec![(b.logical, b.id)];
-                names.extend(also.into_iter().map(|a| (a.logical, a.id)));
-                copies.push((
-                    Copy {
-                        source,
-                        path: b.path,
-                        id: b.id,
-                    },
-                    names,
-                ));
+                let copy = Copy {
+                    source,
+                    path: b.path,
+                    id: b.id,
+                };
+                missed.push((copy, names(b.logical, b.id, also)));
             }
-            let mut copies = copies.into_iter();
-            let Some((rest, names)) = copies.next() else {
-                continue;
-            };
-            for (name, id) in names {
-                self.name(&name, id, of.clone());
-            }
-            self.split(i, Some(rest), copies.collect(), true);
+            self.split(i, rest, missed, true);
             changed = true;
         }
         changed
+    }
+
+    /// Opens a copy recorded as holding more of followed generation `i` than is stored (seen
+    /// while the log still held it), if there is one and it is still there.
+    fn copy_ahead(&self, i: usize) -> Option<Copy> {
+        let a = &self.active[i];
+        let stored = a.base().len;
+        let h = self.cp.held.iter().find(|h| {
+            h.copy
+                && !h.gone
+                && h.logical == a.t.logical
+                && h.generation == a.t.generation
+                && h.held.len > stored
+        })?;
+        let file = crate::ship::discover::open_read(&h.path, false)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| FileId::of(&m) == h.id))?;
+        Some(Copy {
+            source: Source::of(file, h.gzip)?,
+            path: h.path.clone(),
+            id: h.id,
+        })
     }
 
     /// Looks, for every followed generation, at the copies recorded as holding more of it than
@@ -120,7 +173,7 @@ impl LogShipper {
                 continue;
             }
             let stored = a.base().len;
-            for (j, h) in self.cp.held.iter().enumerate() {
+            for h in &self.cp.held {
                 let ahead = h.copy
                     && !h.gone
                     && !h.gzip
@@ -133,39 +186,35 @@ impl LogShipper {
                 // Asked only for a copy ahead of what is stored: no stat on a pass without one.
                 let len = live.metadata().map(|m| m.len()).unwrap_or(0);
                 if len < h.held.len || !h.tail.matches(live).unwrap_or(true) {
-                    found = Some((i, j));
+                    found = Some(i);
                     break 'files;
                 }
             }
         }
-        let Some((i, j)) = found else {
+        let Some(i) = found else {
             return false;
         };
-        let h = &self.cp.held[j];
-        let file = crate::ship::discover::open_read(&h.path, false)
-            .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| FileId::of(&m) == h.id));
-        let Some(file) = file else {
+        let Some(copy) = self.copy_ahead(i) else {
             // Gone meanwhile: the next scan marks it.
             return false;
-        };
-        let copy = Copy {
-            source: Source::Plain(file),
-            path: h.path.clone(),
-            id: h.id,
         };
         self.split(i, Some(copy), Vec::new(), true);
         true
     }
 
+    /// The copy beside generation `i`'s file that holds its last bytes read, if any.
+    fn continuation(&self, i: usize) -> Option<Copy> {
+        let a = &self.active[i];
+        recognize::find_continuation(&a.t.path, a.t.fingerprint, a.tail, Some(a.t.id))
+            .map(|(source, path, id)| Copy { source, path, id })
+    }
+
     /// File `i` was truncated in place (copytruncate): it shrank below what we read, or the bytes
     /// before our offset changed.
     pub(super) fn truncated(&mut self, i: usize) {
-        let a = &self.active[i];
         // The copy made just before the truncation starts with the same bytes: finish the old
         // generation from it, so nothing written before the truncation is lost.
-        let copy = recognize::find_continuation(&a.t.path, a.t.fingerprint, a.tail, Some(a.t.id))
-            .map(|(source, path, id)| Copy { source, path, id });
+        let copy = self.continuation(i);
         self.split(i, copy, Vec::new(), false);
     }
 
