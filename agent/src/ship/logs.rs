@@ -1675,6 +1675,62 @@ mod tests {
         assert_stored(&cat(&store, &prefix, "app.log").await, &expected, &shipper);
     }
 
+    /// As above, but the older copy is compressed (`app.log.2.gz`) and deleted before the next
+    /// pass: the record of the older copy names a file that is gone, or (`reused`) that holds the
+    /// newer copy, the filesystem having given it the older one's inode number (tmpfs often
+    /// does). The rest of the generation is in the gzip, recognised in the same pass.
+    async fn a_copy_recorded_before_its_truncation_then_compressed(reused: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log*").await;
+        let logs = dir.path().join("logs");
+        let log = logs.join("app.log");
+        let first = lines("first", 3000);
+        append(&log, &first);
+        std::fs::copy(&log, logs.join("app.log.1")).unwrap();
+        assert!(shipper.scan());
+        let mut f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(0).unwrap();
+        f.write_all(&banner).unwrap();
+        let second = lines("second", 2500);
+        append(&log, &second);
+        let copy = std::fs::read(logs.join("app.log.1")).unwrap();
+        std::fs::write(logs.join("app.log.2.gz"), compress(&copy)).unwrap();
+        std::fs::remove_file(logs.join("app.log.1")).unwrap();
+        let made = std::time::SystemTime::now() - Duration::from_secs(1);
+        copytruncate(&log, &logs.join("app.log.1"), made, &banner);
+        let third = lines("third", 500);
+        append(&log, &third);
+        if reused {
+            let id = FileId::of(&std::fs::metadata(logs.join("app.log.1")).unwrap());
+            for h in shipper.cp.held.iter_mut().filter(|h| h.copy) {
+                h.id = id;
+            }
+            shipper.cp.names.get_mut("app.log.1").unwrap().id = id;
+        }
+        until_idle(&mut shipper).await;
+        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
+        let expected = [
+            banner.clone(),
+            first,
+            banner.clone(),
+            second,
+            banner.clone(),
+            third,
+        ]
+        .concat();
+        assert_stored(&cat(&store, &prefix, "app.log").await, &expected, &shipper);
+    }
+
+    #[tokio::test]
+    async fn a_copy_recorded_before_its_truncation_then_compressed_leaves_the_rest_to_its_gzip() {
+        a_copy_recorded_before_its_truncation_then_compressed(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_copy_recorded_before_its_truncation_is_not_the_next_copy_given_its_inode_number() {
+        a_copy_recorded_before_its_truncation_then_compressed(true).await;
+    }
+
     /// The sidecar starts beside files logrotate (`rotate 3`, `copytruncate`, `compress`,
     /// `delaycompress`) made before it: `app.log` holds only its banner, `app.log.1` the last
     /// generation and `app.log.2.gz` the one before, each stored as a file of its own. At the

@@ -139,25 +139,32 @@ impl LogShipper {
     }
 
     /// Opens a copy recorded as holding more of followed generation `i` than is stored (seen
-    /// while the log still held it), if there is one and it is still there.
+    /// while the log still held it), if one is still there and still holds it (a record may name
+    /// an inode number the filesystem has given to another file since).
     fn copy_ahead(&self, i: usize) -> Option<Copy> {
         let a = &self.active[i];
         let stored = a.base().len;
-        let h = self.cp.held.iter().find(|h| {
-            h.copy
-                && !h.gone
-                && h.logical == a.t.logical
-                && h.generation == a.t.generation
-                && h.held.len > stored
-        })?;
-        let file = crate::ship::discover::open_read(&h.path, false)
-            .ok()
-            .filter(|f| f.metadata().is_ok_and(|m| FileId::of(&m) == h.id))?;
-        Some(Copy {
-            source: Source::of(file, h.gzip)?,
-            path: h.path.clone(),
-            id: h.id,
-        })
+        self.cp
+            .held
+            .iter()
+            .filter(|h| {
+                h.copy
+                    && !h.gone
+                    && h.logical == a.t.logical
+                    && h.generation == a.t.generation
+                    && h.held.len > stored
+            })
+            .find_map(|h| {
+                let file = crate::ship::discover::open_read(&h.path, false)
+                    .ok()
+                    .filter(|f| f.metadata().is_ok_and(|m| FileId::of(&m) == h.id))
+                    .filter(|f| h.still_holds(f))?;
+                Some(Copy {
+                    source: Source::of(file, h.gzip)?,
+                    path: h.path.clone(),
+                    id: h.id,
+                })
+            })
     }
 
     /// Looks, for every followed generation, at the copies recorded as holding more of it than
