@@ -1621,13 +1621,25 @@ mod tests {
         a_whole_generation_rotated_away_between_two_passes(true).await;
     }
 
+    /// What becomes of the older copy in [`a_copy_recorded_before_its_truncation`].
+    #[derive(Clone, Copy, PartialEq)]
+    enum Older {
+        /// Renamed `app.log.2`.
+        Renamed,
+        /// Compressed to `app.log.2.gz` and deleted.
+        Compressed,
+        /// As `Compressed`, and the filesystem gives the newer copy the older one's inode number
+        /// (tmpfs often does): the older copy's record names a file that holds the newer one.
+        CompressedInodeReused,
+    }
+
     /// Only the banner is stored; the shipper sees the copy of the generation while the log
     /// still holds it (so records it as holding that generation), then copytruncate finishes and
-    /// rotates once more before the next pass. The newer copy also holds the stored banner and
-    /// more, which the log no longer holds, but the rest of the generation is in the older copy,
-    /// seen earlier: the newer one is the generation after it.
-    #[tokio::test]
-    async fn a_copy_seen_before_its_truncation_holds_the_rest_when_another_rotation_follows() {
+    /// rotates once more before the next pass, the older copy becoming `older`. The newer copy
+    /// also holds the stored banner and more, which the log no longer holds, but the rest of the
+    /// generation is in the older copy (or its gzip, recognised in the same pass): the newer one
+    /// is the generation after it.
+    async fn a_copy_recorded_before_its_truncation(older: Older) {
         let dir = tempfile::tempdir().unwrap();
         let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log*").await;
         let logs = dir.path().join("logs");
@@ -1652,55 +1664,18 @@ mod tests {
         f.write_all(&banner).unwrap();
         let second = lines("second", 2500);
         append(&log, &second);
-        std::fs::rename(logs.join("app.log.1"), logs.join("app.log.2")).unwrap();
-        copytruncate(
-            &log,
-            &logs.join("app.log.1"),
-            t0 + Duration::from_secs(10),
-            &banner,
-        );
-        let third = lines("third", 500);
-        append(&log, &third);
-        until_idle(&mut shipper).await;
-        assert!(shipper.losses().is_empty(), "{:?}", shipper.losses());
-        let expected = [
-            banner.clone(),
-            first,
-            banner.clone(),
-            second,
-            banner.clone(),
-            third,
-        ]
-        .concat();
-        assert_stored(&cat(&store, &prefix, "app.log").await, &expected, &shipper);
-    }
-
-    /// As above, but the older copy is compressed (`app.log.2.gz`) and deleted before the next
-    /// pass: the record of the older copy names a file that is gone, or (`reused`) that holds the
-    /// newer copy, the filesystem having given it the older one's inode number (tmpfs often
-    /// does). The rest of the generation is in the gzip, recognised in the same pass.
-    async fn a_copy_recorded_before_its_truncation_then_compressed(reused: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut shipper, store, prefix, banner) = banner_stored(dir.path(), "app.log*").await;
-        let logs = dir.path().join("logs");
-        let log = logs.join("app.log");
-        let first = lines("first", 3000);
-        append(&log, &first);
-        std::fs::copy(&log, logs.join("app.log.1")).unwrap();
-        assert!(shipper.scan());
-        let mut f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
-        f.set_len(0).unwrap();
-        f.write_all(&banner).unwrap();
-        let second = lines("second", 2500);
-        append(&log, &second);
-        let copy = std::fs::read(logs.join("app.log.1")).unwrap();
-        std::fs::write(logs.join("app.log.2.gz"), compress(&copy)).unwrap();
-        std::fs::remove_file(logs.join("app.log.1")).unwrap();
-        let made = std::time::SystemTime::now() - Duration::from_secs(1);
+        if older == Older::Renamed {
+            std::fs::rename(logs.join("app.log.1"), logs.join("app.log.2")).unwrap();
+        } else {
+            let copy = std::fs::read(logs.join("app.log.1")).unwrap();
+            std::fs::write(logs.join("app.log.2.gz"), compress(&copy)).unwrap();
+            std::fs::remove_file(logs.join("app.log.1")).unwrap();
+        }
+        let made = t0 + Duration::from_secs(10);
         copytruncate(&log, &logs.join("app.log.1"), made, &banner);
         let third = lines("third", 500);
         append(&log, &third);
-        if reused {
+        if older == Older::CompressedInodeReused {
             let id = FileId::of(&std::fs::metadata(logs.join("app.log.1")).unwrap());
             for h in shipper.cp.held.iter_mut().filter(|h| h.copy) {
                 h.id = id;
@@ -1722,13 +1697,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_copy_seen_before_its_truncation_holds_the_rest_when_another_rotation_follows() {
+        a_copy_recorded_before_its_truncation(Older::Renamed).await;
+    }
+
+    #[tokio::test]
     async fn a_copy_recorded_before_its_truncation_then_compressed_leaves_the_rest_to_its_gzip() {
-        a_copy_recorded_before_its_truncation_then_compressed(false).await;
+        a_copy_recorded_before_its_truncation(Older::Compressed).await;
     }
 
     #[tokio::test]
     async fn a_copy_recorded_before_its_truncation_is_not_the_next_copy_given_its_inode_number() {
-        a_copy_recorded_before_its_truncation_then_compressed(true).await;
+        a_copy_recorded_before_its_truncation(Older::CompressedInodeReused).await;
     }
 
     /// The sidecar starts beside files logrotate (`rotate 3`, `copytruncate`, `compress`,

@@ -5,8 +5,8 @@
 //! The experiment row is created when missing and never changed beyond its status and times, in
 //! a statement of its own ([`experiment_row`]). A batch becomes multi-row inserts that skip rows
 //! whose primary key exists (`ON DUPLICATE KEY UPDATE id = id`: the first value wins, so a
-//! redelivered batch adds nothing), purges and status updates, in queue order. A worker's `Succeeded` never replaces another's `Failed` (see
-//! [`status_update`]). The mapping from items to rows is [`crate::metrics::submarine`]'s,
+//! redelivered batch adds nothing), purges and status updates, in queue order. A worker's
+//! `Succeeded` never replaces another's `Failed` (see [`status_update`]). The mapping from items to rows is [`crate::metrics::submarine`]'s,
 //! shared with the SQLite metastore.
 //!
 //! MySQL's `FLOAT` cannot hold ±Infinity: they are stored as ±3.402823466e38 (`FLOAT`'s largest

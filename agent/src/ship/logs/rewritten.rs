@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::{head_fingerprint, LogShipper};
-use crate::ship::checkpoint::Tracked;
+use crate::ship::checkpoint::{Held, Tracked};
 use crate::ship::follow::Active;
 use crate::ship::identity::{FileId, Fingerprint, Window};
 use crate::ship::recognize;
@@ -59,6 +59,16 @@ fn names(logical: String, id: FileId, also: Vec<Before>) -> Vec<(String, FileId)
     std::iter::once((logical, id))
         .chain(also.into_iter().map(|a| (a.logical, a.id)))
         .collect()
+}
+
+/// Whether `h` records a copy (still in sight) of generation `a` that holds more of it than is
+/// stored.
+fn ahead_of(h: &Held, a: &Active) -> bool {
+    h.copy
+        && !h.gone
+        && h.logical == a.t.logical
+        && h.generation == a.t.generation
+        && h.held.len > a.base().len
 }
 
 /// A file that holds a generation (or the rest of one) and is read from its first byte or from
@@ -143,17 +153,10 @@ impl LogShipper {
     /// an inode number the filesystem has given to another file since).
     fn copy_ahead(&self, i: usize) -> Option<Copy> {
         let a = &self.active[i];
-        let stored = a.base().len;
         self.cp
             .held
             .iter()
-            .filter(|h| {
-                h.copy
-                    && !h.gone
-                    && h.logical == a.t.logical
-                    && h.generation == a.t.generation
-                    && h.held.len > stored
-            })
+            .filter(|h| ahead_of(h, a))
             .find_map(|h| {
                 let file = crate::ship::discover::open_read(&h.path, false)
                     .ok()
@@ -179,17 +182,7 @@ impl LogShipper {
             if a.closed {
                 continue;
             }
-            let stored = a.base().len;
-            for h in &self.cp.held {
-                let ahead = h.copy
-                    && !h.gone
-                    && !h.gzip
-                    && h.logical == a.t.logical
-                    && h.generation == a.t.generation
-                    && h.held.len > stored;
-                if !ahead {
-                    continue;
-                }
+            for h in self.cp.held.iter().filter(|h| !h.gzip && ahead_of(h, a)) {
                 // Asked only for a copy ahead of what is stored: no stat on a pass without one.
                 let len = live.metadata().map(|m| m.len()).unwrap_or(0);
                 if len < h.held.len || !h.tail.matches(live).unwrap_or(true) {
