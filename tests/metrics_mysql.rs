@@ -294,6 +294,7 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         POINTS,
         300..900,
         writer,
+        || count(&db) > 0,
     );
     fs::write(s.path("exit-code"), "1\n").unwrap();
     let out = wait_with_timeout(

@@ -209,6 +209,12 @@ fn kill_9_and_restart_mid_stream_loses_and_doubles_nothing() {
         POINTS,
         150..600,
         writer,
+        || {
+            let shown = run(periscope()
+                .args(["metrics", "show", EXPERIMENT, "--json", "--state-dir"])
+                .arg(s.path("state")));
+            shown.code == Some(0) && !shown.stdout.is_empty()
+        },
     );
     fs::write(s.path("exit-code"), "1\n").unwrap();
     let out = wait_with_timeout(

@@ -168,13 +168,17 @@ pub fn jsonl_writer(
 
 /// While `writer` and a tensorboardX writer of `points` scalars into `tb` run, starts the
 /// sidecar `sidecar()` and SIGKILLs it after a random time in `lifetime_ms`, again and again (at
-/// least 3 times) until both writers are done. Returns the number of kills.
+/// least 3 times) until both writers are done and `delivered()` held before a kill: the last
+/// start then has both delivered and undelivered points behind it. Once the writers are done,
+/// each life is half again as long as the one before, so a slow machine gets there too. Returns
+/// the number of kills.
 pub fn kill_while_writing(
     sidecar: impl Fn() -> Command,
     tb: &Path,
     points: i64,
     lifetime_ms: std::ops::Range<u64>,
     writer: thread::JoinHandle<()>,
+    delivered: impl Fn() -> bool,
 ) -> u32 {
     let mut tbx = Command::new(super::python())
         .arg(super::python::script("metrics_write_tbx.py"))
@@ -187,14 +191,26 @@ pub fn kill_while_writing(
         .unwrap();
     let mut rng = rand::rng();
     let mut kills = 0;
+    let mut stretch = 1.0_f64;
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let mut child = sidecar().spawn().unwrap();
-        thread::sleep(Duration::from_millis(rng.random_range(lifetime_ms.clone())));
+        let life = rng.random_range(lifetime_ms.clone()) as f64 * stretch;
+        thread::sleep(Duration::from_millis(life as u64));
+        // Asked only once the writers are done: `delivered` may be slow (a client's start).
+        let written = writer.is_finished() && tbx.try_wait().unwrap().is_some();
+        let some_delivered = written && delivered();
         kill9(&mut child);
         kills += 1;
-        let tbx_done = tbx.try_wait().unwrap().is_some();
-        if writer.is_finished() && tbx_done && kills >= 3 {
-            break;
+        if written {
+            if kills >= 3 && some_delivered {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no sidecar delivered anything in {kills} lives"
+            );
+            stretch *= 1.5;
         }
     }
     writer.join().unwrap();
