@@ -194,7 +194,8 @@ impl MariaDb {
         cmd
     }
 
-    fn try_admin(&self, sql: &str) -> Result<String, String> {
+    /// Runs SQL as root; the client's stderr when it fails.
+    pub fn try_admin(&self, sql: &str) -> Result<String, String> {
         let out = self
             .root_client()
             .args(["-e", sql])
