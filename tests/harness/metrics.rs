@@ -169,9 +169,9 @@ pub fn jsonl_writer(
 /// While `writer` and a tensorboardX writer of `points` scalars into `tb` run, starts the
 /// sidecar `sidecar()` and SIGKILLs it after a random time in `lifetime_ms`, again and again (at
 /// least 3 times) until both writers are done and `delivered()` held before a kill: the last
-/// start then has both delivered and undelivered points behind it. Once the writers are done,
-/// each life is half again as long as the one before, so a slow machine gets there too. Returns
-/// the number of kills.
+/// start finds points delivered by sidecars killed since. Once the writers are done, each life is
+/// half again as long as the one before, so a slow machine gets there too (within 3 minutes).
+/// Returns the number of kills.
 pub fn kill_while_writing(
     sidecar: impl Fn() -> Command,
     tb: &Path,
