@@ -3,8 +3,10 @@
 //! Only complete saves (with a manifest) are counted and deleted; an unfinished save may be one a
 //! push is writing or will continue, and is left alone. The newest complete save is never deleted
 //! (`N` is at least 1), nor one that a restore is reading (it holds a fresh lease, see
-//! [`super::restore`]). A save's manifest is deleted first, so from that moment no reader takes it
-//! for complete, then its other objects. This module never prints.
+//! [`super::restore`]). A save is first marked (`.pruning/N` beside the saves), then its manifest
+//! is deleted, so from that moment no reader takes it for complete, then its other objects, the
+//! mark last: a prune cut short (the job ended meanwhile, `kill -9`) leaves a marked save, which
+//! the next prune finishes. This module never prints.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::manifest::MANIFEST_FILE;
 use super::restore::leased;
@@ -22,8 +24,13 @@ use crate::storage::{Service, StorageError};
 /// without removing its lease) no longer protects it.
 pub const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
 
+/// The folder beside the saves that holds the mark `N` of a save `N` being deleted. Its name is
+/// not a number, so it is never taken for a save.
+const PRUNING_DIR: &str = ".pruning";
+
 /// Deletes the complete saves under `base` older than the newest `keep` complete ones, except
-/// those being read; returns the numbers deleted, ascending.
+/// those being read, and finishes deleting any save an earlier prune marked; returns the numbers
+/// deleted, ascending.
 pub async fn prune(
     store: &Arc<dyn ObjectStore>,
     service: Service,
@@ -42,44 +49,72 @@ pub async fn prune(
     numbers.sort_unstable_by(|a, b| b.cmp(a));
     let mut complete = 0usize;
     let mut old = Vec::new();
+    let mut marked = Vec::new();
     for n in numbers {
-        let manifest = base.clone().join(n.to_string()).join(MANIFEST_FILE);
+        let save = base.clone().join(n.to_string());
+        let manifest = save.clone().join(MANIFEST_FILE);
         match store.head(&manifest).await {
             Ok(_) => complete += 1,
-            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(object_store::Error::NotFound { .. }) => {
+                let mark = base.clone().join(PRUNING_DIR).join(n.to_string());
+                match store.head(&mark).await {
+                    Ok(_) => marked.push(n),
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(request(&mark, e)),
+                }
+                continue;
+            }
             Err(e) => return Err(request(&manifest, e)),
         }
         if complete > keep.get() {
             old.push(n);
         }
     }
-    if old.is_empty() {
+    if old.is_empty() && marked.is_empty() {
         return Ok(old);
     }
-    let reading = leased(store, service, base, LEASE_TTL).await?;
+    let reading = match old.is_empty() {
+        true => Default::default(),
+        false => leased(store, service, base, LEASE_TTL).await?,
+    };
+    // A marked save has no manifest left, so nobody reads it: it is finished whatever its lease.
     let mut deleted = Vec::new();
     for n in old.into_iter().rev() {
         if reading.contains(&n) {
             tracing::info!(save = n, "not pruning a save that is being read");
             continue;
         }
-        delete_save(store, service, &base.clone().join(n.to_string())).await?;
+        delete_save(store, service, base, n).await?;
         deleted.push(n);
     }
+    for n in marked {
+        tracing::info!(
+            save = n,
+            "finishing the deletion of a save an earlier prune began"
+        );
+        delete_save(store, service, base, n).await?;
+        deleted.push(n);
+    }
+    deleted.sort_unstable();
     if !deleted.is_empty() {
         tracing::info!(deleted = ?deleted, keep = keep.get(), "pruned older saves");
     }
     Ok(deleted)
 }
 
-/// Deletes one save: its manifest first, then everything else under `prefix`.
+/// Deletes save `n` under `base`: marks it, deletes its manifest, then everything else in it,
+/// and the mark last.
 async fn delete_save(
     store: &Arc<dyn ObjectStore>,
     service: Service,
-    prefix: &Path,
+    base: &Path,
+    n: u64,
 ) -> Result<(), StorageError> {
     let request =
         |key: &Path, e: object_store::Error| StorageError::request(service, key.to_string(), &e);
+    let prefix = &base.clone().join(n.to_string());
+    let mark = base.clone().join(PRUNING_DIR).join(n.to_string());
+    (store.put(&mark, PutPayload::from_static(b"")).await).map_err(|e| request(&mark, e))?;
     let manifest = prefix.clone().join(MANIFEST_FILE);
     match store.delete(&manifest).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -101,6 +136,11 @@ async fn delete_save(
         .buffer_unordered(8)
         .try_collect::<Vec<()>>()
         .await?;
+    match store.delete(&mark).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(request(&mark, e)),
+    }
+    crate::storage::remove_empty_folders(service, &base.clone().join(PRUNING_DIR));
     crate::storage::remove_empty_folders(service, prefix);
     Ok(())
 }
@@ -109,7 +149,6 @@ async fn delete_save(
 mod tests {
     use super::*;
     use object_store::memory::InMemory;
-    use object_store::PutPayload;
 
     async fn put(store: &Arc<dyn ObjectStore>, key: &str) {
         store
@@ -168,5 +207,52 @@ mod tests {
             .head(&Path::from("w/artifacts/5/manifest.json"))
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_save_whose_prune_was_cut_after_its_manifest_went_is_finished_by_the_next() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        for n in 1..=3 {
+            put(&store, &format!("w/artifacts/{n}/model.bin")).await;
+            put(&store, &format!("w/artifacts/{n}/manifest.json")).await;
+        }
+        // What a prune of save 1 cut after its manifest was deleted leaves.
+        put(&store, "w/artifacts/.pruning/1").await;
+        store
+            .delete(&Path::from("w/artifacts/1/manifest.json"))
+            .await
+            .unwrap();
+        // An unfinished save (a push writing it) is left alone.
+        put(&store, "w/artifacts/4/model.bin").await;
+        let base = Path::from("w/artifacts");
+        let keep = NonZeroUsize::new(2).unwrap();
+        assert_eq!(
+            prune(&store, Service::Local, &base, keep).await.unwrap(),
+            [1]
+        );
+        let left: Vec<String> = store
+            .list(Some(&base))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(
+            left.iter().all(|k| !k.starts_with("w/artifacts/1/")),
+            "{left:?}"
+        );
+        assert!(left.contains(&"w/artifacts/4/model.bin".to_string()));
+        // A whole prune leaves no mark behind.
+        let one = NonZeroUsize::new(1).unwrap();
+        assert_eq!(
+            prune(&store, Service::Local, &base, one).await.unwrap(),
+            [2]
+        );
+        let left: Vec<String> = store
+            .list(Some(&base))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(left.iter().all(|k| !k.contains(".pruning")), "{left:?}");
     }
 }
