@@ -150,6 +150,14 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
+    /// Every key under `base`.
+    async fn keys(store: &Arc<dyn ObjectStore>, base: &Path) -> Vec<String> {
+        (store.list(Some(base)).map_ok(|m| m.location.to_string()))
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
     async fn put(store: &Arc<dyn ObjectStore>, key: &str) {
         store
             .put(&Path::from(key), PutPayload::from_static(b"x"))
@@ -172,12 +180,7 @@ mod tests {
         let keep = NonZeroUsize::new(2).unwrap();
         let deleted = prune(&store, Service::Local, &base, keep).await.unwrap();
         assert_eq!(deleted, [2]);
-        let left: Vec<String> = store
-            .list(Some(&base))
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
+        let left = keys(&store, &base).await;
         assert!(
             left.iter().all(|k| !k.starts_with("w/artifacts/2/")),
             "{left:?}"
@@ -230,12 +233,7 @@ mod tests {
             prune(&store, Service::Local, &base, keep).await.unwrap(),
             [1]
         );
-        let left: Vec<String> = store
-            .list(Some(&base))
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
+        let left = keys(&store, &base).await;
         assert!(
             left.iter().all(|k| !k.starts_with("w/artifacts/1/")),
             "{left:?}"
@@ -247,12 +245,7 @@ mod tests {
             prune(&store, Service::Local, &base, one).await.unwrap(),
             [2]
         );
-        let left: Vec<String> = store
-            .list(Some(&base))
-            .map_ok(|m| m.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
+        let left = keys(&store, &base).await;
         assert!(left.iter().all(|k| !k.contains(".pruning")), "{left:?}");
     }
 }
