@@ -66,15 +66,20 @@ fn write_events(w: &mut EventWriter, from: i64, n: i64) {
 
 /// `(key, step)` → how many times the metastore holds it.
 fn stored_points(db: &str) -> std::collections::BTreeMap<(String, i64), usize> {
-    let ran = run(periscope().args(["metrics", "show", EXPERIMENT, "--json", "--metastore", db]));
+    let ran = show(db);
     ran.expect_code(0);
     points_of(&ran.stdout)
+}
+
+/// `periscope metrics show EXPERIMENT --json --metastore DB`.
+fn show(db: &str) -> crate::harness::Ran {
+    run(periscope().args(["metrics", "show", EXPERIMENT, "--json", "--metastore", db]))
 }
 
 /// How many points the metastore holds so far: none while the sidecar has not yet made the
 /// metastore or the experiment (`metrics show` says which, exit code 3).
 fn stored_so_far(db: &str) -> usize {
-    let ran = run(periscope().args(["metrics", "show", EXPERIMENT, "--json", "--metastore", db]));
+    let ran = show(db);
     if ran.code == Some(3)
         && (ran.stderr.contains("no metastore at") || ran.stderr.contains("no experiment"))
     {

@@ -28,6 +28,11 @@ pub const LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
 /// not a number, so it is never taken for a save.
 const PRUNING_DIR: &str = ".pruning";
 
+/// The mark of save `n` under `base` while it is being deleted.
+fn mark_of(base: &Path, n: u64) -> Path {
+    base.clone().join(PRUNING_DIR).join(n.to_string())
+}
+
 /// Deletes the complete saves under `base` older than the newest `keep` complete ones, except
 /// those being read, and finishes deleting any save an earlier prune marked; returns the numbers
 /// deleted, ascending.
@@ -51,12 +56,11 @@ pub async fn prune(
     let mut old = Vec::new();
     let mut marked = Vec::new();
     for n in numbers {
-        let save = base.clone().join(n.to_string());
-        let manifest = save.clone().join(MANIFEST_FILE);
+        let manifest = base.clone().join(n.to_string()).join(MANIFEST_FILE);
         match store.head(&manifest).await {
             Ok(_) => complete += 1,
             Err(object_store::Error::NotFound { .. }) => {
-                let mark = base.clone().join(PRUNING_DIR).join(n.to_string());
+                let mark = mark_of(base, n);
                 match store.head(&mark).await {
                     Ok(_) => marked.push(n),
                     Err(object_store::Error::NotFound { .. }) => {}
@@ -113,7 +117,7 @@ async fn delete_save(
     let request =
         |key: &Path, e: object_store::Error| StorageError::request(service, key.to_string(), &e);
     let prefix = &base.clone().join(n.to_string());
-    let mark = base.clone().join(PRUNING_DIR).join(n.to_string());
+    let mark = mark_of(base, n);
     (store.put(&mark, PutPayload::from_static(b"")).await).map_err(|e| request(&mark, e))?;
     let manifest = prefix.clone().join(MANIFEST_FILE);
     match store.delete(&manifest).await {
